@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint typecheck proto bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+## Start the embedded stack (or the configured servers) and every service; Ctrl-C stops all.
+run: $(STAMP)
+	$(VENV)/bin/crm up
+
+## The whole suite: lint, types, unit, integration and slow fault-injection tests.
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+## Regenerate crm/ (Python code and stubs) from proto/.
+proto: $(STAMP)
+	$(PY) scripts/gen_proto.py
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

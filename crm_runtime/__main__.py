@@ -1,0 +1,3 @@
+from crm_runtime.cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""The ``crm`` command: run the stack, one service, migrations and topics."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from crm_runtime import topics as topic_names
+from crm_runtime.consumer import dlq_topic
+from crm_runtime.service import ServiceRunner, ServiceSpec, migrate_service, open_pool, run_forever
+from crm_runtime.settings import SERVICES, Settings, SettingsError, load_settings
+from crm_runtime.stack import child_env, infrastructure
+from crm_runtime.version import VERSION
+
+app = typer.Typer(help="Event-driven CRM: customers, interactions and loyalty services.",
+                  no_args_is_help=True, add_completion=False)
+log = logging.getLogger("crm")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    return settings
+
+
+def available_services() -> dict[str, ServiceSpec]:
+    """Every service under ``services/`` that has an ``app.SPEC``."""
+    found: dict[str, ServiceSpec] = {}
+    for name in SERVICES:
+        try:
+            module = importlib.import_module(f"services.{name}.app")
+        except ModuleNotFoundError as exc:
+            if exc.name not in (f"services.{name}", f"services.{name}.app"):
+                raise
+            continue
+        found[name] = module.SPEC
+    return found
+
+
+def _require(settings: Settings, *names: str) -> None:
+    values = {"DATABASE_URL": settings.database_url,
+              "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers}
+    for name in names:
+        if not values[name]:
+            typer.echo(f"{name}: not set; expected {_EXPECTED[name]} "
+                       "(or run `crm up`, which starts embedded servers)", err=True)
+            raise typer.Exit(2)
+
+
+_EXPECTED = {"DATABASE_URL": "postgresql://user@host:port/database",
+             "KAFKA_BOOTSTRAP_SERVERS": "host:port[,host:port]"}
+
+
+@app.command()
+def version() -> None:
+    """Print the product version."""
+    typer.echo(VERSION)
+
+
+@app.command()
+def serve(service: Annotated[str, typer.Argument(help="customers, interactions or loyalty")]
+          ) -> None:
+    """Run one service against the configured database and broker."""
+    settings = _settings()
+    specs = available_services()
+    if service not in specs:
+        typer.echo(f"service: unknown {service!r}; expected one of {', '.join(specs)}", err=True)
+        raise typer.Exit(2)
+    _require(settings, "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
+    run_forever(ServiceRunner(specs[service], settings))
+
+
+async def _migrate_all(settings: Settings, specs: dict[str, ServiceSpec]) -> None:
+    for spec in specs.values():
+        pool = await open_pool(settings, spec.schema)
+        try:
+            applied = await migrate_service(pool, spec)
+            typer.echo(f"{spec.name}: {len(applied)} migration(s) applied")
+        finally:
+            await pool.close()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply every service's migrations (embedded PostgreSQL when unset)."""
+    settings = _settings()
+    with infrastructure(settings.database_url, None, settings.data_dir,
+                        with_broker=False) as infra:
+        settings = settings.model_copy(update={"database_url": infra.database_url})
+        asyncio.run(_migrate_all(settings, available_services()))
+
+
+async def create_topics(settings: Settings) -> list[str]:
+    """Create every product topic and its dead-letter topic; returns the new ones."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for base in topic_names.ALL for t in (base, dlq_topic(base))]
+        new = [NewTopic(t, num_partitions=settings.partitions_for(t), replication_factor=1)
+               for t in wanted if t not in existing]
+        if new:
+            await admin.create_topics(new)
+        return [t.name for t in new]
+    finally:
+        await admin.close()
+
+
+@app.command()
+def topics() -> None:
+    """Create the topics (partition counts from CRM_TOPIC_PARTITIONS and overrides)."""
+    settings = _settings()
+    _require(settings, "KAFKA_BOOTSTRAP_SERVERS")
+    created = asyncio.run(create_topics(settings))
+    typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none missing'}")
+
+
+def _dev_token(settings: Settings) -> str | None:
+    """A stable local token with every scope when no token is configured."""
+    if settings.api_tokens or settings.dev_token:
+        return settings.dev_token
+    path = settings.data_dir / "dev-token"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@app.command()
+def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")] = None
+       ) -> None:
+    """Start the infrastructure (embedded where unset) and every service; Ctrl-C stops all."""
+    settings = _settings()
+    specs = available_services()
+    chosen = services or list(specs)
+    unknown = [s for s in chosen if s not in specs]
+    if unknown:
+        typer.echo(f"services: unknown {unknown}; expected some of {list(specs)}", err=True)
+        raise typer.Exit(2)
+    token = _dev_token(settings)
+    with infrastructure(settings.database_url, settings.kafka_bootstrap_servers,
+                        settings.data_dir) as infra:
+        settings = settings.model_copy(update={"database_url": infra.database_url,
+                                               "kafka_bootstrap_servers":
+                                                   infra.kafka_bootstrap_servers})
+        asyncio.run(_migrate_all(settings, {n: specs[n] for n in chosen}))
+        asyncio.run(create_topics(settings))
+        extra = {"CRM_DEV_TOKEN": token} if token else {}
+        env = child_env(infra, extra)
+        children = {name: subprocess.Popen([sys.executable, "-m", "crm_runtime", "serve", name],
+                                           env=env) for name in chosen}
+        typer.echo("")
+        typer.echo(f"CRM {VERSION} is up")
+        typer.echo(f"  broker    {infra.kafka_bootstrap_servers}"
+                   f"{' (embedded Tansu)' if not os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else ''}")
+        typer.echo(f"  database  {infra.database_url}")
+        for name in chosen:
+            typer.echo(f"  {name:<12} gRPC {settings.grpc_host}:{settings.grpc_port(name)}"
+                       f"  metrics http://{settings.grpc_host}:{settings.metrics_port(name)}/metrics")
+        if token:
+            typer.echo(f"  dev token  {token}   (metadata 'authorization: Bearer <token>')")
+        if not chosen:
+            typer.echo("  no services exist yet under services/")
+        typer.echo("Ctrl-C stops everything.")
+        _supervise(children, settings.shutdown_grace_s)
+
+
+def _supervise(children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
+    stopping = False
+
+    def ask_stop(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, ask_stop)
+    signal.signal(signal.SIGTERM, ask_stop)
+    try:
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    typer.echo(f"{name} exited with {child.returncode}; stopping", err=True)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace + 5
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        typer.echo("stopped")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Batched, idempotent Kafka consumer with dead letters.
+
+One batch of records is processed in one PostgreSQL transaction:
+
+1. every record is decoded; records that cannot be read are poison;
+2. the event ids are inserted into ``inbox`` in one statement, and only the
+   ids that were new reach the handlers (a redelivered event changes nothing);
+3. poison records are written to ``dead_letters`` and queued in the outbox for
+   ``<topic>.dlq`` with headers naming the error and the original topic,
+   partition and offset; the consumer goes on with the next record;
+4. the transaction commits, and only then are the offsets committed.
+
+A crash anywhere before step 4's offset commit redelivers the batch, and the
+inbox makes the second pass a no-op. A transient failure (the database is down,
+a serialisation conflict) rolls back, seeks back, and retries the same batch
+with backoff; it never dead-letters. A handler that raises anything else on
+one record makes the batch run again with a savepoint per record, so only the
+failing record is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from crm_runtime import faults, metrics, outbox
+from crm_runtime.db import is_transient
+from crm_runtime.events import Envelope, PoisonMessage, decode
+from crm_runtime.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[asyncpg.Connection, list[Envelope]], Awaitable[None]]
+Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[None]]
+
+DLQ_SUFFIX = ".dlq"
+
+
+def dlq_topic(topic: str) -> str:
+    return topic + DLQ_SUFFIX
+
+
+def per_event(handler: Handler) -> BatchHandler:
+    """Adapt a one-event handler to the batch interface (still one transaction)."""
+
+    async def run(conn: asyncpg.Connection, events: list[Envelope]) -> None:
+        for env in events:
+            await handler(conn, env)
+
+    return run
+
+
+@dataclass
+class _Item:
+    record: ConsumerRecord[bytes, bytes]
+    envelope: Envelope | None = None
+    poison: PoisonMessage | None = None
+
+
+class EventConsumer:
+    """Consumes ``topics`` as consumer group ``group`` and applies ``handlers``
+    (by CloudEvents type) to the service's database. Registered types without a
+    handler are skipped; unknown types are dead letters."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        bootstrap_servers: str,
+        group: str,
+        topics: Sequence[str],
+        handlers: Mapping[str, BatchHandler],
+        service: str,
+        lanes: int,
+        batch_size: int = 500,
+        batch_wait_ms: int = 100,
+        backoff: Backoff | None = None,
+        failpoints: frozenset[str] = frozenset(),
+        consumer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._group = group
+        self._topics = list(topics)
+        self._handlers = dict(handlers)
+        self._service = service
+        self._lanes = lanes
+        self._batch_size = batch_size
+        self._batch_wait_ms = batch_wait_ms
+        self._backoff = backoff or Backoff()
+        self._failpoints = failpoints
+        self._kafka = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **(consumer_options or {}),
+        )
+        self._stopping = asyncio.Event()
+        self._next_offsets: dict[TopicPartition, int] = {}
+        self.ready = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self._start_kafka()
+        try:
+            while not self._stopping.is_set():
+                records = await self._kafka.getmany(timeout_ms=self._batch_wait_ms or 1,
+                                                    max_records=self._batch_size)
+                self.ready.set()
+                batch = [r for part in records.values() for r in part]
+                if batch:
+                    await self._process_until_done(batch)
+                self._observe_lag()
+        finally:
+            await self._kafka.stop()
+
+    async def _start_kafka(self) -> None:
+        while True:
+            try:
+                await self._kafka.start()
+                return
+            except Exception as exc:
+                delay = self._backoff.next()
+                log.warning("consumer %s cannot reach the broker (%s); retrying in %.1fs",
+                            self._group, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _process_until_done(self, batch: list[ConsumerRecord[bytes, bytes]]) -> None:
+        items = [self._decode(r) for r in batch]
+        while True:
+            try:
+                started = time.perf_counter()
+                await self.process(items)
+                metrics.BATCH_SECONDS.labels(self._service, self._group).observe(
+                    time.perf_counter() - started)
+                self._backoff.reset()
+                break
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = self._backoff.next()
+                log.warning("consumer %s: transient failure (%s: %s); retrying batch in %.1fs",
+                            self._group, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+        faults.hit(self._failpoints, "consumer.after_db_commit")
+        await self._commit_offsets(batch)
+
+    async def _commit_offsets(self, batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        self._next_offsets.update(offsets)
+        try:
+            await self._kafka.commit(offsets)
+        except Exception as exc:
+            # The effects are committed; a redelivery is absorbed by the inbox.
+            log.warning("consumer %s: offset commit failed (%s); records may be redelivered",
+                        self._group, exc)
+
+    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Item:
+        try:
+            return _Item(record, envelope=decode(record.headers, record.value))
+        except PoisonMessage as poison:
+            return _Item(record, poison=poison)
+
+    async def process(self, items: list[_Item]) -> None:
+        """Apply one batch in one transaction (fast path); if a handler fails
+        for a non-transient reason, apply it again isolating each record."""
+        try:
+            await self._apply(items, isolate=False)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("consumer %s: a handler failed (%s: %s); isolating records",
+                        self._group, type(exc).__name__, exc)
+            await self._apply(items, isolate=True)
+
+    async def _apply(self, items: list[_Item], *, isolate: bool) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            good = [i for i in items if i.envelope is not None]
+            fresh = await self._claim(conn, good)
+            dead: list[tuple[_Item, str, str]] = [
+                (i, i.poison.kind, i.poison.reason) for i in items if i.poison is not None
+            ]
+            todo = [i for i in good if i.envelope is not None and i.envelope.id in fresh]
+            # Handlers see runs of consecutive records of one type, in order.
+            run: list[_Item] = []
+            for item in [*todo, None]:
+                if run and (item is None or _type(item) != _type(run[0])):
+                    dead += await self._handle_run(conn, run, isolate=isolate)
+                    run = []
+                if item is not None:
+                    if fresh.get(_id(item)) is not item:
+                        continue  # the same event twice in one batch
+                    run.append(item)
+            await self._dead_letter(conn, dead)
+        self._count(items, fresh)
+
+    async def _claim(self, conn: asyncpg.Connection, good: list[_Item]) -> dict[str, _Item]:
+        """Record the batch's event ids in the inbox; returns the new ones."""
+        if not good:
+            return {}
+        rows = await conn.fetch(
+            """INSERT INTO inbox (consumer_group, event_id)
+               SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id""",
+            self._group, [_id(i) for i in good],
+        )
+        new = {r["event_id"] for r in rows}
+        first: dict[str, _Item] = {}
+        for item in good:
+            if _id(item) in new:
+                first.setdefault(_id(item), item)
+        return first
+
+    async def _handle_run(self, conn: asyncpg.Connection, run: list[_Item], *,
+                          isolate: bool) -> list[tuple[_Item, str, str]]:
+        handler = self._handlers.get(_type(run[0]))
+        if handler is None:
+            return []  # a known event this service does not act on
+        envelopes = [i.envelope for i in run if i.envelope is not None]
+        started = time.perf_counter()
+        if not isolate:
+            await handler(conn, envelopes)
+            self._observe(run[0], started)
+            return []
+        dead = []
+        for item, env in zip(run, envelopes, strict=True):
+            try:
+                async with conn.transaction():  # a savepoint per record
+                    await handler(conn, [env])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                kind = exc.kind if isinstance(exc, PoisonMessage) else "handler_error"
+                reason = exc.reason if isinstance(exc, PoisonMessage) else (
+                    f"{type(exc).__name__}: {exc}")
+                log.error("consumer %s: dead-lettering event %s (%s) of %s: %s", self._group,
+                          env.id, env.type, env.subject, reason)
+                dead.append((item, kind, reason))
+        self._observe(run[0], started)
+        return dead
+
+    async def _dead_letter(self, conn: asyncpg.Connection,
+                           dead: list[tuple[_Item, str, str]]) -> None:
+        if not dead:
+            return
+        rows = await conn.fetch(
+            """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset,
+                                         error_kind, error_reason)
+               SELECT $1, * FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[],
+                                        $6::text[])
+               ON CONFLICT DO NOTHING RETURNING topic, kafka_partition, kafka_offset""",
+            self._group,
+            [d[0].record.topic for d in dead], [d[0].record.partition for d in dead],
+            [d[0].record.offset for d in dead], [d[1] for d in dead], [d[2] for d in dead],
+        )
+        new = {(r["topic"], r["kafka_partition"], r["kafka_offset"]) for r in rows}
+        records: list[outbox.RawRecord] = []
+        for item, kind, reason in dead:
+            r = item.record
+            if (r.topic, r.partition, r.offset) not in new:
+                continue
+            headers = [*(r.headers or ()),
+                       ("dlq_error_kind", kind.encode()),
+                       ("dlq_error_reason", reason.encode()[:4000]),
+                       ("dlq_original_topic", r.topic.encode()),
+                       ("dlq_original_partition", str(r.partition).encode()),
+                       ("dlq_original_offset", str(r.offset).encode()),
+                       ("dlq_consumer_group", self._group.encode())]
+            records.append((f"{r.topic}:{r.partition}:{r.offset}", dlq_topic(r.topic), r.key,
+                            headers, r.value, "dead_letter"))
+            metrics.DEAD_LETTERED.labels(self._service, r.topic, kind).inc()
+        await outbox.add_raw(conn, records, lanes=self._lanes)
+
+    def _observe(self, item: _Item, started: float) -> None:
+        metrics.HANDLER_SECONDS.labels(self._service, item.record.topic, _type(item)).observe(
+            time.perf_counter() - started)
+
+    def _count(self, items: list[_Item], fresh: dict[str, _Item]) -> None:
+        for item in items:
+            if item.envelope is None:
+                continue
+            if fresh.get(item.envelope.id) is item:
+                metrics.CONSUMED.labels(self._service, item.record.topic, _type(item)).inc()
+            else:
+                metrics.DUPLICATES.labels(self._service, item.record.topic).inc()
+
+    def _observe_lag(self) -> None:
+        for tp, next_offset in self._next_offsets.items():
+            high = self._kafka.highwater(tp)
+            if high is not None:
+                metrics.CONSUMER_LAG.labels(self._service, self._group, tp.topic,
+                                            str(tp.partition)).set(max(0, high - next_offset))
+
+
+def _id(item: _Item) -> str:
+    assert item.envelope is not None
+    return item.envelope.id
+
+
+def _type(item: _Item) -> str:
+    assert item.envelope is not None
+    return item.envelope.type

@@ -1,0 +1,76 @@
+"""PostgreSQL access: one asyncpg pool per service, bound to its own schema.
+
+Every service owns one schema and never reads another's. The pool sets
+``search_path`` to that schema, so service SQL uses plain table names and the
+runtime's own tables (outbox, inbox, scheduled work, migrations) live beside
+the service's tables in the same schema and commit in the same transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import asyncpg
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+Connection = asyncpg.Connection
+
+
+def check_schema_name(schema: str) -> str:
+    """Schema names are identifiers built into SQL text, so only plain
+    lower-case identifiers are accepted."""
+    if not _IDENT.match(schema):
+        raise ValueError(f"schema name {schema!r} must match {_IDENT.pattern}")
+    return schema
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+
+
+async def create_pool(dsn: str, schema: str, *, max_size: int = 10,
+                      min_size: int = 1) -> asyncpg.Pool:
+    """A pool whose connections resolve unqualified names in ``schema``."""
+    check_schema_name(schema)
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": f"{schema},public", "application_name": f"crm-{schema}"},
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
+    await _init_connection(conn)
+    return conn
+
+
+#: Errors after which retrying the same work later can succeed: the database
+#: went away, was restarting, or two transactions collided.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    OSError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_DB_ERRORS)

@@ -1,0 +1,39 @@
+"""Domain errors, raised by domain and store code and mapped to gRPC status
+codes in one place (the server interceptor). Messages are for the caller:
+they name the field or the id and say what is wrong."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a caller can act on."""
+
+
+class InvalidArgument(DomainError):
+    """A request field is malformed or out of range (``INVALID_ARGUMENT``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class NotFound(DomainError):
+    """An id that does not exist (``NOT_FOUND``)."""
+
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(f"{what} {ident!r} not found")
+        self.what = what
+        self.ident = ident
+
+
+class AlreadyExists(DomainError):
+    """Creating something that exists already (``ALREADY_EXISTS``)."""
+
+
+class FailedPrecondition(DomainError):
+    """The request is valid but not in the current state (``FAILED_PRECONDITION``)."""
+
+
+class Conflict(DomainError):
+    """An optimistic-concurrency version did not match (``ABORTED``)."""

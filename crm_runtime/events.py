@@ -1,0 +1,173 @@
+"""Events as CloudEvents 1.0 in Kafka binary content mode.
+
+A payload is a pydantic model registered with :func:`event` under its
+CloudEvents type (a past-tense fact such as ``customer.registered``) and the
+topic it belongs to. On the wire the attributes travel as ``ce_*`` headers, the
+payload is the JSON body and ``content-type`` is ``application/json``; the
+message key is the subject, the customer id, so one customer's events stay in
+order on one partition.
+
+:func:`decode` turns a Kafka record back into an :class:`Envelope`, raising
+:class:`PoisonMessage` with a precise reason when the record cannot be read;
+consumers dead-letter those.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class EventPayload(BaseModel):
+    """Base of every event payload: immutable, and strict about unknown fields
+    so a producer's typo is caught as a dead letter, not silently dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: ClassVar[str]
+    topic: ClassVar[str]
+
+
+P = TypeVar("P", bound=EventPayload)
+
+_REGISTRY: dict[str, type[EventPayload]] = {}
+
+
+def event(event_type: str, *, topic: str) -> Callable[[type[P]], type[P]]:
+    """Register a payload model under its CloudEvents type and topic."""
+
+    def register(cls: type[P]) -> type[P]:
+        existing = _REGISTRY.get(event_type)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"event type {event_type!r} registered twice")
+        cls.event_type = event_type
+        cls.topic = topic
+        _REGISTRY[event_type] = cls
+        return cls
+
+    return register
+
+
+def payload_class(event_type: str) -> type[EventPayload] | None:
+    return _REGISTRY.get(event_type)
+
+
+def registered_types() -> dict[str, type[EventPayload]]:
+    return dict(_REGISTRY)
+
+
+class PoisonMessage(Exception):
+    """A record that can never be processed: not CloudEvents, not JSON, an
+    unknown type or a payload that fails validation. It goes to the DLQ."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One event: the CloudEvents context attributes plus the typed payload."""
+
+    data: EventPayload
+    subject: str
+    source: str
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: Publish somewhere other than the type's registered topic (tests, replays).
+    topic_override: str | None = None
+
+    @property
+    def type(self) -> str:
+        return self.data.event_type
+
+    @property
+    def topic(self) -> str:
+        return self.topic_override or self.data.topic
+
+    def body(self) -> bytes:
+        return self.data.model_dump_json().encode()
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            ("ce_specversion", SPECVERSION.encode()),
+            ("ce_id", self.id.encode()),
+            ("ce_type", self.type.encode()),
+            ("ce_source", self.source.encode()),
+            ("ce_time", format_time(self.time).encode()),
+            ("ce_subject", self.subject.encode()),
+            ("content-type", CONTENT_TYPE.encode()),
+        ]
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix, as CloudEvents SDKs expect."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def header_map(headers: Headers | None) -> dict[str, bytes]:
+    return {k: v for k, v in (headers or ())}
+
+
+_REQUIRED = ("ce_specversion", "ce_id", "ce_type", "ce_source")
+
+
+def decode(headers: Headers | None, value: bytes | None) -> Envelope:
+    """Read a binary-mode CloudEvent into an :class:`Envelope`, or raise
+    :class:`PoisonMessage` naming what is wrong."""
+    attrs: dict[str, str] = {}
+    for key, raw in header_map(headers).items():
+        if key.startswith("ce_") or key == "content-type":
+            try:
+                attrs[key] = raw.decode()
+            except UnicodeDecodeError:
+                raise PoisonMessage("bad_header", f"header {key} is not UTF-8") from None
+    missing = [name for name in _REQUIRED if not attrs.get(name)]
+    if missing:
+        raise PoisonMessage("not_cloudevent", f"missing header(s) {', '.join(missing)}")
+    if attrs["ce_specversion"] != SPECVERSION:
+        raise PoisonMessage(
+            "bad_specversion", f"ce_specversion is {attrs['ce_specversion']!r}, expected '1.0'"
+        )
+    content_type = attrs.get("content-type", CONTENT_TYPE)
+    if not content_type.startswith(CONTENT_TYPE):
+        raise PoisonMessage("bad_content_type", f"content-type {content_type!r} is not JSON")
+    cls = _REGISTRY.get(attrs["ce_type"])
+    if cls is None:
+        raise PoisonMessage("unknown_type", f"ce_type {attrs['ce_type']!r} is not a known event")
+    try:
+        raw_json: Any = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PoisonMessage("not_json", f"body is not JSON: {exc}") from None
+    try:
+        data = cls.model_validate(raw_json)
+    except ValidationError as exc:
+        raise PoisonMessage("invalid_payload", _describe(exc)) from None
+    subject = attrs.get("ce_subject", "")
+    when = attrs.get("ce_time")
+    try:
+        time = datetime.fromisoformat(when) if when else datetime.now(UTC)
+    except ValueError:
+        raise PoisonMessage("bad_header", f"ce_time {when!r} is not RFC 3339") from None
+    return Envelope(data=data, subject=subject, source=attrs["ce_source"], id=attrs["ce_id"],
+                    time=time)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,225 @@
+"""gRPC server bootstrap shared by every service.
+
+:func:`build_server` returns a ``grpc.aio`` server carrying the service's own
+servicers, the standard health and reflection services, and one interceptor
+that (1) authenticates the caller's bearer token and checks the scope the
+method declares in its proto (``option (crm.common.v1.required_scope)``),
+(2) maps domain errors to status codes, and (3) records metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor as _descriptor
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from pydantic import ValidationError
+
+from crm.common.v1 import options_pb2
+from crm_runtime import metrics
+from crm_runtime.errors import (
+    AlreadyExists,
+    Conflict,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from crm_runtime.settings import ApiToken
+
+log = logging.getLogger(__name__)
+
+#: Open to any caller: orchestrators probe health, tools discover the API.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """One gRPC service to serve: the generated ``add_*_to_server`` function,
+    the servicer instance, and the service descriptor from the ``_pb2`` module."""
+
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    descriptor: _descriptor.ServiceDescriptor
+
+
+def required_scopes(descriptors: Iterable[_descriptor.ServiceDescriptor]) -> dict[str, str]:
+    """Full method name -> scope, read from the proto method options."""
+    scopes: dict[str, str] = {}
+    for service in descriptors:
+        for method in service.methods:
+            scope = method.GetOptions().Extensions[options_pb2.required_scope]
+            if scope:
+                scopes[f"/{service.full_name}/{method.name}"] = scope
+    return scopes
+
+
+def scope_granted(granted: Iterable[str], needed: str) -> bool:
+    area = needed.split(":", 1)[0]
+    return any(g in ("*", needed, f"{area}:*") for g in granted)
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ApiInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication, scope checks, error mapping and metrics for every call."""
+
+    def __init__(self, *, service: str, tokens: Mapping[str, ApiToken],
+                 scopes: Mapping[str, str]) -> None:
+        self._service = service
+        self._tokens = dict(tokens)
+        self._scopes = dict(scopes)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await self._call(method, metadata, context, inner, request)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        # Streaming methods are not part of the CRM contracts; refuse rather
+        # than serve them unauthenticated.
+        return _refusing_handler(handler, method)
+
+    def _authorise(self, method: str, metadata: Mapping[str, Any]) -> ApiToken:
+        header = str(metadata.get("authorization", ""))
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED,
+                           "missing 'authorization: Bearer <token>' metadata")
+        caller = self._tokens.get(hashlib.sha256(token.strip().encode()).hexdigest())
+        if caller is None:
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+        needed = self._scopes.get(method)
+        if needed is None:
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, f"{method} declares no scope")
+        if not scope_granted(caller.scopes, needed):
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED,
+                           f"token of {caller.system!r} lacks scope {needed!r}")
+        return caller
+
+    async def _call(self, method: str, metadata: Mapping[str, Any],
+                    context: grpc.aio.ServicerContext,
+                    inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+                    request: Any) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            self._authorise(method, metadata)
+            return await inner(request, context)
+        except _Refused as refused:
+            code = refused.code
+            await context.abort(refused.code, refused.message)
+        except InvalidArgument as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort_with_status(rpc_status.to_status(_bad_request(
+                [(exc.field, exc.problem)])))
+        except ValidationError as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            violations = [(".".join(str(p) for p in e["loc"]) or "request", e["msg"])
+                          for e in exc.errors()]
+            await context.abort_with_status(rpc_status.to_status(_bad_request(violations)))
+        except DomainError as exc:
+            code = _CODES.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION)
+            for cls, mapped in _CODES.items():
+                if isinstance(exc, cls):
+                    code = mapped
+            await context.abort(code, str(exc))
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                code = context.code() or grpc.StatusCode.UNKNOWN  # servicer aborted itself
+                raise
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+        finally:
+            name = method.rsplit("/", 1)[-1]
+            metrics.GRPC_REQUESTS.labels(self._service, name, code.name).inc()
+            metrics.GRPC_SECONDS.labels(self._service, name).observe(
+                time.perf_counter() - started)
+
+
+_CODES: dict[type[DomainError], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Conflict: grpc.StatusCode.ABORTED,
+}
+
+
+def _bad_request(violations: list[tuple[str, str]]) -> status_pb2.Status:
+    """A ``google.rpc.Status`` with ``BadRequest`` field violations, which
+    clients in any language can read; the message names every field too."""
+    detail = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+        for f, d in violations
+    ])
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT,
+                               message="; ".join(f"{f}: {d}" for f, d in violations))
+    status.details.add().Pack(detail)
+    return status
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served")
+
+    return grpc.unary_unary_rpc_method_handler(
+        refuse, request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer)
+
+
+def build_server(*, service: str, registrations: list[ServiceRegistration],
+                 tokens: Mapping[str, ApiToken], address: str,
+                 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """A server with the service's APIs, health and reflection, bound to
+    ``address``; returns the server, its health servicer and the bound port."""
+    interceptor = ApiInterceptor(service=service, tokens=tokens,
+                                 scopes=required_scopes(r.descriptor for r in registrations))
+    server = grpc.aio.server(interceptors=[interceptor])
+    for reg in registrations:
+        reg.add(reg.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [r.descriptor.full_name for r in registrations]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC server to {address}")
+    return server, health_servicer, port
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str],
+                      serving: bool) -> None:
+    status = (health_pb2.HealthCheckResponse.SERVING if serving
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in ["", *names]:
+        await health_servicer.set(name, status)

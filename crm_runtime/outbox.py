@@ -1,0 +1,205 @@
+"""Transactional outbox and its relay.
+
+:func:`add` writes events into the ``outbox`` table on the caller's connection,
+inside the caller's transaction, so a state change and the events it causes
+commit or roll back together. :class:`OutboxRelay` publishes committed rows.
+
+Ordering and replicas: each row belongs to a lane, a hash of its message key.
+A relay publishes a lane only while it holds that lane's transaction-level
+advisory lock, and publishes the lane's rows in id order, so one key's events
+reach Kafka in the order they were written, and two relay replicas never
+publish the same row in normal operation. A row is marked sent only after the
+broker acknowledged it (``acks=all``); when the broker is down the relay rolls
+back and retries with backoff, so nothing is lost. A crash between the ack and
+the commit republishes those rows: delivery is at least once, and consumers
+deduplicate by event id (the inbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from crm_runtime import metrics
+from crm_runtime.db import is_transient
+from crm_runtime.events import Envelope
+from crm_runtime.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+
+def lane_of(key: bytes | None, lanes: int) -> int:
+    """Stable lane for a key (crc32 is the same in every process and release)."""
+    return zlib.crc32(key or b"") % lanes
+
+
+#: NOTIFY channel that wakes the relay when a transaction added rows.
+WAKEUP_CHANNEL = "crm_outbox"
+
+
+async def add(conn: asyncpg.Connection, events: Sequence[Envelope], *, lanes: int) -> None:
+    """Queue ``events`` in the outbox inside the caller's open transaction."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("outbox.add must run inside the transaction of the state change")
+    await add_raw(conn, [
+        (e.id, e.topic, e.subject.encode(), e.headers(), e.body(), e.type) for e in events
+    ], lanes=lanes)
+
+
+RawRecord = tuple[str, str, bytes | None, Sequence[tuple[str, bytes]], bytes | None, str]
+
+
+async def add_raw(conn: asyncpg.Connection, records: Sequence[RawRecord], *, lanes: int) -> None:
+    """Queue already-encoded records (dead letters keep the original bytes)."""
+    if not records:
+        return
+    await conn.executemany(
+        """INSERT INTO outbox (event_id, topic, message_key, header_keys, header_values, body,
+                               event_type, lane)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        [
+            (event_id, topic, key, [h[0] for h in headers], [h[1] for h in headers], body,
+             event_type, lane_of(key, lanes))
+            for event_id, topic, key, headers, body, event_type in records
+        ],
+    )
+    # Delivered at commit (and dropped on rollback): wakes the relay at once.
+    await conn.execute("SELECT pg_notify($1, current_schema())", WAKEUP_CHANNEL)
+
+
+def _lock_key(schema: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"outbox:{schema}".encode()).digest()[:4],
+                          "big", signed=True)
+
+
+class OutboxRelay:
+    """Publishes the outbox of one service schema to Kafka."""
+
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, *, service: str,
+                 schema: str, lanes: int, batch_size: int = 500, poll_interval: float = 1.0,
+                 publish_timeout: float = 15.0, retention_hours: int = 168,
+                 backoff: Backoff | None = None) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._service = service
+        self._lanes = lanes
+        self._batch = batch_size
+        self._poll = poll_interval
+        self._retention_hours = retention_hours
+        self._publish_timeout = publish_timeout
+        self._schema = schema
+        self._wakeup = asyncio.Event()
+        self._lock_class = _lock_key(schema)
+        self._backoff = backoff or Backoff()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload == self._schema:
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """Relay until :meth:`stop`; broker or database outages are retried."""
+        while not self._stopping.is_set():
+            try:
+                async with self._pool.acquire() as listener:
+                    await listener.add_listener(WAKEUP_CHANNEL, self._on_notify)
+                    try:
+                        await self._relay_loop()
+                    finally:
+                        await listener.remove_listener(WAKEUP_CHANNEL, self._on_notify)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self._backoff.next()
+                level = logging.WARNING if _is_outage(exc) else logging.ERROR
+                log.log(level, "outbox relay failed (%s: %s); retrying in %.1fs",
+                        type(exc).__name__, exc, delay)
+                self._wakeup.clear()
+                await self._sleep(delay)
+
+    async def _relay_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_observe = 0.0
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            published = await self.publish_pending()
+            self._backoff.reset()
+            if loop.time() >= next_observe:
+                next_observe = loop.time() + 5.0
+                await self._observe_and_clean()
+            if published == 0:
+                await self._sleep(self._poll)
+
+    async def publish_pending(self) -> int:
+        """Publish every lane once; used by tests and by ``run``."""
+        return sum([await self.publish_lane(lane) for lane in range(self._lanes)])
+
+    async def publish_lane(self, lane: int) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            got = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)",
+                                      self._lock_class, lane)
+            if not got:
+                return 0  # another replica is publishing this lane
+            rows = await conn.fetch(
+                """SELECT id, topic, message_key, header_keys, header_values, body, event_type
+                     FROM outbox WHERE lane = $1 AND sent_at IS NULL
+                    ORDER BY id LIMIT $2""",
+                lane, self._batch,
+            )
+            if not rows:
+                return 0
+            await asyncio.wait_for(self._publish(rows), timeout=self._publish_timeout)
+            await conn.execute("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)",
+                               [r["id"] for r in rows])
+        for r in rows:
+            metrics.PUBLISHED.labels(self._service, r["topic"], r["event_type"]).inc()
+        return len(rows)
+
+    async def _publish(self, rows: Sequence[Any]) -> None:
+        # send() only queues; awaiting every delivery future waits for the acks.
+        # aiokafka keeps one in-flight batch per partition, so order is kept.
+        futures = []
+        for r in rows:
+            headers = list(zip(r["header_keys"], [bytes(v) for v in r["header_values"]],
+                               strict=True))
+            futures.append(await self._producer.send(
+                r["topic"], value=r["body"], key=r["message_key"], headers=headers))
+        await asyncio.gather(*futures)
+
+    async def _observe_and_clean(self) -> None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """SELECT count(*) AS backlog,
+                          coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)
+                            AS oldest
+                     FROM outbox WHERE sent_at IS NULL""")
+            assert row is not None
+            metrics.OUTBOX_BACKLOG.labels(self._service).set(row["backlog"])
+            metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(row["oldest"]))
+            await conn.execute(
+                "DELETE FROM outbox WHERE sent_at < clock_timestamp() - make_interval(hours => $1)",
+                self._retention_hours)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep until the timeout, a NOTIFY from a committing writer, or stop."""
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+
+def _is_outage(exc: BaseException) -> bool:
+    from aiokafka.errors import KafkaError
+
+    return is_transient(exc) or isinstance(exc, KafkaError)

@@ -1,0 +1,131 @@
+"""Durable scheduler for delayed work (a case deadline, a follow-up, a churn window).
+
+Work lives in the service schema's ``scheduled_work`` table; (kind, item_key)
+is unique, so scheduling the same item again moves its due time instead of
+adding a second one. Any number of replicas poll it: each takes due rows with
+``FOR UPDATE SKIP LOCKED`` and runs the handler for the row's kind in the same
+transaction that deletes the row, so the work's effects (state and outbox
+rows) and its removal commit together: it happens once, even when a replica
+dies mid-way (its lock is released and another replica takes the row).
+
+Time comes from an injectable :class:`~crm_runtime.clock.Clock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from crm_runtime import metrics
+from crm_runtime.clock import Clock
+from crm_runtime.db import is_transient
+from crm_runtime.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DueWork:
+    kind: str
+    key: str
+    due_at: datetime
+    payload: dict[str, Any]
+    attempts: int
+
+
+WorkHandler = Callable[[asyncpg.Connection, DueWork], Awaitable[None]]
+
+
+async def schedule(conn: asyncpg.Connection, kind: str, key: str, due_at: datetime,
+                   payload: Mapping[str, Any] | None = None) -> None:
+    """Schedule (or move) the work item ``(kind, key)`` in the caller's transaction."""
+    await conn.execute(
+        """INSERT INTO scheduled_work (kind, item_key, due_at, payload)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (kind, item_key)
+           DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
+                         last_error = NULL""",
+        kind, key, due_at, dict(payload or {}),
+    )
+
+
+async def cancel(conn: asyncpg.Connection, kind: str, key: str) -> bool:
+    """Remove a pending item; True if there was one."""
+    status = await conn.execute("DELETE FROM scheduled_work WHERE kind = $1 AND item_key = $2",
+                                kind, key)
+    return bool(status.endswith(" 1"))
+
+
+class Scheduler:
+    """Polls due work and runs its handler in the transaction that removes it."""
+
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, handlers: Mapping[str, WorkHandler], *,
+                 service: str, batch_size: int = 100, poll_interval: float = 0.2,
+                 retry_after: timedelta = timedelta(seconds=30),
+                 backoff: Backoff | None = None) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._handlers = dict(handlers)
+        self._service = service
+        self._batch = batch_size
+        self._poll = poll_interval
+        self._retry_after = retry_after
+        self._backoff = backoff or Backoff()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                ran = await self.run_due()
+                self._backoff.reset()
+                delay = 0.0 if ran >= self._batch else self._poll
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self._backoff.next()
+                log.warning("scheduler failed (%s: %s); retrying in %.1fs",
+                            type(exc).__name__, exc, delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def run_due(self) -> int:
+        """Run every item due now (one batch); returns how many ran."""
+        now = self._clock.now()
+        ran = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, kind, item_key, due_at, payload, attempts FROM scheduled_work
+                    WHERE due_at <= $1 AND kind = ANY($2::text[])
+                    ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED""",
+                now, list(self._handlers), self._batch,
+            )
+            for row in rows:
+                work = DueWork(row["kind"], row["item_key"], row["due_at"], row["payload"],
+                               row["attempts"])
+                try:
+                    async with conn.transaction():  # a savepoint: one bad item stays alone
+                        await self._handlers[work.kind](conn, work)
+                        await conn.execute("DELETE FROM scheduled_work WHERE id = $1", row["id"])
+                    ran += 1
+                    metrics.SCHEDULED_FIRED.labels(self._service, work.kind).inc()
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    log.error("scheduled %s/%s failed (%s: %s); retrying later", work.kind,
+                              work.key, type(exc).__name__, exc)
+                    await conn.execute(
+                        """UPDATE scheduled_work SET attempts = attempts + 1, last_error = $2,
+                                  due_at = $3 WHERE id = $1""",
+                        row["id"], f"{type(exc).__name__}: {exc}", now + self._retry_after)
+        return ran

@@ -1,0 +1,221 @@
+"""How one service process runs: the lifecycle every service shares.
+
+A service describes itself with a :class:`ServiceSpec` (its name, migrations,
+and a ``build`` function that wires its handlers and servicers from a
+:class:`ServiceContext`). :class:`ServiceRunner` does the rest, in order:
+connect (retrying until the database answers), migrate, serve metrics, start
+the outbox relay, the consumers and the scheduler, serve gRPC, then wait for
+SIGINT/SIGTERM and shut down gracefully (health goes NOT_SERVING, in-flight
+calls get ``shutdown_grace_s`` to finish, loops stop, the pool closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from crm.ops.v1 import ops_pb2, ops_pb2_grpc
+from crm_runtime import db, metrics
+from crm_runtime.clock import Clock, SystemClock
+from crm_runtime.consumer import BatchHandler, EventConsumer
+from crm_runtime.grpc_server import ServiceRegistration, build_server, set_serving
+from crm_runtime.migrations import migrate, migrations_for
+from crm_runtime.ops import OperationsServicer
+from crm_runtime.outbox import OutboxRelay
+from crm_runtime.retry import Backoff
+from crm_runtime.scheduler import Scheduler, WorkHandler
+from crm_runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """Topics one consumer group reads and the handlers by event type."""
+
+    topics: Sequence[str]
+    handlers: Mapping[str, BatchHandler]
+    group_suffix: str = ""
+
+
+@dataclass
+class ServiceParts:
+    """What a service's ``build`` returns."""
+
+    subscriptions: list[Subscription] = field(default_factory=list)
+    scheduled: Mapping[str, WorkHandler] = field(default_factory=dict)
+    registrations: list[ServiceRegistration] = field(default_factory=list)
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    pool: asyncpg.Pool
+    clock: Clock
+    name: str
+
+    @property
+    def lanes(self) -> int:
+        return self.settings.relay_lanes
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    migrations: Path | None
+    build: Callable[[ServiceContext], ServiceParts]
+    publishes: Sequence[str] = ()
+    consumes: Sequence[str] = ()
+
+    @property
+    def schema(self) -> str:
+        return self.name
+
+
+async def open_pool(settings: Settings, schema: str, backoff: Backoff | None = None,
+                    attempts: int | None = None) -> asyncpg.Pool:
+    """Connect, retrying with backoff while the database is not there yet."""
+    assert settings.database_url, "DATABASE_URL must be resolved before services start"
+    backoff = backoff or Backoff(settings.retry_initial_s, settings.retry_max_s)
+    while True:
+        try:
+            return await db.create_pool(settings.database_url, schema,
+                                        max_size=settings.db_pool_max)
+        except Exception as exc:
+            if not db.is_transient(exc) or (attempts is not None and backoff.attempts >= attempts):
+                raise
+            delay = backoff.next()
+            log.warning("database not reachable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def migrate_service(pool: asyncpg.Pool, spec: ServiceSpec) -> list[str]:
+    async with pool.acquire() as conn:
+        return await migrate(conn, spec.schema, migrations_for(spec.migrations))
+
+
+class ServiceRunner:
+    """Runs one service until stopped. ``clock`` is injectable for tests."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings, *, clock: Clock | None = None,
+                 grpc_port: int | None = None, serve_metrics: bool = True) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._grpc_port = settings.grpc_port(spec.name) if grpc_port is None else grpc_port
+        self._serve_metrics = serve_metrics
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.bound_grpc_port = 0
+        self.pool: asyncpg.Pool | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        assert s.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS must be resolved"
+        pool = self.pool = await open_pool(s, self.spec.schema)
+        tasks: list[asyncio.Task[None]] = []
+        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
+                                    enable_idempotence=False, linger_ms=5)
+        stoppers: list[Callable[[], None]] = []
+        try:
+            applied = await migrate_service(pool, self.spec)
+            if applied:
+                log.info("%s: applied %d migrations", self.spec.name, len(applied))
+            ctx = ServiceContext(settings=s, pool=pool, clock=self.clock, name=self.spec.name)
+            parts = self.spec.build(ctx)
+            if self._serve_metrics:
+                metrics.serve(s.metrics_port(self.spec.name), s.grpc_host)
+            await _start_producer(producer, s)
+            relay = OutboxRelay(pool, producer, service=self.spec.name, schema=self.spec.schema,
+                                lanes=s.relay_lanes, batch_size=s.relay_batch_size,
+                                poll_interval=s.relay_poll_interval_s,
+                                retention_hours=s.outbox_retention_hours,
+                                backoff=Backoff(s.retry_initial_s, s.retry_max_s))
+            tasks.append(asyncio.create_task(relay.run(), name=f"{self.spec.name}-relay"))
+            stoppers.append(relay.stop)
+            for sub in parts.subscriptions:
+                consumer = EventConsumer(
+                    pool, bootstrap_servers=s.kafka_bootstrap_servers,
+                    group=f"crm-{self.spec.name}{sub.group_suffix}", topics=sub.topics,
+                    handlers=sub.handlers, service=self.spec.name, lanes=s.relay_lanes,
+                    batch_size=s.consumer_batch_size, batch_wait_ms=s.consumer_batch_wait_ms,
+                    backoff=Backoff(s.retry_initial_s, s.retry_max_s),
+                    failpoints=s.failpoint_set)
+                tasks.append(asyncio.create_task(consumer.run(), name=f"{self.spec.name}-consumer"))
+                stoppers.append(consumer.stop)
+            if parts.scheduled:
+                scheduler = Scheduler(pool, self.clock, parts.scheduled, service=self.spec.name,
+                                      batch_size=s.scheduler_batch_size,
+                                      poll_interval=s.scheduler_poll_interval_s)
+                tasks.append(asyncio.create_task(scheduler.run(), name=f"{self.spec.name}-sched"))
+                stoppers.append(scheduler.stop)
+            ops = ServiceRegistration(
+                ops_pb2_grpc.add_OperationsServicer_to_server,
+                OperationsServicer(pool, self.spec.name, self.spec.schema),
+                ops_pb2.DESCRIPTOR.services_by_name["Operations"])
+            registrations = [*parts.registrations, ops]
+            server, health, self.bound_grpc_port = build_server(
+                service=self.spec.name, registrations=registrations, tokens=s.token_table(),
+                address=f"{s.grpc_host}:{self._grpc_port}")
+            await server.start()
+            await set_serving(health, [r.descriptor.full_name for r in registrations], True)
+            log.info("%s: serving gRPC on %s:%d", self.spec.name, s.grpc_host,
+                     self.bound_grpc_port)
+            self.ready.set()
+            await self._wait(tasks)
+            await set_serving(health, [r.descriptor.full_name for r in registrations], False)
+            await server.stop(s.shutdown_grace_s)
+        finally:
+            for stop in stoppers:
+                stop()
+            for task in tasks:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=s.shutdown_grace_s)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            await pool.close()
+            log.info("%s: stopped", self.spec.name)
+
+    async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Until stop is asked, or a background loop dies (then re-raise)."""
+        stop_task = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        for task in done:
+            if task is not stop_task and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+
+async def _start_producer(producer: AIOKafkaProducer, settings: Settings) -> None:
+    backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+    while True:
+        try:
+            await producer.start()
+            return
+        except Exception as exc:
+            delay = backoff.next()
+            log.warning("broker not reachable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+
+
+def run_forever(runner: ServiceRunner) -> None:
+    """Run a service in this process until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runner.stop)
+        await runner.run()
+
+    asyncio.run(main())

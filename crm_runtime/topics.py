@@ -1,0 +1,12 @@
+"""Every Kafka topic of the product. Topics are versioned by name; the event
+types on each are registered in the services' ``events.py`` modules."""
+
+from __future__ import annotations
+
+CUSTOMERS = "crm.customers.v1"
+INTERACTIONS = "crm.interactions.v1"
+INTERACTIONS_INGEST = "crm.interactions.ingest.v1"
+LOYALTY = "crm.loyalty.v1"
+
+#: Topics the product reads or writes; each also has a ``<topic>.dlq``.
+ALL = (CUSTOMERS, INTERACTIONS, INTERACTIONS_INGEST, LOYALTY)

@@ -1,0 +1,79 @@
+"""Kafka helpers for tests: produce envelopes or raw records, read topics
+back with deadlines instead of sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from crm_runtime.events import Envelope
+
+Record = ConsumerRecord[bytes, bytes]
+
+
+async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, num_partitions=partitions, replication_factor=1)
+               for n in names if n not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+async def produce(bootstrap: str, records: Sequence[tuple[str, bytes | None, bytes | None,
+                                                        list[tuple[str, bytes]]]]) -> None:
+    """Produce (topic, key, value, headers) records and wait for the acks."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(t, key=k, value=v, headers=h) for t, k, v, h in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_envelopes(bootstrap: str, envelopes: Sequence[Envelope]) -> None:
+    await produce(bootstrap, [(e.topic, e.subject.encode(), e.body(), e.headers())
+                              for e in envelopes])
+
+
+async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0,
+                     settle: float = 0.5) -> list[Record]:
+    """Read ``topic`` from the start until ``expect`` records arrived, then keep
+    reading ``settle`` seconds more so extra (duplicate) records show up too."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if len(records) >= expect and settle_until is None:
+                settle_until = now + settle
+            if (settle_until is not None and now >= settle_until) or now >= deadline:
+                break
+            batch = await consumer.getmany(timeout_ms=100)
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0,
+                   what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
