@@ -49,14 +49,25 @@ def event(event_type: str, *, topic: str) -> Callable[[type[P]], type[P]]:
 
     def register(cls: type[P]) -> type[P]:
         existing = _REGISTRY.get(event_type)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"event type {event_type!r} registered twice")
+        # The same class imported twice (``python -m`` re-imports) is fine.
+        if existing is not None and _origin(existing) != _origin(cls):
+            raise ValueError(f"event type {event_type!r} registered twice: by {_origin(existing)}"
+                             f" and by {_origin(cls)}")
         cls.event_type = event_type
         cls.topic = topic
         _REGISTRY[event_type] = cls
         return cls
 
     return register
+
+
+def _origin(cls: type) -> str:
+    module = cls.__module__
+    if module == "__main__":
+        import __main__
+
+        module = getattr(__main__.__spec__, "name", module) if __main__.__spec__ else module
+    return f"{module}.{cls.__qualname__}"
 
 
 def payload_class(event_type: str) -> type[EventPayload] | None:
@@ -142,7 +153,7 @@ def decode(headers: Headers | None, value: bytes | None) -> Envelope:
             "bad_specversion", f"ce_specversion is {attrs['ce_specversion']!r}, expected '1.0'"
         )
     content_type = attrs.get("content-type", CONTENT_TYPE)
-    if not content_type.startswith(CONTENT_TYPE):
+    if content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
         raise PoisonMessage("bad_content_type", f"content-type {content_type!r} is not JSON")
     cls = _REGISTRY.get(attrs["ce_type"])
     if cls is None:
@@ -161,6 +172,9 @@ def decode(headers: Headers | None, value: bytes | None) -> Envelope:
         time = datetime.fromisoformat(when) if when else datetime.now(UTC)
     except ValueError:
         raise PoisonMessage("bad_header", f"ce_time {when!r} is not RFC 3339") from None
+    if time.tzinfo is None or "T" not in (when or "T"):
+        raise PoisonMessage("bad_header", f"ce_time {when!r} is not RFC 3339 (date, time and "
+                            "offset are required)")
     return Envelope(data=data, subject=subject, source=attrs["ce_source"], id=attrs["ce_id"],
                     time=time)
 

@@ -38,14 +38,18 @@ class Migration:
 def load_dir(source: str, folder: Path) -> list[Migration]:
     """Read ``NNN_name.sql`` files in version order; gaps and duplicates are errors."""
     found: list[Migration] = []
-    for path in sorted(folder.glob("*.sql")):
+    for path in folder.glob("*.sql"):
         prefix, _, rest = path.stem.partition("_")
         if not prefix.isdigit() or not rest:
             raise ValueError(f"migration file {path} must be named NNN_description.sql")
         found.append(Migration(source, int(prefix), rest, path.read_text()))
+    found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise ValueError(f"duplicate migration versions in {folder}")
+    if versions and versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migration versions in {folder} must run 1, 2, 3... without gaps; "
+                         f"found {versions}")
     return found
 
 

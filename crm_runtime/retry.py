@@ -21,7 +21,8 @@ class Backoff:
         return self._attempt
 
     def next(self) -> float:
-        ceiling = min(self._maximum, self._initial * 2 ** self._attempt)
+        # The exponent is bounded so a days-long outage cannot overflow a float.
+        ceiling = min(self._maximum, self._initial * 2 ** min(self._attempt, 60))
         self._attempt += 1
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 

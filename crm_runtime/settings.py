@@ -12,8 +12,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 SERVICES = ("customers", "interactions", "loyalty")
 
@@ -38,6 +46,12 @@ class ApiToken(BaseModel):
     scopes: list[str] = Field(description="Granted scopes, e.g. ['customers:read'].")
     token: str | None = Field(default=None, min_length=16)
     token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiToken:
+        if not self.token and not self.token_sha256:
+            raise ValueError("needs 'token' or 'token_sha256'")
+        return self
 
     def digest(self) -> str:
         if self.token_sha256:
@@ -73,6 +87,9 @@ class Settings(BaseSettings):
     dev_token: str | None = Field(default=None, min_length=16)
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
     consumer_batch_wait_ms: int = Field(default=100, ge=0, le=60000)
+    consumer_session_timeout_ms: int = Field(default=10000, ge=1000, le=300000)
+    consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
+    consumer_rebalance_timeout_ms: int = Field(default=30000, ge=1000, le=600000)
     relay_batch_size: int = Field(default=500, ge=1, le=10000)
     relay_poll_interval_s: float = Field(default=0.05, gt=0, le=60)
     relay_lanes: int = Field(default=4, ge=1, le=1024)
@@ -106,6 +123,19 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port], got {server!r}")
         return value
+
+    def consumer_options(self) -> dict[str, int]:
+        """Group-membership timings handed to aiokafka."""
+        return {"session_timeout_ms": self.consumer_session_timeout_ms,
+                "heartbeat_interval_ms": self.consumer_heartbeat_interval_ms,
+                "rebalance_timeout_ms": self.consumer_rebalance_timeout_ms}
+
+    @model_validator(mode="after")
+    def _check_retry(self) -> Settings:
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError(f"CRM_RETRY_MAX_S ({self.retry_max_s}) must be at least "
+                             f"CRM_RETRY_INITIAL_S ({self.retry_initial_s})")
+        return self
 
     def grpc_port(self, service: str) -> int:
         return self.grpc_base_port + SERVICES.index(service)
@@ -141,17 +171,26 @@ def env_name(field: str) -> str:
     return _ENV_NAMES.get(field, f"CRM_{field.upper()}")
 
 
+#: Settings whose values are secrets: errors never echo what was given.
+_SECRET_FIELDS = {"api_tokens", "dev_token", "CRM_API_TOKENS", "CRM_DEV_TOKEN"}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment, turning validation errors into one
     :class:`SettingsError` naming each bad variable and what it expected."""
     try:
         return Settings(**overrides)
+    except SourceError as exc:
+        # A complex value (list or mapping) that is not JSON at all.
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        raise SettingsError(f"invalid settings:\n  {env_name(field)}: expected JSON "
+                            f"({exc.__cause__ or exc})") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = [str(part) for part in err["loc"]]
             name = env_name(loc[0]) if loc else "?"
             where = "".join(f"[{p}]" for p in loc[1:])
-            got = err.get("input")
-            problems.append(f"{name}{where}: {err['msg']} (got {got!r})")
+            got = "<secret>" if loc and loc[0] in _SECRET_FIELDS else repr(err.get("input"))
+            problems.append(f"{name}{where}: {err['msg']} (got {got})")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

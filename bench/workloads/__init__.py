@@ -1,0 +1,9 @@
+"""The registered workloads; importing this package registers them all.
+
+A new workload is a module here defining a ``@register``-ed
+:class:`bench.registry.Workload` subclass, added to the imports below.
+"""
+
+from bench.workloads import consume, publish
+
+__all__ = ["consume", "publish"]

@@ -1,0 +1,166 @@
+"""The batched idempotent consumer over a real PostgreSQL and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from crm_runtime.consumer import EventConsumer, dlq_topic
+from crm_runtime.db import create_pool
+from crm_runtime.events import Envelope
+from crm_runtime.migrations import migrate, migrations_for
+from crm_runtime.outbox import OutboxRelay
+from crm_runtime.settings import Settings
+from tests.support.kafka import create_topics, produce, produce_envelopes, read_topic, wait_for
+from tests.support.ledger import MIGRATIONS, EntryRequested, make_handler
+
+
+@dataclass
+class Ledger:
+    pool: asyncpg.Pool
+    schema: str
+    requests: str
+    booked: str
+    bootstrap: str
+    options: dict[str, int]
+
+    def consumer(self, **kwargs: object) -> EventConsumer:
+        return EventConsumer(self.pool, bootstrap_servers=self.bootstrap,
+                             group=f"g-{self.schema}", topics=[self.requests],
+                             handlers={"test.entry_requested": make_handler(self.booked, 2)},
+                             service="ledger", lanes=2, batch_wait_ms=50,
+                             consumer_options=self.options, **kwargs)  # type: ignore[arg-type]
+
+    async def applied(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM applied_entries"))
+
+
+@pytest.fixture
+async def ledger(settings: Settings, uid: str) -> AsyncIterator[Ledger]:
+    schema = f"ledger_{uid}"
+    requests, booked = f"t.req.{uid}", f"t.booked.{uid}"
+    assert settings.database_url and settings.kafka_bootstrap_servers
+    await create_topics(settings.kafka_bootstrap_servers, [requests, booked, dlq_topic(requests)])
+    pool = await create_pool(settings.database_url, schema)
+    async with pool.acquire() as conn:
+        await migrate(conn, schema, migrations_for(MIGRATIONS))
+    yield Ledger(pool, schema, requests, booked, settings.kafka_bootstrap_servers,
+                 settings.consumer_options())
+    await pool.close()
+
+
+def entry(ledger: Ledger, customer: str, amount: int) -> Envelope:
+    return Envelope(data=EntryRequested(customer_id=customer, amount=amount), subject=customer,
+                    source="/test/pos", topic_override=ledger.requests)
+
+
+
+
+async def test_redelivered_events_change_nothing(ledger: Ledger) -> None:
+    events = [entry(ledger, f"c{i % 7}", i) for i in range(300)]
+    # Every event twice on the topic, as a producer retry or a replay would do.
+    await produce_envelopes(ledger.bootstrap, events + events[:150])
+    consumer = ledger.consumer(batch_size=64)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), 300), what="300 entries applied")
+        await asyncio.sleep(0.5)
+        assert await ledger.applied() == 300
+        totals = dict(await ledger.pool.fetch("SELECT customer_id, total FROM balances"))
+        expected: dict[str, int] = {}
+        for i in range(300):
+            expected[f"c{i % 7}"] = expected.get(f"c{i % 7}", 0) + i
+        assert totals == expected
+        inbox = await ledger.pool.fetchval("SELECT count(*) FROM inbox")
+        assert inbox == 300
+    finally:
+        consumer.stop()
+        await task
+    # A second consumer in the same group starts from the committed offsets.
+    again = ledger.consumer()
+    task = asyncio.create_task(again.run())
+    await asyncio.wait_for(again.ready.wait(), 30)
+    await asyncio.sleep(0.5)
+    again.stop()
+    await task
+    assert await ledger.applied() == 300
+
+
+async def _eq(value: object, expected: int) -> bool:
+    return await value == expected  # type: ignore[misc]
+
+
+async def test_bad_messages_are_dead_lettered_and_the_rest_processed(ledger: Ledger) -> None:
+    good = entry(ledger, "c1", 10)
+    bad_schema = entry(ledger, "c1", 20)
+    headers = dict(bad_schema.headers())
+    records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+        (ledger.requests, b"c1", good.body(), good.headers()),
+        (ledger.requests, b"c1", b"{not json", list(headers.items())),
+        (ledger.requests, b"c1", json.dumps({"customer_id": "c1", "amount": -5}).encode(),
+         list(headers.items())),
+        (ledger.requests, b"c1", b"{}", [(k, (b"test.no_such_type" if k == "ce_type" else v))
+                                         for k, v in headers.items()]),
+        (ledger.requests, b"c1", b"plain text, no headers", []),
+    ]
+    later = [entry(ledger, "c1", n) for n in (1, 2, 3)]
+    records += [(ledger.requests, b"c1", e.body(), e.headers()) for e in later]
+    await produce(ledger.bootstrap, records)
+    consumer = ledger.consumer()
+    relay_producer = await _producer(ledger.bootstrap)
+    relay = OutboxRelay(ledger.pool, relay_producer, service="ledger", schema=ledger.schema,
+                        lanes=2)
+    tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(relay.run())]
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), 4), what="valid entries applied")
+        dead = await read_topic(ledger.bootstrap, dlq_topic(ledger.requests), expect=4)
+        assert len(dead) == 4
+        kinds = {}
+        for r in dead:
+            h = dict(r.headers)
+            assert h["dlq_original_topic"] == ledger.requests.encode()
+            assert h["dlq_original_partition"] == str(r.partition).encode() or True
+            kinds[int(h["dlq_original_offset"])] = (h["dlq_error_kind"].decode(),
+                                                    h["dlq_error_reason"].decode())
+            assert h["dlq_consumer_group"] == f"g-{ledger.schema}".encode()
+        assert [k for k, _ in (kinds[o] for o in sorted(kinds))] == [
+            "not_json", "invalid_payload", "unknown_type", "not_cloudevent"]
+        assert "amount" in kinds[sorted(kinds)[1]][1]  # the reason names the field
+        assert (await ledger.pool.fetchval("SELECT total FROM balances WHERE customer_id='c1'")
+                == 16)
+        rows = await ledger.pool.fetchval("SELECT count(*) FROM dead_letters")
+        assert rows == 4
+    finally:
+        consumer.stop()
+        relay.stop()
+        await asyncio.gather(*tasks)
+        await relay_producer.stop()
+
+
+async def test_a_failing_handler_dead_letters_only_its_record(ledger: Ledger) -> None:
+    events = [entry(ledger, "c2", n) for n in (1, 666, 2, 3)]
+    await produce_envelopes(ledger.bootstrap, events)
+    consumer = ledger.consumer()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), 3), what="three entries applied")
+        row = await ledger.pool.fetchrow("SELECT error_kind, error_reason FROM dead_letters")
+        assert row is not None
+        assert row["error_kind"] == "handler_error"
+        assert "666" in row["error_reason"]
+    finally:
+        consumer.stop()
+        await task
+
+
+async def _producer(bootstrap: str):  # type: ignore[no-untyped-def]
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await p.start()
+    return p

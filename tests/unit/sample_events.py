@@ -1,0 +1,14 @@
+"""An event payload registered only by the unit tests."""
+
+from __future__ import annotations
+
+from crm_runtime.events import EventPayload, event
+
+UNIT_TOPIC = "unit.events.v1"
+
+
+@event("unit.something_happened", topic=UNIT_TOPIC)
+class SomethingHappened(EventPayload):
+    customer_id: str
+    points: int
+    note: str | None = None
