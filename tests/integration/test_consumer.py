@@ -164,3 +164,49 @@ async def _producer(bootstrap: str):  # type: ignore[no-untyped-def]
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await p.start()
     return p
+
+
+async def test_database_outage_is_retried_never_dead_lettered(
+        settings: Settings, uid: str) -> None:
+    from tests.support.proxy import ToggleProxy
+
+    assert settings.database_url and settings.kafka_bootstrap_servers
+    proxy = ToggleProxy(settings.database_url)
+    await proxy.up()
+    schema = f"outage_{uid}"
+    requests, booked = f"t.req.{uid}", f"t.booked.{uid}"
+    await create_topics(settings.kafka_bootstrap_servers, [requests, booked, dlq_topic(requests)])
+    direct = await create_pool(settings.database_url, schema)
+    async with direct.acquire() as conn:
+        await migrate(conn, schema, migrations_for(MIGRATIONS))
+    pool = await create_pool(proxy.dsn, schema)
+    ledger = Ledger(pool, schema, requests, booked, settings.kafka_bootstrap_servers,
+                    settings.consumer_options())
+    from crm_runtime.retry import Backoff
+
+    consumer = ledger.consumer(backoff=Backoff(0.05, 0.3))
+    task = asyncio.create_task(consumer.run())
+    try:
+        first = [entry(ledger, f"c{i % 3}", i + 1) for i in range(50)]
+        await produce_envelopes(ledger.bootstrap, first)
+
+        async def count() -> int:
+            return int(await direct.fetchval("SELECT count(*) FROM applied_entries"))
+
+        await wait_for(lambda: _eq(count(), 50), what="first entries applied")
+        await proxy.down()  # the database disappears for this consumer
+        second = [entry(ledger, f"c{i % 3}", 100 + i) for i in range(50)]
+        await produce_envelopes(ledger.bootstrap, second)
+        await asyncio.sleep(2)
+        assert await count() == 50 and not task.done()
+        await proxy.up()
+        await wait_for(lambda: _eq(count(), 100), timeout=60, what="all entries applied")
+        assert await direct.fetchval("SELECT count(*) FROM dead_letters") == 0
+        total = await direct.fetchval("SELECT sum(total) FROM balances")
+        assert total == sum(range(1, 51)) + sum(range(100, 150))
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 30)
+        await pool.close()
+        await direct.close()
+        await proxy.down()
