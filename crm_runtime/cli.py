@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -165,13 +164,18 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
         asyncio.run(_migrate_all(settings, {n: specs[n] for n in chosen}))
         asyncio.run(create_topics(settings))
         extra = {"CRM_DEV_TOKEN": token} if token else {}
+        broker_note = ""
+        if not settings_given("KAFKA_BOOTSTRAP_SERVERS"):
+            broker_note = " (embedded Tansu, in memory)"
+            # Tansu waits out a departed member's whole session before a
+            # restarted service rejoins; short timeouts keep restarts quick.
+            extra |= {k: v for k, v in EMBEDDED_CONSUMER_TIMINGS.items() if k not in os.environ}
         env = child_env(infra, extra)
         children = {name: subprocess.Popen([sys.executable, "-m", "crm_runtime", "serve", name],
                                            env=env) for name in chosen}
         typer.echo("")
         typer.echo(f"CRM {VERSION} is up")
-        typer.echo(f"  broker    {infra.kafka_bootstrap_servers}"
-                   f"{' (embedded Tansu)' if not os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else ''}")
+        typer.echo(f"  broker    {infra.kafka_bootstrap_servers}{broker_note}")
         typer.echo(f"  database  {infra.database_url}")
         for name in chosen:
             typer.echo(f"  {name:<12} gRPC {settings.grpc_host}:{settings.grpc_port(name)}"
@@ -182,6 +186,15 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
             typer.echo("  no services exist yet under services/")
         typer.echo("Ctrl-C stops everything.")
         _supervise(children, settings.shutdown_grace_s)
+
+
+EMBEDDED_CONSUMER_TIMINGS = {"CRM_CONSUMER_SESSION_TIMEOUT_MS": "3000",
+                             "CRM_CONSUMER_HEARTBEAT_INTERVAL_MS": "300",
+                             "CRM_CONSUMER_REBALANCE_TIMEOUT_MS": "1000"}
+
+
+def settings_given(name: str) -> bool:
+    return bool(os.environ.get(name) or os.environ.get(f"CRM_{name}"))
 
 
 def _supervise(children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:

@@ -31,14 +31,14 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from crm_runtime import faults, metrics, outbox
-from crm_runtime.db import is_transient
+from crm_runtime.db import Conn, is_transient
 from crm_runtime.events import Envelope, PoisonMessage, decode
 from crm_runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[[asyncpg.Connection, list[Envelope]], Awaitable[None]]
-Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[None]]
+BatchHandler = Callable[[Conn, list[Envelope]], Awaitable[None]]
+Handler = Callable[[Conn, Envelope], Awaitable[None]]
 
 DLQ_SUFFIX = ".dlq"
 
@@ -50,7 +50,7 @@ def dlq_topic(topic: str) -> str:
 def per_event(handler: Handler) -> BatchHandler:
     """Adapt a one-event handler to the batch interface (still one transaction)."""
 
-    async def run(conn: asyncpg.Connection, events: list[Envelope]) -> None:
+    async def run(conn: Conn, events: list[Envelope]) -> None:
         for env in events:
             await handler(conn, env)
 
@@ -207,7 +207,7 @@ class EventConsumer:
             await self._dead_letter(conn, dead)
         self._count(items, fresh)
 
-    async def _claim(self, conn: asyncpg.Connection, good: list[_Item]) -> dict[str, _Item]:
+    async def _claim(self, conn: Conn, good: list[_Item]) -> dict[str, _Item]:
         """Record the batch's event ids in the inbox; returns the new ones."""
         if not good:
             return {}
@@ -223,7 +223,7 @@ class EventConsumer:
                 first.setdefault(_id(item), item)
         return first
 
-    async def _handle_run(self, conn: asyncpg.Connection, run: list[_Item], *,
+    async def _handle_run(self, conn: Conn, run: list[_Item], *,
                           isolate: bool) -> list[tuple[_Item, str, str]]:
         handler = self._handlers.get(_type(run[0]))
         if handler is None:
@@ -251,7 +251,7 @@ class EventConsumer:
         self._observe(run[0], started)
         return dead
 
-    async def _dead_letter(self, conn: asyncpg.Connection,
+    async def _dead_letter(self, conn: Conn,
                            dead: list[tuple[_Item, str, str]]) -> None:
         if not dead:
             return

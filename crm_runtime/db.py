@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-Connection = asyncpg.Connection
+#: A connection as handlers see it: a plain one or one borrowed from a pool.
+Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 
 def check_schema_name(schema: str) -> str:
@@ -27,7 +29,7 @@ def check_schema_name(schema: str) -> str:
     return schema
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: Conn) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads,

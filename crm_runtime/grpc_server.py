@@ -75,7 +75,7 @@ class _Refused(Exception):
         self.message = message
 
 
-class ApiInterceptor(grpc.aio.ServerInterceptor):
+class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authentication, scope checks, error mapping and metrics for every call."""
 
     def __init__(self, *, service: str, tokens: Mapping[str, ApiToken],

@@ -14,9 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-
-from crm_runtime.db import check_schema_name
+from crm_runtime.db import Conn, check_schema_name
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def migrations_for(service_dir: Path | None) -> list[Migration]:
     return plan
 
 
-async def migrate(conn: asyncpg.Connection, schema: str, plan: list[Migration]) -> list[str]:
+async def migrate(conn: Conn, schema: str, plan: list[Migration]) -> list[str]:
     """Apply what is missing from ``plan`` to ``schema``; returns what was applied."""
     check_schema_name(schema)
     applied: list[str] = []

@@ -18,6 +18,7 @@ deduplicate by event id (the inbox).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import zlib
@@ -28,7 +29,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from crm_runtime import metrics
-from crm_runtime.db import is_transient
+from crm_runtime.db import Conn, is_transient
 from crm_runtime.events import Envelope
 from crm_runtime.retry import Backoff
 
@@ -44,7 +45,7 @@ def lane_of(key: bytes | None, lanes: int) -> int:
 WAKEUP_CHANNEL = "crm_outbox"
 
 
-async def add(conn: asyncpg.Connection, events: Sequence[Envelope], *, lanes: int) -> None:
+async def add(conn: Conn, events: Sequence[Envelope], *, lanes: int) -> None:
     """Queue ``events`` in the outbox inside the caller's open transaction."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.add must run inside the transaction of the state change")
@@ -56,7 +57,7 @@ async def add(conn: asyncpg.Connection, events: Sequence[Envelope], *, lanes: in
 RawRecord = tuple[str, str, bytes | None, Sequence[tuple[str, bytes]], bytes | None, str]
 
 
-async def add_raw(conn: asyncpg.Connection, records: Sequence[RawRecord], *, lanes: int) -> None:
+async def add_raw(conn: Conn, records: Sequence[RawRecord], *, lanes: int) -> None:
     """Queue already-encoded records (dead letters keep the original bytes)."""
     if not records:
         return
@@ -104,7 +105,7 @@ class OutboxRelay:
         self._stopping.set()
         self._wakeup.set()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Conn, _pid: int, _channel: str, payload: object) -> None:
         if payload == self._schema:
             self._wakeup.set()
 
@@ -193,10 +194,8 @@ class OutboxRelay:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep until the timeout, a NOTIFY from a committing writer, or stop."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
 
 def _is_outage(exc: BaseException) -> bool:

@@ -24,7 +24,7 @@ class Backoff:
         # The exponent is bounded so a days-long outage cannot overflow a float.
         ceiling = min(self._maximum, self._initial * 2 ** min(self._attempt, 60))
         self._attempt += 1
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
     def reset(self) -> None:
         self._attempt = 0

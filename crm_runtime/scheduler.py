@@ -14,6 +14,7 @@ Time comes from an injectable :class:`~crm_runtime.clock.Clock`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import asyncpg
 
 from crm_runtime import metrics
 from crm_runtime.clock import Clock
-from crm_runtime.db import is_transient
+from crm_runtime.db import Conn, is_transient
 from crm_runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,10 @@ class DueWork:
     attempts: int
 
 
-WorkHandler = Callable[[asyncpg.Connection, DueWork], Awaitable[None]]
+WorkHandler = Callable[[Conn, DueWork], Awaitable[None]]
 
 
-async def schedule(conn: asyncpg.Connection, kind: str, key: str, due_at: datetime,
+async def schedule(conn: Conn, kind: str, key: str, due_at: datetime,
                    payload: Mapping[str, Any] | None = None) -> None:
     """Schedule (or move) the work item ``(kind, key)`` in the caller's transaction."""
     await conn.execute(
@@ -55,7 +56,7 @@ async def schedule(conn: asyncpg.Connection, kind: str, key: str, due_at: dateti
     )
 
 
-async def cancel(conn: asyncpg.Connection, kind: str, key: str) -> bool:
+async def cancel(conn: Conn, kind: str, key: str) -> bool:
     """Remove a pending item; True if there was one."""
     status = await conn.execute("DELETE FROM scheduled_work WHERE kind = $1 AND item_key = $2",
                                 kind, key)
@@ -94,10 +95,8 @@ class Scheduler:
                 delay = self._backoff.next()
                 log.warning("scheduler failed (%s: %s); retrying in %.1fs",
                             type(exc).__name__, exc, delay)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-            except TimeoutError:
-                pass
 
     async def run_due(self) -> int:
         """Run every item due now (one batch); returns how many ran."""

@@ -116,10 +116,10 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> EmbeddedPostgres:
-        import pgserver
+        from pgserver.postgres_server import get_server
 
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self._data_dir.resolve(), cleanup_mode="stop")
+        self._server = get_server(self._data_dir.resolve(), cleanup_mode="stop")
         return self
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import asyncpg
@@ -71,7 +71,8 @@ async def test_redelivered_events_change_nothing(ledger: Ledger) -> None:
         await wait_for(lambda: _eq(ledger.applied(), 300), what="300 entries applied")
         await asyncio.sleep(0.5)
         assert await ledger.applied() == 300
-        totals = dict(await ledger.pool.fetch("SELECT customer_id, total FROM balances"))
+        rows = await ledger.pool.fetch("SELECT customer_id, total FROM balances")
+        totals = {r[0]: r[1] for r in rows}
         expected: dict[str, int] = {}
         for i in range(300):
             expected[f"c{i % 7}"] = expected.get(f"c{i % 7}", 0) + i
@@ -91,8 +92,8 @@ async def test_redelivered_events_change_nothing(ledger: Ledger) -> None:
     assert await ledger.applied() == 300
 
 
-async def _eq(value: object, expected: int) -> bool:
-    return await value == expected  # type: ignore[misc]
+async def _eq(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
 
 
 async def test_bad_messages_are_dead_lettered_and_the_rest_processed(ledger: Ledger) -> None:

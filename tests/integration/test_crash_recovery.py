@@ -81,7 +81,8 @@ async def test_sigkill_between_db_commit_and_offset_commit(
     conn = await asyncpg.connect(settings.database_url)
     try:
         schema = w.env["LEDGER_NAME"]
-        applied_after_crash = await conn.fetchval(f'SELECT count(*) FROM "{schema}".applied_entries')
+        applied_after_crash = await conn.fetchval(
+            f'SELECT count(*) FROM "{schema}".applied_entries')
         assert 0 < applied_after_crash < 200  # one batch committed, offsets not
 
         # Restart without the fault: the committed batch is redelivered and skipped.
@@ -92,7 +93,8 @@ async def test_sigkill_between_db_commit_and_offset_commit(
             return bool(n == 200)
 
         await wait_for(all_applied, timeout=90, what="all 200 entries applied")
-        totals = dict(await conn.fetch(f'SELECT customer_id, total FROM "{schema}".balances'))
+        rows = await conn.fetch(f'SELECT customer_id, total FROM "{schema}".balances')
+        totals = {r[0]: r[1] for r in rows}
         expected = {f"c{k}": sum(i + 1 for i in range(200) if i % 5 == k) for k in range(5)}
         assert totals == expected
         # The redelivered batch was skipped by the inbox, not dead-lettered.
@@ -139,7 +141,8 @@ async def test_repeated_sigkill_at_random_moments(
         await wait_for(all_applied, timeout=120, what=f"all {total} entries applied")
         expected = {f"c{k}": sum(1000 + i for i in range(total) if i % 11 == k)
                     for k in range(11)}
-        totals = dict(await conn.fetch(f'SELECT customer_id, total FROM "{schema}".balances'))
+        rows = await conn.fetch(f'SELECT customer_id, total FROM "{schema}".balances')
+        totals = {r[0]: r[1] for r in rows}
         assert totals == expected
         assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".dead_letters') == 0
         out = await read_topic(settings.kafka_bootstrap_servers, booked, expect=total, timeout=90)

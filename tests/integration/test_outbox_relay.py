@@ -114,7 +114,8 @@ async def test_events_written_while_broker_down_are_published_after_it_returns(
         ids = {dict(r.headers)["ce_id"].decode() for r in records}
         assert ids == {e.id for e in before + during}  # nothing lost
         async def drained() -> bool:
-            return await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+            n = await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            return bool(n == 0)
         from tests.support.kafka import wait_for
         await wait_for(drained, what="outbox drained")
     finally:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from crm_runtime.clock import ManualClock
-from crm_runtime.db import create_pool
+from crm_runtime.db import Conn, create_pool
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.scheduler import DueWork, Scheduler, cancel, schedule
 from crm_runtime.settings import Settings
@@ -27,7 +27,7 @@ async def _setup(settings: Settings, schema: str) -> asyncpg.Pool:
 
 
 def _handler(replica: int):  # type: ignore[no-untyped-def]
-    async def run(conn: asyncpg.Connection, work: DueWork) -> None:
+    async def run(conn: Conn, work: DueWork) -> None:
         await conn.execute("INSERT INTO fired VALUES ($1, $2)", work.key, replica)
 
     return run
@@ -78,7 +78,7 @@ async def test_a_failing_item_is_retried_later_without_blocking_others(
     clock = ManualClock(START)
     calls = 0
 
-    async def flaky(conn: asyncpg.Connection, work: DueWork) -> None:
+    async def flaky(conn: Conn, work: DueWork) -> None:
         nonlocal calls
         calls += 1
         if work.key == "bad":

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from crm_runtime.events import Envelope
 
-Record = ConsumerRecord[bytes, bytes]
+#: aiokafka's ConsumerRecord (its generic parameters are not typed for mypy).
+Record: TypeAlias = Any
 
 
 async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 3) -> None:

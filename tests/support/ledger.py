@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
 from pydantic import Field
 
 from crm_runtime import outbox
 from crm_runtime.consumer import BatchHandler
+from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, EventPayload, event
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
 
@@ -35,7 +35,7 @@ class EntryBooked(EventPayload):
 
 
 def make_handler(booked_topic: str, lanes: int) -> BatchHandler:
-    async def handle(conn: asyncpg.Connection, events: list[Envelope]) -> None:
+    async def handle(conn: Conn, events: list[Envelope]) -> None:
         booked = []
         for env in events:
             data = env.data
