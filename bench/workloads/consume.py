@@ -34,6 +34,7 @@ from bench import kafka
 from bench.events import EntryRecorded, encode, make_envelopes
 from bench.registry import Phases, Workload, register
 from crm_runtime.consumer import EventConsumer
+from crm_runtime.db import Conn
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import Migration
 
@@ -52,7 +53,7 @@ MIGRATION = Migration(source="bench", version=1, name=TABLE, sql=DDL)
 POLL_S = 0.01
 
 
-async def insert_entries(conn: asyncpg.Connection, events: list[Envelope]) -> None:
+async def insert_entries(conn: Conn, events: list[Envelope]) -> None:
     """The product-side handler: one row per event, in the batch transaction."""
     rows = []
     for env in events:

@@ -12,7 +12,7 @@ before the clock starts.
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 
@@ -63,10 +63,7 @@ class Publish(Workload):
         started = time.perf_counter()
         for i in range(0, len(self.envelopes), size):
             async with self.pool.acquire() as conn, conn.transaction():
-                # The pool's proxy forwards every Connection method; the
-                # runtime's signature names the Connection class.
-                await outbox.add(cast(asyncpg.Connection, conn), self.envelopes[i:i + size],
-                                 lanes=lanes)
+                await outbox.add(conn, self.envelopes[i:i + size], lanes=lanes)
         written = time.perf_counter()
         relay = OutboxRelay(self.pool, self.relay_producer, service="bench", schema=self.schema,
                             lanes=lanes, batch_size=self.ctx.settings.relay_batch_size)
