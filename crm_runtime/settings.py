@@ -8,6 +8,7 @@ was expected, instead of a traceback from deep inside a client library.
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,9 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     db_pool_max: int = Field(default=10, ge=1, le=1000)
+    churn_window_days: int = Field(
+        default=365, ge=1, le=3650,
+        description="Days without a purchase after which a customer becomes former.")
     failpoints: str = Field(
         default="",
         description="Comma-separated fault-injection points, for tests that kill processes.",
@@ -123,6 +127,9 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port], got {server!r}")
         return value
+
+    def churn_window(self) -> timedelta:
+        return timedelta(days=self.churn_window_days)
 
     def consumer_options(self) -> dict[str, int]:
         """Group-membership timings handed to aiokafka."""

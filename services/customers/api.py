@@ -1,0 +1,202 @@
+"""gRPC servicer for ``crm.customers.v1.Customers``: a thin adapter that maps
+protobuf in and out and runs each command in one transaction."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from crm.customers.v1 import customers_pb2 as pb
+from crm.customers.v1 import customers_pb2_grpc
+from crm_runtime.db import Conn
+from crm_runtime.errors import InvalidArgument
+from services.customers import commands, domain, store
+from services.customers.domain import Identity, Stage
+
+T = TypeVar("T")
+
+_STAGE_TO_PB = {Stage.POTENTIAL: pb.STAGE_POTENTIAL, Stage.ONE_TIME: pb.STAGE_ONE_TIME,
+                Stage.REPEAT: pb.STAGE_REPEAT, Stage.FORMER: pb.STAGE_FORMER}
+_PB_TO_STAGE = {v: k for k, v in _STAGE_TO_PB.items()}
+
+_PROFILE_FIELDS = ("birth_year", "sex", "buyer_type", "company_name", "socio_economic_band",
+                   "personality_notes", "prior_experience_notes", "product_knowledge",
+                   "preferred_channel", "time_zone")
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def profile_from_pb(p: pb.Profile) -> dict[str, Any]:
+    out: dict[str, Any] = {f: getattr(p, f) for f in _PROFILE_FIELDS}
+    out["concomitant_needs"] = sorted({n.strip().lower() for n in p.concomitant_needs
+                                       if n.strip()})
+    return out
+
+
+def customer_to_pb(rec: store.CustomerRecord, this_year: int) -> pb.Customer:
+    prof = rec.profile
+    profile = pb.Profile(**{f: prof[f] for f in _PROFILE_FIELDS if f in prof},
+                         concomitant_needs=prof.get("concomitant_needs", []),
+                         age_band=domain.age_band(prof.get("birth_year"), this_year))
+    msg = pb.Customer(
+        customer_id=str(rec.customer_id), display_name=rec.display_name, emails=rec.emails,
+        phones=rec.phones, external_ids=rec.external_ids, profile=profile,
+        stage=_STAGE_TO_PB[rec.stage], purchase_count=rec.purchase_count,
+        first_purchase_at=_ts(rec.first_purchase_at), last_purchase_at=_ts(rec.last_purchase_at),
+        total_spent=[pb.Money(amount_minor=a, currency=c) for c, a in rec.spend.items()],
+        consents=[pb.Consent(purpose=c.purpose, granted=c.granted, at=_ts(c.at), source=c.source)
+                  for c in rec.consents],
+        do_not_contact=rec.do_not_contact, version=rec.version, created_at=_ts(rec.created_at),
+        updated_at=_ts(rec.updated_at), erased=rec.erased_at is not None)
+    return msg
+
+
+class CustomersServicer(customers_pb2_grpc.CustomersServicer):
+    def __init__(self, pool: asyncpg.Pool, ctx: commands.Context) -> None:
+        self._pool = pool
+        self._ctx = ctx
+
+    async def _tx(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await work(conn)
+
+    def _out(self, rec: store.CustomerRecord) -> pb.Customer:
+        return customer_to_pb(rec, self._ctx.clock.now().year)
+
+    async def RegisterCustomer(self, request: pb.RegisterCustomerRequest,
+                               context: grpc.aio.ServicerContext) -> pb.RegisterCustomerResponse:
+        identity = Identity.parse(list(request.emails), list(request.phones),
+                                  list(request.external_ids))
+        profile = profile_from_pb(request.profile)
+        rec, created = await self._tx(lambda c: commands.register(
+            c, self._ctx, display_name=request.display_name, identity=identity, profile=profile,
+            source=request.source))
+        return pb.RegisterCustomerResponse(customer=self._out(rec), created=created)
+
+    async def GetCustomer(self, request: pb.GetCustomerRequest,
+                          context: grpc.aio.ServicerContext) -> pb.Customer:
+        customer_id = store.parse_id(request.customer_id)
+        return self._out(await self._tx(lambda c: store.load(c, customer_id)))
+
+    async def FindCustomers(self, request: pb.FindCustomersRequest,
+                            context: grpc.aio.ServicerContext) -> pb.FindCustomersResponse:
+        by = request.WhichOneof("by")
+        if by is None:
+            raise InvalidArgument("by", "give one of email, phone or external_id")
+        value = getattr(request, by)
+        identity = Identity.parse([value] if by == "email" else [],
+                                  [value] if by == "phone" else [],
+                                  [value] if by == "external_id" else [])
+
+        async def find(conn: Conn) -> list[store.CustomerRecord]:
+            return await store.load_many(conn, await store.find_by_identity(conn, identity))
+
+        found = await self._tx(find)
+        return pb.FindCustomersResponse(customers=[self._out(r) for r in found])
+
+    async def UpdateCustomer(self, request: pb.UpdateCustomerRequest,
+                             context: grpc.aio.ServicerContext) -> pb.Customer:
+        customer_id = store.parse_id(request.customer_id)
+        if request.expected_version <= 0:
+            raise InvalidArgument("expected_version", "required: the version you last read")
+        add = Identity.parse(list(request.add_emails), list(request.add_phones),
+                             list(request.add_external_ids))
+        profile = profile_from_pb(request.profile) if request.HasField("profile") else None
+        rec = await self._tx(lambda c: commands.update(
+            c, self._ctx, customer_id, expected_version=request.expected_version,
+            display_name=request.display_name or None, profile=profile, add=add))
+        return self._out(rec)
+
+    async def ListCustomers(self, request: pb.ListCustomersRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListCustomersResponse:
+        size = request.page_size or 50
+        if not 1 <= size <= 500:
+            raise InvalidArgument("page_size", f"must be between 1 and 500, got {size}")
+        after = _decode_token(request.page_token) if request.page_token else None
+        stage = _PB_TO_STAGE[request.stage].value if request.stage else None
+
+        async def page(conn: Conn) -> list[store.CustomerRecord]:
+            return await store.load_many(conn, await store.list_page(conn, stage, after, size))
+
+        found = await self._tx(page)
+        token = _encode_token(found[-1].customer_id) if len(found) == size else ""
+        return pb.ListCustomersResponse(customers=[self._out(r) for r in found],
+                                        next_page_token=token)
+
+    async def RecordPurchase(self, request: pb.RecordPurchaseRequest,
+                             context: grpc.aio.ServicerContext) -> pb.Customer:
+        customer_id = store.parse_id(request.customer_id)
+        if not request.HasField("amount"):
+            raise InvalidArgument("amount", "required")
+        occurred = (request.occurred_at.ToDatetime(tzinfo=self._ctx.clock.now().tzinfo)
+                    if request.HasField("occurred_at") else self._ctx.clock.now())
+        rec = await self._tx(lambda c: commands.record_purchase(
+            c, self._ctx, customer_id, purchase_id=request.purchase_id,
+            amount_minor=request.amount.amount_minor, currency=request.amount.currency,
+            occurred_at=occurred, causing_event_id=f"grpc:purchase:{request.purchase_id}"))
+        return self._out(rec)
+
+    async def SetConsent(self, request: pb.SetConsentRequest,
+                         context: grpc.aio.ServicerContext) -> pb.Customer:
+        customer_id = store.parse_id(request.customer_id)
+        rec = await self._tx(lambda c: commands.set_consent(
+            c, self._ctx, customer_id, purpose=request.purpose, granted=request.granted,
+            source=request.source))
+        return self._out(rec)
+
+    async def CloseRelationship(self, request: pb.CloseRelationshipRequest,
+                                context: grpc.aio.ServicerContext) -> pb.Customer:
+        customer_id = store.parse_id(request.customer_id)
+        rec = await self._tx(lambda c: commands.close_relationship(
+            c, self._ctx, customer_id, request.reason, f"grpc:close:{uuid.uuid4()}"))
+        return self._out(rec)
+
+    async def GetStageHistory(self, request: pb.GetStageHistoryRequest,
+                              context: grpc.aio.ServicerContext) -> pb.GetStageHistoryResponse:
+        customer_id = store.parse_id(request.customer_id)
+
+        async def history(conn: Conn) -> list[Any]:
+            await store.load(conn, customer_id)  # NOT_FOUND for unknown ids
+            return await store.stage_history(conn, customer_id)
+
+        rows = await self._tx(history)
+        return pb.GetStageHistoryResponse(transitions=[pb.StageTransition(
+            from_stage=_STAGE_TO_PB[Stage(r["from_stage"])],
+            to_stage=_STAGE_TO_PB[Stage(r["to_stage"])], cause=r["cause"],
+            causing_event_id=r["causing_event_id"], at=_ts(r["at"])) for r in rows])
+
+    async def ExportCustomer(self, request: pb.ExportCustomerRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ExportCustomerResponse:
+        customer_id = store.parse_id(request.customer_id)
+        return pb.ExportCustomerResponse(
+            json=await self._tx(lambda c: commands.export(c, customer_id)))
+
+    async def EraseCustomer(self, request: pb.EraseCustomerRequest,
+                            context: grpc.aio.ServicerContext) -> pb.EraseCustomerResponse:
+        customer_id = store.parse_id(request.customer_id)
+        await self._tx(lambda c: commands.erase(c, self._ctx, customer_id))
+        return pb.EraseCustomerResponse(customer_id=str(customer_id))
+
+
+def _encode_token(last: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(last.bytes).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, TypeError):
+        raise InvalidArgument("page_token", "is not a token this service returned") from None

@@ -1,0 +1,31 @@
+"""Wiring of the customers service: its spec for the shared runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crm.customers.v1 import customers_pb2, customers_pb2_grpc
+from crm_runtime.grpc_server import ServiceRegistration
+from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
+from crm_runtime.topics import CUSTOMERS, INTERACTIONS
+from services.customers import commands, handlers
+from services.customers.api import CustomersServicer
+
+
+def build(svc: ServiceContext) -> ServiceParts:
+    ctx = commands.Context(clock=svc.clock, lanes=svc.lanes,
+                           churn_window=svc.settings.churn_window())
+    return ServiceParts(
+        subscriptions=[Subscription(
+            topics=[INTERACTIONS],
+            handlers={"interaction.recorded": handlers.on_interaction_recorded(ctx)})],
+        scheduled={commands.CHURN: handlers.on_churn_due(ctx)},
+        registrations=[ServiceRegistration(
+            customers_pb2_grpc.add_CustomersServicer_to_server,
+            CustomersServicer(svc.pool, ctx),
+            customers_pb2.DESCRIPTOR.services_by_name["Customers"])],
+    )
+
+
+SPEC = ServiceSpec(name="customers", migrations=Path(__file__).parent / "migrations",
+                   build=build, publishes=[CUSTOMERS], consumes=[INTERACTIONS])

@@ -1,0 +1,290 @@
+"""What the customers service does, one function per command.
+
+Each function runs inside the caller's transaction (a gRPC call or a consumed
+batch), applies the pure rules from :mod:`domain`, writes through
+:mod:`store`, and queues the events it causes in the outbox, so state and
+events commit together. The gRPC API and the event handlers only translate
+their inputs and call these.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from crm_runtime import outbox, scheduler
+from crm_runtime.clock import Clock
+from crm_runtime.db import Conn
+from crm_runtime.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument
+from crm_runtime.events import Envelope, EventPayload
+from services.customers import domain, store
+from services.customers.domain import ConsentPurpose, Identity, Stage, StageChange
+from services.customers.events import (
+    ConsentChanged,
+    CustomerErased,
+    CustomerRegistered,
+    CustomerUpdated,
+    CustomerWonBack,
+    PurchaseRecorded,
+    StageChanged,
+)
+
+SOURCE = "/crm/customers"
+CHURN = "customers.churn"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every command needs besides the connection."""
+
+    clock: Clock
+    lanes: int
+    churn_window: timedelta = domain.DEFAULT_CHURN_WINDOW
+
+
+async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
+                *payloads: EventPayload) -> None:
+    now = ctx.clock.now()
+    await outbox.add(conn, [Envelope(data=p, subject=str(customer_id), source=SOURCE, time=now)
+                            for p in payloads], lanes=ctx.lanes)
+
+
+def check_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """Validate the segmentation attributes; returns the stored form."""
+    out = {k: v for k, v in profile.items() if v not in ("", 0, None, [])}
+    out.pop("age_band", None)  # derived, never stored
+    year = out.get("birth_year")
+    if year is not None and not 1900 <= int(year) <= datetime.now().year:
+        raise InvalidArgument("profile.birth_year", f"{year} is not a plausible birth year")
+    for key, allowed in (("buyer_type", [b.value for b in domain.BuyerType]),
+                         ("product_knowledge", [k.value for k in domain.ProductKnowledge]),
+                         ("preferred_channel", list(domain.CHANNELS))):
+        if key in out and out[key] not in allowed:
+            raise InvalidArgument(f"profile.{key}", f"{out[key]!r} is not one of {allowed}")
+    if out.get("buyer_type") == "company" and not out.get("company_name"):
+        raise InvalidArgument("profile.company_name", "required when buyer_type is 'company'")
+    tz = out.get("time_zone")
+    if tz:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidArgument("profile.time_zone",
+                                  f"{tz!r} is not an IANA time zone") from None
+    return out
+
+
+async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Identity,
+                   profile: dict[str, Any], source: str) -> tuple[store.CustomerRecord, bool]:
+    """Register a customer, or return the existing one that has any of the
+    identifiers (registration is idempotent)."""
+    if identity.is_empty():
+        raise InvalidArgument("emails", "at least one email, phone or external id is required")
+    profile = check_profile(profile)
+    # Serialise registrations of the same identifiers so two concurrent calls
+    # cannot both create a customer.
+    for kind, value in sorted(identity.keys()):
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{kind}:{value}")
+    existing = await store.find_by_identity(conn, identity)
+    if existing:
+        return await store.load(conn, existing[0]), False
+    now = ctx.clock.now()
+    customer_id = uuid.uuid4()
+    await store.insert(conn, customer_id, display_name.strip(), profile, now)
+    await store.add_identifiers(conn, customer_id, identity)
+    await _emit(conn, ctx, customer_id, CustomerRegistered(
+        customer_id=str(customer_id), stage=Stage.POTENTIAL.value,
+        preferred_channel=profile.get("preferred_channel", ""),
+        has_email=bool(identity.emails), has_phone=bool(identity.phones), source=source))
+    return await store.load(conn, customer_id), True
+
+
+def _require_active(rec: store.CustomerRecord) -> None:
+    if rec.erased_at is not None:
+        raise FailedPrecondition(f"customer {rec.customer_id} was erased")
+
+
+async def update(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, expected_version: int,
+                 display_name: str | None, profile: dict[str, Any] | None,
+                 add: Identity) -> store.CustomerRecord:
+    rec = await store.load(conn, customer_id, lock=True)
+    _require_active(rec)
+    if expected_version != rec.version:
+        raise Conflict(f"customer {customer_id} is at version {rec.version}, "
+                       f"not {expected_version}; reload and retry")
+    changed = []
+    if display_name is not None and display_name.strip() != rec.display_name:
+        rec.display_name = display_name.strip()
+        changed.append("display_name")
+    if profile is not None:
+        checked = check_profile(profile)
+        if checked != rec.profile:
+            rec.profile = checked
+            changed.append("profile")
+    if not add.is_empty():
+        taken = await store.add_identifiers(conn, customer_id, add)
+        if taken:
+            raise AlreadyExists(f"identifiers {taken} belong to another customer")
+        changed.append("identifiers")
+    if not changed:
+        return rec
+    version = await store.save_core(conn, rec, ctx.clock.now())
+    await _emit(conn, ctx, customer_id, CustomerUpdated(
+        customer_id=str(customer_id), version=version, changed=changed))
+    return await store.load(conn, customer_id)
+
+
+async def record_purchase(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
+                          purchase_id: str, amount_minor: int, currency: str,
+                          occurred_at: datetime, causing_event_id: str
+                          ) -> store.CustomerRecord:
+    """Count a purchase once and move the stage; schedules the churn window."""
+    if not purchase_id:
+        raise InvalidArgument("purchase_id", "required (the selling system's id of the sale)")
+    currency = domain.check_money(amount_minor, currency)
+    rec = await store.load(conn, customer_id, lock=True)
+    if rec.erased_at is not None:
+        return rec  # erased: a late purchase event must not bring data back
+    if not await store.insert_purchase(conn, customer_id, purchase_id, amount_minor, currency,
+                                       occurred_at, causing_event_id):
+        return rec  # counted before
+    change = domain.stage_after_purchase(rec.stage, rec.purchase_count)
+    rec.purchase_count += 1
+    rec.first_purchase_at = min(filter(None, [rec.first_purchase_at, occurred_at]))
+    rec.last_purchase_at = max(filter(None, [rec.last_purchase_at, occurred_at]))
+    events: list[EventPayload] = [PurchaseRecorded(
+        customer_id=str(customer_id), purchase_id=purchase_id, amount_minor=amount_minor,
+        currency=currency, occurred_at=occurred_at, purchase_count=rec.purchase_count,
+        causing_event_id=causing_event_id)]
+    if change is not None:
+        rec.closed_at = None
+        events += await _change_stage(conn, ctx, rec, change, causing_event_id)
+    await store.save_core(conn, rec, ctx.clock.now())
+    await scheduler.schedule(conn, CHURN, str(customer_id),
+                             domain.churn_due(rec.last_purchase_at, ctx.churn_window))
+    await _emit(conn, ctx, customer_id, *events)
+    return await store.load(conn, customer_id)
+
+
+async def _change_stage(conn: Conn, ctx: Context, rec: store.CustomerRecord, change: StageChange,
+                        causing_event_id: str) -> list[EventPayload]:
+    rec.stage = change.to_stage
+    await store.add_stage_history(conn, rec.customer_id, change.from_stage.value,
+                                  change.to_stage.value, change.cause.value, causing_event_id,
+                                  ctx.clock.now())
+    events: list[EventPayload] = [StageChanged(
+        customer_id=str(rec.customer_id), from_stage=change.from_stage.value,
+        to_stage=change.to_stage.value, cause=change.cause.value,
+        causing_event_id=causing_event_id, purchase_count=rec.purchase_count)]
+    if change.won_back:
+        events.append(CustomerWonBack(customer_id=str(rec.customer_id),
+                                      causing_event_id=causing_event_id))
+    return events
+
+
+async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str) -> None:
+    """The churn window of a customer elapsed (run by the durable scheduler)."""
+    rec = await store.load(conn, customer_id, lock=True)
+    if rec.erased_at is not None:
+        return
+    change = domain.stage_after_churn(rec.stage, rec.last_purchase_at, ctx.clock.now(),
+                                      ctx.churn_window)
+    if change is None:
+        return
+    events = await _change_stage(conn, ctx, rec, change, f"churn:{work_key}")
+    await store.save_core(conn, rec, ctx.clock.now())
+    await _emit(conn, ctx, customer_id, *events)
+
+
+async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, reason: str,
+                             request_id: str) -> store.CustomerRecord:
+    rec = await store.load(conn, customer_id, lock=True)
+    _require_active(rec)
+    change = domain.stage_after_closing(rec.stage)
+    if change is None:
+        return rec
+    rec.closed_at = ctx.clock.now()
+    events = await _change_stage(conn, ctx, rec, change, request_id)
+    await store.save_core(conn, rec, ctx.clock.now())
+    await scheduler.cancel(conn, CHURN, str(customer_id))
+    await _emit(conn, ctx, customer_id, *events)
+    return await store.load(conn, customer_id)
+
+
+DO_NOT_CONTACT = "do_not_contact"
+
+
+async def set_consent(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, purpose: str,
+                      granted: bool, source: str) -> store.CustomerRecord:
+    allowed = [p.value for p in ConsentPurpose] + [DO_NOT_CONTACT]
+    if purpose not in allowed:
+        raise InvalidArgument("purpose", f"{purpose!r} is not one of {allowed}")
+    rec = await store.load(conn, customer_id, lock=True)
+    _require_active(rec)
+    now = ctx.clock.now()
+    if purpose == DO_NOT_CONTACT:
+        if rec.do_not_contact == granted:
+            return rec
+        rec.do_not_contact = granted
+        await store.save_core(conn, rec, now)
+    else:
+        current = next((c for c in rec.consents if c.purpose == purpose), None)
+        if current is not None and current.granted == granted:
+            return rec
+        await store.set_consent(conn, customer_id, purpose, granted, now, source)
+        await store.save_core(conn, rec, now)
+    await _emit(conn, ctx, customer_id, ConsentChanged(
+        customer_id=str(customer_id), purpose=purpose, granted=granted, source=source))
+    return await store.load(conn, customer_id)
+
+
+async def erase(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> None:
+    """Remove personal data; the id, stage and counts stay for integrity.
+    Erasing twice is a no-op (no second event)."""
+    rec = await store.load(conn, customer_id, lock=True)
+    if rec.erased_at is not None:
+        return
+    now = ctx.clock.now()
+    await store.scrub(conn, customer_id)
+    rec.display_name = ""
+    rec.profile = {}
+    rec.do_not_contact = True
+    rec.erased_at = now
+    await store.save_core(conn, rec, now)
+    await scheduler.cancel(conn, CHURN, str(customer_id))
+    await _emit(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
+
+
+async def export(conn: Conn, customer_id: uuid.UUID) -> str:
+    """Everything held about the customer, as JSON (data-subject access)."""
+    rec = await store.load(conn, customer_id)
+    history = await store.stage_history(conn, customer_id)
+    bought = await store.purchases(conn, customer_id)
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    document = {
+        "customer_id": str(rec.customer_id), "display_name": rec.display_name,
+        "emails": rec.emails, "phones": rec.phones, "external_ids": rec.external_ids,
+        "profile": rec.profile, "stage": rec.stage.value, "purchase_count": rec.purchase_count,
+        "first_purchase_at": iso(rec.first_purchase_at),
+        "last_purchase_at": iso(rec.last_purchase_at),
+        "total_spent": [{"currency": c, "amount_minor": a} for c, a in rec.spend.items()],
+        "do_not_contact": rec.do_not_contact,
+        "consents": [{"purpose": c.purpose, "granted": c.granted, "at": iso(c.at),
+                      "source": c.source} for c in rec.consents],
+        "purchases": [{"purchase_id": p["purchase_id"], "amount_minor": p["amount_minor"],
+                       "currency": p["currency"], "occurred_at": iso(p["occurred_at"])}
+                      for p in bought],
+        "stage_history": [{"from": h["from_stage"], "to": h["to_stage"], "cause": h["cause"],
+                           "causing_event_id": h["causing_event_id"], "at": iso(h["at"])}
+                          for h in history],
+        "created_at": iso(rec.created_at), "updated_at": iso(rec.updated_at),
+        "erased_at": iso(rec.erased_at), "version": rec.version,
+    }
+    return json.dumps(document, indent=2, sort_keys=True)

@@ -1,0 +1,185 @@
+"""Who the customer is and what stage of the relationship they are in.
+
+Pure rules, no I/O: identity normalisation (lower-case email, E.164 phone,
+``system:id`` external ids), the relationship-stage machine and the value
+objects the store and the API exchange. Every stage change is returned as a
+:class:`StageChange` carrying its cause, so the caller records it and
+publishes it in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from crm_runtime.errors import InvalidArgument
+
+
+class Stage(StrEnum):
+    """Relationship stage (tipo de relación)."""
+
+    POTENTIAL = "potential"  # known to us, has not bought yet
+    ONE_TIME = "one_time"  # exactly one purchase
+    REPEAT = "repeat"  # two or more purchases
+    FORMER = "former"  # stopped buying, or closed the relationship
+
+
+class StageCause(StrEnum):
+    PURCHASE = "purchase"
+    CHURN_WINDOW = "churn_window"
+    CLOSED = "closed"
+
+
+class ConsentPurpose(StrEnum):
+    NEWSLETTER = "newsletter"
+    PROMOTIONAL_OFFERS = "promotional_offers"
+    SURVEYS = "surveys"
+
+
+class BuyerType(StrEnum):
+    PERSON = "person"
+    COMPANY = "company"
+
+
+class ProductKnowledge(StrEnum):
+    NOVICE = "novice"
+    INFORMED = "informed"
+    EXPERT = "expert"
+
+
+CHANNELS = ("in_person", "phone", "email", "web", "chat")
+
+DEFAULT_CHURN_WINDOW = timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class StageChange:
+    from_stage: Stage
+    to_stage: Stage
+    cause: StageCause
+    won_back: bool = False
+
+
+def stage_after_purchase(stage: Stage, purchases_before: int) -> StageChange | None:
+    """The stage a purchase moves a customer to, or None if it stays.
+
+    A former customer who buys again is won back and becomes ``repeat`` (they
+    have bought before); otherwise the count of earlier purchases decides."""
+    if stage is Stage.FORMER:
+        return StageChange(stage, Stage.REPEAT, StageCause.PURCHASE, won_back=True)
+    target = Stage.ONE_TIME if purchases_before == 0 else Stage.REPEAT
+    if target == stage:
+        return None
+    return StageChange(stage, target, StageCause.PURCHASE)
+
+
+def stage_after_churn(stage: Stage, last_purchase_at: datetime | None, now: datetime,
+                      window: timedelta) -> StageChange | None:
+    """Former when the churn window passed since the last purchase. Customers
+    who never bought (potential) have nothing to stop doing and stay."""
+    if stage in (Stage.FORMER, Stage.POTENTIAL) or last_purchase_at is None:
+        return None
+    if now - last_purchase_at < window:
+        return None
+    return StageChange(stage, Stage.FORMER, StageCause.CHURN_WINDOW)
+
+
+def stage_after_closing(stage: Stage) -> StageChange | None:
+    if stage is Stage.FORMER:
+        return None
+    return StageChange(stage, Stage.FORMER, StageCause.CLOSED)
+
+
+def churn_due(last_purchase_at: datetime, window: timedelta) -> datetime:
+    return last_purchase_at + window
+
+
+def age_band(birth_year: int | None, today_year: int) -> str:
+    """Age band for segmentation (e.g. ``25-34``); empty when unknown."""
+    if not birth_year:
+        return ""
+    age = today_year - birth_year
+    for low, high in ((0, 17), (18, 24), (25, 34), (35, 44), (45, 54), (55, 64)):
+        if low <= age <= high:
+            return f"{low}-{high}"
+    return "65+"
+
+
+# --- identity -------------------------------------------------------------
+
+_EXTERNAL_ID = re.compile(r"^[a-z][a-z0-9_.-]{0,31}:[^\s]{1,128}$")
+
+
+def normalise_email(value: str, field: str = "emails") -> str:
+    try:
+        return validate_email(value.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise InvalidArgument(field, f"{value!r} is not a valid email address: {exc}") from None
+
+
+def normalise_phone(value: str, field: str = "phones") -> str:
+    """E.164, e.g. ``+34911234567``. Numbers must carry their country code."""
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidArgument(field, f"{value!r} is not a phone number in international format "
+                                     f"(+<country code><number>): {exc}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidArgument(field, f"{value!r} is not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_external_id(value: str, field: str = "external_ids") -> str:
+    """``system:id`` with a lower-case system name, e.g. ``pos:1234``."""
+    system, sep, ident = value.strip().partition(":")
+    candidate = f"{system.lower()}{sep}{ident}"
+    if not _EXTERNAL_ID.match(candidate):
+        raise InvalidArgument(field, f"{value!r} must look like 'system:id' (e.g. 'pos:1234')")
+    return candidate
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The identifiers a customer can be found by; all normalised."""
+
+    emails: tuple[str, ...] = ()
+    phones: tuple[str, ...] = ()
+    external_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, emails: list[str], phones: list[str], external_ids: list[str]) -> Identity:
+        return cls(
+            emails=_unique(normalise_email(e, f"emails[{i}]") for i, e in enumerate(emails)),
+            phones=_unique(normalise_phone(p, f"phones[{i}]") for i, p in enumerate(phones)),
+            external_ids=_unique(normalise_external_id(x, f"external_ids[{i}]")
+                                 for i, x in enumerate(external_ids)),
+        )
+
+    def keys(self) -> list[tuple[str, str]]:
+        """(kind, value) pairs, the unique keys registration deduplicates on."""
+        return ([("email", e) for e in self.emails] + [("phone", p) for p in self.phones]
+                + [("external", x) for x in self.external_ids])
+
+    def is_empty(self) -> bool:
+        return not self.keys()
+
+
+def _unique(values: object) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for v in values:  # type: ignore[attr-defined]
+        seen.setdefault(v, None)
+    return tuple(seen)
+
+
+def check_money(amount_minor: int, currency: str) -> str:
+    if amount_minor < 0:
+        raise InvalidArgument("amount.amount_minor", f"must not be negative, got {amount_minor}")
+    code = currency.strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", code):
+        raise InvalidArgument("amount.currency", f"{currency!r} is not an ISO 4217 code like 'EUR'")
+    return code

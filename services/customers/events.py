@@ -1,0 +1,79 @@
+"""Events the customers service publishes on ``crm.customers.v1``.
+
+The subject and message key of every event is the customer id."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from crm_runtime.events import EventPayload, event
+from crm_runtime.topics import CUSTOMERS
+
+
+@event("customer.registered", topic=CUSTOMERS)
+class CustomerRegistered(EventPayload):
+    """A new customer is known to us (stage ``potential``)."""
+
+    customer_id: str = Field(description="Customer id (UUID).")
+    stage: str = Field(examples=["potential"])
+    preferred_channel: str = ""
+    has_email: bool = False
+    has_phone: bool = False
+    source: str = Field(default="", description="Registering system.")
+    referred_by: str = Field(default="", description="Referrer's customer id, when referred.")
+
+
+@event("customer.updated", topic=CUSTOMERS)
+class CustomerUpdated(EventPayload):
+    customer_id: str
+    version: int
+    changed: list[str] = Field(description="Names of the fields that changed.")
+
+
+@event("customer.purchase_recorded", topic=CUSTOMERS)
+class PurchaseRecorded(EventPayload):
+    """A purchase counted for the customer (once per purchase id)."""
+
+    customer_id: str
+    purchase_id: str
+    amount_minor: int
+    currency: str
+    occurred_at: datetime
+    purchase_count: int = Field(description="Purchases counted so far, this one included.")
+    causing_event_id: str = ""
+
+
+@event("customer.stage_changed", topic=CUSTOMERS)
+class StageChanged(EventPayload):
+    customer_id: str
+    from_stage: str = Field(examples=["one_time"])
+    to_stage: str = Field(examples=["repeat"])
+    cause: str = Field(examples=["purchase", "churn_window", "closed"])
+    causing_event_id: str = Field(description="The event (or request) that caused it.")
+    purchase_count: int
+    segment_keys: list[str] = Field(default_factory=list)
+
+
+@event("customer.won_back", topic=CUSTOMERS)
+class CustomerWonBack(EventPayload):
+    """A former customer bought again."""
+
+    customer_id: str
+    causing_event_id: str
+
+
+@event("customer.consent_changed", topic=CUSTOMERS)
+class ConsentChanged(EventPayload):
+    customer_id: str
+    purpose: str = Field(examples=["newsletter", "do_not_contact"])
+    granted: bool
+    source: str = ""
+
+
+@event("customer.erased", topic=CUSTOMERS)
+class CustomerErased(EventPayload):
+    """Personal data was removed; other services must scrub theirs."""
+
+    customer_id: str

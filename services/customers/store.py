@@ -1,0 +1,211 @@
+"""SQL for the customers schema. Every function runs on the caller's
+connection, inside the caller's transaction; none commits."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from crm_runtime.db import Conn
+from crm_runtime.errors import NotFound
+from services.customers.domain import Identity, Stage
+
+
+@dataclass
+class ConsentRecord:
+    purpose: str
+    granted: bool
+    at: datetime
+    source: str
+
+
+@dataclass
+class CustomerRecord:
+    customer_id: uuid.UUID
+    display_name: str
+    profile: dict[str, Any]
+    stage: Stage
+    purchase_count: int
+    first_purchase_at: datetime | None
+    last_purchase_at: datetime | None
+    do_not_contact: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+    erased_at: datetime | None
+    emails: list[str] = field(default_factory=list)
+    phones: list[str] = field(default_factory=list)
+    external_ids: list[str] = field(default_factory=list)
+    spend: dict[str, int] = field(default_factory=dict)
+    consents: list[ConsentRecord] = field(default_factory=list)
+
+
+_COLUMNS = """customer_id, display_name, profile, stage, purchase_count, first_purchase_at,
+              last_purchase_at, do_not_contact, version, created_at, updated_at, closed_at,
+              erased_at"""
+
+
+def parse_id(value: str, field_name: str = "customer_id") -> uuid.UUID:
+    from crm_runtime.errors import InvalidArgument
+
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument(field_name, f"{value!r} is not a UUID") from None
+
+
+async def load(conn: Conn, customer_id: uuid.UUID, *, lock: bool = False) -> CustomerRecord:
+    """The customer with identifiers, spend and consents; NotFound if unknown."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1"
+        + (" FOR UPDATE" if lock else ""), customer_id)
+    if row is None:
+        raise NotFound("customer", str(customer_id))
+    return (await _hydrate(conn, [row]))[0]
+
+
+async def load_many(conn: Conn, ids: list[uuid.UUID]) -> list[CustomerRecord]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM customers WHERE customer_id = ANY($1::uuid[])", ids)
+    by_id = {r["customer_id"]: r for r in rows}
+    return await _hydrate(conn, [by_id[i] for i in ids if i in by_id])
+
+
+async def _hydrate(conn: Conn, rows: list[Any]) -> list[CustomerRecord]:
+    records = [CustomerRecord(**{**dict(r), "stage": Stage(r["stage"])}) for r in rows]
+    if not records:
+        return records
+    ids = [r.customer_id for r in records]
+    by_id = {r.customer_id: r for r in records}
+    for row in await conn.fetch(
+            """SELECT customer_id, kind, value FROM customer_identifiers
+                WHERE customer_id = ANY($1::uuid[]) ORDER BY position, value""", ids):
+        rec = by_id[row["customer_id"]]
+        {"email": rec.emails, "phone": rec.phones, "external": rec.external_ids}[
+            row["kind"]].append(row["value"])
+    for row in await conn.fetch(
+            """SELECT customer_id, currency, total_minor FROM customer_spend
+                WHERE customer_id = ANY($1::uuid[]) ORDER BY currency""", ids):
+        by_id[row["customer_id"]].spend[row["currency"]] = row["total_minor"]
+    for row in await conn.fetch(
+            """SELECT customer_id, purpose, granted, at, source FROM consents
+                WHERE customer_id = ANY($1::uuid[]) ORDER BY purpose""", ids):
+        by_id[row["customer_id"]].consents.append(
+            ConsentRecord(row["purpose"], row["granted"], row["at"], row["source"]))
+    return records
+
+
+async def find_by_identity(conn: Conn, identity: Identity) -> list[uuid.UUID]:
+    keys = identity.keys()
+    rows = await conn.fetch(
+        """SELECT DISTINCT customer_id FROM customer_identifiers
+            WHERE (kind, value) IN (SELECT * FROM unnest($1::text[], $2::text[]))""",
+        [k for k, _ in keys], [v for _, v in keys])
+    return [r["customer_id"] for r in rows]
+
+
+async def insert(conn: Conn, customer_id: uuid.UUID, display_name: str,
+                 profile: dict[str, Any], now: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO customers (customer_id, display_name, profile, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $4)""", customer_id, display_name, profile, now)
+
+
+async def add_identifiers(conn: Conn, customer_id: uuid.UUID, identity: Identity) -> list[str]:
+    """Attach identifiers; returns those already owned by another customer."""
+    keys = identity.keys()
+    rows = await conn.fetch(
+        """INSERT INTO customer_identifiers (kind, value, customer_id, position)
+           SELECT k, v, $3, p FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(k, v, p)
+           ON CONFLICT (kind, value) DO NOTHING RETURNING kind, value""",
+        [k for k, _ in keys], [v for _, v in keys], customer_id)
+    added = {(r["kind"], r["value"]) for r in rows}
+    taken = [v for k, v in keys if (k, v) not in added]
+    owners = await conn.fetch(
+        """SELECT value FROM customer_identifiers
+            WHERE value = ANY($1::text[]) AND customer_id <> $2""", taken, customer_id)
+    return [r["value"] for r in owners]
+
+
+async def save_core(conn: Conn, rec: CustomerRecord, now: datetime) -> int:
+    """Write the mutable columns and bump the version; returns the new version."""
+    version: int = await conn.fetchval(
+        """UPDATE customers SET display_name = $2, profile = $3, stage = $4,
+                  purchase_count = $5, first_purchase_at = $6, last_purchase_at = $7,
+                  do_not_contact = $8, closed_at = $9, erased_at = $10, updated_at = $11,
+                  version = version + 1
+            WHERE customer_id = $1 RETURNING version""",
+        rec.customer_id, rec.display_name, rec.profile, rec.stage.value, rec.purchase_count,
+        rec.first_purchase_at, rec.last_purchase_at, rec.do_not_contact, rec.closed_at,
+        rec.erased_at, now)
+    rec.version = version
+    rec.updated_at = now
+    return version
+
+
+async def insert_purchase(conn: Conn, customer_id: uuid.UUID, purchase_id: str,
+                          amount_minor: int, currency: str, occurred_at: datetime,
+                          causing_event_id: str) -> bool:
+    """Record a purchase once; False when this purchase id was counted before."""
+    status = await conn.execute(
+        """INSERT INTO purchases (customer_id, purchase_id, amount_minor, currency, occurred_at,
+                                  causing_event_id)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+        customer_id, purchase_id, amount_minor, currency, occurred_at, causing_event_id)
+    if status.endswith(" 0"):
+        return False
+    await conn.execute(
+        """INSERT INTO customer_spend (customer_id, currency, total_minor) VALUES ($1, $2, $3)
+           ON CONFLICT (customer_id, currency)
+           DO UPDATE SET total_minor = customer_spend.total_minor + EXCLUDED.total_minor""",
+        customer_id, currency, amount_minor)
+    return True
+
+
+async def set_consent(conn: Conn, customer_id: uuid.UUID, purpose: str, granted: bool,
+                      at: datetime, source: str) -> None:
+    await conn.execute(
+        """INSERT INTO consents (customer_id, purpose, granted, at, source)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (customer_id, purpose)
+           DO UPDATE SET granted = EXCLUDED.granted, at = EXCLUDED.at, source = EXCLUDED.source""",
+        customer_id, purpose, granted, at, source)
+
+
+async def add_stage_history(conn: Conn, customer_id: uuid.UUID, from_stage: str, to_stage: str,
+                            cause: str, causing_event_id: str, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO stage_history (customer_id, from_stage, to_stage, cause, causing_event_id,
+                                      at) VALUES ($1, $2, $3, $4, $5, $6)""",
+        customer_id, from_stage, to_stage, cause, causing_event_id, at)
+
+
+async def stage_history(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT from_stage, to_stage, cause, causing_event_id, at FROM stage_history
+            WHERE customer_id = $1 ORDER BY id""", customer_id))
+
+
+async def list_page(conn: Conn, stage: str | None, after: uuid.UUID | None,
+                    limit: int) -> list[uuid.UUID]:
+    rows = await conn.fetch(
+        """SELECT customer_id FROM customers
+            WHERE ($1::text IS NULL OR stage = $1) AND ($2::uuid IS NULL OR customer_id > $2)
+              AND erased_at IS NULL
+            ORDER BY customer_id LIMIT $3""", stage, after, limit)
+    return [r["customer_id"] for r in rows]
+
+
+async def purchases(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT purchase_id, amount_minor, currency, occurred_at FROM purchases
+            WHERE customer_id = $1 ORDER BY occurred_at""", customer_id))
+
+
+async def scrub(conn: Conn, customer_id: uuid.UUID) -> None:
+    """Remove personal data: identifiers and consent; profile cleared by caller."""
+    await conn.execute("DELETE FROM customer_identifiers WHERE customer_id = $1", customer_id)
+    await conn.execute("DELETE FROM consents WHERE customer_id = $1", customer_id)
