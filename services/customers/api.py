@@ -4,6 +4,7 @@ protobuf in and out and runs each command in one transaction."""
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -60,8 +61,18 @@ def customer_to_pb(rec: store.CustomerRecord, this_year: int) -> pb.Customer:
         consents=[pb.Consent(purpose=c.purpose, granted=c.granted, at=_ts(c.at), source=c.source)
                   for c in rec.consents],
         do_not_contact=rec.do_not_contact, version=rec.version, created_at=_ts(rec.created_at),
-        updated_at=_ts(rec.updated_at), erased=rec.erased_at is not None)
+        updated_at=_ts(rec.updated_at), erased=rec.erased_at is not None, at_risk=rec.at_risk,
+        risk_reasons=rec.risk_reasons, last_csat=rec.last_csat or 0,
+        last_nps=-1 if rec.last_nps is None else rec.last_nps,
+        links=[pb.Link(other_customer_id=str(other), role=role, **{"as": side})
+               for side, other, role in rec.links])
     return msg
+
+
+def segment_to_pb(row: Any) -> pb.Segment:
+    return pb.Segment(name=row["name"], version=row["version"], description=row["description"],
+                      filter_json=json.dumps(row["definition"]),
+                      churn_window_days=row["churn_window_days"] or 0)
 
 
 class CustomersServicer(customers_pb2_grpc.CustomersServicer):
@@ -122,9 +133,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def ListCustomers(self, request: pb.ListCustomersRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListCustomersResponse:
-        size = request.page_size or 50
-        if not 1 <= size <= 500:
-            raise InvalidArgument("page_size", f"must be between 1 and 500, got {size}")
+        size = _page_size(request.page_size)
         after = _decode_token(request.page_token) if request.page_token else None
         stage = _PB_TO_STAGE[request.stage].value if request.stage else None
 
@@ -164,6 +173,46 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
             c, self._ctx, customer_id, request.reason, f"grpc:close:{uuid.uuid4()}"))
         return self._out(rec)
 
+    async def LinkCustomers(self, request: pb.LinkCustomersRequest,
+                            context: grpc.aio.ServicerContext) -> pb.Customer:
+        requester = store.parse_id(request.requester_customer_id, "requester_customer_id")
+        decider = store.parse_id(request.decision_maker_customer_id,
+                                 "decision_maker_customer_id")
+        rec = await self._tx(lambda c: commands.link(c, self._ctx, requester, decider,
+                                                     request.role))
+        return self._out(rec)
+
+    async def MergeCustomers(self, request: pb.MergeCustomersRequest,
+                             context: grpc.aio.ServicerContext) -> pb.Customer:
+        survivor = store.parse_id(request.survivor_customer_id, "survivor_customer_id")
+        merged = store.parse_id(request.merged_customer_id, "merged_customer_id")
+        rec = await self._tx(lambda c: commands.merge(c, self._ctx, survivor, merged,
+                                                      f"grpc:merge:{merged}"))
+        return self._out(rec)
+
+    async def DefineSegment(self, request: pb.DefineSegmentRequest,
+                            context: grpc.aio.ServicerContext) -> pb.Segment:
+        async def define(conn: Conn) -> Any:
+            await commands.define_segment(
+                conn, self._ctx, name=request.name, description=request.description,
+                definition_json=request.filter_json,
+                churn_window_days=request.churn_window_days or None)
+            return await store.get_segment(conn, request.name)
+
+        return segment_to_pb(await self._tx(define))
+
+    async def ListSegmentMembers(self, request: pb.ListSegmentMembersRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> pb.ListSegmentMembersResponse:
+        size = _page_size(request.page_size)
+        after = _decode_token(request.page_token) if request.page_token else None
+        seg, found = await self._tx(lambda c: commands.segment_members(
+            c, self._ctx, request.name, after, size))
+        token = _encode_token(found[-1].customer_id) if len(found) == size else ""
+        return pb.ListSegmentMembersResponse(segment=segment_to_pb(seg),
+                                             customers=[self._out(r) for r in found],
+                                             next_page_token=token)
+
     async def GetStageHistory(self, request: pb.GetStageHistoryRequest,
                               context: grpc.aio.ServicerContext) -> pb.GetStageHistoryResponse:
         customer_id = store.parse_id(request.customer_id)
@@ -189,6 +238,13 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         customer_id = store.parse_id(request.customer_id)
         await self._tx(lambda c: commands.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
+
+
+def _page_size(requested: int) -> int:
+    size = requested or 50
+    if not 1 <= size <= 500:
+        raise InvalidArgument("page_size", f"must be between 1 and 500, got {size}")
+    return size
 
 
 def _encode_token(last: uuid.UUID) -> str:

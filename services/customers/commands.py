@@ -20,12 +20,16 @@ from crm_runtime.clock import Clock
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument
 from crm_runtime.events import Envelope, EventPayload
-from services.customers import domain, store
-from services.customers.domain import ConsentPurpose, Identity, Stage, StageChange
+from services.customers import domain, segments, store
+from services.customers.domain import ConsentPurpose, Identity, Stage, StageCause, StageChange
 from services.customers.events import (
     ConsentChanged,
+    CustomerAtRisk,
     CustomerErased,
     CustomerRegistered,
+    CustomerRiskCleared,
+    CustomersLinked,
+    CustomersMerged,
     CustomerUpdated,
     CustomerWonBack,
     PurchaseRecorded,
@@ -34,6 +38,7 @@ from services.customers.events import (
 
 SOURCE = "/crm/customers"
 CHURN = "customers.churn"
+RISK_REVIEW = "customers.risk_review"
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ async def record_purchase(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
         raise InvalidArgument("purchase_id", "required (the selling system's id of the sale)")
     currency = domain.check_money(amount_minor, currency)
     rec = await store.load(conn, customer_id, lock=True)
+    customer_id = rec.customer_id  # a merged id counts for its survivor
     if rec.erased_at is not None:
         return rec  # erased: a late purchase event must not bring data back
     if not await store.insert_purchase(conn, customer_id, purchase_id, amount_minor, currency,
@@ -164,10 +170,28 @@ async def record_purchase(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
         rec.closed_at = None
         events += await _change_stage(conn, ctx, rec, change, causing_event_id)
     await store.save_core(conn, rec, ctx.clock.now())
-    await scheduler.schedule(conn, CHURN, str(customer_id),
-                             domain.churn_due(rec.last_purchase_at, ctx.churn_window))
-    await _emit(conn, ctx, customer_id, *events)
-    return await store.load(conn, customer_id)
+    await _schedule_churn(conn, ctx, rec)
+    await _emit(conn, ctx, rec.customer_id, *events)
+    return await store.load(conn, rec.customer_id)
+
+
+async def churn_window_for(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> timedelta:
+    """The default churn window, or the shortest one of the segments (with an
+    override) the customer belongs to now."""
+    for seg in await store.churn_segments(conn):
+        compiled = segments.compile_sql(seg["definition"], ctx.clock.now())
+        if await store.customer_matches(conn, customer_id, compiled.sql, compiled.params):
+            return timedelta(days=seg["churn_window_days"])
+    return ctx.churn_window
+
+
+async def _schedule_churn(conn: Conn, ctx: Context, rec: store.CustomerRecord) -> None:
+    if rec.last_purchase_at is None:
+        return
+    window = await churn_window_for(conn, ctx, rec.customer_id)
+    await scheduler.schedule(conn, CHURN, str(rec.customer_id),
+                             domain.churn_due(rec.last_purchase_at, window),
+                             {"window_days": window.days})
 
 
 async def _change_stage(conn: Conn, ctx: Context, rec: store.CustomerRecord, change: StageChange,
@@ -186,13 +210,14 @@ async def _change_stage(conn: Conn, ctx: Context, rec: store.CustomerRecord, cha
     return events
 
 
-async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str) -> None:
+async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str,
+                window_days: int | None = None) -> None:
     """The churn window of a customer elapsed (run by the durable scheduler)."""
-    rec = await store.load(conn, customer_id, lock=True)
-    if rec.erased_at is not None:
+    rec = await store.load(conn, customer_id, lock=True, follow_alias=False)
+    if rec.erased_at is not None or rec.merged_into is not None:
         return
-    change = domain.stage_after_churn(rec.stage, rec.last_purchase_at, ctx.clock.now(),
-                                      ctx.churn_window)
+    window = timedelta(days=window_days) if window_days else ctx.churn_window
+    change = domain.stage_after_churn(rec.stage, rec.last_purchase_at, ctx.clock.now(), window)
     if change is None:
         return
     events = await _change_stage(conn, ctx, rec, change, f"churn:{work_key}")
@@ -288,3 +313,163 @@ async def export(conn: Conn, customer_id: uuid.UUID) -> str:
         "erased_at": iso(rec.erased_at), "version": rec.version,
     }
     return json.dumps(document, indent=2, sort_keys=True)
+
+
+# --- segments ---------------------------------------------------------------
+
+SEGMENT_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+async def define_segment(conn: Conn, ctx: Context, *, name: str, description: str,
+                         definition_json: str, churn_window_days: int | None) -> int:
+    """Create or edit a segment; every edit is a new version. Returns it."""
+    import re
+
+    if not re.match(SEGMENT_NAME, name):
+        raise InvalidArgument("name", f"{name!r} must match {SEGMENT_NAME}")
+    try:
+        definition = json.loads(definition_json)
+    except ValueError as exc:
+        raise InvalidArgument("filter_json", f"is not JSON: {exc}") from None
+    segments.validate(definition, "filter_json")
+    if churn_window_days is not None and not 1 <= churn_window_days <= 3650:
+        raise InvalidArgument("churn_window_days", "must be between 1 and 3650")
+    return await store.upsert_segment(conn, name, description, definition, churn_window_days,
+                                      ctx.clock.now())
+
+
+async def segment_members(conn: Conn, ctx: Context, name: str, after: uuid.UUID | None,
+                          limit: int) -> tuple[Any, list[store.CustomerRecord]]:
+    seg = await store.get_segment(conn, name)
+    compiled = segments.compile_sql(seg["definition"], ctx.clock.now())
+    ids = await store.segment_members(conn, compiled.sql, compiled.params, after, limit)
+    return seg, await store.load_many(conn, ids)
+
+
+# --- links and merge --------------------------------------------------------
+
+async def link(conn: Conn, ctx: Context, requester_id: uuid.UUID, decision_maker_id: uuid.UUID,
+               role: str) -> store.CustomerRecord:
+    role = role.strip().lower()
+    if not role:
+        raise InvalidArgument("role", "required, e.g. 'employee_of' or 'buys_for'")
+    requester = await store.load(conn, requester_id)
+    decider = await store.load(conn, decision_maker_id)
+    if requester.customer_id == decider.customer_id:
+        raise InvalidArgument("decision_maker_id", "must be a different customer")
+    _require_active(requester)
+    _require_active(decider)
+    if await store.insert_link(conn, requester.customer_id, decider.customer_id, role,
+                               ctx.clock.now()):
+        await _emit(conn, ctx, requester.customer_id, CustomersLinked(
+            customer_id=str(requester.customer_id),
+            decision_maker_id=str(decider.customer_id), role=role))
+    return await store.load(conn, requester.customer_id)
+
+
+async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uuid.UUID,
+                request_id: str) -> store.CustomerRecord:
+    """The survivor keeps both histories and identifiers; the other id becomes
+    an alias of it. Merging an alias again is a no-op."""
+    if survivor_id == merged_id:
+        raise InvalidArgument("merged_customer_id", "must differ from survivor_customer_id")
+    # Lock both rows in a fixed order so concurrent merges cannot deadlock.
+    for cid in sorted([survivor_id, merged_id]):
+        await store.load(conn, cid, lock=True, follow_alias=False)
+    survivor = await store.load(conn, survivor_id, follow_alias=False)
+    merged = await store.load(conn, merged_id, follow_alias=False)
+    if merged.merged_into == survivor.customer_id:
+        return survivor  # already merged: a retried call
+    if survivor.merged_into is not None:
+        raise FailedPrecondition(f"survivor {survivor_id} is itself merged into "
+                                 f"{survivor.merged_into}")
+    if merged.merged_into is not None:
+        raise FailedPrecondition(f"customer {merged_id} is already merged into "
+                                 f"{merged.merged_into}")
+    _require_active(survivor)
+    _require_active(merged)
+    await store.move_records(conn, survivor.customer_id, merged.customer_id)
+    await store.recompute_purchases(conn, survivor)
+    survivor.do_not_contact = survivor.do_not_contact or merged.do_not_contact
+    for key, value in merged.profile.items():
+        survivor.profile.setdefault(key, value)
+    if not survivor.display_name:
+        survivor.display_name = merged.display_name
+    events: list[EventPayload] = []
+    target = domain.stage_after_merge(survivor.stage, merged.stage, survivor.purchase_count)
+    if target != survivor.stage:
+        events += await _change_stage(
+            conn, ctx, survivor, StageChange(survivor.stage, target, StageCause.MERGED),
+            request_id)
+    now = ctx.clock.now()
+    merged.merged_into = survivor.customer_id
+    merged.display_name, merged.profile = "", {}
+    await store.save_core(conn, merged, now)
+    await store.save_core(conn, survivor, now)
+    await scheduler.cancel(conn, CHURN, str(merged.customer_id))
+    await scheduler.cancel(conn, RISK_REVIEW, str(merged.customer_id))
+    await _schedule_churn(conn, ctx, survivor)
+    events.append(CustomersMerged(
+        customer_id=str(survivor.customer_id), merged_customer_id=str(merged.customer_id),
+        stage=survivor.stage.value, purchase_count=survivor.purchase_count))
+    await _emit(conn, ctx, survivor.customer_id, *events)
+    await _reassess_risk(conn, ctx, survivor.customer_id, request_id)
+    return await store.load(conn, survivor.customer_id)
+
+
+# --- satisfaction risk ------------------------------------------------------
+
+async def record_dissatisfaction(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
+                                 reason: str, occurred_at: datetime, event_id: str) -> None:
+    rec = await store.load(conn, customer_id, lock=True)
+    if rec.erased_at is not None:
+        return
+    await store.add_risk_signal(conn, rec.customer_id, event_id, reason, occurred_at)
+    await _reassess_risk(conn, ctx, rec.customer_id, event_id)
+
+
+async def record_survey(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, csat: int | None,
+                        nps: int | None, occurred_at: datetime, event_id: str) -> None:
+    rec = await store.load(conn, customer_id, lock=True)
+    if rec.erased_at is not None:
+        return
+    if rec.last_survey_at is None or occurred_at >= rec.last_survey_at:
+        rec.last_csat = csat if csat is not None else rec.last_csat
+        rec.last_nps = nps if nps is not None else rec.last_nps
+        rec.last_survey_at = occurred_at
+        await store.save_core(conn, rec, ctx.clock.now())
+    if domain.is_recovery(csat, nps):
+        await store.clear_risk_signals(conn, rec.customer_id, occurred_at)
+    await _reassess_risk(conn, ctx, rec.customer_id, event_id)
+
+
+async def _reassess_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID,
+                         causing_event_id: str) -> None:
+    """Set at-risk from the live signals; publish only when it changes, and
+    schedule a review for when the oldest live signal expires."""
+    rec = await store.load(conn, customer_id, lock=True, follow_alias=False)
+    now = ctx.clock.now()
+    signals = await store.risk_signals(conn, customer_id)
+    reasons = list(domain.risk_reasons(signals, now))
+    if reasons == rec.risk_reasons and rec.at_risk == bool(reasons):
+        return
+    was_at_risk = rec.at_risk
+    rec.at_risk, rec.risk_reasons = bool(reasons), reasons
+    await store.save_core(conn, rec, now)
+    if reasons:
+        await _emit(conn, ctx, customer_id, CustomerAtRisk(
+            customer_id=str(customer_id), reasons=reasons, causing_event_id=causing_event_id))
+        live = [at for _, at in signals if now - at < domain.RISK_WINDOW]
+        await scheduler.schedule(conn, RISK_REVIEW, str(customer_id),
+                                 min(live) + domain.RISK_WINDOW)
+    elif was_at_risk:
+        await _emit(conn, ctx, customer_id, CustomerRiskCleared(
+            customer_id=str(customer_id), causing_event_id=causing_event_id))
+        await scheduler.cancel(conn, RISK_REVIEW, str(customer_id))
+
+
+async def review_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str) -> None:
+    """Signals expired (run by the scheduler): re-evaluate."""
+    rec = await store.load(conn, customer_id, follow_alias=False)
+    if rec.erased_at is None and rec.merged_into is None:
+        await _reassess_risk(conn, ctx, customer_id, f"risk_review:{work_key}")

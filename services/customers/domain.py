@@ -33,6 +33,7 @@ class StageCause(StrEnum):
     PURCHASE = "purchase"
     CHURN_WINDOW = "churn_window"
     CLOSED = "closed"
+    MERGED = "merged"
 
 
 class ConsentPurpose(StrEnum):
@@ -93,6 +94,36 @@ def stage_after_closing(stage: Stage) -> StageChange | None:
     if stage is Stage.FORMER:
         return None
     return StageChange(stage, Stage.FORMER, StageCause.CLOSED)
+
+
+def stage_after_merge(survivor: Stage, merged: Stage, purchases: int) -> Stage:
+    """Stage of the merged record: former only if both were former; otherwise
+    what the combined purchase count says."""
+    if survivor is Stage.FORMER and merged is Stage.FORMER:
+        return Stage.FORMER
+    if purchases == 0:
+        return Stage.POTENTIAL
+    return Stage.ONE_TIME if purchases == 1 else Stage.REPEAT
+
+
+# --- satisfaction risk ------------------------------------------------------
+
+#: How long a dissatisfaction signal keeps a customer at risk.
+RISK_WINDOW = timedelta(days=90)
+
+
+def risk_reasons(signals: list[tuple[str, datetime]], now: datetime,
+                 window: timedelta = RISK_WINDOW) -> tuple[str, ...]:
+    """Distinct reasons of the signals still inside the window, sorted."""
+    return tuple(sorted({reason for reason, at in signals if now - at < window}))
+
+
+def is_recovery(csat: int | None, nps: int | None) -> bool:
+    """A survey answer that says the customer is satisfied again: every score
+    given is good (CSAT 4-5, NPS 7-10) and at least one was given."""
+    if csat is None and nps is None:
+        return False
+    return (csat is None or csat >= 4) and (nps is None or nps >= 7)
 
 
 def churn_due(last_purchase_at: datetime, window: timedelta) -> datetime:

@@ -77,3 +77,38 @@ class CustomerErased(EventPayload):
     """Personal data was removed; other services must scrub theirs."""
 
     customer_id: str
+
+
+@event("customer.linked", topic=CUSTOMERS)
+class CustomersLinked(EventPayload):
+    """A requester acts for a decision-maker (indirect attention)."""
+
+    customer_id: str = Field(description="The requester.")
+    decision_maker_id: str
+    role: str = Field(examples=["employee_of", "buys_for", "candidate_of"])
+
+
+@event("customer.merged", topic=CUSTOMERS)
+class CustomersMerged(EventPayload):
+    """``merged_customer_id`` is now an alias of ``customer_id`` (the survivor):
+    re-point records held under the merged id."""
+
+    customer_id: str = Field(description="The survivor.")
+    merged_customer_id: str
+    stage: str
+    purchase_count: int
+
+
+@event("customer.at_risk", topic=CUSTOMERS)
+class CustomerAtRisk(EventPayload):
+    """Satisfaction signals say this customer may leave silently."""
+
+    customer_id: str
+    reasons: list[str] = Field(examples=[["low_csat", "breached_promise"]])
+    causing_event_id: str
+
+
+@event("customer.risk_cleared", topic=CUSTOMERS)
+class CustomerRiskCleared(EventPayload):
+    customer_id: str
+    causing_event_id: str

@@ -6,16 +6,19 @@ interaction id, is unique per customer as a second guard)."""
 
 from __future__ import annotations
 
-import asyncpg
-
+from crm_runtime.consumer import BatchHandler
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, PoisonMessage
-from crm_runtime.scheduler import DueWork
+from crm_runtime.scheduler import DueWork, WorkHandler
 from services.customers import commands, store
-from services.interactions.events import InteractionRecorded
+from services.interactions.events import (
+    DissatisfactionSignal,
+    InteractionRecorded,
+    SurveyResponseRecorded,
+)
 
 
-def on_interaction_recorded(ctx: commands.Context):  # type: ignore[no-untyped-def]
+def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
     async def handle(conn: Conn, events: list[Envelope]) -> None:
         for env in events:
             data = env.data
@@ -33,8 +36,40 @@ def on_interaction_recorded(ctx: commands.Context):  # type: ignore[no-untyped-d
     return handle
 
 
-def on_churn_due(ctx: commands.Context):  # type: ignore[no-untyped-def]
-    async def run(conn: asyncpg.Connection | Conn, work: DueWork) -> None:
-        await commands.churn(conn, ctx, store.parse_id(work.key), work.key)
+def on_dissatisfaction_signal(ctx: commands.Context) -> BatchHandler:
+    async def handle(conn: Conn, events: list[Envelope]) -> None:
+        for env in events:
+            data = env.data
+            assert isinstance(data, DissatisfactionSignal)
+            await commands.record_dissatisfaction(
+                conn, ctx, store.parse_id(data.customer_id), reason=data.reason,
+                occurred_at=data.occurred_at, event_id=env.id)
+
+    return handle
+
+
+def on_survey_response(ctx: commands.Context) -> BatchHandler:
+    async def handle(conn: Conn, events: list[Envelope]) -> None:
+        for env in events:
+            data = env.data
+            assert isinstance(data, SurveyResponseRecorded)
+            await commands.record_survey(
+                conn, ctx, store.parse_id(data.customer_id), csat=data.csat, nps=data.nps,
+                occurred_at=data.occurred_at, event_id=env.id)
+
+    return handle
+
+
+def on_churn_due(ctx: commands.Context) -> WorkHandler:
+    async def run(conn: Conn, work: DueWork) -> None:
+        await commands.churn(conn, ctx, store.parse_id(work.key), work.key,
+                             work.payload.get("window_days"))
+
+    return run
+
+
+def on_risk_review(ctx: commands.Context) -> WorkHandler:
+    async def run(conn: Conn, work: DueWork) -> None:
+        await commands.review_risk(conn, ctx, store.parse_id(work.key), work.key)
 
     return run

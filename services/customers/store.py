@@ -36,16 +36,24 @@ class CustomerRecord:
     updated_at: datetime
     closed_at: datetime | None
     erased_at: datetime | None
+    merged_into: uuid.UUID | None = None
+    at_risk: bool = False
+    risk_reasons: list[str] = field(default_factory=list)
+    last_csat: int | None = None
+    last_nps: int | None = None
+    last_survey_at: datetime | None = None
     emails: list[str] = field(default_factory=list)
     phones: list[str] = field(default_factory=list)
     external_ids: list[str] = field(default_factory=list)
     spend: dict[str, int] = field(default_factory=dict)
     consents: list[ConsentRecord] = field(default_factory=list)
+    links: list[tuple[str, uuid.UUID, str]] = field(default_factory=list)  # (as, other, role)
 
 
 _COLUMNS = """customer_id, display_name, profile, stage, purchase_count, first_purchase_at,
               last_purchase_at, do_not_contact, version, created_at, updated_at, closed_at,
-              erased_at"""
+              erased_at, merged_into, at_risk, risk_reasons, last_csat, last_nps,
+              last_survey_at"""
 
 
 def parse_id(value: str, field_name: str = "customer_id") -> uuid.UUID:
@@ -57,8 +65,19 @@ def parse_id(value: str, field_name: str = "customer_id") -> uuid.UUID:
         raise InvalidArgument(field_name, f"{value!r} is not a UUID") from None
 
 
-async def load(conn: Conn, customer_id: uuid.UUID, *, lock: bool = False) -> CustomerRecord:
-    """The customer with identifiers, spend and consents; NotFound if unknown."""
+async def resolve(conn: Conn, customer_id: uuid.UUID) -> uuid.UUID:
+    """The id to act on: a merged customer's survivor, else the id itself."""
+    survivor = await conn.fetchval("SELECT merged_into FROM customers WHERE customer_id = $1",
+                                   customer_id)
+    return survivor or customer_id
+
+
+async def load(conn: Conn, customer_id: uuid.UUID, *, lock: bool = False,
+               follow_alias: bool = True) -> CustomerRecord:
+    """The customer with identifiers, spend, consents and links; NotFound if
+    unknown. A merged id resolves to its survivor unless ``follow_alias`` is off."""
+    if follow_alias:
+        customer_id = await resolve(conn, customer_id)
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1"
         + (" FOR UPDATE" if lock else ""), customer_id)
@@ -75,7 +94,8 @@ async def load_many(conn: Conn, ids: list[uuid.UUID]) -> list[CustomerRecord]:
 
 
 async def _hydrate(conn: Conn, rows: list[Any]) -> list[CustomerRecord]:
-    records = [CustomerRecord(**{**dict(r), "stage": Stage(r["stage"])}) for r in rows]
+    records = [CustomerRecord(**{**dict(r), "stage": Stage(r["stage"]),
+                                 "risk_reasons": list(r["risk_reasons"])}) for r in rows]
     if not records:
         return records
     ids = [r.customer_id for r in records]
@@ -95,6 +115,16 @@ async def _hydrate(conn: Conn, rows: list[Any]) -> list[CustomerRecord]:
                 WHERE customer_id = ANY($1::uuid[]) ORDER BY purpose""", ids):
         by_id[row["customer_id"]].consents.append(
             ConsentRecord(row["purpose"], row["granted"], row["at"], row["source"]))
+    for row in await conn.fetch(
+            """SELECT requester_id, decision_maker_id, role FROM customer_links
+                WHERE requester_id = ANY($1::uuid[]) OR decision_maker_id = ANY($1::uuid[])
+                ORDER BY created_at""", ids):
+        if row["requester_id"] in by_id:
+            by_id[row["requester_id"]].links.append(
+                ("requester", row["decision_maker_id"], row["role"]))
+        if row["decision_maker_id"] in by_id:
+            by_id[row["decision_maker_id"]].links.append(
+                ("decision_maker", row["requester_id"], row["role"]))
     return records
 
 
@@ -136,11 +166,13 @@ async def save_core(conn: Conn, rec: CustomerRecord, now: datetime) -> int:
         """UPDATE customers SET display_name = $2, profile = $3, stage = $4,
                   purchase_count = $5, first_purchase_at = $6, last_purchase_at = $7,
                   do_not_contact = $8, closed_at = $9, erased_at = $10, updated_at = $11,
-                  version = version + 1
+                  merged_into = $12, at_risk = $13, risk_reasons = $14, last_csat = $15,
+                  last_nps = $16, last_survey_at = $17, version = version + 1
             WHERE customer_id = $1 RETURNING version""",
         rec.customer_id, rec.display_name, rec.profile, rec.stage.value, rec.purchase_count,
         rec.first_purchase_at, rec.last_purchase_at, rec.do_not_contact, rec.closed_at,
-        rec.erased_at, now)
+        rec.erased_at, now, rec.merged_into, rec.at_risk, rec.risk_reasons, rec.last_csat,
+        rec.last_nps, rec.last_survey_at)
     rec.version = version
     rec.updated_at = now
     return version
@@ -194,7 +226,7 @@ async def list_page(conn: Conn, stage: str | None, after: uuid.UUID | None,
     rows = await conn.fetch(
         """SELECT customer_id FROM customers
             WHERE ($1::text IS NULL OR stage = $1) AND ($2::uuid IS NULL OR customer_id > $2)
-              AND erased_at IS NULL
+              AND erased_at IS NULL AND merged_into IS NULL
             ORDER BY customer_id LIMIT $3""", stage, after, limit)
     return [r["customer_id"] for r in rows]
 
@@ -209,3 +241,143 @@ async def scrub(conn: Conn, customer_id: uuid.UUID) -> None:
     """Remove personal data: identifiers and consent; profile cleared by caller."""
     await conn.execute("DELETE FROM customer_identifiers WHERE customer_id = $1", customer_id)
     await conn.execute("DELETE FROM consents WHERE customer_id = $1", customer_id)
+
+
+async def segment_members(conn: Conn, where_sql: str, params: list[Any],
+                          after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
+    """Customers matching a compiled segment filter, keyset-paginated by id."""
+    n = len(params)
+    rows = await conn.fetch(
+        f"""SELECT c.customer_id FROM customers c
+             WHERE c.erased_at IS NULL AND c.merged_into IS NULL AND {where_sql}
+               AND (${n + 1}::uuid IS NULL OR c.customer_id > ${n + 1})
+             ORDER BY c.customer_id LIMIT ${n + 2}""", *params, after, limit)
+    return [r["customer_id"] for r in rows]
+
+
+async def customer_matches(conn: Conn, customer_id: uuid.UUID, where_sql: str,
+                           params: list[Any]) -> bool:
+    n = len(params)
+    found = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = ${n + 1} AND {where_sql})",
+        *params, customer_id)
+    return bool(found)
+
+
+async def upsert_segment(conn: Conn, name: str, description: str, definition: Any,
+                         churn_window_days: int | None, now: datetime) -> int:
+    version: int = await conn.fetchval(
+        """INSERT INTO segments (name, version, description, definition, churn_window_days,
+                                 updated_at) VALUES ($1, 1, $2, $3, $4, $5)
+           ON CONFLICT (name) DO UPDATE SET version = segments.version + 1,
+               description = EXCLUDED.description, definition = EXCLUDED.definition,
+               churn_window_days = EXCLUDED.churn_window_days, updated_at = EXCLUDED.updated_at
+           RETURNING version""", name, description, definition, churn_window_days, now)
+    await conn.execute(
+        """INSERT INTO segment_versions (name, version, description, definition,
+                                         churn_window_days, defined_at)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        name, version, description, definition, churn_window_days, now)
+    return version
+
+
+async def get_segment(conn: Conn, name: str) -> Any:
+    row = await conn.fetchrow(
+        "SELECT name, version, description, definition, churn_window_days FROM segments"
+        " WHERE name = $1", name)
+    if row is None:
+        raise NotFound("segment", name)
+    return row
+
+
+async def churn_segments(conn: Conn) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT name, definition, churn_window_days FROM segments
+            WHERE churn_window_days IS NOT NULL ORDER BY churn_window_days, name"""))
+
+
+async def recompute_purchases(conn: Conn, rec: CustomerRecord) -> None:
+    """Purchase count, first/last purchase and spend from the purchases table."""
+    row = await conn.fetchrow(
+        """SELECT count(*) AS n, min(occurred_at) AS first, max(occurred_at) AS last
+             FROM purchases WHERE customer_id = $1""", rec.customer_id)
+    assert row is not None
+    rec.purchase_count, rec.first_purchase_at, rec.last_purchase_at = (
+        row["n"], row["first"], row["last"])
+    await conn.execute("DELETE FROM customer_spend WHERE customer_id = $1", rec.customer_id)
+    await conn.execute(
+        """INSERT INTO customer_spend (customer_id, currency, total_minor)
+           SELECT customer_id, currency, sum(amount_minor) FROM purchases
+            WHERE customer_id = $1 GROUP BY customer_id, currency""", rec.customer_id)
+
+
+async def move_records(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
+    """Re-point everything held under ``merged`` to ``survivor``."""
+    await conn.execute("UPDATE customer_identifiers SET customer_id = $1 WHERE customer_id = $2",
+                       survivor, merged)
+    # The same sale recorded under both ids is one sale.
+    await conn.execute(
+        """DELETE FROM purchases m WHERE m.customer_id = $2 AND EXISTS (
+               SELECT 1 FROM purchases s WHERE s.customer_id = $1
+                  AND s.purchase_id = m.purchase_id)""", survivor, merged)
+    await conn.execute("UPDATE purchases SET customer_id = $1 WHERE customer_id = $2",
+                       survivor, merged)
+    await conn.execute("DELETE FROM customer_spend WHERE customer_id = $1", merged)
+    # Consent: the most recent decision per purpose wins.
+    await conn.execute(
+        """INSERT INTO consents (customer_id, purpose, granted, at, source)
+           SELECT $1, purpose, granted, at, source FROM consents WHERE customer_id = $2
+           ON CONFLICT (customer_id, purpose) DO UPDATE
+              SET granted = EXCLUDED.granted, at = EXCLUDED.at, source = EXCLUDED.source
+            WHERE consents.at < EXCLUDED.at""", survivor, merged)
+    await conn.execute("DELETE FROM consents WHERE customer_id = $1", merged)
+    await conn.execute("UPDATE stage_history SET customer_id = $1 WHERE customer_id = $2",
+                       survivor, merged)
+    await conn.execute(
+        """INSERT INTO risk_signals (customer_id, event_id, reason, occurred_at)
+           SELECT $1, event_id, reason, occurred_at FROM risk_signals WHERE customer_id = $2
+           ON CONFLICT DO NOTHING""", survivor, merged)
+    await conn.execute("DELETE FROM risk_signals WHERE customer_id = $1", merged)
+    await conn.execute(
+        """INSERT INTO customer_links (requester_id, decision_maker_id, role, created_at)
+           SELECT $1, decision_maker_id, role, created_at FROM customer_links
+            WHERE requester_id = $2 AND decision_maker_id <> $1
+           ON CONFLICT DO NOTHING""", survivor, merged)
+    await conn.execute(
+        """INSERT INTO customer_links (requester_id, decision_maker_id, role, created_at)
+           SELECT requester_id, $1, role, created_at FROM customer_links
+            WHERE decision_maker_id = $2 AND requester_id <> $1
+           ON CONFLICT DO NOTHING""", survivor, merged)
+    await conn.execute(
+        "DELETE FROM customer_links WHERE requester_id = $1 OR decision_maker_id = $1", merged)
+    # Earlier aliases of the merged customer now point at the survivor too.
+    await conn.execute("UPDATE customers SET merged_into = $1 WHERE merged_into = $2",
+                       survivor, merged)
+
+
+async def insert_link(conn: Conn, requester: uuid.UUID, decision_maker: uuid.UUID, role: str,
+                      now: datetime) -> bool:
+    status = await conn.execute(
+        """INSERT INTO customer_links (requester_id, decision_maker_id, role, created_at)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (requester_id, decision_maker_id) DO UPDATE SET role = EXCLUDED.role
+            WHERE customer_links.role <> EXCLUDED.role""", requester, decision_maker, role, now)
+    return not status.endswith(" 0")
+
+
+async def add_risk_signal(conn: Conn, customer_id: uuid.UUID, event_id: str, reason: str,
+                          at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO risk_signals (customer_id, event_id, reason, occurred_at)
+           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""", customer_id, event_id, reason, at)
+
+
+async def risk_signals(conn: Conn, customer_id: uuid.UUID) -> list[tuple[str, datetime]]:
+    rows = await conn.fetch(
+        "SELECT reason, occurred_at FROM risk_signals WHERE customer_id = $1", customer_id)
+    return [(r["reason"], r["occurred_at"]) for r in rows]
+
+
+async def clear_risk_signals(conn: Conn, customer_id: uuid.UUID, up_to: datetime) -> None:
+    await conn.execute("DELETE FROM risk_signals WHERE customer_id = $1 AND occurred_at <= $2",
+                       customer_id, up_to)

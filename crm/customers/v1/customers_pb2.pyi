@@ -183,6 +183,11 @@ class Customer(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ERASED_FIELD_NUMBER: _builtins.int
+    AT_RISK_FIELD_NUMBER: _builtins.int
+    RISK_REASONS_FIELD_NUMBER: _builtins.int
+    LAST_CSAT_FIELD_NUMBER: _builtins.int
+    LAST_NPS_FIELD_NUMBER: _builtins.int
+    LINKS_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     display_name: _builtins.str
     stage: Global___Stage.ValueType
@@ -190,6 +195,11 @@ class Customer(_message.Message):
     do_not_contact: _builtins.bool
     version: _builtins.int
     erased: _builtins.bool
+    at_risk: _builtins.bool
+    last_csat: _builtins.int
+    """0 = no answer yet"""
+    last_nps: _builtins.int
+    """-1 = no answer yet"""
     @_builtins.property
     def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -212,6 +222,12 @@ class Customer(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def risk_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """low_csat, low_nps, repeated_complaint, breached_promise"""
+
+    @_builtins.property
+    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___Link]: ...
     def __init__(
         self,
         *,
@@ -232,14 +248,210 @@ class Customer(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         erased: _builtins.bool = ...,
+        at_risk: _builtins.bool = ...,
+        risk_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        last_csat: _builtins.int = ...,
+        last_nps: _builtins.int = ...,
+        links: _abc.Iterable[Global___Link] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "first_purchase_at", b"first_purchase_at", "last_purchase_at", b"last_purchase_at", "profile", b"profile", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "created_at", b"created_at", "customer_id", b"customer_id", "display_name", b"display_name", "do_not_contact", b"do_not_contact", "emails", b"emails", "erased", b"erased", "external_ids", b"external_ids", "first_purchase_at", b"first_purchase_at", "last_purchase_at", b"last_purchase_at", "phones", b"phones", "profile", b"profile", "purchase_count", b"purchase_count", "stage", b"stage", "total_spent", b"total_spent", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_risk", b"at_risk", "consents", b"consents", "created_at", b"created_at", "customer_id", b"customer_id", "display_name", b"display_name", "do_not_contact", b"do_not_contact", "emails", b"emails", "erased", b"erased", "external_ids", b"external_ids", "first_purchase_at", b"first_purchase_at", "last_csat", b"last_csat", "last_nps", b"last_nps", "last_purchase_at", b"last_purchase_at", "links", b"links", "phones", b"phones", "profile", b"profile", "purchase_count", b"purchase_count", "risk_reasons", b"risk_reasons", "stage", b"stage", "total_spent", b"total_spent", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Customer: _TypeAlias = Customer  # noqa: Y015
+
+@_typing.final
+class Link(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_FIELD_NUMBER: _builtins.int
+    OTHER_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    other_customer_id: _builtins.str
+    role: _builtins.str
+    """e.g. employee_of, buys_for, candidate_of"""
+    def __init__(
+        self,
+        *,
+        other_customer_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as", b"as", "other_customer_id", b"other_customer_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Link: _TypeAlias = Link  # noqa: Y015
+
+@_typing.final
+class LinkCustomersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTER_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    DECISION_MAKER_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    requester_customer_id: _builtins.str
+    decision_maker_customer_id: _builtins.str
+    role: _builtins.str
+    def __init__(
+        self,
+        *,
+        requester_customer_id: _builtins.str = ...,
+        decision_maker_customer_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_maker_customer_id", b"decision_maker_customer_id", "requester_customer_id", b"requester_customer_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkCustomersRequest: _TypeAlias = LinkCustomersRequest  # noqa: Y015
+
+@_typing.final
+class MergeCustomersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVOR_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    MERGED_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    survivor_customer_id: _builtins.str
+    merged_customer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        survivor_customer_id: _builtins.str = ...,
+        merged_customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merged_customer_id", b"merged_customer_id", "survivor_customer_id", b"survivor_customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeCustomersRequest: _TypeAlias = MergeCustomersRequest  # noqa: Y015
+
+@_typing.final
+class DefineSegmentRequest(_message.Message):
+    """A segment filter is JSON: {"all"|"any": [nodes]}, {"not": node} or
+    {"field": f, "op": o, "value": v}. Fields: stage, purchase_count,
+    days_since_last_purchase, days_since_registered, do_not_contact, at_risk,
+    last_csat, last_nps, total_spent.<CUR>, consent.<purpose>, profile.<attr>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    FILTER_JSON_FIELD_NUMBER: _builtins.int
+    CHURN_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """lower-case, e.g. "vip-madrid" """
+    description: _builtins.str
+    filter_json: _builtins.str
+    churn_window_days: _builtins.int
+    """0 = the default window"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        filter_json: _builtins.str = ...,
+        churn_window_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["churn_window_days", b"churn_window_days", "description", b"description", "filter_json", b"filter_json", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineSegmentRequest: _TypeAlias = DefineSegmentRequest  # noqa: Y015
+
+@_typing.final
+class Segment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    FILTER_JSON_FIELD_NUMBER: _builtins.int
+    CHURN_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    description: _builtins.str
+    filter_json: _builtins.str
+    churn_window_days: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        description: _builtins.str = ...,
+        filter_json: _builtins.str = ...,
+        churn_window_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["churn_window_days", b"churn_window_days", "description", b"description", "filter_json", b"filter_json", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Segment: _TypeAlias = Segment  # noqa: Y015
+
+@_typing.final
+class ListSegmentMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    page_size: _builtins.int
+    """default 50, at most 500"""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentMembersRequest: _TypeAlias = ListSegmentMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListSegmentMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    CUSTOMERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def segment(self) -> Global___Segment: ...
+    @_builtins.property
+    def customers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Customer]: ...
+    def __init__(
+        self,
+        *,
+        segment: Global___Segment | None = ...,
+        customers: _abc.Iterable[Global___Customer] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customers", b"customers", "next_page_token", b"next_page_token", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentMembersResponse: _TypeAlias = ListSegmentMembersResponse  # noqa: Y015
 
 @_typing.final
 class RegisterCustomerRequest(_message.Message):

@@ -69,6 +69,16 @@ class CustomersStub:
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.SetConsentRequest.SerializeToString,
                 response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.Customer.FromString,
                 _registered_method=True)
+        self.LinkCustomers = channel.unary_unary(
+                '/crm.customers.v1.Customers/LinkCustomers',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.LinkCustomersRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.Customer.FromString,
+                _registered_method=True)
+        self.MergeCustomers = channel.unary_unary(
+                '/crm.customers.v1.Customers/MergeCustomers',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.MergeCustomersRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.Customer.FromString,
+                _registered_method=True)
         self.CloseRelationship = channel.unary_unary(
                 '/crm.customers.v1.Customers/CloseRelationship',
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.CloseRelationshipRequest.SerializeToString,
@@ -78,6 +88,16 @@ class CustomersStub:
                 '/crm.customers.v1.Customers/GetStageHistory',
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetStageHistoryRequest.SerializeToString,
                 response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetStageHistoryResponse.FromString,
+                _registered_method=True)
+        self.DefineSegment = channel.unary_unary(
+                '/crm.customers.v1.Customers/DefineSegment',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.DefineSegmentRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.Segment.FromString,
+                _registered_method=True)
+        self.ListSegmentMembers = channel.unary_unary(
+                '/crm.customers.v1.Customers/ListSegmentMembers',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.ListSegmentMembersRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.ListSegmentMembersResponse.FromString,
                 _registered_method=True)
         self.ExportCustomer = channel.unary_unary(
                 '/crm.customers.v1.Customers/ExportCustomer',
@@ -140,6 +160,20 @@ class CustomersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LinkCustomers(self, request, context):
+        """Direct vs indirect attention: the requester acts for the decision-maker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeCustomers(self, request, context):
+        """The survivor keeps both histories and identifiers; the other becomes an alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CloseRelationship(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -147,6 +181,19 @@ class CustomersServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStageHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DefineSegment(self, request, context):
+        """Create or edit (a new version of) a named segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegmentMembers(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,6 +251,16 @@ def add_CustomersServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.SetConsentRequest.FromString,
                     response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.Customer.SerializeToString,
             ),
+            'LinkCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkCustomers,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.LinkCustomersRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.Customer.SerializeToString,
+            ),
+            'MergeCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeCustomers,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.MergeCustomersRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.Customer.SerializeToString,
+            ),
             'CloseRelationship': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseRelationship,
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.CloseRelationshipRequest.FromString,
@@ -213,6 +270,16 @@ def add_CustomersServicer_to_server(servicer, server):
                     servicer.GetStageHistory,
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetStageHistoryRequest.FromString,
                     response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetStageHistoryResponse.SerializeToString,
+            ),
+            'DefineSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DefineSegment,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.DefineSegmentRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.Segment.SerializeToString,
+            ),
+            'ListSegmentMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegmentMembers,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.ListSegmentMembersRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.ListSegmentMembersResponse.SerializeToString,
             ),
             'ExportCustomer': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportCustomer,
@@ -425,6 +492,60 @@ class Customers:
             _registered_method=True)
 
     @staticmethod
+    def LinkCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.Customers/LinkCustomers',
+            crm_dot_customers_dot_v1_dot_customers__pb2.LinkCustomersRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.Customer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.Customers/MergeCustomers',
+            crm_dot_customers_dot_v1_dot_customers__pb2.MergeCustomersRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.Customer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CloseRelationship(request,
             target,
             options=(),
@@ -468,6 +589,60 @@ class Customers:
             '/crm.customers.v1.Customers/GetStageHistory',
             crm_dot_customers_dot_v1_dot_customers__pb2.GetStageHistoryRequest.SerializeToString,
             crm_dot_customers_dot_v1_dot_customers__pb2.GetStageHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DefineSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.Customers/DefineSegment',
+            crm_dot_customers_dot_v1_dot_customers__pb2.DefineSegmentRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.Segment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.Customers/ListSegmentMembers',
+            crm_dot_customers_dot_v1_dot_customers__pb2.ListSegmentMembersRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.ListSegmentMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

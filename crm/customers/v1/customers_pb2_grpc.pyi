@@ -44,8 +44,15 @@ class CustomersStub:
     RecordPurchase: _grpc.UnaryUnaryMultiCallable[_customers_pb2.RecordPurchaseRequest, _customers_pb2.Customer]
     """For systems that do not publish interaction events. Counted once per purchase_id."""
     SetConsent: _grpc.UnaryUnaryMultiCallable[_customers_pb2.SetConsentRequest, _customers_pb2.Customer]
+    LinkCustomers: _grpc.UnaryUnaryMultiCallable[_customers_pb2.LinkCustomersRequest, _customers_pb2.Customer]
+    """Direct vs indirect attention: the requester acts for the decision-maker."""
+    MergeCustomers: _grpc.UnaryUnaryMultiCallable[_customers_pb2.MergeCustomersRequest, _customers_pb2.Customer]
+    """The survivor keeps both histories and identifiers; the other becomes an alias."""
     CloseRelationship: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CloseRelationshipRequest, _customers_pb2.Customer]
     GetStageHistory: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetStageHistoryRequest, _customers_pb2.GetStageHistoryResponse]
+    DefineSegment: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DefineSegmentRequest, _customers_pb2.Segment]
+    """Create or edit (a new version of) a named segment."""
+    ListSegmentMembers: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListSegmentMembersRequest, _customers_pb2.ListSegmentMembersResponse]
     ExportCustomer: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ExportCustomerRequest, _customers_pb2.ExportCustomerResponse]
     """Data-subject access: everything held about the customer, as JSON."""
     EraseCustomer: _grpc.UnaryUnaryMultiCallable[_customers_pb2.EraseCustomerRequest, _customers_pb2.EraseCustomerResponse]
@@ -65,8 +72,15 @@ class CustomersAsyncStub(CustomersStub):
     RecordPurchase: _aio.UnaryUnaryMultiCallable[_customers_pb2.RecordPurchaseRequest, _customers_pb2.Customer]  # type: ignore[assignment]
     """For systems that do not publish interaction events. Counted once per purchase_id."""
     SetConsent: _aio.UnaryUnaryMultiCallable[_customers_pb2.SetConsentRequest, _customers_pb2.Customer]  # type: ignore[assignment]
+    LinkCustomers: _aio.UnaryUnaryMultiCallable[_customers_pb2.LinkCustomersRequest, _customers_pb2.Customer]  # type: ignore[assignment]
+    """Direct vs indirect attention: the requester acts for the decision-maker."""
+    MergeCustomers: _aio.UnaryUnaryMultiCallable[_customers_pb2.MergeCustomersRequest, _customers_pb2.Customer]  # type: ignore[assignment]
+    """The survivor keeps both histories and identifiers; the other becomes an alias."""
     CloseRelationship: _aio.UnaryUnaryMultiCallable[_customers_pb2.CloseRelationshipRequest, _customers_pb2.Customer]  # type: ignore[assignment]
     GetStageHistory: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetStageHistoryRequest, _customers_pb2.GetStageHistoryResponse]  # type: ignore[assignment]
+    DefineSegment: _aio.UnaryUnaryMultiCallable[_customers_pb2.DefineSegmentRequest, _customers_pb2.Segment]  # type: ignore[assignment]
+    """Create or edit (a new version of) a named segment."""
+    ListSegmentMembers: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListSegmentMembersRequest, _customers_pb2.ListSegmentMembersResponse]  # type: ignore[assignment]
     ExportCustomer: _aio.UnaryUnaryMultiCallable[_customers_pb2.ExportCustomerRequest, _customers_pb2.ExportCustomerResponse]  # type: ignore[assignment]
     """Data-subject access: everything held about the customer, as JSON."""
     EraseCustomer: _aio.UnaryUnaryMultiCallable[_customers_pb2.EraseCustomerRequest, _customers_pb2.EraseCustomerResponse]  # type: ignore[assignment]
@@ -127,6 +141,22 @@ class CustomersServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_customers_pb2.Customer, _abc.Awaitable[_customers_pb2.Customer]]: ...
 
     @_abc_1.abstractmethod
+    def LinkCustomers(
+        self,
+        request: _customers_pb2.LinkCustomersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.Customer, _abc.Awaitable[_customers_pb2.Customer]]:
+        """Direct vs indirect attention: the requester acts for the decision-maker."""
+
+    @_abc_1.abstractmethod
+    def MergeCustomers(
+        self,
+        request: _customers_pb2.MergeCustomersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.Customer, _abc.Awaitable[_customers_pb2.Customer]]:
+        """The survivor keeps both histories and identifiers; the other becomes an alias."""
+
+    @_abc_1.abstractmethod
     def CloseRelationship(
         self,
         request: _customers_pb2.CloseRelationshipRequest,
@@ -139,6 +169,21 @@ class CustomersServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.GetStageHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.GetStageHistoryResponse, _abc.Awaitable[_customers_pb2.GetStageHistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DefineSegment(
+        self,
+        request: _customers_pb2.DefineSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.Segment, _abc.Awaitable[_customers_pb2.Segment]]:
+        """Create or edit (a new version of) a named segment."""
+
+    @_abc_1.abstractmethod
+    def ListSegmentMembers(
+        self,
+        request: _customers_pb2.ListSegmentMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.ListSegmentMembersResponse, _abc.Awaitable[_customers_pb2.ListSegmentMembersResponse]]: ...
 
     @_abc_1.abstractmethod
     def ExportCustomer(
