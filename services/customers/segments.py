@@ -155,8 +155,7 @@ def compile_sql(node: Any, now: datetime, params: list[Any] | None = None) -> Co
     any the caller already has in ``params``."""
     validate(node)
     params = list(params or [])
-    params.append(now)
-    now_ref = f"${len(params)}::timestamptz"
+    now_ref: list[str] = []  # bound on first use: an unused parameter has no type
 
     def bind(value: Any, cast: str) -> str:
         params.append(value)
@@ -170,7 +169,11 @@ def compile_sql(node: Any, now: datetime, params: list[Any] | None = None) -> Co
         if "not" in n:
             return f"(NOT coalesce({walk(n['not'])}, false))"
         spec = _spec(n["field"], "filter")
-        expr = spec.sql.replace("{now}", now_ref)
+        expr = spec.sql
+        if "{now}" in expr:
+            if not now_ref:
+                now_ref.append(bind(now, "timestamptz"))
+            expr = expr.replace("{now}", now_ref[0])
         if spec.arg is not None:
             expr = expr.replace("{arg}", bind(spec.arg, "text"))
         op, value = n["op"], n["value"]

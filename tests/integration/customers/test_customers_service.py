@@ -5,77 +5,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import grpc
 import pytest
 
 from crm.customers.v1 import customers_pb2 as pb
-from crm.customers.v1 import customers_pb2_grpc
-from crm_runtime.events import Envelope
-from crm_runtime.settings import Settings
-from crm_runtime.topics import CUSTOMERS
-from services.customers.app import SPEC
-from services.interactions.events import InteractionRecorded
-from tests.support.kafka import produce_envelopes, read_topic, wait_for
-from tests.support.services import Running, running
-
-START = datetime(2031, 3, 1, 12, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-async def svc(database_url: str, broker: object) -> AsyncIterator[Running]:
-    from crm_runtime.stack import TansuBroker
-
-    assert isinstance(broker, TansuBroker)
-    settings = Settings(database_url=database_url,
-                        kafka_bootstrap_servers=broker.bootstrap_servers,
-                        retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
-                        consumer_batch_wait_ms=20, consumer_session_timeout_ms=3000,
-                        consumer_heartbeat_interval_ms=300, consumer_rebalance_timeout_ms=1000)
-    async with running(SPEC, settings, START) as r:
-        yield r
-
-
-def stub(svc: Running) -> customers_pb2_grpc.CustomersStub:
-    return customers_pb2_grpc.CustomersStub(svc.channel)
-
-
-async def register(svc: Running, **fields: object) -> pb.RegisterCustomerResponse:
-    fields.setdefault("emails", [f"{uuid.uuid4().hex[:8]}@example.com"])
-    reply: pb.RegisterCustomerResponse = await stub(svc).RegisterCustomer(
-        pb.RegisterCustomerRequest(**fields), metadata=svc.metadata)  # type: ignore[arg-type]
-    return reply
-
-
-async def get(svc: Running, customer_id: str) -> pb.Customer:
-    reply: pb.Customer = await stub(svc).GetCustomer(
-        pb.GetCustomerRequest(customer_id=customer_id), metadata=svc.metadata)
-    return reply
-
-
-def purchase_event(customer_id: str, amount: int, at: datetime,
-                   interaction_id: str | None = None) -> Envelope:
-    return Envelope(data=InteractionRecorded(
-        interaction_id=interaction_id or str(uuid.uuid4()), customer_id=customer_id,
-        channel="web", direction="reactive", kind="purchase", occurred_at=at,
-        amount_minor=amount, currency="EUR"), subject=customer_id, source="/test/shop")
-
-
-async def customer_events(svc: Running, customer_id: str, expect: int) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
-    bootstrap = svc.runner.settings.kafka_bootstrap_servers
-    assert bootstrap
-    found: list[tuple[str, dict]] = []  # type: ignore[type-arg]
-
-    async def enough() -> bool:
-        records = await read_topic(bootstrap, CUSTOMERS, expect=0, timeout=5, settle=0.3)
-        found[:] = [(dict(r.headers)["ce_type"].decode(), json.loads(r.value)) for r in records
-                    if r.key == customer_id.encode()]
-        return len(found) >= expect
-
-    await wait_for(enough, timeout=30, what=f"{expect} events of {customer_id}")
-    return found
+from tests.support.customers import (
+    START,
+    customer_events,
+    get,
+    purchase_event,
+    register,
+    stub,
+)
+from tests.support.kafka import produce_envelopes, wait_for
+from tests.support.services import Running
 
 
 async def test_registration_is_idempotent_on_any_identifier(svc: Running) -> None:

@@ -1,0 +1,28 @@
+"""Fixtures of the customers service tests: one running service per package."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from crm_runtime.settings import Settings
+from services.customers.app import SPEC
+from tests.support.customers import START
+from tests.support.services import Running, running
+
+
+@pytest.fixture(scope="package")
+async def svc(database_url: str, broker: object) -> AsyncIterator[Running]:
+    from crm_runtime.stack import TansuBroker
+
+    assert isinstance(broker, TansuBroker)
+    settings = Settings(database_url=database_url,
+                        kafka_bootstrap_servers=broker.bootstrap_servers,
+                        retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
+                        consumer_batch_wait_ms=20, consumer_session_timeout_ms=3000,
+                        consumer_heartbeat_interval_ms=300, consumer_rebalance_timeout_ms=1000)
+    async with running(SPEC, settings, START) as r:
+        yield r
+
+
