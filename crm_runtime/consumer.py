@@ -12,8 +12,8 @@ One batch of records is processed in one PostgreSQL transaction:
 
 A crash anywhere before step 4's offset commit redelivers the batch, and the
 inbox makes the second pass a no-op. A transient failure (the database is down,
-a serialisation conflict) rolls back, seeks back, and retries the same batch
-with backoff; it never dead-letters. A handler that raises anything else on
+a serialisation conflict) rolls back and retries the same batch, held in
+memory, with backoff; it never dead-letters. A handler that raises anything else on
 one record makes the batch run again with a savepoint per record, so only the
 failing record is dead-lettered.
 """

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf import descriptor as _descriptor
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_status import rpc_status
 from pydantic import ValidationError
 
@@ -195,6 +195,25 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMe
         response_serializer=handler.response_serializer)
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _serve_reflection(server: grpc.aio.Server, names: list[str]) -> None:
+    """Server reflection under both ``grpc.reflection.v1`` (what current
+    clients ask for first) and ``v1alpha`` (older clients). grpcio-reflection
+    only ships v1alpha; the two protocols are the same messages with the same
+    field numbers, so one servicer answers both."""
+    servicer = reflection.aio.ReflectionServicer(
+        [*names, reflection.SERVICE_NAME, REFLECTION_V1])
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    for service in (reflection.SERVICE_NAME, REFLECTION_V1):
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": handler})])
+
+
 def build_server(*, service: str, registrations: list[ServiceRegistration],
                  tokens: Mapping[str, ApiToken], address: str,
                  ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
@@ -208,9 +227,7 @@ def build_server(*, service: str, registrations: list[ServiceRegistration],
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [r.descriptor.full_name for r in registrations]
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME], server)
+    _serve_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")

@@ -15,7 +15,7 @@ PUBLISHED = Counter("crm_messages_published_total", "Outbox records acknowledged
 DEAD_LETTERED = Counter("crm_messages_dead_lettered_total",
                         "Records sent to the dead-letter topic", ["service", "topic", "reason"])
 HANDLER_SECONDS = Histogram("crm_handler_duration_seconds",
-                            "Time to process one consumed batch, per record type",
+                            "Handler time for a run of consecutive records of one type",
                             ["service", "topic", "type"])
 BATCH_SECONDS = Histogram("crm_consumer_batch_duration_seconds",
                           "Time to process one consumed batch in one transaction",

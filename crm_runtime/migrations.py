@@ -1,8 +1,9 @@
 """Ordered SQL migrations, per service schema, applied once and recorded.
 
 A service's migrations are the runtime's own files (outbox, inbox, scheduled
-work) followed by the service's ``migrations/NNN_name.sql`` files. Each file
-runs in its own transaction together with its row in ``schema_migrations``.
+work) followed by the service's ``migrations/NNN_name.sql`` files. All
+pending files and their ``schema_migrations`` rows run in one transaction, so
+a failing file leaves the schema as it was.
 A transaction-level advisory lock keyed by the schema serialises processes
 that start together, so two replicas never apply the same file twice.
 """

@@ -28,7 +28,8 @@ class OperationsServicer(ops_pb2_grpc.OperationsServicer):
                           (SELECT count(*) FROM scheduled_work) AS scheduled,
                           (SELECT min(due_at) FROM scheduled_work) AS next_due""")
             migrations = await conn.fetch(
-                "SELECT source, version, name FROM schema_migrations ORDER BY applied_at, version")
+                "SELECT source, version, name FROM schema_migrations"
+                " ORDER BY applied_at, source, version")
         assert row is not None
         reply = ops_pb2.GetStatusResponse(
             service=self._service, version=VERSION, schema=self._schema,

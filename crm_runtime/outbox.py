@@ -86,7 +86,7 @@ class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, *, service: str,
                  schema: str, lanes: int, batch_size: int = 500, poll_interval: float = 1.0,
                  publish_timeout: float = 15.0, retention_hours: int = 168,
-                 backoff: Backoff | None = None) -> None:
+                 inbox_retention_days: int = 30, backoff: Backoff | None = None) -> None:
         self._pool = pool
         self._producer = producer
         self._service = service
@@ -95,6 +95,7 @@ class OutboxRelay:
         self._poll = poll_interval
         self._retention_hours = retention_hours
         self._publish_timeout = publish_timeout
+        self._inbox_retention_days = inbox_retention_days
         self._schema = schema
         self._wakeup = asyncio.Event()
         self._lock_class = _lock_key(schema)
@@ -138,7 +139,7 @@ class OutboxRelay:
             self._backoff.reset()
             if loop.time() >= next_observe:
                 next_observe = loop.time() + 5.0
-                await self._observe_and_clean()
+                await self._maintain()
             if published == 0:
                 await self._sleep(self._poll)
 
@@ -178,7 +179,9 @@ class OutboxRelay:
                 r["topic"], value=r["body"], key=r["message_key"], headers=headers))
         await asyncio.gather(*futures)
 
-    async def _observe_and_clean(self) -> None:
+    async def _maintain(self) -> None:
+        """Refresh the outbox gauges and trim sent outbox rows and old inbox ids
+        (the relay is the one periodic loop every service process has)."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 """SELECT count(*) AS backlog,
@@ -191,6 +194,9 @@ class OutboxRelay:
             await conn.execute(
                 "DELETE FROM outbox WHERE sent_at < clock_timestamp() - make_interval(hours => $1)",
                 self._retention_hours)
+            await conn.execute(
+                "DELETE FROM inbox WHERE processed_at < now() - make_interval(days => $1)",
+                self._inbox_retention_days)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep until the timeout, a NOTIFY from a committing writer, or stop."""

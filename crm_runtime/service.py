@@ -141,6 +141,7 @@ class ServiceRunner:
                                 lanes=s.relay_lanes, batch_size=s.relay_batch_size,
                                 poll_interval=s.relay_poll_interval_s,
                                 retention_hours=s.outbox_retention_hours,
+                                inbox_retention_days=s.inbox_retention_days,
                                 backoff=Backoff(s.retry_initial_s, s.retry_max_s))
             tasks.append(asyncio.create_task(relay.run(), name=f"{self.spec.name}-relay"))
             stoppers.append(relay.stop)

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     relay_poll_interval_s: float = Field(default=0.05, gt=0, le=60)
     relay_lanes: int = Field(default=4, ge=1, le=1024)
     outbox_retention_hours: int = Field(default=24 * 7, ge=0)
+    inbox_retention_days: int = Field(
+        default=30, ge=1,
+        description="Processed event ids are kept this long; keep it above the topics' "
+                    "retention so a replayed event is still recognised.")
     scheduler_poll_interval_s: float = Field(default=0.2, gt=0, le=60)
     scheduler_batch_size: int = Field(default=100, ge=1, le=10000)
     retry_initial_s: float = Field(default=0.2, gt=0)

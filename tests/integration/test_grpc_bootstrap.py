@@ -63,7 +63,8 @@ async def test_status_reports_the_service(service: ServiceRunner) -> None:
         reply = await ops_pb2_grpc.OperationsStub(channel).GetStatus(
             ops_pb2.GetStatusRequest(), metadata=[("authorization", f"Bearer {OPS_TOKEN}")])
     assert reply.service == service.spec.name
-    assert reply.migrations == ["runtime/001_outbox_inbox_scheduler", "service/001_ledger"]
+    assert reply.migrations == ["runtime/001_outbox_inbox_scheduler",
+                                 "runtime/002_inbox_retention", "service/001_ledger"]
     assert reply.outbox_backlog == 0
 
 
@@ -80,3 +81,20 @@ async def test_health_and_reflection_are_open(service: ServiceRunner) -> None:
             names = {s.name for s in response.list_services_response.service}
             break
     assert {"crm.ops.v1.Operations", "grpc.health.v1.Health"} <= names
+
+
+async def test_reflection_v1_lists_and_describes_services(service: ServiceRunner) -> None:
+    """Clients that speak grpc.reflection.v1 (grpcurl, Postman, grpc-java) work."""
+    async with _channel(service) as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        stream = call(iter([
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="crm.ops.v1.Operations"),
+        ]))
+        replies = [r async for r in stream]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"crm.ops.v1.Operations", "grpc.reflection.v1.ServerReflection"} <= names
+    assert replies[1].file_descriptor_response.file_descriptor_proto  # the .proto, serialised
