@@ -56,3 +56,66 @@ class DissatisfactionSignal(EventPayload):
     score: int | None = None
     interaction_id: str = ""
     case_id: str = ""
+
+
+class _CaseEvent(EventPayload):
+    case_id: str
+    customer_id: str
+    kind: str = Field(examples=["complaint", "support", "callback_request", "inquiry"])
+    channel: str = Field(examples=["phone", "in_person", "web"])
+    unit: str = Field(default="", description="The unit that owns the case now.")
+
+
+@event("case.opened", topic=INTERACTIONS)
+class CaseOpened(_CaseEvent):
+    """A request opened a case; the customer was told the promised times."""
+
+    interaction_id: str = ""
+    opened_at: datetime
+    promised_earliest_at: datetime = Field(description="Minimum time the request takes.")
+    promised_by: datetime = Field(description="Deadline: the maximum time promised.")
+    callback_phone: str = Field(default="", description="Callback requests: number to call.")
+
+
+@event("case.acknowledged", topic=INTERACTIONS)
+class CaseAcknowledged(_CaseEvent):
+    acknowledged_at: datetime
+    agent: str = ""
+
+
+@event("case.transferred", topic=INTERACTIONS)
+class CaseTransferred(_CaseEvent):
+    """Routed to another unit; the promise and its clock are kept."""
+
+    from_unit: str
+    reason: str
+    promised_by: datetime
+
+
+@event("case.resolved", topic=INTERACTIONS)
+class CaseResolved(_CaseEvent):
+    resolved_at: datetime
+    resolution: str = ""
+    promised_by: datetime
+    late: bool = Field(description="Resolved after the promised deadline.")
+
+
+@event("case.reopened", topic=INTERACTIONS)
+class CaseReopened(_CaseEvent):
+    reopened_at: datetime
+    reason: str = ""
+    promised_by: datetime
+
+
+@event("case.breach_warning", topic=INTERACTIONS)
+class CaseBreachWarning(_CaseEvent):
+    """The deadline is near and the case is still unresolved."""
+
+    promised_by: datetime
+
+
+@event("case.breached", topic=INTERACTIONS)
+class CaseBreached(_CaseEvent):
+    """The promised deadline passed with the case unresolved."""
+
+    promised_by: datetime
