@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from crm_runtime import topics as topic_names
 from crm_runtime.consumer import dlq_topic
@@ -81,7 +82,8 @@ def serve(service: Annotated[str, typer.Argument(help="customers, interactions o
     settings = _settings()
     specs = available_services()
     if service not in specs:
-        typer.echo(f"service: unknown {service!r}; expected one of {', '.join(specs)}", err=True)
+        typer.echo(f"service: unknown {service!r}; expected one of "
+                   f"{', '.join(specs) or '(no service exists yet under services/)'}", err=True)
         raise typer.Exit(2)
     _require(settings, "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
     run_forever(ServiceRunner(specs[service], settings))
@@ -116,8 +118,14 @@ async def create_topics(settings: Settings) -> list[str]:
         wanted = [t for base in topic_names.ALL for t in (base, dlq_topic(base))]
         new = [NewTopic(t, num_partitions=settings.partitions_for(t), replication_factor=1)
                for t in wanted if t not in existing]
-        if new:
-            await admin.create_topics(new)
+        if not new:
+            return []
+        response = await admin.create_topics(new)
+        # aiokafka returns per-topic errors instead of raising them.
+        refused = [f"{name}: error {code} {message or ''}".strip()
+                   for name, code, message in response.topic_errors if code != 0]
+        if refused:
+            raise RuntimeError("the broker refused to create topics: " + "; ".join(refused))
         return [t.name for t in new]
     finally:
         await admin.close()
@@ -128,7 +136,12 @@ def topics() -> None:
     """Create the topics (partition counts from CRM_TOPIC_PARTITIONS and overrides)."""
     settings = _settings()
     _require(settings, "KAFKA_BOOTSTRAP_SERVERS")
-    created = asyncio.run(create_topics(settings))
+    try:
+        created = asyncio.run(create_topics(settings))
+    except (KafkaError, RuntimeError) as exc:
+        typer.echo(f"topics: cannot create topics on {settings.kafka_bootstrap_servers}: {exc}",
+                   err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none missing'}")
 
 
@@ -185,7 +198,9 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
         if not chosen:
             typer.echo("  no services exist yet under services/")
         typer.echo("Ctrl-C stops everything.")
-        _supervise(children, settings.shutdown_grace_s)
+        code = _supervise(children, settings.shutdown_grace_s)
+    if code:
+        raise typer.Exit(code)
 
 
 EMBEDDED_CONSUMER_TIMINGS = {"CRM_CONSUMER_SESSION_TIMEOUT_MS": "3000",
@@ -197,8 +212,11 @@ def settings_given(name: str) -> bool:
     return bool(os.environ.get(name) or os.environ.get(f"CRM_{name}"))
 
 
-def _supervise(children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
+def _supervise(children: dict[str, subprocess.Popen[bytes]], grace: float) -> int:
+    """Wait for Ctrl-C or a service dying, then stop all; returns the exit
+    code: 0 after Ctrl-C, 1 when a service died on its own."""
     stopping = False
+    crashed = False
 
     def ask_stop(_sig: int, _frame: object) -> None:
         nonlocal stopping
@@ -211,7 +229,7 @@ def _supervise(children: dict[str, subprocess.Popen[bytes]], grace: float) -> No
             for name, child in children.items():
                 if child.poll() is not None:
                     typer.echo(f"{name} exited with {child.returncode}; stopping", err=True)
-                    stopping = True
+                    stopping = crashed = True
             time.sleep(0.2)
     finally:
         for child in children.values():
@@ -224,6 +242,7 @@ def _supervise(children: dict[str, subprocess.Popen[bytes]], grace: float) -> No
             except subprocess.TimeoutExpired:
                 child.kill()
         typer.echo("stopped")
+    return 1 if crashed else 0
 
 
 def main() -> None:

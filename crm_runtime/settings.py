@@ -11,7 +11,7 @@ import hashlib
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     grpc_base_port: int = Field(default=GRPC_BASE_PORT, ge=1, le=65000)
     metrics_base_port: int = Field(default=METRICS_BASE_PORT, ge=1, le=65000)
     topic_partitions: int = Field(default=6, ge=1, le=1000)
-    topic_partition_overrides: dict[str, int] = Field(default_factory=dict)
+    topic_partition_overrides: dict[str, Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=dict, description="JSON mapping of topic name to partition count.")
     api_tokens: list[ApiToken] = Field(default_factory=list)
     dev_token: str | None = Field(default=None, min_length=16)
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
@@ -120,6 +121,17 @@ class Settings(BaseSettings):
         if value and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql://user@host:port/database URL")
         return value or None
+
+    @field_validator("topic_partition_overrides")
+    @classmethod
+    def _check_overrides(cls, value: dict[str, int]) -> dict[str, int]:
+        from crm_runtime.topics import ALL
+
+        known = {*ALL, *(f"{t}.dlq" for t in ALL)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown topic(s) {unknown}; expected some of {sorted(known)}")
+        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
