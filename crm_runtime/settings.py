@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     churn_window_days: int = Field(
         default=365, ge=1, le=3650,
         description="Days without a purchase after which a customer becomes former.")
+    customers_grpc_target: str | None = Field(
+        default=None, description="host:port of the customers service, for services that "
+                                  "register unknown contacts; default its local port.")
+    service_token: str | None = Field(
+        default=None, min_length=16,
+        description="Bearer token this service presents to other services; default the "
+                    "dev token.")
     failpoints: str = Field(
         default="",
         description="Comma-separated fault-injection points, for tests that kill processes.",
@@ -143,6 +150,9 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port], got {server!r}")
         return value
+
+    def customers_target(self) -> str:
+        return self.customers_grpc_target or f"{self.grpc_host}:{self.grpc_port('customers')}"
 
     def churn_window(self) -> timedelta:
         return timedelta(days=self.churn_window_days)
@@ -195,7 +205,8 @@ def env_name(field: str) -> str:
 
 
 #: Settings whose values are secrets: errors never echo what was given.
-_SECRET_FIELDS = {"api_tokens", "dev_token", "CRM_API_TOKENS", "CRM_DEV_TOKEN"}
+_SECRET_FIELDS = {"api_tokens", "dev_token", "service_token", "CRM_API_TOKENS",
+                  "CRM_DEV_TOKEN", "CRM_SERVICE_TOKEN"}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -10,7 +10,7 @@ from datetime import datetime
 from pydantic import Field
 
 from crm_runtime.events import EventPayload, event
-from crm_runtime.topics import INTERACTIONS
+from crm_runtime.topics import INTERACTIONS, INTERACTIONS_INGEST
 
 
 @event("interaction.recorded", topic=INTERACTIONS)
@@ -119,3 +119,46 @@ class CaseBreached(_CaseEvent):
     """The promised deadline passed with the case unresolved."""
 
     promised_by: datetime
+
+
+@event("survey.requested", topic=INTERACTIONS)
+class SurveyRequested(EventPayload):
+    """Ask the customer how a case went. Never sent while one of their
+    complaints is still open."""
+
+    customer_id: str
+    case_id: str = ""
+    interaction_id: str = ""
+    touchpoint: str = ""
+    channel: str = ""
+    unit: str = ""
+
+
+INGEST_TOPIC = INTERACTIONS_INGEST
+
+
+@event("contact.received", topic=INGEST_TOPIC)
+class ContactReceived(EventPayload):
+    """A raw contact published by a channel (shop, POS, call centre, chat) on
+    the ingest topic. Give ``customer_id``, or ``contact_email`` /
+    ``contact_phone`` for someone not known yet."""
+
+    idempotency_key: str = Field(min_length=1, max_length=200,
+                                 description="The channel's id of this contact.")
+    customer_id: str = ""
+    contact_email: str = ""
+    contact_phone: str = ""
+    channel: str = Field(examples=["web"])
+    direction: str = "reactive"
+    kind: str = Field(examples=["purchase", "complaint", "inquiry"])
+    touchpoint: str = ""
+    agent: str = ""
+    unit: str = ""
+    occurred_at: datetime
+    outcome: str = "neutral"
+    notes: str = ""
+    amount_minor: int = 0
+    currency: str = ""
+    attention: str = "direct"
+    requester_customer_id: str = ""
+    decision_maker_customer_id: str = ""

@@ -31,11 +31,13 @@ class Running:
 
 
 @asynccontextmanager
-async def running(spec: ServiceSpec, settings: Settings,
-                  start: datetime | None = None) -> AsyncIterator[Running]:
+async def running(spec: ServiceSpec, settings: Settings, start: datetime | None = None,
+                  clock: ManualClock | None = None) -> AsyncIterator[Running]:
+    """Run ``spec`` until the block ends; services that must share time (as
+    they do in production) get the same ``clock``."""
     settings = settings.model_copy(update={"dev_token": DEV_TOKEN})
     await create_topics(settings)
-    clock = ManualClock(start or datetime.now(UTC))
+    clock = clock or ManualClock(start or datetime.now(UTC))
     runner = ServiceRunner(spec, settings, clock=clock, grpc_port=0, serve_metrics=False)
     task = asyncio.create_task(runner.run())
     ready = asyncio.create_task(runner.ready.wait())

@@ -1,0 +1,286 @@
+"""gRPC servicer for ``crm.interactions.v1.Interactions``: maps protobuf in and
+out and runs each command in one transaction."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from crm.interactions.v1 import interactions_pb2 as pb
+from crm.interactions.v1 import interactions_pb2_grpc
+from crm_runtime.db import Conn
+from crm_runtime.errors import InvalidArgument
+from services.interactions import commands, domain
+from services.interactions.directory import CustomerDirectory
+
+T = TypeVar("T")
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _uuid_or_none(value: str, field: str) -> uuid.UUID | None:
+    return commands.parse_uuid(value, field) if value else None
+
+
+def interaction_to_pb(r: Any) -> pb.Interaction:
+    return pb.Interaction(
+        interaction_id=str(r["interaction_id"]), customer_id=str(r["customer_id"]),
+        channel=r["channel"], direction=r["direction"], kind=r["kind"],
+        attention=pb.Attention(mode=r["attention"],
+                               requester_customer_id=str(r["requester_id"] or ""),
+                               decision_maker_customer_id=str(r["decision_maker_id"] or "")),
+        touchpoint=r["touchpoint"], agent=r["agent"], unit=r["unit"],
+        occurred_at=_ts(r["occurred_at"]), outcome=r["outcome"], notes=r["notes"],
+        amount=pb.Money(amount_minor=r["amount_minor"], currency=r["currency"]),
+        idempotency_key=r["idempotency_key"], case_id=str(r["case_id"] or ""))
+
+
+def case_to_pb(r: Any, transfers: list[Any]) -> pb.Case:
+    return pb.Case(
+        case_id=str(r["case_id"]), customer_id=str(r["customer_id"]), kind=r["kind"],
+        channel=r["channel"], unit=r["unit"], status=r["status"], opened_at=_ts(r["opened_at"]),
+        promised_earliest_at=_ts(r["promised_earliest_at"]), promised_by=_ts(r["promised_by"]),
+        acknowledged_at=_ts(r["acknowledged_at"]), resolved_at=_ts(r["resolved_at"]),
+        resolution=r["resolution"], breached=r["breached"], resolved_late=r["resolved_late"],
+        callback_phone=r["callback_phone"], interaction_id=str(r["interaction_id"] or ""),
+        summary=r["summary"],
+        transfers=[pb.CaseTransfer(from_unit=t["from_unit"], to_unit=t["to_unit"],
+                                   reason=t["reason"], at=_ts(t["at"])) for t in transfers])
+
+
+def _cycle_to_pb(row: Any) -> pb.ServiceCycle:
+    return pb.ServiceCycle(name=row["name"], version=row["version"], moments=[
+        pb.MomentOfTruth(touchpoint=m["touchpoint"], requirements=m["requirements"],
+                         action_plans=m["action_plans"], priority=m["priority"],
+                         survey_questions=m["survey_questions"]) for m in row["moments"]])
+
+
+def _page_size(requested: int) -> int:
+    size = requested or 50
+    if not 1 <= size <= 500:
+        raise InvalidArgument("page_size", f"must be between 1 and 500, got {size}")
+    return size
+
+
+class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
+    def __init__(self, pool: asyncpg.Pool, ctx: commands.Context,
+                 directory: CustomerDirectory) -> None:
+        self._pool = pool
+        self._ctx = ctx
+        self._directory = directory
+
+    async def _tx(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await work(conn)
+
+    def _when(self, ts: Timestamp, present: bool) -> datetime:
+        now = self._ctx.clock.now()
+        return ts.ToDatetime(tzinfo=now.tzinfo) if present else now
+
+    async def _case_reply(self, conn: Conn, case_id: uuid.UUID) -> pb.Case:
+        return case_to_pb(await commands.load_case(conn, case_id),
+                          await commands.transfers(conn, case_id))
+
+    async def RecordInteraction(self, request: pb.RecordInteractionRequest,
+                                context: grpc.aio.ServicerContext) -> pb.Interaction:
+        if request.customer_id:
+            customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        else:
+            customer_id = await self._directory.identify(request.contact_email,
+                                                         request.contact_phone)
+        contact = commands.check_contact(
+            idempotency_key=request.idempotency_key, customer_id=customer_id,
+            channel=request.channel, direction=request.direction, kind=request.kind,
+            occurred_at=self._when(request.occurred_at, request.HasField("occurred_at")),
+            attention=request.attention.mode,
+            requester_id=request.attention.requester_customer_id,
+            decision_maker_id=request.attention.decision_maker_customer_id,
+            touchpoint=request.touchpoint, agent=request.agent, unit=request.unit,
+            outcome=request.outcome, notes=request.notes,
+            amount_minor=request.amount.amount_minor, currency=request.amount.currency)
+
+        async def record(conn: Conn) -> Any:
+            await commands.record_contacts(conn, self._ctx, [contact])
+            return await commands.interaction_by_key(conn, contact.idempotency_key)
+
+        return interaction_to_pb(await self._tx(record))
+
+    async def GetTimeline(self, request: pb.GetTimelineRequest,
+                          context: grpc.aio.ServicerContext) -> pb.GetTimelineResponse:
+        customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        size = _page_size(request.page_size)
+        after = _decode_cursor(request.page_token) if request.page_token else None
+        rows = await self._tx(lambda c: commands.timeline(
+            c, customer_id, list(request.channels), list(request.kinds), after, size))
+        token = (_encode_cursor(rows[-1]["occurred_at"], rows[-1]["interaction_id"])
+                 if len(rows) == size else "")
+        return pb.GetTimelineResponse(interactions=[interaction_to_pb(r) for r in rows],
+                                      next_page_token=token)
+
+    async def OpenCase(self, request: pb.OpenCaseRequest,
+                       context: grpc.aio.ServicerContext) -> pb.Case:
+        customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        interaction_id = _uuid_or_none(request.interaction_id, "interaction_id")
+
+        async def open_(conn: Conn) -> pb.Case:
+            case_id = await commands.open_case(
+                conn, self._ctx, customer_id=customer_id, kind=request.kind,
+                channel=request.channel, unit=request.unit, summary=request.summary,
+                interaction_id=interaction_id, idempotency_key=request.idempotency_key)
+            return await self._case_reply(conn, case_id)
+
+        return await self._tx(open_)
+
+    async def RequestCallback(self, request: pb.RequestCallbackRequest,
+                              context: grpc.aio.ServicerContext) -> pb.Case:
+        from services.customers.domain import normalise_phone
+
+        customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        phone = normalise_phone(request.phone, "phone")
+
+        async def open_(conn: Conn) -> pb.Case:
+            case_id = await commands.open_case(
+                conn, self._ctx, customer_id=customer_id, kind="callback_request",
+                channel=request.channel or "phone", unit=request.unit,
+                summary=request.summary, interaction_id=None,
+                idempotency_key=request.idempotency_key, callback_phone=phone)
+            return await self._case_reply(conn, case_id)
+
+        return await self._tx(open_)
+
+    async def _case_command(self, case_id_text: str,
+                            run: Callable[[Conn, uuid.UUID], Awaitable[None]]) -> pb.Case:
+        case_id = commands.parse_uuid(case_id_text, "case_id")
+
+        async def work(conn: Conn) -> pb.Case:
+            await run(conn, case_id)
+            return await self._case_reply(conn, case_id)
+
+        return await self._tx(work)
+
+    async def AcknowledgeCase(self, request: pb.AcknowledgeCaseRequest,
+                              context: grpc.aio.ServicerContext) -> pb.Case:
+        return await self._case_command(request.case_id, lambda c, i: commands.acknowledge(
+            c, self._ctx, i, request.agent))
+
+    async def TransferCase(self, request: pb.TransferCaseRequest,
+                           context: grpc.aio.ServicerContext) -> pb.Case:
+        return await self._case_command(request.case_id, lambda c, i: commands.transfer(
+            c, self._ctx, i, request.to_unit, request.reason))
+
+    async def ResolveCase(self, request: pb.ResolveCaseRequest,
+                          context: grpc.aio.ServicerContext) -> pb.Case:
+        return await self._case_command(request.case_id, lambda c, i: commands.resolve(
+            c, self._ctx, i, request.resolution))
+
+    async def ReopenCase(self, request: pb.ReopenCaseRequest,
+                         context: grpc.aio.ServicerContext) -> pb.Case:
+        return await self._case_command(request.case_id, lambda c, i: commands.reopen(
+            c, self._ctx, i, request.reason))
+
+    async def ListCases(self, request: pb.ListCasesRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ListCasesResponse:
+        size = _page_size(request.page_size)
+        customer_id = _uuid_or_none(request.customer_id, "customer_id")
+        after = _uuid_or_none(_decode_token(request.page_token), "page_token")
+
+        async def list_(conn: Conn) -> list[pb.Case]:
+            rows = await commands.list_cases(conn, self._ctx, which=request.filter,
+                                             unit=request.unit, customer_id=customer_id,
+                                             after=after, limit=size)
+            return [case_to_pb(r, await commands.transfers(conn, r["case_id"])) for r in rows]
+
+        cases = await self._tx(list_)
+        token = _encode_token(cases[-1].case_id) if len(cases) == size else ""
+        return pb.ListCasesResponse(cases=cases, next_page_token=token)
+
+    async def RecordSurveyResponse(self, request: pb.RecordSurveyResponseRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.SurveyResponse:
+        customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        answers = [{"question": a.question, "csat": a.csat, "nps": a.nps, "comment": a.comment}
+                   for a in request.answers]
+        row = await self._tx(lambda c: commands.record_survey(
+            c, self._ctx, idempotency_key=request.idempotency_key, customer_id=customer_id,
+            touchpoint=request.touchpoint, channel=request.channel, unit=request.unit,
+            interaction_id=_uuid_or_none(request.interaction_id, "interaction_id"),
+            case_id=_uuid_or_none(request.case_id, "case_id"), answers=answers,
+            occurred_at=self._when(request.occurred_at, request.HasField("occurred_at"))))
+        return pb.SurveyResponse(
+            survey_response_id=str(row["survey_response_id"]),
+            customer_id=str(row["customer_id"]), touchpoint=row["touchpoint"],
+            csat=float(row["csat"] or 0), nps=-1 if row["nps"] is None else row["nps"],
+            answers=[pb.SurveyAnswer(**a) for a in row["answers"]])
+
+    async def DefineServiceCycle(self, request: pb.ServiceCycle,
+                                 context: grpc.aio.ServicerContext) -> pb.ServiceCycle:
+        moments = [{"touchpoint": m.touchpoint.strip(), "requirements": list(m.requirements),
+                    "action_plans": list(m.action_plans), "priority": m.priority or 1}
+                   for m in request.moments]
+        row = await self._tx(lambda c: commands.define_service_cycle(
+            c, self._ctx, request.name, moments))
+        return _cycle_to_pb(row)
+
+    async def GetServiceCycle(self, request: pb.GetServiceCycleRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ServiceCycle:
+        return _cycle_to_pb(await self._tx(lambda c: commands.get_service_cycle(c, request.name)))
+
+    async def GetSatisfactionReport(self, request: pb.GetSatisfactionReportRequest,
+                                    context: grpc.aio.ServicerContext) -> pb.SatisfactionReport:
+        now = self._ctx.clock.now()
+        until = self._when(request.to, request.HasField("to"))
+        since = (request.__getattribute__("from").ToDatetime(tzinfo=now.tzinfo)
+                 if request.HasField("from") else until - timedelta(days=30))
+        if since >= until:
+            raise InvalidArgument("from", "must be before 'to'")
+        rows = await self._tx(lambda c: commands.satisfaction_report(
+            c, since=since, until=until, group_by=request.group_by))
+        return pb.SatisfactionReport(rows=[pb.SatisfactionRow(**r) for r in rows])
+
+    async def SetPromisePolicy(self, request: pb.PromisePolicy,
+                               context: grpc.aio.ServicerContext) -> pb.PromisePolicy:
+        policy = domain.Policy(request.kind.strip().lower(), request.channel.strip() or "*",
+                               timedelta(seconds=request.min_seconds),
+                               timedelta(seconds=request.max_seconds),
+                               timedelta(seconds=request.warn_before_seconds))
+        await self._tx(lambda c: commands.set_policy(c, policy))
+        return request
+
+
+def _encode_cursor(at: datetime, ident: uuid.UUID) -> str:
+    raw = json.dumps([at.isoformat(), str(ident)]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(token: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, ident = json.loads(base64.urlsafe_b64decode(token))
+        return datetime.fromisoformat(at), uuid.UUID(ident)
+    except (ValueError, TypeError):
+        raise InvalidArgument("page_token", "is not a token this service returned") from None
+
+
+def _encode_token(case_id: str) -> str:
+    return base64.urlsafe_b64encode(case_id.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token).decode()
+    except (ValueError, TypeError):
+        raise InvalidArgument("page_token", "is not a token this service returned") from None

@@ -1,0 +1,40 @@
+"""Wiring of the interactions service: its spec for the shared runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crm.interactions.v1 import interactions_pb2, interactions_pb2_grpc
+from crm_runtime.grpc_server import ServiceRegistration
+from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
+from crm_runtime.topics import CUSTOMERS, INTERACTIONS, INTERACTIONS_INGEST
+from services.interactions import commands, handlers
+from services.interactions.api import InteractionsServicer
+from services.interactions.directory import CustomerDirectory
+
+
+def build(svc: ServiceContext) -> ServiceParts:
+    ctx = commands.Context(clock=svc.clock, lanes=svc.lanes)
+    s = svc.settings
+    directory = CustomerDirectory(s.customers_target(), s.service_token or s.dev_token)
+    return ServiceParts(
+        subscriptions=[
+            Subscription(topics=[INTERACTIONS_INGEST],
+                         handlers={"contact.received": handlers.on_contacts(ctx, directory)},
+                         group_suffix="-ingest"),
+            Subscription(topics=[CUSTOMERS],
+                         handlers={"customer.erased": handlers.on_customer_erased(),
+                                   "customer.merged": handlers.on_customers_merged()}),
+        ],
+        scheduled={commands.WARN: handlers.on_breach_warning(ctx),
+                   commands.BREACH: handlers.on_breach(ctx)},
+        registrations=[ServiceRegistration(
+            interactions_pb2_grpc.add_InteractionsServicer_to_server,
+            InteractionsServicer(svc.pool, ctx, directory),
+            interactions_pb2.DESCRIPTOR.services_by_name["Interactions"])],
+    )
+
+
+SPEC = ServiceSpec(name="interactions", migrations=Path(__file__).parent / "migrations",
+                   build=build, publishes=[INTERACTIONS],
+                   consumes=[INTERACTIONS_INGEST, CUSTOMERS])

@@ -1,0 +1,138 @@
+"""Moments of truth, promises and satisfaction, as pure rules.
+
+* Vocabulary checks for channels, directions, kinds and outcomes.
+* Promise policies: for a request kind and channel, the minimum and maximum
+  time it takes; a case's promise is fixed when it opens and kept through
+  transfers; a breach warning is raised ahead of the deadline.
+* Satisfaction: CSAT mean, NPS (% promoters - % detractors), and the
+  dissatisfaction signals that mark an unhappy customer who did not complain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from crm_runtime.errors import InvalidArgument
+
+CHANNELS = ("in_person", "phone", "email", "web", "chat")
+DIRECTIONS = ("reactive", "proactive")
+KINDS = ("inquiry", "suggestion", "doubt", "complaint", "purchase", "support",
+         "callback_request", "survey_response", "follow_up")
+OUTCOMES = ("positive", "neutral", "negative")
+#: Kinds of contact that open a case when recorded.
+CASE_KINDS = ("complaint", "support", "callback_request", "inquiry", "doubt")
+#: Kinds that open a case on their own when recorded as an interaction.
+AUTO_CASE_KINDS = ("complaint", "support", "callback_request")
+
+REPEAT_COMPLAINT_WINDOW = timedelta(days=30)
+LOW_CSAT = 2  # a CSAT of 2 or less is a dissatisfaction signal
+LOW_NPS = 6  # an NPS answer of 6 or less (a detractor) is a dissatisfaction signal
+
+
+def check_choice(field: str, value: str, allowed: tuple[str, ...], default: str = "") -> str:
+    value = (value or default).strip().lower()
+    if value not in allowed:
+        raise InvalidArgument(field, f"{value!r} is not one of {list(allowed)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str
+    channel: str  # or "*"
+    min_time: timedelta
+    max_time: timedelta
+    warn_before: timedelta
+
+    def __post_init__(self) -> None:
+        if self.min_time < timedelta(0):
+            raise InvalidArgument("min_seconds", "must not be negative")
+        if self.max_time <= timedelta(0) or self.max_time < self.min_time:
+            raise InvalidArgument("max_seconds", "must be positive and at least min_seconds")
+        if not timedelta(0) <= self.warn_before < self.max_time:
+            raise InvalidArgument("warn_before_seconds",
+                                  "must be at least 0 and less than max_seconds")
+
+
+H = timedelta(hours=1)
+
+#: Shipped defaults; operators override them with SetPromisePolicy.
+DEFAULT_POLICIES: tuple[Policy, ...] = (
+    Policy("complaint", "*", 1 * H, 48 * H, 8 * H),
+    Policy("complaint", "phone", 1 * H, 48 * H, 8 * H),
+    Policy("complaint", "in_person", 1 * H, 24 * H, 4 * H),
+    Policy("support", "*", 2 * H, 72 * H, 12 * H),
+    Policy("callback_request", "*", timedelta(minutes=5), 2 * H, timedelta(minutes=30)),
+    Policy("inquiry", "*", timedelta(minutes=10), 24 * H, 4 * H),
+    Policy("doubt", "*", timedelta(minutes=10), 24 * H, 4 * H),
+)
+
+
+def choose_policy(policies: Iterable[Policy], kind: str, channel: str) -> Policy:
+    """The most specific policy: exact channel first, then ``*``."""
+    best: Policy | None = None
+    for p in policies:
+        if p.kind != kind:
+            continue
+        if p.channel == channel:
+            return p
+        if p.channel == "*":
+            best = p
+    if best is None:
+        raise InvalidArgument("kind", f"no promise policy for kind {kind!r}; set one first")
+    return best
+
+
+@dataclass(frozen=True)
+class Promise:
+    earliest_at: datetime
+    deadline: datetime
+    warn_at: datetime
+
+
+def promise_for(policy: Policy, opened_at: datetime) -> Promise:
+    return Promise(opened_at + policy.min_time, opened_at + policy.max_time,
+                   opened_at + policy.max_time - policy.warn_before)
+
+
+def is_late(deadline: datetime, resolved_at: datetime) -> bool:
+    return resolved_at > deadline
+
+
+# --- satisfaction -----------------------------------------------------------
+
+def csat_mean(scores: Iterable[int]) -> float | None:
+    values = list(scores)
+    return sum(values) / len(values) if values else None
+
+
+def nps(scores: Iterable[int]) -> float | None:
+    """Net promoter score in percent: promoters (9-10) minus detractors (0-6)."""
+    values = list(scores)
+    if not values:
+        return None
+    promoters = sum(1 for s in values if s >= 9)
+    detractors = sum(1 for s in values if s <= 6)
+    return 100.0 * (promoters - detractors) / len(values)
+
+
+def survey_signals(csat_scores: list[int], nps_score: int | None) -> list[str]:
+    """Dissatisfaction signals a survey answer raises."""
+    signals = []
+    if any(s <= LOW_CSAT for s in csat_scores):
+        signals.append("low_csat")
+    if nps_score is not None and nps_score <= LOW_NPS:
+        signals.append("low_nps")
+    return signals
+
+
+def is_repeated_complaint(previous_complaints: Iterable[datetime], now: datetime) -> bool:
+    """A second complaint within the window is a signal by itself."""
+    return any(now - at <= REPEAT_COMPLAINT_WINDOW for at in previous_complaints)
+
+
+def survey_questions(requirements: Iterable[str]) -> list[str]:
+    """Survey questions of a touchpoint, one per requirement of the matrix."""
+    return [f"How satisfied were you with: {r.strip()}?" for r in requirements if r.strip()]
