@@ -152,11 +152,14 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
             raise InvalidArgument("amount", "required")
         occurred = (request.occurred_at.ToDatetime(tzinfo=self._ctx.clock.now().tzinfo)
                     if request.HasField("occurred_at") else self._ctx.clock.now())
-        rec = await self._tx(lambda c: commands.record_purchase(
-            c, self._ctx, customer_id, purchase_id=request.purchase_id,
-            amount_minor=request.amount.amount_minor, currency=request.amount.currency,
-            occurred_at=occurred, causing_event_id=f"grpc:purchase:{request.purchase_id}"))
-        return self._out(rec)
+        async def purchase(conn: Conn) -> store.CustomerRecord:
+            counted_for = await commands.record_purchase(
+                conn, self._ctx, customer_id, purchase_id=request.purchase_id,
+                amount_minor=request.amount.amount_minor, currency=request.amount.currency,
+                occurred_at=occurred, causing_event_id=f"grpc:purchase:{request.purchase_id}")
+            return await store.load(conn, counted_for)
+
+        return self._out(await self._tx(purchase))
 
     async def SetConsent(self, request: pb.SetConsentRequest,
                          context: grpc.aio.ServicerContext) -> pb.Customer:

@@ -145,19 +145,19 @@ async def update(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, expected_v
 
 async def record_purchase(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
                           purchase_id: str, amount_minor: int, currency: str,
-                          occurred_at: datetime, causing_event_id: str
-                          ) -> store.CustomerRecord:
-    """Count a purchase once and move the stage; schedules the churn window."""
+                          occurred_at: datetime, causing_event_id: str) -> uuid.UUID:
+    """Count a purchase once and move the stage; schedules the churn window.
+    Returns the id the purchase counted for (a merged id's survivor)."""
     if not purchase_id:
         raise InvalidArgument("purchase_id", "required (the selling system's id of the sale)")
     currency = domain.check_money(amount_minor, currency)
-    rec = await store.load(conn, customer_id, lock=True)
+    rec = await store.load(conn, customer_id, lock=True, full=False)
     customer_id = rec.customer_id  # a merged id counts for its survivor
     if rec.erased_at is not None:
-        return rec  # erased: a late purchase event must not bring data back
+        return customer_id  # erased: a late purchase event must not bring data back
     if not await store.insert_purchase(conn, customer_id, purchase_id, amount_minor, currency,
                                        occurred_at, causing_event_id):
-        return rec  # counted before
+        return customer_id  # counted before
     change = domain.stage_after_purchase(rec.stage, rec.purchase_count)
     rec.purchase_count += 1
     rec.first_purchase_at = min(filter(None, [rec.first_purchase_at, occurred_at]))
@@ -172,7 +172,7 @@ async def record_purchase(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
     await store.save_core(conn, rec, ctx.clock.now())
     await _schedule_churn(conn, ctx, rec)
     await _emit(conn, ctx, rec.customer_id, *events)
-    return await store.load(conn, rec.customer_id)
+    return customer_id
 
 
 async def churn_window_for(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> timedelta:
@@ -213,7 +213,7 @@ async def _change_stage(conn: Conn, ctx: Context, rec: store.CustomerRecord, cha
 async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str,
                 window_days: int | None = None) -> None:
     """The churn window of a customer elapsed (run by the durable scheduler)."""
-    rec = await store.load(conn, customer_id, lock=True, follow_alias=False)
+    rec = await store.load(conn, customer_id, lock=True, follow_alias=False, full=False)
     if rec.erased_at is not None or rec.merged_into is not None:
         return
     window = timedelta(days=window_days) if window_days else ctx.churn_window
@@ -270,7 +270,7 @@ async def set_consent(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, purpo
 async def erase(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> None:
     """Remove personal data; the id, stage and counts stay for integrity.
     Erasing twice is a no-op (no second event)."""
-    rec = await store.load(conn, customer_id, lock=True)
+    rec = await store.load(conn, customer_id, lock=True, full=False)
     if rec.erased_at is not None:
         return
     now = ctx.clock.now()
@@ -421,7 +421,7 @@ async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uui
 
 async def record_dissatisfaction(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
                                  reason: str, occurred_at: datetime, event_id: str) -> None:
-    rec = await store.load(conn, customer_id, lock=True)
+    rec = await store.load(conn, customer_id, lock=True, full=False)
     if rec.erased_at is not None:
         return
     await store.add_risk_signal(conn, rec.customer_id, event_id, reason, occurred_at)
@@ -430,7 +430,7 @@ async def record_dissatisfaction(conn: Conn, ctx: Context, customer_id: uuid.UUI
 
 async def record_survey(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, csat: int | None,
                         nps: int | None, occurred_at: datetime, event_id: str) -> None:
-    rec = await store.load(conn, customer_id, lock=True)
+    rec = await store.load(conn, customer_id, lock=True, full=False)
     if rec.erased_at is not None:
         return
     if rec.last_survey_at is None or occurred_at >= rec.last_survey_at:
@@ -447,7 +447,7 @@ async def _reassess_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID,
                          causing_event_id: str) -> None:
     """Set at-risk from the live signals; publish only when it changes, and
     schedule a review for when the oldest live signal expires."""
-    rec = await store.load(conn, customer_id, lock=True, follow_alias=False)
+    rec = await store.load(conn, customer_id, lock=True, follow_alias=False, full=False)
     now = ctx.clock.now()
     signals = await store.risk_signals(conn, customer_id)
     reasons = list(domain.risk_reasons(signals, now))
@@ -470,6 +470,6 @@ async def _reassess_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID,
 
 async def review_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str) -> None:
     """Signals expired (run by the scheduler): re-evaluate."""
-    rec = await store.load(conn, customer_id, follow_alias=False)
+    rec = await store.load(conn, customer_id, follow_alias=False, full=False)
     if rec.erased_at is None and rec.merged_into is None:
         await _reassess_risk(conn, ctx, customer_id, f"risk_review:{work_key}")

@@ -65,24 +65,22 @@ def parse_id(value: str, field_name: str = "customer_id") -> uuid.UUID:
         raise InvalidArgument(field_name, f"{value!r} is not a UUID") from None
 
 
-async def resolve(conn: Conn, customer_id: uuid.UUID) -> uuid.UUID:
-    """The id to act on: a merged customer's survivor, else the id itself."""
-    survivor = await conn.fetchval("SELECT merged_into FROM customers WHERE customer_id = $1",
-                                   customer_id)
-    return survivor or customer_id
-
-
 async def load(conn: Conn, customer_id: uuid.UUID, *, lock: bool = False,
-               follow_alias: bool = True) -> CustomerRecord:
-    """The customer with identifiers, spend, consents and links; NotFound if
-    unknown. A merged id resolves to its survivor unless ``follow_alias`` is off."""
-    if follow_alias:
-        customer_id = await resolve(conn, customer_id)
+               follow_alias: bool = True, full: bool = True) -> CustomerRecord:
+    """The customer; NotFound if unknown. A merged id resolves to its survivor
+    unless ``follow_alias`` is off. ``full`` adds identifiers, spend, consents
+    and links (four more queries); commands that only change the customer row
+    skip them."""
+    target = ("coalesce((SELECT merged_into FROM customers WHERE customer_id = $1), $1)"
+              if follow_alias else "$1")
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1"
+        f"SELECT {_COLUMNS} FROM customers WHERE customer_id = {target}"
         + (" FOR UPDATE" if lock else ""), customer_id)
     if row is None:
         raise NotFound("customer", str(customer_id))
+    if not full:
+        return CustomerRecord(**{**dict(row), "stage": Stage(row["stage"]),
+                                 "risk_reasons": list(row["risk_reasons"])})
     return (await _hydrate(conn, [row]))[0]
 
 
