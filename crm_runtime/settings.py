@@ -93,7 +93,9 @@ class Settings(BaseSettings):
     consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
     consumer_rebalance_timeout_ms: int = Field(default=30000, ge=1000, le=600000)
     relay_batch_size: int = Field(default=500, ge=1, le=10000)
-    relay_poll_interval_s: float = Field(default=0.05, gt=0, le=60)
+    relay_poll_interval_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Idle poll of the relay; writers wake it at once with NOTIFY.")
     relay_lanes: int = Field(default=4, ge=1, le=1024)
     outbox_retention_hours: int = Field(default=24 * 7, ge=0)
     inbox_retention_days: int = Field(
