@@ -1,0 +1,44 @@
+"""Wiring of the loyalty service: its spec for the shared runtime.
+
+Settings come from ``CRM_LOYALTY_*`` (:mod:`services.loyalty.settings`); the
+rules file is read and validated here, so a bad file stops the service at
+start with the rule and field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Imported for their side effect: they register the event types loyalty consumes.
+import services.customers.events
+import services.interactions.events  # noqa: F401
+from crm.loyalty.v1 import loyalty_pb2, loyalty_pb2_grpc
+from crm_runtime.grpc_server import ServiceRegistration
+from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
+from crm_runtime.topics import CUSTOMERS, INTERACTIONS, LOYALTY
+from services.loyalty import commands, handlers, settings
+from services.loyalty.api import LoyaltyServicer
+from services.loyalty.rulebook import RuleBook, load_file
+
+
+def build(svc: ServiceContext) -> ServiceParts:
+    conf = settings.load()
+    ctx = commands.Context(clock=svc.clock, lanes=svc.lanes,
+                           rules=RuleBook(load_file(conf.rules_file)), policy=conf.policy(),
+                           expiry_notice=conf.expiry_notice)
+    on_events = handlers.on_events(ctx, svc.pool)
+    return ServiceParts(
+        subscriptions=[Subscription(
+            topics=[CUSTOMERS, INTERACTIONS],
+            handlers={t: on_events for t in (*handlers.CUSTOMER_EVENTS,
+                                             *handlers.INTERACTION_EVENTS)})],
+        scheduled={commands.FOLLOW_UP_DUE: handlers.on_follow_up_due(ctx),
+                   commands.DISCOUNT_EXPIRING: handlers.on_discount_expiring(ctx)},
+        registrations=[ServiceRegistration(
+            loyalty_pb2_grpc.add_LoyaltyServicer_to_server,
+            LoyaltyServicer(svc.pool, ctx),
+            loyalty_pb2.DESCRIPTOR.services_by_name["Loyalty"])],
+    )
+
+
+SPEC = ServiceSpec(name="loyalty", migrations=Path(__file__).parent / "migrations",
+                   build=build, publishes=[LOYALTY], consumes=[CUSTOMERS, INTERACTIONS])

@@ -1,0 +1,658 @@
+"""What the loyalty service does, one function per command.
+
+Each function runs inside the caller's transaction (a consumed batch, a
+scheduled item or a gRPC call), applies the pure rules of :mod:`domain`,
+writes through :mod:`store` and queues the events it causes in the outbox, so
+state and events commit together. Every change to one customer starts by
+locking that customer's view row, which keeps their events in order.
+
+Exactly once: the runtime's inbox drops a redelivered trigger event; as a
+second guard every action has an id derived from (rule, trigger event id,
+action index) and is recorded in ``actions`` under that id, so a trigger can
+never yield an action twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from crm_runtime import outbox, scheduler
+from crm_runtime.clock import Clock
+from crm_runtime.db import Conn
+from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from crm_runtime.events import Envelope, EventPayload, PoisonMessage
+from services.loyalty import domain, store
+from services.loyalty.domain import (
+    Action,
+    DiscountAction,
+    DiscountTerms,
+    FollowUpAction,
+    NewsletterAction,
+    Outcome,
+    Purpose,
+    ReferralRewardAction,
+    Suppression,
+    TrustPolicy,
+)
+from services.loyalty.events import (
+    ActionSuppressed,
+    DiscountExpiring,
+    DiscountIssued,
+    DiscountRedeemed,
+    FollowUpCancelled,
+    FollowUpCompleted,
+    FollowUpDue,
+    FollowUpScheduled,
+    NewsletterEnrolled,
+    NewsletterUnsubscribed,
+    ReferralRewarded,
+)
+from services.loyalty.rulebook import RuleBook, StoredRule
+from services.loyalty.store import View
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/crm/loyalty"
+FOLLOW_UP_DUE = "loyalty.followup_due"
+DISCOUNT_EXPIRING = "loyalty.discount_expiring"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every command needs besides the connection."""
+
+    clock: Clock
+    lanes: int
+    rules: RuleBook
+    policy: TrustPolicy = field(default_factory=TrustPolicy)
+    expiry_notice: timedelta = timedelta(days=3)
+
+
+async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
+                *payloads: EventPayload) -> None:
+    now = ctx.clock.now()
+    await outbox.add(conn, [Envelope(data=p, subject=str(customer_id), source=SOURCE, time=now)
+                            for p in payloads], lanes=ctx.lanes)
+
+
+def _event_customer(env: Envelope) -> uuid.UUID:
+    raw = getattr(env.data, "customer_id", "")
+    try:
+        return uuid.UUID(raw)
+    except (ValueError, TypeError, AttributeError):
+        raise PoisonMessage("invalid_payload", f"customer_id: {raw!r} is not a UUID") from None
+
+
+# --- consuming events -----------------------------------------------------------
+
+
+async def on_event(conn: Conn, ctx: Context, env: Envelope) -> None:
+    """Apply one consumed event: update loyalty's view of the customer, cancel
+    what it makes moot, then run the rules it triggers."""
+    customer_id = _event_customer(env)
+    if env.type == "customer.merged":
+        await merge(conn, ctx, customer_id, _event_uuid(env, "merged_customer_id"), env)
+        return
+    now = ctx.clock.now()
+    view = await store.lock_view(conn, customer_id, now)
+    if view.erased_at is not None:
+        return  # nothing more happens for an erased customer, and nothing is kept
+    await _project(conn, ctx, view, env)
+    if view.erased_at is not None:
+        return
+    if env.type in domain.CANCELLING_EVENTS:
+        moot = await store.open_follow_ups(conn, view.customer_id, cancel_on=env.type)
+        await _cancel_follow_ups(conn, ctx, moot, f"moot:{env.type}")
+    for stored in await ctx.rules.for_trigger(conn, env.type):
+        facts = facts_of(view, env.data, now)
+        if domain.evaluate(stored.rule, facts).matched:
+            for index, action in enumerate(stored.rule.actions):
+                await _perform(conn, ctx, view, stored, index, action, env)
+
+
+def _event_uuid(env: Envelope, name: str) -> uuid.UUID:
+    raw = getattr(env.data, name, "")
+    try:
+        return uuid.UUID(raw)
+    except (ValueError, TypeError):
+        raise PoisonMessage("invalid_payload", f"{name}: {raw!r} is not a UUID") from None
+
+
+async def _project(conn: Conn, ctx: Context, view: View, env: Envelope) -> None:
+    """Keep loyalty's view of the customer current; react to consent changes."""
+    data: Any = env.data
+    now = ctx.clock.now()
+    changed = True
+    if env.type == "customer.registered":
+        view.stage = data.stage or view.stage
+        view.preferred_channel = data.preferred_channel
+        if data.referred_by:
+            try:
+                referrer = uuid.UUID(data.referred_by)
+            except ValueError:
+                log.warning("customer %s: referred_by %r is not a UUID; ignored",
+                            view.customer_id, data.referred_by)
+            else:
+                if referrer != view.customer_id:
+                    view.referred_by = referrer
+        await _ensure_referral_code(conn, view)
+    elif env.type == "customer.stage_changed":
+        view.stage = data.to_stage
+        view.purchase_count = data.purchase_count
+        view.segments = list(data.segment_keys)
+    elif env.type == "customer.purchase_recorded":
+        view.purchase_count = max(view.purchase_count, data.purchase_count)
+        view.last_purchase_at = max(filter(None, [view.last_purchase_at, data.occurred_at]))
+    elif env.type == "customer.consent_changed":
+        await _consent_changed(conn, ctx, view, data.purpose, data.granted, env.time)
+    elif env.type in ("customer.at_risk", "customer.risk_cleared"):
+        view.at_risk = env.type == "customer.at_risk"
+    elif env.type == "customer.erased":
+        await erase(conn, ctx, view)
+        return
+    else:
+        changed = False
+    if changed:
+        await store.save_view(conn, view, now)
+
+
+async def _ensure_referral_code(conn: Conn, view: View) -> None:
+    while view.referral_code is None:
+        code = domain.new_referral_code()
+        if not await store.referral_code_taken(conn, code):
+            view.referral_code = code
+
+
+async def _consent_changed(conn: Conn, ctx: Context, view: View, purpose: str, granted: bool,
+                           at: datetime) -> None:
+    """Withdrawn consent takes effect at once: pending contacts it covered are
+    cancelled, and newsletter lists are left."""
+    if purpose == "do_not_contact":
+        view.do_not_contact = granted
+        if granted:
+            await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(
+                conn, view.customer_id), "do_not_contact")
+            await _leave_lists(conn, ctx, view.customer_id, None, "do_not_contact")
+    elif purpose == "newsletter":
+        view.newsletter_consent, view.newsletter_consent_at = granted, at
+        if not granted:
+            await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(
+                conn, view.customer_id, purposes=[Purpose.NEWSLETTER.value]),
+                "consent_withdrawn")
+            await _leave_lists(conn, ctx, view.customer_id, None, "consent_withdrawn")
+    elif purpose == "promotional_offers":
+        view.promotional_consent, view.promotional_consent_at = granted, at
+        if not granted:
+            await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(
+                conn, view.customer_id, purposes=[Purpose.PROMOTIONAL.value]),
+                "consent_withdrawn")
+
+
+def facts_of(view: View, data: EventPayload | None, now: datetime,
+             trigger: str | None = None) -> dict[str, Any]:
+    """The facts rules are evaluated on: the customer's, then the event's."""
+    facts: dict[str, Any] = {
+        "stage": view.stage,
+        "purchase_count": view.purchase_count,
+        "segments": view.segments,
+        "days_since_last_purchase": (now - view.last_purchase_at).days
+        if view.last_purchase_at else None,
+        "referred": view.referred_by is not None,
+        "at_risk": view.at_risk,
+        "preferred_channel": view.preferred_channel,
+        "newsletter_consent": view.newsletter_consent,
+        "promotional_consent": view.promotional_consent,
+    }
+    if data is not None:
+        for name in domain.TRIGGERS.get(trigger or data.event_type, {}):
+            value = getattr(data, name, None)
+            facts[name] = list(value) if isinstance(value, list | tuple) else value
+    return facts
+
+
+# --- performing actions -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an action would do for whom: performed, suppressed or skipped."""
+
+    action_type: str
+    purpose: Purpose
+    target: View | None
+    outcome: Outcome
+    reason: str = ""
+
+
+async def decide(conn: Conn, ctx: Context, view: View, action: Action, *,
+                 lock: bool) -> Decision:
+    """Apply the trust rules to one action (read-only but for locking the
+    referrer's view when ``lock``). Dry runs call it too."""
+    now = ctx.clock.now()
+    purpose = domain.action_purpose(action)
+    target: View | None = view
+    if isinstance(action, ReferralRewardAction):
+        if view.referred_by is None:
+            return Decision(action.type, purpose, None, Outcome.SKIPPED, "not_referred")
+        if await store.referral_rewarded(conn, view.customer_id):
+            return Decision(action.type, purpose, None, Outcome.SKIPPED, "already_rewarded")
+        target = (await store.lock_view(conn, view.referred_by, now) if lock
+                  else await _peek_view(conn, view.referred_by))
+        if target.customer_id == view.customer_id:
+            return Decision(action.type, purpose, None, Outcome.SKIPPED, "self_referral")
+    assert target is not None
+    earlier: list[datetime] = []
+    if purpose is Purpose.PROMOTIONAL:
+        earlier = await store.promotional_times(conn, target.customer_id,
+                                                now - ctx.policy.window)
+    refusal = domain.trust_decision(purpose, target.contact_state(), earlier, now, ctx.policy)
+    if refusal is not None:
+        return Decision(action.type, purpose, target, Outcome.SUPPRESSED, refusal.value)
+    if isinstance(action, NewsletterAction):
+        row = await store.enrolment(conn, target.customer_id, action.list)
+        if row is not None and row["status"] == "enrolled":
+            return Decision(action.type, purpose, target, Outcome.SKIPPED, "already_enrolled")
+    return Decision(action.type, purpose, target, Outcome.PERFORMED)
+
+
+async def _peek_view(conn: Conn, customer_id: uuid.UUID) -> View:
+    try:
+        return await store.get_view(conn, customer_id)
+    except NotFound:
+        return View(customer_id=customer_id)
+
+
+async def _perform(conn: Conn, ctx: Context, view: View, stored: StoredRule, index: int,
+                   action: Action, env: Envelope) -> None:
+    rule = stored.rule
+    aid = domain.action_id(rule.id, env.id, index)
+    if await store.action_exists(conn, aid):
+        return  # this trigger yielded this action before
+    decision = await decide(conn, ctx, view, action, lock=True)
+    target = decision.target or view
+    now = ctx.clock.now()
+    recorded = await store.insert_action(
+        conn, action_id=aid, customer_id=target.customer_id, rule_id=rule.id,
+        rule_version=stored.version, index=index, action_type=action.type,
+        purpose=decision.purpose.value, trigger_event_id=env.id, trigger_type=env.type,
+        outcome=decision.outcome.value, reason=decision.reason, now=now)
+    if not recorded:
+        return
+    if decision.outcome is Outcome.SUPPRESSED:
+        log.info("rule %s: %s for %s suppressed (%s)", rule.id, action.type,
+                 target.customer_id, decision.reason)
+        await _emit(conn, ctx, target.customer_id, ActionSuppressed(
+            action_id=str(aid), customer_id=str(target.customer_id), rule_id=rule.id,
+            action_type=action.type, purpose=decision.purpose.value, reason=decision.reason,
+            trigger_event_id=env.id))
+        return
+    if decision.outcome is Outcome.SKIPPED:
+        return
+    if isinstance(action, FollowUpAction):
+        await _schedule_follow_up(conn, ctx, target, aid, stored, action, env.id)
+    elif isinstance(action, DiscountAction):
+        await _issue_discount(conn, ctx, target, aid, rule.id, action)
+    elif isinstance(action, NewsletterAction):
+        await store.enrol(conn, target.customer_id, action.list, rule.id, now)
+        await _emit(conn, ctx, target.customer_id, NewsletterEnrolled(
+            customer_id=str(target.customer_id), list=action.list, rule_id=rule.id))
+    elif isinstance(action, ReferralRewardAction):
+        await store.insert_referral_reward(conn, view.customer_id, target.customer_id, aid,
+                                           rule.id, now)
+        await _issue_discount(conn, ctx, target, aid, rule.id, action.discount)
+        await _emit(conn, ctx, target.customer_id, ReferralRewarded(
+            customer_id=str(target.customer_id), referred_customer_id=str(view.customer_id),
+            discount_id=str(aid), rule_id=rule.id))
+
+
+async def _schedule_follow_up(conn: Conn, ctx: Context, target: View, aid: uuid.UUID,
+                              stored: StoredRule, action: FollowUpAction,
+                              trigger_event_id: str) -> None:
+    now = ctx.clock.now()
+    requested = now + action.delay_td
+    zone = domain.time_zone(target.time_zone, ctx.policy.default_time_zone)
+    due = domain.outside_quiet_hours(requested, zone, ctx.policy.quiet_start,
+                                     ctx.policy.quiet_end)
+    await store.insert_follow_up(
+        conn, follow_up_id=aid, customer_id=target.customer_id, rule_id=stored.rule.id,
+        channel=action.channel, template=action.template, reason=action.reason,
+        purpose=action.purpose.value, list_name=action.list, cancel_on=list(action.cancel_on),
+        requested_at=requested, due_at=due, now=now)
+    await scheduler.schedule(conn, FOLLOW_UP_DUE, str(aid), due)
+    await _emit(conn, ctx, target.customer_id, FollowUpScheduled(
+        follow_up_id=str(aid), customer_id=str(target.customer_id), rule_id=stored.rule.id,
+        rule_version=stored.version, channel=action.channel, template=action.template,
+        reason=action.reason, purpose=action.purpose.value, due_at=due,
+        trigger_event_id=trigger_event_id))
+
+
+async def _issue_discount(conn: Conn, ctx: Context, target: View, discount_id: uuid.UUID,
+                          rule_id: str, terms: DiscountTerms) -> None:
+    now = ctx.clock.now()
+    expires_at = now + timedelta(days=terms.valid_days)
+    while True:  # 80 random bits: a clash is next to impossible, but never fatal
+        code = domain.new_code()
+        if await store.insert_discount(
+                conn, discount_id=discount_id, code=code, customer_id=target.customer_id,
+                rule_id=rule_id, kind=terms.kind, percent=terms.percent,
+                amount_minor=terms.amount_minor, currency=terms.currency,
+                min_purchase_minor=terms.min_purchase_minor, purpose=terms.purpose,
+                reason=terms.reason, issued_at=now, expires_at=expires_at):
+            break
+    notice = domain.expiring_notice_at(now, expires_at, ctx.expiry_notice)
+    if notice is not None:
+        await scheduler.schedule(conn, DISCOUNT_EXPIRING, str(discount_id), notice)
+    await _emit(conn, ctx, target.customer_id, DiscountIssued(
+        discount_id=str(discount_id), customer_id=str(target.customer_id), code=code,
+        kind=terms.kind, percent=terms.percent, amount_minor=terms.amount_minor,
+        currency=terms.currency, min_purchase_minor=terms.min_purchase_minor,
+        expires_at=expires_at, rule_id=rule_id, purpose=terms.purpose, reason=terms.reason))
+
+
+# --- follow-ups --------------------------------------------------------------------
+
+
+async def _cancel_follow_ups(conn: Conn, ctx: Context, rows: list[Any], reason: str) -> int:
+    now = ctx.clock.now()
+    for row in rows:
+        await store.close_follow_up(conn, row["follow_up_id"],
+                                    domain.FollowUpStatus.CANCELLED.value, reason, "", now)
+        await scheduler.cancel(conn, FOLLOW_UP_DUE, str(row["follow_up_id"]))
+        await _emit(conn, ctx, row["customer_id"], FollowUpCancelled(
+            follow_up_id=str(row["follow_up_id"]), customer_id=str(row["customer_id"]),
+            reason=reason))
+    return len(rows)
+
+
+async def follow_up_due(conn: Conn, ctx: Context, follow_up_id: uuid.UUID) -> None:
+    """A follow-up's time came (run by the durable scheduler). Consent and
+    do-not-contact are checked again: they may have changed since."""
+    row = await store.get_follow_up(conn, follow_up_id)
+    if row["status"] != domain.FollowUpStatus.SCHEDULED.value:
+        return
+    view = await store.lock_view(conn, row["customer_id"], ctx.clock.now())
+    refusal = domain.trust_decision(Purpose(row["purpose"]), view.contact_state(), [],
+                                    ctx.clock.now(), ctx.policy)
+    if refusal is not None:
+        await _cancel_follow_ups(conn, ctx, [row], refusal.value)
+        return
+    due = await store.mark_due(conn, follow_up_id, ctx.clock.now())
+    if due is None:
+        return
+    await _emit(conn, ctx, due["customer_id"], FollowUpDue(
+        follow_up_id=str(follow_up_id), customer_id=str(due["customer_id"]),
+        channel=due["channel"], template=due["template"], reason=due["reason"],
+        purpose=due["purpose"], due_at=due["due_at"]))
+
+
+async def _locked_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID) -> Any:
+    row = await store.get_follow_up(conn, follow_up_id)
+    await store.lock_view(conn, row["customer_id"], ctx.clock.now())
+    return await store.get_follow_up(conn, follow_up_id, lock=True)
+
+
+async def complete_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID, outcome: str,
+                             note: str) -> Any:
+    """Done (from scheduled or due); completing again returns it unchanged."""
+    outcome = outcome.strip()
+    if not outcome:
+        raise InvalidArgument("outcome", "required, e.g. 'contacted' or 'no_answer'")
+    row = await _locked_follow_up(conn, ctx, follow_up_id)
+    if row["status"] == domain.FollowUpStatus.COMPLETED.value:
+        return row
+    if row["status"] == domain.FollowUpStatus.CANCELLED.value:
+        raise FailedPrecondition(f"follow-up {follow_up_id} was cancelled ({row['outcome']})")
+    now = ctx.clock.now()
+    done = await store.close_follow_up(conn, follow_up_id,
+                                       domain.FollowUpStatus.COMPLETED.value, outcome,
+                                       note.strip(), now)
+    await scheduler.cancel(conn, FOLLOW_UP_DUE, str(follow_up_id))
+    await _emit(conn, ctx, row["customer_id"], FollowUpCompleted(
+        follow_up_id=str(follow_up_id), customer_id=str(row["customer_id"]), outcome=outcome,
+        completed_at=now))
+    return done
+
+
+async def cancel_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID,
+                           reason: str) -> Any:
+    row = await _locked_follow_up(conn, ctx, follow_up_id)
+    if row["status"] == domain.FollowUpStatus.CANCELLED.value:
+        return row
+    if row["status"] == domain.FollowUpStatus.COMPLETED.value:
+        raise FailedPrecondition(f"follow-up {follow_up_id} was completed already")
+    await _cancel_follow_ups(conn, ctx, [row], reason.strip() or "cancelled_by_user")
+    return await store.get_follow_up(conn, follow_up_id)
+
+
+# --- newsletters ----------------------------------------------------------------------
+
+
+async def _leave_lists(conn: Conn, ctx: Context, customer_id: uuid.UUID, list_name: str | None,
+                       reason: str) -> list[str]:
+    lists = await store.unsubscribe(conn, customer_id, list_name, ctx.clock.now())
+    if lists:
+        await _emit(conn, ctx, customer_id, *[NewsletterUnsubscribed(
+            customer_id=str(customer_id), list=name, reason=reason) for name in lists])
+    return lists
+
+
+async def unsubscribe(conn: Conn, ctx: Context, customer_id: uuid.UUID,
+                      list_name: str) -> tuple[list[str], int]:
+    """Leave one list (or every list when empty) at once, and cancel the
+    pending newsletter sends it covered. Returns (lists left, sends cancelled)."""
+    view = await store.get_view(conn, customer_id, lock=True)
+    only = list_name.strip() or None
+    lists = await _leave_lists(conn, ctx, view.customer_id, only, "customer_request")
+    pending = await store.open_follow_ups(conn, view.customer_id,
+                                          purposes=[Purpose.NEWSLETTER.value], list_name=only)
+    cancelled = await _cancel_follow_ups(conn, ctx, pending, "unsubscribed")
+    return lists, cancelled
+
+
+# --- discounts ------------------------------------------------------------------------
+
+
+def discount_state(row: Any) -> domain.DiscountState:
+    return domain.DiscountState(
+        kind=row["kind"], percent=row["percent"], amount_minor=row["amount_minor"],
+        currency=row["currency"], min_purchase_minor=row["min_purchase_minor"],
+        expires_at=row["expires_at"], redeemed_at=row["redeemed_at"],
+        voided_at=row["voided_at"])
+
+
+def check_order(order_minor: int, currency: str) -> str:
+    if order_minor < 0:
+        raise InvalidArgument("order_amount.amount_minor", f"must not be negative, got "
+                                                           f"{order_minor}")
+    code = currency.strip().upper()
+    if len(code) != 3 or not code.isalpha():
+        raise InvalidArgument("order_amount.currency", f"{currency!r} is not an ISO 4217 code "
+                                                       "like 'EUR'")
+    return code
+
+
+async def _check_owner(conn: Conn, row: Any, customer_id: uuid.UUID | None) -> None:
+    if customer_id is not None and await store.resolve(conn, customer_id) != row["customer_id"]:
+        raise FailedPrecondition(f"discount code {row['code']} was issued to another customer")
+
+
+async def validate_discount(conn: Conn, ctx: Context, code: str, customer_id: uuid.UUID | None,
+                            order_minor: int, currency: str) -> tuple[Any, int, str | None]:
+    """(discount, amount off this order, reason it cannot be used or None)."""
+    currency = check_order(order_minor, currency)
+    row = await store.discount_by_code(conn, domain.normalise_code(code))
+    await _check_owner(conn, row, customer_id)
+    state = discount_state(row)
+    refusal = domain.redeem_refusal(state, ctx.clock.now(), order_minor, currency)
+    amount = 0 if refusal else domain.discount_amount(state, order_minor)
+    return row, amount, refusal
+
+
+async def redeem_discount(conn: Conn, ctx: Context, code: str, *, order_id: str,
+                          customer_id: uuid.UUID | None, order_minor: int,
+                          currency: str) -> Any:
+    """Use a code once. Of concurrent calls exactly one wins (one UPDATE whose
+    WHERE holds only while the code is unused); a retry with the same order id
+    returns the same redemption; others fail with the reason."""
+    order_id = order_id.strip()
+    if not order_id:
+        raise InvalidArgument("order_id", "required: the checkout's id of the order")
+    currency = check_order(order_minor, currency)
+    code = domain.normalise_code(code)
+    row = await store.discount_by_code(conn, code)
+    await _check_owner(conn, row, customer_id)
+    now = ctx.clock.now()
+    await store.lock_view(conn, row["customer_id"], now, follow_alias=False)
+    won = await store.redeem(conn, code, order_id=order_id, order_minor=order_minor,
+                             currency=currency, now=now)
+    if won is None:
+        fresh = await store.discount_by_code(conn, code)
+        if fresh["redeemed_at"] is not None and fresh["order_id"] == order_id:
+            return fresh
+        reason = domain.redeem_refusal(discount_state(fresh), now, order_minor, currency)
+        raise FailedPrecondition(f"discount code {code}: {reason or 'cannot be redeemed'}")
+    await scheduler.cancel(conn, DISCOUNT_EXPIRING, str(won["discount_id"]))
+    await _emit(conn, ctx, won["customer_id"], DiscountRedeemed(
+        discount_id=str(won["discount_id"]), customer_id=str(won["customer_id"]),
+        order_id=order_id, discount_minor=won["discount_minor"], currency=won["currency"],
+        redeemed_at=now))
+    return won
+
+
+async def discount_expiring(conn: Conn, ctx: Context, discount_id: uuid.UUID) -> None:
+    """Remind (through marketing) that an unused discount expires soon; not
+    for customers who since asked not to be contacted."""
+    row = await store.discount_by_id(conn, discount_id)
+    if row is None or row["redeemed_at"] is not None or row["voided_at"] is not None:
+        return
+    view = await store.lock_view(conn, row["customer_id"], ctx.clock.now())
+    purpose = Purpose(row["purpose"])
+    refusal = domain.trust_decision(purpose, view.contact_state(), [], ctx.clock.now(),
+                                    ctx.policy)
+    if refusal is not None:
+        log.info("discount %s: no expiry reminder (%s)", discount_id, refusal.value)
+        return
+    await _emit(conn, ctx, row["customer_id"], DiscountExpiring(
+        discount_id=str(discount_id), customer_id=str(row["customer_id"]), code=row["code"],
+        expires_at=row["expires_at"]))
+
+
+# --- erasure and merge --------------------------------------------------------------------
+
+
+async def erase(conn: Conn, ctx: Context, view: View) -> None:
+    """Cancel everything pending and scrub personal data; the id stays."""
+    now = ctx.clock.now()
+    await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(conn, view.customer_id),
+                             Suppression.ERASED.value)
+    await _leave_lists(conn, ctx, view.customer_id, None, Suppression.ERASED.value)
+    for discount_id in await store.void_discounts(conn, view.customer_id, "erased", now):
+        await scheduler.cancel(conn, DISCOUNT_EXPIRING, str(discount_id))
+    await store.scrub_follow_up_notes(conn, view.customer_id)
+    await store.scrub_order_ids(conn, view.customer_id)
+    view.erased_at = now
+    view.do_not_contact = True
+    view.newsletter_consent = view.promotional_consent = False
+    view.newsletter_consent_at = view.promotional_consent_at = None
+    view.referral_code = None
+    view.referred_by = None
+    view.time_zone = view.preferred_channel = ""
+    view.segments = []
+    view.last_purchase_at = None
+    await store.save_view(conn, view, now)
+
+
+async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uuid.UUID,
+                env: Envelope) -> None:
+    """``merged_id`` became an alias of ``survivor_id``: re-point its follow-ups,
+    discounts, enrolments, actions and referrals, and combine what we know
+    (do-not-contact from either; per consent the most recent decision)."""
+    if survivor_id == merged_id:
+        raise PoisonMessage("invalid_payload", "merged_customer_id equals customer_id")
+    now = ctx.clock.now()
+    views = {cid: await store.lock_view(conn, cid, now, follow_alias=False)
+             for cid in sorted([survivor_id, merged_id])}
+    survivor, merged = views[survivor_id], views[merged_id]
+    if merged.merged_into == survivor_id:
+        return
+    await store.move_records(conn, survivor_id, merged_id)
+    await store.point_aliases(conn, survivor_id, merged_id)
+    data: Any = env.data
+    survivor.stage, survivor.purchase_count = data.stage, data.purchase_count
+    survivor.do_not_contact = survivor.do_not_contact or merged.do_not_contact
+    survivor.at_risk = survivor.at_risk or merged.at_risk
+    if _later(merged.newsletter_consent_at, survivor.newsletter_consent_at):
+        survivor.newsletter_consent = merged.newsletter_consent
+        survivor.newsletter_consent_at = merged.newsletter_consent_at
+    if _later(merged.promotional_consent_at, survivor.promotional_consent_at):
+        survivor.promotional_consent = merged.promotional_consent
+        survivor.promotional_consent_at = merged.promotional_consent_at
+    survivor.last_purchase_at = max(filter(None, [survivor.last_purchase_at,
+                                                  merged.last_purchase_at]), default=None)
+    survivor.referred_by = survivor.referred_by or merged.referred_by
+    if survivor.referred_by == survivor_id:
+        survivor.referred_by = None
+    survivor.time_zone = survivor.time_zone or merged.time_zone
+    survivor.preferred_channel = survivor.preferred_channel or merged.preferred_channel
+    merged.merged_into = survivor_id
+    await store.save_view(conn, merged, now)  # its referral code stays its own
+    await store.save_view(conn, survivor, now)
+    if survivor.do_not_contact:
+        await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(conn, survivor_id),
+                                 "do_not_contact")
+
+
+def _later(a: datetime | None, b: datetime | None) -> bool:
+    return a is not None and (b is None or a > b)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+@dataclass
+class Profile:
+    view: View
+    follow_ups: list[Any]
+    discounts: list[Any]
+    enrolments: list[Any]
+    suppressed: list[Any]
+    referrals: list[Any]
+
+
+async def profile(conn: Conn, customer_id: uuid.UUID) -> Profile:
+    view = await store.get_view(conn, customer_id)
+    cid = view.customer_id
+    return Profile(view, await store.customer_follow_ups(conn, cid),
+                   await store.customer_discounts(conn, cid), await store.enrolments(conn, cid),
+                   await store.suppressed_actions(conn, cid),
+                   await store.referrals_made(conn, cid))
+
+
+@dataclass(frozen=True)
+class DryRun:
+    evaluation: domain.Evaluation
+    decisions: list[Decision]
+    facts: dict[str, Any]
+
+
+async def dry_run(conn: Conn, ctx: Context, rule: domain.Rule, customer_id: uuid.UUID,
+                  trigger_facts: dict[str, Any]) -> DryRun:
+    """What ``rule`` would do for the customer if its trigger arrived now with
+    ``trigger_facts``; writes nothing."""
+    known = domain.TRIGGERS[rule.trigger]
+    for name in trigger_facts:
+        if name not in known:
+            raise InvalidArgument(f"trigger_facts_json.{name}",
+                                  f"not a fact of {rule.trigger}; known: {sorted(known)}")
+    view = await store.get_view(conn, customer_id)
+    facts = {**facts_of(view, None, ctx.clock.now()), **trigger_facts}
+    evaluation = domain.evaluate(rule.model_copy(update={"enabled": True}), facts)
+    decisions = []
+    if evaluation.matched:
+        decisions = [await decide(conn, ctx, view, action, lock=False)
+                     for action in rule.actions]
+    return DryRun(domain.evaluate(rule, facts), decisions, facts)

@@ -1,0 +1,458 @@
+"""SQL for the loyalty schema. Every function runs on the caller's
+connection, inside the caller's transaction; none commits."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from crm_runtime.db import Conn
+from crm_runtime.errors import InvalidArgument, NotFound
+from services.loyalty.domain import ContactState
+
+
+def parse_id(value: str, field_name: str = "customer_id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument(field_name, f"{value!r} is not a UUID") from None
+
+
+# --- the customer view --------------------------------------------------------
+
+
+@dataclass
+class View:
+    """Loyalty's view of one customer (table ``customer_view``)."""
+
+    customer_id: uuid.UUID
+    stage: str = "potential"
+    purchase_count: int = 0
+    last_purchase_at: datetime | None = None
+    segments: list[str] = field(default_factory=list)
+    preferred_channel: str = ""
+    time_zone: str = ""
+    referred_by: uuid.UUID | None = None
+    referral_code: str | None = None
+    newsletter_consent: bool = False
+    newsletter_consent_at: datetime | None = None
+    promotional_consent: bool = False
+    promotional_consent_at: datetime | None = None
+    do_not_contact: bool = False
+    at_risk: bool = False
+    erased_at: datetime | None = None
+    merged_into: uuid.UUID | None = None
+
+    def contact_state(self) -> ContactState:
+        return ContactState(erased=self.erased_at is not None, do_not_contact=self.do_not_contact,
+                            newsletter_consent=self.newsletter_consent,
+                            promotional_consent=self.promotional_consent)
+
+
+_VIEW_COLUMNS = ("customer_id", "stage", "purchase_count", "last_purchase_at", "segments",
+                 "preferred_channel", "time_zone", "referred_by", "referral_code",
+                 "newsletter_consent", "newsletter_consent_at", "promotional_consent",
+                 "promotional_consent_at", "do_not_contact", "at_risk", "erased_at",
+                 "merged_into")
+_VIEW_SELECT = ", ".join(_VIEW_COLUMNS)
+
+
+def _view(row: Any) -> View:
+    return View(**{**dict(row), "segments": list(row["segments"])})
+
+
+async def resolve(conn: Conn, customer_id: uuid.UUID) -> uuid.UUID:
+    """A merged customer's survivor, else the id itself."""
+    survivor = await conn.fetchval(
+        "SELECT merged_into FROM customer_view WHERE customer_id = $1", customer_id)
+    return survivor or customer_id
+
+
+async def lock_view(conn: Conn, customer_id: uuid.UUID, now: datetime, *,
+                    follow_alias: bool = True) -> View:
+    """The customer's view, locked for this transaction (created empty when
+    first seen: events of one customer on two topics can arrive in any order).
+    Locking serialises one customer's changes so their events keep order."""
+    if follow_alias:
+        customer_id = await resolve(conn, customer_id)
+    await conn.execute(
+        """INSERT INTO customer_view (customer_id, updated_at) VALUES ($1, $2)
+           ON CONFLICT (customer_id) DO NOTHING""", customer_id, now)
+    row = await conn.fetchrow(
+        f"SELECT {_VIEW_SELECT} FROM customer_view WHERE customer_id = $1 FOR UPDATE",
+        customer_id)
+    assert row is not None
+    return _view(row)
+
+
+async def get_view(conn: Conn, customer_id: uuid.UUID, *, lock: bool = False) -> View:
+    """The view of a known customer (alias resolved); NotFound otherwise."""
+    customer_id = await resolve(conn, customer_id)
+    row = await conn.fetchrow(
+        f"SELECT {_VIEW_SELECT} FROM customer_view WHERE customer_id = $1"
+        + (" FOR UPDATE" if lock else ""), customer_id)
+    if row is None:
+        raise NotFound("customer", str(customer_id))
+    return _view(row)
+
+
+async def save_view(conn: Conn, v: View, now: datetime) -> None:
+    await conn.execute(
+        """UPDATE customer_view SET stage = $2, purchase_count = $3, last_purchase_at = $4,
+                  segments = $5, preferred_channel = $6, time_zone = $7, referred_by = $8,
+                  referral_code = $9, newsletter_consent = $10, newsletter_consent_at = $11,
+                  promotional_consent = $12, promotional_consent_at = $13,
+                  do_not_contact = $14, at_risk = $15, erased_at = $16, merged_into = $17,
+                  updated_at = $18
+            WHERE customer_id = $1""",
+        v.customer_id, v.stage, v.purchase_count, v.last_purchase_at, v.segments,
+        v.preferred_channel, v.time_zone, v.referred_by, v.referral_code, v.newsletter_consent,
+        v.newsletter_consent_at, v.promotional_consent, v.promotional_consent_at,
+        v.do_not_contact, v.at_risk, v.erased_at, v.merged_into, now)
+
+
+async def referral_code_taken(conn: Conn, code: str) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM customer_view WHERE referral_code = $1)", code))
+
+
+async def point_aliases(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
+    """Earlier aliases of ``merged`` now point at ``survivor`` too."""
+    await conn.execute("UPDATE customer_view SET merged_into = $1 WHERE merged_into = $2",
+                       survivor, merged)
+
+
+# --- rules --------------------------------------------------------------------
+
+
+async def rules_revision(conn: Conn) -> int:
+    revision: int = await conn.fetchval("SELECT revision FROM rules_revision")
+    return revision
+
+
+async def all_rules(conn: Conn) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT rule_id, version, enabled, trigger, definition, origin, file_digest,
+                  updated_at, updated_by FROM rules ORDER BY rule_id"""))
+
+
+async def get_rule(conn: Conn, rule_id: str, *, lock: bool = False) -> Any:
+    return await conn.fetchrow(
+        """SELECT rule_id, version, enabled, trigger, definition, origin, file_digest,
+                  updated_at, updated_by FROM rules WHERE rule_id = $1"""
+        + (" FOR UPDATE" if lock else ""), rule_id)
+
+
+async def write_rule(conn: Conn, *, rule_id: str, version: int, enabled: bool, trigger: str,
+                     definition: dict[str, Any], origin: str, file_digest: str | None,
+                     change: str, actor: str, note: str, now: datetime) -> None:
+    """Store a new version of a rule, record the change, bump the revision."""
+    await conn.execute(
+        """INSERT INTO rules (rule_id, version, enabled, trigger, definition, origin,
+                              file_digest, updated_at, updated_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (rule_id) DO UPDATE SET version = EXCLUDED.version,
+               enabled = EXCLUDED.enabled, trigger = EXCLUDED.trigger,
+               definition = EXCLUDED.definition, origin = EXCLUDED.origin,
+               file_digest = EXCLUDED.file_digest, updated_at = EXCLUDED.updated_at,
+               updated_by = EXCLUDED.updated_by""",
+        rule_id, version, enabled, trigger, definition, origin, file_digest, now, actor)
+    await conn.execute(
+        """INSERT INTO rule_changes (rule_id, version, change, enabled, definition, actor, note,
+                                     at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        rule_id, version, change, enabled, definition, actor, note, now)
+    await conn.execute("UPDATE rules_revision SET revision = revision + 1")
+
+
+async def rule_changes(conn: Conn, rule_id: str) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT version, change, enabled, actor, note, at FROM rule_changes
+            WHERE rule_id = $1 ORDER BY version""", rule_id))
+
+
+# --- actions ------------------------------------------------------------------
+
+
+async def insert_action(conn: Conn, *, action_id: uuid.UUID, customer_id: uuid.UUID,
+                        rule_id: str, rule_version: int, index: int, action_type: str,
+                        purpose: str, trigger_event_id: str, trigger_type: str, outcome: str,
+                        reason: str, now: datetime) -> bool:
+    """Record an action once; False when it was recorded before (a redelivery)."""
+    row = await conn.fetchval(
+        """INSERT INTO actions (action_id, customer_id, rule_id, rule_version, action_index,
+                                action_type, purpose, trigger_event_id, trigger_type, outcome,
+                                reason, at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+           ON CONFLICT DO NOTHING RETURNING action_id""",
+        action_id, customer_id, rule_id, rule_version, index, action_type, purpose,
+        trigger_event_id, trigger_type, outcome, reason, now)
+    return row is not None
+
+
+async def action_exists(conn: Conn, action_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM actions WHERE action_id = $1)", action_id))
+
+
+async def promotional_times(conn: Conn, customer_id: uuid.UUID, since: datetime) -> list[datetime]:
+    rows = await conn.fetch(
+        """SELECT at FROM actions WHERE customer_id = $1 AND purpose = 'promotional'
+              AND outcome = 'performed' AND at > $2""", customer_id, since)
+    return [r["at"] for r in rows]
+
+
+async def suppressed_actions(conn: Conn, customer_id: uuid.UUID, limit: int = 50) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT action_id, rule_id, action_type, purpose, reason, trigger_event_id, at
+             FROM actions WHERE customer_id = $1 AND outcome = 'suppressed'
+            ORDER BY at DESC LIMIT $2""", customer_id, limit))
+
+
+# --- follow-ups -----------------------------------------------------------------
+
+_FOLLOW_UP_COLUMNS = """follow_up_id, customer_id, rule_id, channel, template, reason, purpose,
+                        list, cancel_on, status, requested_at, due_at, created_at, fired_at,
+                        closed_at, outcome, note"""
+
+
+async def insert_follow_up(conn: Conn, *, follow_up_id: uuid.UUID, customer_id: uuid.UUID,
+                           rule_id: str, channel: str, template: str, reason: str, purpose: str,
+                           list_name: str, cancel_on: list[str], requested_at: datetime,
+                           due_at: datetime, now: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO follow_ups (follow_up_id, customer_id, rule_id, channel, template, reason,
+                                   purpose, list, cancel_on, status, requested_at, due_at,
+                                   created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12)""",
+        follow_up_id, customer_id, rule_id, channel, template, reason, purpose, list_name,
+        cancel_on, requested_at, due_at, now)
+
+
+async def get_follow_up(conn: Conn, follow_up_id: uuid.UUID, *, lock: bool = False) -> Any:
+    row = await conn.fetchrow(
+        f"SELECT {_FOLLOW_UP_COLUMNS} FROM follow_ups WHERE follow_up_id = $1"
+        + (" FOR UPDATE" if lock else ""), follow_up_id)
+    if row is None:
+        raise NotFound("follow-up", str(follow_up_id))
+    return row
+
+
+async def mark_due(conn: Conn, follow_up_id: uuid.UUID, now: datetime) -> Any:
+    """Scheduled -> due; None when it is no longer scheduled."""
+    return await conn.fetchrow(
+        f"""UPDATE follow_ups SET status = 'due', fired_at = $2
+             WHERE follow_up_id = $1 AND status = 'scheduled'
+         RETURNING {_FOLLOW_UP_COLUMNS}""", follow_up_id, now)
+
+
+async def close_follow_up(conn: Conn, follow_up_id: uuid.UUID, status: str, outcome: str,
+                          note: str, now: datetime) -> Any:
+    return await conn.fetchrow(
+        f"""UPDATE follow_ups SET status = $2, outcome = $3, note = $4, closed_at = $5
+             WHERE follow_up_id = $1 RETURNING {_FOLLOW_UP_COLUMNS}""",
+        follow_up_id, status, outcome, note, now)
+
+
+async def open_follow_ups(conn: Conn, customer_id: uuid.UUID, *,
+                          purposes: list[str] | None = None, list_name: str | None = None,
+                          cancel_on: str | None = None) -> list[Any]:
+    """Scheduled or due follow-ups of a customer, optionally only those of
+    some purposes, of one newsletter list, or moot after an event type."""
+    return list(await conn.fetch(
+        f"""SELECT {_FOLLOW_UP_COLUMNS} FROM follow_ups
+             WHERE customer_id = $1 AND status IN ('scheduled', 'due')
+               AND ($2::text[] IS NULL OR purpose = ANY($2::text[]))
+               AND ($3::text IS NULL OR list = $3)
+               AND ($4::text IS NULL OR $4 = ANY(cancel_on))
+             ORDER BY due_at FOR UPDATE""", customer_id, purposes, list_name, cancel_on))
+
+
+async def customer_follow_ups(conn: Conn, customer_id: uuid.UUID, limit: int = 100) -> list[Any]:
+    return list(await conn.fetch(
+        f"""SELECT {_FOLLOW_UP_COLUMNS} FROM follow_ups WHERE customer_id = $1
+             ORDER BY due_at DESC LIMIT $2""", customer_id, limit))
+
+
+async def due_follow_ups(conn: Conn, channel: str | None, after: tuple[datetime, uuid.UUID] | None,
+                         limit: int) -> list[Any]:
+    """Follow-ups waiting to be done, oldest due first (keyset pagination)."""
+    return list(await conn.fetch(
+        f"""SELECT {_FOLLOW_UP_COLUMNS} FROM follow_ups
+             WHERE status = 'due' AND ($1::text IS NULL OR channel = $1)
+               AND ($2::timestamptz IS NULL OR (due_at, follow_up_id) > ($2, $3::uuid))
+             ORDER BY due_at, follow_up_id LIMIT $4""",
+        channel, after[0] if after else None, after[1] if after else None, limit))
+
+
+async def scrub_follow_up_notes(conn: Conn, customer_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE follow_ups SET note = '' WHERE customer_id = $1", customer_id)
+
+
+# --- newsletters ----------------------------------------------------------------
+
+
+async def enrolment(conn: Conn, customer_id: uuid.UUID, list_name: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT status FROM enrolments WHERE customer_id = $1 AND list = $2",
+        customer_id, list_name)
+
+
+async def enrol(conn: Conn, customer_id: uuid.UUID, list_name: str, rule_id: str,
+                now: datetime) -> bool:
+    """Enrol (again); False when already enrolled."""
+    row = await conn.fetchval(
+        """INSERT INTO enrolments (customer_id, list, status, rule_id, enrolled_at)
+           VALUES ($1, $2, 'enrolled', $3, $4)
+           ON CONFLICT (customer_id, list) DO UPDATE
+              SET status = 'enrolled', rule_id = EXCLUDED.rule_id,
+                  enrolled_at = EXCLUDED.enrolled_at, unsubscribed_at = NULL
+            WHERE enrolments.status <> 'enrolled'
+           RETURNING list""", customer_id, list_name, rule_id, now)
+    return row is not None
+
+
+async def unsubscribe(conn: Conn, customer_id: uuid.UUID, list_name: str | None,
+                      now: datetime) -> list[str]:
+    """Unsubscribe from one list (or all when None); the lists that changed."""
+    rows = await conn.fetch(
+        """UPDATE enrolments SET status = 'unsubscribed', unsubscribed_at = $3
+            WHERE customer_id = $1 AND status = 'enrolled' AND ($2::text IS NULL OR list = $2)
+           RETURNING list""", customer_id, list_name, now)
+    return sorted(r["list"] for r in rows)
+
+
+async def enrolments(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT list, status, rule_id, enrolled_at, unsubscribed_at FROM enrolments
+            WHERE customer_id = $1 ORDER BY list""", customer_id))
+
+
+# --- discounts ------------------------------------------------------------------
+
+_DISCOUNT_COLUMNS = """discount_id, code, customer_id, rule_id, kind, percent, amount_minor,
+                       currency, min_purchase_minor, purpose, reason, issued_at, expires_at,
+                       redeemed_at, order_id, discount_minor, voided_at, void_reason"""
+
+
+async def insert_discount(conn: Conn, *, discount_id: uuid.UUID, code: str,
+                          customer_id: uuid.UUID, rule_id: str, kind: str, percent: int | None,
+                          amount_minor: int | None, currency: str, min_purchase_minor: int,
+                          purpose: str, reason: str, issued_at: datetime,
+                          expires_at: datetime) -> bool:
+    """Insert a discount; False when the (random) code is taken already."""
+    row = await conn.fetchval(
+        """INSERT INTO discounts (discount_id, code, customer_id, rule_id, kind, percent,
+                                  amount_minor, currency, min_purchase_minor, purpose, reason,
+                                  issued_at, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+           ON CONFLICT (code) DO NOTHING RETURNING discount_id""",
+        discount_id, code, customer_id, rule_id, kind, percent, amount_minor, currency,
+        min_purchase_minor, purpose, reason, issued_at, expires_at)
+    return row is not None
+
+
+async def discount_by_code(conn: Conn, code: str) -> Any:
+    row = await conn.fetchrow(f"SELECT {_DISCOUNT_COLUMNS} FROM discounts WHERE code = $1", code)
+    if row is None:
+        raise NotFound("discount code", code)
+    return row
+
+
+async def discount_by_id(conn: Conn, discount_id: uuid.UUID) -> Any:
+    return await conn.fetchrow(
+        f"SELECT {_DISCOUNT_COLUMNS} FROM discounts WHERE discount_id = $1", discount_id)
+
+
+async def redeem(conn: Conn, code: str, *, order_id: str, order_minor: int, currency: str,
+                 now: datetime) -> Any:
+    """Redeem atomically: one UPDATE whose WHERE holds only for an unused,
+    unexpired, valid code; of concurrent callers exactly one gets the row."""
+    return await conn.fetchrow(
+        f"""UPDATE discounts SET redeemed_at = $2, order_id = $3,
+                   discount_minor = CASE WHEN kind = 'percent' THEN $4 * percent / 100
+                                         ELSE least(amount_minor, $4) END
+             WHERE code = $1 AND redeemed_at IS NULL AND voided_at IS NULL
+               AND expires_at > $2 AND currency = $5 AND min_purchase_minor <= $4
+         RETURNING {_DISCOUNT_COLUMNS}""", code, now, order_id, order_minor, currency)
+
+
+async def open_discounts(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
+    return list(await conn.fetch(
+        f"""SELECT {_DISCOUNT_COLUMNS} FROM discounts
+             WHERE customer_id = $1 AND redeemed_at IS NULL AND voided_at IS NULL
+             FOR UPDATE""", customer_id))
+
+
+async def void_discounts(conn: Conn, customer_id: uuid.UUID, reason: str,
+                         now: datetime) -> list[uuid.UUID]:
+    rows = await conn.fetch(
+        """UPDATE discounts SET voided_at = $2, void_reason = $3
+            WHERE customer_id = $1 AND redeemed_at IS NULL AND voided_at IS NULL
+           RETURNING discount_id""", customer_id, now, reason)
+    return [r["discount_id"] for r in rows]
+
+
+async def customer_discounts(conn: Conn, customer_id: uuid.UUID, limit: int = 100) -> list[Any]:
+    return list(await conn.fetch(
+        f"""SELECT {_DISCOUNT_COLUMNS} FROM discounts WHERE customer_id = $1
+             ORDER BY issued_at DESC LIMIT $2""", customer_id, limit))
+
+
+async def scrub_order_ids(conn: Conn, customer_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE discounts SET order_id = '' WHERE customer_id = $1 AND order_id IS NOT NULL",
+        customer_id)
+
+
+# --- referrals ------------------------------------------------------------------
+
+
+async def insert_referral_reward(conn: Conn, referred: uuid.UUID, referrer: uuid.UUID,
+                                 discount_id: uuid.UUID, rule_id: str, now: datetime) -> bool:
+    """Reward a referrer for ``referred`` once; False when rewarded before."""
+    row = await conn.fetchval(
+        """INSERT INTO referral_rewards (referred_customer_id, referrer_id, discount_id, rule_id,
+                                         at)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING referrer_id""",
+        referred, referrer, discount_id, rule_id, now)
+    return row is not None
+
+
+async def referral_rewarded(conn: Conn, referred: uuid.UUID) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM referral_rewards WHERE referred_customer_id = $1)",
+        referred))
+
+
+async def referrals_made(conn: Conn, referrer: uuid.UUID) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT referred_customer_id, discount_id, at FROM referral_rewards
+            WHERE referrer_id = $1 ORDER BY at""", referrer))
+
+
+# --- merge ------------------------------------------------------------------------
+
+
+async def move_records(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
+    """Re-point everything held under ``merged`` to ``survivor``."""
+    for table in ("actions", "follow_ups", "discounts"):
+        await conn.execute(f"UPDATE {table} SET customer_id = $1 WHERE customer_id = $2",
+                           survivor, merged)
+    # Enrolments: where both have a row for a list the survivor's stands (an
+    # unsubscribe there is honoured); the merged record's other lists carry over.
+    await conn.execute(
+        """INSERT INTO enrolments (customer_id, list, status, rule_id, enrolled_at,
+                                   unsubscribed_at)
+           SELECT $1, list, status, rule_id, enrolled_at, unsubscribed_at FROM enrolments
+            WHERE customer_id = $2
+           ON CONFLICT (customer_id, list) DO NOTHING""", survivor, merged)
+    await conn.execute("DELETE FROM enrolments WHERE customer_id = $1", merged)
+    await conn.execute("UPDATE referral_rewards SET referrer_id = $1 WHERE referrer_id = $2",
+                       survivor, merged)
+    await conn.execute(
+        """UPDATE referral_rewards SET referred_customer_id = $1
+            WHERE referred_customer_id = $2 AND NOT EXISTS (
+                  SELECT 1 FROM referral_rewards WHERE referred_customer_id = $1)""",
+        survivor, merged)
