@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from crm_runtime import faults, metrics, outbox
+from crm_runtime import faults, metrics, outbox, uow
 from crm_runtime.db import Conn, is_transient
 from crm_runtime.events import Envelope, PoisonMessage, decode
 from crm_runtime.retry import Backoff
@@ -187,7 +187,7 @@ class EventConsumer:
             await self._apply(items, isolate=True)
 
     async def _apply(self, items: list[_Item], *, isolate: bool) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with uow.transaction(self._pool) as conn:
             good = [i for i in items if i.envelope is not None]
             fresh = await self._claim(conn, good)
             dead: list[tuple[_Item, str, str]] = [
@@ -236,10 +236,12 @@ class EventConsumer:
             return []
         dead = []
         for item, env in zip(run, envelopes, strict=True):
+            hooks = uow.mark(conn)
             try:
                 async with conn.transaction():  # a savepoint per record
                     await handler(conn, [env])
             except Exception as exc:
+                uow.rollback_to(conn, hooks)
                 if is_transient(exc):
                     raise
                 kind = exc.kind if isinstance(exc, PoisonMessage) else "handler_error"

@@ -3,7 +3,15 @@ the ``service`` label tells them apart when scraped together)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from crm_runtime.db import Conn
 
 CONSUMED = Counter("crm_messages_consumed_total", "Kafka records consumed and processed",
                    ["service", "topic", "type"])
@@ -37,3 +45,49 @@ GRPC_SECONDS = Histogram("crm_grpc_request_duration_seconds", "gRPC request late
 def serve(port: int, host: str = "127.0.0.1") -> None:
     """Serve ``/metrics`` from a background thread."""
     start_http_server(port, addr=host)
+
+
+@dataclass(frozen=True)
+class DbGauge:
+    """A gauge whose value is a query over the service's own tables, for
+    state such as customers by stage or open cases. ``sql`` returns rows of
+    ``(*labels, value)``; the runner refreshes it every few seconds."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    sql: str
+
+
+class _DbGauges:
+    """One process-wide collector for every service's :class:`DbGauge`."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, DbGauge] = {}
+        self._values: dict[tuple[str, str], list[tuple[tuple[str, ...], float]]] = {}
+
+    def add(self, gauges: list[DbGauge]) -> None:
+        for g in gauges:
+            self._specs[g.name] = g
+
+    async def refresh(self, service: str, conn: Conn, gauges: list[DbGauge]) -> None:
+        for g in gauges:
+            rows = await conn.fetch(g.sql)
+            self._values[(service, g.name)] = [
+                (tuple(str(v) for v in tuple(r)[:-1]), float(tuple(r)[-1] or 0)) for r in rows]
+
+    def describe(self) -> list[Metric]:
+        return []  # names are not known at registration; avoids false collisions
+
+    def collect(self) -> Iterator[Metric]:
+        for name, spec in self._specs.items():
+            family = GaugeMetricFamily(name, spec.help, labels=["service", *spec.labels])
+            for (service, metric), rows in self._values.items():
+                if metric == name:
+                    for labels, value in rows:
+                        family.add_metric([service, *labels], value)
+            yield family
+
+
+DB_GAUGES = _DbGauges()
+REGISTRY.register(DB_GAUGES)

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from crm_runtime import metrics
+from crm_runtime import metrics, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn, is_transient
 from crm_runtime.retry import Backoff
@@ -102,7 +102,7 @@ class Scheduler:
         """Run every item due now (one batch); returns how many ran."""
         now = self._clock.now()
         ran = 0
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with uow.transaction(self._pool) as conn:
             rows = await conn.fetch(
                 """SELECT id, kind, item_key, due_at, payload, attempts FROM scheduled_work
                     WHERE due_at <= $1 AND kind = ANY($2::text[])
@@ -112,13 +112,16 @@ class Scheduler:
             for row in rows:
                 work = DueWork(row["kind"], row["item_key"], row["due_at"], row["payload"],
                                row["attempts"])
+                hooks = uow.mark(conn)
                 try:
                     async with conn.transaction():  # a savepoint: one bad item stays alone
                         await self._handlers[work.kind](conn, work)
                         await conn.execute("DELETE FROM scheduled_work WHERE id = $1", row["id"])
                     ran += 1
-                    metrics.SCHEDULED_FIRED.labels(self._service, work.kind).inc()
+                    uow.on_commit(conn, metrics.SCHEDULED_FIRED.labels(self._service,
+                                                                       work.kind).inc)
                 except Exception as exc:
+                    uow.rollback_to(conn, hooks)
                     if is_transient(exc):
                         raise
                     log.error("scheduled %s/%s failed (%s: %s); retrying later", work.kind,

@@ -53,6 +53,7 @@ class ServiceParts:
     subscriptions: list[Subscription] = field(default_factory=list)
     scheduled: Mapping[str, WorkHandler] = field(default_factory=dict)
     registrations: list[ServiceRegistration] = field(default_factory=list)
+    gauges: list[metrics.DbGauge] = field(default_factory=list)
 
 
 @dataclass
@@ -161,6 +162,10 @@ class ServiceRunner:
                                       poll_interval=s.scheduler_poll_interval_s)
                 tasks.append(asyncio.create_task(scheduler.run(), name=f"{self.spec.name}-sched"))
                 stoppers.append(scheduler.stop)
+            if parts.gauges:
+                metrics.DB_GAUGES.add(parts.gauges)
+                tasks.append(asyncio.create_task(
+                    self._refresh_gauges(pool, parts.gauges), name=f"{self.spec.name}-gauges"))
             ops = ServiceRegistration(
                 ops_pb2_grpc.add_OperationsServicer_to_server,
                 OperationsServicer(pool, self.spec.name, self.spec.schema),
@@ -187,6 +192,17 @@ class ServiceRunner:
                 await producer.stop()
             await pool.close()
             log.info("%s: stopped", self.spec.name)
+
+    async def _refresh_gauges(self, pool: asyncpg.Pool, gauges: list[metrics.DbGauge]) -> None:
+        """Keep the state gauges fresh; a failed refresh keeps the last values."""
+        while not self._stop.is_set():
+            try:
+                async with pool.acquire() as conn:
+                    await metrics.DB_GAUGES.refresh(self.spec.name, conn, gauges)
+            except Exception as exc:
+                log.warning("%s: refreshing gauges failed (%s)", self.spec.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.metrics_refresh_s)
 
     async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:
         """Until stop is asked, or a background loop dies (then re-raise)."""

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     db_pool_max: int = Field(default=10, ge=1, le=1000)
+    metrics_refresh_s: float = Field(default=5.0, gt=0, le=300,
+                                     description="How often state gauges are re-queried.")
     churn_window_days: int = Field(
         default=365, ge=1, le=3650,
         description="Days without a purchase after which a customer becomes former.")

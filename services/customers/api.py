@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
+from crm_runtime import uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.customers import commands, domain, store
@@ -81,7 +82,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         self._ctx = ctx
 
     async def _tx(self, work: Callable[[Conn], Awaitable[T]]) -> T:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with uow.transaction(self._pool) as conn:
             return await work(conn)
 
     def _out(self, rec: store.CustomerRecord) -> pb.Customer:

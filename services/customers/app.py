@@ -8,7 +8,7 @@ from crm.customers.v1 import customers_pb2, customers_pb2_grpc
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
 from crm_runtime.topics import CUSTOMERS, INTERACTIONS
-from services.customers import commands, handlers
+from services.customers import commands, handlers, metrics
 from services.customers.api import CustomersServicer
 
 
@@ -28,6 +28,7 @@ def build(svc: ServiceContext) -> ServiceParts:
             customers_pb2_grpc.add_CustomersServicer_to_server,
             CustomersServicer(svc.pool, ctx),
             customers_pb2.DESCRIPTOR.services_by_name["Customers"])],
+        gauges=metrics.GAUGES,
     )
 
 

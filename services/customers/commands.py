@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_runtime import outbox, scheduler
+from crm_runtime import outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument
 from crm_runtime.events import Envelope, EventPayload
-from services.customers import domain, segments, store
+from services.customers import domain, metrics, segments, store
 from services.customers.domain import ConsentPurpose, Identity, Stage, StageCause, StageChange
 from services.customers.events import (
     ConsentChanged,
@@ -197,6 +197,8 @@ async def _schedule_churn(conn: Conn, ctx: Context, rec: store.CustomerRecord) -
 async def _change_stage(conn: Conn, ctx: Context, rec: store.CustomerRecord, change: StageChange,
                         causing_event_id: str) -> list[EventPayload]:
     rec.stage = change.to_stage
+    uow.on_commit(conn, metrics.STAGE_CHANGES.labels(
+        "customers", change.from_stage.value, change.to_stage.value).inc)
     await store.add_stage_history(conn, rec.customer_id, change.from_stage.value,
                                   change.to_stage.value, change.cause.value, causing_event_id,
                                   ctx.clock.now())

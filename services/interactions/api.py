@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm.interactions.v1 import interactions_pb2_grpc
+from crm_runtime import uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.interactions import commands, domain
@@ -84,7 +85,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         self._directory = directory
 
     async def _tx(self, work: Callable[[Conn], Awaitable[T]]) -> T:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with uow.transaction(self._pool) as conn:
             return await work(conn)
 
     def _when(self, ts: Timestamp, present: bool) -> datetime:

@@ -8,7 +8,7 @@ from crm.interactions.v1 import interactions_pb2, interactions_pb2_grpc
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
 from crm_runtime.topics import CUSTOMERS, INTERACTIONS, INTERACTIONS_INGEST
-from services.interactions import commands, handlers
+from services.interactions import commands, handlers, metrics
 from services.interactions.api import InteractionsServicer
 from services.interactions.directory import CustomerDirectory
 
@@ -32,6 +32,7 @@ def build(svc: ServiceContext) -> ServiceParts:
             interactions_pb2_grpc.add_InteractionsServicer_to_server,
             InteractionsServicer(svc.pool, ctx, directory),
             interactions_pb2.DESCRIPTOR.services_by_name["Interactions"])],
+        gauges=metrics.GAUGES,
     )
 
 

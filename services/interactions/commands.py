@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_runtime import outbox, scheduler
+from crm_runtime import outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from crm_runtime.events import Envelope, EventPayload
-from services.interactions import domain
+from services.interactions import domain, metrics
 from services.interactions.domain import Policy
 from services.interactions.events import (
     CaseAcknowledged,
@@ -36,6 +36,7 @@ from services.interactions.events import (
 )
 
 SOURCE = "/crm/interactions"
+SERVICE = "interactions"
 WARN = "cases.breach_warning"
 BREACH = "cases.breach"
 
@@ -156,6 +157,7 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         seen.add(c.idempotency_key)
         result.append((c, fresh))
         if fresh:
+            uow.on_commit(conn, metrics.INTERACTIONS.labels(SERVICE, c.channel, c.kind).inc)
             events.append(InteractionRecorded(
                 interaction_id=str(c.interaction_id), customer_id=str(c.customer_id),
                 channel=c.channel, direction=c.direction, kind=c.kind,
@@ -247,6 +249,7 @@ async def open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: s
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
         case_id, idempotency_key, customer_id, kind, channel, unit, summary, interaction_id, now,
         promise.earliest_at, promise.deadline, promise.warn_at, callback_phone)
+    uow.on_commit(conn, metrics.CASES_OPENED.labels(SERVICE, kind, channel).inc)
     await scheduler.schedule(conn, WARN, str(case_id), promise.warn_at)
     await scheduler.schedule(conn, BREACH, str(case_id), promise.deadline)
     events: list[EventPayload] = [CaseOpened(
@@ -368,6 +371,7 @@ async def breach(conn: Conn, ctx: Context, case_id: uuid.UUID) -> None:
     if row["status"] == "resolved" or row["breached"]:
         return
     await conn.execute("UPDATE cases SET breached = true WHERE case_id = $1", case_id)
+    uow.on_commit(conn, metrics.CASES_BREACHED.labels(SERVICE, row["kind"], row["channel"]).inc)
     await _emit(conn, ctx, [
         CaseBreached(**_base(row), promised_by=row["promised_by"]),
         DissatisfactionSignal(customer_id=str(row["customer_id"]), reason="breached_promise",
@@ -433,6 +437,7 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
         return existing
     response_id = uuid.uuid4()
     csat = domain.csat_mean(csat_scores)
+    _count_survey(conn, channel, csat, nps_score)
     row = await conn.fetchrow(
         """INSERT INTO survey_responses (survey_response_id, idempotency_key, customer_id,
                touchpoint, channel, unit, interaction_id, case_id, csat, nps, answers,
@@ -453,6 +458,15 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
             interaction_id=str(interaction_id or ""), case_id=str(case_id or "")))
     await _emit(conn, ctx, events)
     return row
+
+
+def _count_survey(conn: Conn, channel: str, csat: float | None, nps_score: int | None) -> None:
+    if csat is not None:
+        uow.on_commit(conn, metrics.CSAT_RESPONSES.labels(SERVICE, channel).inc)
+        uow.on_commit(conn, lambda: metrics.CSAT_SCORE.labels(SERVICE, channel).observe(csat))
+    if nps_score is not None:
+        uow.on_commit(conn, metrics.NPS_RESPONSES.labels(
+            SERVICE, channel, metrics.nps_category(nps_score)).inc)
 
 
 GROUPS = ("touchpoint", "channel", "unit")

@@ -260,6 +260,44 @@ async def test_ingest_dead_letters_bad_contacts_and_processes_the_rest(pair: Pai
     async def three_purchases() -> bool:
         c = await customers(pair).GetCustomer(cpb.GetCustomerRequest(customer_id=cid),
                                               metadata=pair.customers.metadata)
-        return c.purchase_count == 3 and c.stage == cpb.STAGE_REPEAT
+        return bool(c.purchase_count == 3 and c.stage == cpb.STAGE_REPEAT)
 
     await wait_for(three_purchases, what="purchases counted by the customers service")
+
+
+def _samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    from prometheus_client import REGISTRY
+
+    out = {}
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def test_domain_metrics_follow_committed_work(pair: Pair) -> None:
+    def interactions(channel: str, kind: str) -> float:
+        key = (("channel", channel), ("kind", kind), ("service", "interactions"))
+        return _samples("crm_interactions_total").get(key, 0.0)
+
+    cid = await new_customer(pair)
+    before = interactions("chat", "suggestion")
+    key = str(uuid.uuid4())
+    for _ in range(3):  # a retried call is counted once
+        await record(pair, customer_id=cid, channel="chat", kind="suggestion",
+                     idempotency_key=key)
+    assert interactions("chat", "suggestion") == before + 1
+    with pytest.raises(grpc.aio.AioRpcError):
+        await record(pair, customer_id=cid, channel="chat", kind="nonsense")
+    assert interactions("chat", "suggestion") == before + 1
+
+    async def gauges_fresh() -> bool:
+        stages = _samples("crm_customers_by_stage")
+        open_cases = _samples("crm_cases_open")
+        return bool(stages) and bool(open_cases)
+
+    await wait_for(gauges_fresh, what="state gauges refreshed")
+    potential = _samples("crm_customers_by_stage")[(("service", "customers"),
+                                                   ("stage", "potential"))]
+    assert potential >= 1

@@ -1,0 +1,29 @@
+"""Prometheus metrics of the interactions service (beside the runtime's)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Summary
+
+from crm_runtime.metrics import DbGauge
+
+INTERACTIONS = Counter("crm_interactions", "Contacts recorded (each once)",
+                       ["service", "channel", "kind"])
+CASES_OPENED = Counter("crm_cases_opened", "Cases opened", ["service", "kind", "channel"])
+CASES_BREACHED = Counter("crm_cases_breached", "Cases whose promised deadline passed unresolved",
+                         ["service", "kind", "channel"])
+CSAT_RESPONSES = Counter("crm_csat_responses", "Survey responses with a CSAT answer",
+                         ["service", "channel"])
+CSAT_SCORE = Summary("crm_csat_score", "CSAT (1-5) of survey responses", ["service", "channel"])
+NPS_RESPONSES = Counter("crm_nps_responses", "NPS answers by category",
+                        ["service", "channel", "category"])
+
+GAUGES = [
+    DbGauge("crm_cases_open", "Cases not resolved yet", (),
+            "SELECT count(*) FROM cases WHERE status <> 'resolved'"),
+    DbGauge("crm_cases_overdue", "Unresolved cases past their promised deadline", (),
+            "SELECT count(*) FROM cases WHERE status <> 'resolved' AND breached"),
+]
+
+
+def nps_category(score: int) -> str:
+    return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
