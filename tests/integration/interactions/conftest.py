@@ -29,7 +29,8 @@ async def pair(database_url: str, broker: TansuBroker) -> AsyncIterator[Pair]:
     settings = Settings(database_url=database_url,
                         kafka_bootstrap_servers=broker.bootstrap_servers,
                         retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
-                        consumer_batch_wait_ms=20, consumer_session_timeout_ms=3000, metrics_refresh_s=0.2,
+                        consumer_batch_wait_ms=20, metrics_refresh_s=0.2,
+                        consumer_session_timeout_ms=3000,
                         consumer_heartbeat_interval_ms=300, consumer_rebalance_timeout_ms=1000)
     clock = ManualClock(START)
     async with running(CUSTOMERS, settings, clock=clock) as customers:
