@@ -145,6 +145,30 @@ def topics() -> None:
     typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none missing'}")
 
 
+dlq_app = typer.Typer(help="Dead-letter topics.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("replay")
+def dlq_replay(topic: Annotated[str, typer.Argument(help="e.g. crm.interactions.ingest.v1")],
+               limit: Annotated[int | None, typer.Option(min=1, help="at most this many")] = None
+               ) -> None:
+    """Republish dead letters of TOPIC (from TOPIC.dlq) for processing again."""
+    from crm_runtime.dlq import replay
+
+    settings = _settings()
+    _require(settings, "KAFKA_BOOTSTRAP_SERVERS")
+    if topic not in topic_names.ALL:
+        typer.echo(f"topic: unknown {topic!r}; expected one of {list(topic_names.ALL)}",
+                   err=True)
+        raise typer.Exit(2)
+    assert settings.kafka_bootstrap_servers
+    result = asyncio.run(replay(settings.kafka_bootstrap_servers, topic, limit=limit))
+    by_reason = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items())) or "none"
+    typer.echo(f"replayed {result.replayed} record(s) from {dlq_topic(topic)} to {topic} "
+               f"({by_reason})")
+
+
 def _dev_token(settings: Settings) -> str | None:
     """A stable local token with every scope when no token is configured."""
     if settings.api_tokens or settings.dev_token:
