@@ -1,0 +1,30 @@
+"""Fixtures of the loyalty service tests: one running service per package,
+on a ManualClock that starts at noon UTC (outside the default quiet hours)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from crm_runtime.settings import Settings
+from crm_runtime.stack import TansuBroker
+from services.loyalty.app import SPEC
+from tests.support.services import Running, running
+
+START = datetime(2031, 3, 3, 12, tzinfo=UTC)
+
+
+def loyalty_settings(database_url: str, broker: TansuBroker) -> Settings:
+    return Settings(database_url=database_url, kafka_bootstrap_servers=broker.bootstrap_servers,
+                    retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
+                    relay_poll_interval_s=0.05, consumer_batch_wait_ms=20,
+                    consumer_session_timeout_ms=3000, consumer_heartbeat_interval_ms=300,
+                    consumer_rebalance_timeout_ms=1000)
+
+
+@pytest.fixture(scope="package")
+async def svc(database_url: str, broker: TansuBroker) -> AsyncIterator[Running]:
+    async with running(SPEC, loyalty_settings(database_url, broker), START) as r:
+        yield r

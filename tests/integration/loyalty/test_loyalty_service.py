@@ -1,0 +1,405 @@
+"""The loyalty service end to end over a real PostgreSQL and a real broker:
+customer and interaction events in, actions out on crm.loyalty.v1, gRPC for
+rules, discounts and follow-ups.
+
+Tests share one running service and its ManualClock; each moves time only
+forward and reads times relative to ``svc.clock.now()``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import grpc
+import pytest
+
+from crm.loyalty.v1 import loyalty_pb2 as pb
+from services.loyalty import commands
+from services.loyalty.rulebook import RuleBook, load_file
+from services.loyalty.settings import DEFAULT_RULES_FILE
+from tests.support.loyalty import (
+    case_breached,
+    case_resolved,
+    consent,
+    erased,
+    loyalty_events,
+    merged,
+    new_id,
+    of_type,
+    produce,
+    profile,
+    profile_when,
+    registered,
+    stage_changed,
+    stub,
+)
+from tests.support.services import Running
+
+
+async def _customer(svc: Running, *, promotional: bool = False, newsletter: bool = False,
+                    referred_by: str = "", channel: str = "email") -> str:
+    """A registered customer known to loyalty, with the consents asked for."""
+    cid = new_id()
+    now = svc.clock.now()
+    events = [registered(cid, now, referred_by=referred_by, preferred_channel=channel)]
+    if promotional:
+        events.append(consent(cid, "promotional_offers", True, now))
+    if newsletter:
+        events.append(consent(cid, "newsletter", True, now))
+    await produce(svc, *events)
+    await profile_when(svc, cid, lambda p: p.promotional_consent == promotional
+                       and p.newsletter_consent == newsletter, "customer known to loyalty")
+    return cid
+
+
+def _context(svc: Running) -> commands.Context:
+    return commands.Context(clock=svc.clock, lanes=svc.runner.settings.relay_lanes,
+                            rules=RuleBook(load_file(DEFAULT_RULES_FILE)))
+
+
+async def test_second_purchase_yields_exactly_one_discount_whatever_the_redelivery(
+        svc: Running) -> None:
+    cid = await _customer(svc, promotional=True)
+    first = stage_changed(cid, "potential", "one_time", 1, svc.clock.now())
+    second = stage_changed(cid, "one_time", "repeat", 2, svc.clock.now())
+    # The broker redelivers: the same events several times.
+    await produce(svc, first, second, second, first, second)
+    p = await profile_when(svc, cid, lambda p: len(p.discounts) >= 1, "a discount")
+    # Bypass the inbox: apply the same trigger again straight to the database.
+    # The deterministic action id refuses a second discount.
+    pool = svc.runner.pool
+    assert pool is not None
+    async with pool.acquire() as conn, conn.transaction():
+        await commands.on_event(conn, _context(svc), second)
+    events = await loyalty_events(svc, cid, 3, settle=1.0)
+    issued = of_type(events, "loyalty.discount_issued")
+    assert len(issued) == 1
+    assert issued[0]["rule_id"] == "repeat-buyer-discount"
+    assert (issued[0]["kind"], issued[0]["percent"]) == ("percent", 10)
+    p = await profile(svc, cid)
+    assert [d.percent for d in p.discounts] == [10]
+    assert p.discounts[0].code == issued[0]["code"]
+    # Welcome and thank-you follow-ups, once each.
+    scheduled = sorted(d["rule_id"] for d in of_type(events, "loyalty.followup_scheduled"))
+    assert scheduled == ["thank-you-after-first-purchase", "welcome-follow-up"]
+
+
+async def test_breached_case_produces_a_service_recovery_offer(svc: Running) -> None:
+    cid = await _customer(svc)  # no marketing consent: recovery is service, not promotion
+    await produce(svc, case_breached(cid, svc.clock.now()))
+    # welcome scheduled; apology scheduled, discount issued, apology due (delay 0
+    # at noon, outside quiet hours: the scheduler fires it at once).
+    events = await loyalty_events(svc, cid, 4)
+    issued = of_type(events, "loyalty.discount_issued")
+    assert [(d["rule_id"], d["kind"], d["amount_minor"], d["purpose"]) for d in issued] == [
+        ("service-recovery-breach", "fixed", 1000, "service")]
+    apology = [d for d in of_type(events, "loyalty.followup_scheduled")
+               if d["rule_id"] == "service-recovery-breach"]
+    assert [(d["channel"], d["template"]) for d in apology] == [
+        ("phone", "apology_broken_promise")]
+    assert [d["follow_up_id"] for d in of_type(events, "loyalty.followup_due")] == [
+        apology[0]["follow_up_id"]]
+    # Resolving the case makes the open apology call moot, and as it was late
+    # the late-resolution rule fires too.
+    await produce(svc, case_resolved(cid, svc.clock.now(), late=True))
+    later = await loyalty_events(svc, cid, 7)
+    assert [d["reason"] for d in of_type(later, "loyalty.followup_cancelled")] == [
+        "moot:case.resolved"]
+    assert sorted(d["rule_id"] for d in of_type(later, "loyalty.discount_issued")) == [
+        "service-recovery-breach", "service-recovery-late-resolution"]
+
+
+async def test_no_newsletter_without_consent_and_unsubscribe_at_once(svc: Running) -> None:
+    # A rule enrolling every customer whose preferred channel is post: the
+    # trust rule must still refuse customers without newsletter consent.
+    rule = {"id": "post-newsletter", "trigger": "customer.consent_changed",
+            "when": {"preferred_channel": "post"},
+            "actions": [{"type": "newsletter", "list": "paper"}]}
+    await stub(svc).UpsertRule(pb.UpsertRuleRequest(definition=json.dumps(rule),
+                                                     changed_by="test"), metadata=svc.metadata)
+    try:
+        without = await _customer(svc, promotional=True, channel="post")
+        with_consent = await _customer(svc, newsletter=True, channel="post")
+    finally:
+        await stub(svc).DisableRule(pb.DisableRuleRequest(rule_id="post-newsletter"),
+                                    metadata=svc.metadata)
+    p = await profile_when(svc, without, lambda p: len(p.suppressed) >= 1, "suppressed")
+    assert not p.enrolments
+    assert [(s.rule_id, s.action_type, s.reason) for s in p.suppressed] == [
+        ("post-newsletter", "newsletter", "no_newsletter_consent")]
+    events = await loyalty_events(svc, without, 1)
+    assert not of_type(events, "loyalty.newsletter_enrolled")
+    assert [d["reason"] for d in of_type(events, "loyalty.action_suppressed")] == [
+        "no_newsletter_consent"]
+
+    p = await profile_when(svc, with_consent, lambda p: len(p.enrolments) == 2, "enrolled")
+    assert sorted((e.list, e.status) for e in p.enrolments) == [
+        ("monthly", "enrolled"), ("paper", "enrolled")]
+    reply = await stub(svc).Unsubscribe(pb.UnsubscribeRequest(customer_id=with_consent,
+                                                              list="paper"),
+                                        metadata=svc.metadata)
+    assert list(reply.lists) == ["paper"]
+    p = await profile(svc, with_consent)
+    assert sorted((e.list, e.status) for e in p.enrolments) == [
+        ("monthly", "enrolled"), ("paper", "unsubscribed")]
+    # Withdrawing newsletter consent leaves every list at once.
+    await produce(svc, consent(with_consent, "newsletter", False, svc.clock.now()))
+    p = await profile_when(svc, with_consent, lambda p: all(
+        e.status == "unsubscribed" for e in p.enrolments), "left every list")
+    events = await loyalty_events(svc, with_consent, 4)
+    assert sorted((d["list"], d["reason"]) for d in of_type(
+        events, "loyalty.newsletter_unsubscribed")) == [
+        ("monthly", "consent_withdrawn"), ("paper", "customer_request")]
+
+
+async def _discount_code(svc: Running) -> tuple[str, str]:
+    cid = await _customer(svc, promotional=True)
+    await produce(svc, stage_changed(cid, "one_time", "repeat", 2, svc.clock.now()))
+    p = await profile_when(svc, cid, lambda p: len(p.discounts) == 1, "a discount")
+    return cid, p.discounts[0].code
+
+
+async def test_fifty_concurrent_redemptions_of_one_code_exactly_one_wins(svc: Running) -> None:
+    cid, code = await _discount_code(svc)
+    order = pb.Money(amount_minor=8000, currency="EUR")
+    check = await stub(svc).ValidateDiscount(pb.ValidateDiscountRequest(
+        code=code, order_amount=order), metadata=svc.metadata)
+    assert check.valid and check.discount_amount.amount_minor == 800
+
+    async def redeem(i: int) -> grpc.StatusCode:
+        try:
+            await stub(svc).RedeemDiscount(pb.RedeemDiscountRequest(
+                code=code, order_id=f"order-{i}", order_amount=order), metadata=svc.metadata)
+            return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            assert "already redeemed" in (exc.details() or ""), exc.details()
+            return exc.code()
+
+    codes = await asyncio.gather(*[redeem(i) for i in range(50)])
+    assert codes.count(grpc.StatusCode.OK) == 1
+    assert codes.count(grpc.StatusCode.FAILED_PRECONDITION) == 49
+    winner = f"order-{codes.index(grpc.StatusCode.OK)}"
+    again = await stub(svc).RedeemDiscount(pb.RedeemDiscountRequest(
+        code=code, order_id=winner, order_amount=order), metadata=svc.metadata)
+    assert again.order_id == winner and again.discount_amount.amount_minor == 800
+    events = await loyalty_events(svc, cid, 2)
+    redeemed = of_type(events, "loyalty.discount_redeemed")
+    assert [(d["order_id"], d["discount_minor"]) for d in redeemed] == [(winner, 800)]
+    check = await stub(svc).ValidateDiscount(pb.ValidateDiscountRequest(
+        code=code, order_amount=order), metadata=svc.metadata)
+    assert not check.valid and "already redeemed" in check.reason
+
+
+async def test_expired_codes_are_refused_and_expiry_is_announced(svc: Running) -> None:
+    cid, code = await _discount_code(svc)
+    svc.clock.advance(timedelta(days=28))  # 30-day validity, 3-day notice
+    events = await loyalty_events(svc, cid, 2)
+    expiring = of_type(events, "loyalty.discount_expiring")
+    assert [d["code"] for d in expiring] == [code]
+    svc.clock.advance(timedelta(days=3))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub(svc).RedeemDiscount(pb.RedeemDiscountRequest(
+            code=code, order_id="late", order_amount=pb.Money(amount_minor=5000,
+                                                              currency="EUR")),
+            metadata=svc.metadata)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expired" in (err.value.details() or "")
+
+
+async def test_due_follow_ups_fire_on_the_scheduler_clock(svc: Running) -> None:
+    cid = await _customer(svc)
+    p = await profile_when(svc, cid, lambda p: len(p.follow_ups) == 1, "welcome follow-up")
+    follow_up = p.follow_ups[0]
+    assert (follow_up.rule_id, follow_up.status) == ("welcome-follow-up", "scheduled")
+    assert follow_up.due_at.ToDatetime() == (svc.clock.now() + timedelta(days=1)).replace(
+        tzinfo=None)
+
+    async def listed() -> list[str]:
+        reply = await stub(svc).ListDueFollowUps(pb.ListDueFollowUpsRequest(channel="email",
+                                                                            page_size=500),
+                                                 metadata=svc.metadata)
+        return [f.follow_up_id for f in reply.follow_ups]
+
+    await asyncio.sleep(0.5)  # the scheduler polls every 50 ms: it must not fire early
+    assert (await profile(svc, cid)).follow_ups[0].status == "scheduled"
+    assert follow_up.follow_up_id not in await listed()
+    svc.clock.advance(timedelta(days=1))
+    p = await profile_when(svc, cid, lambda p: p.follow_ups[0].status == "due", "due")
+    assert follow_up.follow_up_id in await listed()
+    done = await stub(svc).CompleteFollowUp(pb.CompleteFollowUpRequest(
+        follow_up_id=follow_up.follow_up_id, outcome="contacted"), metadata=svc.metadata)
+    assert done.status == "completed"
+    assert follow_up.follow_up_id not in await listed()
+    events = await loyalty_events(svc, cid, 3)
+    assert [t for t, _ in events] == ["loyalty.followup_scheduled", "loyalty.followup_due",
+                                      "loyalty.followup_completed"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub(svc).CancelFollowUp(pb.CancelFollowUpRequest(
+            follow_up_id=follow_up.follow_up_id), metadata=svc.metadata)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_frequency_cap_suppresses_and_publishes_the_reason(svc: Running) -> None:
+    cid = await _customer(svc, promotional=True)
+    now = svc.clock.now()
+    # Repeat buyer (a discount), then win-back (a discount and a promotional
+    # follow-up): 3 promotional contacts, the cap. A second win-back in the
+    # same week is over it: both its actions are suppressed.
+    await produce(svc, stage_changed(cid, "one_time", "repeat", 2, now),
+                  stage_changed(cid, "repeat", "former", 2, now, "churn_window"),
+                  stage_changed(cid, "former", "repeat", 3, now),
+                  stage_changed(cid, "repeat", "former", 3, now, "closed"))
+    p = await profile_when(svc, cid, lambda p: len(p.suppressed) == 2, "two suppressed")
+    assert {(s.rule_id, s.reason) for s in p.suppressed} == {("win-back-offer",
+                                                              "frequency_cap")}
+    assert len(p.discounts) == 2
+    events = await loyalty_events(svc, cid, 6)
+    assert len(of_type(events, "loyalty.action_suppressed")) == 2
+
+
+async def test_do_not_contact_and_erasure_cancel_pending_actions(svc: Running) -> None:
+    cid, code = await _discount_code(svc)
+    other = await _customer(svc)
+    await produce(svc, consent(other, "do_not_contact", True, svc.clock.now()))
+    p = await profile_when(svc, other, lambda p: p.do_not_contact, "do not contact")
+    assert [(f.status, f.outcome) for f in p.follow_ups] == [("cancelled", "do_not_contact")]
+
+    await produce(svc, erased(cid, svc.clock.now()))
+    p = await profile_when(svc, cid, lambda p: p.erased, "erased")
+    assert p.referral_code == ""
+    assert all(f.status == "cancelled" for f in p.follow_ups)
+    assert [d.status for d in p.discounts] == ["withdrawn"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub(svc).RedeemDiscount(pb.RedeemDiscountRequest(
+            code=code, order_id="x", order_amount=pb.Money(amount_minor=5000, currency="EUR")),
+            metadata=svc.metadata)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "withdrawn" in (err.value.details() or "")
+    # Later triggers do nothing for an erased customer.
+    await produce(svc, case_breached(cid, svc.clock.now()))
+    events = await loyalty_events(svc, cid, 1, settle=1.0)
+    assert not [d for d in of_type(events, "loyalty.discount_issued")
+                if d["rule_id"] == "service-recovery-breach"]
+
+
+async def test_merge_repoints_records_to_the_survivor(svc: Running) -> None:
+    survivor, _ = await _discount_code(svc)
+    other, other_code = await _discount_code(svc)
+    await produce(svc, merged(survivor, other, svc.clock.now()))
+    p = await profile_when(svc, survivor, lambda p: len(p.discounts) == 2, "both discounts")
+    assert other_code in [d.code for d in p.discounts]
+    assert (await profile(svc, other)).customer_id == survivor
+    # A code issued to the merged id is the survivor's now.
+    check = await stub(svc).ValidateDiscount(pb.ValidateDiscountRequest(
+        code=other_code, customer_id=other, order_amount=pb.Money(amount_minor=1000,
+                                                                 currency="EUR")),
+        metadata=svc.metadata)
+    assert check.valid
+
+
+async def test_referral_rewards_the_referrer_once(svc: Running) -> None:
+    referrer = await _customer(svc, promotional=True)
+    friend = await _customer(svc, referred_by=referrer)
+    code = (await profile(svc, referrer)).referral_code
+    assert code.startswith("REF-")
+    first = stage_changed(friend, "potential", "one_time", 1, svc.clock.now())
+    # A second "first purchase" (say, after a merge) must not reward again.
+    again = stage_changed(friend, "potential", "one_time", 1, svc.clock.now())
+    await produce(svc, first, again)
+    p = await profile_when(svc, referrer, lambda p: len(p.referrals) == 1, "rewarded")
+    assert [r.referred_customer_id for r in p.referrals] == [friend]
+    events = await loyalty_events(svc, referrer, 2, settle=1.0)
+    assert [d["referred_customer_id"] for d in of_type(events, "loyalty.referral_rewarded")] == [
+        friend]
+    assert [d["amount_minor"] for d in of_type(events, "loyalty.discount_issued")] == [1500]
+
+
+async def test_rules_are_versioned_validated_and_dry_run(svc: Running) -> None:
+    rules = await stub(svc).ListRules(pb.ListRulesRequest(), metadata=svc.metadata)
+    by_id = {r.rule_id: r for r in rules.rules}
+    assert by_id["repeat-buyer-discount"].origin == "file"
+    rule = {"id": "big-spender", "trigger": "customer.purchase_recorded",
+            "when": {"amount_minor": {"gte": 50000}},
+            "actions": [{"type": "discount", "percent": 5, "valid_days": 10}]}
+    made = await stub(svc).UpsertRule(pb.UpsertRuleRequest(definition=json.dumps(rule)),
+                                      metadata=svc.metadata)
+    assert (made.version, made.enabled, made.origin) == (1, True, "api")
+    rule["actions"][0]["percent"] = 7  # type: ignore[index]
+    changed = await stub(svc).UpsertRule(pb.UpsertRuleRequest(
+        definition=json.dumps(rule), expected_version=1), metadata=svc.metadata)
+    assert changed.version == 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub(svc).UpsertRule(pb.UpsertRuleRequest(
+            definition=json.dumps(rule), expected_version=1), metadata=svc.metadata)
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    off = await stub(svc).DisableRule(pb.DisableRuleRequest(rule_id="big-spender",
+                                                            note="test"),
+                                      metadata=svc.metadata)
+    assert (off.version, off.enabled) == (3, False)
+
+    cid = await _customer(svc, promotional=True)
+    dry = await stub(svc).DryRunRule(pb.DryRunRuleRequest(
+        rule_id="repeat-buyer-discount", customer_id=cid,
+        trigger_facts_json=json.dumps({"from_stage": "one_time", "to_stage": "repeat"})),
+        metadata=svc.metadata)
+    assert dry.matched
+    assert [(a.action_type, a.outcome) for a in dry.actions] == [("discount", "performed")]
+    miss = await stub(svc).DryRunRule(pb.DryRunRuleRequest(
+        rule_id="repeat-buyer-discount", customer_id=cid,
+        trigger_facts_json=json.dumps({"from_stage": "potential", "to_stage": "one_time"})),
+        metadata=svc.metadata)
+    assert not miss.matched and len(miss.failed_conditions) == 2
+    # A dry run writes nothing.
+    assert not (await profile(svc, cid)).discounts
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda s, m: s.UpsertRule(pb.UpsertRuleRequest(definition=json.dumps(
+        {"id": "x", "trigger": "customer.registered", "when": {"colour": "red"},
+         "actions": [{"type": "newsletter", "list": "a"}]})), metadata=m),
+     "definition (x).when.colour"),
+    (lambda s, m: s.UpsertRule(pb.UpsertRuleRequest(definition="{"), metadata=m),
+     "definition"),
+    (lambda s, m: s.GetLoyaltyProfile(pb.GetLoyaltyProfileRequest(customer_id="nope"),
+                                      metadata=m), "customer_id"),
+    (lambda s, m: s.RedeemDiscount(pb.RedeemDiscountRequest(
+        code="nope", order_id="o", order_amount=pb.Money(amount_minor=1, currency="EUR")),
+        metadata=m), "code"),
+    (lambda s, m: s.RedeemDiscount(pb.RedeemDiscountRequest(
+        code="AAAA-BBBB-CCCC-DDDD", order_id="", order_amount=pb.Money(amount_minor=1,
+                                                                       currency="EUR")),
+        metadata=m), "order_id"),
+    (lambda s, m: s.ValidateDiscount(pb.ValidateDiscountRequest(code="AAAA-BBBB-CCCC-DDDD"),
+                                     metadata=m), "order_amount"),
+    (lambda s, m: s.CompleteFollowUp(pb.CompleteFollowUpRequest(
+        follow_up_id=new_id(), outcome=""), metadata=m), "outcome"),
+    (lambda s, m: s.ListDueFollowUps(pb.ListDueFollowUpsRequest(page_size=9999), metadata=m),
+     "page_size"),
+])
+async def test_bad_input_is_invalid_argument_naming_the_field(
+        svc: Running, call: object, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(stub(svc), svc.metadata)  # type: ignore[operator]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert (err.value.details() or "").startswith(f"{field}:"), err.value.details()
+
+
+async def test_unknown_ids_are_not_found(svc: Running) -> None:
+    calls = [
+        stub(svc).GetLoyaltyProfile(pb.GetLoyaltyProfileRequest(customer_id=new_id()),
+                                    metadata=svc.metadata),
+        stub(svc).RedeemDiscount(pb.RedeemDiscountRequest(
+            code="AAAA-BBBB-CCCC-DDDD", order_id="o",
+            order_amount=pb.Money(amount_minor=1, currency="EUR")), metadata=svc.metadata),
+        stub(svc).CompleteFollowUp(pb.CompleteFollowUpRequest(
+            follow_up_id=new_id(), outcome="contacted"), metadata=svc.metadata),
+        stub(svc).DisableRule(pb.DisableRuleRequest(rule_id="no-such-rule"),
+                              metadata=svc.metadata),
+        stub(svc).DryRunRule(pb.DryRunRuleRequest(rule_id="no-such-rule",
+                                                  customer_id=new_id()), metadata=svc.metadata),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()

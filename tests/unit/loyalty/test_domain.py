@@ -1,0 +1,284 @@
+"""The loyalty domain as pure functions: rule validation and matching, the
+trust rules (consent, do-not-contact, frequency cap, quiet hours) and
+discount arithmetic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crm_runtime.errors import InvalidArgument
+from services.loyalty.domain import (
+    ContactState,
+    DiscountState,
+    Purpose,
+    Suppression,
+    TrustPolicy,
+    action_id,
+    discount_amount,
+    evaluate,
+    expiring_notice_at,
+    in_quiet_hours,
+    new_code,
+    normalise_code,
+    outside_quiet_hours,
+    parse_duration,
+    parse_rule,
+    parse_rule_file,
+    redeem_refusal,
+    trust_decision,
+    within_cap,
+)
+from services.loyalty.rulebook import load_file
+from services.loyalty.settings import DEFAULT_RULES_FILE
+
+T0 = datetime(2031, 3, 1, 12, tzinfo=UTC)
+
+
+def _rule(**fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "id": "r1", "trigger": "customer.stage_changed",
+        "actions": [{"type": "discount", "percent": 10}]}
+    return {**base, **fields}
+
+
+# --- rules --------------------------------------------------------------------
+
+
+def test_shipped_rules_file_is_valid_and_covers_the_domain() -> None:
+    rules = {r.id: r for r in load_file(DEFAULT_RULES_FILE)}
+    triggers = {r.trigger for r in rules.values()}
+    assert {"customer.registered", "customer.stage_changed", "case.breached", "case.resolved",
+            "customer.at_risk", "customer.consent_changed"} <= triggers
+    kinds = {a.type for r in rules.values() for a in r.actions}
+    assert kinds == {"follow_up", "discount", "newsletter", "referral_reward"}
+
+
+def test_conditions_match_on_event_and_customer_facts() -> None:
+    rule = parse_rule(_rule(when={"from_stage": "one_time", "to_stage": ["repeat"],
+                                  "segments": {"includes_any": ["vip", "gold"]},
+                                  "days_since_last_purchase": {"lte": 30}}))
+    facts = {"from_stage": "one_time", "to_stage": "repeat", "segments": ["gold"],
+             "days_since_last_purchase": 3}
+    assert evaluate(rule, facts).matched
+    miss = evaluate(rule, {**facts, "segments": ["basic"], "days_since_last_purchase": 90})
+    assert not miss.matched
+    assert [f.split(" ")[0] for f in miss.failed] == ["segments", "days_since_last_purchase"]
+
+
+def test_unknown_fact_fails_and_disabled_rule_never_matches() -> None:
+    rule = parse_rule(_rule(trigger="survey.response_recorded", when={"csat": {"lte": 2}}))
+    result = evaluate(rule, {"csat": None})
+    assert not result.matched and "fact unknown" in result.failed[0]
+    assert evaluate(rule, {"csat": 1}).matched
+    off = parse_rule(_rule(trigger="survey.response_recorded", when={"csat": {"lte": 2}},
+                           enabled=False))
+    assert not evaluate(off, {"csat": 1}).matched
+
+
+def test_score_thresholds_and_amounts() -> None:
+    rule = parse_rule(_rule(trigger="interaction.recorded",
+                            when={"kind": "purchase", "amount_minor": {"gte": 5000, "lt": 20000},
+                                  "channel": {"not_in": ["phone"]}}))
+    assert evaluate(rule, {"kind": "purchase", "amount_minor": 5000, "channel": "web"}).matched
+    assert not evaluate(rule, {"kind": "purchase", "amount_minor": 20000,
+                               "channel": "web"}).matched
+    assert not evaluate(rule, {"kind": "purchase", "amount_minor": 6000,
+                               "channel": "phone"}).matched
+
+
+@pytest.mark.parametrize(("rule", "field"), [
+    (_rule(trigger="customer.nonsense"), "rule (r1).trigger"),
+    (_rule(when={"colour": "red"}), "rule (r1).when.colour"),
+    (_rule(when={"to_stage": "vip"}), "rule (r1).when.to_stage.eq"),
+    (_rule(when={"purchase_count": {"gte": "two"}}), "rule (r1).when.purchase_count.gte"),
+    (_rule(when={"stage": {"gte": 3}}), "rule (r1).when.stage.gte"),
+    (_rule(actions=[]), "rule (r1).actions"),
+    (_rule(actions=[{"type": "discount", "percent": 10, "amount_minor": 100}]),
+     "rule (r1).actions[0]"),
+    (_rule(actions=[{"type": "discount", "percent": 120}]), "rule (r1).actions[0].percent"),
+    (_rule(actions=[{"type": "follow_up", "channel": "pigeon", "template": "t",
+                     "reason": "x"}]), "rule (r1).actions[0].channel"),
+    (_rule(actions=[{"type": "follow_up", "channel": "email", "template": "t", "reason": "x",
+                     "delay": "soon"}]), "rule (r1).actions[0].delay"),
+    (_rule(actions=[{"type": "teleport"}]), "rule (r1).actions[0]"),
+    (_rule(id="Bad Id"), "rule (Bad Id).id"),
+])
+def test_invalid_rules_name_the_rule_and_the_field(rule: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_rule(rule)
+    assert err.value.field == field, err.value
+
+
+def test_rule_file_needs_unique_ids_and_names_the_position() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_rule_file({"rules": [_rule(), _rule()]})
+    assert err.value.field == "rules[1] (r1).id"
+    with pytest.raises(InvalidArgument) as err:
+        parse_rule_file({"rules": [_rule(), _rule(id="r2", when={"x": 1})]})
+    assert err.value.field == "rules[1] (r2).when.x"
+    with pytest.raises(InvalidArgument):
+        parse_rule_file(["not", "a", "mapping"])
+
+
+def test_durations() -> None:
+    assert parse_duration("3d") == timedelta(days=3)
+    assert parse_duration("1d12h30m") == timedelta(days=1, hours=12, minutes=30)
+    assert parse_duration("0m") == timedelta(0)
+    for bad in ("", "3", "h", "3 days", "-1d"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_action_ids_are_deterministic_per_rule_trigger_and_index() -> None:
+    a = action_id("r1", "ev-1", 0)
+    assert a == action_id("r1", "ev-1", 0)
+    assert len({a, action_id("r1", "ev-1", 1), action_id("r2", "ev-1", 0),
+                action_id("r1", "ev-2", 0)}) == 4
+
+
+# --- trust --------------------------------------------------------------------
+
+POLICY = TrustPolicy(cap=3, window=timedelta(days=7))
+OK = ContactState(newsletter_consent=True, promotional_consent=True)
+
+
+def test_do_not_contact_and_erasure_stop_everything() -> None:
+    for state, reason in ((ContactState(erased=True), Suppression.ERASED),
+                          (ContactState(do_not_contact=True, newsletter_consent=True,
+                                        promotional_consent=True),
+                           Suppression.DO_NOT_CONTACT)):
+        for purpose in Purpose:
+            assert trust_decision(purpose, state, [], T0, POLICY) is reason
+
+
+def test_consent_is_needed_for_promotional_and_newsletter_but_not_service() -> None:
+    none = ContactState()
+    assert trust_decision(Purpose.SERVICE, none, [], T0, POLICY) is None
+    assert trust_decision(Purpose.PROMOTIONAL, none, [],
+                          T0, POLICY) is Suppression.NO_PROMOTIONAL_CONSENT
+    assert trust_decision(Purpose.NEWSLETTER, none, [],
+                          T0, POLICY) is Suppression.NO_NEWSLETTER_CONSENT
+    assert trust_decision(Purpose.NEWSLETTER, OK, [], T0, POLICY) is None
+
+
+def test_frequency_cap_counts_promotional_contacts_in_the_window() -> None:
+    earlier = [T0 - timedelta(days=1), T0 - timedelta(days=2), T0 - timedelta(days=3)]
+    assert trust_decision(Purpose.PROMOTIONAL, OK, earlier, T0,
+                          POLICY) is Suppression.FREQUENCY_CAP
+    assert trust_decision(Purpose.SERVICE, OK, earlier, T0, POLICY) is None
+    older = [T0 - timedelta(days=8), *earlier[1:]]
+    assert trust_decision(Purpose.PROMOTIONAL, OK, older, T0, POLICY) is None
+
+
+@given(st.lists(st.integers(0, 60 * 24 * 30), max_size=60), st.integers(1, 5),
+       st.integers(1, 10))
+def test_cap_never_lets_more_than_n_through_in_any_window(
+        offsets: list[int], cap: int, window_days: int) -> None:
+    """Whatever the sequence of requests, the contacts let through never
+    exceed ``cap`` in any window."""
+    policy = TrustPolicy(cap=cap, window=timedelta(days=window_days))
+    sent: list[datetime] = []
+    for minute in sorted(offsets):
+        now = T0 + timedelta(minutes=minute)
+        if within_cap(sent, now, policy):
+            sent.append(now)
+    for start in sent:
+        inside = [t for t in sent if start <= t < start + policy.window]
+        assert len(inside) <= cap
+
+
+# --- quiet hours --------------------------------------------------------------
+
+NIGHT = (time(21, 0), time(8, 0))
+MADRID = ZoneInfo("Europe/Madrid")
+
+
+def test_quiet_hours_move_a_contact_to_the_morning_in_the_customers_zone() -> None:
+    # 22:30 in Madrid (21:30 UTC in winter) -> 08:00 Madrid next day.
+    due = datetime(2031, 1, 10, 21, 30, tzinfo=UTC)
+    moved = outside_quiet_hours(due, MADRID, *NIGHT)
+    assert moved.astimezone(MADRID) == datetime(2031, 1, 11, 8, 0, tzinfo=MADRID)
+    # 06:00 Madrid -> 08:00 the same day.
+    early = datetime(2031, 1, 10, 5, 0, tzinfo=UTC)
+    assert outside_quiet_hours(early, MADRID, *NIGHT).astimezone(MADRID).hour == 8
+    # Noon is fine as it is.
+    noon = datetime(2031, 1, 10, 11, 0, tzinfo=UTC)
+    assert outside_quiet_hours(noon, MADRID, *NIGHT) == noon
+
+
+def test_daytime_quiet_window_and_no_quiet_hours() -> None:
+    lunch = (time(13, 0), time(15, 0))
+    due = datetime(2031, 1, 10, 14, 0, tzinfo=UTC)
+    assert outside_quiet_hours(due, UTC, *lunch) == datetime(2031, 1, 10, 15, 0, tzinfo=UTC)
+    assert outside_quiet_hours(due, UTC, time(9), time(9)) == due
+
+
+ZONES = st.sampled_from(["UTC", "Europe/Madrid", "America/New_York", "Asia/Kolkata",
+                         "Australia/Lord_Howe", "Pacific/Chatham"])
+CLOCK = st.times().map(lambda t: t.replace(second=0, microsecond=0))
+
+
+@given(st.datetimes(min_value=datetime(2030, 1, 1), max_value=datetime(2035, 1, 1),
+                    timezones=st.just(UTC)), ZONES, CLOCK, CLOCK)
+def test_quiet_hours_property(due: datetime, zone_name: str, start: time, end: time) -> None:
+    """The result is never earlier, never inside quiet hours (local time),
+    unchanged when the due time is fine, and less than a day (+DST) later."""
+    zone = ZoneInfo(zone_name)
+    moved = outside_quiet_hours(due, zone, start, end)
+    assert moved >= due
+    assert moved - due <= timedelta(hours=25)
+    local = moved.astimezone(zone).time()
+    if moved != due:
+        assert not in_quiet_hours(local, start, end)
+    if not in_quiet_hours(due.astimezone(zone).time(), start, end):
+        assert moved == due
+
+
+# --- discounts ----------------------------------------------------------------
+
+
+def _discount(**fields: object) -> DiscountState:
+    base: dict[str, object] = dict(kind="percent", percent=10, amount_minor=None,
+                                   currency="EUR", min_purchase_minor=0,
+                                   expires_at=T0 + timedelta(days=30))
+    return DiscountState(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_discount_amounts() -> None:
+    assert discount_amount(_discount(), 12345) == 1234
+    fixed = _discount(kind="fixed", percent=None, amount_minor=1000)
+    assert discount_amount(fixed, 5000) == 1000
+    assert discount_amount(fixed, 600) == 600
+
+
+def test_refusals_say_why() -> None:
+    d = _discount(min_purchase_minor=2000)
+    assert redeem_refusal(d, T0, 5000, "EUR") is None
+    assert "expired" in (redeem_refusal(d, T0 + timedelta(days=30), 5000, "EUR") or "")
+    assert "already redeemed" in (redeem_refusal(_discount(redeemed_at=T0), T0, 5000, "EUR")
+                                  or "")
+    assert "withdrawn" in (redeem_refusal(_discount(voided_at=T0), T0, 5000, "EUR") or "")
+    assert "EUR" in (redeem_refusal(d, T0, 5000, "USD") or "")
+    assert "minimum" in (redeem_refusal(d, T0, 1999, "EUR") or "")
+
+
+def test_codes_are_random_well_formed_and_normalised() -> None:
+    codes = {new_code() for _ in range(1000)}
+    assert len(codes) == 1000
+    code = codes.pop()
+    assert normalise_code(code.lower()) == code
+    assert normalise_code(code.replace("-", "")) == code
+    for bad in ("", "ABCD", "OOOO-0000-1111-IIII", code + "-X"):
+        with pytest.raises(InvalidArgument):
+            normalise_code(bad)
+
+
+def test_expiry_notice_only_when_validity_is_longer() -> None:
+    notice = timedelta(days=3)
+    assert expiring_notice_at(T0, T0 + timedelta(days=30), notice) == T0 + timedelta(days=27)
+    assert expiring_notice_at(T0, T0 + timedelta(days=2), notice) is None
