@@ -17,6 +17,7 @@ import typer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from crm_runtime import logs
 from crm_runtime import topics as topic_names
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.service import ServiceRunner, ServiceSpec, migrate_service, open_pool, run_forever
@@ -35,9 +36,7 @@ def _settings() -> Settings:
     except SettingsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    logs.configure(settings.log_level, settings.log_format)
     return settings
 
 

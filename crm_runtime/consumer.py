@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from crm_runtime import faults, metrics, outbox, uow
+from crm_runtime import faults, logs, metrics, outbox, uow
 from crm_runtime.db import Conn, is_transient
 from crm_runtime.events import Envelope, PoisonMessage, decode
 from crm_runtime.retry import Backoff
@@ -51,7 +51,7 @@ def per_event(handler: Handler) -> BatchHandler:
     """Adapt a one-event handler to the batch interface (still one transaction)."""
 
     async def run(conn: Conn, events: list[Envelope]) -> None:
-        for env in events:
+        for env in logs.each(events):
             await handler(conn, env)
 
     return run
@@ -239,7 +239,9 @@ class EventConsumer:
             hooks = uow.mark(conn)
             try:
                 async with conn.transaction():  # a savepoint per record
-                    await handler(conn, [env])
+                    with logs.context(event_id=env.id, customer_id=env.subject,
+                                      traceparent=env.traceparent):
+                        await handler(conn, [env])
             except Exception as exc:
                 uow.rollback_to(conn, hooks)
                 if is_transient(exc):

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from crm_runtime import logs
+
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
 
@@ -99,6 +101,9 @@ class Envelope:
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     #: Publish somewhere other than the type's registered topic (tests, replays).
     topic_override: str | None = None
+    #: W3C trace context (CloudEvents distributed-tracing extension): by
+    #: default a child of the trace of the work that writes the event.
+    traceparent: str = field(default_factory=logs.current_traceparent)
 
     @property
     def type(self) -> str:
@@ -119,6 +124,7 @@ class Envelope:
             ("ce_source", self.source.encode()),
             ("ce_time", format_time(self.time).encode()),
             ("ce_subject", self.subject.encode()),
+            ("ce_traceparent", self.traceparent.encode()),
             ("content-type", CONTENT_TYPE.encode()),
         ]
 
@@ -175,8 +181,9 @@ def decode(headers: Headers | None, value: bytes | None) -> Envelope:
     if time.tzinfo is None or "T" not in (when or "T"):
         raise PoisonMessage("bad_header", f"ce_time {when!r} is not RFC 3339 (date, time and "
                             "offset are required)")
+    parent = attrs.get("ce_traceparent", "")
     return Envelope(data=data, subject=subject, source=attrs["ce_source"], id=attrs["ce_id"],
-                    time=time)
+                    time=time, traceparent=parent if logs.valid_traceparent(parent) else "")
 
 
 def _describe(exc: ValidationError) -> str:

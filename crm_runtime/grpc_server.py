@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 from pydantic import ValidationError
 
 from crm.common.v1 import options_pb2
-from crm_runtime import metrics
+from crm_runtime import logs, metrics
 from crm_runtime.errors import (
     AlreadyExists,
     Conflict,
@@ -132,7 +132,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         code = grpc.StatusCode.OK
         try:
             self._authorise(method, metadata)
-            return await inner(request, context)
+            with logs.context(traceparent=str(metadata.get("traceparent", ""))):
+                return await inner(request, context)
         except _Refused as refused:
             code = refused.code
             await context.abort(refused.code, refused.message)

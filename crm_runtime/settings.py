@@ -125,6 +125,9 @@ class Settings(BaseSettings):
         description="Comma-separated fault-injection points, for tests that kill processes.",
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field(default="json", pattern=r"^(json|text)$",
+                            description="json: one object per line with event, customer and "
+                                        "trace ids; text: for a terminal.")
 
     @field_validator("database_url")
     @classmethod

@@ -6,6 +6,7 @@ interaction id, is unique per customer as a second guard)."""
 
 from __future__ import annotations
 
+from crm_runtime import logs
 from crm_runtime.consumer import BatchHandler
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, PoisonMessage
@@ -20,7 +21,7 @@ from services.interactions.events import (
 
 def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
     async def handle(conn: Conn, events: list[Envelope]) -> None:
-        for env in events:
+        for env in logs.each(events):
             data = env.data
             assert isinstance(data, InteractionRecorded)
             if data.kind != "purchase":
@@ -38,7 +39,7 @@ def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
 
 def on_dissatisfaction_signal(ctx: commands.Context) -> BatchHandler:
     async def handle(conn: Conn, events: list[Envelope]) -> None:
-        for env in events:
+        for env in logs.each(events):
             data = env.data
             assert isinstance(data, DissatisfactionSignal)
             await commands.record_dissatisfaction(
@@ -50,7 +51,7 @@ def on_dissatisfaction_signal(ctx: commands.Context) -> BatchHandler:
 
 def on_survey_response(ctx: commands.Context) -> BatchHandler:
     async def handle(conn: Conn, events: list[Envelope]) -> None:
-        for env in events:
+        for env in logs.each(events):
             data = env.data
             assert isinstance(data, SurveyResponseRecorded)
             await commands.record_survey(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_runtime import outbox, scheduler, uow
+from crm_runtime import logs, outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -83,6 +83,8 @@ class Contact:
     amount_minor: int = 0
     currency: str = ""
     interaction_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    #: The trace this contact arrived in; its events continue it.
+    traceparent: str = field(default_factory=logs.current_traceparent)
 
 
 def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
@@ -150,7 +152,7 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         *[list(c) for c in cols], now)
     new_keys = {r["idempotency_key"] for r in rows}
     result: list[tuple[Contact, bool]] = []
-    events: list[EventPayload] = []
+    events: list[Envelope] = []
     seen: set[str] = set()
     for c in contacts:
         fresh = c.idempotency_key in new_keys and c.idempotency_key not in seen
@@ -158,12 +160,14 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         result.append((c, fresh))
         if fresh:
             uow.on_commit(conn, metrics.INTERACTIONS.labels(SERVICE, c.channel, c.kind).inc)
-            events.append(InteractionRecorded(
+            events.append(Envelope(data=InteractionRecorded(
                 interaction_id=str(c.interaction_id), customer_id=str(c.customer_id),
                 channel=c.channel, direction=c.direction, kind=c.kind,
                 occurred_at=c.occurred_at, outcome=c.outcome, touchpoint=c.touchpoint,
-                unit=c.unit, amount_minor=c.amount_minor, currency=c.currency))
-    await _emit(conn, ctx, events)
+                unit=c.unit, amount_minor=c.amount_minor, currency=c.currency),
+                subject=str(c.customer_id), source=SOURCE, time=now,
+                traceparent=c.traceparent))
+    await outbox.add(conn, events, lanes=ctx.lanes)
     for c, fresh in result:
         if fresh and c.kind in domain.AUTO_CASE_KINDS:
             case_id = await open_case(conn, ctx, customer_id=c.customer_id, kind=c.kind,

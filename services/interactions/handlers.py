@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 
+from crm_runtime import logs
 from crm_runtime.consumer import BatchHandler
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
@@ -40,7 +41,7 @@ async def to_contact(data: ContactReceived, directory: CustomerDirectory) -> com
 def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> BatchHandler:
     async def handle(conn: Conn, events: list[Envelope]) -> None:
         contacts = []
-        for env in events:
+        for env in logs.each(events):
             assert isinstance(env.data, ContactReceived)
             try:
                 contacts.append(await to_contact(env.data, directory))
@@ -54,7 +55,7 @@ def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> BatchHan
 
 def on_customer_erased() -> BatchHandler:
     async def handle(conn: Conn, events: list[Envelope]) -> None:
-        for env in events:
+        for env in logs.each(events):
             assert isinstance(env.data, CustomerErased)
             await commands.scrub_customer(conn, uuid.UUID(env.data.customer_id))
 
@@ -63,7 +64,7 @@ def on_customer_erased() -> BatchHandler:
 
 def on_customers_merged() -> BatchHandler:
     async def handle(conn: Conn, events: list[Envelope]) -> None:
-        for env in events:
+        for env in logs.each(events):
             assert isinstance(env.data, CustomersMerged)
             await commands.repoint_customer(conn, uuid.UUID(env.data.customer_id),
                                             uuid.UUID(env.data.merged_customer_id))

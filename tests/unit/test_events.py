@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -130,8 +131,10 @@ def test_headers_carry_cloudevents_attributes() -> None:
         ("ce_source", b"/crm/unit"),
         ("ce_time", b"2024-05-01T12:30:15.123456Z"),
         ("ce_subject", b"c-1"),
+        ("ce_traceparent", env.traceparent.encode()),
         ("content-type", b"application/json"),
     ]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", env.traceparent)
     assert json.loads(env.body()) == {"customer_id": "c-1", "points": 5, "note": "welcome"}
 
 

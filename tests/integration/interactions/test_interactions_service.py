@@ -301,3 +301,33 @@ async def test_domain_metrics_follow_committed_work(pair: Pair) -> None:
     potential = _samples("crm_customers_by_stage")[(("service", "customers"),
                                                    ("stage", "potential"))]
     assert potential >= 1
+
+
+async def test_one_trace_follows_a_purchase_across_services(pair: Pair) -> None:
+    from crm_runtime.logs import new_traceparent, trace_id
+    from crm_runtime.topics import CUSTOMERS
+
+    cid = await new_customer(pair)
+    parent = new_traceparent()
+    env = Envelope(data=ContactReceived(
+        idempotency_key=f"trace-{cid}", customer_id=cid, channel="web", kind="purchase",
+        occurred_at=pair.clock.now(), amount_minor=990, currency="EUR"),
+        subject=cid, source="/shop", traceparent=parent)
+    bootstrap = pair.interactions.runner.settings.kafka_bootstrap_servers or ""
+    await produce_envelopes(bootstrap, [env])
+    recorded = []
+    changed = []
+
+    async def both() -> bool:
+        recorded[:] = [r for r in await read_topic(bootstrap, INTERACTIONS, expect=0, timeout=5,
+                                                   settle=0.2) if r.key == cid.encode()]
+        changed[:] = [r for r in await read_topic(bootstrap, CUSTOMERS, expect=0, timeout=5,
+                                                  settle=0.2)
+                      if r.key == cid.encode()
+                      and dict(r.headers)["ce_type"] == b"customer.stage_changed"]
+        return bool(recorded) and bool(changed)
+
+    await wait_for(both, what="the purchase seen by both services")
+    for record in (recorded[0], changed[0]):
+        carried = dict(record.headers)["ce_traceparent"].decode()
+        assert trace_id(carried) == trace_id(parent) and carried != parent

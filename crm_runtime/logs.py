@@ -1,0 +1,101 @@
+"""Structured logs and the trace context they carry.
+
+Every log line is one JSON object (``CRM_LOG_FORMAT=json``, the default; ``text``
+for a terminal) with the service, and, when known, the event id, customer id
+and W3C trace id of the work in progress. The context lives in contextvars:
+the consumer sets it for each event it hands to a handler (:func:`each`), the
+gRPC interceptor for each call, and events written meanwhile carry the same
+``traceparent`` (CloudEvents distributed-tracing extension, header
+``ce_traceparent``), so one customer's story can be followed across the Kafka
+hops and gRPC calls by its trace id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crm_runtime.events import Envelope
+
+_service: ContextVar[str] = ContextVar("crm_service", default="")
+_event_id: ContextVar[str] = ContextVar("crm_event_id", default="")
+_customer_id: ContextVar[str] = ContextVar("crm_customer_id", default="")
+_traceparent: ContextVar[str] = ContextVar("crm_traceparent", default="")
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def new_traceparent(trace_id: str | None = None) -> str:
+    """A W3C ``traceparent`` with a fresh span id (and trace id unless given)."""
+    return f"00-{trace_id or secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def valid_traceparent(value: str) -> bool:
+    return bool(_TRACEPARENT.match(value))
+
+
+def trace_id(traceparent: str) -> str:
+    match = _TRACEPARENT.match(traceparent)
+    return match.group(1) if match else ""
+
+
+def current_traceparent() -> str:
+    """The traceparent for a new event: a child of the current trace, or a new one."""
+    parent = _traceparent.get()
+    return new_traceparent(trace_id(parent) or None)
+
+
+def set_service(name: str) -> None:
+    _service.set(name)
+
+
+@contextlib.contextmanager
+def context(*, event_id: str = "", customer_id: str = "",
+            traceparent: str = "") -> Iterator[None]:
+    tokens = [_event_id.set(event_id), _customer_id.set(customer_id),
+              _traceparent.set(traceparent if valid_traceparent(traceparent) else
+                               new_traceparent())]
+    try:
+        yield
+    finally:
+        _traceparent.reset(tokens[2])
+        _customer_id.reset(tokens[1])
+        _event_id.reset(tokens[0])
+
+
+def each(events: Iterable[Envelope]) -> Iterator[Envelope]:
+    """Iterate events with the log and trace context of each one set."""
+    for env in events:
+        with context(event_id=env.id, customer_id=env.subject, traceparent=env.traceparent):
+            yield env
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "service": _service.get(), "event_id": _event_id.get(),
+            "customer_id": _customer_id.get(), "trace_id": trace_id(_traceparent.get()),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
