@@ -315,8 +315,8 @@ async def test_one_trace_follows_a_purchase_across_services(pair: Pair) -> None:
         subject=cid, source="/shop", traceparent=parent)
     bootstrap = pair.interactions.runner.settings.kafka_bootstrap_servers or ""
     await produce_envelopes(bootstrap, [env])
-    recorded = []
-    changed = []
+    recorded: list[Any] = []
+    changed: list[Any] = []
 
     async def both() -> bool:
         recorded[:] = [r for r in await read_topic(bootstrap, INTERACTIONS, expect=0, timeout=5,
