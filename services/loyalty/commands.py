@@ -644,10 +644,13 @@ async def dry_run(conn: Conn, ctx: Context, rule: domain.Rule, customer_id: uuid
     """What ``rule`` would do for the customer if its trigger arrived now with
     ``trigger_facts``; writes nothing."""
     known = domain.TRIGGERS[rule.trigger]
-    for name in trigger_facts:
+    for name, value in trigger_facts.items():
         if name not in known:
             raise InvalidArgument(f"trigger_facts_json.{name}",
                                   f"not a fact of {rule.trigger}; known: {sorted(known)}")
+        if not domain.fact_value_ok(known[name], value):
+            raise InvalidArgument(f"trigger_facts_json.{name}",
+                                  f"expected a {known[name]} value, got {value!r}")
     view = await store.get_view(conn, customer_id)
     facts = {**facts_of(view, None, ctx.clock.now()), **trigger_facts}
     evaluation = domain.evaluate(rule.model_copy(update={"enabled": True}), facts)

@@ -121,6 +121,17 @@ CANCELLING_EVENTS = ("customer.won_back", "customer.risk_cleared", "customer.pur
                      "survey.response_recorded")
 
 
+def fact_value_ok(kind: FactKind, value: Any) -> bool:
+    """Whether ``value`` has the type of a fact of ``kind`` (None: unknown)."""
+    if value is None:
+        return True
+    if kind == "list":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, {"text": str, "bool": bool}[kind])
+
+
 def facts_for(trigger: str) -> dict[str, FactKind]:
     return {**CUSTOMER_FACTS, **TRIGGERS[trigger]}
 

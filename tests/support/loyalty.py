@@ -15,9 +15,12 @@ from crm_runtime.events import Envelope, EventPayload
 from crm_runtime.topics import LOYALTY
 from services.customers.events import (
     ConsentChanged,
+    CustomerAtRisk,
     CustomerErased,
     CustomerRegistered,
+    CustomerRiskCleared,
     CustomersMerged,
+    PurchaseRecorded,
     StageChanged,
 )
 from services.interactions.events import CaseBreached, CaseResolved
@@ -53,6 +56,22 @@ def stage_changed(customer_id: str, from_stage: str, to_stage: str, count: int,
                                  to_stage=to_stage, cause=cause,
                                  causing_event_id=str(uuid.uuid4()), purchase_count=count),
                     customer_id, at)
+
+
+def purchase_recorded(customer_id: str, amount: int, count: int, at: datetime) -> Envelope:
+    return envelope(PurchaseRecorded(customer_id=customer_id, purchase_id=str(uuid.uuid4()),
+                                     amount_minor=amount, currency="EUR", occurred_at=at,
+                                     purchase_count=count), customer_id, at)
+
+
+def at_risk(customer_id: str, at: datetime) -> Envelope:
+    return envelope(CustomerAtRisk(customer_id=customer_id, reasons=["low_csat"],
+                                   causing_event_id=str(uuid.uuid4())), customer_id, at)
+
+
+def risk_cleared(customer_id: str, at: datetime) -> Envelope:
+    return envelope(CustomerRiskCleared(customer_id=customer_id,
+                                        causing_event_id=str(uuid.uuid4())), customer_id, at)
 
 
 def erased(customer_id: str, at: datetime) -> Envelope:

@@ -19,6 +19,7 @@ from services.loyalty import commands
 from services.loyalty.rulebook import RuleBook, load_file
 from services.loyalty.settings import DEFAULT_RULES_FILE
 from tests.support.loyalty import (
+    at_risk,
     case_breached,
     case_resolved,
     consent,
@@ -30,7 +31,9 @@ from tests.support.loyalty import (
     produce,
     profile,
     profile_when,
+    purchase_recorded,
     registered,
+    risk_cleared,
     stage_changed,
     stub,
 )
@@ -403,3 +406,45 @@ async def test_unknown_ids_are_not_found(svc: Running) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+
+
+async def test_follow_ups_are_cancelled_when_they_got_what_they_were_for(svc: Running) -> None:
+    cid = await _customer(svc)
+    await produce(svc, at_risk(cid, svc.clock.now()))
+    p = await profile_when(svc, cid, lambda p: len(p.follow_ups) == 2, "outreach scheduled")
+    assert sorted(f.rule_id for f in p.follow_ups) == ["at-risk-outreach", "welcome-follow-up"]
+    # A purchase makes the welcome moot; the risk clearing makes the outreach moot.
+    await produce(svc, purchase_recorded(cid, 1999, 1, svc.clock.now()),
+                  risk_cleared(cid, svc.clock.now()))
+    p = await profile_when(svc, cid, lambda p: all(f.status == "cancelled"
+                                                   for f in p.follow_ups), "both cancelled")
+    assert sorted((f.rule_id, f.outcome) for f in p.follow_ups) == [
+        ("at-risk-outreach", "moot:customer.risk_cleared"),
+        ("welcome-follow-up", "moot:customer.purchase_recorded")]
+
+
+async def test_contacts_due_in_quiet_hours_wait_for_the_morning(svc: Running) -> None:
+    """Last in this module: it moves the shared clock to the evening."""
+    now = svc.clock.now()
+    evening = now.replace(hour=22, minute=0, second=0, microsecond=0)
+    if evening <= now:
+        evening += timedelta(days=1)
+    svc.clock.set(evening)
+    cid = await _customer(svc)
+    await produce(svc, case_breached(cid, svc.clock.now()))
+    p = await profile_when(svc, cid, lambda p: len(p.follow_ups) == 2, "apology scheduled")
+    apology = next(f for f in p.follow_ups if f.rule_id == "service-recovery-breach")
+    # Due at once, but 22:00 UTC is quiet (21:00-08:00, default zone UTC).
+    assert apology.due_at.ToDatetime(tzinfo=evening.tzinfo) == (
+        evening + timedelta(days=1)).replace(hour=8)
+    welcome = next(f for f in p.follow_ups if f.rule_id == "welcome-follow-up")
+    assert welcome.due_at.ToDatetime(tzinfo=evening.tzinfo) == (
+        evening + timedelta(days=2)).replace(hour=8)
+    svc.clock.advance(timedelta(hours=9, minutes=59))
+    await asyncio.sleep(0.5)
+    assert next(f for f in (await profile(svc, cid)).follow_ups
+                if f.rule_id == "service-recovery-breach").status == "scheduled"
+    svc.clock.advance(timedelta(minutes=1))
+    await profile_when(svc, cid, lambda p: any(
+        f.rule_id == "service-recovery-breach" and f.status == "due" for f in p.follow_ups),
+        "apology due at 08:00")

@@ -282,3 +282,12 @@ def test_expiry_notice_only_when_validity_is_longer() -> None:
     notice = timedelta(days=3)
     assert expiring_notice_at(T0, T0 + timedelta(days=30), notice) == T0 + timedelta(days=27)
     assert expiring_notice_at(T0, T0 + timedelta(days=2), notice) is None
+
+
+def test_fact_values_are_type_checked() -> None:
+    from services.loyalty.domain import fact_value_ok
+
+    assert fact_value_ok("int", 3) and not fact_value_ok("int", True)
+    assert not fact_value_ok("int", "3") and fact_value_ok("int", None)
+    assert fact_value_ok("list", ["vip"]) and not fact_value_ok("list", "vip")
+    assert fact_value_ok("bool", False) and not fact_value_ok("text", 1)
