@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
 import secrets
@@ -11,8 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -168,6 +171,28 @@ def dlq_replay(topic: Annotated[str, typer.Argument(help="e.g. crm.interactions.
                f"({by_reason})")
 
 
+@app.command()
+def demo(stack: Annotated[Path | None, typer.Option(
+        help="stack description written by `crm up` (default <data dir>/stack.json)")] = None,
+         ) -> None:
+    """Play one customer's story against the running stack (`make run` first)."""
+    from services.demo import Demo, DemoFailed, load_targets
+
+    settings = _settings()
+    path = stack or settings.data_dir / "stack.json"
+    if not path.exists():
+        typer.echo(f"stack: {path} not found; start the stack with `make run` first", err=True)
+        raise typer.Exit(2)
+    try:
+        asyncio.run(Demo(load_targets(str(path)), out=typer.echo).run())
+    except DemoFailed as exc:
+        typer.echo(f"demo failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except grpc.aio.AioRpcError as exc:
+        typer.echo(f"demo failed: {exc.code().name}: {exc.details()}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _dev_token(settings: Settings) -> str | None:
     """A stable local token with every scope when no token is configured."""
     if settings.api_tokens or settings.dev_token:
@@ -206,6 +231,10 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
             # Tansu waits out a departed member's whole session before a
             # restarted service rejoins; short timeouts keep restarts quick.
             extra |= {k: v for k, v in EMBEDDED_CONSUMER_TIMINGS.items() if k not in os.environ}
+        if not settings_given("DATABASE_URL") and not settings_given("KAFKA_BOOTSTRAP_SERVERS"):
+            # The all-embedded stack is a development stack: the demo moves its clock.
+            extra.setdefault("CRM_DEV_CLOCK_CONTROL", os.environ.get("CRM_DEV_CLOCK_CONTROL",
+                                                                     "true"))
         env = child_env(infra, extra)
         children = {name: subprocess.Popen([sys.executable, "-m", "crm_runtime", "serve", name],
                                            env=env) for name in chosen}
@@ -221,7 +250,16 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
         if not chosen:
             typer.echo("  no services exist yet under services/")
         typer.echo("Ctrl-C stops everything.")
-        code = _supervise(children, settings.shutdown_grace_s)
+        info = settings.data_dir / "stack.json"
+        info.write_text(json.dumps({
+            "broker": infra.kafka_bootstrap_servers, "token": token or "",
+            "grpc": {n: f"{settings.grpc_host}:{settings.grpc_port(n)}" for n in chosen},
+            "metrics": {n: f"http://{settings.grpc_host}:{settings.metrics_port(n)}/metrics"
+                        for n in chosen}}, indent=2))
+        try:
+            code = _supervise(children, settings.shutdown_grace_s)
+        finally:
+            info.unlink(missing_ok=True)
     if code:
         raise typer.Exit(code)
 

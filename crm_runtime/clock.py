@@ -16,6 +16,22 @@ class SystemClock:
         return datetime.now(UTC)
 
 
+class OffsetClock:
+    """System time plus an offset that only grows: the development clock a
+    running stack can be told to move forward (``AdvanceClock``)."""
+
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._offset
+
+    def advance(self, delta: timedelta) -> None:
+        if delta < timedelta(0):
+            raise ValueError("the clock only moves forward")
+        self._offset += delta
+
+
 class ManualClock:
     """A clock that only moves when told to; for tests and simulations."""
 

@@ -3,19 +3,37 @@ the process's pipelines for operators and health dashboards."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
+from crm_runtime.clock import Clock, ManualClock, OffsetClock
+from crm_runtime.errors import FailedPrecondition, InvalidArgument
 from crm_runtime.version import VERSION
 
 
 class OperationsServicer(ops_pb2_grpc.OperationsServicer):
-    def __init__(self, pool: asyncpg.Pool, service: str, schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, service: str, schema: str,
+                 clock: Clock | None = None) -> None:
         self._pool = pool
         self._service = service
         self._schema = schema
+        self._clock = clock  # set only when clock control is allowed
+
+    async def AdvanceClock(self, request: ops_pb2.AdvanceClockRequest,
+                           context: grpc.aio.ServicerContext) -> ops_pb2.AdvanceClockResponse:
+        if not isinstance(self._clock, OffsetClock | ManualClock):
+            raise FailedPrecondition("clock control is disabled; it exists for development "
+                                     "and demos (CRM_DEV_CLOCK_CONTROL=true)")
+        if request.seconds <= 0:
+            raise InvalidArgument("seconds", f"must be positive, got {request.seconds}")
+        self._clock.advance(timedelta(seconds=request.seconds))
+        now = Timestamp()
+        now.FromDatetime(self._clock.now())
+        return ops_pb2.AdvanceClockResponse(now=now)
 
     async def GetStatus(self, request: ops_pb2.GetStatusRequest,
                         context: grpc.aio.ServicerContext) -> ops_pb2.GetStatusResponse:

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
 from crm_runtime import db, logs, metrics
-from crm_runtime.clock import Clock, SystemClock
+from crm_runtime.clock import Clock, OffsetClock, SystemClock
 from crm_runtime.consumer import BatchHandler, EventConsumer
 from crm_runtime.grpc_server import ServiceRegistration, build_server, set_serving
 from crm_runtime.migrations import migrate, migrations_for
@@ -110,7 +110,8 @@ class ServiceRunner:
                  grpc_port: int | None = None, serve_metrics: bool = True) -> None:
         self.spec = spec
         self.settings = settings
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or (OffsetClock() if settings.dev_clock_control
+                                      else SystemClock())
         self._grpc_port = settings.grpc_port(spec.name) if grpc_port is None else grpc_port
         self._serve_metrics = serve_metrics
         self._stop = asyncio.Event()
@@ -169,7 +170,8 @@ class ServiceRunner:
                     self._refresh_gauges(pool, parts.gauges), name=f"{self.spec.name}-gauges"))
             ops = ServiceRegistration(
                 ops_pb2_grpc.add_OperationsServicer_to_server,
-                OperationsServicer(pool, self.spec.name, self.spec.schema),
+                OperationsServicer(pool, self.spec.name, self.spec.schema,
+                                   self.clock if s.dev_clock_control else None),
                 ops_pb2.DESCRIPTOR.services_by_name["Operations"])
             registrations = [*parts.registrations, ops]
             server, health, self.bound_grpc_port = build_server(

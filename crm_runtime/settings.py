@@ -120,6 +120,10 @@ class Settings(BaseSettings):
         default=None, min_length=16,
         description="Bearer token this service presents to other services; default the "
                     "dev token.")
+    dev_clock_control: bool = Field(
+        default=False,
+        description="Development only: let Operations/AdvanceClock move the service's clock "
+                    "(`crm up` with the embedded stack turns it on for the demo).")
     failpoints: str = Field(
         default="",
         description="Comma-separated fault-injection points, for tests that kill processes.",

@@ -39,6 +39,11 @@ class OperationsStub:
                 request_serializer=crm_dot_ops_dot_v1_dot_ops__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=crm_dot_ops_dot_v1_dot_ops__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.AdvanceClock = channel.unary_unary(
+                '/crm.ops.v1.Operations/AdvanceClock',
+                request_serializer=crm_dot_ops_dot_v1_dot_ops__pb2.AdvanceClockRequest.SerializeToString,
+                response_deserializer=crm_dot_ops_dot_v1_dot_ops__pb2.AdvanceClockResponse.FromString,
+                _registered_method=True)
 
 
 class OperationsServicer:
@@ -51,6 +56,15 @@ class OperationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdvanceClock(self, request, context):
+        """Development and demos only (CRM_DEV_CLOCK_CONTROL=true): move this
+        service's clock forward, so scheduled work (deadlines, churn windows,
+        follow-ups) falls due without waiting. FAILED_PRECONDITION otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +72,11 @@ def add_OperationsServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=crm_dot_ops_dot_v1_dot_ops__pb2.GetStatusRequest.FromString,
                     response_serializer=crm_dot_ops_dot_v1_dot_ops__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'AdvanceClock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvanceClock,
+                    request_deserializer=crm_dot_ops_dot_v1_dot_ops__pb2.AdvanceClockRequest.FromString,
+                    response_serializer=crm_dot_ops_dot_v1_dot_ops__pb2.AdvanceClockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +106,33 @@ class Operations:
             '/crm.ops.v1.Operations/GetStatus',
             crm_dot_ops_dot_v1_dot_ops__pb2.GetStatusRequest.SerializeToString,
             crm_dot_ops_dot_v1_dot_ops__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvanceClock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.ops.v1.Operations/AdvanceClock',
+            crm_dot_ops_dot_v1_dot_ops__pb2.AdvanceClockRequest.SerializeToString,
+            crm_dot_ops_dot_v1_dot_ops__pb2.AdvanceClockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,12 +33,22 @@ class OperationsStub:
     def __new__(cls, channel: _aio.Channel) -> OperationsAsyncStub: ...
     GetStatus: _grpc.UnaryUnaryMultiCallable[_ops_pb2.GetStatusRequest, _ops_pb2.GetStatusResponse]
     """What this service process is and how far behind its pipelines are."""
+    AdvanceClock: _grpc.UnaryUnaryMultiCallable[_ops_pb2.AdvanceClockRequest, _ops_pb2.AdvanceClockResponse]
+    """Development and demos only (CRM_DEV_CLOCK_CONTROL=true): move this
+    service's clock forward, so scheduled work (deadlines, churn windows,
+    follow-ups) falls due without waiting. FAILED_PRECONDITION otherwise.
+    """
 
 @_typing.type_check_only
 class OperationsAsyncStub(OperationsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_ops_pb2.GetStatusRequest, _ops_pb2.GetStatusResponse]  # type: ignore[assignment]
     """What this service process is and how far behind its pipelines are."""
+    AdvanceClock: _aio.UnaryUnaryMultiCallable[_ops_pb2.AdvanceClockRequest, _ops_pb2.AdvanceClockResponse]  # type: ignore[assignment]
+    """Development and demos only (CRM_DEV_CLOCK_CONTROL=true): move this
+    service's clock forward, so scheduled work (deadlines, churn windows,
+    follow-ups) falls due without waiting. FAILED_PRECONDITION otherwise.
+    """
 
 class OperationsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -48,5 +58,16 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ops_pb2.GetStatusResponse, _abc.Awaitable[_ops_pb2.GetStatusResponse]]:
         """What this service process is and how far behind its pipelines are."""
+
+    @_abc_1.abstractmethod
+    def AdvanceClock(
+        self,
+        request: _ops_pb2.AdvanceClockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ops_pb2.AdvanceClockResponse, _abc.Awaitable[_ops_pb2.AdvanceClockResponse]]:
+        """Development and demos only (CRM_DEV_CLOCK_CONTROL=true): move this
+        service's clock forward, so scheduled work (deadlines, churn windows,
+        follow-ups) falls due without waiting. FAILED_PRECONDITION otherwise.
+        """
 
 def add_OperationsServicer_to_server(servicer: OperationsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
