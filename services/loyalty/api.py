@@ -80,12 +80,20 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
         async with self._pool.acquire() as conn, conn.transaction():
             return await work(conn)
 
+    async def _read(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """Reads of several tables from one snapshot (repeatable read), so a
+        profile never shows a discount without the stage change that caused it."""
+        await self._ctx.rules.sync_file(self._pool, self._ctx.clock.now())
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                 readonly=True):
+            return await work(conn)
+
     def _now(self) -> datetime:
         return self._ctx.clock.now()
 
     async def ListRules(self, request: pb.ListRulesRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListRulesResponse:
-        rules = await self._tx(self._ctx.rules.current)
+        rules = await self._read(self._ctx.rules.current)
         return pb.ListRulesResponse(rules=[rule_to_pb(r) for r in rules
                                            if not request.trigger
                                            or r.rule.trigger == request.trigger])
@@ -139,7 +147,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
             rule = draft or (await self._ctx.rules.get(conn, request.rule_id)).rule
             return await commands.dry_run(conn, self._ctx, rule, customer_id, facts)
 
-        result = await self._tx(run)
+        result = await self._read(run)
         return pb.DryRunRuleResponse(
             matched=result.evaluation.matched, failed_conditions=result.evaluation.failed,
             actions=[pb.PlannedAction(
@@ -151,7 +159,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
     async def GetLoyaltyProfile(self, request: pb.GetLoyaltyProfileRequest,
                                 context: grpc.aio.ServicerContext) -> pb.LoyaltyProfile:
         customer_id = store.parse_id(request.customer_id)
-        prof = await self._tx(lambda c: commands.profile(c, customer_id))
+        prof = await self._read(lambda c: commands.profile(c, customer_id))
         v, now = prof.view, self._now()
         return pb.LoyaltyProfile(
             customer_id=str(v.customer_id), stage=v.stage, referral_code=v.referral_code or "",
@@ -182,7 +190,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
         if not request.HasField("order_amount"):
             raise InvalidArgument("order_amount", "required")
         customer_id = self._optional_customer(request.customer_id)
-        row, amount, refusal = await self._tx(lambda c: commands.validate_discount(
+        row, amount, refusal = await self._read(lambda c: commands.validate_discount(
             c, self._ctx, request.code, customer_id, request.order_amount.amount_minor,
             request.order_amount.currency))
         return pb.ValidateDiscountResponse(
@@ -236,7 +244,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
             raise InvalidArgument("channel", f"{request.channel!r} is not one of "
                                              f"{list(domain.CHANNELS)}")
         after = _decode_token(request.page_token) if request.page_token else None
-        rows = await self._tx(lambda c: store.due_follow_ups(c, request.channel or None, after,
+        rows = await self._read(lambda c: store.due_follow_ups(c, request.channel or None, after,
                                                              size))
         token = _encode_token(rows[-1]["due_at"], rows[-1]["follow_up_id"]) \
             if len(rows) == size else ""

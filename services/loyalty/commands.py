@@ -72,60 +72,171 @@ class Context:
     expiry_notice: timedelta = timedelta(days=3)
 
 
-async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
-                *payloads: EventPayload) -> None:
-    now = ctx.clock.now()
-    await outbox.add(conn, [Envelope(data=p, subject=str(customer_id), source=SOURCE, time=now)
-                            for p in payloads], lanes=ctx.lanes)
+class Unit:
+    """The unit of work of one transaction (a consumed batch, a scheduled item,
+    a gRPC call): customers' views locked and cached, and the writes of the
+    common path (actions, discounts, follow-ups, schedules, views, outbox
+    rows) buffered and written with a few statements at :meth:`flush`.
+
+    Code on a rare path (consent withdrawn, erasure, merge, a moot follow-up)
+    that reads or writes tables directly calls :meth:`flush` first, so it sees
+    every earlier write and the outbox keeps the order events were caused in.
+    """
+
+    def __init__(self, conn: Conn, ctx: Context) -> None:
+        self.conn = conn
+        self.ctx = ctx
+        self.now = ctx.clock.now()
+        self._views: dict[uuid.UUID, View] = {}
+        self._dirty: dict[uuid.UUID, View] = {}
+        self._envelopes: list[Envelope] = []
+        self._actions: list[store.ActionRow] = []
+        self._discounts: list[store.DiscountRow] = []
+        self._follow_ups: list[store.FollowUpRow] = []
+        self._schedules: list[tuple[str, str, datetime]] = []
+        self.done_actions: set[uuid.UUID] = set()
+        self._promo: dict[uuid.UUID, list[datetime]] = {}
+        self._cancellable: dict[uuid.UUID, set[str]] | None = None
+
+    async def prefetch(self, customer_ids: list[uuid.UUID], trigger_event_ids: list[str]) -> None:
+        """Lock and load a batch's customers and what the batch will consult."""
+        views = await store.lock_views(self.conn, customer_ids, self.now)
+        survivors = [v.merged_into for v in views if v.merged_into is not None]
+        if survivors:
+            views += await store.lock_views(self.conn, survivors, self.now)
+        for v in views:
+            self._views[v.customer_id] = v
+        ids = list(self._views)
+        self.done_actions |= await store.actions_of_triggers(self.conn, trigger_event_ids)
+        self._promo.update(await store.promotional_times_many(
+            self.conn, ids, self.now - self.ctx.policy.window))
+        self._cancellable = await store.cancellable_types(self.conn, ids)
+
+    async def view(self, customer_id: uuid.UUID, *, follow_alias: bool = True) -> View:
+        """The customer's view, locked (created when first seen)."""
+        v = self._views.get(customer_id)
+        if v is None:
+            v = await store.lock_view(self.conn, customer_id, self.now, follow_alias=False)
+            self._views[customer_id] = v
+        if follow_alias and v.merged_into is not None:
+            return await self.view(v.merged_into)
+        return v
+
+    def save(self, view: View) -> None:
+        self._dirty[view.customer_id] = view
+
+    def cached_views(self) -> list[View]:
+        return list(self._views.values())
+
+    def forget_moot_hints(self) -> None:
+        """After a merge moved follow-ups, ask the database every time."""
+        self._cancellable = None
+
+    def emit(self, customer_id: uuid.UUID, *payloads: EventPayload) -> None:
+        self._envelopes += [Envelope(data=p, subject=str(customer_id), source=SOURCE,
+                                     time=self.now) for p in payloads]
+
+    async def promotional_times(self, customer_id: uuid.UUID) -> list[datetime]:
+        if customer_id not in self._promo:
+            self._promo[customer_id] = await store.promotional_times(
+                self.conn, customer_id, self.now - self.ctx.policy.window)
+        return self._promo[customer_id]
+
+    def may_be_moot(self, customer_id: uuid.UUID, event_type: str) -> bool:
+        """False when no open follow-up of the customer lists ``event_type`` in
+        its ``cancel_on`` (known from the prefetch); True when it may."""
+        if event_type not in domain.CANCELLING_EVENTS:
+            return False
+        if self._cancellable is None:
+            return True
+        return event_type in self._cancellable.get(customer_id, set())
+
+    def record_action(self, row: store.ActionRow) -> None:
+        self.done_actions.add(row[0])
+        self._actions.append(row)
+
+    def add_follow_up(self, row: store.FollowUpRow) -> None:
+        self._follow_ups.append(row)
+        self._schedules.append((FOLLOW_UP_DUE, str(row[0]), row[10]))
+        if row[8] and self._cancellable is not None:
+            self._cancellable.setdefault(row[1], set()).update(row[8])
+
+    def add_discount(self, row: store.DiscountRow, notice_at: datetime | None) -> None:
+        self._discounts.append(row)
+        if notice_at is not None:
+            self._schedules.append((DISCOUNT_EXPIRING, str(row[0]), notice_at))
+
+    async def flush(self) -> None:
+        conn = self.conn
+        await store.insert_actions(conn, self._actions)
+        await store.insert_discounts(conn, self._discounts)
+        await store.insert_follow_ups(conn, self._follow_ups)
+        await store.schedule_many(conn, self._schedules)
+        await store.save_views(conn, list(self._dirty.values()), self.now)
+        await outbox.add(conn, self._envelopes, lanes=self.ctx.lanes)
+        self._actions, self._discounts, self._follow_ups = [], [], []
+        self._schedules, self._envelopes, self._dirty = [], [], {}
 
 
 def _event_customer(env: Envelope) -> uuid.UUID:
-    raw = getattr(env.data, "customer_id", "")
-    try:
-        return uuid.UUID(raw)
-    except (ValueError, TypeError, AttributeError):
-        raise PoisonMessage("invalid_payload", f"customer_id: {raw!r} is not a UUID") from None
-
-
-# --- consuming events -----------------------------------------------------------
-
-
-async def on_event(conn: Conn, ctx: Context, env: Envelope) -> None:
-    """Apply one consumed event: update loyalty's view of the customer, cancel
-    what it makes moot, then run the rules it triggers."""
-    customer_id = _event_customer(env)
-    if env.type == "customer.merged":
-        await merge(conn, ctx, customer_id, _event_uuid(env, "merged_customer_id"), env)
-        return
-    now = ctx.clock.now()
-    view = await store.lock_view(conn, customer_id, now)
-    if view.erased_at is not None:
-        return  # nothing more happens for an erased customer, and nothing is kept
-    await _project(conn, ctx, view, env)
-    if view.erased_at is not None:
-        return
-    if env.type in domain.CANCELLING_EVENTS:
-        moot = await store.open_follow_ups(conn, view.customer_id, cancel_on=env.type)
-        await _cancel_follow_ups(conn, ctx, moot, f"moot:{env.type}")
-    for stored in await ctx.rules.for_trigger(conn, env.type):
-        facts = facts_of(view, env.data, now)
-        if domain.evaluate(stored.rule, facts).matched:
-            for index, action in enumerate(stored.rule.actions):
-                await _perform(conn, ctx, view, stored, index, action, env)
+    return _event_uuid(env, "customer_id")
 
 
 def _event_uuid(env: Envelope, name: str) -> uuid.UUID:
     raw = getattr(env.data, name, "")
     try:
         return uuid.UUID(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):
         raise PoisonMessage("invalid_payload", f"{name}: {raw!r} is not a UUID") from None
 
 
-async def _project(conn: Conn, ctx: Context, view: View, env: Envelope) -> None:
+# --- consuming events -----------------------------------------------------------
+
+
+async def on_events(conn: Conn, ctx: Context, events: list[Envelope]) -> None:
+    """Apply a run of consumed events in one unit of work."""
+    unit = Unit(conn, ctx)
+    ids: list[uuid.UUID] = []
+    for env in events:
+        ids.append(_event_customer(env))
+        if env.type == "customer.merged":
+            ids.append(_event_uuid(env, "merged_customer_id"))
+    await unit.prefetch(ids, [env.id for env in events])
+    rules = await ctx.rules.current(conn)
+    for env in events:
+        await on_event(unit, env, rules)
+    await unit.flush()
+
+
+async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
+    """Apply one consumed event: update loyalty's view of the customer, cancel
+    what it makes moot, then run the rules it triggers."""
+    customer_id = _event_customer(env)
+    if env.type == "customer.merged":
+        await merge(unit, customer_id, _event_uuid(env, "merged_customer_id"), env)
+        return
+    view = await unit.view(customer_id)
+    if view.erased_at is not None:
+        return  # nothing more happens for an erased customer, and nothing is kept
+    await _project(unit, view, env)
+    if view.erased_at is not None:
+        return
+    if unit.may_be_moot(view.customer_id, env.type):
+        await unit.flush()
+        moot = await store.open_follow_ups(unit.conn, view.customer_id, cancel_on=env.type)
+        await _cancel_follow_ups(unit, moot, f"moot:{env.type}")
+    for stored in rules:
+        if stored.rule.trigger != env.type or not stored.rule.enabled:
+            continue
+        facts = facts_of(view, env.data, unit.now)
+        if domain.evaluate(stored.rule, facts).matched:
+            for index, action in enumerate(stored.rule.actions):
+                await _perform(unit, view, stored, index, action, env)
+
+
+async def _project(unit: Unit, view: View, env: Envelope) -> None:
     """Keep loyalty's view of the customer current; react to consent changes."""
     data: Any = env.data
-    now = ctx.clock.now()
     changed = True
     if env.type == "customer.registered":
         view.stage = data.stage or view.stage
@@ -139,7 +250,7 @@ async def _project(conn: Conn, ctx: Context, view: View, env: Envelope) -> None:
             else:
                 if referrer != view.customer_id:
                     view.referred_by = referrer
-        await _ensure_referral_code(conn, view)
+        await _ensure_referral_code(unit.conn, view)
     elif env.type == "customer.stage_changed":
         view.stage = data.to_stage
         view.purchase_count = data.purchase_count
@@ -148,16 +259,15 @@ async def _project(conn: Conn, ctx: Context, view: View, env: Envelope) -> None:
         view.purchase_count = max(view.purchase_count, data.purchase_count)
         view.last_purchase_at = max(filter(None, [view.last_purchase_at, data.occurred_at]))
     elif env.type == "customer.consent_changed":
-        await _consent_changed(conn, ctx, view, data.purpose, data.granted, env.time)
+        await _consent_changed(unit, view, data.purpose, data.granted, env.time)
     elif env.type in ("customer.at_risk", "customer.risk_cleared"):
         view.at_risk = env.type == "customer.at_risk"
     elif env.type == "customer.erased":
-        await erase(conn, ctx, view)
-        return
+        await erase(unit, view)
     else:
         changed = False
     if changed:
-        await store.save_view(conn, view, now)
+        unit.save(view)
 
 
 async def _ensure_referral_code(conn: Conn, view: View) -> None:
@@ -167,29 +277,31 @@ async def _ensure_referral_code(conn: Conn, view: View) -> None:
             view.referral_code = code
 
 
-async def _consent_changed(conn: Conn, ctx: Context, view: View, purpose: str, granted: bool,
+async def _consent_changed(unit: Unit, view: View, purpose: str, granted: bool,
                            at: datetime) -> None:
     """Withdrawn consent takes effect at once: pending contacts it covered are
     cancelled, and newsletter lists are left."""
+    cid = view.customer_id
     if purpose == "do_not_contact":
         view.do_not_contact = granted
         if granted:
-            await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(
-                conn, view.customer_id), "do_not_contact")
-            await _leave_lists(conn, ctx, view.customer_id, None, "do_not_contact")
+            await unit.flush()
+            await _cancel_follow_ups(unit, await store.open_follow_ups(unit.conn, cid),
+                                     "do_not_contact")
+            await _leave_lists(unit, cid, None, "do_not_contact")
     elif purpose == "newsletter":
         view.newsletter_consent, view.newsletter_consent_at = granted, at
         if not granted:
-            await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(
-                conn, view.customer_id, purposes=[Purpose.NEWSLETTER.value]),
-                "consent_withdrawn")
-            await _leave_lists(conn, ctx, view.customer_id, None, "consent_withdrawn")
+            await unit.flush()
+            await _cancel_follow_ups(unit, await store.open_follow_ups(
+                unit.conn, cid, purposes=[Purpose.NEWSLETTER.value]), "consent_withdrawn")
+            await _leave_lists(unit, cid, None, "consent_withdrawn")
     elif purpose == "promotional_offers":
         view.promotional_consent, view.promotional_consent_at = granted, at
         if not granted:
-            await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(
-                conn, view.customer_id, purposes=[Purpose.PROMOTIONAL.value]),
-                "consent_withdrawn")
+            await unit.flush()
+            await _cancel_follow_ups(unit, await store.open_follow_ups(
+                unit.conn, cid, purposes=[Purpose.PROMOTIONAL.value]), "consent_withdrawn")
 
 
 def facts_of(view: View, data: EventPayload | None, now: datetime,
@@ -228,11 +340,10 @@ class Decision:
     reason: str = ""
 
 
-async def decide(conn: Conn, ctx: Context, view: View, action: Action, *,
-                 lock: bool) -> Decision:
-    """Apply the trust rules to one action (read-only but for locking the
-    referrer's view when ``lock``). Dry runs call it too."""
-    now = ctx.clock.now()
+async def decide(unit: Unit, view: View, action: Action, *, dry_run: bool = False) -> Decision:
+    """Apply the trust rules to one action. Reads only (a dry run does not
+    even lock the referrer's view)."""
+    conn, now = unit.conn, unit.now
     purpose = domain.action_purpose(action)
     target: View | None = view
     if isinstance(action, ReferralRewardAction):
@@ -240,16 +351,16 @@ async def decide(conn: Conn, ctx: Context, view: View, action: Action, *,
             return Decision(action.type, purpose, None, Outcome.SKIPPED, "not_referred")
         if await store.referral_rewarded(conn, view.customer_id):
             return Decision(action.type, purpose, None, Outcome.SKIPPED, "already_rewarded")
-        target = (await store.lock_view(conn, view.referred_by, now) if lock
-                  else await _peek_view(conn, view.referred_by))
+        target = (await _peek_view(conn, view.referred_by) if dry_run
+                  else await unit.view(view.referred_by))
         if target.customer_id == view.customer_id:
             return Decision(action.type, purpose, None, Outcome.SKIPPED, "self_referral")
     assert target is not None
     earlier: list[datetime] = []
     if purpose is Purpose.PROMOTIONAL:
-        earlier = await store.promotional_times(conn, target.customer_id,
-                                                now - ctx.policy.window)
-    refusal = domain.trust_decision(purpose, target.contact_state(), earlier, now, ctx.policy)
+        earlier = await unit.promotional_times(target.customer_id)
+    refusal = domain.trust_decision(purpose, target.contact_state(), earlier, now,
+                                    unit.ctx.policy)
     if refusal is not None:
         return Decision(action.type, purpose, target, Outcome.SUPPRESSED, refusal.value)
     if isinstance(action, NewsletterAction):
@@ -266,87 +377,72 @@ async def _peek_view(conn: Conn, customer_id: uuid.UUID) -> View:
         return View(customer_id=customer_id)
 
 
-async def _perform(conn: Conn, ctx: Context, view: View, stored: StoredRule, index: int,
-                   action: Action, env: Envelope) -> None:
+async def _perform(unit: Unit, view: View, stored: StoredRule, index: int, action: Action,
+                   env: Envelope) -> None:
     rule = stored.rule
     aid = domain.action_id(rule.id, env.id, index)
-    if await store.action_exists(conn, aid):
+    if aid in unit.done_actions:
         return  # this trigger yielded this action before
-    decision = await decide(conn, ctx, view, action, lock=True)
+    decision = await decide(unit, view, action)
     target = decision.target or view
-    now = ctx.clock.now()
-    recorded = await store.insert_action(
-        conn, action_id=aid, customer_id=target.customer_id, rule_id=rule.id,
-        rule_version=stored.version, index=index, action_type=action.type,
-        purpose=decision.purpose.value, trigger_event_id=env.id, trigger_type=env.type,
-        outcome=decision.outcome.value, reason=decision.reason, now=now)
-    if not recorded:
-        return
+    unit.record_action((aid, target.customer_id, rule.id, stored.version, index, action.type,
+                        decision.purpose.value, env.id, env.type, decision.outcome.value,
+                        decision.reason, unit.now))
     if decision.outcome is Outcome.SUPPRESSED:
         log.info("rule %s: %s for %s suppressed (%s)", rule.id, action.type,
                  target.customer_id, decision.reason)
-        await _emit(conn, ctx, target.customer_id, ActionSuppressed(
+        unit.emit(target.customer_id, ActionSuppressed(
             action_id=str(aid), customer_id=str(target.customer_id), rule_id=rule.id,
             action_type=action.type, purpose=decision.purpose.value, reason=decision.reason,
             trigger_event_id=env.id))
         return
     if decision.outcome is Outcome.SKIPPED:
         return
+    if decision.purpose is Purpose.PROMOTIONAL:
+        (await unit.promotional_times(target.customer_id)).append(unit.now)
     if isinstance(action, FollowUpAction):
-        await _schedule_follow_up(conn, ctx, target, aid, stored, action, env.id)
+        _schedule_follow_up(unit, target, aid, stored, action, env.id)
     elif isinstance(action, DiscountAction):
-        await _issue_discount(conn, ctx, target, aid, rule.id, action)
+        _issue_discount(unit, target, aid, rule.id, action)
     elif isinstance(action, NewsletterAction):
-        await store.enrol(conn, target.customer_id, action.list, rule.id, now)
-        await _emit(conn, ctx, target.customer_id, NewsletterEnrolled(
+        await store.enrol(unit.conn, target.customer_id, action.list, rule.id, unit.now)
+        unit.emit(target.customer_id, NewsletterEnrolled(
             customer_id=str(target.customer_id), list=action.list, rule_id=rule.id))
     elif isinstance(action, ReferralRewardAction):
-        await store.insert_referral_reward(conn, view.customer_id, target.customer_id, aid,
-                                           rule.id, now)
-        await _issue_discount(conn, ctx, target, aid, rule.id, action.discount)
-        await _emit(conn, ctx, target.customer_id, ReferralRewarded(
+        await store.insert_referral_reward(unit.conn, view.customer_id, target.customer_id,
+                                           aid, rule.id, unit.now)
+        _issue_discount(unit, target, aid, rule.id, action.discount)
+        unit.emit(target.customer_id, ReferralRewarded(
             customer_id=str(target.customer_id), referred_customer_id=str(view.customer_id),
             discount_id=str(aid), rule_id=rule.id))
 
 
-async def _schedule_follow_up(conn: Conn, ctx: Context, target: View, aid: uuid.UUID,
-                              stored: StoredRule, action: FollowUpAction,
-                              trigger_event_id: str) -> None:
-    now = ctx.clock.now()
-    requested = now + action.delay_td
-    zone = domain.time_zone(target.time_zone, ctx.policy.default_time_zone)
-    due = domain.outside_quiet_hours(requested, zone, ctx.policy.quiet_start,
-                                     ctx.policy.quiet_end)
-    await store.insert_follow_up(
-        conn, follow_up_id=aid, customer_id=target.customer_id, rule_id=stored.rule.id,
-        channel=action.channel, template=action.template, reason=action.reason,
-        purpose=action.purpose.value, list_name=action.list, cancel_on=list(action.cancel_on),
-        requested_at=requested, due_at=due, now=now)
-    await scheduler.schedule(conn, FOLLOW_UP_DUE, str(aid), due)
-    await _emit(conn, ctx, target.customer_id, FollowUpScheduled(
+def _schedule_follow_up(unit: Unit, target: View, aid: uuid.UUID, stored: StoredRule,
+                        action: FollowUpAction, trigger_event_id: str) -> None:
+    policy = unit.ctx.policy
+    requested = unit.now + action.delay_td
+    zone = domain.time_zone(target.time_zone, policy.default_time_zone)
+    due = domain.outside_quiet_hours(requested, zone, policy.quiet_start, policy.quiet_end)
+    unit.add_follow_up((aid, target.customer_id, stored.rule.id, action.channel,
+                        action.template, action.reason, action.purpose.value, action.list,
+                        list(action.cancel_on), requested, due, unit.now))
+    unit.emit(target.customer_id, FollowUpScheduled(
         follow_up_id=str(aid), customer_id=str(target.customer_id), rule_id=stored.rule.id,
         rule_version=stored.version, channel=action.channel, template=action.template,
         reason=action.reason, purpose=action.purpose.value, due_at=due,
         trigger_event_id=trigger_event_id))
 
 
-async def _issue_discount(conn: Conn, ctx: Context, target: View, discount_id: uuid.UUID,
-                          rule_id: str, terms: DiscountTerms) -> None:
-    now = ctx.clock.now()
+def _issue_discount(unit: Unit, target: View, discount_id: uuid.UUID, rule_id: str,
+                    terms: DiscountTerms) -> None:
+    now = unit.now
     expires_at = now + timedelta(days=terms.valid_days)
-    while True:  # 80 random bits: a clash is next to impossible, but never fatal
-        code = domain.new_code()
-        if await store.insert_discount(
-                conn, discount_id=discount_id, code=code, customer_id=target.customer_id,
-                rule_id=rule_id, kind=terms.kind, percent=terms.percent,
-                amount_minor=terms.amount_minor, currency=terms.currency,
-                min_purchase_minor=terms.min_purchase_minor, purpose=terms.purpose,
-                reason=terms.reason, issued_at=now, expires_at=expires_at):
-            break
-    notice = domain.expiring_notice_at(now, expires_at, ctx.expiry_notice)
-    if notice is not None:
-        await scheduler.schedule(conn, DISCOUNT_EXPIRING, str(discount_id), notice)
-    await _emit(conn, ctx, target.customer_id, DiscountIssued(
+    code = domain.new_code()
+    unit.add_discount((discount_id, code, target.customer_id, rule_id, terms.kind,
+                       terms.percent, terms.amount_minor, terms.currency,
+                       terms.min_purchase_minor, terms.purpose, terms.reason, now, expires_at),
+                      domain.expiring_notice_at(now, expires_at, unit.ctx.expiry_notice))
+    unit.emit(target.customer_id, DiscountIssued(
         discount_id=str(discount_id), customer_id=str(target.customer_id), code=code,
         kind=terms.kind, percent=terms.percent, amount_minor=terms.amount_minor,
         currency=terms.currency, min_purchase_minor=terms.min_purchase_minor,
@@ -356,13 +452,13 @@ async def _issue_discount(conn: Conn, ctx: Context, target: View, discount_id: u
 # --- follow-ups --------------------------------------------------------------------
 
 
-async def _cancel_follow_ups(conn: Conn, ctx: Context, rows: list[Any], reason: str) -> int:
-    now = ctx.clock.now()
+async def _cancel_follow_ups(unit: Unit, rows: list[Any], reason: str) -> int:
+    """Cancel follow-ups read after a :meth:`Unit.flush`."""
     for row in rows:
-        await store.close_follow_up(conn, row["follow_up_id"],
-                                    domain.FollowUpStatus.CANCELLED.value, reason, "", now)
-        await scheduler.cancel(conn, FOLLOW_UP_DUE, str(row["follow_up_id"]))
-        await _emit(conn, ctx, row["customer_id"], FollowUpCancelled(
+        await store.close_follow_up(unit.conn, row["follow_up_id"],
+                                    domain.FollowUpStatus.CANCELLED.value, reason, "", unit.now)
+        await scheduler.cancel(unit.conn, FOLLOW_UP_DUE, str(row["follow_up_id"]))
+        unit.emit(row["customer_id"], FollowUpCancelled(
             follow_up_id=str(row["follow_up_id"]), customer_id=str(row["customer_id"]),
             reason=reason))
     return len(rows)
@@ -371,28 +467,29 @@ async def _cancel_follow_ups(conn: Conn, ctx: Context, rows: list[Any], reason: 
 async def follow_up_due(conn: Conn, ctx: Context, follow_up_id: uuid.UUID) -> None:
     """A follow-up's time came (run by the durable scheduler). Consent and
     do-not-contact are checked again: they may have changed since."""
+    unit = Unit(conn, ctx)
     row = await store.get_follow_up(conn, follow_up_id)
     if row["status"] != domain.FollowUpStatus.SCHEDULED.value:
         return
-    view = await store.lock_view(conn, row["customer_id"], ctx.clock.now())
+    view = await unit.view(row["customer_id"])
     refusal = domain.trust_decision(Purpose(row["purpose"]), view.contact_state(), [],
-                                    ctx.clock.now(), ctx.policy)
+                                    unit.now, ctx.policy)
     if refusal is not None:
-        await _cancel_follow_ups(conn, ctx, [row], refusal.value)
-        return
-    due = await store.mark_due(conn, follow_up_id, ctx.clock.now())
-    if due is None:
-        return
-    await _emit(conn, ctx, due["customer_id"], FollowUpDue(
-        follow_up_id=str(follow_up_id), customer_id=str(due["customer_id"]),
-        channel=due["channel"], template=due["template"], reason=due["reason"],
-        purpose=due["purpose"], due_at=due["due_at"]))
+        await _cancel_follow_ups(unit, [row], refusal.value)
+    else:
+        due = await store.mark_due(conn, follow_up_id, unit.now)
+        if due is not None:
+            unit.emit(due["customer_id"], FollowUpDue(
+                follow_up_id=str(follow_up_id), customer_id=str(due["customer_id"]),
+                channel=due["channel"], template=due["template"], reason=due["reason"],
+                purpose=due["purpose"], due_at=due["due_at"]))
+    await unit.flush()
 
 
-async def _locked_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID) -> Any:
-    row = await store.get_follow_up(conn, follow_up_id)
-    await store.lock_view(conn, row["customer_id"], ctx.clock.now())
-    return await store.get_follow_up(conn, follow_up_id, lock=True)
+async def _locked_follow_up(unit: Unit, follow_up_id: uuid.UUID) -> Any:
+    row = await store.get_follow_up(unit.conn, follow_up_id)
+    await unit.view(row["customer_id"])
+    return await store.get_follow_up(unit.conn, follow_up_id, lock=True)
 
 
 async def complete_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID, outcome: str,
@@ -401,42 +498,44 @@ async def complete_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID, 
     outcome = outcome.strip()
     if not outcome:
         raise InvalidArgument("outcome", "required, e.g. 'contacted' or 'no_answer'")
-    row = await _locked_follow_up(conn, ctx, follow_up_id)
+    unit = Unit(conn, ctx)
+    row = await _locked_follow_up(unit, follow_up_id)
     if row["status"] == domain.FollowUpStatus.COMPLETED.value:
         return row
     if row["status"] == domain.FollowUpStatus.CANCELLED.value:
         raise FailedPrecondition(f"follow-up {follow_up_id} was cancelled ({row['outcome']})")
-    now = ctx.clock.now()
     done = await store.close_follow_up(conn, follow_up_id,
                                        domain.FollowUpStatus.COMPLETED.value, outcome,
-                                       note.strip(), now)
+                                       note.strip(), unit.now)
     await scheduler.cancel(conn, FOLLOW_UP_DUE, str(follow_up_id))
-    await _emit(conn, ctx, row["customer_id"], FollowUpCompleted(
+    unit.emit(row["customer_id"], FollowUpCompleted(
         follow_up_id=str(follow_up_id), customer_id=str(row["customer_id"]), outcome=outcome,
-        completed_at=now))
+        completed_at=unit.now))
+    await unit.flush()
     return done
 
 
 async def cancel_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID,
                            reason: str) -> Any:
-    row = await _locked_follow_up(conn, ctx, follow_up_id)
+    unit = Unit(conn, ctx)
+    row = await _locked_follow_up(unit, follow_up_id)
     if row["status"] == domain.FollowUpStatus.CANCELLED.value:
         return row
     if row["status"] == domain.FollowUpStatus.COMPLETED.value:
         raise FailedPrecondition(f"follow-up {follow_up_id} was completed already")
-    await _cancel_follow_ups(conn, ctx, [row], reason.strip() or "cancelled_by_user")
+    await _cancel_follow_ups(unit, [row], reason.strip() or "cancelled_by_user")
+    await unit.flush()
     return await store.get_follow_up(conn, follow_up_id)
 
 
 # --- newsletters ----------------------------------------------------------------------
 
 
-async def _leave_lists(conn: Conn, ctx: Context, customer_id: uuid.UUID, list_name: str | None,
+async def _leave_lists(unit: Unit, customer_id: uuid.UUID, list_name: str | None,
                        reason: str) -> list[str]:
-    lists = await store.unsubscribe(conn, customer_id, list_name, ctx.clock.now())
-    if lists:
-        await _emit(conn, ctx, customer_id, *[NewsletterUnsubscribed(
-            customer_id=str(customer_id), list=name, reason=reason) for name in lists])
+    lists = await store.unsubscribe(unit.conn, customer_id, list_name, unit.now)
+    unit.emit(customer_id, *[NewsletterUnsubscribed(
+        customer_id=str(customer_id), list=name, reason=reason) for name in lists])
     return lists
 
 
@@ -444,12 +543,15 @@ async def unsubscribe(conn: Conn, ctx: Context, customer_id: uuid.UUID,
                       list_name: str) -> tuple[list[str], int]:
     """Leave one list (or every list when empty) at once, and cancel the
     pending newsletter sends it covered. Returns (lists left, sends cancelled)."""
-    view = await store.get_view(conn, customer_id, lock=True)
+    unit = Unit(conn, ctx)
+    await store.get_view(conn, customer_id)  # NOT_FOUND for customers loyalty never saw
+    view = await unit.view(customer_id)
     only = list_name.strip() or None
-    lists = await _leave_lists(conn, ctx, view.customer_id, only, "customer_request")
+    lists = await _leave_lists(unit, view.customer_id, only, "customer_request")
     pending = await store.open_follow_ups(conn, view.customer_id,
                                           purposes=[Purpose.NEWSLETTER.value], list_name=only)
-    cancelled = await _cancel_follow_ups(conn, ctx, pending, "unsubscribed")
+    cancelled = await _cancel_follow_ups(unit, pending, "unsubscribed")
+    await unit.flush()
     return lists, cancelled
 
 
@@ -505,21 +607,22 @@ async def redeem_discount(conn: Conn, ctx: Context, code: str, *, order_id: str,
     code = domain.normalise_code(code)
     row = await store.discount_by_code(conn, code)
     await _check_owner(conn, row, customer_id)
-    now = ctx.clock.now()
-    await store.lock_view(conn, row["customer_id"], now, follow_alias=False)
+    unit = Unit(conn, ctx)
+    await unit.view(row["customer_id"], follow_alias=False)  # keeps the customer's events in order
     won = await store.redeem(conn, code, order_id=order_id, order_minor=order_minor,
-                             currency=currency, now=now)
+                             currency=currency, now=unit.now)
     if won is None:
         fresh = await store.discount_by_code(conn, code)
         if fresh["redeemed_at"] is not None and fresh["order_id"] == order_id:
             return fresh
-        reason = domain.redeem_refusal(discount_state(fresh), now, order_minor, currency)
+        reason = domain.redeem_refusal(discount_state(fresh), unit.now, order_minor, currency)
         raise FailedPrecondition(f"discount code {code}: {reason or 'cannot be redeemed'}")
     await scheduler.cancel(conn, DISCOUNT_EXPIRING, str(won["discount_id"]))
-    await _emit(conn, ctx, won["customer_id"], DiscountRedeemed(
+    unit.emit(won["customer_id"], DiscountRedeemed(
         discount_id=str(won["discount_id"]), customer_id=str(won["customer_id"]),
         order_id=order_id, discount_minor=won["discount_minor"], currency=won["currency"],
-        redeemed_at=now))
+        redeemed_at=unit.now))
+    await unit.flush()
     return won
 
 
@@ -529,31 +632,33 @@ async def discount_expiring(conn: Conn, ctx: Context, discount_id: uuid.UUID) ->
     row = await store.discount_by_id(conn, discount_id)
     if row is None or row["redeemed_at"] is not None or row["voided_at"] is not None:
         return
-    view = await store.lock_view(conn, row["customer_id"], ctx.clock.now())
-    purpose = Purpose(row["purpose"])
-    refusal = domain.trust_decision(purpose, view.contact_state(), [], ctx.clock.now(),
-                                    ctx.policy)
+    unit = Unit(conn, ctx)
+    view = await unit.view(row["customer_id"])
+    refusal = domain.trust_decision(Purpose(row["purpose"]), view.contact_state(), [],
+                                    unit.now, ctx.policy)
     if refusal is not None:
         log.info("discount %s: no expiry reminder (%s)", discount_id, refusal.value)
         return
-    await _emit(conn, ctx, row["customer_id"], DiscountExpiring(
+    unit.emit(row["customer_id"], DiscountExpiring(
         discount_id=str(discount_id), customer_id=str(row["customer_id"]), code=row["code"],
         expires_at=row["expires_at"]))
+    await unit.flush()
 
 
 # --- erasure and merge --------------------------------------------------------------------
 
 
-async def erase(conn: Conn, ctx: Context, view: View) -> None:
+async def erase(unit: Unit, view: View) -> None:
     """Cancel everything pending and scrub personal data; the id stays."""
-    now = ctx.clock.now()
-    await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(conn, view.customer_id),
+    await unit.flush()
+    conn, cid, now = unit.conn, view.customer_id, unit.now
+    await _cancel_follow_ups(unit, await store.open_follow_ups(conn, cid),
                              Suppression.ERASED.value)
-    await _leave_lists(conn, ctx, view.customer_id, None, Suppression.ERASED.value)
-    for discount_id in await store.void_discounts(conn, view.customer_id, "erased", now):
+    await _leave_lists(unit, cid, None, Suppression.ERASED.value)
+    for discount_id in await store.void_discounts(conn, cid, "erased", now):
         await scheduler.cancel(conn, DISCOUNT_EXPIRING, str(discount_id))
-    await store.scrub_follow_up_notes(conn, view.customer_id)
-    await store.scrub_order_ids(conn, view.customer_id)
+    await store.scrub_follow_up_notes(conn, cid)
+    await store.scrub_order_ids(conn, cid)
     view.erased_at = now
     view.do_not_contact = True
     view.newsletter_consent = view.promotional_consent = False
@@ -563,24 +668,23 @@ async def erase(conn: Conn, ctx: Context, view: View) -> None:
     view.time_zone = view.preferred_channel = ""
     view.segments = []
     view.last_purchase_at = None
-    await store.save_view(conn, view, now)
+    unit.save(view)
 
 
-async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uuid.UUID,
+async def merge(unit: Unit, survivor_id: uuid.UUID, merged_id: uuid.UUID,
                 env: Envelope) -> None:
     """``merged_id`` became an alias of ``survivor_id``: re-point its follow-ups,
     discounts, enrolments, actions and referrals, and combine what we know
     (do-not-contact from either; per consent the most recent decision)."""
     if survivor_id == merged_id:
         raise PoisonMessage("invalid_payload", "merged_customer_id equals customer_id")
-    now = ctx.clock.now()
-    views = {cid: await store.lock_view(conn, cid, now, follow_alias=False)
-             for cid in sorted([survivor_id, merged_id])}
-    survivor, merged = views[survivor_id], views[merged_id]
+    survivor = await unit.view(survivor_id, follow_alias=False)
+    merged = await unit.view(merged_id, follow_alias=False)
     if merged.merged_into == survivor_id:
         return
-    await store.move_records(conn, survivor_id, merged_id)
-    await store.point_aliases(conn, survivor_id, merged_id)
+    await unit.flush()
+    await store.move_records(unit.conn, survivor_id, merged_id)
+    await store.point_aliases(unit.conn, survivor_id, merged_id)
     data: Any = env.data
     survivor.stage, survivor.purchase_count = data.stage, data.purchase_count
     survivor.do_not_contact = survivor.do_not_contact or merged.do_not_contact
@@ -599,11 +703,16 @@ async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uui
     survivor.time_zone = survivor.time_zone or merged.time_zone
     survivor.preferred_channel = survivor.preferred_channel or merged.preferred_channel
     merged.merged_into = survivor_id
-    await store.save_view(conn, merged, now)  # its referral code stays its own
-    await store.save_view(conn, survivor, now)
+    unit.save(merged)  # its referral code stays its own
+    unit.save(survivor)
+    # Cached views aliased to the merged id now resolve to the survivor.
+    for cached in unit.cached_views():
+        if cached.merged_into == merged_id:
+            cached.merged_into = survivor_id
     if survivor.do_not_contact:
-        await _cancel_follow_ups(conn, ctx, await store.open_follow_ups(conn, survivor_id),
+        await _cancel_follow_ups(unit, await store.open_follow_ups(unit.conn, survivor_id),
                                  "do_not_contact")
+    unit.forget_moot_hints()
 
 
 def _later(a: datetime | None, b: datetime | None) -> bool:
@@ -652,10 +761,10 @@ async def dry_run(conn: Conn, ctx: Context, rule: domain.Rule, customer_id: uuid
             raise InvalidArgument(f"trigger_facts_json.{name}",
                                   f"expected a {known[name]} value, got {value!r}")
     view = await store.get_view(conn, customer_id)
-    facts = {**facts_of(view, None, ctx.clock.now()), **trigger_facts}
+    unit = Unit(conn, ctx)
+    facts = {**facts_of(view, None, unit.now), **trigger_facts}
     evaluation = domain.evaluate(rule.model_copy(update={"enabled": True}), facts)
     decisions = []
     if evaluation.matched:
-        decisions = [await decide(conn, ctx, view, action, lock=False)
-                     for action in rule.actions]
+        decisions = [await decide(unit, view, action, dry_run=True) for action in rule.actions]
     return DryRun(domain.evaluate(rule, facts), decisions, facts)

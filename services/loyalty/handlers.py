@@ -1,9 +1,10 @@
 """Event and scheduled-work handlers of the loyalty service (consumer group
 ``crm-loyalty``, reading ``crm.customers.v1`` and ``crm.interactions.v1``).
 
-Every consumed event goes through :func:`commands.on_event` in the batch's
-transaction; the runtime's inbox drops redeliveries. Before the first event
-the process applies the rules file (once per process start).
+Each run of consumed events goes through :func:`commands.on_events`, one
+unit of work in the batch's transaction; the runtime's inbox drops
+redeliveries. Before the first event the process applies the rules file (once
+per process start).
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ INTERACTION_EVENTS = ("interaction.recorded", "case.breached", "case.resolved",
 def on_events(ctx: commands.Context, pool: asyncpg.Pool) -> BatchHandler:
     async def handle(conn: Conn, events: list[Envelope]) -> None:
         await ctx.rules.sync_file(pool, ctx.clock.now())
-        for env in events:
-            await commands.on_event(conn, ctx, env)
+        await commands.on_events(conn, ctx, events)
 
     return handle
 

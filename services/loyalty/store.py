@@ -456,3 +456,127 @@ async def move_records(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> No
             WHERE referred_customer_id = $2 AND NOT EXISTS (
                   SELECT 1 FROM referral_rewards WHERE referred_customer_id = $1)""",
         survivor, merged)
+
+
+# --- batches (one consumed batch, few round trips) --------------------------------
+
+
+async def lock_views(conn: Conn, customer_ids: list[uuid.UUID], now: datetime) -> list[View]:
+    """The views of these customers (created empty when first seen), locked,
+    in id order so concurrent batches cannot deadlock. Aliases are not
+    followed here: the caller resolves ``merged_into``."""
+    ids = sorted(set(customer_ids))
+    await conn.execute(
+        """INSERT INTO customer_view (customer_id, updated_at)
+           SELECT id, $2 FROM unnest($1::uuid[]) AS t(id) ORDER BY id
+           ON CONFLICT (customer_id) DO NOTHING""", ids, now)
+    rows = await conn.fetch(
+        f"""SELECT {_VIEW_SELECT} FROM customer_view WHERE customer_id = ANY($1::uuid[])
+             ORDER BY customer_id FOR UPDATE""", ids)
+    return [_view(r) for r in rows]
+
+
+async def save_views(conn: Conn, views: list[View], now: datetime) -> None:
+    if not views:
+        return
+    await conn.executemany(
+        """UPDATE customer_view SET stage = $2, purchase_count = $3, last_purchase_at = $4,
+                  segments = $5, preferred_channel = $6, time_zone = $7, referred_by = $8,
+                  referral_code = $9, newsletter_consent = $10, newsletter_consent_at = $11,
+                  promotional_consent = $12, promotional_consent_at = $13,
+                  do_not_contact = $14, at_risk = $15, erased_at = $16, merged_into = $17,
+                  updated_at = $18
+            WHERE customer_id = $1""",
+        [(v.customer_id, v.stage, v.purchase_count, v.last_purchase_at, v.segments,
+          v.preferred_channel, v.time_zone, v.referred_by, v.referral_code,
+          v.newsletter_consent, v.newsletter_consent_at, v.promotional_consent,
+          v.promotional_consent_at, v.do_not_contact, v.at_risk, v.erased_at, v.merged_into,
+          now) for v in views])
+
+
+async def actions_of_triggers(conn: Conn, trigger_event_ids: list[str]) -> set[uuid.UUID]:
+    """Ids of actions already recorded for these trigger events."""
+    rows = await conn.fetch(
+        "SELECT action_id FROM actions WHERE trigger_event_id = ANY($1::text[])",
+        trigger_event_ids)
+    return {r["action_id"] for r in rows}
+
+
+async def promotional_times_many(conn: Conn, customer_ids: list[uuid.UUID],
+                                 since: datetime) -> dict[uuid.UUID, list[datetime]]:
+    rows = await conn.fetch(
+        """SELECT customer_id, at FROM actions
+            WHERE customer_id = ANY($1::uuid[]) AND purpose = 'promotional'
+              AND outcome = 'performed' AND at > $2""", customer_ids, since)
+    out: dict[uuid.UUID, list[datetime]] = {cid: [] for cid in customer_ids}
+    for r in rows:
+        out[r["customer_id"]].append(r["at"])
+    return out
+
+
+async def cancellable_types(conn: Conn, customer_ids: list[uuid.UUID]
+                            ) -> dict[uuid.UUID, set[str]]:
+    """Per customer, the event types that would make an open follow-up moot."""
+    rows = await conn.fetch(
+        """SELECT customer_id, cancel_on FROM follow_ups
+            WHERE customer_id = ANY($1::uuid[]) AND status IN ('scheduled', 'due')
+              AND cancel_on <> '{}'""", customer_ids)
+    out: dict[uuid.UUID, set[str]] = {}
+    for r in rows:
+        out.setdefault(r["customer_id"], set()).update(r["cancel_on"])
+    return out
+
+
+ActionRow = tuple[uuid.UUID, uuid.UUID, str, int, int, str, str, str, str, str, str, datetime]
+
+
+async def insert_actions(conn: Conn, rows: list[ActionRow]) -> None:
+    """Record actions; a second record of one (a replay that bypassed the
+    inbox) violates the unique key and fails the batch rather than double."""
+    if rows:
+        await conn.executemany(
+            """INSERT INTO actions (action_id, customer_id, rule_id, rule_version, action_index,
+                                    action_type, purpose, trigger_event_id, trigger_type,
+                                    outcome, reason, at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""", rows)
+
+
+DiscountRow = tuple[uuid.UUID, str, uuid.UUID, str, str, int | None, int | None, str, int, str,
+                    str, datetime, datetime]
+
+
+async def insert_discounts(conn: Conn, rows: list[DiscountRow]) -> None:
+    """A clash of random codes (80 bits) raises; the consumer then retries
+    the batch record by record with new codes."""
+    if rows:
+        await conn.executemany(
+            """INSERT INTO discounts (discount_id, code, customer_id, rule_id, kind, percent,
+                                      amount_minor, currency, min_purchase_minor, purpose,
+                                      reason, issued_at, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""", rows)
+
+
+FollowUpRow = tuple[uuid.UUID, uuid.UUID, str, str, str, str, str, str, list[str], datetime,
+                    datetime, datetime]
+
+
+async def insert_follow_ups(conn: Conn, rows: list[FollowUpRow]) -> None:
+    if rows:
+        await conn.executemany(
+            """INSERT INTO follow_ups (follow_up_id, customer_id, rule_id, channel, template,
+                                       reason, purpose, list, cancel_on, status, requested_at,
+                                       due_at, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12)""",
+            rows)
+
+
+async def schedule_many(conn: Conn, items: list[tuple[str, str, datetime]]) -> None:
+    """Schedule (kind, key, due_at) items in one round trip: the same upsert as
+    ``crm_runtime.scheduler.schedule``, for a batch."""
+    if items:
+        await conn.executemany(
+            """INSERT INTO scheduled_work (kind, item_key, due_at, payload)
+               VALUES ($1, $2, $3, '{}'::jsonb)
+               ON CONFLICT (kind, item_key)
+               DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload,
+                             attempts = 0, last_error = NULL""", items)

@@ -71,7 +71,7 @@ CREATE TABLE actions (
     outcome          text        NOT NULL CHECK (outcome IN ('performed', 'suppressed', 'skipped')),
     reason           text        NOT NULL DEFAULT '',
     at               timestamptz NOT NULL,
-    UNIQUE (rule_id, trigger_event_id, action_index)
+    UNIQUE (trigger_event_id, rule_id, action_index)
 );
 CREATE INDEX actions_customer ON actions (customer_id, at);
 CREATE INDEX actions_promotional ON actions (customer_id, at)
@@ -98,6 +98,8 @@ CREATE TABLE follow_ups (
     note             text        NOT NULL DEFAULT ''
 );
 CREATE INDEX follow_ups_open ON follow_ups (customer_id) WHERE status IN ('scheduled', 'due');
+CREATE INDEX follow_ups_cancellable ON follow_ups (customer_id)
+    WHERE status IN ('scheduled', 'due') AND cancel_on <> '{}';
 CREATE INDEX follow_ups_due ON follow_ups (due_at, follow_up_id) WHERE status = 'due';
 
 CREATE TABLE enrolments (

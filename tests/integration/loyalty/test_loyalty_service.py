@@ -74,7 +74,7 @@ async def test_second_purchase_yields_exactly_one_discount_whatever_the_redelive
     pool = svc.runner.pool
     assert pool is not None
     async with pool.acquire() as conn, conn.transaction():
-        await commands.on_event(conn, _context(svc), second)
+        await commands.on_events(conn, _context(svc), [second])
     events = await loyalty_events(svc, cid, 3, settle=1.0)
     issued = of_type(events, "loyalty.discount_issued")
     assert len(issued) == 1
