@@ -18,5 +18,9 @@ Modules:
 * :mod:`bench.report` -- the printed table;
 * :mod:`bench.events` -- the bench event type and its encoded records;
 * :mod:`bench.kafka` -- topic, producer and read-back helpers;
+* :mod:`bench.service` -- a product service run in-process on a fresh
+  database and broker of its own (for services with fixed schema and topic
+  names);
+* :mod:`bench.customers` -- customers stored with COPY, purchase events;
 * :mod:`bench.workloads` -- the workloads, one module each.
 """

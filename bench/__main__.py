@@ -78,7 +78,8 @@ async def run(args: argparse.Namespace) -> list[WorkloadResult]:
               f"{args.repeat} round(s), topics of {settings.topic_partitions} partitions, "
               f"run {run_id}", flush=True)
         ctx = BenchContext(infra.database_url, infra.bootstrap_servers, settings, run_id,
-                           outbox_tx_size=args.tx_size, delete_topics=infra.external_broker)
+                           outbox_tx_size=args.tx_size, delete_topics=infra.external_broker,
+                           quick=args.quick)
         try:
             for name in names:
                 results.append(await run_workload(WORKLOADS[name], ctx, args.events,

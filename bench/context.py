@@ -27,6 +27,8 @@ class BenchContext:
     outbox_tx_size: int = 100
     #: Delete the topics at the end (a broker of the user's; the embedded one dies anyway).
     delete_topics: bool = False
+    #: ``--quick``: workloads whose size is not just the event count scale down too.
+    quick: bool = False
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _topics: list[str] = field(default_factory=list)
     _schemas: list[str] = field(default_factory=list)
@@ -40,6 +42,10 @@ class BenchContext:
         await kafka.create_topic(self.bootstrap_servers, name, self.partitions)
         self._topics.append(name)
         return name
+
+    def new_name(self, label: str) -> str:
+        """A name unique in this run, for things the caller creates and drops."""
+        return f"{self.run_id}_{label}_{next(self._counter)}"
 
     def new_schema(self, label: str) -> str:
         """A schema name of this run; create it with :meth:`migrated_pool` or

@@ -4,17 +4,21 @@ decorated with :func:`register`.
 A workload times one job done two ways, within one run:
 
 * :meth:`Workload.baseline` -- the raw way, with the bare client libraries;
-  returns its seconds;
+  returns its seconds, or the seconds of each phase (same names as the
+  product's phases) when each product phase has a raw counterpart of its own;
 * :meth:`Workload.product` -- the product path; returns the seconds of each
   phase, in order (``{"write": 1.2, "relay": 0.8}``). A workload with several
-  phases gets one row per phase plus a total row.
+  phases gets one row per phase plus a total row (no total row when the
+  baseline is timed per phase).
 
 :meth:`Workload.setup` and :meth:`Workload.teardown` are not timed (topics,
 schemas, pre-produced records; push what needs closing onto
 :attr:`Workload.resources`); :meth:`Workload.verify` runs after both timed
 parts and raises when events are missing. Costs a timed part deliberately
 leaves out (a consumer group join, say) go in :attr:`Workload.excluded` and are
-printed as notes.
+printed as notes. A phase whose event count differs from the run's goes in
+:attr:`Workload.counts`; figures that are not seconds (latency percentiles,
+say) go in :attr:`Workload.figures` and are printed below the table.
 
 Adding a workload: a module in ``bench/workloads/`` with a registered
 subclass, imported from ``bench/workloads/__init__.py``.
@@ -43,12 +47,18 @@ class Workload(abc.ABC):
     warm_up: ClassVar[bool] = True
     #: Position in a default run (lower first), then registration order.
     order: ClassVar[int] = 100
+    #: A target the figures are read against (printed, never asserted).
+    target: ClassVar[str] = ""
 
     def __init__(self, ctx: BenchContext, events: int) -> None:
         self.ctx = ctx
         self.events = events
         #: Untimed costs worth showing: label -> seconds.
         self.excluded: dict[str, float] = {}
+        #: Events of a phase when not :attr:`events`: phase -> count.
+        self.counts: dict[str, int] = {}
+        #: Other measured figures, printed as they are: label (with its unit) -> value.
+        self.figures: dict[str, float] = {}
         #: What :meth:`setup` opened, closed by the default :meth:`teardown`.
         self.resources = contextlib.AsyncExitStack()
 
@@ -60,8 +70,9 @@ class Workload(abc.ABC):
         """Untimed preparation shared by both timed parts."""
 
     @abc.abstractmethod
-    async def baseline(self) -> float:
-        """Do the job the raw way; returns the seconds it took."""
+    async def baseline(self) -> float | Phases:
+        """Do the job the raw way; returns the seconds it took (in total, or
+        per phase when every product phase has its own raw counterpart)."""
 
     @abc.abstractmethod
     async def product(self) -> Phases:

@@ -4,6 +4,6 @@ A new workload is a module here defining a ``@register``-ed
 :class:`bench.registry.Workload` subclass, added to the imports below.
 """
 
-from bench.workloads import consume, publish
+from bench.workloads import consume, customers_get, customers_purchases, publish
 
-__all__ = ["consume", "publish"]
+__all__ = ["consume", "customers_get", "customers_purchases", "publish"]

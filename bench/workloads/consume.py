@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import asyncpg
@@ -37,6 +38,7 @@ from crm_runtime.consumer import EventConsumer
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import Migration
+from crm_runtime.settings import Settings
 
 TABLE = "applied_events"
 COLUMNS = ("event_id", "customer_id", "amount")
@@ -64,10 +66,44 @@ async def insert_entries(conn: Conn, events: list[Envelope]) -> None:
         f"INSERT INTO {TABLE} (event_id, customer_id, amount) VALUES ($1, $2, $3)", rows)
 
 
-def _raw_row(record: Any) -> tuple[str, str, int]:
+def raw_row(record: Any, fields: Sequence[str]) -> tuple[Any, ...]:
+    """``ce_id`` from the headers, then ``fields`` of the JSON body."""
     ce_id = next(v for k, v in record.headers if k == "ce_id")
     body = json.loads(record.value)
-    return ce_id.decode(), body["customer_id"], body["amount"]
+    return (ce_id.decode(), *(body[f] for f in fields))
+
+
+async def copy_from_topic(settings: Settings, bootstrap: str, topic: str,
+                          conn: asyncpg.Connection, *, schema: str, fields: Sequence[str],
+                          expect: int, deadline: float) -> tuple[float, float]:
+    """The raw consume baseline: read ``topic`` from the start without a group
+    and COPY ``(event_id, *fields)`` of every record into ``schema``.TABLE, a
+    batch at a time, until ``expect`` rows were copied. Returns (seconds to the
+    first poll, seconds from the first poll to the last COPY)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    opened = time.perf_counter()
+    await consumer.start()
+    try:
+        started: float | None = None
+        copied = 0
+        while copied < expect:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"raw consume of {topic}: {copied} of {expect} rows copied")
+            batch = await consumer.getmany(timeout_ms=settings.consumer_batch_wait_ms or 1,
+                                           max_records=settings.consumer_batch_size)
+            if started is None:
+                started = time.perf_counter()
+            rows = [raw_row(r, fields) for part in batch.values() for r in part]
+            if rows:
+                await conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS,
+                                                 schema_name=schema)
+                copied += len(rows)
+        done = time.perf_counter()
+    finally:
+        await consumer.stop()
+    assert started is not None
+    return started - opened, done - started
 
 
 @register
@@ -103,34 +139,12 @@ class Consume(Workload):
         return time.monotonic() + 120.0 + self.events / 100
 
     async def baseline(self) -> float:
-        s = self.ctx.settings
-        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.ctx.bootstrap_servers,
-                                    group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
-        opened = time.perf_counter()
-        await consumer.start()
-        try:
-            started: float | None = None
-            copied = 0
-            deadline = self._deadline()
-            while copied < self.events:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"consume baseline: {copied} of {self.events} rows copied")
-                batch = await consumer.getmany(timeout_ms=s.consumer_batch_wait_ms or 1,
-                                               max_records=s.consumer_batch_size)
-                if started is None:
-                    started = time.perf_counter()
-                rows = [_raw_row(r) for part in batch.values() for r in part]
-                if rows:
-                    await self.raw_conn.copy_records_to_table(
-                        TABLE, records=rows, columns=COLUMNS, schema_name=self.raw_schema)
-                    copied += len(rows)
-            done = time.perf_counter()
-        finally:
-            await consumer.stop()
-        assert started is not None
-        self.excluded["baseline consumer start (no group)"] = started - opened
-        return done - started
+        start_up, seconds = await copy_from_topic(
+            self.ctx.settings, self.ctx.bootstrap_servers, self.topic, self.raw_conn,
+            schema=self.raw_schema, fields=("customer_id", "amount"), expect=self.events,
+            deadline=self._deadline())
+        self.excluded["baseline consumer start (no group)"] = start_up
+        return seconds
 
     async def product(self) -> Phases:
         s = self.ctx.settings

@@ -1,0 +1,159 @@
+"""A product service run in-process by a workload, on servers of its own.
+
+The services use fixed schema and topic names (the customers service owns
+schema ``customers`` and reads ``crm.interactions.v1``), so a workload that
+runs one cannot share the run's database and broker: :func:`fresh_stack`
+gives each round a fresh database on the run's PostgreSQL server and a fresh
+embedded Tansu broker (in memory, so its topics start empty), and drops both
+when the round ends. This holds with ``KAFKA_BOOTSTRAP_SERVERS`` set too: the
+run never writes to the product topics of a broker that is not its own.
+
+:class:`InProcessService` runs the real :class:`~crm_runtime.service.ServiceRunner`
+(migrations, outbox relay, consumers, scheduler, gRPC with a dev token), as
+``tests/support/services.py`` does, and hands the workload the consumers it
+built so their ``ready`` event can start a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import asyncpg
+import grpc
+
+import crm_runtime.service
+from bench.context import BenchContext
+from bench.infra import fresh_database
+from crm_runtime.cli import create_topics
+from crm_runtime.consumer import EventConsumer
+from crm_runtime.migrations import migrate, migrations_for
+from crm_runtime.service import ServiceRunner, ServiceSpec
+from crm_runtime.settings import Settings
+from crm_runtime.stack import TansuBroker
+
+#: The bearer token of the in-process services (every scope).
+DEV_TOKEN = "bench-dev-token-0123456789"
+
+#: Consumer-group timings for the embedded broker, as ``crm up`` uses them
+#: (Tansu holds a rebalance for the whole rebalance timeout). ``CRM_*``
+#: variables the user set win.
+EMBEDDED_CONSUMER_TIMINGS = {"consumer_session_timeout_ms": 3000,
+                             "consumer_heartbeat_interval_ms": 300,
+                             "consumer_rebalance_timeout_ms": 1000}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The database and broker of one round, and the service settings on them."""
+
+    database_url: str
+    bootstrap_servers: str
+    settings: Settings
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {DEV_TOKEN}")]
+
+    async def connect(self) -> asyncpg.Connection:
+        """A plain asyncpg connection, without the runtime's JSON codecs (COPY
+        of ``jsonb`` needs asyncpg's own binary codec)."""
+        conn: asyncpg.Connection = await asyncpg.connect(self.database_url)
+        return conn
+
+    async def migrate(self, spec: ServiceSpec) -> None:
+        """Apply the service's migrations, as its start-up would."""
+        conn = await self.connect()
+        try:
+            await migrate(conn, spec.schema, migrations_for(spec.migrations))
+        finally:
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_stack(ctx: BenchContext, label: str) -> AsyncIterator[Stack]:
+    """A fresh database and a fresh broker with the product topics, for one round."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            url = await stack.enter_async_context(
+                fresh_database(ctx.database_url, ctx.new_name(label)))
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise RuntimeError(
+                f"{label}: the service owns fixed schema names, so each round needs a database "
+                f"of its own, and the bench role may not create one ({exc}); run with an "
+                "empty DATABASE_URL (a local or embedded server) or grant CREATEDB") from None
+        broker = TansuBroker()
+        await asyncio.to_thread(broker.start)
+        stack.push_async_callback(asyncio.to_thread, broker.stop)
+        update: dict[str, Any] = {"database_url": url,
+                                  "kafka_bootstrap_servers": broker.bootstrap_servers,
+                                  "dev_token": DEV_TOKEN}
+        update |= {k: v for k, v in EMBEDDED_CONSUMER_TIMINGS.items()
+                   if k not in ctx.settings.model_fields_set}
+        settings = ctx.settings.model_copy(update=update)
+        await create_topics(settings)
+        yield Stack(url, broker.bootstrap_servers, settings)
+
+
+class InProcessService:
+    """One service run by ``ServiceRunner`` in this process, gRPC on a free port."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings) -> None:
+        self.runner = ServiceRunner(spec, settings, grpc_port=0, serve_metrics=False)
+        #: The consumers the runner built, one per subscription.
+        self.consumers: list[EventConsumer] = []
+        self._task: asyncio.Task[None] | None = None
+        self.channel: Any = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start and return once gRPC serves (consumers may still be joining)."""
+
+        def build_consumer(*args: Any, **kwargs: Any) -> EventConsumer:
+            consumer = EventConsumer(*args, **kwargs)
+            self.consumers.append(consumer)
+            return consumer
+
+        # The runner builds its consumers before it sets ``ready``: capture
+        # them, unchanged, to read their ``ready`` events.
+        with mock.patch.object(crm_runtime.service, "EventConsumer", build_consumer):
+            self._task = asyncio.create_task(self.runner.run(), name="bench-service")
+            await self._until(self.runner.ready, timeout, "serving gRPC")
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.runner.bound_grpc_port}")
+
+    async def consumers_ready(self, timeout: float = 120.0) -> None:
+        """Until every consumer joined its group and its first poll returned."""
+        for consumer in self.consumers:
+            await self._until(consumer.ready, timeout, "consumer ready")
+
+    async def _until(self, event: asyncio.Event, timeout: float, what: str) -> None:
+        assert self._task is not None
+        waiter = asyncio.create_task(event.wait())
+        try:
+            done, _ = await asyncio.wait([waiter, self._task], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self._task in done:
+            self._task.result()  # re-raises what stopped the service
+            raise RuntimeError(f"{self.runner.spec.name}: service stopped before {what}")
+        if waiter not in done:
+            raise RuntimeError(f"{self.runner.spec.name}: not {what} after {timeout:.0f}s")
+
+    def check_running(self) -> None:
+        """Raise what stopped the service, if it stopped."""
+        if self._task is not None and self._task.done():
+            self._task.result()
+            raise RuntimeError(f"{self.runner.spec.name}: service stopped early")
+
+    async def stop(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+        if self._task is not None:
+            self.runner.stop()
+            await asyncio.wait_for(self._task, timeout=60)
+            self._task = None

@@ -1,0 +1,247 @@
+"""Customer lookups: ``GetCustomer`` over gRPC on the real customers service,
+against the same lookups as plain asyncpg queries.
+
+Set-up (untimed), per round: a fresh database and broker (see
+:mod:`bench.service`), the service's migrations, 100,000 customers (10,000
+with ``--quick``) stored with COPY into ``customers`` and
+``customer_identifiers`` and analysed, the customers service started by
+``ServiceRunner`` in this process (gRPC on a free port, dev token), a baseline
+pool as large as the service's (``CRM_DB_POOL_MAX``), and a warm-up of both
+sides (1,000 untimed calls each, which also fills both pools).
+
+Two phases, each timed on both sides with the same random customer ids:
+
+* ``max``: N calls (the run's event count, at most 5,000), 32 in flight:
+  calls/s;
+* ``paced``: 1,000 calls/s, open loop, for 5 s (2 s with ``--quick``): each
+  call starts at its scheduled time whether or not earlier ones finished, and
+  its latency is counted from that scheduled time (so a stalled loop shows as
+  latency instead of as fewer calls). Its row's calls/s only shows the pace
+  held; the figures below the table are the point: p50 and p99 in ms, also
+  for the ``max`` phase. A call the server sheds under overload (grpc-core
+  cancels calls beyond 1,000 waiting) is counted as failed, with an infinite
+  latency, and the failures are printed; any other error stops the run.
+
+* product: ``CustomersStub.GetCustomer`` with the dev token on one channel
+  (authentication, scope check, one transaction loading the customer with
+  identifiers, spend, consents and links, protobuf mapping);
+* baseline: ``pool.fetchrow`` of one ``SELECT ... WHERE customer_id = $1``
+  returning the customer row and its identifiers.
+
+The client runs in the same process and event loop as the in-process service
+(as the tests run services), so the product's figures include the gRPC
+client's own work. The issue's target is p99 under 10 ms at 1,000 calls/s;
+nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+import grpc
+
+from bench.customers import SCHEMA, seed_customers
+from bench.registry import Phases, Workload, register
+from bench.service import InProcessService, Stack, fresh_stack
+from crm.customers.v1 import customers_pb2 as pb
+from crm.customers.v1 import customers_pb2_grpc
+from crm_runtime.db import create_pool
+from services.customers.app import SPEC
+
+CUSTOMERS = 100_000
+QUICK_CUSTOMERS = 10_000
+#: Calls in flight in the ``max`` phase, and at most how many calls it makes
+#: (a few seconds of the service on a small machine).
+CONCURRENCY = 32
+MAX_CALLS = 5_000
+#: Calls per second of the ``paced`` phase, and its length.
+RATE = 1_000
+PACED_S = 5.0
+QUICK_PACED_S = 2.0
+WARM_UP_CALLS = 1_000
+#: Per-call deadline: a guard against hanging, not a timing check.
+CALL_TIMEOUT_S = 30.0
+
+RAW_QUERY = f"""SELECT c.*, ARRAY(SELECT i.kind || ':' || i.value
+                                 FROM {SCHEMA}.customer_identifiers i
+                                WHERE i.customer_id = c.customer_id
+                                ORDER BY i.position, i.value) AS identifiers
+                  FROM {SCHEMA}.customers c WHERE c.customer_id = $1"""
+
+#: Status codes of a server shedding load (grpc-core cancels calls beyond
+#: 1,000 waiting for the application): counted as failed calls, with an
+#: infinite latency, instead of stopping the run.
+OVERLOAD_CODES = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+#: One lookup; returns the customer id it found (checked by ``verify``), or
+#: None when the call failed with one of :data:`OVERLOAD_CODES`.
+Lookup = Callable[[uuid.UUID], Awaitable[str | None]]
+#: Seconds, each call's latency (infinite for a failed call), what each call found.
+Outcome = tuple[float, list[float], list[str | None]]
+
+
+async def closed_loop(lookup: Lookup, ids: Sequence[uuid.UUID], concurrency: int) -> Outcome:
+    """Every id, ``concurrency`` lookups in flight; returns the seconds, each
+    call's latency and the ids found, in call order."""
+    latencies = [0.0] * len(ids)
+    found: list[str | None] = [None] * len(ids)
+    todo = iter(range(len(ids)))
+
+    async def worker() -> None:
+        for i in todo:  # shared: each index is taken by one worker
+            started = time.perf_counter()
+            found[i] = await lookup(ids[i])
+            latencies[i] = time.perf_counter() - started if found[i] is not None else math.inf
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies, found
+
+
+async def paced(lookup: Lookup, ids: Sequence[uuid.UUID], rate: float) -> Outcome:
+    """Start lookup ``i`` at ``i / rate`` seconds (open loop); latency counts
+    from the scheduled start. Returns the seconds to the last answer, each
+    call's latency and the ids found."""
+    latencies = [0.0] * len(ids)
+    found: list[str | None] = [None] * len(ids)
+
+    async def one(i: int, due: float) -> None:
+        found[i] = await lookup(ids[i])
+        latencies[i] = time.perf_counter() - due if found[i] is not None else math.inf
+
+    loop_start = time.perf_counter()
+    tasks = []
+    for i in range(len(ids)):
+        due = loop_start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - loop_start, latencies, found
+
+
+def percentile_ms(latencies: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100, nearest rank) in milliseconds."""
+    ranked = sorted(latencies)
+    index = max(0, min(len(ranked) - 1, round(q / 100 * len(ranked)) - 1))
+    return ranked[index] * 1000
+
+
+@register
+class CustomersGet(Workload):
+    name = "customers.get"
+    order = 40
+    #: Set-up warms both sides (calls, pools, channel); a whole warm-up round
+    #: would only store the customers once more.
+    warm_up = False
+    summary = "GetCustomer over gRPC (dev token) on the customers service run in-process"
+    baseline_summary = ("asyncpg pool of the service's size: one SELECT of the customer row "
+                        "and its identifiers WHERE customer_id = $1")
+    target = f"paced ({RATE:,}/s) p99 under 10 ms, product"
+
+    def describe(self) -> str:
+        calls = min(self.events, MAX_CALLS)
+        return (f"GetCustomer over gRPC (dev token), customers service in-process, "
+                f"{self._customers():,} customers: max = {calls:,} calls with {CONCURRENCY} in "
+                f"flight; paced = {RATE:,} calls/s for {self._paced_s():.0f}s, latency from "
+                "each call's scheduled start")
+
+    def _customers(self) -> int:
+        return QUICK_CUSTOMERS if self.ctx.quick else CUSTOMERS
+
+    def _paced_s(self) -> float:
+        return QUICK_PACED_S if self.ctx.quick else PACED_S
+
+    async def setup(self) -> None:
+        self.stack: Stack = await self.resources.enter_async_context(
+            fresh_stack(self.ctx, "get"))
+        await self.stack.migrate(SPEC)
+        conn = await self.stack.connect()
+        try:
+            customers = await seed_customers(conn, self._customers())
+        finally:
+            await conn.close()
+        rng = random.Random(self.ctx.run_id)
+        paced_calls = round(RATE * self._paced_s())
+        max_calls = min(self.events, MAX_CALLS)
+        self.ids = {"max": rng.choices(customers, k=max_calls),
+                    "paced": rng.choices(customers, k=paced_calls)}
+        self.counts.update(max=max_calls, paced=paced_calls)
+
+        self.service = InProcessService(SPEC, self.stack.settings)
+        self.resources.push_async_callback(self.service.stop)
+        await self.service.start()
+        self.stub = customers_pb2_grpc.CustomersStub(self.service.channel)
+        self.pool: asyncpg.Pool = await create_pool(
+            self.stack.database_url, SCHEMA, max_size=self.stack.settings.db_pool_max)
+        self.resources.push_async_callback(self.pool.close)
+
+        warm = rng.choices(customers, k=WARM_UP_CALLS)
+        for lookup in (self._product_lookup, self._raw_lookup):
+            await closed_loop(lookup, warm, CONCURRENCY)
+        self.latencies: dict[tuple[str, str], list[float]] = {}
+        self.found: dict[tuple[str, str], list[str | None]] = {}
+
+    async def _product_lookup(self, customer_id: uuid.UUID) -> str | None:
+        try:
+            reply = await self.stub.GetCustomer(
+                pb.GetCustomerRequest(customer_id=str(customer_id)),
+                metadata=self.stack.metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in OVERLOAD_CODES:
+                return None
+            raise
+        return str(reply.customer_id)
+
+    async def _raw_lookup(self, customer_id: uuid.UUID) -> str | None:
+        row = await self.pool.fetchrow(RAW_QUERY, customer_id, timeout=CALL_TIMEOUT_S)
+        return str(row["customer_id"]) if row is not None else ""
+
+    async def _phases(self, side: str, lookup: Lookup) -> Phases:
+        seconds: Phases = {}
+        for phase in ("max", "paced"):
+            if phase == "max":
+                took, lat, found = await closed_loop(lookup, self.ids[phase], CONCURRENCY)
+            else:
+                took, lat, found = await paced(lookup, self.ids[phase], RATE)
+            seconds[phase] = took
+            self.latencies[side, phase] = lat
+            self.found[side, phase] = found
+        return seconds
+
+    async def baseline(self) -> Phases:
+        return await self._phases("baseline", self._raw_lookup)
+
+    async def product(self) -> Phases:
+        self.service.check_running()
+        return await self._phases("product", self._product_lookup)
+
+    async def verify(self) -> None:
+        for (side, phase), found in self.found.items():
+            wrong = sum(f is not None and f != str(i)
+                        for f, i in zip(found, self.ids[phase], strict=True))
+            if wrong:
+                raise RuntimeError(f"{self.name} {side} {phase}: {wrong} of {len(found)} "
+                                   "lookups returned another customer or none")
+        # Figures in a fixed order (the two sides run in alternating order).
+        for phase, title in (("max", f"max ({CONCURRENCY} in flight)"),
+                             ("paced", f"paced ({RATE:,}/s)")):
+            p99 = {}
+            for q in (50, 99):
+                for side in ("product", "baseline"):
+                    value = percentile_ms(self.latencies[side, phase], q)
+                    self.figures[f"{title} p{q} ms, {side}"] = value
+                    if q == 99:
+                        p99[side] = value
+            self.figures[f"{title} p99 ratio (product/baseline)"] = (
+                p99["product"] / p99["baseline"])
+            self.figures[f"{title} failed calls (overload), product"] = float(sum(
+                f is None for f in self.found["product", phase]))

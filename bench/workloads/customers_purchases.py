@@ -1,0 +1,142 @@
+"""Purchases into customer stages: N ``interaction.recorded`` purchase events
+consumed by the real customers service, against a plain consumer plus COPY.
+
+Set-up (untimed), per round: a fresh database and broker (see
+:mod:`bench.service`), the service's migrations, ceil(N/2) customers stored
+with COPY (stage potential), and N purchase events on ``crm.interactions.v1``:
+one per customer, then a second one for floor(N/2) of them, so every event
+moves a stage (potential -> one_time -> repeat) and writes a ``stage_history``
+row.
+
+* product: the customers service run by ``ServiceRunner`` in this process
+  (its consumer, outbox relay, scheduler and gRPC server all running), from
+  the moment its consumer's first poll returned (``EventConsumer.ready``; the
+  group join is a note) until ``customers.stage_history`` holds N rows
+  (polled every 10 ms). Each event is the service's ``record_purchase``
+  command: load the customer with a row lock, record the purchase and spend,
+  move the stage, save, schedule the churn window, queue the events in the
+  outbox;
+* baseline: the consume workload's raw baseline on the same topic: an
+  ``AIOKafkaConsumer`` without a group and ``copy_records_to_table`` of
+  ``(event_id, customer_id, amount_minor)`` per batch into a plain table of the
+  same database.
+
+The issue's target is at least half the raw baseline's throughput (ratio at
+most 2.0); the harness prints the ratio and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import cast
+
+import asyncpg
+
+from bench import kafka
+from bench.customers import SCHEMA, purchase_envelopes, seed_customers
+from bench.events import encode
+from bench.registry import Phases, Workload, register
+from bench.service import InProcessService, Stack, fresh_stack
+from bench.workloads.consume import DDL, TABLE, copy_from_topic
+from crm_runtime.topics import INTERACTIONS
+from services.customers.app import SPEC
+
+#: Schema of the baseline's plain table, in the round's database.
+RAW_SCHEMA = "bench_raw"
+#: Pause between two counts of ``stage_history``.
+POLL_S = 0.01
+
+
+@register
+class CustomersPurchases(Workload):
+    name = "customers.purchases"
+    order = 30
+    summary = ("customers service in-process: interaction.recorded purchases until every "
+               "stage change is applied")
+    baseline_summary = ("AIOKafkaConsumer (no group) + asyncpg copy_records_to_table per batch "
+                        "of the same records into a plain table")
+    target = "ratio at most 2.00x (at least half the raw baseline's throughput)"
+
+    def describe(self) -> str:
+        s = self.ctx.settings
+        return (f"customers service (ServiceRunner in-process, consumer batches of up to "
+                f"{s.consumer_batch_size}) applying {self.events} purchases of "
+                f"{self._customers()} customers, each a stage change, until "
+                f"{SCHEMA}.stage_history holds them all")
+
+    def _customers(self) -> int:
+        return (self.events + 1) // 2
+
+    def _deadline(self) -> float:
+        """A guard against hanging, not a timing check."""
+        return time.monotonic() + 120.0 + self.events / 50
+
+    async def setup(self) -> None:
+        self.stack: Stack = await self.resources.enter_async_context(
+            fresh_stack(self.ctx, "purchases"))
+        await self.stack.migrate(SPEC)
+        conn = await self.stack.connect()
+        self.resources.push_async_callback(conn.close)
+        self.conn: asyncpg.Connection = conn
+        ids = await seed_customers(conn, self._customers())
+        envelopes = purchase_envelopes(ids, self.events)
+        await kafka.produce(self.stack.bootstrap_servers, INTERACTIONS,
+                            [encode(e) for e in envelopes])
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA {RAW_SCHEMA}")
+            await conn.execute(f"SET LOCAL search_path TO {RAW_SCHEMA}")
+            await conn.execute(DDL)
+
+    async def baseline(self) -> float:
+        start_up, seconds = await copy_from_topic(
+            self.stack.settings, self.stack.bootstrap_servers, INTERACTIONS, self.conn,
+            schema=RAW_SCHEMA, fields=("customer_id", "amount_minor"), expect=self.events,
+            deadline=self._deadline())
+        self.excluded["baseline consumer start (no group)"] = start_up
+        return seconds
+
+    async def product(self) -> Phases:
+        service = InProcessService(SPEC, self.stack.settings)
+        opened = time.perf_counter()
+        try:
+            await service.start()
+            serving = time.perf_counter()
+            await service.consumers_ready()
+            started = time.perf_counter()
+            deadline = self._deadline()
+            count = f"SELECT count(*) FROM {SCHEMA}.stage_history"
+            while True:
+                service.check_running()
+                applied = cast(int, await self.conn.fetchval(count))
+                if applied >= self.events:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name}: {applied} of {self.events} stage changes "
+                                       "applied")
+                await asyncio.sleep(POLL_S)
+            done = time.perf_counter()
+        finally:
+            await service.stop()
+        self.excluded["product service start (migrations done, to gRPC serving)"] = (
+            serving - opened)
+        self.excluded["product consumer group join"] = started - serving
+        return {"apply": done - started}
+
+    async def verify(self) -> None:
+        raw = await self.conn.fetchval(f"SELECT count(*) FROM {RAW_SCHEMA}.{TABLE}")
+        if raw != self.events:
+            raise RuntimeError(f"{self.name} baseline: {raw} rows, expected {self.events}")
+        row = await self.conn.fetchrow(
+            f"""SELECT (SELECT count(*) FROM {SCHEMA}.stage_history) AS changes,
+                       (SELECT count(*) FROM {SCHEMA}.purchases) AS purchases,
+                       (SELECT count(*) FROM {SCHEMA}.inbox) AS inbox,
+                       (SELECT count(*) FROM {SCHEMA}.dead_letters) AS dead,
+                       (SELECT count(*) FROM {SCHEMA}.customers
+                         WHERE stage = 'repeat') AS repeat""")
+        assert row is not None
+        expected = (self.events, self.events, self.events, 0, self.events // 2)
+        if tuple(row.values()) != expected:
+            raise RuntimeError(f"{self.name}: {dict(row)}; expected {self.events} stage "
+                               "changes, purchases and inbox rows, no dead letters, "
+                               f"{self.events // 2} repeat customers")
