@@ -118,7 +118,8 @@ async def create_topics(settings: Settings) -> list[str]:
     try:
         existing = set(await admin.list_topics())
         wanted = [t for base in topic_names.ALL for t in (base, dlq_topic(base))]
-        new = [NewTopic(t, num_partitions=settings.partitions_for(t), replication_factor=1)
+        new = [NewTopic(t, num_partitions=settings.partitions_for(t),
+                        replication_factor=settings.topic_replication_factor)
                for t in wanted if t not in existing]
         if not new:
             return []

@@ -21,6 +21,7 @@ failing record is dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -259,6 +260,11 @@ class EventConsumer:
                            dead: list[tuple[_Item, str, str]]) -> None:
         if not dead:
             return
+        # A dead letter is not processed: forget its event id, so that a replay
+        # of it (crm dlq replay) is handled instead of dropped as a duplicate.
+        await conn.execute(
+            "DELETE FROM inbox WHERE consumer_group = $1 AND event_id = ANY($2::text[])",
+            self._group, [d[0].envelope.id for d in dead if d[0].envelope is not None])
         rows = await conn.fetch(
             """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset,
                                          error_kind, error_reason)
@@ -301,6 +307,13 @@ class EventConsumer:
                 metrics.DUPLICATES.labels(self._service, item.record.topic).inc()
 
     def _observe_lag(self) -> None:
+        assigned = self._kafka.assignment()
+        for tp in [tp for tp in self._next_offsets if tp not in assigned]:
+            # Taken away by a rebalance: another member reports it now.
+            del self._next_offsets[tp]
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(self._service, self._group, tp.topic,
+                                            str(tp.partition))
         for tp, next_offset in self._next_offsets.items():
             high = self._kafka.highwater(tp)
             if high is not None:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     grpc_base_port: int = Field(default=GRPC_BASE_PORT, ge=1, le=65000)
     metrics_base_port: int = Field(default=METRICS_BASE_PORT, ge=1, le=65000)
     topic_partitions: int = Field(default=6, ge=1, le=1000)
+    topic_replication_factor: int = Field(
+        default=1, ge=-1, le=10,
+        description="Replicas per topic `crm topics` creates; -1 takes the broker's default.")
     topic_partition_overrides: dict[str, Annotated[int, Field(ge=1, le=1000)]] = Field(
         default_factory=dict, description="JSON mapping of topic name to partition count.")
     api_tokens: list[ApiToken] = Field(default_factory=list)

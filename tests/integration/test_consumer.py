@@ -154,6 +154,10 @@ async def test_a_failing_handler_dead_letters_only_its_record(ledger: Ledger) ->
         assert row is not None
         assert row["error_kind"] == "handler_error"
         assert "666" in row["error_reason"]
+        # Its event id is not in the inbox: a replay after a fix is processed.
+        assert await ledger.pool.fetchval(
+            "SELECT count(*) FROM inbox WHERE event_id = $1", events[1].id) == 0
+        assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 3
     finally:
         consumer.stop()
         await task
@@ -211,3 +215,24 @@ async def test_database_outage_is_retried_never_dead_lettered(
         await pool.close()
         await direct.close()
         await proxy.down()
+
+
+async def test_a_rebalance_moves_partitions_without_crashing_either_member(
+        ledger: Ledger) -> None:
+    await produce_envelopes(ledger.bootstrap, [entry(ledger, f"c{i}", i + 1) for i in range(30)])
+    first = ledger.consumer()
+    one = asyncio.create_task(first.run())
+    second = ledger.consumer()
+    two: asyncio.Task[None] | None = None
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), 30), what="first entries applied")
+        two = asyncio.create_task(second.run())  # the group rebalances over both members
+        await asyncio.wait_for(second.ready.wait(), 30)
+        await produce_envelopes(ledger.bootstrap,
+                                [entry(ledger, f"d{i}", i + 1) for i in range(60)])
+        await wait_for(lambda: _eq(ledger.applied(), 90), timeout=60, what="all applied")
+        assert not one.done() and not two.done()  # nobody died of the rebalance
+    finally:
+        first.stop()
+        second.stop()
+        await asyncio.gather(one, *([two] if two else []))
