@@ -85,6 +85,11 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         async with uow.transaction(self._pool) as conn:
             return await work(conn)
 
+    async def _read(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """Single-statement reads need no explicit transaction (one round trip)."""
+        async with self._pool.acquire() as conn:
+            return await work(conn)
+
     def _out(self, rec: store.CustomerRecord) -> pb.Customer:
         return customer_to_pb(rec, self._ctx.clock.now().year)
 
@@ -101,7 +106,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
     async def GetCustomer(self, request: pb.GetCustomerRequest,
                           context: grpc.aio.ServicerContext) -> pb.Customer:
         customer_id = store.parse_id(request.customer_id)
-        return self._out(await self._tx(lambda c: store.load(c, customer_id)))
+        return self._out(await self._read(lambda c: store.load(c, customer_id)))
 
     async def FindCustomers(self, request: pb.FindCustomersRequest,
                             context: grpc.aio.ServicerContext) -> pb.FindCustomersResponse:

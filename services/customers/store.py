@@ -50,7 +50,7 @@ class CustomerRecord:
     links: list[tuple[str, uuid.UUID, str]] = field(default_factory=list)  # (as, other, role)
 
 
-_COLUMNS = """customer_id, display_name, profile, stage, purchase_count, first_purchase_at,
+_COLUMNS = """c.customer_id, display_name, profile, stage, purchase_count, first_purchase_at,
               last_purchase_at, do_not_contact, version, created_at, updated_at, closed_at,
               erased_at, merged_into, at_risk, risk_reasons, last_csat, last_nps,
               last_survey_at"""
@@ -65,65 +65,65 @@ def parse_id(value: str, field_name: str = "customer_id") -> uuid.UUID:
         raise InvalidArgument(field_name, f"{value!r} is not a UUID") from None
 
 
+#: The rows related to a customer, aggregated into the customer's own row so a
+#: full read is one round trip however many customers it reads.
+_RELATED = """,
+    (SELECT coalesce(json_agg(json_build_array(i.kind, i.value) ORDER BY i.position, i.value),
+                     '[]') FROM customer_identifiers i WHERE i.customer_id = c.customer_id)
+        AS identifiers,
+    (SELECT coalesce(json_agg(json_build_array(s.currency, s.total_minor) ORDER BY s.currency),
+                     '[]') FROM customer_spend s WHERE s.customer_id = c.customer_id) AS spend,
+    (SELECT coalesce(json_agg(json_build_array(k.purpose, k.granted, k.at, k.source)
+                              ORDER BY k.purpose), '[]')
+       FROM consents k WHERE k.customer_id = c.customer_id) AS consents,
+    (SELECT coalesce(json_agg(json_build_array(l.requester_id, l.decision_maker_id, l.role)
+                              ORDER BY l.created_at), '[]')
+       FROM customer_links l WHERE l.requester_id = c.customer_id
+                                OR l.decision_maker_id = c.customer_id) AS links"""
+_LISTS = ("identifiers", "spend", "consents", "links")
+
+
 async def load(conn: Conn, customer_id: uuid.UUID, *, lock: bool = False,
                follow_alias: bool = True, full: bool = True) -> CustomerRecord:
     """The customer; NotFound if unknown. A merged id resolves to its survivor
     unless ``follow_alias`` is off. ``full`` adds identifiers, spend, consents
-    and links (four more queries); commands that only change the customer row
+    and links (in the same query); commands that only change the customer row
     skip them."""
     target = ("coalesce((SELECT merged_into FROM customers WHERE customer_id = $1), $1)"
               if follow_alias else "$1")
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM customers WHERE customer_id = {target}"
-        + (" FOR UPDATE" if lock else ""), customer_id)
+        f"SELECT {_COLUMNS}{_RELATED if full else ''} FROM customers c"
+        f" WHERE c.customer_id = {target}" + (" FOR UPDATE OF c" if lock else ""), customer_id)
     if row is None:
         raise NotFound("customer", str(customer_id))
-    if not full:
-        return CustomerRecord(**{**dict(row), "stage": Stage(row["stage"]),
-                                 "risk_reasons": list(row["risk_reasons"])})
-    return (await _hydrate(conn, [row]))[0]
+    return _record(row)
 
 
 async def load_many(conn: Conn, ids: list[uuid.UUID]) -> list[CustomerRecord]:
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM customers WHERE customer_id = ANY($1::uuid[])", ids)
+        f"SELECT {_COLUMNS}{_RELATED} FROM customers c WHERE c.customer_id = ANY($1::uuid[])",
+        ids)
     by_id = {r["customer_id"]: r for r in rows}
-    return await _hydrate(conn, [by_id[i] for i in ids if i in by_id])
+    return [_record(by_id[i]) for i in ids if i in by_id]
 
 
-async def _hydrate(conn: Conn, rows: list[Any]) -> list[CustomerRecord]:
-    records = [CustomerRecord(**{**dict(r), "stage": Stage(r["stage"]),
-                                 "risk_reasons": list(r["risk_reasons"])}) for r in rows]
-    if not records:
-        return records
-    ids = [r.customer_id for r in records]
-    by_id = {r.customer_id: r for r in records}
-    for row in await conn.fetch(
-            """SELECT customer_id, kind, value FROM customer_identifiers
-                WHERE customer_id = ANY($1::uuid[]) ORDER BY position, value""", ids):
-        rec = by_id[row["customer_id"]]
-        {"email": rec.emails, "phone": rec.phones, "external": rec.external_ids}[
-            row["kind"]].append(row["value"])
-    for row in await conn.fetch(
-            """SELECT customer_id, currency, total_minor FROM customer_spend
-                WHERE customer_id = ANY($1::uuid[]) ORDER BY currency""", ids):
-        by_id[row["customer_id"]].spend[row["currency"]] = row["total_minor"]
-    for row in await conn.fetch(
-            """SELECT customer_id, purpose, granted, at, source FROM consents
-                WHERE customer_id = ANY($1::uuid[]) ORDER BY purpose""", ids):
-        by_id[row["customer_id"]].consents.append(
-            ConsentRecord(row["purpose"], row["granted"], row["at"], row["source"]))
-    for row in await conn.fetch(
-            """SELECT requester_id, decision_maker_id, role FROM customer_links
-                WHERE requester_id = ANY($1::uuid[]) OR decision_maker_id = ANY($1::uuid[])
-                ORDER BY created_at""", ids):
-        if row["requester_id"] in by_id:
-            by_id[row["requester_id"]].links.append(
-                ("requester", row["decision_maker_id"], row["role"]))
-        if row["decision_maker_id"] in by_id:
-            by_id[row["decision_maker_id"]].links.append(
-                ("decision_maker", row["requester_id"], row["role"]))
-    return records
+def _record(row: Any) -> CustomerRecord:
+    values = dict(row)
+    related = {k: values.pop(k) for k in _LISTS if k in values}
+    rec = CustomerRecord(**{**values, "stage": Stage(row["stage"]),
+                            "risk_reasons": list(row["risk_reasons"])})
+    for kind, value in related.get("identifiers", []):
+        {"email": rec.emails, "phone": rec.phones, "external": rec.external_ids}[kind].append(
+            value)
+    rec.spend = {currency: total for currency, total in related.get("spend", [])}
+    rec.consents = [ConsentRecord(purpose, granted, datetime.fromisoformat(at), source)
+                    for purpose, granted, at, source in related.get("consents", [])]
+    for requester, decider, role in related.get("links", []):
+        if uuid.UUID(requester) == rec.customer_id:
+            rec.links.append(("requester", uuid.UUID(decider), role))
+        else:
+            rec.links.append(("decision_maker", uuid.UUID(requester), role))
+    return rec
 
 
 async def find_by_identity(conn: Conn, identity: Identity) -> list[uuid.UUID]:
