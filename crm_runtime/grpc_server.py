@@ -83,29 +83,36 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._service = service
         self._tokens = dict(tokens)
         self._scopes = dict(scopes)
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                metadata = dict(context.invocation_metadata() or ())
                 return await self._call(method, metadata, context, inner, request)
 
-            return grpc.unary_unary_rpc_method_handler(
+            wrapped = grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        # Streaming methods are not part of the CRM contracts; refuse rather
-        # than serve them unauthenticated.
-        return _refusing_handler(handler, method)
+        else:
+            # Streaming methods are not part of the CRM contracts; refuse rather
+            # than serve them unauthenticated.
+            wrapped = _refusing_handler(handler, method)
+        self._wrapped[method] = wrapped  # built once per method, not per call
+        return wrapped
 
     def _authorise(self, method: str, metadata: Mapping[str, Any]) -> ApiToken:
         header = str(metadata.get("authorization", ""))

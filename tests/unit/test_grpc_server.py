@@ -65,7 +65,8 @@ def test_scope_granted_accepts_any_iterable() -> None:
 
 
 def test_required_scopes_of_operations() -> None:
-    assert required_scopes([OPERATIONS]) == {GET_STATUS: "ops:read"}
+    assert required_scopes([OPERATIONS]) == {
+        GET_STATUS: "ops:read", "/crm.ops.v1.Operations/AdvanceClock": "ops:clock"}
 
 
 def test_methods_without_a_scope_are_left_out() -> None:
