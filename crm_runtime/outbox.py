@@ -71,8 +71,7 @@ async def add_raw(conn: Conn, records: Sequence[RawRecord], *, lanes: int) -> No
             for event_id, topic, key, headers, body, event_type in records
         ],
     )
-    # Delivered at commit (and dropped on rollback): wakes the relay at once.
-    await conn.execute("SELECT pg_notify($1, current_schema())", WAKEUP_CHANNEL)
+    # The outbox_wake_relay trigger (runtime migration 003) notifies the relay.
 
 
 def _lock_key(schema: str) -> int:

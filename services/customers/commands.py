@@ -10,8 +10,9 @@ their inputs and call these.
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,28 @@ CHURN = "customers.churn"
 RISK_REVIEW = "customers.risk_review"
 
 
+class ChurnSegments:
+    """Segments that override the churn window, cached for a few seconds:
+    every purchase needs them, and they change rarely."""
+
+    TTL_S = 5.0
+
+    def __init__(self) -> None:
+        self._rows: list[Any] = []
+        self._until = 0.0
+
+    async def get(self, conn: Conn) -> list[Any]:
+        now = time.monotonic()
+        if now >= self._until:
+            self._rows = await store.churn_segments(conn)
+            self._until = now + self.TTL_S
+        return self._rows
+
+    def invalidate(self) -> None:
+        """After a segment edit in this process (other replicas follow within the TTL)."""
+        self._until = 0.0
+
+
 @dataclass(frozen=True)
 class Context:
     """What every command needs besides the connection."""
@@ -48,6 +71,7 @@ class Context:
     clock: Clock
     lanes: int
     churn_window: timedelta = domain.DEFAULT_CHURN_WINDOW
+    churn_segments: ChurnSegments = field(default_factory=ChurnSegments)
 
 
 async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
@@ -178,7 +202,7 @@ async def record_purchase(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
 async def churn_window_for(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> timedelta:
     """The default churn window, or the shortest one of the segments (with an
     override) the customer belongs to now."""
-    for seg in await store.churn_segments(conn):
+    for seg in await ctx.churn_segments.get(conn):
         compiled = segments.compile_sql(seg["definition"], ctx.clock.now())
         if await store.customer_matches(conn, customer_id, compiled.sql, compiled.params):
             return timedelta(days=seg["churn_window_days"])
@@ -336,8 +360,10 @@ async def define_segment(conn: Conn, ctx: Context, *, name: str, description: st
     segments.validate(definition, "filter_json")
     if churn_window_days is not None and not 1 <= churn_window_days <= 3650:
         raise InvalidArgument("churn_window_days", "must be between 1 and 3650")
-    return await store.upsert_segment(conn, name, description, definition, churn_window_days,
-                                      ctx.clock.now())
+    version = await store.upsert_segment(conn, name, description, definition,
+                                         churn_window_days, ctx.clock.now())
+    uow.on_commit(conn, ctx.churn_segments.invalidate)
+    return version
 
 
 async def segment_members(conn: Conn, ctx: Context, name: str, after: uuid.UUID | None,

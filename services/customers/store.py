@@ -180,19 +180,22 @@ async def insert_purchase(conn: Conn, customer_id: uuid.UUID, purchase_id: str,
                           amount_minor: int, currency: str, occurred_at: datetime,
                           causing_event_id: str) -> bool:
     """Record a purchase once; False when this purchase id was counted before."""
-    status = await conn.execute(
-        """INSERT INTO purchases (customer_id, purchase_id, amount_minor, currency, occurred_at,
-                                  causing_event_id)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+    # One round trip: the spend moves only if the purchase was new.
+    counted = await conn.fetchval(
+        """WITH p AS (
+               INSERT INTO purchases (customer_id, purchase_id, amount_minor, currency,
+                                      occurred_at, causing_event_id)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
+               RETURNING customer_id, currency, amount_minor),
+           s AS (
+               INSERT INTO customer_spend (customer_id, currency, total_minor)
+               SELECT * FROM p
+               ON CONFLICT (customer_id, currency)
+               DO UPDATE SET total_minor = customer_spend.total_minor + EXCLUDED.total_minor
+               RETURNING 1)
+           SELECT count(*) FROM s""",
         customer_id, purchase_id, amount_minor, currency, occurred_at, causing_event_id)
-    if status.endswith(" 0"):
-        return False
-    await conn.execute(
-        """INSERT INTO customer_spend (customer_id, currency, total_minor) VALUES ($1, $2, $3)
-           ON CONFLICT (customer_id, currency)
-           DO UPDATE SET total_minor = customer_spend.total_minor + EXCLUDED.total_minor""",
-        customer_id, currency, amount_minor)
-    return True
+    return bool(counted)
 
 
 async def set_consent(conn: Conn, customer_id: uuid.UUID, purpose: str, granted: bool,

@@ -11,10 +11,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
+from crm_runtime.migrations import migrations_for
 from crm_runtime.service import ServiceRunner
 from crm_runtime.settings import ApiToken, Settings
 from tests.support.kafka import create_topics
-from tests.support.ledger import ledger_spec
+from tests.support.ledger import MIGRATIONS, ledger_spec
 
 OPS_TOKEN = "ops-token-0123456789abcdef"
 OTHER_TOKEN = "other-token-0123456789abcdef"
@@ -63,8 +64,8 @@ async def test_status_reports_the_service(service: ServiceRunner) -> None:
         reply = await ops_pb2_grpc.OperationsStub(channel).GetStatus(
             ops_pb2.GetStatusRequest(), metadata=[("authorization", f"Bearer {OPS_TOKEN}")])
     assert reply.service == service.spec.name
-    assert reply.migrations == ["runtime/001_outbox_inbox_scheduler",
-                                 "runtime/002_inbox_retention", "service/001_ledger"]
+    plan = migrations_for(MIGRATIONS)
+    assert list(reply.migrations) == [f"{m.source}/{m.version:03d}_{m.name}" for m in plan]
     assert reply.outbox_backlog == 0
 
 
