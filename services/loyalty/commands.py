@@ -97,20 +97,22 @@ class Unit:
         self.done_actions: set[uuid.UUID] = set()
         self._promo: dict[uuid.UUID, list[datetime]] = {}
         self._cancellable: dict[uuid.UUID, set[str]] | None = None
+        self._new_cancellable: dict[uuid.UUID, set[str]] = {}  # follow-ups of this unit
+        self._trigger_ids: list[str] = []
+        self._guard_loaded = False
 
-    async def prefetch(self, customer_ids: list[uuid.UUID], trigger_event_ids: list[str]) -> None:
-        """Lock and load a batch's customers and what the batch will consult."""
-        views = await store.lock_views(self.conn, customer_ids, self.now)
+    async def prefetch(self, customer_ids: list[uuid.UUID],
+                       trigger_event_ids: list[str]) -> list[StoredRule]:
+        """Lock and load a run's customers (one round trip); returns the
+        current rules. What only some events need is loaded on first use."""
+        views, revision = await store.lock_views(self.conn, customer_ids, self.now)
         survivors = [v.merged_into for v in views if v.merged_into is not None]
         if survivors:
-            views += await store.lock_views(self.conn, survivors, self.now)
+            views += (await store.lock_views(self.conn, survivors, self.now))[0]
         for v in views:
             self._views[v.customer_id] = v
-        ids = list(self._views)
-        self.done_actions |= await store.actions_of_triggers(self.conn, trigger_event_ids)
-        self._promo.update(await store.promotional_times_many(
-            self.conn, ids, self.now - self.ctx.policy.window))
-        self._cancellable = await store.cancellable_types(self.conn, ids)
+        self._trigger_ids = trigger_event_ids
+        return await self.ctx.rules.current(self.conn, revision)
 
     async def view(self, customer_id: uuid.UUID, *, follow_alias: bool = True) -> View:
         """The customer's view, locked (created when first seen)."""
@@ -129,7 +131,7 @@ class Unit:
         return list(self._views.values())
 
     def forget_moot_hints(self) -> None:
-        """After a merge moved follow-ups, ask the database every time."""
+        """After a merge moved follow-ups, load the hint again."""
         self._cancellable = None
 
     def emit(self, customer_id: uuid.UUID, *payloads: EventPayload) -> None:
@@ -137,19 +139,34 @@ class Unit:
                                      time=self.now) for p in payloads]
 
     async def promotional_times(self, customer_id: uuid.UUID) -> list[datetime]:
+        """Times of promotional contacts in the cap's window (loaded for every
+        customer of the unit at the first need)."""
         if customer_id not in self._promo:
-            self._promo[customer_id] = await store.promotional_times(
-                self.conn, customer_id, self.now - self.ctx.policy.window)
+            ids = list({customer_id, *self._views})
+            self._promo.update(await store.promotional_times_many(
+                self.conn, ids, self.now - self.ctx.policy.window))
         return self._promo[customer_id]
 
-    def may_be_moot(self, customer_id: uuid.UUID, event_type: str) -> bool:
-        """False when no open follow-up of the customer lists ``event_type`` in
-        its ``cancel_on`` (known from the prefetch); True when it may."""
-        if event_type not in domain.CANCELLING_EVENTS:
+    async def performed_before(self, action_id: uuid.UUID) -> bool:
+        """The second guard of exactly-once: actions already recorded for the
+        unit's trigger events (loaded once, at the first action)."""
+        if not self._guard_loaded:
+            self.done_actions |= await store.actions_of_triggers(self.conn, self._trigger_ids)
+            self._guard_loaded = True
+        return action_id in self.done_actions
+
+    async def may_be_moot(self, customer_id: uuid.UUID, event_type: str) -> bool:
+        """Whether an open follow-up of the customer may list ``event_type``
+        in its ``cancel_on`` (a hint loaded once per unit; the caller asks
+        the database when it says yes)."""
+        if event_type not in self.ctx.rules.cancel_types:
             return False
         if self._cancellable is None:
-            return True
-        return event_type in self._cancellable.get(customer_id, set())
+            self._cancellable = await store.cancellable_types(self.conn, list(self._views))
+        if customer_id not in self._views:
+            return True  # not covered by the hint
+        return (event_type in self._cancellable.get(customer_id, set())
+                or event_type in self._new_cancellable.get(customer_id, set()))
 
     def record_action(self, row: store.ActionRow) -> None:
         self.done_actions.add(row[0])
@@ -158,8 +175,8 @@ class Unit:
     def add_follow_up(self, row: store.FollowUpRow) -> None:
         self._follow_ups.append(row)
         self._schedules.append((FOLLOW_UP_DUE, str(row[0]), row[10]))
-        if row[8] and self._cancellable is not None:
-            self._cancellable.setdefault(row[1], set()).update(row[8])
+        if row[8]:
+            self._new_cancellable.setdefault(row[1], set()).update(row[8])
 
     def add_discount(self, row: store.DiscountRow, notice_at: datetime | None) -> None:
         self._discounts.append(row)
@@ -201,8 +218,7 @@ async def on_events(conn: Conn, ctx: Context, events: list[Envelope]) -> None:
         ids.append(_event_customer(env))
         if env.type == "customer.merged":
             ids.append(_event_uuid(env, "merged_customer_id"))
-    await unit.prefetch(ids, [env.id for env in events])
-    rules = await ctx.rules.current(conn)
+    rules = await unit.prefetch(ids, [env.id for env in events])
     for env in events:
         await on_event(unit, env, rules)
     await unit.flush()
@@ -221,7 +237,7 @@ async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
     await _project(unit, view, env)
     if view.erased_at is not None:
         return
-    if unit.may_be_moot(view.customer_id, env.type):
+    if await unit.may_be_moot(view.customer_id, env.type):
         await unit.flush()
         moot = await store.open_follow_ups(unit.conn, view.customer_id, cancel_on=env.type)
         await _cancel_follow_ups(unit, moot, f"moot:{env.type}")
@@ -381,7 +397,7 @@ async def _perform(unit: Unit, view: View, stored: StoredRule, index: int, actio
                    env: Envelope) -> None:
     rule = stored.rule
     aid = domain.action_id(rule.id, env.id, index)
-    if aid in unit.done_actions:
+    if await unit.performed_before(aid):
         return  # this trigger yielded this action before
     decision = await decide(unit, view, action)
     target = decision.target or view

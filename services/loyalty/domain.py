@@ -19,6 +19,7 @@ deterministic action ids that make each trigger yield its actions once
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 import uuid
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -377,8 +379,13 @@ class Rule(_Strict):
             raise ValueError(f"{value!r} is not a trigger; one of {sorted(TRIGGERS)}")
         return value
 
-    def checks(self) -> tuple[Check, ...]:
+    @cached_property
+    def compiled(self) -> tuple[Check, ...]:
+        """The conditions, compiled once per rule object."""
         return compile_conditions(self.trigger, self.when)
+
+    def checks(self) -> tuple[Check, ...]:
+        return self.compiled
 
     def definition(self) -> dict[str, Any]:
         """The JSON form stored and returned by the API."""
@@ -549,9 +556,13 @@ CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud at
 _CODE = re.compile(rf"^[{CODE_ALPHABET}]{{4}}(?:-[{CODE_ALPHABET}]{{4}}){{3}}$")
 
 
+_FROM_BASE32 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", CODE_ALPHABET)
+
+
 def new_code() -> str:
-    """A single-use code: 16 characters from 32 (80 bits) from ``secrets``."""
-    chars = "".join(secrets.choice(CODE_ALPHABET) for _ in range(16))
+    """A single-use code: 80 random bits from ``secrets``, written as 16
+    characters of a 32-letter alphabet (5 bits each, so uniform)."""
+    chars = base64.b32encode(secrets.token_bytes(10)).decode().translate(_FROM_BASE32)
     return "-".join(chars[i:i + 4] for i in range(0, 16, 4))
 
 

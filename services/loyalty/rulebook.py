@@ -80,6 +80,8 @@ class RuleBook:
     _revision: int = -1
     _rules: list[StoredRule] = field(default_factory=list)
     _synced: bool = False
+    #: Event types that may make an open follow-up moot (from every rule version).
+    cancel_types: frozenset[str] = frozenset()
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def sync_file(self, pool: asyncpg.Pool, now: datetime) -> None:
@@ -117,14 +119,17 @@ class RuleBook:
                                file_digest=new_digest, change="updated", actor=FILE_ACTOR,
                                note="new shipped default", now=now)
 
-    async def current(self, conn: Conn) -> list[StoredRule]:
-        """Every rule (enabled or not), reloaded when the revision moved."""
-        revision = await store.rules_revision(conn)
+    async def current(self, conn: Conn, revision: int | None = None) -> list[StoredRule]:
+        """Every rule (enabled or not), reloaded when the revision moved.
+        ``revision``: the caller read it already (in the same transaction)."""
+        if revision is None:
+            revision = await store.rules_revision(conn)
         if revision != self._revision:
             rows = await store.all_rules(conn)
             self._rules = [StoredRule(parse_rule(dict(r["definition"])), r["version"],
                                       r["origin"], r["updated_at"], r["updated_by"])
                            for r in rows]
+            self.cancel_types = frozenset(await store.cancel_types(conn))
             self._revision = revision
         return self._rules
 

@@ -63,6 +63,16 @@ def _view(row: Any) -> View:
     return View(**{**dict(row), "segments": list(row["segments"])})
 
 
+async def cancel_types(conn: Conn) -> set[str]:
+    """Every event type any version of any rule listed in ``cancel_on``: only
+    these can make an open follow-up moot."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT jsonb_array_elements_text(a -> 'cancel_on') AS t
+             FROM rule_changes, jsonb_array_elements(definition -> 'actions') AS a
+            WHERE a ? 'cancel_on'""")
+    return {r["t"] for r in rows}
+
+
 async def resolve(conn: Conn, customer_id: uuid.UUID) -> uuid.UUID:
     """A merged customer's survivor, else the id itself."""
     survivor = await conn.fetchval(
@@ -461,19 +471,26 @@ async def move_records(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> No
 # --- batches (one consumed batch, few round trips) --------------------------------
 
 
-async def lock_views(conn: Conn, customer_ids: list[uuid.UUID], now: datetime) -> list[View]:
+async def lock_views(conn: Conn, customer_ids: list[uuid.UUID],
+                     now: datetime) -> tuple[list[View], int]:
     """The views of these customers (created empty when first seen), locked,
-    in id order so concurrent batches cannot deadlock. Aliases are not
-    followed here: the caller resolves ``merged_into``."""
+    and the rules revision, in one round trip. Aliases are not followed here:
+    the caller resolves ``merged_into``. A view another transaction created
+    at the same moment may be missing; the caller loads it on its own."""
     ids = sorted(set(customer_ids))
-    await conn.execute(
-        """INSERT INTO customer_view (customer_id, updated_at)
-           SELECT id, $2 FROM unnest($1::uuid[]) AS t(id) ORDER BY id
-           ON CONFLICT (customer_id) DO NOTHING""", ids, now)
     rows = await conn.fetch(
-        f"""SELECT {_VIEW_SELECT} FROM customer_view WHERE customer_id = ANY($1::uuid[])
-             ORDER BY customer_id FOR UPDATE""", ids)
-    return [_view(r) for r in rows]
+        f"""WITH ins AS (
+                INSERT INTO customer_view (customer_id, updated_at)
+                SELECT id, $2 FROM unnest($1::uuid[]) AS t(id) ORDER BY id
+                ON CONFLICT (customer_id) DO NOTHING RETURNING {_VIEW_SELECT}),
+            old AS (
+                SELECT {_VIEW_SELECT} FROM customer_view
+                 WHERE customer_id = ANY($1::uuid[]) ORDER BY customer_id FOR UPDATE)
+            SELECT *, (SELECT revision FROM rules_revision) AS revision FROM ins
+            UNION ALL
+            SELECT *, (SELECT revision FROM rules_revision) AS revision FROM old""", ids, now)
+    revision = await rules_revision(conn) if not rows else rows[0]["revision"]
+    return [_view({k: r[k] for k in _VIEW_COLUMNS}) for r in rows], int(revision)
 
 
 async def save_views(conn: Conn, views: list[View], now: datetime) -> None:
