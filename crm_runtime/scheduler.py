@@ -56,6 +56,20 @@ async def schedule(conn: Conn, kind: str, key: str, due_at: datetime,
     )
 
 
+async def schedule_many(conn: Conn, kind: str,
+                        items: list[tuple[str, datetime, Mapping[str, Any]]]) -> None:
+    """:func:`schedule` for many items of one kind in one statement."""
+    if not items:
+        return
+    await conn.execute(
+        """INSERT INTO scheduled_work (kind, item_key, due_at, payload)
+           SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::jsonb[])
+           ON CONFLICT (kind, item_key)
+           DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
+                         last_error = NULL""",
+        kind, [i[0] for i in items], [i[1] for i in items], [dict(i[2]) for i in items])
+
+
 async def cancel(conn: Conn, kind: str, key: str) -> bool:
     """Remove a pending item; True if there was one."""
     status = await conn.execute("DELETE FROM scheduled_work WHERE kind = $1 AND item_key = $2",

@@ -20,19 +20,26 @@ from services.interactions.events import (
 
 
 def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
+    """Purchases of the whole batch are counted together (one statement per
+    step); a bad one makes the runtime re-run the batch record by record."""
+
     async def handle(conn: Conn, events: list[Envelope]) -> None:
-        for env in logs.each(events):
+        purchases = []
+        for env in events:
             data = env.data
             assert isinstance(data, InteractionRecorded)
             if data.kind != "purchase":
                 continue
             if not data.currency:
                 raise PoisonMessage("invalid_payload", "currency: required for a purchase")
-            customer_id = store.parse_id(data.customer_id)
-            await commands.record_purchase(
-                conn, ctx, customer_id, purchase_id=f"interaction:{data.interaction_id}",
+            purchases.append(commands.Purchase(
+                customer_id=store.parse_id(data.customer_id),
+                purchase_id=f"interaction:{data.interaction_id}",
                 amount_minor=data.amount_minor, currency=data.currency,
-                occurred_at=data.occurred_at, causing_event_id=env.id)
+                occurred_at=data.occurred_at, causing_event_id=env.id,
+                traceparent=logs.new_traceparent(logs.trace_id(env.traceparent) or None)))
+        if purchases:
+            await commands.record_purchases(conn, ctx, purchases)
 
     return handle
 

@@ -382,3 +382,91 @@ async def risk_signals(conn: Conn, customer_id: uuid.UUID) -> list[tuple[str, da
 async def clear_risk_signals(conn: Conn, customer_id: uuid.UUID, up_to: datetime) -> None:
     await conn.execute("DELETE FROM risk_signals WHERE customer_id = $1 AND occurred_at <= $2",
                        customer_id, up_to)
+
+
+# --- batch purchase path (one statement per step for a whole consumed batch) ---
+
+async def resolve_many(conn: Conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """Each known id -> the id to act on (a merged id's survivor)."""
+    rows = await conn.fetch(
+        """SELECT customer_id, coalesce(merged_into, customer_id) AS target FROM customers
+            WHERE customer_id = ANY($1::uuid[])""", ids)
+    return {r["customer_id"]: r["target"] for r in rows}
+
+
+async def lock_many(conn: Conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, CustomerRecord]:
+    """Customer rows locked in id order (concurrent batches cannot deadlock)."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM customers c WHERE c.customer_id = ANY($1::uuid[])
+             ORDER BY c.customer_id FOR UPDATE OF c""", ids)
+    return {r["customer_id"]: _record(r) for r in rows}
+
+
+async def insert_purchases(conn: Conn, rows: list[tuple[uuid.UUID, str, int, str, datetime, str]]
+                           ) -> set[tuple[uuid.UUID, str]]:
+    """Insert purchases once; returns the (customer, purchase id) pairs that were new."""
+    if not rows:
+        return set()
+    cols = list(zip(*rows, strict=True))
+    got = await conn.fetch(
+        """INSERT INTO purchases (customer_id, purchase_id, amount_minor, currency, occurred_at,
+                                  causing_event_id)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[],
+                                $5::timestamptz[], $6::text[])
+           ON CONFLICT DO NOTHING RETURNING customer_id, purchase_id""", *[list(c) for c in cols])
+    return {(r["customer_id"], r["purchase_id"]) for r in got}
+
+
+async def add_spend_many(conn: Conn, deltas: dict[tuple[uuid.UUID, str], int]) -> None:
+    if not deltas:
+        return
+    keys = list(deltas)
+    await conn.execute(
+        """INSERT INTO customer_spend (customer_id, currency, total_minor)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
+           ON CONFLICT (customer_id, currency)
+           DO UPDATE SET total_minor = customer_spend.total_minor + EXCLUDED.total_minor""",
+        [k[0] for k in keys], [k[1] for k in keys], [deltas[k] for k in keys])
+
+
+async def add_stage_history_many(conn: Conn, rows: list[tuple[uuid.UUID, str, str, str, str,
+                                                               datetime]]) -> None:
+    if not rows:
+        return
+    cols = list(zip(*rows, strict=True))
+    await conn.execute(
+        """INSERT INTO stage_history (customer_id, from_stage, to_stage, cause, causing_event_id,
+                                      at)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                $6::timestamptz[])""", *[list(c) for c in cols])
+
+
+async def save_purchase_state_many(conn: Conn, recs: list[CustomerRecord], now: datetime) -> None:
+    """Write what purchases change (stage, counts, first/last purchase) for many
+    customers in one statement, bumping each version."""
+    if not recs:
+        return
+    await conn.execute(
+        """UPDATE customers c SET stage = u.stage, purchase_count = u.purchase_count,
+                  first_purchase_at = u.first_at, last_purchase_at = u.last_at,
+                  closed_at = u.closed_at, updated_at = $7, version = c.version + 1
+             FROM unnest($1::uuid[], $2::text[], $3::int[], $4::timestamptz[],
+                         $5::timestamptz[], $6::timestamptz[])
+                  AS u(id, stage, purchase_count, first_at, last_at, closed_at)
+            WHERE c.customer_id = u.id""",
+        [r.customer_id for r in recs], [r.stage.value for r in recs],
+        [r.purchase_count for r in recs], [r.first_purchase_at for r in recs],
+        [r.last_purchase_at for r in recs], [r.closed_at for r in recs], now)
+    for r in recs:
+        r.version += 1
+        r.updated_at = now
+
+
+async def matching_ids(conn: Conn, ids: list[uuid.UUID], where_sql: str,
+                       params: list[Any]) -> set[uuid.UUID]:
+    """Which of ``ids`` match a compiled segment filter."""
+    n = len(params)
+    rows = await conn.fetch(
+        f"SELECT c.customer_id FROM customers c WHERE c.customer_id = ANY(${n + 1}::uuid[])"
+        f" AND {where_sql}", *params, ids)
+    return {r["customer_id"] for r in rows}
