@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint typecheck proto bench clean
+.PHONY: run demo test test-fast lint typecheck proto bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 ## Start the embedded stack (or the configured servers) and every service; Ctrl-C stops all.
+## `make run DEMO=1` also plays the demo story once everything is up.
 run: $(STAMP)
-	$(VENV)/bin/crm up
+	$(VENV)/bin/crm up $(if $(DEMO),--demo)
+
+## Play the demo story against a stack started with `make run` (in another terminal).
+demo: $(STAMP)
+	$(VENV)/bin/crm demo
 
 ## The whole suite: lint, types, unit, integration and slow fault-injection tests.
 test: $(STAMP)

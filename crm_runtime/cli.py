@@ -207,8 +207,9 @@ def _dev_token(settings: Settings) -> str | None:
 
 
 @app.command()
-def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")] = None
-       ) -> None:
+def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")] = None,
+       play_demo: Annotated[bool, typer.Option(
+           "--demo", help="play `crm demo` once the services are up")] = False) -> None:
     """Start the infrastructure (embedded where unset) and every service; Ctrl-C stops all."""
     settings = _settings()
     specs = available_services()
@@ -257,6 +258,9 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
             "grpc": {n: f"{settings.grpc_host}:{settings.grpc_port(n)}" for n in chosen},
             "metrics": {n: f"http://{settings.grpc_host}:{settings.metrics_port(n)}/metrics"
                         for n in chosen}}, indent=2))
+        if play_demo:
+            children["demo"] = subprocess.Popen(
+                [sys.executable, "-m", "crm_runtime", "demo", "--stack", str(info)], env=env)
         try:
             code = _supervise(children, settings.shutdown_grace_s)
         finally:
@@ -288,10 +292,16 @@ def _supervise(children: dict[str, subprocess.Popen[bytes]], grace: float) -> in
     signal.signal(signal.SIGTERM, ask_stop)
     try:
         while not stopping:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    typer.echo(f"{name} exited with {child.returncode}; stopping", err=True)
-                    stopping = crashed = True
+            for name, child in list(children.items()):
+                if child.poll() is None:
+                    continue
+                if name == "demo":  # the demo ends; the stack keeps running
+                    typer.echo(f"demo finished (exit code {child.returncode}); "
+                               "the stack keeps running, Ctrl-C stops it")
+                    del children[name]
+                    continue
+                typer.echo(f"{name} exited with {child.returncode}; stopping", err=True)
+                stopping = crashed = True
             time.sleep(0.2)
     finally:
         for child in children.values():
