@@ -103,16 +103,25 @@ class Unit:
 
     async def prefetch(self, customer_ids: list[uuid.UUID],
                        trigger_event_ids: list[str]) -> list[StoredRule]:
-        """Lock and load a run's customers (one round trip); returns the
-        current rules. What only some events need is loaded on first use."""
-        views, revision = await store.lock_views(self.conn, customer_ids, self.now)
-        survivors = [v.merged_into for v in views if v.merged_into is not None]
+        """Lock and load a run's customers and what the run will consult, in
+        one round trip; returns the current rules."""
+        since = self.now - self.ctx.policy.window
+        locked = await store.lock_views(self.conn, customer_ids, self.now, since,
+                                        trigger_event_ids)
+        survivors = [v.merged_into for v in locked.views if v.merged_into is not None]
         if survivors:
-            views += (await store.lock_views(self.conn, survivors, self.now))[0]
-        for v in views:
+            more = await store.lock_views(self.conn, survivors, self.now, since, [])
+            locked.views += more.views
+            locked.promotional.update(more.promotional)
+            locked.cancellable.update(more.cancellable)
+        for v in locked.views:
             self._views[v.customer_id] = v
+        self._promo.update(locked.promotional)
+        self._cancellable = locked.cancellable
+        self.done_actions |= locked.done_actions
         self._trigger_ids = trigger_event_ids
-        return await self.ctx.rules.current(self.conn, revision)
+        self._guard_loaded = True
+        return await self.ctx.rules.current(self.conn, locked.revision)
 
     async def view(self, customer_id: uuid.UUID, *, follow_alias: bool = True) -> View:
         """The customer's view, locked (created when first seen)."""
@@ -162,10 +171,12 @@ class Unit:
         if event_type not in self.ctx.rules.cancel_types:
             return False
         if self._cancellable is None:
-            self._cancellable = await store.cancellable_types(self.conn, list(self._views))
-        if customer_id not in self._views:
-            return True  # not covered by the hint
-        return (event_type in self._cancellable.get(customer_id, set())
+            ids = list(self._views)
+            self._cancellable = {cid: set() for cid in ids}
+            self._cancellable.update(await store.cancellable_types(self.conn, ids))
+        if customer_id not in self._cancellable:
+            return True  # not covered by the hint: ask the database
+        return (event_type in self._cancellable[customer_id]
                 or event_type in self._new_cancellable.get(customer_id, set()))
 
     def record_action(self, row: store.ActionRow) -> None:
@@ -184,13 +195,11 @@ class Unit:
             self._schedules.append((DISCOUNT_EXPIRING, str(row[0]), notice_at))
 
     async def flush(self) -> None:
-        conn = self.conn
-        await store.insert_actions(conn, self._actions)
-        await store.insert_discounts(conn, self._discounts)
-        await store.insert_follow_ups(conn, self._follow_ups)
-        await store.schedule_many(conn, self._schedules)
-        await store.save_views(conn, list(self._dirty.values()), self.now)
-        await outbox.add(conn, self._envelopes, lanes=self.ctx.lanes)
+        """Write what is buffered: one statement for the rows, then the outbox."""
+        await store.write_unit(self.conn, actions=self._actions, discounts=self._discounts,
+                               follow_ups=self._follow_ups, schedules=self._schedules,
+                               views=list(self._dirty.values()), now=self.now)
+        await outbox.add(self.conn, self._envelopes, lanes=self.ctx.lanes)
         self._actions, self._discounts, self._follow_ups = [], [], []
         self._schedules, self._envelopes, self._dirty = [], [], {}
 
@@ -266,7 +275,7 @@ async def _project(unit: Unit, view: View, env: Envelope) -> None:
             else:
                 if referrer != view.customer_id:
                     view.referred_by = referrer
-        await _ensure_referral_code(unit.conn, view)
+        _ensure_referral_code(view)
     elif env.type == "customer.stage_changed":
         view.stage = data.to_stage
         view.purchase_count = data.purchase_count
@@ -286,11 +295,11 @@ async def _project(unit: Unit, view: View, env: Envelope) -> None:
         unit.save(view)
 
 
-async def _ensure_referral_code(conn: Conn, view: View) -> None:
-    while view.referral_code is None:
-        code = domain.new_referral_code()
-        if not await store.referral_code_taken(conn, code):
-            view.referral_code = code
+def _ensure_referral_code(view: View) -> None:
+    """A random code (50 bits); a clash violates the unique key and the
+    consumer retries the event, with a new code."""
+    if view.referral_code is None:
+        view.referral_code = domain.new_referral_code()
 
 
 async def _consent_changed(unit: Unit, view: View, purpose: str, granted: bool,

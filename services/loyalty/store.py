@@ -108,26 +108,6 @@ async def get_view(conn: Conn, customer_id: uuid.UUID, *, lock: bool = False) ->
     return _view(row)
 
 
-async def save_view(conn: Conn, v: View, now: datetime) -> None:
-    await conn.execute(
-        """UPDATE customer_view SET stage = $2, purchase_count = $3, last_purchase_at = $4,
-                  segments = $5, preferred_channel = $6, time_zone = $7, referred_by = $8,
-                  referral_code = $9, newsletter_consent = $10, newsletter_consent_at = $11,
-                  promotional_consent = $12, promotional_consent_at = $13,
-                  do_not_contact = $14, at_risk = $15, erased_at = $16, merged_into = $17,
-                  updated_at = $18
-            WHERE customer_id = $1""",
-        v.customer_id, v.stage, v.purchase_count, v.last_purchase_at, v.segments,
-        v.preferred_channel, v.time_zone, v.referred_by, v.referral_code, v.newsletter_consent,
-        v.newsletter_consent_at, v.promotional_consent, v.promotional_consent_at,
-        v.do_not_contact, v.at_risk, v.erased_at, v.merged_into, now)
-
-
-async def referral_code_taken(conn: Conn, code: str) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM customer_view WHERE referral_code = $1)", code))
-
-
 async def point_aliases(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
     """Earlier aliases of ``merged`` now point at ``survivor`` too."""
     await conn.execute("UPDATE customer_view SET merged_into = $1 WHERE merged_into = $2",
@@ -176,41 +156,7 @@ async def write_rule(conn: Conn, *, rule_id: str, version: int, enabled: bool, t
     await conn.execute("UPDATE rules_revision SET revision = revision + 1")
 
 
-async def rule_changes(conn: Conn, rule_id: str) -> list[Any]:
-    return list(await conn.fetch(
-        """SELECT version, change, enabled, actor, note, at FROM rule_changes
-            WHERE rule_id = $1 ORDER BY version""", rule_id))
-
-
 # --- actions ------------------------------------------------------------------
-
-
-async def insert_action(conn: Conn, *, action_id: uuid.UUID, customer_id: uuid.UUID,
-                        rule_id: str, rule_version: int, index: int, action_type: str,
-                        purpose: str, trigger_event_id: str, trigger_type: str, outcome: str,
-                        reason: str, now: datetime) -> bool:
-    """Record an action once; False when it was recorded before (a redelivery)."""
-    row = await conn.fetchval(
-        """INSERT INTO actions (action_id, customer_id, rule_id, rule_version, action_index,
-                                action_type, purpose, trigger_event_id, trigger_type, outcome,
-                                reason, at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-           ON CONFLICT DO NOTHING RETURNING action_id""",
-        action_id, customer_id, rule_id, rule_version, index, action_type, purpose,
-        trigger_event_id, trigger_type, outcome, reason, now)
-    return row is not None
-
-
-async def action_exists(conn: Conn, action_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM actions WHERE action_id = $1)", action_id))
-
-
-async def promotional_times(conn: Conn, customer_id: uuid.UUID, since: datetime) -> list[datetime]:
-    rows = await conn.fetch(
-        """SELECT at FROM actions WHERE customer_id = $1 AND purpose = 'promotional'
-              AND outcome = 'performed' AND at > $2""", customer_id, since)
-    return [r["at"] for r in rows]
 
 
 async def suppressed_actions(conn: Conn, customer_id: uuid.UUID, limit: int = 50) -> list[Any]:
@@ -225,19 +171,6 @@ async def suppressed_actions(conn: Conn, customer_id: uuid.UUID, limit: int = 50
 _FOLLOW_UP_COLUMNS = """follow_up_id, customer_id, rule_id, channel, template, reason, purpose,
                         list, cancel_on, status, requested_at, due_at, created_at, fired_at,
                         closed_at, outcome, note"""
-
-
-async def insert_follow_up(conn: Conn, *, follow_up_id: uuid.UUID, customer_id: uuid.UUID,
-                           rule_id: str, channel: str, template: str, reason: str, purpose: str,
-                           list_name: str, cancel_on: list[str], requested_at: datetime,
-                           due_at: datetime, now: datetime) -> None:
-    await conn.execute(
-        """INSERT INTO follow_ups (follow_up_id, customer_id, rule_id, channel, template, reason,
-                                   purpose, list, cancel_on, status, requested_at, due_at,
-                                   created_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12)""",
-        follow_up_id, customer_id, rule_id, channel, template, reason, purpose, list_name,
-        cancel_on, requested_at, due_at, now)
 
 
 async def get_follow_up(conn: Conn, follow_up_id: uuid.UUID, *, lock: bool = False) -> Any:
@@ -346,23 +279,6 @@ _DISCOUNT_COLUMNS = """discount_id, code, customer_id, rule_id, kind, percent, a
                        redeemed_at, order_id, discount_minor, voided_at, void_reason"""
 
 
-async def insert_discount(conn: Conn, *, discount_id: uuid.UUID, code: str,
-                          customer_id: uuid.UUID, rule_id: str, kind: str, percent: int | None,
-                          amount_minor: int | None, currency: str, min_purchase_minor: int,
-                          purpose: str, reason: str, issued_at: datetime,
-                          expires_at: datetime) -> bool:
-    """Insert a discount; False when the (random) code is taken already."""
-    row = await conn.fetchval(
-        """INSERT INTO discounts (discount_id, code, customer_id, rule_id, kind, percent,
-                                  amount_minor, currency, min_purchase_minor, purpose, reason,
-                                  issued_at, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-           ON CONFLICT (code) DO NOTHING RETURNING discount_id""",
-        discount_id, code, customer_id, rule_id, kind, percent, amount_minor, currency,
-        min_purchase_minor, purpose, reason, issued_at, expires_at)
-    return row is not None
-
-
 async def discount_by_code(conn: Conn, code: str) -> Any:
     row = await conn.fetchrow(f"SELECT {_DISCOUNT_COLUMNS} FROM discounts WHERE code = $1", code)
     if row is None:
@@ -386,13 +302,6 @@ async def redeem(conn: Conn, code: str, *, order_id: str, order_minor: int, curr
              WHERE code = $1 AND redeemed_at IS NULL AND voided_at IS NULL
                AND expires_at > $2 AND currency = $5 AND min_purchase_minor <= $4
          RETURNING {_DISCOUNT_COLUMNS}""", code, now, order_id, order_minor, currency)
-
-
-async def open_discounts(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
-    return list(await conn.fetch(
-        f"""SELECT {_DISCOUNT_COLUMNS} FROM discounts
-             WHERE customer_id = $1 AND redeemed_at IS NULL AND voided_at IS NULL
-             FOR UPDATE""", customer_id))
 
 
 async def void_discounts(conn: Conn, customer_id: uuid.UUID, reason: str,
@@ -471,12 +380,27 @@ async def move_records(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> No
 # --- batches (one consumed batch, few round trips) --------------------------------
 
 
-async def lock_views(conn: Conn, customer_ids: list[uuid.UUID],
-                     now: datetime) -> tuple[list[View], int]:
-    """The views of these customers (created empty when first seen), locked,
-    and the rules revision, in one round trip. Aliases are not followed here:
-    the caller resolves ``merged_into``. A view another transaction created
-    at the same moment may be missing; the caller loads it on its own."""
+@dataclass
+class Locked:
+    """What a unit of work loads in its first statement."""
+
+    views: list[View]
+    revision: int
+    #: Promotional contacts in the cap's window, per customer.
+    promotional: dict[uuid.UUID, list[datetime]]
+    #: Event types that may make an open follow-up moot, per customer.
+    cancellable: dict[uuid.UUID, set[str]]
+    #: Actions already recorded for the unit's trigger events.
+    done_actions: set[uuid.UUID]
+
+
+async def lock_views(conn: Conn, customer_ids: list[uuid.UUID], now: datetime,
+                     since: datetime, trigger_event_ids: list[str]) -> Locked:
+    """In one round trip: the views of these customers (created empty when
+    first seen), locked; the rules revision; and per customer what the trust
+    rules and moot follow-ups consult. Aliases are not followed here: the
+    caller resolves ``merged_into``. A view another transaction created at
+    the same moment may be missing; the caller then loads it on its own."""
     ids = sorted(set(customer_ids))
     rows = await conn.fetch(
         f"""WITH ins AS (
@@ -485,30 +409,28 @@ async def lock_views(conn: Conn, customer_ids: list[uuid.UUID],
                 ON CONFLICT (customer_id) DO NOTHING RETURNING {_VIEW_SELECT}),
             old AS (
                 SELECT {_VIEW_SELECT} FROM customer_view
-                 WHERE customer_id = ANY($1::uuid[]) ORDER BY customer_id FOR UPDATE)
-            SELECT *, (SELECT revision FROM rules_revision) AS revision FROM ins
-            UNION ALL
-            SELECT *, (SELECT revision FROM rules_revision) AS revision FROM old""", ids, now)
-    revision = await rules_revision(conn) if not rows else rows[0]["revision"]
-    return [_view({k: r[k] for k in _VIEW_COLUMNS}) for r in rows], int(revision)
-
-
-async def save_views(conn: Conn, views: list[View], now: datetime) -> None:
-    if not views:
-        return
-    await conn.executemany(
-        """UPDATE customer_view SET stage = $2, purchase_count = $3, last_purchase_at = $4,
-                  segments = $5, preferred_channel = $6, time_zone = $7, referred_by = $8,
-                  referral_code = $9, newsletter_consent = $10, newsletter_consent_at = $11,
-                  promotional_consent = $12, promotional_consent_at = $13,
-                  do_not_contact = $14, at_risk = $15, erased_at = $16, merged_into = $17,
-                  updated_at = $18
-            WHERE customer_id = $1""",
-        [(v.customer_id, v.stage, v.purchase_count, v.last_purchase_at, v.segments,
-          v.preferred_channel, v.time_zone, v.referred_by, v.referral_code,
-          v.newsletter_consent, v.newsletter_consent_at, v.promotional_consent,
-          v.promotional_consent_at, v.do_not_contact, v.at_risk, v.erased_at, v.merged_into,
-          now) for v in views])
+                 WHERE customer_id = ANY($1::uuid[]) ORDER BY customer_id FOR UPDATE),
+            v AS (SELECT * FROM ins UNION ALL SELECT * FROM old)
+            SELECT v.*,
+                   (SELECT revision FROM rules_revision) AS revision,
+                   (SELECT coalesce(array_agg(a.at), '{{}}') FROM actions a
+                     WHERE a.customer_id = v.customer_id AND a.purpose = 'promotional'
+                       AND a.outcome = 'performed' AND a.at > $3) AS promotional,
+                   (SELECT coalesce(array_agg(DISTINCT t), '{{}}') FROM follow_ups f,
+                           unnest(f.cancel_on) AS t
+                     WHERE f.customer_id = v.customer_id AND f.status IN ('scheduled', 'due')
+                       AND f.cancel_on <> '{{}}') AS cancellable,
+                   (SELECT coalesce(array_agg(a.action_id), '{{}}') FROM actions a
+                     WHERE a.trigger_event_id = ANY($4::text[])) AS done
+              FROM v""", ids, now, since, trigger_event_ids)
+    if not rows:
+        return Locked([], await rules_revision(conn), {}, {}, set())
+    return Locked(
+        views=[_view({k: r[k] for k in _VIEW_COLUMNS}) for r in rows],
+        revision=int(rows[0]["revision"]),
+        promotional={r["customer_id"]: list(r["promotional"]) for r in rows},
+        cancellable={r["customer_id"]: set(r["cancellable"]) for r in rows},
+        done_actions=set(rows[0]["done"]))
 
 
 async def actions_of_triggers(conn: Conn, trigger_event_ids: list[str]) -> set[uuid.UUID]:
@@ -547,53 +469,91 @@ async def cancellable_types(conn: Conn, customer_ids: list[uuid.UUID]
 ActionRow = tuple[uuid.UUID, uuid.UUID, str, int, int, str, str, str, str, str, str, datetime]
 
 
-async def insert_actions(conn: Conn, rows: list[ActionRow]) -> None:
-    """Record actions; a second record of one (a replay that bypassed the
-    inbox) violates the unique key and fails the batch rather than double."""
-    if rows:
-        await conn.executemany(
-            """INSERT INTO actions (action_id, customer_id, rule_id, rule_version, action_index,
-                                    action_type, purpose, trigger_event_id, trigger_type,
-                                    outcome, reason, at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""", rows)
-
-
 DiscountRow = tuple[uuid.UUID, str, uuid.UUID, str, str, int | None, int | None, str, int, str,
                     str, datetime, datetime]
-
-
-async def insert_discounts(conn: Conn, rows: list[DiscountRow]) -> None:
-    """A clash of random codes (80 bits) raises; the consumer then retries
-    the batch record by record with new codes."""
-    if rows:
-        await conn.executemany(
-            """INSERT INTO discounts (discount_id, code, customer_id, rule_id, kind, percent,
-                                      amount_minor, currency, min_purchase_minor, purpose,
-                                      reason, issued_at, expires_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""", rows)
 
 
 FollowUpRow = tuple[uuid.UUID, uuid.UUID, str, str, str, str, str, str, list[str], datetime,
                     datetime, datetime]
 
 
-async def insert_follow_ups(conn: Conn, rows: list[FollowUpRow]) -> None:
-    if rows:
-        await conn.executemany(
-            """INSERT INTO follow_ups (follow_up_id, customer_id, rule_id, channel, template,
-                                       reason, purpose, list, cancel_on, status, requested_at,
-                                       due_at, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12)""",
-            rows)
+_SEP = "\x1f"  # joins a row's text[] values: unnest() cannot take arrays of arrays
 
 
-async def schedule_many(conn: Conn, items: list[tuple[str, str, datetime]]) -> None:
-    """Schedule (kind, key, due_at) items in one round trip: the same upsert as
-    ``crm_runtime.scheduler.schedule``, for a batch."""
-    if items:
-        await conn.executemany(
-            """INSERT INTO scheduled_work (kind, item_key, due_at, payload)
-               VALUES ($1, $2, $3, '{}'::jsonb)
-               ON CONFLICT (kind, item_key)
-               DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload,
-                             attempts = 0, last_error = NULL""", items)
+async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[DiscountRow],
+                     follow_ups: list[FollowUpRow], schedules: list[tuple[str, str, datetime]],
+                     views: list[View], now: datetime) -> None:
+    """Write a unit of work's buffered rows in one statement (one round trip):
+    actions, discounts, follow-ups, scheduled work (the same upsert as
+    ``crm_runtime.scheduler.schedule``) and the changed views. A second
+    record of an action (a replay that bypassed the inbox) or a clash of
+    random codes violates a unique key and fails the transaction."""
+    if not (actions or discounts or follow_ups or schedules or views):
+        return
+
+    def cols(rows: list[Any], width: int) -> list[list[Any]]:
+        return [[row[i] for row in rows] for i in range(width)]
+
+    a, d, f = cols(actions, 12), cols(discounts, 13), cols(follow_ups, 12)
+    f[8] = [_SEP.join(v) for v in f[8]]
+    s = cols(schedules, 3)
+    v = cols([(x.customer_id, x.stage, x.purchase_count, x.last_purchase_at,
+               _SEP.join(x.segments), x.preferred_channel, x.time_zone, x.referred_by,
+               x.referral_code, x.newsletter_consent, x.newsletter_consent_at,
+               x.promotional_consent, x.promotional_consent_at, x.do_not_contact, x.at_risk,
+               x.erased_at, x.merged_into) for x in views], 17)
+    await conn.execute(
+        """WITH a AS (
+             INSERT INTO actions (action_id, customer_id, rule_id, rule_version, action_index,
+                                  action_type, purpose, trigger_event_id, trigger_type, outcome,
+                                  reason, at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::int[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                  $11::text[], $12::timestamptz[])),
+           d AS (
+             INSERT INTO discounts (discount_id, code, customer_id, rule_id, kind, percent,
+                                    amount_minor, currency, min_purchase_minor, purpose, reason,
+                                    issued_at, expires_at)
+             SELECT * FROM unnest($13::uuid[], $14::text[], $15::uuid[], $16::text[],
+                                  $17::text[], $18::int[], $19::bigint[], $20::text[],
+                                  $21::bigint[], $22::text[], $23::text[], $24::timestamptz[],
+                                  $25::timestamptz[])),
+           f AS (
+             INSERT INTO follow_ups (follow_up_id, customer_id, rule_id, channel, template,
+                                     reason, purpose, list, cancel_on, status, requested_at,
+                                     due_at, created_at)
+             SELECT u.id, u.cid, u.rule, u.channel, u.template, u.reason, u.purpose, u.list,
+                    string_to_array(u.cancel_on, $58), 'scheduled', u.requested, u.due, u.created
+               FROM unnest($26::uuid[], $27::uuid[], $28::text[], $29::text[], $30::text[],
+                           $31::text[], $32::text[], $33::text[], $34::text[],
+                           $35::timestamptz[], $36::timestamptz[], $37::timestamptz[])
+                    AS u(id, cid, rule, channel, template, reason, purpose, list, cancel_on,
+                         requested, due, created)),
+           s AS (
+             INSERT INTO scheduled_work (kind, item_key, due_at, payload)
+             SELECT k, key, due, '{}'::jsonb FROM unnest($38::text[], $39::text[],
+                                                          $40::timestamptz[]) AS t(k, key, due)
+             ON CONFLICT (kind, item_key)
+             DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
+                           last_error = NULL)
+           UPDATE customer_view c SET stage = u.stage, purchase_count = u.purchase_count,
+                  last_purchase_at = u.last_purchase_at,
+                  segments = string_to_array(u.segments, $58),
+                  preferred_channel = u.preferred_channel, time_zone = u.time_zone,
+                  referred_by = u.referred_by, referral_code = u.referral_code,
+                  newsletter_consent = u.newsletter_consent,
+                  newsletter_consent_at = u.newsletter_consent_at,
+                  promotional_consent = u.promotional_consent,
+                  promotional_consent_at = u.promotional_consent_at,
+                  do_not_contact = u.do_not_contact, at_risk = u.at_risk,
+                  erased_at = u.erased_at, merged_into = u.merged_into, updated_at = $59
+             FROM unnest($41::uuid[], $42::text[], $43::int[], $44::timestamptz[], $45::text[],
+                         $46::text[], $47::text[], $48::uuid[], $49::text[], $50::bool[],
+                         $51::timestamptz[], $52::bool[], $53::timestamptz[], $54::bool[],
+                         $55::bool[], $56::timestamptz[], $57::uuid[])
+                  AS u(customer_id, stage, purchase_count, last_purchase_at, segments,
+                       preferred_channel, time_zone, referred_by, referral_code,
+                       newsletter_consent, newsletter_consent_at, promotional_consent,
+                       promotional_consent_at, do_not_contact, at_risk, erased_at, merged_into)
+            WHERE c.customer_id = u.customer_id""",
+        *a, *d, *f, *s, *v, _SEP, now)
