@@ -240,6 +240,8 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
         env = child_env(infra, extra)
         children = {name: subprocess.Popen([sys.executable, "-m", "crm_runtime", "serve", name],
                                            env=env) for name in chosen}
+        _wait_until_serving({n: f"{settings.grpc_host}:{settings.grpc_port(n)}" for n in chosen},
+                            children)
         typer.echo("")
         typer.echo(f"CRM {VERSION} is up")
         typer.echo(f"  broker    {infra.kafka_bootstrap_servers}{broker_note}")
@@ -267,6 +269,27 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
             info.unlink(missing_ok=True)
     if code:
         raise typer.Exit(code)
+
+
+def _wait_until_serving(addresses: dict[str, str],
+                        children: dict[str, subprocess.Popen[bytes]],
+                        timeout: float = 120.0) -> None:
+    """Block until every service answers its gRPC health check with SERVING
+    (or one of them exits, which the supervisor then reports)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    for name, address in addresses.items():
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while children[name].poll() is None and time.monotonic() < deadline:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
 
 
 EMBEDDED_CONSUMER_TIMINGS = {"CRM_CONSUMER_SESSION_TIMEOUT_MS": "3000",

@@ -74,15 +74,17 @@ class Demo:
         self.out = out
         self.wait_s = wait_s
         self.md = [("authorization", f"Bearer {targets.token}")]
-        self.channels = {n: grpc.aio.insecure_channel(a) for n, a in targets.grpc.items()}
-        self.customers = customers_pb2_grpc.CustomersStub(self.channels["customers"])
-        self.interactions = interactions_pb2_grpc.InteractionsStub(self.channels["interactions"])
-        self.loyalty = loyalty_pb2_grpc.LoyaltyStub(self.channels["loyalty"])
+        self.channels: dict[str, grpc.aio.Channel] = {}
         self.seen: list[tuple[str, str, str, dict[str, Any]]] = []  # topic, key, type, data
         self.customer_id = ""
         self.steps: list[Step] = []
 
     async def run(self) -> list[Step]:
+        # Channels belong to the running event loop, so they are made here.
+        self.channels = {n: grpc.aio.insecure_channel(a) for n, a in self.t.grpc.items()}
+        self.customers = customers_pb2_grpc.CustomersStub(self.channels["customers"])
+        self.interactions = interactions_pb2_grpc.InteractionsStub(self.channels["interactions"])
+        self.loyalty = loyalty_pb2_grpc.LoyaltyStub(self.channels["loyalty"])
         watcher = AIOKafkaConsumer(CUSTOMERS, INTERACTIONS, LOYALTY,
                                    bootstrap_servers=self.t.bootstrap, group_id=None,
                                    auto_offset_reset="latest", enable_auto_commit=False)
