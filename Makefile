@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test test-fast lint typecheck proto bench clean
+.PHONY: asyncapi run demo test test-fast lint typecheck proto bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,10 @@ typecheck: $(STAMP)
 ## Regenerate crm/ (Python code and stubs) from proto/.
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
+
+## Regenerate docs/asyncapi.yaml from the event registry.
+asyncapi: $(STAMP)
+	$(PY) scripts/gen_asyncapi.py
 
 bench: $(STAMP)
 	$(PY) -m bench
