@@ -68,7 +68,7 @@ def build() -> dict[str, Any]:
     for module in EVENT_MODULES:
         importlib.import_module(module)
     by_topic: dict[str, list[type[EventPayload]]] = {}
-    for event_type, cls in sorted(registered_types().items()):
+    for _type, cls in sorted(registered_types().items()):
         if cls.topic in topics.ALL:
             by_topic.setdefault(cls.topic, []).append(cls)
     schemas: dict[str, Any] = {}
