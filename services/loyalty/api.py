@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.loyalty.v1 import loyalty_pb2 as pb
 from crm.loyalty.v1 import loyalty_pb2_grpc
+from crm_runtime import uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.loyalty import commands, domain, rulebook, store
@@ -77,7 +78,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
 
     async def _tx(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         await self._ctx.rules.sync_file(self._pool, self._ctx.clock.now())
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with uow.transaction(self._pool) as conn:
             return await work(conn)
 
     async def _read(self, work: Callable[[Conn], Awaitable[T]]) -> T:

@@ -15,7 +15,7 @@ from crm.loyalty.v1 import loyalty_pb2, loyalty_pb2_grpc
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
 from crm_runtime.topics import CUSTOMERS, INTERACTIONS, LOYALTY
-from services.loyalty import commands, handlers, settings
+from services.loyalty import commands, handlers, metrics, settings
 from services.loyalty.api import LoyaltyServicer
 from services.loyalty.rulebook import RuleBook, load_file
 
@@ -37,6 +37,7 @@ def build(svc: ServiceContext) -> ServiceParts:
             loyalty_pb2_grpc.add_LoyaltyServicer_to_server,
             LoyaltyServicer(svc.pool, ctx),
             loyalty_pb2.DESCRIPTOR.services_by_name["Loyalty"])],
+        gauges=metrics.GAUGES,
     )
 
 

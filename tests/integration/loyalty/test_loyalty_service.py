@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from crm.loyalty.v1 import loyalty_pb2 as pb
 from services.loyalty import commands
@@ -156,6 +157,11 @@ async def test_no_newsletter_without_consent_and_unsubscribe_at_once(svc: Runnin
         ("monthly", "consent_withdrawn"), ("paper", "customer_request")]
 
 
+def _redemptions(result: str) -> float:
+    return REGISTRY.get_sample_value("crm_loyalty_redemptions_total",
+                                     {"service": "loyalty", "result": result}) or 0.0
+
+
 async def _discount_code(svc: Running) -> tuple[str, str]:
     cid = await _customer(svc, promotional=True)
     await produce(svc, stage_changed(cid, "one_time", "repeat", 2, svc.clock.now()))
@@ -165,6 +171,7 @@ async def _discount_code(svc: Running) -> tuple[str, str]:
 
 async def test_fifty_concurrent_redemptions_of_one_code_exactly_one_wins(svc: Running) -> None:
     cid, code = await _discount_code(svc)
+    redeemed_before = _redemptions("redeemed")
     order = pb.Money(amount_minor=8000, currency="EUR")
     check = await stub(svc).ValidateDiscount(pb.ValidateDiscountRequest(
         code=code, order_amount=order), metadata=svc.metadata)
@@ -182,6 +189,7 @@ async def test_fifty_concurrent_redemptions_of_one_code_exactly_one_wins(svc: Ru
     codes = await asyncio.gather(*[redeem(i) for i in range(50)])
     assert codes.count(grpc.StatusCode.OK) == 1
     assert codes.count(grpc.StatusCode.FAILED_PRECONDITION) == 49
+    assert _redemptions("redeemed") == redeemed_before + 1
     winner = f"order-{codes.index(grpc.StatusCode.OK)}"
     again = await stub(svc).RedeemDiscount(pb.RedeemDiscountRequest(
         code=code, order_id=winner, order_amount=order), metadata=svc.metadata)
