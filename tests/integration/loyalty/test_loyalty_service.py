@@ -431,6 +431,34 @@ async def test_follow_ups_are_cancelled_when_they_got_what_they_were_for(svc: Ru
         ("welcome-follow-up", "moot:customer.purchase_recorded")]
 
 
+async def test_unsubscribe_cancels_pending_newsletter_sends(svc: Running) -> None:
+    rule = {"id": "sms-newsletter-welcome", "trigger": "customer.consent_changed",
+            "when": {"purpose": "newsletter", "granted": True, "preferred_channel": "sms"},
+            "actions": [{"type": "follow_up", "delay": "2d", "channel": "sms",
+                         "template": "newsletter_first_issue", "reason": "First issue",
+                         "purpose": "newsletter", "list": "monthly"}]}
+    await stub(svc).UpsertRule(pb.UpsertRuleRequest(definition=json.dumps(rule)),
+                               metadata=svc.metadata)
+    try:
+        cid = await _customer(svc, newsletter=True, channel="sms")
+    finally:
+        await stub(svc).DisableRule(pb.DisableRuleRequest(rule_id="sms-newsletter-welcome"),
+                                    metadata=svc.metadata)
+    p = await profile_when(svc, cid, lambda p: any(
+        f.rule_id == "sms-newsletter-welcome" for f in p.follow_ups), "first issue scheduled")
+    reply = await stub(svc).Unsubscribe(pb.UnsubscribeRequest(customer_id=cid),
+                                        metadata=svc.metadata)
+    assert list(reply.lists) == ["monthly"] and reply.cancelled_follow_ups == 1
+    p = await profile(svc, cid)
+    send = next(f for f in p.follow_ups if f.rule_id == "sms-newsletter-welcome")
+    assert (send.status, send.outcome) == ("cancelled", "unsubscribed")
+    assert [(e.list, e.status) for e in p.enrolments] == [("monthly", "unsubscribed")]
+    # Unsubscribing again changes nothing.
+    again = await stub(svc).Unsubscribe(pb.UnsubscribeRequest(customer_id=cid),
+                                        metadata=svc.metadata)
+    assert (list(again.lists), again.cancelled_follow_ups) == ([], 0)
+
+
 async def test_contacts_due_in_quiet_hours_wait_for_the_morning(svc: Running) -> None:
     """Last in this module: it moves the shared clock to the evening."""
     now = svc.clock.now()
