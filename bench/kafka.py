@@ -85,3 +85,25 @@ async def count_records(bootstrap: str, topic: str, *, expect: int,
     finally:
         await consumer.stop()
     return seen
+
+
+async def read_records(bootstrap: str, topic: str, *, expect: int, within_s: float = 60.0,
+                       settle_s: float = 0.5) -> list[Any]:
+    """Every record of ``topic``, read from the start until ``expect`` arrived
+    (or the deadline passed), then for ``settle_s`` more so that duplicates
+    beyond ``expect`` are read too."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + within_s
+        settled: float | None = None
+        while time.monotonic() < (settled or deadline):
+            batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+            records.extend(r for part in batch.values() for r in part)
+            if settled is None and len(records) >= expect:
+                settled = time.monotonic() + settle_s
+    finally:
+        await consumer.stop()
+    return records

@@ -106,6 +106,8 @@ class InProcessService:
         self.runner = ServiceRunner(spec, settings, grpc_port=0, serve_metrics=False)
         #: The consumers the runner built, one per subscription.
         self.consumers: list[EventConsumer] = []
+        #: The topics of each of :attr:`consumers`, in the same order.
+        self.consumer_topics: list[tuple[str, ...]] = []
         self._task: asyncio.Task[None] | None = None
         self.channel: Any = None
 
@@ -115,6 +117,7 @@ class InProcessService:
         def build_consumer(*args: Any, **kwargs: Any) -> EventConsumer:
             consumer = EventConsumer(*args, **kwargs)
             self.consumers.append(consumer)
+            self.consumer_topics.append(tuple(kwargs.get("topics", ())))
             return consumer
 
         # The runner builds its consumers before it sets ``ready``: capture
@@ -128,6 +131,17 @@ class InProcessService:
         """Until every consumer joined its group and its first poll returned."""
         for consumer in self.consumers:
             await self._until(consumer.ready, timeout, "consumer ready")
+
+    async def consumer_ready(self, topic: str, timeout: float = 120.0) -> None:
+        """Until the consumers of ``topic`` joined their group and their first
+        poll returned (a service with several subscriptions starts consuming
+        one topic while another consumer may still be joining)."""
+        found = [c for c, topics in zip(self.consumers, self.consumer_topics, strict=True)
+                 if topic in topics]
+        if not found:
+            raise RuntimeError(f"{self.runner.spec.name}: no consumer of {topic}")
+        for consumer in found:
+            await self._until(consumer.ready, timeout, f"consumer of {topic} ready")
 
     async def _until(self, event: asyncio.Event, timeout: float, what: str) -> None:
         assert self._task is not None

@@ -4,6 +4,12 @@ A new workload is a module here defining a ``@register``-ed
 :class:`bench.registry.Workload` subclass, added to the imports below.
 """
 
-from bench.workloads import consume, customers_get, customers_purchases, publish
+from bench.workloads import (
+    consume,
+    customers_get,
+    customers_purchases,
+    interactions_ingest,
+    publish,
+)
 
-__all__ = ["consume", "customers_get", "customers_purchases", "publish"]
+__all__ = ["consume", "customers_get", "customers_purchases", "interactions_ingest", "publish"]
