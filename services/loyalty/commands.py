@@ -248,7 +248,7 @@ async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
     view = await unit.view(customer_id)
     if view.erased_at is not None:
         return  # nothing more happens for an erased customer, and nothing is kept
-    await _project(unit, view, env)
+    derived = await _project(unit, view, env)
     if view.erased_at is not None:
         return
     if await unit.may_be_moot(view.customer_id, env.type):
@@ -258,15 +258,17 @@ async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
     for stored in rules:
         if stored.rule.trigger != env.type or not stored.rule.enabled:
             continue
-        facts = facts_of(view, env.data, unit.now)
+        facts = {**facts_of(view, env.data, unit.now), **derived}
         if domain.evaluate(stored.rule, facts).matched:
             for index, action in enumerate(stored.rule.actions):
                 await _perform(unit, view, stored, index, action, env)
 
 
-async def _project(unit: Unit, view: View, env: Envelope) -> None:
-    """Keep loyalty's view of the customer current; react to consent changes."""
+async def _project(unit: Unit, view: View, env: Envelope) -> dict[str, Any]:
+    """Keep loyalty's view of the customer current; react to consent changes.
+    Returns the facts only the change itself tells (``newly_at_risk``)."""
     data: Any = env.data
+    derived: dict[str, Any] = {}
     changed = True
     if env.type == "customer.registered":
         view.stage = data.stage or view.stage
@@ -291,6 +293,7 @@ async def _project(unit: Unit, view: View, env: Envelope) -> None:
     elif env.type == "customer.consent_changed":
         await _consent_changed(unit, view, data.purpose, data.granted, env.time)
     elif env.type in ("customer.at_risk", "customer.risk_cleared"):
+        derived["newly_at_risk"] = env.type == "customer.at_risk" and not view.at_risk
         view.at_risk = env.type == "customer.at_risk"
     elif env.type == "customer.erased":
         await erase(unit, view)
@@ -298,6 +301,7 @@ async def _project(unit: Unit, view: View, env: Envelope) -> None:
         changed = False
     if changed:
         unit.save(view)
+    return derived
 
 
 def _ensure_referral_code(view: View) -> None:

@@ -105,7 +105,8 @@ TRIGGERS: dict[str, dict[str, FactKind]] = {
     "customer.won_back": {},
     "customer.purchase_recorded": {"amount_minor": "int", "currency": "text"},
     "customer.consent_changed": {"purpose": "text", "granted": "bool"},
-    "customer.at_risk": {"reasons": "list"},
+    # newly_at_risk: false when the customer was at risk already (new reasons).
+    "customer.at_risk": {"reasons": "list", "newly_at_risk": "bool"},
     "customer.risk_cleared": {},
     "interaction.recorded": {"channel": "text", "kind": "text", "direction": "text",
                              "outcome": "text", "amount_minor": "int", "currency": "text",

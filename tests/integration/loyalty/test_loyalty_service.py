@@ -418,8 +418,11 @@ async def test_unknown_ids_are_not_found(svc: Running) -> None:
 
 async def test_follow_ups_are_cancelled_when_they_got_what_they_were_for(svc: Running) -> None:
     cid = await _customer(svc)
-    await produce(svc, at_risk(cid, svc.clock.now()))
+    # At risk, then a new reason while still at risk: one outreach call, not two.
+    await produce(svc, at_risk(cid, svc.clock.now()), at_risk(cid, svc.clock.now()))
     p = await profile_when(svc, cid, lambda p: len(p.follow_ups) == 2, "outreach scheduled")
+    events = await loyalty_events(svc, cid, 2, settle=1.0)
+    assert len(of_type(events, "loyalty.followup_scheduled")) == 2
     assert sorted(f.rule_id for f in p.follow_ups) == ["at-risk-outreach", "welcome-follow-up"]
     # A purchase makes the welcome moot; the risk clearing makes the outreach moot.
     await produce(svc, purchase_recorded(cid, 1999, 1, svc.clock.now()),
