@@ -273,6 +273,9 @@ async def _project(unit: Unit, view: View, env: Envelope) -> dict[str, Any]:
     if env.type == "customer.registered":
         view.stage = data.stage or view.stage
         view.preferred_channel = data.preferred_channel
+        # Read when the customers contract carries it (quiet hours then follow
+        # the customer's zone; until then the default zone applies).
+        view.time_zone = getattr(data, "time_zone", "") or view.time_zone
         if data.referred_by:
             try:
                 referrer = uuid.UUID(data.referred_by)
