@@ -241,7 +241,8 @@ class EventConsumer:
             try:
                 async with conn.transaction():  # a savepoint per record
                     with logs.context(event_id=env.id, customer_id=env.subject,
-                                      traceparent=env.traceparent):
+                                      traceparent=env.traceparent,
+                                      span=f"process {env.type}", kind="consumer"):
                         await handler(conn, [env])
             except Exception as exc:
                 uow.rollback_to(conn, hooks)

@@ -139,7 +139,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         code = grpc.StatusCode.OK
         try:
             self._authorise(method, metadata)
-            with logs.context(traceparent=str(metadata.get("traceparent", ""))):
+            with logs.context(traceparent=str(metadata.get("traceparent", "")),
+                              span=method.lstrip("/"), kind="server"):
                 return await inner(request, context)
         except _Refused as refused:
             code = refused.code

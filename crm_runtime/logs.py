@@ -22,6 +22,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from crm_runtime import tracing
+
 if TYPE_CHECKING:
     from crm_runtime.events import Envelope
 
@@ -48,8 +50,12 @@ def trace_id(traceparent: str) -> str:
 
 
 def current_traceparent() -> str:
-    """The traceparent for a new event: a child of the current trace, or a new one."""
+    """The traceparent for a new event: the current span when tracing is on
+    (the event's consumer continues it), else a child of the current trace,
+    else a new trace."""
     parent = _traceparent.get()
+    if parent and tracing.enabled():
+        return parent
     return new_traceparent(trace_id(parent) or None)
 
 
@@ -58,23 +64,31 @@ def set_service(name: str) -> None:
 
 
 @contextlib.contextmanager
-def context(*, event_id: str = "", customer_id: str = "",
-            traceparent: str = "") -> Iterator[None]:
-    tokens = [_event_id.set(event_id), _customer_id.set(customer_id),
-              _traceparent.set(traceparent if valid_traceparent(traceparent) else
-                               new_traceparent())]
-    try:
-        yield
-    finally:
-        _traceparent.reset(tokens[2])
-        _customer_id.reset(tokens[1])
-        _event_id.reset(tokens[0])
+def context(*, event_id: str = "", customer_id: str = "", traceparent: str = "",
+            span: str = "", kind: str = "internal") -> Iterator[None]:
+    """Set the log and trace context; with ``span`` named and tracing on, the
+    work inside is an OpenTelemetry span continuing ``traceparent``."""
+    parent = traceparent if valid_traceparent(traceparent) else new_traceparent()
+    attributes = {k: v for k, v in (("crm.event_id", event_id),
+                                    ("crm.customer_id", customer_id)) if v}
+    spanned = (tracing.span(span, parent, kind, attributes) if span
+               else contextlib.nullcontext(parent))
+    with spanned as current:
+        tokens = [_event_id.set(event_id), _customer_id.set(customer_id),
+                  _traceparent.set(current)]
+        try:
+            yield
+        finally:
+            _traceparent.reset(tokens[2])
+            _customer_id.reset(tokens[1])
+            _event_id.reset(tokens[0])
 
 
 def each(events: Iterable[Envelope]) -> Iterator[Envelope]:
-    """Iterate events with the log and trace context of each one set."""
+    """Iterate events with the log and trace context (and span) of each one."""
     for env in events:
-        with context(event_id=env.id, customer_id=env.subject, traceparent=env.traceparent):
+        with context(event_id=env.id, customer_id=env.subject, traceparent=env.traceparent,
+                     span=f"process {env.type}", kind="consumer"):
             yield env
 
 

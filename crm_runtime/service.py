@@ -23,7 +23,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
-from crm_runtime import db, logs, metrics
+from crm_runtime import db, logs, metrics, tracing
 from crm_runtime.clock import Clock, OffsetClock, SystemClock
 from crm_runtime.consumer import BatchHandler, EventConsumer
 from crm_runtime.grpc_server import ServiceRegistration, build_server, set_serving
@@ -126,6 +126,7 @@ class ServiceRunner:
         s = self.settings
         assert s.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS must be resolved"
         logs.set_service(self.spec.name)
+        tracing.configure(s.otel_exporter, self.spec.name)
         pool = self.pool = await open_pool(s, self.spec.schema)
         tasks: list[asyncio.Task[None]] = []
         producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all",

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
         description="Comma-separated fault-injection points, for tests that kill processes.",
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    otel_exporter: str = Field(
+        default="none", pattern=r"^(none|console|otlp)$",
+        description="OpenTelemetry spans: none, console, or otlp (to OTEL_EXPORTER_OTLP_ENDPOINT).")
     log_format: str = Field(default="json", pattern=r"^(json|text)$",
                             description="json: one object per line with event, customer and "
                                         "trace ids; text: for a terminal.")
