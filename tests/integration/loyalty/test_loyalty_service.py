@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+import uuid
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
@@ -463,6 +464,21 @@ async def test_unsubscribe_cancels_pending_newsletter_sends(svc: Running) -> Non
     again = await stub(svc).Unsubscribe(pb.UnsubscribeRequest(customer_id=cid),
                                         metadata=svc.metadata)
     assert (list(again.lists), again.cancelled_follow_ups) == ([], 0)
+
+
+async def test_quiet_hours_follow_the_customers_time_zone(svc: Running) -> None:
+    cid = await _customer(svc)
+    pool = svc.runner.pool
+    assert pool is not None
+    # As customer.registered will carry it once the customers contract has it.
+    await pool.execute("UPDATE customer_view SET time_zone = 'Asia/Tokyo' WHERE customer_id = $1",
+                       uuid.UUID(cid))
+    now = svc.clock.now()
+    assert now.hour == 12  # noon UTC is 21:00 in Tokyo: quiet there
+    await produce(svc, case_breached(cid, now))
+    p = await profile_when(svc, cid, lambda p: len(p.follow_ups) == 2, "apology scheduled")
+    apology = next(f for f in p.follow_ups if f.rule_id == "service-recovery-breach")
+    assert apology.due_at.ToDatetime(tzinfo=UTC) == now.replace(hour=23)  # 08:00 in Tokyo
 
 
 async def test_contacts_due_in_quiet_hours_wait_for_the_morning(svc: Running) -> None:
