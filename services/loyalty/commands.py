@@ -271,7 +271,8 @@ async def _project(unit: Unit, view: View, env: Envelope) -> dict[str, Any]:
     derived: dict[str, Any] = {}
     changed = True
     if env.type == "customer.registered":
-        view.stage = data.stage or view.stage
+        if view.purchase_count == 0:  # never undo a stage later events brought
+            view.stage = data.stage or view.stage
         view.preferred_channel = data.preferred_channel
         # Read when the customers contract carries it (quiet hours then follow
         # the customer's zone; until then the default zone applies).
