@@ -14,12 +14,11 @@ consumers dead-letter those.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -165,12 +164,11 @@ def decode(headers: Headers | None, value: bytes | None) -> Envelope:
     if cls is None:
         raise PoisonMessage("unknown_type", f"ce_type {attrs['ce_type']!r} is not a known event")
     try:
-        raw_json: Any = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PoisonMessage("not_json", f"body is not JSON: {exc}") from None
-    try:
-        data = cls.model_validate(raw_json)
+        data = cls.model_validate_json(value or b"")  # parse and validate in one pass
     except ValidationError as exc:
+        broken = [e for e in exc.errors() if e["type"] == "json_invalid"]
+        if broken:
+            raise PoisonMessage("not_json", f"body is not JSON: {broken[0]['msg']}") from None
         raise PoisonMessage("invalid_payload", _describe(exc)) from None
     subject = attrs.get("ce_subject", "")
     when = attrs.get("ce_time")

@@ -54,6 +54,10 @@ async def add(conn: Conn, events: Sequence[Envelope], *, lanes: int) -> None:
     ], lanes=lanes)
 
 
+COPY_THRESHOLD = 20
+_COLUMNS = ["event_id", "topic", "message_key", "header_keys", "header_values", "body",
+            "event_type", "lane"]
+
 RawRecord = tuple[str, str, bytes | None, Sequence[tuple[str, bytes]], bytes | None, str]
 
 
@@ -61,16 +65,17 @@ async def add_raw(conn: Conn, records: Sequence[RawRecord], *, lanes: int) -> No
     """Queue already-encoded records (dead letters keep the original bytes)."""
     if not records:
         return
-    await conn.executemany(
-        """INSERT INTO outbox (event_id, topic, message_key, header_keys, header_values, body,
-                               event_type, lane)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        [
-            (event_id, topic, key, [h[0] for h in headers], [h[1] for h in headers], body,
+    rows = [(event_id, topic, key, [h[0] for h in headers], [h[1] for h in headers], body,
              event_type, lane_of(key, lanes))
-            for event_id, topic, key, headers, body, event_type in records
-        ],
-    )
+            for event_id, topic, key, headers, body, event_type in records]
+    if len(rows) >= COPY_THRESHOLD:
+        # A consumed batch's events: one COPY (ids still follow the row order).
+        await conn.copy_records_to_table("outbox", records=rows, columns=_COLUMNS)
+    else:
+        await conn.executemany(
+            """INSERT INTO outbox (event_id, topic, message_key, header_keys, header_values,
+                                   body, event_type, lane)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""", rows)
     # The outbox_wake_relay trigger (runtime migration 003) notifies the relay.
 
 

@@ -130,7 +130,8 @@ class ServiceRunner:
         pool = self.pool = await open_pool(s, self.spec.schema)
         tasks: list[asyncio.Task[None]] = []
         producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
-                                    enable_idempotence=False, linger_ms=5)
+                                    enable_idempotence=False, linger_ms=5,
+                                    max_batch_size=s.producer_batch_bytes)
         stoppers: list[Callable[[], None]] = []
         try:
             applied = await migrate_service(pool, self.spec)

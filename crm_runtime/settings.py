@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
     consumer_rebalance_timeout_ms: int = Field(default=30000, ge=1000, le=600000)
     relay_batch_size: int = Field(default=500, ge=1, le=10000)
+    producer_batch_bytes: int = Field(
+        default=1 << 20, ge=16384, le=64 << 20,
+        description="Largest record batch per partition the relay's producer sends at once.")
     relay_poll_interval_s: float = Field(
         default=1.0, gt=0, le=60,
         description="Idle poll of the relay; writers wake it at once with NOTIFY.")
