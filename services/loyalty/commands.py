@@ -255,11 +255,13 @@ async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
         await unit.flush()
         moot = await store.open_follow_ups(unit.conn, view.customer_id, cancel_on=env.type)
         await _cancel_follow_ups(unit, moot, f"moot:{env.type}")
+    facts: dict[str, Any] | None = None
     for stored in rules:
         if stored.rule.trigger != env.type or not stored.rule.enabled:
             continue
-        facts = {**facts_of(view, env.data, unit.now), **derived}
-        if domain.evaluate(stored.rule, facts).matched:
+        if facts is None:
+            facts = {**facts_of(view, env.data, unit.now), **derived}
+        if domain.matches(stored.rule, facts):
             for index, action in enumerate(stored.rule.actions):
                 await _perform(unit, view, stored, index, action, env)
 

@@ -441,6 +441,18 @@ def parse_rule_file(document: Any) -> list[Rule]:
     return rules
 
 
+def matches(rule: Rule, facts: Mapping[str, Any]) -> bool:
+    """Whether an enabled rule's conditions all hold (the hot path: no
+    explanations built; :func:`evaluate` gives them)."""
+    if not rule.enabled:
+        return False
+    for check in rule.checks():
+        value = facts.get(check.fact)
+        if value is None or not _holds(check, value):
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Evaluation:
     rule: Rule

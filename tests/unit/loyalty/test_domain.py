@@ -291,3 +291,28 @@ def test_fact_values_are_type_checked() -> None:
     assert not fact_value_ok("int", "3") and fact_value_ok("int", None)
     assert fact_value_ok("list", ["vip"]) and not fact_value_ok("list", "vip")
     assert fact_value_ok("bool", False) and not fact_value_ok("text", 1)
+
+
+RULES = st.sampled_from([
+    {"stage": "repeat"}, {"purchase_count": {"gte": 2, "lt": 5}},
+    {"segments": {"includes_any": ["vip", "gold"]}, "referred": True},
+    {"days_since_last_purchase": {"gt": 30}}, {"stage": {"not_in": ["former"]}},
+])
+FACTS = st.fixed_dictionaries({
+    "stage": st.sampled_from(["potential", "one_time", "repeat", "former"]),
+    "purchase_count": st.integers(0, 9),
+    "segments": st.lists(st.sampled_from(["vip", "gold", "basic"]), max_size=3),
+    "referred": st.booleans(),
+    "days_since_last_purchase": st.one_of(st.none(), st.integers(0, 400)),
+})
+
+
+@given(RULES, FACTS, st.booleans())
+def test_fast_match_agrees_with_the_explaining_evaluation(
+        when: dict[str, object], facts: dict[str, object], enabled: bool) -> None:
+    from services.loyalty.domain import matches
+
+    rule = parse_rule(_rule(when=when, enabled=enabled))
+    result = evaluate(rule, facts)
+    assert matches(rule, facts) == result.matched
+    assert result.matched == (not result.failed)
