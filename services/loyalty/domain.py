@@ -575,8 +575,17 @@ _FROM_BASE32 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", CODE_ALPHABET)
 def new_code() -> str:
     """A single-use code: 80 random bits from ``secrets``, written as 16
     characters of a 32-letter alphabet (5 bits each, so uniform)."""
-    chars = base64.b32encode(secrets.token_bytes(10)).decode().translate(_FROM_BASE32)
-    return "-".join(chars[i:i + 4] for i in range(0, 16, 4))
+    return new_codes(1)[0]
+
+
+def new_codes(n: int) -> list[str]:
+    """``n`` codes from one read of the system's random source."""
+    raw = secrets.token_bytes(10 * n)
+    out = []
+    for i in range(n):
+        chars = base64.b32encode(raw[10 * i:10 * i + 10]).decode().translate(_FROM_BASE32)
+        out.append("-".join(chars[j:j + 4] for j in range(0, 16, 4)))
+    return out
 
 
 def new_referral_code() -> str:
