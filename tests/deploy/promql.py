@@ -47,3 +47,45 @@ def usage(expr: str) -> Usage:
             continue  # a function or an aggregation
         metrics.add(token)
     return Usage(frozenset(metrics), frozenset(matched), frozenset(grouped))
+
+
+_SET_OPERATOR = re.compile(r"\b(and|or|unless)\b")
+_TRAILING_COMPARISON = re.compile(
+    r"\s*(?:==|!=|>=|<=|>|<)\s*(?:bool\s+)?[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?\s*$",
+    re.IGNORECASE)
+_COMPARISON = re.compile(r"==|!=|>=|<=|>|<")
+_MATCHING = re.compile(r"^\s*(?:on|ignoring)\s*\([^)]*\)", re.IGNORECASE)
+
+
+def _top_level(expr: str) -> str:
+    """``expr`` with every string, and everything inside brackets, blanked
+    out (same length), so what is left is the top level of the expression."""
+    out = list(_STRING.sub(lambda m: " " * len(m.group()), expr))
+    depth = 0
+    for i, c in enumerate(out):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth:
+            out[i] = " "
+    return "".join(out)
+
+
+def operands(expr: str) -> list[str]:
+    """The series an alert expression compares: split at the top-level set
+    operators (and, or, unless) and strip each part's trailing comparison with
+    a number, e.g. ``a / b > 0.05 and c >= 5`` gives ``["a / b", "c"]``."""
+    top = _top_level(expr)
+    parts, start = [], 0
+    for m in _SET_OPERATOR.finditer(top):
+        parts.append(expr[start:m.start()])
+        start = m.end()
+    parts.append(expr[start:])
+    out = []
+    for part in parts:
+        stripped = _TRAILING_COMPARISON.sub("", _MATCHING.sub("", part)).strip()
+        if _COMPARISON.search(_top_level(stripped)):
+            raise ValueError(f"cannot strip the comparison of {part.strip()!r}")
+        out.append(stripped)
+    return out

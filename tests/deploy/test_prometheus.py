@@ -94,3 +94,23 @@ def test_query_reader(expr: str, metrics: set[str], grouped: set[str]) -> None:
     used = promql.usage(expr)
     assert used.metrics == metrics
     assert used.grouped == grouped
+
+
+@pytest.mark.parametrize(("expr", "operands"), [
+    ("up == 0", ["up"]),
+    ('sum by (s) (rate(x{code=~"A|B"}[5m])) / sum by (s) (rate(x[5m])) > 0.05\n'
+     "and\nsum by (s) (rate(x[5m])) > 0.05",
+     ['sum by (s) (rate(x{code=~"A|B"}[5m])) / sum by (s) (rate(x[5m]))',
+      "sum by (s) (rate(x[5m]))"]),
+    ("sum(increase(a[10m])) > 0 or sum(a unless a offset 10m)",
+     ["sum(increase(a[10m]))", "sum(a unless a offset 10m)"]),
+    ('x{l="a or b > 1"} >= bool 1e3 unless on (job) y', ['x{l="a or b > 1"}', "y"]),
+])
+def test_alert_operands(expr: str, operands: list[str]) -> None:
+    """tests/deploy/test_prometheus_live.py queries what each alert compares."""
+    assert promql.operands(expr) == operands
+
+
+def test_alert_operands_refuse_what_they_cannot_strip() -> None:
+    with pytest.raises(ValueError, match="cannot strip"):
+        promql.operands("a > b")
