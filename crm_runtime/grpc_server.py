@@ -9,6 +9,7 @@ method declares in its proto (``option (crm.common.v1.required_scope)``),
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 
 from crm.common.v1 import options_pb2
 from crm_runtime import logs, metrics
+from crm_runtime.db import is_transient
 from crm_runtime.errors import (
     AlreadyExists,
     Conflict,
@@ -160,10 +162,19 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if isinstance(exc, cls):
                     code = mapped
             await context.abort(code, str(exc))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the caller gave up or its deadline passed
+            raise
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 code = context.code() or grpc.StatusCode.UNKNOWN  # servicer aborted itself
                 raise
+            if is_transient(exc):
+                # A dependency is away (database, another service): retrying may work.
+                code = grpc.StatusCode.UNAVAILABLE
+                log.warning("%s: unavailable (%s: %s)", method, type(exc).__name__, exc)
+                await context.abort(code, f"temporarily unavailable ({type(exc).__name__}); "
+                                          "retry with backoff")
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")

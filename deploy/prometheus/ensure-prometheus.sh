@@ -5,7 +5,7 @@
 # apt-get; fails with a message saying what to do otherwise.
 set -eu
 
-if command -v promtool >/dev/null 2>&1; then
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
     exit 0
 fi
 
