@@ -194,16 +194,18 @@ class EventConsumer:
             dead: list[tuple[_Item, str, str]] = [
                 (i, i.poison.kind, i.poison.reason) for i in items if i.poison is not None
             ]
-            todo = [i for i in good if i.envelope is not None and i.envelope.id in fresh]
-            # Handlers see runs of consecutive records of one type, in order.
+            # Each event once (the same event twice in one batch runs once), and
+            # only those this service handles: known events it ignores are skipped.
+            todo = [i for i in good if fresh.get(_id(i)) is i and _type(i) in self._handlers]
+            # A handler sees the longest runs of consecutive records it handles, in
+            # order: a service with one handler for many types gets the whole batch.
             run: list[_Item] = []
             for item in [*todo, None]:
-                if run and (item is None or _type(item) != _type(run[0])):
+                if run and (item is None
+                            or self._handlers[_type(item)] is not self._handlers[_type(run[0])]):
                     dead += await self._handle_run(conn, run, isolate=isolate)
                     run = []
                 if item is not None:
-                    if fresh.get(_id(item)) is not item:
-                        continue  # the same event twice in one batch
                     run.append(item)
             await self._dead_letter(conn, dead)
         self._count(items, fresh)
@@ -226,9 +228,7 @@ class EventConsumer:
 
     async def _handle_run(self, conn: Conn, run: list[_Item], *,
                           isolate: bool) -> list[tuple[_Item, str, str]]:
-        handler = self._handlers.get(_type(run[0]))
-        if handler is None:
-            return []  # a known event this service does not act on
+        handler = self._handlers[_type(run[0])]
         envelopes = [i.envelope for i in run if i.envelope is not None]
         started = time.perf_counter()
         if not isolate:

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     dev_token: str | None = Field(default=None, min_length=16)
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
     consumer_batch_wait_ms: int = Field(default=100, ge=0, le=60000)
+    consumer_fetch_max_wait_ms: int = Field(
+        default=100, ge=0, le=10000,
+        description="How long the broker may hold a fetch open waiting for records.")
     consumer_session_timeout_ms: int = Field(default=10000, ge=1000, le=300000)
     consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
     consumer_rebalance_timeout_ms: int = Field(default=30000, ge=1000, le=600000)
@@ -179,7 +182,8 @@ class Settings(BaseSettings):
 
     def consumer_options(self) -> dict[str, int]:
         """Group-membership timings handed to aiokafka."""
-        return {"session_timeout_ms": self.consumer_session_timeout_ms,
+        return {"fetch_max_wait_ms": self.consumer_fetch_max_wait_ms,
+                "session_timeout_ms": self.consumer_session_timeout_ms,
                 "heartbeat_interval_ms": self.consumer_heartbeat_interval_ms,
                 "rebalance_timeout_ms": self.consumer_rebalance_timeout_ms}
 
