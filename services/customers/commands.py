@@ -134,6 +134,7 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
     await _emit(conn, ctx, customer_id, CustomerRegistered(
         customer_id=str(customer_id), stage=Stage.POTENTIAL.value,
         preferred_channel=profile.get("preferred_channel", ""),
+        time_zone=profile.get("time_zone", ""),
         has_email=bool(identity.emails), has_phone=bool(identity.phones), source=source))
     return await store.load(conn, customer_id), True
 

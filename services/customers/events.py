@@ -19,6 +19,7 @@ class CustomerRegistered(EventPayload):
     customer_id: str = Field(description="Customer id (UUID).")
     stage: str = Field(examples=["potential"])
     preferred_channel: str = ""
+    time_zone: str = Field(default="", description="IANA zone, when known (quiet hours).")
     has_email: bool = False
     has_phone: bool = False
     source: str = Field(default="", description="Registering system.")

@@ -284,9 +284,8 @@ async def _project(unit: Unit, view: View, env: Envelope) -> dict[str, Any]:
         if view.purchase_count == 0:  # never undo a stage later events brought
             view.stage = data.stage or view.stage
         view.preferred_channel = data.preferred_channel
-        # Read when the customers contract carries it (quiet hours then follow
-        # the customer's zone; until then the default zone applies).
-        view.time_zone = getattr(data, "time_zone", "") or view.time_zone
+        # Quiet hours follow the customer's zone when registration gave one.
+        view.time_zone = data.time_zone or view.time_zone
         if data.referred_by:
             try:
                 referrer = uuid.UUID(data.referred_by)
