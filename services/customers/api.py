@@ -7,16 +7,16 @@ import base64
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
 from crm_runtime import uow
+from crm_runtime.convert import page_size
+from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.customers import commands, domain, store
@@ -32,13 +32,6 @@ _PROFILE_FIELDS = ("birth_year", "sex", "buyer_type", "company_name", "socio_eco
                    "personality_notes", "prior_experience_notes", "product_knowledge",
                    "preferred_channel", "time_zone")
 
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def profile_from_pb(p: pb.Profile) -> dict[str, Any]:
@@ -57,12 +50,12 @@ def customer_to_pb(rec: store.CustomerRecord, this_year: int) -> pb.Customer:
         customer_id=str(rec.customer_id), display_name=rec.display_name, emails=rec.emails,
         phones=rec.phones, external_ids=rec.external_ids, profile=profile,
         stage=_STAGE_TO_PB[rec.stage], purchase_count=rec.purchase_count,
-        first_purchase_at=_ts(rec.first_purchase_at), last_purchase_at=_ts(rec.last_purchase_at),
+        first_purchase_at=ts(rec.first_purchase_at), last_purchase_at=ts(rec.last_purchase_at),
         total_spent=[pb.Money(amount_minor=a, currency=c) for c, a in rec.spend.items()],
-        consents=[pb.Consent(purpose=c.purpose, granted=c.granted, at=_ts(c.at), source=c.source)
+        consents=[pb.Consent(purpose=c.purpose, granted=c.granted, at=ts(c.at), source=c.source)
                   for c in rec.consents],
-        do_not_contact=rec.do_not_contact, version=rec.version, created_at=_ts(rec.created_at),
-        updated_at=_ts(rec.updated_at), erased=rec.erased_at is not None, at_risk=rec.at_risk,
+        do_not_contact=rec.do_not_contact, version=rec.version, created_at=ts(rec.created_at),
+        updated_at=ts(rec.updated_at), erased=rec.erased_at is not None, at_risk=rec.at_risk,
         risk_reasons=rec.risk_reasons, last_csat=rec.last_csat or 0,
         last_nps=-1 if rec.last_nps is None else rec.last_nps,
         links=[pb.Link(other_customer_id=str(other), role=role, **{"as": side})
@@ -139,7 +132,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def ListCustomers(self, request: pb.ListCustomersRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListCustomersResponse:
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         after = _decode_token(request.page_token) if request.page_token else None
         stage = _PB_TO_STAGE[request.stage].value if request.stage else None
 
@@ -213,7 +206,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
     async def ListSegmentMembers(self, request: pb.ListSegmentMembersRequest,
                                  context: grpc.aio.ServicerContext
                                  ) -> pb.ListSegmentMembersResponse:
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         after = _decode_token(request.page_token) if request.page_token else None
         seg, found = await self._tx(lambda c: commands.segment_members(
             c, self._ctx, request.name, after, size))
@@ -234,7 +227,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         return pb.GetStageHistoryResponse(transitions=[pb.StageTransition(
             from_stage=_STAGE_TO_PB[Stage(r["from_stage"])],
             to_stage=_STAGE_TO_PB[Stage(r["to_stage"])], cause=r["cause"],
-            causing_event_id=r["causing_event_id"], at=_ts(r["at"])) for r in rows])
+            causing_event_id=r["causing_event_id"], at=ts(r["at"])) for r in rows])
 
     async def ExportCustomer(self, request: pb.ExportCustomerRequest,
                              context: grpc.aio.ServicerContext) -> pb.ExportCustomerResponse:
@@ -248,12 +241,6 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         await self._tx(lambda c: commands.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
 
-
-def _page_size(requested: int) -> int:
-    size = requested or 50
-    if not 1 <= size <= 500:
-        raise InvalidArgument("page_size", f"must be between 1 and 500, got {size}")
-    return size
 
 
 def _encode_token(last: uuid.UUID) -> str:

@@ -17,6 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm.interactions.v1 import interactions_pb2_grpc
 from crm_runtime import uow
+from crm_runtime.convert import page_size
+from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.interactions import commands, domain
@@ -24,13 +26,6 @@ from services.interactions.directory import CustomerDirectory
 
 T = TypeVar("T")
 
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def _uuid_or_none(value: str, field: str) -> uuid.UUID | None:
@@ -45,7 +40,7 @@ def interaction_to_pb(r: Any) -> pb.Interaction:
                                requester_customer_id=str(r["requester_id"] or ""),
                                decision_maker_customer_id=str(r["decision_maker_id"] or "")),
         touchpoint=r["touchpoint"], agent=r["agent"], unit=r["unit"],
-        occurred_at=_ts(r["occurred_at"]), outcome=r["outcome"], notes=r["notes"],
+        occurred_at=ts(r["occurred_at"]), outcome=r["outcome"], notes=r["notes"],
         amount=pb.Money(amount_minor=r["amount_minor"], currency=r["currency"]),
         idempotency_key=r["idempotency_key"], case_id=str(r["case_id"] or ""))
 
@@ -53,14 +48,14 @@ def interaction_to_pb(r: Any) -> pb.Interaction:
 def case_to_pb(r: Any, transfers: list[Any]) -> pb.Case:
     return pb.Case(
         case_id=str(r["case_id"]), customer_id=str(r["customer_id"]), kind=r["kind"],
-        channel=r["channel"], unit=r["unit"], status=r["status"], opened_at=_ts(r["opened_at"]),
-        promised_earliest_at=_ts(r["promised_earliest_at"]), promised_by=_ts(r["promised_by"]),
-        acknowledged_at=_ts(r["acknowledged_at"]), resolved_at=_ts(r["resolved_at"]),
+        channel=r["channel"], unit=r["unit"], status=r["status"], opened_at=ts(r["opened_at"]),
+        promised_earliest_at=ts(r["promised_earliest_at"]), promised_by=ts(r["promised_by"]),
+        acknowledged_at=ts(r["acknowledged_at"]), resolved_at=ts(r["resolved_at"]),
         resolution=r["resolution"], breached=r["breached"], resolved_late=r["resolved_late"],
         callback_phone=r["callback_phone"], interaction_id=str(r["interaction_id"] or ""),
         summary=r["summary"],
         transfers=[pb.CaseTransfer(from_unit=t["from_unit"], to_unit=t["to_unit"],
-                                   reason=t["reason"], at=_ts(t["at"])) for t in transfers])
+                                   reason=t["reason"], at=ts(t["at"])) for t in transfers])
 
 
 def _cycle_to_pb(row: Any) -> pb.ServiceCycle:
@@ -69,12 +64,6 @@ def _cycle_to_pb(row: Any) -> pb.ServiceCycle:
                          action_plans=m["action_plans"], priority=m["priority"],
                          survey_questions=m["survey_questions"]) for m in row["moments"]])
 
-
-def _page_size(requested: int) -> int:
-    size = requested or 50
-    if not 1 <= size <= 500:
-        raise InvalidArgument("page_size", f"must be between 1 and 500, got {size}")
-    return size
 
 
 class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
@@ -123,7 +112,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
     async def GetTimeline(self, request: pb.GetTimelineRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTimelineResponse:
         customer_id = commands.parse_uuid(request.customer_id, "customer_id")
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         after = _decode_cursor(request.page_token) if request.page_token else None
         rows = await self._tx(lambda c: commands.timeline(
             c, customer_id, list(request.channels), list(request.kinds), after, size))
@@ -195,7 +184,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def ListCases(self, request: pb.ListCasesRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListCasesResponse:
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         customer_id = _uuid_or_none(request.customer_id, "customer_id")
         after = _uuid_or_none(_decode_token(request.page_token), "page_token")
 

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.loyalty.v1 import loyalty_pb2 as pb
 from crm.loyalty.v1 import loyalty_pb2_grpc
 from crm_runtime import uow
+from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.loyalty import commands, domain, rulebook, store
@@ -25,20 +25,13 @@ from services.loyalty.rulebook import StoredRule
 T = TypeVar("T")
 
 
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
 
 def rule_to_pb(stored: StoredRule) -> pb.Rule:
     rule = stored.rule
     return pb.Rule(rule_id=rule.id, version=stored.version, enabled=rule.enabled,
                    trigger=rule.trigger, description=rule.description,
                    definition_json=json.dumps(rule.definition(), sort_keys=True),
-                   origin=stored.origin, updated_at=_ts(stored.updated_at),
+                   origin=stored.origin, updated_at=ts(stored.updated_at),
                    updated_by=stored.updated_by)
 
 
@@ -47,7 +40,7 @@ def follow_up_to_pb(row: Any) -> pb.FollowUp:
         follow_up_id=str(row["follow_up_id"]), customer_id=str(row["customer_id"]),
         rule_id=row["rule_id"], channel=row["channel"], template=row["template"],
         reason=row["reason"], purpose=row["purpose"], status=row["status"],
-        due_at=_ts(row["due_at"]), closed_at=_ts(row["closed_at"]), outcome=row["outcome"],
+        due_at=ts(row["due_at"]), closed_at=ts(row["closed_at"]), outcome=row["outcome"],
         note=row["note"], list=row["list"])
 
 
@@ -66,9 +59,9 @@ def discount_to_pb(row: Any, now: datetime) -> pb.Discount:
         discount_id=str(row["discount_id"]), customer_id=str(row["customer_id"]),
         code=row["code"], kind=row["kind"], percent=row["percent"] or 0, amount=amount,
         min_purchase_minor=row["min_purchase_minor"], currency=row["currency"],
-        issued_at=_ts(row["issued_at"]), expires_at=_ts(row["expires_at"]),
+        issued_at=ts(row["issued_at"]), expires_at=ts(row["expires_at"]),
         status=discount_status(row, now), rule_id=row["rule_id"], reason=row["reason"],
-        redeemed_at=_ts(row["redeemed_at"]))
+        redeemed_at=ts(row["redeemed_at"]))
 
 
 class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
@@ -169,16 +162,16 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
             discounts=[discount_to_pb(r, now) for r in prof.discounts],
             follow_ups=[follow_up_to_pb(r) for r in prof.follow_ups],
             enrolments=[pb.Enrolment(list=r["list"], status=r["status"],
-                                     enrolled_at=_ts(r["enrolled_at"]),
-                                     unsubscribed_at=_ts(r["unsubscribed_at"]))
+                                     enrolled_at=ts(r["enrolled_at"]),
+                                     unsubscribed_at=ts(r["unsubscribed_at"]))
                         for r in prof.enrolments],
             suppressed=[pb.SuppressedAction(
                 action_id=str(r["action_id"]), rule_id=r["rule_id"],
                 action_type=r["action_type"], purpose=r["purpose"], reason=r["reason"],
-                trigger_event_id=r["trigger_event_id"], at=_ts(r["at"]))
+                trigger_event_id=r["trigger_event_id"], at=ts(r["at"]))
                 for r in prof.suppressed],
             referrals=[pb.Referral(referred_customer_id=str(r["referred_customer_id"]),
-                                   discount_id=str(r["discount_id"]), at=_ts(r["at"]))
+                                   discount_id=str(r["discount_id"]), at=ts(r["at"]))
                        for r in prof.referrals])
 
     @staticmethod
@@ -212,7 +205,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
             discount=discount_to_pb(row, self._now()), order_id=row["order_id"],
             discount_amount=pb.Money(amount_minor=row["discount_minor"],
                                      currency=row["currency"]),
-            redeemed_at=_ts(row["redeemed_at"]))
+            redeemed_at=ts(row["redeemed_at"]))
 
     async def CompleteFollowUp(self, request: pb.CompleteFollowUpRequest,
                                context: grpc.aio.ServicerContext) -> pb.FollowUp:
