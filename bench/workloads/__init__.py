@@ -9,7 +9,9 @@ from bench.workloads import (
     customers_get,
     customers_purchases,
     interactions_ingest,
+    loyalty_actions,
     publish,
 )
 
-__all__ = ["consume", "customers_get", "customers_purchases", "interactions_ingest", "publish"]
+__all__ = ["consume", "customers_get", "customers_purchases", "interactions_ingest",
+           "loyalty_actions", "publish"]

@@ -1,0 +1,323 @@
+"""Loyalty actions: N ``customer.stage_changed`` (one_time -> repeat) events
+consumed by the real loyalty service, each turned by the shipped rules
+(``services/loyalty/rules.yaml``, rule ``repeat-buyer-discount``, purpose
+promotional) into a discount published on ``crm.loyalty.v1``, against a plain
+consumer plus COPY plus a plain producer.
+
+Set-up (untimed), per round: a fresh database and broker (see
+:mod:`bench.service`); N customers made known to loyalty the way the
+customers service would: a ``customer.registered`` and a
+``customer.consent_changed`` (``promotional_offers`` granted) each on
+``crm.customers.v1``, consumed by the loyalty service run once in set-up
+until its ``customer_view`` holds all N with promotional consent and its
+outbox is drained (registration schedules the welcome follow-up); the service
+is then stopped (its group committed the offsets), and the N trigger events
+are produced on ``crm.customers.v1``, one per customer.
+
+* product: the loyalty service run by ``ServiceRunner`` in this process again
+  (consumer, outbox relay, scheduler and gRPC server all running), from the
+  moment its consumer's first poll returned (``EventConsumer.ready``; the group
+  join is a note) until ``loyalty.discounts`` holds N rows and no outbox row is
+  unsent (each discount's ``loyalty.discount_issued`` commits with it, and
+  ``sent_at`` is set once the broker acknowledged it), polled every 10 ms.
+  Each consumed run is one unit of work: lock and load the customers' views
+  and what the trust rules consult, match the rules, record the action, store
+  the discount with a random code, schedule its expiry notice, one outbox row;
+* baseline: the same N trigger records on a topic of its own, read by an
+  ``AIOKafkaConsumer`` without a group; per batch ``copy_records_to_table`` of
+  ``(event_id, customer_id, purchase_count)`` into a plain table of the same
+  database, then ``AIOKafkaProducer.send`` of one pre-encoded
+  ``loyalty.discount_issued`` record per input to a topic of its own, awaiting
+  the batch's acks.
+
+The check: exactly one discount per customer (of that rule, its action
+performed, nothing suppressed, no dead letter), and ``crm.loyalty.v1`` holds
+exactly one ``loyalty.discount_issued`` per customer, the outbox's events.
+The issue's target is at least half the raw baseline's throughput (ratio at
+most 2.0); the harness prints the ratio and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+
+from bench import kafka
+from bench.events import KafkaRecord, encode
+from bench.registry import Phases, Workload, register
+from bench.service import InProcessService, Stack, fresh_stack
+from bench.workloads.consume import COLUMNS, DDL, TABLE
+from crm_runtime.events import Envelope
+from crm_runtime.topics import CUSTOMERS, LOYALTY
+from services.customers.events import ConsentChanged, CustomerRegistered, StageChanged
+from services.loyalty.app import SPEC
+from services.loyalty.events import DiscountIssued
+
+#: The service's schema (``ServiceSpec.schema`` of the loyalty service).
+SCHEMA = SPEC.schema
+#: The shipped rule a one_time -> repeat stage change fires.
+RULE = "repeat-buyer-discount"
+#: Schema of the baseline's plain table, in the round's database.
+RAW_SCHEMA = "bench_raw"
+#: Topics of the baseline, on the round's broker.
+RAW_IN = "bench.raw.loyalty.in"
+RAW_OUT = "bench.raw.loyalty.out"
+#: Pause between two polls of the service's tables.
+POLL_S = 0.01
+SOURCE = "/crm/customers"
+DISCOUNT_ISSUED = DiscountIssued.event_type
+
+
+def known_customer_envelopes(ids: list[str]) -> list[Envelope]:
+    """What the customers service tells loyalty about a new customer who
+    consented to offers: ``customer.registered``, ``customer.consent_changed``."""
+    out = []
+    for cid in ids:
+        out.append(Envelope(data=CustomerRegistered(
+            customer_id=cid, stage="potential", preferred_channel="email", has_email=True,
+            source="bench"), subject=cid, source=SOURCE))
+        out.append(Envelope(data=ConsentChanged(
+            customer_id=cid, purpose="promotional_offers", granted=True, source="bench"),
+            subject=cid, source=SOURCE))
+    return out
+
+
+def repeat_envelopes(ids: list[str]) -> list[Envelope]:
+    """One ``customer.stage_changed`` one_time -> repeat per customer."""
+    return [Envelope(data=StageChanged(
+        customer_id=cid, from_stage="one_time", to_stage="repeat", cause="purchase",
+        causing_event_id=str(uuid.uuid4()), purchase_count=2), subject=cid, source=SOURCE)
+        for cid in ids]
+
+
+def discount_records(ids: list[str]) -> list[KafkaRecord]:
+    """What loyalty publishes for ``ids``, pre-encoded, for the raw producer."""
+    expires = datetime.now(UTC) + timedelta(days=30)
+    return [encode(Envelope(data=DiscountIssued(
+        discount_id=str(uuid.uuid4()), customer_id=cid, code=secrets.token_hex(8).upper(),
+        kind="percent", percent=10, currency="EUR", expires_at=expires, rule_id=RULE,
+        purpose="promotional", reason="Thank you for buying again"), subject=cid,
+        source="/crm/loyalty")) for cid in ids]
+
+
+def header(record: Any, name: str) -> str:
+    return next((v.decode() for k, v in record.headers if k == name), "")
+
+
+async def until(what: str, deadline: float, service: InProcessService | None,
+                check: Any) -> None:
+    """Poll ``check()`` (a coroutine function returning a bool) until true."""
+    while not await check():
+        if service is not None:
+            service.check_running()
+        if time.monotonic() > deadline:
+            raise RuntimeError(what)
+        await asyncio.sleep(POLL_S)
+
+
+@register
+class LoyaltyActions(Workload):
+    name = "loyalty.actions"
+    order = 40
+    summary = ("loyalty service in-process: customer.stage_changed one_time -> repeat until "
+               "every repeat-buyer discount is stored and its event published")
+    baseline_summary = ("AIOKafkaConsumer (no group) + asyncpg copy_records_to_table per batch "
+                        "of the same records into a plain table + AIOKafkaProducer.send of one "
+                        "pre-encoded loyalty.discount_issued per input, awaiting the batch's acks")
+    target = "ratio at most 2.00x (at least half the raw baseline's throughput)"
+
+    def describe(self) -> str:
+        s = self.ctx.settings
+        return (f"loyalty service (ServiceRunner in-process, consumer batches of up to "
+                f"{s.consumer_batch_size}, relay of {s.relay_lanes} lanes) turning "
+                f"{self.events} stage changes of consenting customers into discounts (shipped "
+                f"rule {RULE}) until {SCHEMA}.discounts holds them all and their "
+                f"{DISCOUNT_ISSUED} events are acknowledged")
+
+    def _deadline(self) -> float:
+        """A guard against hanging, not a timing check."""
+        return time.monotonic() + 120.0 + self.events / 50
+
+    async def setup(self) -> None:
+        self.stack: Stack = await self.resources.enter_async_context(
+            fresh_stack(self.ctx, "loyalty"))
+        await self.stack.migrate(SPEC)
+        conn = await self.stack.connect()
+        self.resources.push_async_callback(conn.close)
+        self.conn: asyncpg.Connection = conn
+        self.ids = [str(uuid.uuid4()) for _ in range(self.events)]
+        bootstrap = self.stack.bootstrap_servers
+        started = time.perf_counter()
+        await self._make_known()
+        self.excluded["set-up: loyalty learns the N customers (2N events)"] = (
+            time.perf_counter() - started)
+        triggers = [encode(e) for e in repeat_envelopes(self.ids)]
+        await kafka.produce(bootstrap, CUSTOMERS, triggers)
+        partitions = self.stack.settings.partitions_for(CUSTOMERS)
+        await kafka.create_topic(bootstrap, RAW_IN, partitions)
+        await kafka.create_topic(bootstrap, RAW_OUT, self.stack.settings.partitions_for(LOYALTY))
+        await kafka.produce(bootstrap, RAW_IN, triggers)
+        self.raw_records = discount_records(self.ids)
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA {RAW_SCHEMA}")
+            await conn.execute(f"SET LOCAL search_path TO {RAW_SCHEMA}")
+            await conn.execute(DDL)
+
+    async def _make_known(self) -> None:
+        """Feed the registrations and consents through the service, untimed."""
+        await kafka.produce(self.stack.bootstrap_servers, CUSTOMERS,
+                            [encode(e) for e in known_customer_envelopes(self.ids)])
+        service = InProcessService(SPEC, self.stack.settings)
+        known = f"SELECT count(*) FROM {SCHEMA}.customer_view WHERE promotional_consent"
+        unsent = f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.outbox WHERE sent_at IS NULL)"
+
+        async def all_known() -> bool:
+            return cast(int, await self.conn.fetchval(known)) >= self.events
+
+        async def drained() -> bool:
+            return not await self.conn.fetchval(unsent)
+
+        try:
+            await service.start()
+            await service.consumers_ready()
+            deadline = self._deadline()
+            await until(f"{self.name} set-up: loyalty did not learn {self.events} customers",
+                        deadline, service, all_known)
+            await until(f"{self.name} set-up: outbox not drained", deadline, service, drained)
+        finally:
+            await service.stop()
+        await self.conn.execute(f"ANALYZE {SCHEMA}.customer_view")
+
+    async def baseline(self) -> float:
+        s = self.stack.settings
+        bootstrap = self.stack.bootstrap_servers
+        consumer = AIOKafkaConsumer(RAW_IN, bootstrap_servers=bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        producer: Any = await kafka.start_producer(bootstrap)
+        outputs = {r.key: r for r in self.raw_records}
+        opened = time.perf_counter()
+        await consumer.start()
+        try:
+            deadline = self._deadline()
+            started: float | None = None
+            done = 0
+            while done < self.events:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} baseline: {done} of {self.events} done")
+                batch = await consumer.getmany(timeout_ms=s.consumer_batch_wait_ms or 1,
+                                               max_records=s.consumer_batch_size)
+                if started is None:
+                    started = time.perf_counter()
+                records = [r for part in batch.values() for r in part]
+                if not records:
+                    continue
+                rows = []
+                for r in records:
+                    body = json.loads(r.value)
+                    rows.append((header(r, "ce_id"), body["customer_id"],
+                                 body["purchase_count"]))
+                await self.conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS,
+                                                      schema_name=RAW_SCHEMA)
+                futures = []
+                for r in records:
+                    out = outputs[r.key]
+                    futures.append(await producer.send(RAW_OUT, value=out.value, key=out.key,
+                                                       headers=out.headers))
+                await asyncio.gather(*futures)
+                done += len(records)
+            finished = time.perf_counter()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+        assert started is not None
+        self.excluded["baseline consumer start (no group)"] = started - opened
+        return finished - started
+
+    async def product(self) -> Phases:
+        service = InProcessService(SPEC, self.stack.settings)
+        issued_sql = f"SELECT count(*) FROM {SCHEMA}.discounts"
+        # Uses the partial index of unsent rows: cheap, unlike counting sent rows.
+        unsent_sql = f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.outbox WHERE sent_at IS NULL)"
+        opened = time.perf_counter()
+        issued = 0
+        stored_at: float | None = None
+        try:
+            await service.start()
+            serving = time.perf_counter()
+            await service.consumer_ready(CUSTOMERS)
+            started = time.perf_counter()
+            deadline = self._deadline()
+            while True:
+                service.check_running()
+                if stored_at is None:
+                    issued = cast(int, await self.conn.fetchval(issued_sql))
+                    if issued >= self.events:
+                        stored_at = time.perf_counter()
+                # Each discount's outbox row commits with it: once all N are
+                # stored, no unsent row means all N events were acknowledged.
+                if stored_at is not None and not await self.conn.fetchval(unsent_sql):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name}: {issued} of {self.events} discounts "
+                                       "issued, or events still unsent")
+                await asyncio.sleep(POLL_S)
+            done = time.perf_counter()
+        finally:
+            await service.stop()
+        assert stored_at is not None
+        self.excluded["product service start (migrations done, to gRPC serving)"] = (
+            serving - opened)
+        self.excluded["product consumer group join"] = started - serving
+        self.figures["product: every discount stored after (ms)"] = (stored_at - started) * 1000
+        return {"actions": done - started}
+
+    async def verify(self) -> None:
+        n = self.events
+        raw = await self.conn.fetchval(f"SELECT count(*) FROM {RAW_SCHEMA}.{TABLE}")
+        if raw != n:
+            raise RuntimeError(f"{self.name} baseline: {raw} rows, expected {n}")
+        produced = await kafka.count_records(self.stack.bootstrap_servers, RAW_OUT, expect=n)
+        if produced != n:
+            raise RuntimeError(f"{self.name} baseline: {produced} records on {RAW_OUT}, "
+                               f"expected {n}")
+        row = await self.conn.fetchrow(
+            f"""SELECT (SELECT count(*) FROM {SCHEMA}.discounts) AS discounts,
+                       (SELECT count(DISTINCT customer_id) FROM {SCHEMA}.discounts) AS customers,
+                       (SELECT count(*) FROM {SCHEMA}.discounts
+                         WHERE rule_id <> '{RULE}') AS other_rules,
+                       (SELECT count(*) FROM {SCHEMA}.actions
+                         WHERE rule_id = '{RULE}' AND outcome = 'performed') AS performed,
+                       (SELECT count(*) FROM {SCHEMA}.actions
+                         WHERE outcome <> 'performed') AS not_performed,
+                       (SELECT count(*) FROM {SCHEMA}.dead_letters) AS dead,
+                       (SELECT count(*) FROM {SCHEMA}.outbox
+                         WHERE event_type = '{DISCOUNT_ISSUED}') AS issued_events,
+                       (SELECT count(*) FROM {SCHEMA}.outbox WHERE sent_at IS NULL) AS unsent""")
+        assert row is not None
+        expected = {"discounts": n, "customers": n, "other_rules": 0, "performed": n,
+                    "not_performed": 0, "dead": 0, "issued_events": n, "unsent": 0}
+        if dict(row) != expected:
+            raise RuntimeError(f"{self.name}: {dict(row)}; expected {expected}")
+        owners = {str(r["customer_id"]) for r in await self.conn.fetch(
+            f"SELECT customer_id FROM {SCHEMA}.discounts")}
+        if owners != set(self.ids):
+            raise RuntimeError(f"{self.name}: the discounts are not for the {n} customers")
+        event_ids = {r["event_id"] for r in await self.conn.fetch(
+            f"SELECT event_id FROM {SCHEMA}.outbox WHERE event_type = '{DISCOUNT_ISSUED}'")}
+        # The topic also holds the welcome follow-ups registration scheduled (N).
+        records = await kafka.read_records(self.stack.bootstrap_servers, LOYALTY, expect=2 * n)
+        issued = [r for r in records if header(r, "ce_type") == DISCOUNT_ISSUED]
+        keys = [r.key.decode() for r in issued]
+        ids = {header(r, "ce_id") for r in issued}
+        if len(issued) != n or set(keys) != set(self.ids) or ids != event_ids:
+            raise RuntimeError(f"{self.name}: {len(issued)} {DISCOUNT_ISSUED} records on "
+                               f"{LOYALTY} for {len(set(keys))} customers; expected exactly "
+                               f"one per customer ({n}), the outbox's events")
