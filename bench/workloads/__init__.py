@@ -10,8 +10,9 @@ from bench.workloads import (
     customers_purchases,
     interactions_ingest,
     loyalty_actions,
+    loyalty_latency,
     publish,
 )
 
 __all__ = ["consume", "customers_get", "customers_purchases", "interactions_ingest",
-           "loyalty_actions", "publish"]
+           "loyalty_actions", "loyalty_latency", "publish"]

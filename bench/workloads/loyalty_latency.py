@@ -1,0 +1,334 @@
+"""Purchase-to-discount latency: purchases published at a steady rate on the
+ingest topic, through the interactions, customers and loyalty services, to
+the ``loyalty.discount_issued`` read back from ``crm.loyalty.v1``; against a
+plain produce -> consume round trip of the same records through the broker at
+the same rate.
+
+The size of this workload is a rate and a duration, not the run's event
+count: 1,000 purchases/s for 5 s (``--quick``: 200/s for 3 s), one purchase
+per customer.
+
+Set-up (untimed), per round: a fresh database and broker (see
+:mod:`bench.service`); the three services run by ``ServiceRunner`` in this
+process (each its own schema on the round's database, all on the round's
+broker; interactions gets the customers service's gRPC address, which it only
+calls for contacts without a customer id, and every purchase here has one).
+M = rate x duration customers are stored in the customers service with COPY
+(stage potential); loyalty learns them from a ``customer.registered`` and a
+``customer.consent_changed`` (``promotional_offers`` granted) each on
+``crm.customers.v1``; then each customer's first purchase goes through the
+whole path (ingest -> interactions -> customers: potential -> one_time ->
+loyalty), until loyalty's ``customer_view`` has all M one-time buyers with
+consent and no outbox has an unsent row. The next purchase of each customer
+makes them a repeat buyer, which the shipped rule ``repeat-buyer-discount``
+rewards with a discount.
+
+* product: a reader of ``crm.loyalty.v1`` (no group, assigned every
+  partition at its end) starts first; then one ``contact.received`` purchase
+  per customer is published on ``crm.interactions.ingest.v1`` at the steady
+  rate (a tick every 10 ms, the product's producer settings); the latency of
+  a purchase is from just before its ``send`` to the poll that returned the
+  ``loyalty.discount_issued`` keyed by its customer. A discount not read
+  within a grace period after the last publish counts as infinitely late. The
+  row's seconds run from the first publish to the last discount read;
+* baseline: the same records published the same way on a topic of their own
+  and read back by the same kind of reader, matched by key: the broker's own
+  round trip at that rate, which the product's three hops each pay at least
+  once.
+
+Every service, the publisher and the reader share this process's event loop,
+so the publisher falls behind when the services keep the loop busy: the
+achieved publish rate is printed beside the offered one.
+
+The check: no customer got two discounts, and no dead letters. The issue's
+target is a p99 under 100 ms at 1,000 purchases/s; the harness prints the
+figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench import kafka
+from bench.customers import seed_customers
+from bench.events import KafkaRecord, encode
+from bench.registry import Phases, Workload, register
+from bench.service import InProcessService, Stack, fresh_stack
+from bench.workloads.loyalty_actions import known_customer_envelopes
+from crm_runtime.events import Envelope
+from crm_runtime.topics import CUSTOMERS, INTERACTIONS_INGEST, LOYALTY
+from services.customers.app import SPEC as CUSTOMERS_SPEC
+from services.interactions.app import SPEC as INTERACTIONS_SPEC
+from services.interactions.events import ContactReceived
+from services.loyalty.app import SPEC as LOYALTY_SPEC
+from services.loyalty.events import DiscountIssued
+
+#: Offered rate (purchases/s) and seconds of publishing, full run and --quick.
+RATE, SECONDS = 1000, 5
+QUICK_RATE, QUICK_SECONDS = 200, 3
+#: Seconds after the last publish before a missing discount counts as lost.
+GRACE_S = 30.0
+#: Publishing tick: rate / 100 records every 10 ms.
+TICK_S = 0.01
+#: Topic of the baseline's round trip, on the round's broker.
+RAW_TOPIC = "bench.raw.latency"
+DISCOUNT_ISSUED = DiscountIssued.event_type.encode()
+SPECS = (CUSTOMERS_SPEC, INTERACTIONS_SPEC, LOYALTY_SPEC)
+POLL_S = 0.05
+
+
+def purchase(customer_id: str, n: int) -> Envelope:
+    """The shop's ``contact.received`` of the customer's ``n``-th purchase."""
+    return Envelope(data=ContactReceived(
+        idempotency_key=f"bench-sale-{n}-{customer_id}", customer_id=customer_id,
+        channel="web", kind="purchase", touchpoint="webshop", occurred_at=datetime.now(UTC),
+        outcome="positive", amount_minor=2500 + n, currency="EUR"),
+        subject=customer_id, source="/crm/bench/shop")
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (inf stays inf)."""
+    if not ordered:
+        return math.inf
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class Trip:
+    """One paced publish-and-read-back: latencies in ms, inf when missing."""
+
+    latencies: list[float] = field(default_factory=list)
+    arrived: int = 0
+    duplicates: int = 0
+    publish_rate: float = 0.0
+    seconds: float = 0.0
+
+    def figures(self, prefix: str) -> dict[str, float]:
+        lat = self.latencies
+        return {f"{prefix} p50 (ms)": percentile(lat, 0.50),
+                f"{prefix} p95 (ms)": percentile(lat, 0.95),
+                f"{prefix} p99 (ms)": percentile(lat, 0.99),
+                f"{prefix} max (ms)": lat[-1] if lat else math.inf}
+
+
+async def paced_trip(bootstrap: str, records: list[KafkaRecord], publish_to: str,
+                     read_from: str, ce_type: bytes | None, rate: int,
+                     grace_s: float) -> Trip:
+    """Publish ``records`` on ``publish_to`` at ``rate``/s and read ``read_from``
+    (from its end, before the first publish) until a record keyed like each
+    one arrived (of ``ce_type`` when given), or ``grace_s`` after the last
+    publish."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                              enable_auto_commit=False, auto_offset_reset="latest",
+                              fetch_max_wait_ms=5)
+    await reader.start()
+    producer: Any = None
+    reading: asyncio.Task[None] | None = None
+    try:
+        parts = [TopicPartition(read_from, p)
+                 for p in sorted(reader.partitions_for_topic(read_from) or ())]
+        if not parts:
+            raise RuntimeError(f"no partitions of {read_from}")
+        reader.assign(parts)
+        await reader.seek_to_end(*parts)
+        for tp in parts:
+            await reader.position(tp)
+        wanted = {r.key for r in records}
+        sent: dict[bytes, float] = {}
+        got: dict[bytes, float] = {}
+        trip = Trip()
+
+        async def read() -> None:
+            while len(got) < len(wanted):
+                batch = await reader.getmany(timeout_ms=5, max_records=5000)
+                now = time.perf_counter()
+                for part in batch.values():
+                    for r in part:
+                        if r.key not in wanted or (
+                                ce_type is not None
+                                and dict(r.headers).get("ce_type") != ce_type):
+                            continue
+                        if r.key in got:
+                            trip.duplicates += 1
+                        else:
+                            got[r.key] = now
+
+        reading = asyncio.create_task(read(), name="bench-latency-reader")
+        producer = await kafka.start_producer(bootstrap)
+        per_tick = max(1, round(rate * TICK_S))
+        acks = []
+        start = time.perf_counter()
+        for tick, i in enumerate(range(0, len(records), per_tick)):
+            delay = start + tick * TICK_S - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for r in records[i:i + per_tick]:
+                sent[r.key] = time.perf_counter()
+                acks.append(await producer.send(publish_to, value=r.value, key=r.key,
+                                                headers=r.headers))
+        last_sent = time.perf_counter()
+        await asyncio.gather(*acks)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reading),
+                                   grace_s - (time.perf_counter() - last_sent))
+        if reading.done():
+            reading.result()
+        # Offered rate over the span of the sends (n records, n - 1 gaps).
+        span = last_sent - start
+        trip.publish_rate = (len(records) - 1) / span if span > 0 else math.inf
+        trip.arrived = len(got)
+        trip.latencies = sorted((got[k] - t) * 1000 if k in got else math.inf
+                                for k, t in sent.items())
+        trip.seconds = (max(got.values()) if len(got) == len(sent)
+                        else last_sent + grace_s) - start
+        return trip
+    finally:
+        if reading is not None and not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+        if producer is not None:
+            await producer.stop()
+        await reader.stop()
+
+
+@register
+class LoyaltyLatency(Workload):
+    name = "loyalty.latency"
+    order = 45
+    warm_up = False  # the untimed first purchases take the whole path already
+    summary = ("interactions + customers + loyalty in-process: a second purchase on the "
+               "ingest topic at a steady rate until its loyalty.discount_issued is read back")
+    baseline_summary = ("AIOKafkaProducer.send of the same records at the same rate to a topic "
+                        "of their own, read back by the same reader (broker round trip)")
+    target = "p99 under 100 ms at 1,000 purchases/s (product latency figures)"
+
+    def _shape(self) -> tuple[int, int]:
+        return (QUICK_RATE, QUICK_SECONDS) if self.ctx.quick else (RATE, SECONDS)
+
+    def describe(self) -> str:
+        rate, seconds = self._shape()
+        return (f"interactions, customers and loyalty services (ServiceRunner in-process, one "
+                f"event loop, one database, one broker): {rate * seconds} purchases at "
+                f"{rate}/s for {seconds}s, each a customer's second (one_time -> repeat -> "
+                f"discount), timed from publish to the discount read on {LOYALTY}; a discount "
+                f"missing {GRACE_S:.0f}s after the last publish counts as infinitely late")
+
+    def _deadline(self, count: int) -> float:
+        """A guard against hanging, not a timing check."""
+        return time.monotonic() + 120.0 + count / 50
+
+    async def setup(self) -> None:
+        rate, seconds = self._shape()
+        self.rate = rate
+        m = self.customers = rate * seconds
+        self.counts["end-to-end"] = m
+        self.stack: Stack = await self.resources.enter_async_context(
+            fresh_stack(self.ctx, "latency"))
+        for spec in SPECS:
+            await self.stack.migrate(spec)
+        conn = await self.stack.connect()
+        self.resources.push_async_callback(conn.close)
+        self.conn: asyncpg.Connection = conn
+        started = time.perf_counter()
+        self.ids = [str(c) for c in await seed_customers(conn, m)]
+        settings = self.stack.settings
+        services: list[InProcessService] = []
+        customers = InProcessService(CUSTOMERS_SPEC, settings)
+        await customers.start()
+        self.resources.push_async_callback(customers.stop)
+        target = f"127.0.0.1:{customers.runner.bound_grpc_port}"
+        for spec, conf in ((INTERACTIONS_SPEC,
+                            settings.model_copy(update={"customers_grpc_target": target})),
+                           (LOYALTY_SPEC, settings)):
+            service = InProcessService(spec, conf)
+            await service.start()
+            self.resources.push_async_callback(service.stop)
+            services.append(service)
+        self.services = [customers, *services]
+        for service in self.services:
+            await service.consumers_ready()
+        self.excluded["set-up: three services started, consumers joined"] = (
+            time.perf_counter() - started)
+        started = time.perf_counter()
+        bootstrap = self.stack.bootstrap_servers
+        await kafka.produce(bootstrap, CUSTOMERS,
+                            [encode(e) for e in known_customer_envelopes(self.ids)])
+        await kafka.produce(bootstrap, INTERACTIONS_INGEST,
+                            [encode(purchase(c, 1)) for c in self.ids])
+        await self._until_settled(m)
+        self.excluded["set-up: first purchases through the whole path"] = (
+            time.perf_counter() - started)
+        await kafka.create_topic(bootstrap, RAW_TOPIC,
+                                 settings.partitions_for(INTERACTIONS_INGEST))
+        self.records = [encode(purchase(c, 2)) for c in self.ids]
+
+    async def _until_settled(self, m: int) -> None:
+        """Until loyalty knows all ``m`` customers as consenting one-time buyers
+        and no service has an unsent outbox row."""
+        ready = (f"SELECT count(*) FROM {LOYALTY_SPEC.schema}.customer_view "
+                 "WHERE stage = 'one_time' AND promotional_consent")
+        unsent = " OR ".join(f"EXISTS (SELECT 1 FROM {s.schema}.outbox WHERE sent_at IS NULL)"
+                             for s in SPECS)
+        deadline = self._deadline(m)
+        while True:
+            for service in self.services:
+                service.check_running()
+            known = cast(int, await self.conn.fetchval(ready))
+            if known >= m and not await self.conn.fetchval(f"SELECT {unsent}"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} set-up: {known} of {m} customers one-time "
+                                   "buyers with consent in loyalty, or outboxes not drained")
+            await asyncio.sleep(POLL_S)
+        await asyncio.sleep(0.5)  # let the consumers go idle again
+
+    async def baseline(self) -> float:
+        trip = await paced_trip(self.stack.bootstrap_servers, self.records, RAW_TOPIC,
+                                RAW_TOPIC, None, self.rate, GRACE_S)
+        self.raw = trip
+        return trip.seconds
+
+    async def product(self) -> Phases:
+        trip = await paced_trip(self.stack.bootstrap_servers, self.records,
+                                INTERACTIONS_INGEST, LOYALTY, DISCOUNT_ISSUED, self.rate,
+                                GRACE_S)
+        for service in self.services:
+            service.check_running()
+        self.trip = trip
+        return {"end-to-end": trip.seconds}
+
+    async def verify(self) -> None:
+        trip, raw, m = self.trip, self.raw, self.customers
+        self.figures["offered rate (purchases/s)"] = self.rate
+        self.figures["product: publish rate achieved (/s)"] = trip.publish_rate
+        self.figures[f"product: discounts read (of {m})"] = trip.arrived
+        self.figures |= trip.figures("product: purchase -> discount")
+        self.figures["raw: publish rate achieved (/s)"] = raw.publish_rate
+        self.figures[f"raw: records read back (of {m})"] = raw.arrived
+        self.figures |= raw.figures("raw: produce -> consume")
+        row = await self.conn.fetchrow(
+            f"""SELECT (SELECT count(*) - count(DISTINCT customer_id)
+                          FROM {LOYALTY_SPEC.schema}.discounts) AS twice,
+                       (SELECT count(*) FROM {LOYALTY_SPEC.schema}.dead_letters)
+                     + (SELECT count(*) FROM {CUSTOMERS_SPEC.schema}.dead_letters)
+                     + (SELECT count(*) FROM {INTERACTIONS_SPEC.schema}.dead_letters) AS dead""")
+        assert row is not None
+        if trip.duplicates or raw.duplicates or row["twice"] or row["dead"]:
+            raise RuntimeError(f"{self.name}: {trip.duplicates} duplicate discount records "
+                               f"read, {raw.duplicates} duplicate raw records, {row['twice']} "
+                               f"customers with two discounts, {row['dead']} dead letters")
+        if raw.arrived != m:
+            raise RuntimeError(f"{self.name} baseline: {raw.arrived} of {m} records read back")
+        self.figures["product: discounts stored at the check"] = await self.conn.fetchval(
+            f"SELECT count(*) FROM {LOYALTY_SPEC.schema}.discounts")
