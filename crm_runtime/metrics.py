@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
@@ -51,7 +52,9 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
 class DbGauge:
     """A gauge whose value is a query over the service's own tables, for
     state such as customers by stage or open cases. ``sql`` returns rows of
-    ``(*labels, value)``; the runner refreshes it every few seconds."""
+    ``(*labels, value)``; the runner refreshes it every few seconds. A query
+    that mentions ``$1`` gets the service clock's now there (not the
+    database's), so time-based state follows the clock the service runs on."""
 
     name: str
     help: str
@@ -70,9 +73,10 @@ class _DbGauges:
         for g in gauges:
             self._specs[g.name] = g
 
-    async def refresh(self, service: str, conn: Conn, gauges: list[DbGauge]) -> None:
+    async def refresh(self, service: str, conn: Conn, gauges: list[DbGauge],
+                      now: datetime | None = None) -> None:
         for g in gauges:
-            rows = await conn.fetch(g.sql)
+            rows = await conn.fetch(g.sql, now) if "$1" in g.sql else await conn.fetch(g.sql)
             self._values[(service, g.name)] = [
                 (tuple(str(v) for v in tuple(r)[:-1]), float(tuple(r)[-1] or 0)) for r in rows]
 

@@ -203,7 +203,8 @@ class ServiceRunner:
         while not self._stop.is_set():
             try:
                 async with pool.acquire() as conn:
-                    await metrics.DB_GAUGES.refresh(self.spec.name, conn, gauges)
+                    await metrics.DB_GAUGES.refresh(self.spec.name, conn, gauges,
+                                                    self.clock.now())
             except Exception as exc:
                 log.warning("%s: refreshing gauges failed (%s)", self.spec.name, exc)
             with contextlib.suppress(TimeoutError):

@@ -22,5 +22,16 @@ GAUGES = [
             " GROUP BY status"),
     DbGauge("crm_loyalty_active_discounts", "Discount codes issued, not redeemed, withdrawn "
             "or expired", (), "SELECT count(*) FROM discounts WHERE redeemed_at IS NULL"
-            " AND voided_at IS NULL AND expires_at > now()"),
+            " AND voided_at IS NULL AND expires_at > $1::timestamptz"),
+    DbGauge("crm_loyalty_discounts", "Discount codes ever issued, by state (active, redeemed, "
+            "expired, withdrawn)", ("state",),
+            """SELECT CASE WHEN redeemed_at IS NOT NULL THEN 'redeemed'
+                           WHEN voided_at IS NOT NULL THEN 'withdrawn'
+                           WHEN expires_at <= $1::timestamptz THEN 'expired'
+                           ELSE 'active' END,
+                      count(*) FROM discounts GROUP BY 1"""),
+    DbGauge("crm_loyalty_follow_ups_overdue", "Follow-ups due for more than a day and not "
+            "completed or cancelled", (),
+            "SELECT count(*) FROM follow_ups WHERE status = 'due'"
+            " AND due_at < $1::timestamptz - interval '1 day'"),
 ]

@@ -19,6 +19,13 @@ DOMAIN: dict[str, frozenset[str]] = {
     "crm_csat_responses_total": frozenset({"channel"}),
     "crm_csat_score_sum": frozenset({"channel"}),
     "crm_nps_responses_total": frozenset({"channel", "category"}),
+    "crm_customers_at_risk": frozenset(),
+    "crm_cases_overdue": frozenset(),
+    "crm_loyalty_actions_total": frozenset({"rule", "action_type", "outcome", "reason"}),
+    "crm_loyalty_redemptions_total": frozenset({"result"}),
+    "crm_loyalty_follow_ups": frozenset({"status"}),
+    "crm_loyalty_follow_ups_overdue": frozenset(),
+    "crm_loyalty_discounts": frozenset({"state"}),
 }
 
 #: Series Prometheus makes itself (scrape health, alert state).

@@ -134,9 +134,10 @@ def test_the_domain_metrics_exist_in_the_services() -> None:
     services, with at least the labels used."""
     from services.customers import metrics as customers
     from services.interactions import metrics as interactions
+    from services.loyalty import metrics as loyalty
 
     defined: dict[str, frozenset[str]] = {}
-    for module in (customers, interactions):
+    for module in (customers, interactions, loyalty):
         for value in vars(module).values():
             if isinstance(value, MetricWrapperBase):
                 defined.update(catalog.sample_names(value))
