@@ -91,9 +91,9 @@ class Settings(BaseSettings):
     api_tokens: list[ApiToken] = Field(default_factory=list)
     dev_token: str | None = Field(default=None, min_length=16)
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
-    consumer_batch_wait_ms: int = Field(default=100, ge=0, le=60000)
+    consumer_batch_wait_ms: int = Field(default=50, ge=0, le=60000)
     consumer_fetch_max_wait_ms: int = Field(
-        default=100, ge=0, le=10000,
+        default=20, ge=0, le=10000,
         description="How long the broker may hold a fetch open waiting for records.")
     consumer_session_timeout_ms: int = Field(default=10000, ge=1000, le=300000)
     consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
