@@ -291,7 +291,7 @@ class EventConsumer:
                        ("dlq_consumer_group", self._group.encode())]
             records.append((f"{r.topic}:{r.partition}:{r.offset}", dlq_topic(r.topic), r.key,
                             headers, r.value, "dead_letter"))
-            metrics.DEAD_LETTERED.labels(self._service, r.topic, kind).inc()
+            uow.on_commit(conn, metrics.DEAD_LETTERED.labels(self._service, r.topic, kind).inc)
         await outbox.add_raw(conn, records, lanes=self._lanes)
 
     def _observe(self, item: _Item, started: float) -> None:

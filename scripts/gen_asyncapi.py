@@ -4,7 +4,7 @@ Every registered event type becomes a message on the channel of its topic,
 with its pydantic payload schema (field descriptions and examples included),
 the CloudEvents headers and the Kafka key (the customer id). Each topic's
 dead-letter topic is described too. Run with ``make asyncapi``;
-``tests/unit/test_asyncapi.py`` checks the committed file is fresh and
+``tests/contracts/test_asyncapi.py`` checks the committed file is fresh and
 valid according to the AsyncAPI CLI.
 """
 

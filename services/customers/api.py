@@ -91,9 +91,11 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         identity = Identity.parse(list(request.emails), list(request.phones),
                                   list(request.external_ids))
         profile = profile_from_pb(request.profile)
+        referrer = (store.parse_id(request.referred_by_customer_id, "referred_by_customer_id")
+                    if request.referred_by_customer_id else None)
         rec, created = await self._tx(lambda c: commands.register(
             c, self._ctx, display_name=request.display_name, identity=identity, profile=profile,
-            source=request.source))
+            source=request.source, referred_by=referrer))
         return pb.RegisterCustomerResponse(customer=self._out(rec), created=created)
 
     async def GetCustomer(self, request: pb.GetCustomerRequest,

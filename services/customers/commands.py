@@ -114,12 +114,19 @@ def check_profile(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Identity,
-                   profile: dict[str, Any], source: str) -> tuple[store.CustomerRecord, bool]:
+                   profile: dict[str, Any], source: str,
+                   referred_by: uuid.UUID | None = None) -> tuple[store.CustomerRecord, bool]:
     """Register a customer, or return the existing one that has any of the
-    identifiers (registration is idempotent)."""
+    identifiers (registration is idempotent). ``referred_by`` names the
+    customer who recommended them (loyalty rewards the referrer)."""
     if identity.is_empty():
         raise InvalidArgument("emails", "at least one email, phone or external id is required")
     profile = check_profile(profile)
+    if referred_by is not None:
+        referrer = await store.load(conn, referred_by, full=False)
+        if referrer.erased_at is not None:
+            raise FailedPrecondition(f"referrer {referred_by} was erased")
+        referred_by = referrer.customer_id  # a merged referrer counts as the survivor
     # Serialise registrations of the same identifiers so two concurrent calls
     # cannot both create a customer.
     for kind, value in sorted(identity.keys()):
@@ -135,7 +142,8 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
         customer_id=str(customer_id), stage=Stage.POTENTIAL.value,
         preferred_channel=profile.get("preferred_channel", ""),
         time_zone=profile.get("time_zone", ""),
-        has_email=bool(identity.emails), has_phone=bool(identity.phones), source=source))
+        has_email=bool(identity.emails), has_phone=bool(identity.phones), source=source,
+        referred_by=str(referred_by or "")))
     return await store.load(conn, customer_id), True
 
 

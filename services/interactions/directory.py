@@ -10,6 +10,7 @@ import uuid
 import grpc
 
 from crm.customers.v1 import customers_pb2, customers_pb2_grpc
+from crm_runtime import logs
 from crm_runtime.errors import InvalidArgument
 
 
@@ -32,8 +33,9 @@ class CustomerDirectory:
             emails=[email] if email else [], phones=[phone] if phone else [],
             source="interactions")
         try:
-            reply = await self._stub().RegisterCustomer(request, metadata=self._metadata,
-                                                        timeout=10)
+            # The call continues the trace of the contact being recorded.
+            metadata = [*self._metadata, ("traceparent", logs.current_traceparent())]
+            reply = await self._stub().RegisterCustomer(request, metadata=metadata, timeout=10)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 details = err.details() or ""

@@ -173,3 +173,15 @@ async def test_erasure_removes_personal_data_and_is_not_undone(svc: Running) -> 
     # The same email now registers a new, different customer.
     again = await register(svc, emails=["eva@example.com"])
     assert again.created and again.customer.customer_id != c.customer_id
+
+
+async def test_registration_names_the_referrer(svc: Running) -> None:
+    referrer = (await register(svc, display_name="Fran")).customer
+    referred = (await register(svc, display_name="Gil",
+                               referred_by_customer_id=referrer.customer_id)).customer
+    events = await customer_events(svc, referred.customer_id, 1)
+    assert events[0][0] == "customer.registered"
+    assert events[0][1]["referred_by"] == referrer.customer_id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await register(svc, referred_by_customer_id=str(uuid.uuid4()))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
