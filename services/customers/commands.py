@@ -48,9 +48,10 @@ CHURN = "customers.churn"
 RISK_REVIEW = "customers.risk_review"
 
 
-class ChurnSegments:
-    """Segments that override the churn window, cached for a few seconds:
-    every purchase needs them, and they change rarely."""
+class SegmentCache:
+    """The segment definitions, cached for a few seconds: every purchase needs
+    them (churn-window overrides, the segments a stage change names), and they
+    change rarely."""
 
     TTL_S = 5.0
 
@@ -61,7 +62,7 @@ class ChurnSegments:
     async def get(self, conn: Conn) -> list[Any]:
         now = time.monotonic()
         if now >= self._until:
-            self._rows = await store.churn_segments(conn)
+            self._rows = await store.all_segments(conn)
             self._until = now + self.TTL_S
         return self._rows
 
@@ -77,11 +78,37 @@ class Context:
     clock: Clock
     lanes: int
     churn_window: timedelta = domain.DEFAULT_CHURN_WINDOW
-    churn_segments: ChurnSegments = field(default_factory=ChurnSegments)
+    segments: SegmentCache = field(default_factory=SegmentCache)
+
+
+async def segment_keys_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
+                           ) -> dict[uuid.UUID, list[str]]:
+    """The segments each customer belongs to now (one query per segment)."""
+    keys: dict[uuid.UUID, list[str]] = {cid: [] for cid in ids}
+    if not ids:
+        return keys
+    for seg in await ctx.segments.get(conn):
+        compiled = segments.compile_sql(seg["definition"], ctx.clock.now())
+        for cid in await store.matching_ids(conn, ids, compiled.sql, compiled.params):
+            keys[cid].append(seg["name"])
+    return {cid: sorted(names) for cid, names in keys.items()}
+
+
+async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
+                         ) -> list[EventPayload]:
+    """Stage changes name the segments the customer is in after the change
+    (loyalty rules match on them)."""
+    ids = sorted({uuid.UUID(p.customer_id) for p in payloads if isinstance(p, StageChanged)})
+    if not ids:
+        return payloads
+    keys = await segment_keys_for(conn, ctx, ids)
+    return [p.model_copy(update={"segment_keys": keys[uuid.UUID(p.customer_id)]})
+            if isinstance(p, StageChanged) else p for p in payloads]
 
 
 async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
                 *payloads: EventPayload) -> None:
+    payloads = tuple(await _name_segments(conn, ctx, list(payloads)))
     now = ctx.clock.now()
     await outbox.add(conn, [Envelope(data=p, subject=str(customer_id), source=SOURCE, time=now)
                             for p in payloads], lanes=ctx.lanes)
@@ -227,7 +254,7 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
         (targets[p.customer_id], p.purchase_id, p.amount_minor, cur, p.occurred_at,
          p.causing_event_id) for p, cur in live])
     now = ctx.clock.now()
-    envelopes: list[Envelope] = []
+    pending: list[tuple[uuid.UUID, list[EventPayload], str]] = []
     spend: dict[tuple[uuid.UUID, str], int] = {}
     history: list[tuple[uuid.UUID, str, str, str, str, datetime]] = []
     changed: dict[uuid.UUID, store.CustomerRecord] = {}
@@ -251,14 +278,17 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
             payloads += _stage_changed(conn, rec, change, p.causing_event_id)
             history.append((cid, change.from_stage.value, change.to_stage.value,
                             change.cause.value, p.causing_event_id, now))
-        envelopes += [Envelope(data=e, subject=str(cid), source=SOURCE, time=now,
-                               traceparent=p.traceparent or logs.current_traceparent())
-                      for e in payloads]
+        pending.append((cid, payloads, p.traceparent or logs.current_traceparent()))
         changed[cid] = rec
     await store.add_spend_many(conn, spend)
     await store.add_stage_history_many(conn, history)
     await store.save_purchase_state_many(conn, list(changed.values()), now)
     await _schedule_churn_many(conn, ctx, list(changed.values()))
+    named = await _name_segments(conn, ctx, [e for _, events, _ in pending for e in events])
+    in_order = iter(named)
+    envelopes = [Envelope(data=next(in_order), subject=str(cid), source=SOURCE, time=now,
+                          traceparent=traceparent)
+                 for cid, events, traceparent in pending for _ in events]
     await outbox.add(conn, envelopes, lanes=ctx.lanes)
     return [targets[p.customer_id] for p in purchases]
 
@@ -269,8 +299,8 @@ async def churn_windows_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
     override) they belong to now, else the default."""
     windows = {cid: ctx.churn_window for cid in ids}
     pending = set(ids)
-    for seg in await ctx.churn_segments.get(conn):  # shortest window first
-        if not pending:
+    for seg in await ctx.segments.get(conn):  # shortest window first
+        if not pending or seg["churn_window_days"] is None:
             break
         compiled = segments.compile_sql(seg["definition"], ctx.clock.now())
         for cid in await store.matching_ids(conn, sorted(pending), compiled.sql,
@@ -447,7 +477,7 @@ async def define_segment(conn: Conn, ctx: Context, *, name: str, description: st
         raise InvalidArgument("churn_window_days", "must be between 1 and 3650")
     version = await store.upsert_segment(conn, name, description, definition,
                                          churn_window_days, ctx.clock.now())
-    uow.on_commit(conn, ctx.churn_segments.invalidate)
+    uow.on_commit(conn, ctx.segments.invalidate)
     return version
 
 

@@ -291,10 +291,11 @@ async def get_segment(conn: Conn, name: str) -> Any:
     return row
 
 
-async def churn_segments(conn: Conn) -> list[Any]:
+async def all_segments(conn: Conn) -> list[Any]:
+    """Every segment, those with the shortest churn-window override first."""
     return list(await conn.fetch(
         """SELECT name, definition, churn_window_days FROM segments
-            WHERE churn_window_days IS NOT NULL ORDER BY churn_window_days, name"""))
+            ORDER BY churn_window_days NULLS LAST, name"""))
 
 
 async def recompute_purchases(conn: Conn, rec: CustomerRecord) -> None:

@@ -111,6 +111,13 @@ async def test_segment_churn_window_override(svc: Running) -> None:
 
     await wait_for(fast_is_former, what="the 30-day segment churned")
     assert (await get(svc, slow.customer_id)).stage == pb.STAGE_ONE_TIME
+    # Stage changes name the segments the customer is in (loyalty rules match on them).
+    changes = [d for t, d in await customer_events(svc, fast.customer_id, 4)
+               if t == "customer.stage_changed"]
+    assert [c["segment_keys"] for c in changes] == [[f"fast-{tag}"], [f"fast-{tag}"]]
+    slow_changes = [d for t, d in await customer_events(svc, slow.customer_id, 3)
+                    if t == "customer.stage_changed"]
+    assert f"fast-{tag}" not in slow_changes[0]["segment_keys"]
 
 
 async def test_link_requester_to_decision_maker(svc: Running) -> None:
