@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_runtime import outbox, scheduler, uow
+from crm_runtime import logs, outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -241,7 +241,7 @@ async def on_events(conn: Conn, ctx: Context, events: list[Envelope]) -> None:
         if env.type == "customer.merged":
             ids.append(_event_uuid(env, "merged_customer_id"))
     rules = await unit.prefetch(ids, [env.id for env in events])
-    for env in events:
+    for env in logs.each(events):  # the actions' events continue each trigger's trace
         await on_event(unit, env, rules)
     await unit.flush()
 
