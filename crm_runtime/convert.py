@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,3 +28,11 @@ def page_size(requested: int, field: str = "page_size") -> int:
     if not 1 <= size <= MAX_PAGE_SIZE:
         raise InvalidArgument(field, f"must be between 1 and {MAX_PAGE_SIZE}, got {size}")
     return size
+
+
+def parse_uuid(value: str, field: str = "customer_id") -> uuid.UUID:
+    """An id from a request or an event; INVALID_ARGUMENT naming the field otherwise."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument(field, f"{value!r} is not a UUID") from None

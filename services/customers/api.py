@@ -15,7 +15,7 @@ import grpc
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
 from crm_runtime import uow
-from crm_runtime.convert import page_size
+from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
@@ -91,7 +91,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         identity = Identity.parse(list(request.emails), list(request.phones),
                                   list(request.external_ids))
         profile = profile_from_pb(request.profile)
-        referrer = (store.parse_id(request.referred_by_customer_id, "referred_by_customer_id")
+        referrer = (parse_uuid(request.referred_by_customer_id, "referred_by_customer_id")
                     if request.referred_by_customer_id else None)
         rec, created = await self._tx(lambda c: commands.register(
             c, self._ctx, display_name=request.display_name, identity=identity, profile=profile,
@@ -100,7 +100,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def GetCustomer(self, request: pb.GetCustomerRequest,
                           context: grpc.aio.ServicerContext) -> pb.Customer:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         return self._out(await self._read(lambda c: store.load(c, customer_id)))
 
     async def FindCustomers(self, request: pb.FindCustomersRequest,
@@ -121,7 +121,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def UpdateCustomer(self, request: pb.UpdateCustomerRequest,
                              context: grpc.aio.ServicerContext) -> pb.Customer:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         if request.expected_version <= 0:
             raise InvalidArgument("expected_version", "required: the version you last read")
         add = Identity.parse(list(request.add_emails), list(request.add_phones),
@@ -148,7 +148,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def RecordPurchase(self, request: pb.RecordPurchaseRequest,
                              context: grpc.aio.ServicerContext) -> pb.Customer:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         if not request.HasField("amount"):
             raise InvalidArgument("amount", "required")
         occurred = (request.occurred_at.ToDatetime(tzinfo=self._ctx.clock.now().tzinfo)
@@ -164,7 +164,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def SetConsent(self, request: pb.SetConsentRequest,
                          context: grpc.aio.ServicerContext) -> pb.Customer:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         rec = await self._tx(lambda c: commands.set_consent(
             c, self._ctx, customer_id, purpose=request.purpose, granted=request.granted,
             source=request.source))
@@ -172,15 +172,15 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def CloseRelationship(self, request: pb.CloseRelationshipRequest,
                                 context: grpc.aio.ServicerContext) -> pb.Customer:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         rec = await self._tx(lambda c: commands.close_relationship(
             c, self._ctx, customer_id, request.reason, f"grpc:close:{uuid.uuid4()}"))
         return self._out(rec)
 
     async def LinkCustomers(self, request: pb.LinkCustomersRequest,
                             context: grpc.aio.ServicerContext) -> pb.Customer:
-        requester = store.parse_id(request.requester_customer_id, "requester_customer_id")
-        decider = store.parse_id(request.decision_maker_customer_id,
+        requester = parse_uuid(request.requester_customer_id, "requester_customer_id")
+        decider = parse_uuid(request.decision_maker_customer_id,
                                  "decision_maker_customer_id")
         rec = await self._tx(lambda c: commands.link(c, self._ctx, requester, decider,
                                                      request.role))
@@ -188,8 +188,8 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def MergeCustomers(self, request: pb.MergeCustomersRequest,
                              context: grpc.aio.ServicerContext) -> pb.Customer:
-        survivor = store.parse_id(request.survivor_customer_id, "survivor_customer_id")
-        merged = store.parse_id(request.merged_customer_id, "merged_customer_id")
+        survivor = parse_uuid(request.survivor_customer_id, "survivor_customer_id")
+        merged = parse_uuid(request.merged_customer_id, "merged_customer_id")
         rec = await self._tx(lambda c: commands.merge(c, self._ctx, survivor, merged,
                                                       f"grpc:merge:{merged}"))
         return self._out(rec)
@@ -219,7 +219,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def GetStageHistory(self, request: pb.GetStageHistoryRequest,
                               context: grpc.aio.ServicerContext) -> pb.GetStageHistoryResponse:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
 
         async def history(conn: Conn) -> list[Any]:
             await store.load(conn, customer_id)  # NOT_FOUND for unknown ids
@@ -233,13 +233,13 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def ExportCustomer(self, request: pb.ExportCustomerRequest,
                              context: grpc.aio.ServicerContext) -> pb.ExportCustomerResponse:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         return pb.ExportCustomerResponse(
             json=await self._tx(lambda c: commands.export(c, customer_id)))
 
     async def EraseCustomer(self, request: pb.EraseCustomerRequest,
                             context: grpc.aio.ServicerContext) -> pb.EraseCustomerResponse:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         await self._tx(lambda c: commands.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
 

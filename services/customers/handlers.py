@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from crm_runtime import logs
 from crm_runtime.consumer import BatchHandler
+from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
-from services.customers import commands, store
+from services.customers import commands
 from services.interactions.events import (
     DissatisfactionSignal,
     InteractionRecorded,
@@ -33,7 +34,7 @@ def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
             if not data.currency:
                 raise PoisonMessage("invalid_payload", "currency: required for a purchase")
             purchases.append(commands.Purchase(
-                customer_id=store.parse_id(data.customer_id),
+                customer_id=parse_uuid(data.customer_id),
                 purchase_id=f"interaction:{data.interaction_id}",
                 amount_minor=data.amount_minor, currency=data.currency,
                 occurred_at=data.occurred_at, causing_event_id=env.id,
@@ -50,7 +51,7 @@ def on_dissatisfaction_signal(ctx: commands.Context) -> BatchHandler:
             data = env.data
             assert isinstance(data, DissatisfactionSignal)
             await commands.record_dissatisfaction(
-                conn, ctx, store.parse_id(data.customer_id), reason=data.reason,
+                conn, ctx, parse_uuid(data.customer_id), reason=data.reason,
                 occurred_at=data.occurred_at, event_id=env.id)
 
     return handle
@@ -62,7 +63,7 @@ def on_survey_response(ctx: commands.Context) -> BatchHandler:
             data = env.data
             assert isinstance(data, SurveyResponseRecorded)
             await commands.record_survey(
-                conn, ctx, store.parse_id(data.customer_id), csat=data.csat, nps=data.nps,
+                conn, ctx, parse_uuid(data.customer_id), csat=data.csat, nps=data.nps,
                 occurred_at=data.occurred_at, event_id=env.id)
 
     return handle
@@ -70,7 +71,7 @@ def on_survey_response(ctx: commands.Context) -> BatchHandler:
 
 def on_churn_due(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.churn(conn, ctx, store.parse_id(work.key), work.key,
+        await commands.churn(conn, ctx, parse_uuid(work.key), work.key,
                              work.payload.get("window_days"))
 
     return run
@@ -78,6 +79,6 @@ def on_churn_due(ctx: commands.Context) -> WorkHandler:
 
 def on_risk_review(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.review_risk(conn, ctx, store.parse_id(work.key), work.key)
+        await commands.review_risk(conn, ctx, parse_uuid(work.key), work.key)
 
     return run

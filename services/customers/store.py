@@ -56,15 +56,6 @@ _COLUMNS = """c.customer_id, display_name, profile, stage, purchase_count, first
               last_survey_at"""
 
 
-def parse_id(value: str, field_name: str = "customer_id") -> uuid.UUID:
-    from crm_runtime.errors import InvalidArgument
-
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidArgument(field_name, f"{value!r} is not a UUID") from None
-
-
 #: The rows related to a customer, aggregated into the customer's own row so a
 #: full read is one round trip however many customers it reads.
 _RELATED = """,

@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm.interactions.v1 import interactions_pb2_grpc
 from crm_runtime import uow
-from crm_runtime.convert import page_size
+from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 def _uuid_or_none(value: str, field: str) -> uuid.UUID | None:
-    return commands.parse_uuid(value, field) if value else None
+    return parse_uuid(value, field) if value else None
 
 
 def interaction_to_pb(r: Any) -> pb.Interaction:
@@ -88,7 +88,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
     async def RecordInteraction(self, request: pb.RecordInteractionRequest,
                                 context: grpc.aio.ServicerContext) -> pb.Interaction:
         if request.customer_id:
-            customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+            customer_id = parse_uuid(request.customer_id, "customer_id")
         else:
             customer_id = await self._directory.identify(request.contact_email,
                                                          request.contact_phone)
@@ -111,7 +111,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def GetTimeline(self, request: pb.GetTimelineRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTimelineResponse:
-        customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
         size = page_size(request.page_size)
         after = _decode_cursor(request.page_token) if request.page_token else None
         rows = await self._tx(lambda c: commands.timeline(
@@ -123,7 +123,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def OpenCase(self, request: pb.OpenCaseRequest,
                        context: grpc.aio.ServicerContext) -> pb.Case:
-        customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
         interaction_id = _uuid_or_none(request.interaction_id, "interaction_id")
 
         async def open_(conn: Conn) -> pb.Case:
@@ -139,7 +139,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                               context: grpc.aio.ServicerContext) -> pb.Case:
         from services.customers.domain import normalise_phone
 
-        customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
         phone = normalise_phone(request.phone, "phone")
 
         async def open_(conn: Conn) -> pb.Case:
@@ -154,7 +154,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def _case_command(self, case_id_text: str,
                             run: Callable[[Conn, uuid.UUID], Awaitable[None]]) -> pb.Case:
-        case_id = commands.parse_uuid(case_id_text, "case_id")
+        case_id = parse_uuid(case_id_text, "case_id")
 
         async def work(conn: Conn) -> pb.Case:
             await run(conn, case_id)
@@ -200,7 +200,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def RecordSurveyResponse(self, request: pb.RecordSurveyResponseRequest,
                                    context: grpc.aio.ServicerContext) -> pb.SurveyResponse:
-        customer_id = commands.parse_uuid(request.customer_id, "customer_id")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
         answers = [{"question": a.question, "csat": a.csat, "nps": a.nps, "comment": a.comment}
                    for a in request.answers]
         row = await self._tx(lambda c: commands.record_survey(

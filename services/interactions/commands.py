@@ -16,6 +16,7 @@ from typing import Any
 
 from crm_runtime import logs, outbox, scheduler, uow
 from crm_runtime.clock import Clock
+from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from crm_runtime.events import Envelope, EventPayload
@@ -51,13 +52,6 @@ async def _emit(conn: Conn, ctx: Context, events: list[EventPayload]) -> None:
     now = ctx.clock.now()
     await outbox.add(conn, [Envelope(data=e, subject=str(e.customer_id),  # type: ignore[attr-defined]
                                      source=SOURCE, time=now) for e in events], lanes=ctx.lanes)
-
-
-def parse_uuid(value: str, field_name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidArgument(field_name, f"{value!r} is not a UUID") from None
 
 
 # --- contacts ---------------------------------------------------------------

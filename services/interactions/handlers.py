@@ -14,6 +14,7 @@ import uuid
 
 from crm_runtime import logs
 from crm_runtime.consumer import BatchHandler
+from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope, PoisonMessage
@@ -26,7 +27,7 @@ from services.interactions.events import ContactReceived
 
 async def to_contact(data: ContactReceived, directory: CustomerDirectory) -> commands.Contact:
     if data.customer_id:
-        customer_id = commands.parse_uuid(data.customer_id, "customer_id")
+        customer_id = parse_uuid(data.customer_id, "customer_id")
     else:
         customer_id = await directory.identify(data.contact_email, data.contact_phone)
     return commands.check_contact(

@@ -16,6 +16,7 @@ import grpc
 from crm.loyalty.v1 import loyalty_pb2 as pb
 from crm.loyalty.v1 import loyalty_pb2_grpc
 from crm_runtime import uow
+from crm_runtime.convert import parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
@@ -123,7 +124,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
 
     async def DryRunRule(self, request: pb.DryRunRuleRequest,
                          context: grpc.aio.ServicerContext) -> pb.DryRunRuleResponse:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         which = request.WhichOneof("rule")
         if which is None:
             raise InvalidArgument("rule", "give rule_id or definition")
@@ -152,7 +153,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
 
     async def GetLoyaltyProfile(self, request: pb.GetLoyaltyProfileRequest,
                                 context: grpc.aio.ServicerContext) -> pb.LoyaltyProfile:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         prof = await self._read(lambda c: commands.profile(c, customer_id))
         v, now = prof.view, self._now()
         return pb.LoyaltyProfile(
@@ -176,7 +177,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
 
     @staticmethod
     def _optional_customer(value: str) -> uuid.UUID | None:
-        return store.parse_id(value) if value else None
+        return parse_uuid(value) if value else None
 
     async def ValidateDiscount(self, request: pb.ValidateDiscountRequest,
                                context: grpc.aio.ServicerContext
@@ -209,21 +210,21 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
 
     async def CompleteFollowUp(self, request: pb.CompleteFollowUpRequest,
                                context: grpc.aio.ServicerContext) -> pb.FollowUp:
-        follow_up_id = store.parse_id(request.follow_up_id, "follow_up_id")
+        follow_up_id = parse_uuid(request.follow_up_id, "follow_up_id")
         row = await self._tx(lambda c: commands.complete_follow_up(
             c, self._ctx, follow_up_id, request.outcome, request.note))
         return follow_up_to_pb(row)
 
     async def CancelFollowUp(self, request: pb.CancelFollowUpRequest,
                              context: grpc.aio.ServicerContext) -> pb.FollowUp:
-        follow_up_id = store.parse_id(request.follow_up_id, "follow_up_id")
+        follow_up_id = parse_uuid(request.follow_up_id, "follow_up_id")
         row = await self._tx(lambda c: commands.cancel_follow_up(
             c, self._ctx, follow_up_id, request.reason))
         return follow_up_to_pb(row)
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest,
                           context: grpc.aio.ServicerContext) -> pb.UnsubscribeResponse:
-        customer_id = store.parse_id(request.customer_id)
+        customer_id = parse_uuid(request.customer_id)
         lists, cancelled = await self._tx(lambda c: commands.unsubscribe(
             c, self._ctx, customer_id, request.list))
         return pb.UnsubscribeResponse(lists=lists, cancelled_follow_ups=cancelled)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncpg
 
 from crm_runtime.consumer import BatchHandler
+from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope
 from crm_runtime.scheduler import DueWork, WorkHandler
-from services.loyalty import commands, store
+from services.loyalty import commands
 
 #: Event types loyalty reacts to (customers' and interactions' contracts).
 CUSTOMER_EVENTS = ("customer.registered", "customer.stage_changed", "customer.won_back",
@@ -36,13 +37,13 @@ def on_events(ctx: commands.Context, pool: asyncpg.Pool) -> BatchHandler:
 
 def on_follow_up_due(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.follow_up_due(conn, ctx, store.parse_id(work.key, "follow_up_id"))
+        await commands.follow_up_due(conn, ctx, parse_uuid(work.key, "follow_up_id"))
 
     return run
 
 
 def on_discount_expiring(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.discount_expiring(conn, ctx, store.parse_id(work.key, "discount_id"))
+        await commands.discount_expiring(conn, ctx, parse_uuid(work.key, "discount_id"))
 
     return run

@@ -9,16 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from crm_runtime.db import Conn
-from crm_runtime.errors import InvalidArgument, NotFound
+from crm_runtime.errors import NotFound
 from services.loyalty.domain import ContactState
-
-
-def parse_id(value: str, field_name: str = "customer_id") -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidArgument(field_name, f"{value!r} is not a UUID") from None
-
 
 # --- the customer view --------------------------------------------------------
 
