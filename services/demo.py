@@ -40,7 +40,8 @@ from crm_runtime.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 WATCHED = (
     "crm_customers_by_stage", "crm_stage_changes_total", "crm_interactions_total",
     "crm_cases_open", "crm_cases_breached_total", "crm_customers_at_risk",
-    "crm_messages_published_total",
+    "crm_messages_published_total", "crm_loyalty_actions_total",
+    "crm_loyalty_redemptions_total", "crm_loyalty_discounts", "crm_loyalty_follow_ups",
 )
 
 

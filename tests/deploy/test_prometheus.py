@@ -4,6 +4,7 @@ and link to a runbook section of docs/operations.md."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from tests.deploy.catalog import check_query, markdown_anchors
 from tests.deploy.conftest import ROOT, run_promtool
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
+K8S_BASE = ROOT / "deploy" / "k8s" / "base"
 OPERATIONS = ROOT / "docs" / "operations.md"
 #: The alerts operators asked for (issue "Operators and integrators").
 REQUIRED_ALERTS = {"CrmServiceDown", "CrmGrpcErrorRateHigh", "CrmConsumerLagGrowing",
@@ -34,6 +36,52 @@ def test_promtool_accepts_the_rules(promtool: str) -> None:
 def test_promtool_accepts_the_configuration(promtool: str) -> None:
     """Also loads the rule files the configuration names."""
     run_promtool(promtool, "check", "config", "prometheus.yml", cwd=PROMETHEUS)
+
+
+def test_promtool_accepts_the_kubernetes_configuration(promtool: str, tmp_path: Path) -> None:
+    """Debian builds Prometheus without Kubernetes discovery, so its promtool
+    refuses ``kubernetes_sd_configs``: everything else of the file (relabel
+    rules, rule files) is checked with the discovery swapped for static targets."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus-kubernetes.yml").read_text(
+        encoding="utf-8"))
+    for job in config["scrape_configs"]:
+        if job.pop("kubernetes_sd_configs", None) is not None:
+            job["static_configs"] = [{"targets": ["pod:9101"]}]
+    config["rule_files"] = [str(PROMETHEUS / f) for f in config["rule_files"]]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    run_promtool(promtool, "check", "config", "prometheus.yml", cwd=tmp_path)
+
+
+def test_kubernetes_scrape_config_keeps_the_service_pods_and_names_the_job() -> None:
+    """The relabelling matches the labels and port names of deploy/k8s/base, and
+    sets job from app.kubernetes.io/name, as the rules and dashboards expect."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus-kubernetes.yml").read_text(
+        encoding="utf-8"))
+    (job,) = [j for j in config["scrape_configs"] if "kubernetes_sd_configs" in j]
+    relabel = job["relabel_configs"]
+    keeps = {r["source_labels"][0]: r["regex"] for r in relabel if r.get("action") == "keep"}
+    targets = {r["target_label"]: r["source_labels"][0] for r in relabel
+               if "target_label" in r}
+    assert targets["job"] == "__meta_kubernetes_pod_label_app_kubernetes_io_name"
+    assert "service" not in targets
+    assert config["rule_files"] == ["rules.yml"]
+    defaults = Settings()
+    for name in SERVICES:
+        docs = list(yaml.safe_load_all((K8S_BASE / f"{name}.yaml").read_text(encoding="utf-8")))
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        pod = deployment["spec"]["template"]
+        labels = pod["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == name
+        for meta, regex in keeps.items():
+            if meta.startswith("__meta_kubernetes_pod_label_"):
+                key = {"part_of": "app.kubernetes.io/part-of",
+                       "component": "app.kubernetes.io/component"}[
+                    meta.removeprefix("__meta_kubernetes_pod_label_app_kubernetes_io_")]
+                assert labels[key] == regex, (name, key)
+        ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"]
+                 for p in c.get("ports", [])}
+        assert ports[keeps["__meta_kubernetes_pod_container_port_name"]] == \
+            defaults.metrics_port(name)
 
 
 def test_rule_unit_tests_pass(promtool: str) -> None:

@@ -58,6 +58,15 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
     assert len(recovery) == 1
     win_back = [d for _, t, d in steps[5].events if t == "loyalty.discount_issued"]
     assert len(win_back) == 1
+    assert win_back[0]["reason"] == "We miss you", win_back
+    assert recovery[0]["reason"] == "Compensation for a broken promise", recovery
     assert any(k.startswith("crm_cases_breached_total") for k in breach.moved)
+    assert any(k.startswith("crm_loyalty_actions_total") and "outcome=performed" in k
+               for k in breach.moved), breach.moved
+    redeemed = steps[4]
+    assert "Compensation for a broken promise" in str(redeemed.facts["discount"]), \
+        redeemed.facts  # the service-recovery discount is the one redeemed
+    assert any(k.startswith("crm_loyalty_redemptions_total") and "result=redeemed" in k
+               for k in redeemed.moved), redeemed.moved
     assert any("stage=former" in k for k in steps[5].moved)
     assert lines[-1].strip().startswith("The customer is now STAGE_FORMER after 2 purchases")
