@@ -22,11 +22,13 @@ from services.interactions.events import (
 
 def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
     """Purchases of the whole batch are counted together (one statement per
-    step); a bad one makes the runtime re-run the batch record by record."""
+    step); a bad one makes the runtime re-run the batch record by record. Each
+    purchase is read in its event's log and trace context (its span, when
+    tracing is on), and the events it causes continue that span."""
 
     async def handle(conn: Conn, events: list[Envelope]) -> None:
         purchases = []
-        for env in events:
+        for env in logs.each(events):
             data = env.data
             assert isinstance(data, InteractionRecorded)
             if data.kind != "purchase":
@@ -38,7 +40,7 @@ def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
                 purchase_id=f"interaction:{data.interaction_id}",
                 amount_minor=data.amount_minor, currency=data.currency,
                 occurred_at=data.occurred_at, causing_event_id=env.id,
-                traceparent=logs.new_traceparent(logs.trace_id(env.traceparent) or None)))
+                traceparent=logs.current_traceparent()))
         if purchases:
             await commands.record_purchases(conn, ctx, purchases)
 
