@@ -36,6 +36,19 @@ async def _init_connection(conn: Conn) -> None:
                               schema="pg_catalog")
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """What a connection returned to the pool needs before its next use.
+
+    asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`` on every release: a round trip for each gRPC call
+    and each consumed batch. None of that state outlives a transaction here:
+    advisory locks are transaction-level (``pg_advisory_xact_lock``),
+    settings are ``SET LOCAL``, cursors live inside transactions, and the
+    relay's LISTEN is removed with its listener. With a reset function given,
+    asyncpg still clears the connection's client-side state and rolls back a
+    transaction left open (a task cancelled mid-way), so nothing is left to do."""
+
+
 async def create_pool(dsn: str, schema: str, *, max_size: int = 10,
                       min_size: int = 1) -> asyncpg.Pool:
     """A pool whose connections resolve unqualified names in ``schema``."""
@@ -45,6 +58,7 @@ async def create_pool(dsn: str, schema: str, *, max_size: int = 10,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_reset_connection,
         server_settings={"search_path": f"{schema},public", "application_name": f"crm-{schema}"},
     )
     assert pool is not None

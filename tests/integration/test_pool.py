@@ -1,0 +1,43 @@
+"""The service pool's cheap reset (crm_runtime.db): a released connection
+carries nothing into its next use."""
+
+from __future__ import annotations
+
+import pytest
+
+from crm_runtime.db import create_pool
+
+
+@pytest.mark.parametrize("leave", ["open transaction", "transaction settings", "xact lock"])
+async def test_a_released_connection_starts_clean(database_url: str, uid: str,
+                                                  leave: str) -> None:
+    schema = f"pool_{uid}"
+    pool = await create_pool(database_url, schema, max_size=1, min_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(f"CREATE SCHEMA {schema}")
+            await conn.execute(f"CREATE TABLE {schema}.t (v int)")
+        async with pool.acquire() as conn:
+            first_pid = conn.get_server_pid()
+            if leave == "open transaction":  # as a task cancelled mid-way would
+                await conn.execute("BEGIN")
+                await conn.execute("INSERT INTO t VALUES (1)")
+            elif leave == "transaction settings":
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL search_path TO public")
+                    await conn.execute("SET LOCAL statement_timeout = 1")
+            else:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(4242)")
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == first_pid  # the same connection, reused
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM t") == 0
+            assert await conn.fetchval("SHOW search_path") == f"{schema},public"
+            assert await conn.fetchval("SHOW statement_timeout") == "0"
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND pid = pg_backend_pid()") == 0
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await pool.close()
