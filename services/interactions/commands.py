@@ -314,22 +314,37 @@ async def transfer(conn: Conn, ctx: Context, case_id: uuid.UUID, to_unit: str,
 
 
 async def resolve(conn: Conn, ctx: Context, case_id: uuid.UUID, resolution: str) -> None:
-    """Resolve; a resolution after the deadline is recorded as late."""
+    """Resolve; a resolution after the deadline is recorded as late.
+
+    A case resolved past its deadline that the scheduler has not breached yet
+    (it was down, or behind) is breached first, exactly as the scheduler
+    would have done it (:func:`breach`), then resolved late: every late
+    resolution follows a ``case.breached``, once.
+    """
     if not resolution.strip():
         raise InvalidArgument("resolution", "required: what was done")
+    # Cancel the scheduled warning and breach *before* locking the case: the
+    # scheduler locks its work row first and the case second, so taking them
+    # in the same order cannot deadlock. If the scheduler is running this
+    # case's breach right now, the DELETE waits for it to commit; after that
+    # the case row below shows ``breached`` and the breach is not repeated.
+    await scheduler.cancel(conn, WARN, str(case_id))
+    await scheduler.cancel(conn, BREACH, str(case_id))
     row = await load_case(conn, case_id, lock=True)
     if row["status"] == "resolved":
         return
     now = ctx.clock.now()
     late = domain.is_late(row["promised_by"], now)
+    events: list[EventPayload] = []
+    if domain.breaches_on_resolution(row["promised_by"], now, row["breached"]):
+        events += _record_breach(conn, ctx, row)
+        await conn.execute("UPDATE cases SET breached = true WHERE case_id = $1", case_id)
     await conn.execute(
         """UPDATE cases SET status = 'resolved', resolved_at = $2, resolution = $3,
                   resolved_late = $4 WHERE case_id = $1""", case_id, now, resolution, late)
-    await scheduler.cancel(conn, WARN, str(case_id))
-    await scheduler.cancel(conn, BREACH, str(case_id))
-    events: list[EventPayload] = [CaseResolved(**_base(row), resolved_at=now,
-                                               resolution=resolution,
-                                               promised_by=row["promised_by"], late=late)]
+    events.append(CaseResolved(**_base(row), resolved_at=now,
+                               resolution=resolution, promised_by=row["promised_by"],
+                               late=late))
     # Ask how it went, unless a complaint of this customer is still open.
     still_open = await conn.fetchval(
         """SELECT count(*) FROM cases WHERE customer_id = $1 AND kind = 'complaint'
@@ -365,15 +380,22 @@ async def warn_breach(conn: Conn, ctx: Context, case_id: uuid.UUID) -> None:
 
 
 async def breach(conn: Conn, ctx: Context, case_id: uuid.UUID) -> None:
+    """The scheduled breach: the deadline passed and the case is unresolved."""
     row = await load_case(conn, case_id, lock=True)
     if row["status"] == "resolved" or row["breached"]:
         return
     await conn.execute("UPDATE cases SET breached = true WHERE case_id = $1", case_id)
+    await _emit(conn, ctx, _record_breach(conn, ctx, row))
+
+
+def _record_breach(conn: Conn, ctx: Context, row: Any) -> list[EventPayload]:
+    """What a breach publishes and counts, whoever records it (the scheduler,
+    or a late resolution the scheduler did not get to). The caller holds the
+    case's lock, has checked it is not breached yet and marks it breached."""
     uow.on_commit(conn, metrics.CASES_BREACHED.labels(SERVICE, row["kind"], row["channel"]).inc)
-    await _emit(conn, ctx, [
-        CaseBreached(**_base(row), promised_by=row["promised_by"]),
-        DissatisfactionSignal(customer_id=str(row["customer_id"]), reason="breached_promise",
-                              occurred_at=ctx.clock.now(), case_id=str(case_id))])
+    return [CaseBreached(**_base(row), promised_by=row["promised_by"]),
+            DissatisfactionSignal(customer_id=str(row["customer_id"]), reason="breached_promise",
+                                  occurred_at=ctx.clock.now(), case_id=str(row["case_id"]))]
 
 
 CASE_FILTERS = ("open", "breaching", "breached", "resolved", "all")

@@ -101,6 +101,13 @@ def is_late(deadline: datetime, resolved_at: datetime) -> bool:
     return resolved_at > deadline
 
 
+def breaches_on_resolution(deadline: datetime, resolved_at: datetime, breached: bool) -> bool:
+    """A case resolved after its deadline that nobody breached yet (the
+    scheduler was down or behind) is breached by its resolution, so every
+    late resolution follows exactly one breach."""
+    return not breached and is_late(deadline, resolved_at)
+
+
 # --- satisfaction -----------------------------------------------------------
 
 def csat_mean(scores: Iterable[int]) -> float | None:

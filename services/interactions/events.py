@@ -116,7 +116,11 @@ class CaseBreachWarning(_CaseEvent):
 
 @event("case.breached", topic=INTERACTIONS)
 class CaseBreached(_CaseEvent):
-    """The promised deadline passed with the case unresolved."""
+    """The promised deadline passed with the case unresolved.
+
+    Published once per case: by the scheduler at the deadline, or, when the
+    case is resolved late before the scheduler got to it, just before that
+    ``case.resolved``."""
 
     promised_by: datetime
 

@@ -8,11 +8,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 
 from crm.customers.v1 import customers_pb2 as cpb
 from crm.customers.v1 import customers_pb2_grpc
+from crm.interactions.v1 import interactions_pb2 as ipb
+from crm.interactions.v1 import interactions_pb2_grpc
 from crm_runtime.events import Envelope
 from crm_runtime.stack import TansuBroker
 from services.customers.app import SPEC as CUSTOMERS
@@ -75,3 +78,42 @@ async def test_second_purchase_through_all_services_yields_one_discount(trio: Tr
     assert [d["reason"] for d in of_type(events, "loyalty.followup_cancelled")] == [
         "moot:customer.purchase_recorded"]
     assert elapsed < 30
+
+
+async def test_a_case_resolved_late_before_its_breach_still_gets_service_recovery(
+        trio: Trio) -> None:
+    """The interactions scheduler is down past a case's deadline; the late
+    resolution breaches the case first, so loyalty compensates once and
+    schedules the late-resolution call, as if the scheduler had fired."""
+    customers = customers_pb2_grpc.CustomersStub(trio.customers.channel)
+    interactions = interactions_pb2_grpc.InteractionsStub(trio.interactions.channel)
+    reply = await customers.RegisterCustomer(cpb.RegisterCustomerRequest(
+        display_name="Pepa", emails=[f"pepa-{uuid.uuid4().hex[:8]}@example.com"]),
+        metadata=trio.customers.metadata)
+    cid = reply.customer.customer_id
+    await profile_when(trio.loyalty, cid, lambda p: p.stage == "potential", "customer known")
+    complaint = await interactions.RecordInteraction(ipb.RecordInteractionRequest(
+        idempotency_key=str(uuid.uuid4()), customer_id=cid, channel="phone", kind="complaint",
+        notes="the order never arrived"), metadata=trio.interactions.metadata)
+    pool = trio.interactions.runner.pool
+    assert pool is not None
+    await pool.execute("UPDATE scheduled_work SET due_at = 'infinity' WHERE item_key = $1",
+                       complaint.case_id)  # the scheduler is down
+    # A day past the 48 h promise; whole days keep the shared clock at noon,
+    # which the quiet-hours tests of this package expect.
+    trio.loyalty.clock.advance(timedelta(days=3))
+    case = await interactions.ResolveCase(ipb.ResolveCaseRequest(
+        case_id=complaint.case_id, resolution="resent the order"),
+        metadata=trio.interactions.metadata)
+    assert case.resolved_late and case.breached
+    p = await profile_when(trio.loyalty, cid, lambda p: len(p.discounts) == 1
+                           and any(f.rule_id == "service-recovery-late-resolution"
+                                   for f in p.follow_ups), "service recovery")
+    assert [(d.rule_id, d.amount.amount_minor) for d in p.discounts] == [("service-recovery-breach",
+                                                                  1000)]
+    events = await loyalty_events(trio.loyalty, cid, 4, settle=1.5)
+    assert [d["rule_id"] for d in of_type(events, "loyalty.discount_issued")] == [
+        "service-recovery-breach"]
+    late_calls = [d["template"] for d in of_type(events, "loyalty.followup_scheduled")
+                  if d["rule_id"] == "service-recovery-late-resolution"]
+    assert late_calls == ["apology_late_resolution"]

@@ -12,6 +12,7 @@ from crm_runtime.errors import InvalidArgument
 from services.interactions.domain import (
     DEFAULT_POLICIES,
     Policy,
+    breaches_on_resolution,
     check_choice,
     choose_policy,
     csat_mean,
@@ -56,6 +57,14 @@ def test_promises_are_ordered(min_h: int, max_h: int, warn_h: int) -> None:
 def test_lateness_is_strictly_after_the_deadline() -> None:
     assert not is_late(T0, T0)
     assert is_late(T0, T0 + timedelta(seconds=1))
+
+
+def test_a_late_resolution_breaches_the_case_unless_already_breached() -> None:
+    late = T0 + timedelta(minutes=1)
+    assert breaches_on_resolution(T0, late, breached=False)  # the scheduler did not get to it
+    assert not breaches_on_resolution(T0, late, breached=True)  # the scheduler did: once only
+    assert not breaches_on_resolution(T0, T0, breached=False)  # in time: no breach
+    assert not breaches_on_resolution(T0, T0 - timedelta(hours=1), breached=False)
 
 
 def test_nps_and_csat() -> None:
