@@ -136,7 +136,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                             context: grpc.aio.ServicerContext) -> pb.ListCustomersResponse:
         size = page_size(request.page_size)
         after = _decode_token(request.page_token) if request.page_token else None
-        stage = _PB_TO_STAGE[request.stage].value if request.stage else None
+        stage = _stage_filter(request.stage)
 
         async def page(conn: Conn) -> list[store.CustomerRecord]:
             return await store.load_many(conn, await store.list_page(conn, stage, after, size))
@@ -243,6 +243,17 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         await self._tx(lambda c: commands.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
 
+
+
+def _stage_filter(value: pb.Stage.ValueType) -> str | None:
+    """The stage to list (None: any); a number that is no Stage is refused
+    (proto3 enums let unknown numbers through)."""
+    if not value:
+        return None
+    if value not in _PB_TO_STAGE:
+        raise InvalidArgument("stage", f"{value} is not a Stage; expected one of "
+                                       f"{sorted(_PB_TO_STAGE)} or 0 for any")
+    return _PB_TO_STAGE[value].value
 
 
 def _encode_token(last: uuid.UUID) -> str:

@@ -26,6 +26,9 @@ from services.interactions.directory import CustomerDirectory
 
 T = TypeVar("T")
 
+#: The longest time a promise policy may name (10 years).
+_MAX_PROMISE_SECONDS = 10 * 365 * 24 * 3600
+
 
 
 def _uuid_or_none(value: str, field: str) -> uuid.UUID | None:
@@ -242,6 +245,10 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def SetPromisePolicy(self, request: pb.PromisePolicy,
                                context: grpc.aio.ServicerContext) -> pb.PromisePolicy:
+        for field in ("min_seconds", "max_seconds", "warn_before_seconds"):
+            # Beyond this a deadline overflows the calendar (timedelta, datetime).
+            if getattr(request, field) > _MAX_PROMISE_SECONDS:
+                raise InvalidArgument(field, f"at most {_MAX_PROMISE_SECONDS} (10 years)")
         policy = domain.Policy(request.kind.strip().lower(), request.channel.strip() or "*",
                                timedelta(seconds=request.min_seconds),
                                timedelta(seconds=request.max_seconds),
