@@ -35,6 +35,7 @@ from crm_runtime.settings import SettingsError, load_settings
 DEFAULT_EVENTS = 20_000
 QUICK_EVENTS = 2_000
 DEFAULT_REPEAT = 3
+DEFAULT_REPLICAS = 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,6 +55,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="events per outbox transaction (default 100)")
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="skip the untimed warm-up round of each workload")
+    parser.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
+                        help="processes per service where a workload runs services as "
+                             f"deployed (customers.get; default {DEFAULT_REPLICAS})")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = parser.parse_args(argv)
     if args.events is None:
@@ -79,7 +83,7 @@ async def run(args: argparse.Namespace) -> list[WorkloadResult]:
               f"run {run_id}", flush=True)
         ctx = BenchContext(infra.database_url, infra.bootstrap_servers, settings, run_id,
                            outbox_tx_size=args.tx_size, delete_topics=infra.external_broker,
-                           quick=args.quick)
+                           quick=args.quick, replicas=args.replicas)
         try:
             for name in names:
                 results.append(await run_workload(WORKLOADS[name], ctx, args.events,

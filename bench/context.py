@@ -29,6 +29,9 @@ class BenchContext:
     delete_topics: bool = False
     #: ``--quick``: workloads whose size is not just the event count scale down too.
     quick: bool = False
+    #: ``--replicas``: processes per service, for workloads that run services
+    #: as deployed (``crm serve`` processes) rather than in-process.
+    replicas: int = 1
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _topics: list[str] = field(default_factory=list)
     _schemas: list[str] = field(default_factory=list)

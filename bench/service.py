@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +29,7 @@ from unittest import mock
 
 import asyncpg
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import crm_runtime.service
 from bench.context import BenchContext
@@ -33,8 +38,8 @@ from crm_runtime.cli import create_topics
 from crm_runtime.consumer import EventConsumer
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.service import ServiceRunner, ServiceSpec
-from crm_runtime.settings import Settings
-from crm_runtime.stack import TansuBroker
+from crm_runtime.settings import Settings, env_name
+from crm_runtime.stack import TansuBroker, free_port
 
 #: The bearer token of the in-process services (every scope).
 DEV_TOKEN = "bench-dev-token-0123456789"
@@ -171,3 +176,93 @@ class InProcessService:
             self.runner.stop()
             await asyncio.wait_for(self._task, timeout=60)
             self._task = None
+
+
+class ServiceProcesses:
+    """One service as it is deployed: ``replicas`` processes of
+    ``python -m crm_runtime serve <name>`` (each a full service: consumers,
+    relay, scheduler, gRPC), sharing one gRPC port as replicas behind a load
+    balancer would (grpc-core binds with ``SO_REUSEPORT``, so the kernel hands
+    each new connection to one of them), each with a metrics port of its own.
+
+    :meth:`channels` opens one connection per channel (a local subchannel
+    pool), so several channels spread over the replicas."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings, *, replicas: int = 1) -> None:
+        self.spec = spec
+        self.replicas = replicas
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items()
+               if not (k.upper().startswith("CRM_")
+                       or k.upper() in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"))}
+        for field in settings.model_fields_set:
+            value = settings.model_dump(mode="json", include={field})[field]
+            if value is None:
+                continue
+            env[env_name(field)] = (json.dumps(value) if isinstance(value, dict | list)
+                                    else str(value))
+        # grpc_port(name) is base + the service's index: aim it at our port.
+        from crm_runtime.settings import SERVICES
+
+        env[env_name("grpc_base_port")] = str(self.port - SERVICES.index(spec.name))
+        env["CRM_LOG_LEVEL"] = env.get("CRM_LOG_LEVEL", "WARNING")
+        self._env = env
+        self._procs: list[asyncio.subprocess.Process] = []
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start every replica; return once each answers its health check."""
+        from crm_runtime.settings import SERVICES
+
+        for _ in range(self.replicas):
+            env = dict(self._env)
+            env[env_name("metrics_base_port")] = str(free_port() - SERVICES.index(self.spec.name))
+            self._procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "crm_runtime", "serve", self.spec.name, env=env,
+                stdin=asyncio.subprocess.DEVNULL))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Each replica is checked through a connection of its own; until all
+        # listen, a new connection may land on any that does.
+        for channel in self.channels(self.replicas * 4):
+            try:
+                while True:
+                    self.check_running()
+                    try:
+                        reply = await health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(), timeout=2)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.aio.AioRpcError:
+                        pass
+                    if loop.time() > deadline:
+                        raise RuntimeError(f"{self.spec.name}: not serving after {timeout:.0f}s")
+                    await asyncio.sleep(0.2)
+            finally:
+                await channel.close()
+        await asyncio.sleep(1.0)  # consumers join their group after gRPC serves
+
+    def channels(self, count: int) -> list[grpc.aio.Channel]:
+        """``count`` channels, each its own TCP connection."""
+        return [grpc.aio.insecure_channel(self.target, options=[
+            ("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+
+    def check_running(self) -> None:
+        for proc in self._procs:
+            if proc.returncode is not None:
+                raise RuntimeError(f"{self.spec.name}: a replica exited with {proc.returncode}")
+
+    async def stop(self) -> None:
+        for proc in self._procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._procs:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._procs.clear()

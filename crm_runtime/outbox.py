@@ -90,7 +90,8 @@ class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, *, service: str,
                  schema: str, lanes: int, batch_size: int = 500, poll_interval: float = 1.0,
                  publish_timeout: float = 15.0, retention_hours: int = 168,
-                 inbox_retention_days: int = 30, backoff: Backoff | None = None) -> None:
+                 inbox_retention_days: int = 30, backoff: Backoff | None = None,
+                 concurrency: int = 4) -> None:
         self._pool = pool
         self._producer = producer
         self._service = service
@@ -105,6 +106,7 @@ class OutboxRelay:
         self._lock_class = _lock_key(schema)
         self._backoff = backoff or Backoff()
         self._stopping = asyncio.Event()
+        self._concurrency = max(1, min(concurrency, lanes))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -148,11 +150,23 @@ class OutboxRelay:
                 await self._sleep(self._poll)
 
     async def publish_pending(self) -> int:
-        """Publish every lane once; used by tests and by ``run``."""
-        return sum([await self.publish_lane(lane) for lane in range(self._lanes)])
+        """Publish every lane once, lanes concurrently (at most
+        :attr:`concurrency` at a time, each on a connection of its own): a row
+        waits for its own lane's round trips and acks, not for every lane's.
+        Used by tests and by ``run``."""
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(lane: int) -> int:
+            async with gate:
+                return await self.publish_lane(lane)
+
+        return sum(await asyncio.gather(*(one(lane) for lane in range(self._lanes))))
 
     async def publish_lane(self, lane: int) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
+            # The lock first, in a statement of its own: the read below must
+            # take its snapshot after the lock, so it sees what the previous
+            # holder marked sent.
             got = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)",
                                       self._lock_class, lane)
             if not got:

@@ -147,7 +147,8 @@ class ServiceRunner:
                                 poll_interval=s.relay_poll_interval_s,
                                 retention_hours=s.outbox_retention_hours,
                                 inbox_retention_days=s.inbox_retention_days,
-                                backoff=Backoff(s.retry_initial_s, s.retry_max_s))
+                                backoff=Backoff(s.retry_initial_s, s.retry_max_s),
+                                concurrency=s.relay_concurrency)
             tasks.append(asyncio.create_task(relay.run(), name=f"{self.spec.name}-relay"))
             stoppers.append(relay.stop)
             for sub in parts.subscriptions:

@@ -9,10 +9,11 @@ count: 1,000 purchases/s for 5 s (``--quick``: 200/s for 3 s), one purchase
 per customer.
 
 Set-up (untimed), per round: a fresh database and broker (see
-:mod:`bench.service`); the three services run by ``ServiceRunner`` in this
-process (each its own schema on the round's database, all on the round's
-broker; interactions gets the customers service's gRPC address, which it only
-calls for contacts without a customer id, and every purchase here has one).
+:mod:`bench.service`); the three services run as ``crm up`` runs them, each
+in ``--replicas`` processes of its own (``crm serve <name>``, default one;
+each its own schema on the round's database, all on the round's broker;
+interactions gets the customers service's gRPC address, which it only calls
+for contacts without a customer id, and every purchase here has one).
 M = rate x duration customers are stored in the customers service with COPY
 (stage potential); loyalty learns them from a ``customer.registered`` and a
 ``customer.consent_changed`` (``promotional_offers`` granted) each on
@@ -36,8 +37,8 @@ rewards with a discount.
   round trip at that rate, which the product's three hops each pay at least
   once.
 
-Every service, the publisher and the reader share this process's event loop,
-so the publisher falls behind when the services keep the loop busy: the
+The publisher and the reader share this process's event loop; the services
+share the machine's cores with them, the database and the broker. The
 achieved publish rate is printed beside the offered one.
 
 The check: no customer got two discounts, and no dead letters. The issue's
@@ -63,7 +64,7 @@ from bench import kafka
 from bench.customers import seed_customers
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
-from bench.service import InProcessService, Stack, fresh_stack
+from bench.service import ServiceProcesses, Stack, fresh_stack
 from bench.workloads.loyalty_actions import known_customer_envelopes
 from crm_runtime.events import Envelope
 from crm_runtime.topics import CUSTOMERS, INTERACTIONS_INGEST, LOYALTY
@@ -207,7 +208,8 @@ class LoyaltyLatency(Workload):
     name = "loyalty.latency"
     order = 45
     warm_up = False  # the untimed first purchases take the whole path already
-    summary = ("interactions + customers + loyalty in-process: a second purchase on the "
+    summary = ("interactions + customers + loyalty as crm serve processes: a second purchase "
+               "on the "
                "ingest topic at a steady rate until its loyalty.discount_issued is read back")
     baseline_summary = ("AIOKafkaProducer.send of the same records at the same rate to a topic "
                         "of their own, read back by the same reader (broker round trip)")
@@ -218,8 +220,8 @@ class LoyaltyLatency(Workload):
 
     def describe(self) -> str:
         rate, seconds = self._shape()
-        return (f"interactions, customers and loyalty services (ServiceRunner in-process, one "
-                f"event loop, one database, one broker): {rate * seconds} purchases at "
+        return (f"interactions, customers and loyalty services ({self.ctx.replicas} crm serve "
+                f"process(es) each, one database, one broker): {rate * seconds} purchases at "
                 f"{rate}/s for {seconds}s, each a customer's second (one_time -> repeat -> "
                 f"discount), timed from publish to the discount read on {LOYALTY}; a discount "
                 f"missing {GRACE_S:.0f}s after the last publish counts as infinitely late")
@@ -243,23 +245,16 @@ class LoyaltyLatency(Workload):
         started = time.perf_counter()
         self.ids = [str(c) for c in await seed_customers(conn, m)]
         settings = self.stack.settings
-        services: list[InProcessService] = []
-        customers = InProcessService(CUSTOMERS_SPEC, settings)
-        await customers.start()
-        self.resources.push_async_callback(customers.stop)
-        target = f"127.0.0.1:{customers.runner.bound_grpc_port}"
-        for spec, conf in ((INTERACTIONS_SPEC,
-                            settings.model_copy(update={"customers_grpc_target": target})),
-                           (LOYALTY_SPEC, settings)):
-            service = InProcessService(spec, conf)
-            await service.start()
-            self.resources.push_async_callback(service.stop)
-            services.append(service)
-        self.services = [customers, *services]
+        replicas = self.ctx.replicas
+        customers = ServiceProcesses(CUSTOMERS_SPEC, settings, replicas=replicas)
+        others = [ServiceProcesses(INTERACTIONS_SPEC, settings.model_copy(
+                      update={"customers_grpc_target": customers.target}), replicas=replicas),
+                  ServiceProcesses(LOYALTY_SPEC, settings, replicas=replicas)]
+        self.services = [customers, *others]
         for service in self.services:
-            await service.consumers_ready()
-        self.excluded["set-up: three services started, consumers joined"] = (
-            time.perf_counter() - started)
+            self.resources.push_async_callback(service.stop)
+        await asyncio.gather(*(service.start() for service in self.services))
+        self.excluded["set-up: three services started"] = time.perf_counter() - started
         started = time.perf_counter()
         bootstrap = self.stack.bootstrap_servers
         await kafka.produce(bootstrap, CUSTOMERS,
