@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from collections.abc import Iterable
 from typing import Any
 
 from crm_runtime import logs, outbox, scheduler, uow
@@ -129,6 +130,10 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
     a known key returns the stored contact."""
     if not contacts:
         return []
+    merged = await survivors(conn, [c.customer_id for c in contacts])
+    if merged:
+        contacts = [replace(c, customer_id=merged.get(c.customer_id, c.customer_id))
+                    for c in contacts]
     now = ctx.clock.now()
     cols = list(zip(*[(c.interaction_id, c.idempotency_key, c.customer_id, c.channel,
                        c.direction, c.kind, c.attention, c.requester_id, c.decision_maker_id,
@@ -190,7 +195,7 @@ async def timeline(conn: Conn, customer_id: uuid.UUID, channels: list[str], kind
               AND (cardinality($3::text[]) = 0 OR kind = ANY($3))
               AND ($4::timestamptz IS NULL OR (occurred_at, interaction_id) < ($4, $5::uuid))
             ORDER BY occurred_at DESC, interaction_id DESC LIMIT $6""",
-        customer_id, channels, kinds, after[0] if after else None, after[1] if after else None,
+        await survivor(conn, customer_id), channels, kinds, after[0] if after else None, after[1] if after else None,
         limit))
 
 
@@ -236,6 +241,7 @@ async def open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: s
                                    idempotency_key)
     if existing:
         return uuid.UUID(str(existing))
+    customer_id = await survivor(conn, customer_id)
     policy = domain.choose_policy(await policies(conn), kind, channel)
     now = ctx.clock.now()
     promise = domain.promise_for(policy, now)
@@ -406,6 +412,8 @@ async def list_cases(conn: Conn, ctx: Context, *, which: str, unit: str,
                      limit: int) -> list[Any]:
     which = domain.check_choice("filter", which, CASE_FILTERS, "open")
     now = ctx.clock.now()
+    if customer_id is not None:
+        customer_id = await survivor(conn, customer_id)
     return list(await conn.fetch(
         """SELECT * FROM cases c
             WHERE ($1 = 'all'
@@ -455,6 +463,7 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
                                    idempotency_key)
     if existing:
         return existing
+    customer_id = await survivor(conn, customer_id)
     response_id = uuid.uuid4()
     csat = domain.csat_mean(csat_scores)
     _count_survey(conn, channel, csat, nps_score)
@@ -575,7 +584,31 @@ async def scrub_customer(conn: Conn, customer_id: uuid.UUID) -> None:
                            r["survey_response_id"], answers)
 
 
+async def survivors(conn: Conn, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """The survivor of each id the customers service merged away (ids not
+    merged are absent): one statement for a whole batch."""
+    rows = await conn.fetch(
+        """SELECT merged_customer_id, survivor_customer_id FROM customer_aliases
+            WHERE merged_customer_id = ANY($1::uuid[])""", list(set(ids)))
+    return {r["merged_customer_id"]: r["survivor_customer_id"] for r in rows}
+
+
+async def survivor(conn: Conn, customer_id: uuid.UUID) -> uuid.UUID:
+    return (await survivors(conn, [customer_id])).get(customer_id, customer_id)
+
+
 async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
+    """Move the merged customer's records to the survivor and remember the
+    alias, so records that arrive later under the merged id follow too."""
+    await conn.execute(
+        """INSERT INTO customer_aliases (merged_customer_id, survivor_customer_id)
+           VALUES ($1, $2) ON CONFLICT (merged_customer_id)
+           DO UPDATE SET survivor_customer_id = EXCLUDED.survivor_customer_id""",
+        merged, survivor)
+    # Ids merged into the merged one earlier now resolve to the survivor too.
+    await conn.execute(
+        "UPDATE customer_aliases SET survivor_customer_id = $1 WHERE survivor_customer_id = $2",
+        survivor, merged)
     for table in ("interactions", "cases", "survey_responses"):
         await conn.execute(f"UPDATE {table} SET customer_id = $1 WHERE customer_id = $2",
                            survivor, merged)
