@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from collections.abc import Iterable
 from typing import Any
 
 from crm_runtime import logs, outbox, scheduler, uow
@@ -195,8 +195,8 @@ async def timeline(conn: Conn, customer_id: uuid.UUID, channels: list[str], kind
               AND (cardinality($3::text[]) = 0 OR kind = ANY($3))
               AND ($4::timestamptz IS NULL OR (occurred_at, interaction_id) < ($4, $5::uuid))
             ORDER BY occurred_at DESC, interaction_id DESC LIMIT $6""",
-        await survivor(conn, customer_id), channels, kinds, after[0] if after else None, after[1] if after else None,
-        limit))
+        await survivor(conn, customer_id), channels, kinds, after[0] if after else None,
+        after[1] if after else None, limit))
 
 
 # --- promise policies -------------------------------------------------------
