@@ -235,7 +235,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                              context: grpc.aio.ServicerContext) -> pb.ExportCustomerResponse:
         customer_id = parse_uuid(request.customer_id)
         return pb.ExportCustomerResponse(
-            json=await self._tx(lambda c: commands.export(c, customer_id)))
+            json=await self._tx(lambda c: commands.export(c, self._ctx, customer_id)))
 
     async def EraseCustomer(self, request: pb.EraseCustomerRequest,
                             context: grpc.aio.ServicerContext) -> pb.EraseCustomerResponse:

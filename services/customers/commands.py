@@ -425,33 +425,99 @@ async def erase(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> None:
     await _emit(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
 
 
-async def export(conn: Conn, customer_id: uuid.UUID) -> str:
-    """Everything held about the customer, as JSON (data-subject access)."""
+#: Where each column of the customers schema appears in the export (a path in
+#: the document: ``key``, ``key[]`` an entry of a list, ``key[].field`` a
+#: field of its entries). ``tests/unit/customers/test_export.py`` fails when a
+#: migration adds a column that is not listed here, so nothing held about a
+#: customer can be left out of a data-subject export by accident.
+EXPORT_COLUMNS: dict[str, dict[str, str]] = {
+    "customers": {
+        "customer_id": "customer_id", "display_name": "display_name", "profile": "profile",
+        "stage": "stage", "purchase_count": "purchase_count",
+        "first_purchase_at": "first_purchase_at", "last_purchase_at": "last_purchase_at",
+        "do_not_contact": "do_not_contact", "version": "version", "created_at": "created_at",
+        "updated_at": "updated_at", "closed_at": "closed_at", "erased_at": "erased_at",
+        "merged_into": "merged_aliases[]",  # the ids whose merged_into is this customer
+        "at_risk": "at_risk", "risk_reasons": "risk_reasons", "last_csat": "last_csat",
+        "last_nps": "last_nps", "last_survey_at": "last_survey_at",
+    },
+    "customer_identifiers": {"kind": "emails", "value": "emails[]",
+                             "customer_id": "customer_id", "position": "emails[]"},
+    "purchases": {"customer_id": "customer_id", "purchase_id": "purchases[].purchase_id",
+                  "amount_minor": "purchases[].amount_minor",
+                  "currency": "purchases[].currency", "occurred_at": "purchases[].occurred_at",
+                  "causing_event_id": "purchases[].causing_event_id"},
+    "customer_spend": {"customer_id": "customer_id", "currency": "total_spent[].currency",
+                       "total_minor": "total_spent[].amount_minor"},
+    "consents": {"customer_id": "customer_id", "purpose": "consents[].purpose",
+                 "granted": "consents[].granted", "at": "consents[].at",
+                 "source": "consents[].source"},
+    "stage_history": {"id": "stage_history[]", "customer_id": "customer_id",
+                      "from_stage": "stage_history[].from", "to_stage": "stage_history[].to",
+                      "cause": "stage_history[].cause",
+                      "causing_event_id": "stage_history[].causing_event_id",
+                      "at": "stage_history[].at"},
+    "customer_links": {"requester_id": "links[].other_customer_id",
+                       "decision_maker_id": "links[].other_customer_id",
+                       "role": "links[].role", "created_at": "links[].created_at"},
+    "risk_signals": {"customer_id": "customer_id", "event_id": "risk_signals[].event_id",
+                     "reason": "risk_signals[].reason",
+                     "occurred_at": "risk_signals[].occurred_at"},
+}
+#: Tables of the schema that hold nothing about a particular customer.
+NOT_CUSTOMER_DATA = {"segments": "segment definitions (membership is exported as segments)",
+                     "segment_versions": "earlier segment definitions"}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+async def export(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> str:
+    """Everything held about the customer, as JSON (data-subject access):
+    every column of :data:`EXPORT_COLUMNS`, plus the segments the customer
+    is in now. A merged id exports its survivor."""
     rec = await store.load(conn, customer_id)
-    history = await store.stage_history(conn, customer_id)
-    bought = await store.purchases(conn, customer_id)
-
-    def iso(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
+    cid = rec.customer_id
+    history = await store.stage_history(conn, cid)
+    bought = await store.purchases(conn, cid)
+    links = await store.links(conn, cid)
+    signals = await store.risk_signal_rows(conn, cid)
+    aliases = await store.aliases(conn, cid)
+    member_of = ([] if rec.erased_at is not None
+                 else (await segment_keys_for(conn, ctx, [cid]))[cid])
     document = {
-        "customer_id": str(rec.customer_id), "display_name": rec.display_name,
+        "customer_id": str(cid), "display_name": rec.display_name,
         "emails": rec.emails, "phones": rec.phones, "external_ids": rec.external_ids,
         "profile": rec.profile, "stage": rec.stage.value, "purchase_count": rec.purchase_count,
-        "first_purchase_at": iso(rec.first_purchase_at),
-        "last_purchase_at": iso(rec.last_purchase_at),
+        "first_purchase_at": _iso(rec.first_purchase_at),
+        "last_purchase_at": _iso(rec.last_purchase_at),
         "total_spent": [{"currency": c, "amount_minor": a} for c, a in rec.spend.items()],
         "do_not_contact": rec.do_not_contact,
-        "consents": [{"purpose": c.purpose, "granted": c.granted, "at": iso(c.at),
+        "consents": [{"purpose": c.purpose, "granted": c.granted, "at": _iso(c.at),
                       "source": c.source} for c in rec.consents],
         "purchases": [{"purchase_id": p["purchase_id"], "amount_minor": p["amount_minor"],
-                       "currency": p["currency"], "occurred_at": iso(p["occurred_at"])}
-                      for p in bought],
+                       "currency": p["currency"], "occurred_at": _iso(p["occurred_at"]),
+                       "causing_event_id": p["causing_event_id"]} for p in bought],
         "stage_history": [{"from": h["from_stage"], "to": h["to_stage"], "cause": h["cause"],
-                           "causing_event_id": h["causing_event_id"], "at": iso(h["at"])}
+                           "causing_event_id": h["causing_event_id"], "at": _iso(h["at"])}
                           for h in history],
-        "created_at": iso(rec.created_at), "updated_at": iso(rec.updated_at),
-        "erased_at": iso(rec.erased_at), "version": rec.version,
+        "links": [{"as": "requester" if link["requester_id"] == cid else "decision_maker",
+                   "other_customer_id": str(link["decision_maker_id"]
+                                            if link["requester_id"] == cid
+                                            else link["requester_id"]),
+                   "role": link["role"], "created_at": _iso(link["created_at"])}
+                  for link in links],
+        "merged_aliases": [str(a) for a in aliases],
+        "at_risk": rec.at_risk, "risk_reasons": rec.risk_reasons,
+        "risk_signals": [{"reason": r["reason"], "occurred_at": _iso(r["occurred_at"]),
+                          "event_id": r["event_id"]} for r in signals],
+        "last_csat": rec.last_csat, "last_nps": rec.last_nps,
+        "last_survey_at": _iso(rec.last_survey_at),
+        "segments": member_of,
+        "created_at": _iso(rec.created_at), "updated_at": _iso(rec.updated_at),
+        "closed_at": _iso(rec.closed_at), "erased_at": _iso(rec.erased_at),
+        "version": rec.version,
     }
     return json.dumps(document, indent=2, sort_keys=True)
 

@@ -225,14 +225,41 @@ async def list_page(conn: Conn, stage: str | None, after: uuid.UUID | None,
 
 async def purchases(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
     return list(await conn.fetch(
-        """SELECT purchase_id, amount_minor, currency, occurred_at FROM purchases
-            WHERE customer_id = $1 ORDER BY occurred_at""", customer_id))
+        """SELECT purchase_id, amount_minor, currency, occurred_at, causing_event_id
+             FROM purchases WHERE customer_id = $1 ORDER BY occurred_at, purchase_id""",
+        customer_id))
+
+
+async def links(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
+    """The customer's links on either side, with their role and date."""
+    return list(await conn.fetch(
+        """SELECT requester_id, decision_maker_id, role, created_at FROM customer_links
+            WHERE requester_id = $1 OR decision_maker_id = $1
+            ORDER BY created_at, requester_id, decision_maker_id""", customer_id))
+
+
+async def aliases(conn: Conn, customer_id: uuid.UUID) -> list[uuid.UUID]:
+    """The ids merged into this customer (aliases that resolve to it)."""
+    rows = await conn.fetch(
+        "SELECT customer_id FROM customers WHERE merged_into = $1 ORDER BY customer_id",
+        customer_id)
+    return [r["customer_id"] for r in rows]
+
+
+async def risk_signal_rows(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT event_id, reason, occurred_at FROM risk_signals WHERE customer_id = $1
+            ORDER BY occurred_at, event_id""", customer_id))
 
 
 async def scrub(conn: Conn, customer_id: uuid.UUID) -> None:
-    """Remove personal data: identifiers and consent; profile cleared by caller."""
+    """Remove personal data: identifiers, consent and links to other people
+    (who the customer works or buys for); profile cleared by caller."""
     await conn.execute("DELETE FROM customer_identifiers WHERE customer_id = $1", customer_id)
     await conn.execute("DELETE FROM consents WHERE customer_id = $1", customer_id)
+    await conn.execute(
+        "DELETE FROM customer_links WHERE requester_id = $1 OR decision_maker_id = $1",
+        customer_id)
 
 
 async def segment_members(conn: Conn, where_sql: str, params: list[Any],
