@@ -17,14 +17,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.events import KafkaRecord
+from crm_runtime import outbox
 from crm_runtime.settings import Settings
 
 
 def producer_options() -> dict[str, Any]:
-    """The producer settings of ``crm_runtime.service.ServiceRunner``; the raw
-    baseline uses the same, so the comparison is about the path, not tuning."""
-    return {"acks": "all", "enable_idempotence": False, "linger_ms": 5,
-            "max_batch_size": Settings().producer_batch_bytes}
+    """The producer settings of the product's relay; the raw baseline uses
+    the same, so the comparison is about the path, not tuning."""
+    return outbox.producer_options(Settings().producer_batch_bytes)
 
 
 async def start_producer(bootstrap: str) -> Any:

@@ -8,7 +8,9 @@ One batch of records is processed in one PostgreSQL transaction:
 3. poison records are written to ``dead_letters`` and queued in the outbox for
    ``<topic>.dlq`` with headers naming the error and the original topic,
    partition and offset; the consumer goes on with the next record;
-4. the transaction commits, and only then are the offsets committed.
+4. the transaction commits, and only then are the offsets committed (while
+   the next batch is fetched and processed; one offset commit in flight at a
+   time).
 
 A crash anywhere before step 4's offset commit redelivers the batch, and the
 inbox makes the second pass a no-op. A transient failure (the database is down,
@@ -106,6 +108,9 @@ class EventConsumer:
         )
         self._stopping = asyncio.Event()
         self._next_offsets: dict[TopicPartition, int] = {}
+        #: The offset commit of the last batch, still in flight (see
+        #: :meth:`_process_until_done`).
+        self._committing: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     def stop(self) -> None:
@@ -123,6 +128,7 @@ class EventConsumer:
                     await self._process_until_done(batch)
                 self._observe_lag()
         finally:
+            await self._offsets_committed()
             await self._kafka.stop()
 
     async def _start_kafka(self) -> None:
@@ -154,7 +160,19 @@ class EventConsumer:
                             self._group, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
         faults.hit(self._failpoints, "consumer.after_db_commit")
-        await self._commit_offsets(batch)
+        # The offsets go to the broker while the next batch is fetched and
+        # processed: the effects are committed already, so the commit only
+        # saves redeliveries. One commit is in flight at a time, so committed
+        # offsets never move backwards.
+        await self._offsets_committed()
+        self._committing = asyncio.create_task(self._commit_offsets(batch),
+                                               name=f"{self._group}-offset-commit")
+
+    async def _offsets_committed(self) -> None:
+        if self._committing is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committing
+            self._committing = None
 
     async def _commit_offsets(self, batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         offsets: dict[TopicPartition, int] = {}

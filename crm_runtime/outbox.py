@@ -79,6 +79,16 @@ async def add_raw(conn: Conn, records: Sequence[RawRecord], *, lanes: int) -> No
     # The outbox_wake_relay trigger (runtime migration 003) notifies the relay.
 
 
+def producer_options(producer_batch_bytes: int) -> dict[str, Any]:
+    """The relay's producer settings. ``acks=all``: a row is marked sent only
+    once every in-sync replica has it. No idempotent producer (Tansu has
+    none; the inbox deduplicates). ``linger_ms=0``: the relay queues a whole
+    lane's rows before it awaits anything, so they batch anyway, and a lone
+    event is not held back."""
+    return {"acks": "all", "enable_idempotence": False, "linger_ms": 0,
+            "max_batch_size": producer_batch_bytes}
+
+
 def _lock_key(schema: str) -> int:
     return int.from_bytes(hashlib.sha256(f"outbox:{schema}".encode()).digest()[:4],
                           "big", signed=True)

@@ -29,7 +29,7 @@ from crm_runtime.consumer import BatchHandler, EventConsumer
 from crm_runtime.grpc_server import ServiceRegistration, build_server, set_serving
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.ops import OperationsServicer
-from crm_runtime.outbox import OutboxRelay
+from crm_runtime.outbox import OutboxRelay, producer_options
 from crm_runtime.retry import Backoff
 from crm_runtime.scheduler import Scheduler, WorkHandler
 from crm_runtime.settings import Settings
@@ -129,9 +129,8 @@ class ServiceRunner:
         tracing.configure(s.otel_exporter, self.spec.name)
         pool = self.pool = await open_pool(s, self.spec.schema)
         tasks: list[asyncio.Task[None]] = []
-        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
-                                    enable_idempotence=False, linger_ms=5,
-                                    max_batch_size=s.producer_batch_bytes)
+        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers,
+                                    **producer_options(s.producer_batch_bytes))
         stoppers: list[Callable[[], None]] = []
         try:
             applied = await migrate_service(pool, self.spec)
