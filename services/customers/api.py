@@ -95,7 +95,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                     if request.referred_by_customer_id else None)
         rec, created = await self._tx(lambda c: commands.register(
             c, self._ctx, display_name=request.display_name, identity=identity, profile=profile,
-            source=request.source, referred_by=referrer))
+            source=request.source, referred_by=referrer, referral_code=request.referral_code))
         return pb.RegisterCustomerResponse(customer=self._out(rec), created=created)
 
     async def GetCustomer(self, request: pb.GetCustomerRequest,

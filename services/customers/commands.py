@@ -142,12 +142,23 @@ def check_profile(profile: dict[str, Any]) -> dict[str, Any]:
 
 async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Identity,
                    profile: dict[str, Any], source: str,
-                   referred_by: uuid.UUID | None = None) -> tuple[store.CustomerRecord, bool]:
+                   referred_by: uuid.UUID | None = None,
+                   referral_code: str = "") -> tuple[store.CustomerRecord, bool]:
     """Register a customer, or return the existing one that has any of the
-    identifiers (registration is idempotent). ``referred_by`` names the
-    customer who recommended them (loyalty rewards the referrer)."""
+    identifiers (registration is idempotent). The customer who recommended
+    them is named either by id (``referred_by``, checked here) or by their
+    referral code (``referral_code``, format checked here, carried on
+    ``customer.registered`` for the loyalty service, which issued it, to
+    resolve); loyalty rewards the referrer."""
     if identity.is_empty():
         raise InvalidArgument("emails", "at least one email, phone or external id is required")
+    if referral_code.strip():
+        if referred_by is not None:
+            raise InvalidArgument("referral_code", "give referral_code or "
+                                                   "referred_by_customer_id, not both")
+        referral_code = domain.normalise_referral_code(referral_code)
+    else:
+        referral_code = ""
     profile = check_profile(profile)
     if referred_by is not None:
         referrer = await store.load(conn, referred_by, full=False)
@@ -170,7 +181,7 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
         preferred_channel=profile.get("preferred_channel", ""),
         time_zone=profile.get("time_zone", ""),
         has_email=bool(identity.emails), has_phone=bool(identity.phones), source=source,
-        referred_by=str(referred_by or "")))
+        referred_by=str(referred_by or ""), referral_code=referral_code))
     return await store.load(conn, customer_id), True
 
 

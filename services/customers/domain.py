@@ -174,6 +174,30 @@ def normalise_external_id(value: str, field: str = "external_ids") -> str:
     return candidate
 
 
+#: Referral codes as the loyalty service issues them (GetLoyaltyProfile's
+#: ``referral_code``): ``REF-`` and 10 characters of an alphabet without 0/O
+#: and 1/I. The format is part of the contract; a unit test checks that the
+#: codes loyalty generates pass :func:`normalise_referral_code`.
+REFERRAL_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+_REFERRAL_CODE = re.compile(rf"^REF-[{REFERRAL_CODE_ALPHABET}]{{10}}$")
+
+
+def normalise_referral_code(value: str, field: str = "referral_code") -> str:
+    """A referral code typed by a person (a sign-up form's "Got a code from a
+    friend?"), in its canonical form ``REF-XXXXXXXXXX``: case, spaces and
+    dashes do not matter and the ``REF`` prefix may be left out. Only the
+    format is checked here; which customer the code belongs to only the
+    loyalty service knows."""
+    raw = "".join(value.split()).replace("-", "").upper()
+    if len(raw) == 13 and raw.startswith("REF"):
+        raw = raw[3:]
+    code = f"REF-{raw}"
+    if not _REFERRAL_CODE.match(code):
+        raise InvalidArgument(field, "is not a referral code: REF- and 10 letters or digits "
+                                     "(no 0, O, 1 or I), e.g. REF-AB23CD45EF")
+    return code
+
+
 @dataclass(frozen=True)
 class Identity:
     """The identifiers a customer can be found by; all normalised."""

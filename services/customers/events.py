@@ -24,6 +24,11 @@ class CustomerRegistered(EventPayload):
     has_phone: bool = False
     source: str = Field(default="", description="Registering system.")
     referred_by: str = Field(default="", description="Referrer's customer id, when referred.")
+    referral_code: str = Field(
+        default="", examples=["REF-AB23CD45EF"],
+        description="The referral code the customer signed up with "
+                    "(RegisterCustomer.referral_code, normalised), when given; the loyalty "
+                    "service resolves it to the referrer. Empty when referred_by is given.")
 
 
 @event("customer.updated", topic=CUSTOMERS)

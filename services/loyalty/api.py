@@ -173,7 +173,8 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
                 for r in prof.suppressed],
             referrals=[pb.Referral(referred_customer_id=str(r["referred_customer_id"]),
                                    discount_id=str(r["discount_id"]), at=ts(r["at"]))
-                       for r in prof.referrals])
+                       for r in prof.referrals],
+            referred_by_customer_id=str(v.referred_by or ""))
 
     @staticmethod
     def _optional_customer(value: str) -> uuid.UUID | None:

@@ -259,6 +259,8 @@ async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
     derived = await _project(unit, view, env)
     if view.erased_at is not None:
         return
+    if env.type == "customer.registered" and _referral_code_of(env):
+        await _referred_by_code(unit, view, env, rules)
     if await unit.may_be_moot(view.customer_id, env.type):
         await unit.flush()
         moot = await store.open_follow_ups(unit.conn, view.customer_id, cancel_on=env.type)
@@ -315,6 +317,54 @@ async def _project(unit: Unit, view: View, env: Envelope) -> dict[str, Any]:
     if changed:
         unit.save(view)
     return derived
+
+
+def _referral_code_of(env: Envelope) -> str:
+    code: str = getattr(env.data, "referral_code", "")
+    return code
+
+
+async def _referred_by_code(unit: Unit, view: View, env: Envelope,
+                            rules: list[StoredRule]) -> None:
+    """The customer signed up with a friend's referral code: the friend (the
+    code's owner) becomes their referrer, so the referral rules reward them
+    later. A code loyalty never issued (mistyped, or its owner was erased) is
+    not dropped: each enabled rule's ``referral_reward`` action is recorded as
+    suppressed (``unknown_referral_code``) and ``loyalty.action_suppressed``
+    published, for marketing to follow up."""
+    if view.referred_by is not None:
+        return  # referred by id already (customers never sends both)
+    code = _referral_code_of(env)
+    owner = next((v.customer_id for v in unit.cached_views() if v.referral_code == code), None)
+    if owner is None:
+        owner = await store.owner_of_referral_code(unit.conn, code)
+        if owner is not None and any(v.customer_id == owner and v.referral_code != code
+                                     for v in unit.cached_views()):
+            owner = None  # erased in this unit, not flushed yet
+    if owner is not None and owner != view.customer_id:
+        view.referred_by = owner
+        unit.save(view)
+        return
+    log.info("customer %s signed up with referral code %s, which is unknown", view.customer_id,
+             code)
+    reason = Suppression.UNKNOWN_REFERRAL_CODE.value
+    for stored in rules:
+        if not stored.rule.enabled:
+            continue
+        for index, action in enumerate(stored.rule.actions):
+            if not isinstance(action, ReferralRewardAction):
+                continue
+            aid = domain.action_id(stored.rule.id, env.id, index)
+            if await unit.performed_before(aid):
+                continue
+            purpose = domain.action_purpose(action)
+            unit.record_action((aid, view.customer_id, stored.rule.id, stored.version, index,
+                                action.type, purpose.value, env.id, env.type,
+                                Outcome.SUPPRESSED.value, reason, unit.now))
+            unit.emit(view.customer_id, ActionSuppressed(
+                action_id=str(aid), customer_id=str(view.customer_id), rule_id=stored.rule.id,
+                action_type=action.type, purpose=purpose.value, reason=reason,
+                trigger_event_id=env.id))
 
 
 def _ensure_referral_code(view: View) -> None:

@@ -61,7 +61,8 @@ class Outcome(StrEnum):
 
 
 class Suppression(StrEnum):
-    """Why a trust rule stopped an action."""
+    """Why an action was stopped: a trust rule, or a referral that cannot be
+    attributed."""
 
     ERASED = "erased"
     DO_NOT_CONTACT = "do_not_contact"
@@ -69,6 +70,9 @@ class Suppression(StrEnum):
     NO_NEWSLETTER_CONSENT = "no_newsletter_consent"
     UNSUBSCRIBED = "unsubscribed"
     FREQUENCY_CAP = "frequency_cap"
+    #: The customer signed up with a referral code loyalty never issued (or
+    #: whose owner was erased): no referrer can be rewarded.
+    UNKNOWN_REFERRAL_CODE = "unknown_referral_code"
 
 
 class FollowUpStatus(StrEnum):

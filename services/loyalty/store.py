@@ -100,6 +100,14 @@ async def get_view(conn: Conn, customer_id: uuid.UUID, *, lock: bool = False) ->
     return _view(row)
 
 
+async def owner_of_referral_code(conn: Conn, code: str) -> uuid.UUID | None:
+    """The customer a referral code was issued to (an erased customer's code is
+    gone); None for a code never issued."""
+    owner: uuid.UUID | None = await conn.fetchval(
+        "SELECT customer_id FROM customer_view WHERE referral_code = $1", code)
+    return owner
+
+
 async def point_aliases(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
     """Earlier aliases of ``merged`` now point at ``survivor`` too."""
     await conn.execute("UPDATE customer_view SET merged_into = $1 WHERE merged_into = $2",

@@ -38,10 +38,11 @@ def envelope(data: EventPayload, customer_id: str, at: datetime) -> Envelope:
 
 
 def registered(customer_id: str, at: datetime, *, referred_by: str = "",
-               preferred_channel: str = "email") -> Envelope:
+               preferred_channel: str = "email", referral_code: str = "") -> Envelope:
     return envelope(CustomerRegistered(customer_id=customer_id, stage="potential",
                                        preferred_channel=preferred_channel, has_email=True,
-                                       source="test", referred_by=referred_by),
+                                       source="test", referred_by=referred_by,
+                                       referral_code=referral_code),
                     customer_id, at)
 
 

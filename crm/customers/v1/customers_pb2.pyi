@@ -464,11 +464,19 @@ class RegisterCustomerRequest(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     REFERRED_BY_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    REFERRAL_CODE_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     source: _builtins.str
     """registering system, for the event"""
     referred_by_customer_id: _builtins.str
     """the customer who recommended them, if any"""
+    referral_code: _builtins.str
+    """Or the referral code they got from a friend (GetLoyaltyProfile's referral_code,
+    "REF-XXXXXXXXXX"; case, spaces and dashes do not matter). Only the format is
+    checked here; the loyalty service resolves it to the referrer, and an unknown code
+    is recorded there as a suppressed referral reward (unknown_referral_code). Not
+    together with referred_by_customer_id.
+    """
     @_builtins.property
     def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -491,10 +499,11 @@ class RegisterCustomerRequest(_message.Message):
         profile: Global___Profile | None = ...,
         source: _builtins.str = ...,
         referred_by_customer_id: _builtins.str = ...,
+        referral_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "emails", b"emails", "external_ids", b"external_ids", "phones", b"phones", "profile", b"profile", "referred_by_customer_id", b"referred_by_customer_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "emails", b"emails", "external_ids", b"external_ids", "phones", b"phones", "profile", b"profile", "referral_code", b"referral_code", "referred_by_customer_id", b"referred_by_customer_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -544,6 +544,7 @@ class LoyaltyProfile(_message.Message):
     ENROLMENTS_FIELD_NUMBER: _builtins.int
     SUPPRESSED_FIELD_NUMBER: _builtins.int
     REFERRALS_FIELD_NUMBER: _builtins.int
+    REFERRED_BY_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     stage: _builtins.str
     referral_code: _builtins.str
@@ -551,6 +552,10 @@ class LoyaltyProfile(_message.Message):
     promotional_consent: _builtins.bool
     do_not_contact: _builtins.bool
     erased: _builtins.bool
+    referred_by_customer_id: _builtins.str
+    """Who referred this customer (named at sign-up by id or by their referral code),
+    if anyone known.
+    """
     @_builtins.property
     def discounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Discount]: ...
     @_builtins.property
@@ -576,10 +581,11 @@ class LoyaltyProfile(_message.Message):
         enrolments: _abc.Iterable[Global___Enrolment] | None = ...,
         suppressed: _abc.Iterable[Global___SuppressedAction] | None = ...,
         referrals: _abc.Iterable[Global___Referral] | None = ...,
+        referred_by_customer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "discounts", b"discounts", "do_not_contact", b"do_not_contact", "enrolments", b"enrolments", "erased", b"erased", "follow_ups", b"follow_ups", "newsletter_consent", b"newsletter_consent", "promotional_consent", b"promotional_consent", "referral_code", b"referral_code", "referrals", b"referrals", "stage", b"stage", "suppressed", b"suppressed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "discounts", b"discounts", "do_not_contact", b"do_not_contact", "enrolments", b"enrolments", "erased", b"erased", "follow_ups", b"follow_ups", "newsletter_consent", b"newsletter_consent", "promotional_consent", b"promotional_consent", "referral_code", b"referral_code", "referrals", b"referrals", "referred_by_customer_id", b"referred_by_customer_id", "stage", b"stage", "suppressed", b"suppressed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -117,3 +117,52 @@ async def test_a_case_resolved_late_before_its_breach_still_gets_service_recover
     late_calls = [d["template"] for d in of_type(events, "loyalty.followup_scheduled")
                   if d["rule_id"] == "service-recovery-late-resolution"]
     assert late_calls == ["apology_late_resolution"]
+
+
+async def test_a_friend_signed_up_with_a_referral_code_rewards_the_referrer_once(
+        trio: Trio) -> None:
+    """The web shop's sign-up form passes the code the friend typed ("Got a
+    code from a friend?") to RegisterCustomer; the friend's first purchase
+    rewards the code's owner, once."""
+    customers = customers_pb2_grpc.CustomersStub(trio.customers.channel)
+    reply = await customers.RegisterCustomer(cpb.RegisterCustomerRequest(
+        display_name="Rosa", emails=[f"rosa-{uuid.uuid4().hex[:8]}@example.com"]),
+        metadata=trio.customers.metadata)
+    referrer = reply.customer.customer_id
+    await customers.SetConsent(cpb.SetConsentRequest(
+        customer_id=referrer, purpose="promotional_offers", granted=True, source="web"),
+        metadata=trio.customers.metadata)
+    p = await profile_when(trio.loyalty, referrer, lambda p: p.referral_code
+                           and p.promotional_consent, "the referrer's code")
+    typed = p.referral_code.lower().replace("-", " ")  # as the friend typed it
+    friend_reply = await customers.RegisterCustomer(cpb.RegisterCustomerRequest(
+        display_name="Nuria", emails=[f"nuria-{uuid.uuid4().hex[:8]}@example.com"],
+        source="web-shop", referral_code=typed), metadata=trio.customers.metadata)
+    friend = friend_reply.customer.customer_id
+    await profile_when(trio.loyalty, friend, lambda p: p.referred_by_customer_id == referrer,
+                       "the friend's referrer known")
+
+    sale = _purchase(trio, friend, f"sale-1-{friend}", 3000)
+    await produce(trio.interactions, sale, sale)  # published twice: counted once
+    p = await profile_when(trio.loyalty, referrer, lambda p: len(p.referrals) == 1, "rewarded")
+    assert [r.referred_customer_id for r in p.referrals] == [friend]
+    events = await loyalty_events(trio.loyalty, referrer, 2, settle=1.5)
+    assert [d["referred_customer_id"] for d in of_type(events, "loyalty.referral_rewarded")] == [
+        friend]
+    issued = of_type(events, "loyalty.discount_issued")
+    assert [(d["rule_id"], d["amount_minor"]) for d in issued] == [("referral-reward", 1500)]
+    # The friend got no referral reward themselves.
+    friend_events = await loyalty_events(trio.loyalty, friend, 1, settle=0)
+    assert not of_type(friend_events, "loyalty.referral_rewarded")
+
+
+async def test_an_unknown_referral_code_at_sign_up_is_recorded_not_dropped(trio: Trio) -> None:
+    customers = customers_pb2_grpc.CustomersStub(trio.customers.channel)
+    reply = await customers.RegisterCustomer(cpb.RegisterCustomerRequest(
+        emails=[f"olga-{uuid.uuid4().hex[:8]}@example.com"], referral_code="REF-ZZZZ2222ZZ"),
+        metadata=trio.customers.metadata)
+    cid = reply.customer.customer_id
+    p = await profile_when(trio.loyalty, cid, lambda p: p.suppressed, "suppression recorded")
+    assert [(s.action_type, s.reason) for s in p.suppressed] == [
+        ("referral_reward", "unknown_referral_code")]
+    assert not p.referred_by_customer_id

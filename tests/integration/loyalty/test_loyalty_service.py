@@ -330,6 +330,61 @@ async def test_referral_rewards_the_referrer_once(svc: Running) -> None:
     assert [d["amount_minor"] for d in of_type(events, "loyalty.discount_issued")] == [1500]
 
 
+async def test_a_referral_code_names_the_referrer_who_is_rewarded_once(svc: Running) -> None:
+    referrer = await _customer(svc, promotional=True)
+    code = (await profile(svc, referrer)).referral_code
+    friend = new_id()
+    await produce(svc, registered(friend, svc.clock.now(), referral_code=code))
+    p = await profile_when(svc, friend, lambda p: p.referred_by_customer_id, "referrer known")
+    assert p.referred_by_customer_id == referrer and not p.suppressed
+    first = stage_changed(friend, "potential", "one_time", 1, svc.clock.now())
+    await produce(svc, first, first)
+    p = await profile_when(svc, referrer, lambda p: len(p.referrals) == 1, "rewarded")
+    assert [r.referred_customer_id for r in p.referrals] == [friend]
+    events = await loyalty_events(svc, referrer, 2, settle=1.0)
+    assert [d["referred_customer_id"] for d in of_type(events, "loyalty.referral_rewarded")] == [
+        friend]
+
+
+async def test_an_unknown_referral_code_is_recorded_as_a_suppressed_reward(
+        svc: Running) -> None:
+    def counted() -> float:
+        return REGISTRY.get_sample_value("crm_loyalty_actions_total", {
+            "service": "loyalty", "rule": "referral-reward", "action_type": "referral_reward",
+            "outcome": "suppressed", "reason": "unknown_referral_code"}) or 0.0
+
+    before = counted()
+    friend = new_id()
+    unknown = "REF-" + uuid.uuid4().hex[:10].upper().translate(str.maketrans("01", "AB"))
+    event = registered(friend, svc.clock.now(), referral_code=unknown)
+    await produce(svc, event, event)
+    p = await profile_when(svc, friend, lambda p: p.suppressed, "suppression recorded")
+    assert [(s.rule_id, s.action_type, s.reason, s.trigger_event_id) for s in p.suppressed] == [
+        ("referral-reward", "referral_reward", "unknown_referral_code", event.id)]
+    assert not p.referred_by_customer_id
+    events = await loyalty_events(svc, friend, 2, settle=1.0)  # welcome + suppression
+    assert [(d["reason"], d["rule_id"]) for d in of_type(events, "loyalty.action_suppressed")
+            ] == [("unknown_referral_code", "referral-reward")]
+    assert counted() == before + 1
+    # Their first purchase rewards nobody.
+    await produce(svc, stage_changed(friend, "potential", "one_time", 1, svc.clock.now()))
+    later = await loyalty_events(svc, friend, 3, settle=1.0)  # + the thank-you follow-up
+    assert not of_type(later, "loyalty.referral_rewarded")
+    assert len(of_type(later, "loyalty.action_suppressed")) == 1
+
+
+async def test_an_erased_referrers_code_is_unknown(svc: Running) -> None:
+    referrer = await _customer(svc, promotional=True)
+    code = (await profile(svc, referrer)).referral_code
+    await produce(svc, erased(referrer, svc.clock.now()))
+    await profile_when(svc, referrer, lambda p: p.erased, "referrer erased")
+    friend = new_id()
+    await produce(svc, registered(friend, svc.clock.now(), referral_code=code))
+    p = await profile_when(svc, friend, lambda p: p.suppressed, "suppression recorded")
+    assert [s.reason for s in p.suppressed] == ["unknown_referral_code"]
+    assert not p.referred_by_customer_id
+
+
 async def test_rules_are_versioned_validated_and_dry_run(svc: Running) -> None:
     rules = await stub(svc).ListRules(pb.ListRulesRequest(), metadata=svc.metadata)
     by_id = {r.rule_id: r for r in rules.rules}

@@ -17,6 +17,7 @@ from services.customers.domain import (
     normalise_email,
     normalise_external_id,
     normalise_phone,
+    normalise_referral_code,
     stage_after_churn,
     stage_after_closing,
     stage_after_purchase,
@@ -116,3 +117,29 @@ def test_age_band() -> None:
     assert age_band(2000, 2030) == "25-34"
     assert age_band(None, 2030) == ""
     assert age_band(1950, 2030) == "65+"
+
+
+@pytest.mark.parametrize("typed", ["REF-AB23CD45EF", "ref-ab23cd45ef", " REF AB23 CD45 EF ",
+                                   "AB23CD45EF", "ab23-cd45-ef", "REFAB23CD45EF"])
+def test_a_referral_code_is_read_however_it_was_typed(typed: str) -> None:
+    assert normalise_referral_code(typed) == "REF-AB23CD45EF"
+
+
+@pytest.mark.parametrize("typed", ["", "REF-", "REF-AB23CD45E", "REF-AB23CD45EFG",
+                                   "REF-AB23CD45E0", "REF-AB23CD45EI", "XYZ-AB23CD45EF",
+                                   "REF-AB23CD45E!", "ab23cd45ef" * 20])
+def test_a_malformed_referral_code_is_refused_naming_the_field(typed: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        normalise_referral_code(typed)
+    assert err.value.field == "referral_code"
+
+
+def test_every_code_loyalty_issues_is_a_valid_referral_code() -> None:
+    """The format is a contract between the two services: customers checks the
+    codes loyalty generates (GetLoyaltyProfile's referral_code)."""
+    from services.loyalty.domain import new_referral_code
+
+    for _ in range(500):
+        code = new_referral_code()
+        assert normalise_referral_code(code) == code
+        assert normalise_referral_code(code.lower().replace("-", " ")) == code
