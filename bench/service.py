@@ -1,4 +1,4 @@
-"""A product service run in-process by a workload, on servers of its own.
+"""Product services run by a workload as deployed, on servers of their own.
 
 The services use fixed schema and topic names (the customers service owns
 schema ``customers`` and reads ``crm.interactions.v1``), so a workload that
@@ -8,10 +8,10 @@ embedded Tansu broker (in memory, so its topics start empty), and drops both
 when the round ends. This holds with ``KAFKA_BOOTSTRAP_SERVERS`` set too: the
 run never writes to the product topics of a broker that is not its own.
 
-:class:`InProcessService` runs the real :class:`~crm_runtime.service.ServiceRunner`
-(migrations, outbox relay, consumers, scheduler, gRPC with a dev token), as
-``tests/support/services.py`` does, and hands the workload the consumers it
-built so their ``ready`` event can start a clock.
+:class:`ServiceProcesses` runs a service as it is deployed: ``crm serve``
+processes (migrations, outbox relay, consumers, scheduler, gRPC with a dev
+token), ``--replicas`` of them; :func:`consumed_until` times a consuming
+service on the database's clock, from its first transaction.
 """
 
 from __future__ import annotations
@@ -22,22 +22,20 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import crm_runtime.service
 from bench.context import BenchContext
 from bench.infra import fresh_database
 from crm_runtime.cli import create_topics
-from crm_runtime.consumer import EventConsumer
 from crm_runtime.migrations import migrate, migrations_for
-from crm_runtime.service import ServiceRunner, ServiceSpec
+from crm_runtime.service import ServiceSpec
 from crm_runtime.settings import Settings, env_name
 from crm_runtime.stack import TansuBroker, free_port
 
@@ -102,80 +100,6 @@ async def fresh_stack(ctx: BenchContext, label: str) -> AsyncIterator[Stack]:
         settings = ctx.settings.model_copy(update=update)
         await create_topics(settings)
         yield Stack(url, broker.bootstrap_servers, settings)
-
-
-class InProcessService:
-    """One service run by ``ServiceRunner`` in this process, gRPC on a free port."""
-
-    def __init__(self, spec: ServiceSpec, settings: Settings) -> None:
-        self.runner = ServiceRunner(spec, settings, grpc_port=0, serve_metrics=False)
-        #: The consumers the runner built, one per subscription.
-        self.consumers: list[EventConsumer] = []
-        #: The topics of each of :attr:`consumers`, in the same order.
-        self.consumer_topics: list[tuple[str, ...]] = []
-        self._task: asyncio.Task[None] | None = None
-        self.channel: Any = None
-
-    async def start(self, timeout: float = 60.0) -> None:
-        """Start and return once gRPC serves (consumers may still be joining)."""
-
-        def build_consumer(*args: Any, **kwargs: Any) -> EventConsumer:
-            consumer = EventConsumer(*args, **kwargs)
-            self.consumers.append(consumer)
-            self.consumer_topics.append(tuple(kwargs.get("topics", ())))
-            return consumer
-
-        # The runner builds its consumers before it sets ``ready``: capture
-        # them, unchanged, to read their ``ready`` events.
-        with mock.patch.object(crm_runtime.service, "EventConsumer", build_consumer):
-            self._task = asyncio.create_task(self.runner.run(), name="bench-service")
-            await self._until(self.runner.ready, timeout, "serving gRPC")
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.runner.bound_grpc_port}")
-
-    async def consumers_ready(self, timeout: float = 120.0) -> None:
-        """Until every consumer joined its group and its first poll returned."""
-        for consumer in self.consumers:
-            await self._until(consumer.ready, timeout, "consumer ready")
-
-    async def consumer_ready(self, topic: str, timeout: float = 120.0) -> None:
-        """Until the consumers of ``topic`` joined their group and their first
-        poll returned (a service with several subscriptions starts consuming
-        one topic while another consumer may still be joining)."""
-        found = [c for c, topics in zip(self.consumers, self.consumer_topics, strict=True)
-                 if topic in topics]
-        if not found:
-            raise RuntimeError(f"{self.runner.spec.name}: no consumer of {topic}")
-        for consumer in found:
-            await self._until(consumer.ready, timeout, f"consumer of {topic} ready")
-
-    async def _until(self, event: asyncio.Event, timeout: float, what: str) -> None:
-        assert self._task is not None
-        waiter = asyncio.create_task(event.wait())
-        try:
-            done, _ = await asyncio.wait([waiter, self._task], timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if self._task in done:
-            self._task.result()  # re-raises what stopped the service
-            raise RuntimeError(f"{self.runner.spec.name}: service stopped before {what}")
-        if waiter not in done:
-            raise RuntimeError(f"{self.runner.spec.name}: not {what} after {timeout:.0f}s")
-
-    def check_running(self) -> None:
-        """Raise what stopped the service, if it stopped."""
-        if self._task is not None and self._task.done():
-            self._task.result()
-            raise RuntimeError(f"{self.runner.spec.name}: service stopped early")
-
-    async def stop(self) -> None:
-        if self.channel is not None:
-            await self.channel.close()
-            self.channel = None
-        if self._task is not None:
-            self.runner.stop()
-            await asyncio.wait_for(self._task, timeout=60)
-            self._task = None
 
 
 class ServiceProcesses:
@@ -266,3 +190,34 @@ class ServiceProcesses:
                 proc.kill()
                 await proc.wait()
         self._procs.clear()
+
+
+async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, group: str,
+                         finished: Callable[[], Awaitable[bool]], *, deadline: float,
+                         progress: Callable[[], Awaitable[str]],
+                         poll_s: float = 0.01) -> tuple[float, float]:
+    """Start ``service`` (its records are waiting on the topic) and poll
+    ``finished`` until it holds; returns the seconds from the start of the
+    first transaction consumer group ``group`` ran (its first ``inbox`` row's
+    ``processed_at``) to the poll that saw ``finished``, and the seconds from
+    the service's start to that first transaction (start-up and group join,
+    which the figure leaves out). Both ends are read off the database's clock,
+    so they hold across processes. ``progress`` says how far it got when
+    ``deadline`` (``time.monotonic``) passes. The caller stops the service."""
+    schema = service.spec.schema
+    opened = await conn.fetchval("SELECT clock_timestamp()")
+    await service.start()
+    while True:
+        service.check_running()
+        if await finished():
+            done = await conn.fetchval("SELECT clock_timestamp()")
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{service.spec.name}: {await progress()}")
+        await asyncio.sleep(poll_s)
+    first = await conn.fetchval(
+        f"""SELECT min(processed_at) FROM {schema}.inbox
+             WHERE consumer_group = $1 AND processed_at >= $2""", group, opened)
+    if first is None:
+        raise RuntimeError(f"{service.spec.name}: group {group} consumed nothing")
+    return (done - first).total_seconds(), max(0.0, (first - opened).total_seconds())

@@ -8,11 +8,12 @@ one per customer, then a second one for floor(N/2) of them, so every event
 moves a stage (potential -> one_time -> repeat) and writes a ``stage_history``
 row.
 
-* product: the customers service run by ``ServiceRunner`` in this process
-  (its consumer, outbox relay, scheduler and gRPC server all running), from
-  the moment its consumer's first poll returned (``EventConsumer.ready``; the
-  group join is a note) until ``customers.stage_history`` holds N rows
-  (polled every 10 ms). Each event is the service's ``record_purchase``
+* product: the customers service as deployed, ``--replicas`` processes
+  (default one) of ``crm serve customers`` (consumer, outbox relay,
+  scheduler and gRPC server all running), from the start of its first
+  consumed batch's transaction (the group join is a note) until
+  ``customers.stage_history`` holds N rows (polled every 10 ms; both ends on
+  the database's clock). Each event is the service's ``record_purchase``
   command: load the customer with a row lock, record the purchase and spend,
   move the stage, save, schedule the churn window, queue the events in the
   outbox;
@@ -27,7 +28,6 @@ most 2.0); the harness prints the ratio and asserts nothing.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import cast
 
@@ -37,7 +37,7 @@ from bench import kafka
 from bench.customers import SCHEMA, purchase_envelopes, seed_customers
 from bench.events import encode
 from bench.registry import Phases, Workload, register
-from bench.service import InProcessService, Stack, fresh_stack
+from bench.service import ServiceProcesses, Stack, consumed_until, fresh_stack
 from bench.workloads.consume import DDL, TABLE, copy_from_topic
 from crm_runtime.topics import INTERACTIONS
 from services.customers.app import SPEC
@@ -52,7 +52,7 @@ POLL_S = 0.01
 class CustomersPurchases(Workload):
     name = "customers.purchases"
     order = 30
-    summary = ("customers service in-process: interaction.recorded purchases until every "
+    summary = ("customers service (crm serve): interaction.recorded purchases until every "
                "stage change is applied")
     baseline_summary = ("AIOKafkaConsumer (no group) + asyncpg copy_records_to_table per batch "
                         "of the same records into a plain table")
@@ -60,8 +60,8 @@ class CustomersPurchases(Workload):
 
     def describe(self) -> str:
         s = self.ctx.settings
-        return (f"customers service (ServiceRunner in-process, consumer batches of up to "
-                f"{s.consumer_batch_size}) applying {self.events} purchases of "
+        return (f"customers service ({self.ctx.replicas} crm serve process(es), consumer "
+                f"batches of up to {s.consumer_batch_size}) applying {self.events} purchases of "
                 f"{self._customers()} customers, each a stage change, until "
                 f"{SCHEMA}.stage_history holds them all")
 
@@ -97,31 +97,23 @@ class CustomersPurchases(Workload):
         return seconds
 
     async def product(self) -> Phases:
-        service = InProcessService(SPEC, self.stack.settings)
-        opened = time.perf_counter()
+        service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
+        count = f"SELECT count(*) FROM {SCHEMA}.stage_history"
+
+        async def finished() -> bool:
+            return cast(int, await self.conn.fetchval(count)) >= self.events
+
+        async def progress() -> str:
+            return f"{await self.conn.fetchval(count)} of {self.events} stage changes applied"
+
         try:
-            await service.start()
-            serving = time.perf_counter()
-            await service.consumers_ready()
-            started = time.perf_counter()
-            deadline = self._deadline()
-            count = f"SELECT count(*) FROM {SCHEMA}.stage_history"
-            while True:
-                service.check_running()
-                applied = cast(int, await self.conn.fetchval(count))
-                if applied >= self.events:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name}: {applied} of {self.events} stage changes "
-                                       "applied")
-                await asyncio.sleep(POLL_S)
-            done = time.perf_counter()
+            seconds, start_up = await consumed_until(
+                service, self.conn, f"crm-{SPEC.name}", finished, deadline=self._deadline(),
+                progress=progress, poll_s=POLL_S)
         finally:
             await service.stop()
-        self.excluded["product service start (migrations done, to gRPC serving)"] = (
-            serving - opened)
-        self.excluded["product consumer group join"] = started - serving
-        return {"apply": done - started}
+        self.excluded["product start-up and consumer group join"] = start_up
+        return {"apply": seconds}
 
     async def verify(self) -> None:
         raw = await self.conn.fetchval(f"SELECT count(*) FROM {RAW_SCHEMA}.{TABLE}")

@@ -14,10 +14,11 @@ outbox is drained (registration schedules the welcome follow-up); the service
 is then stopped (its group committed the offsets), and the N trigger events
 are produced on ``crm.customers.v1``, one per customer.
 
-* product: the loyalty service run by ``ServiceRunner`` in this process again
-  (consumer, outbox relay, scheduler and gRPC server all running), from the
-  moment its consumer's first poll returned (``EventConsumer.ready``; the group
-  join is a note) until ``loyalty.discounts`` holds N rows and no outbox row is
+* product: the loyalty service as deployed, ``--replicas`` processes (default
+  one) of ``crm serve loyalty``, started again (consumer, outbox relay,
+  scheduler and gRPC server all running), from the start of its consumer's
+  first transaction (the group join is a note; both ends on the database's
+  clock) until ``loyalty.discounts`` holds N rows and no outbox row is
   unsent (each discount's ``loyalty.discount_issued`` commits with it, and
   ``sent_at`` is set once the broker acknowledged it), polled every 10 ms.
   Each consumed run is one unit of work: lock and load the customers' views
@@ -53,7 +54,7 @@ from aiokafka import AIOKafkaConsumer
 from bench import kafka
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
-from bench.service import InProcessService, Stack, fresh_stack
+from bench.service import ServiceProcesses, Stack, consumed_until, fresh_stack
 from bench.workloads.consume import COLUMNS, DDL, TABLE
 from crm_runtime.events import Envelope
 from crm_runtime.topics import CUSTOMERS, LOYALTY
@@ -112,7 +113,7 @@ def header(record: Any, name: str) -> str:
     return next((v.decode() for k, v in record.headers if k == name), "")
 
 
-async def until(what: str, deadline: float, service: InProcessService | None,
+async def until(what: str, deadline: float, service: ServiceProcesses | None,
                 check: Any) -> None:
     """Poll ``check()`` (a coroutine function returning a bool) until true."""
     while not await check():
@@ -127,7 +128,7 @@ async def until(what: str, deadline: float, service: InProcessService | None,
 class LoyaltyActions(Workload):
     name = "loyalty.actions"
     order = 40
-    summary = ("loyalty service in-process: customer.stage_changed one_time -> repeat until "
+    summary = ("loyalty service (crm serve): customer.stage_changed one_time -> repeat until "
                "every repeat-buyer discount is stored and its event published")
     baseline_summary = ("AIOKafkaConsumer (no group) + asyncpg copy_records_to_table per batch "
                         "of the same records into a plain table + AIOKafkaProducer.send of one "
@@ -136,7 +137,8 @@ class LoyaltyActions(Workload):
 
     def describe(self) -> str:
         s = self.ctx.settings
-        return (f"loyalty service (ServiceRunner in-process, consumer batches of up to "
+        return (f"loyalty service ({self.ctx.replicas} crm serve process(es), "
+                f"consumer batches of up to "
                 f"{s.consumer_batch_size}, relay of {s.relay_lanes} lanes) turning "
                 f"{self.events} stage changes of consenting customers into discounts (shipped "
                 f"rule {RULE}) until {SCHEMA}.discounts holds them all and their "
@@ -175,7 +177,7 @@ class LoyaltyActions(Workload):
         """Feed the registrations and consents through the service, untimed."""
         await kafka.produce(self.stack.bootstrap_servers, CUSTOMERS,
                             [encode(e) for e in known_customer_envelopes(self.ids)])
-        service = InProcessService(SPEC, self.stack.settings)
+        service = ServiceProcesses(SPEC, self.stack.settings)
         known = f"SELECT count(*) FROM {SCHEMA}.customer_view WHERE promotional_consent"
         unsent = f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.outbox WHERE sent_at IS NULL)"
 
@@ -187,7 +189,6 @@ class LoyaltyActions(Workload):
 
         try:
             await service.start()
-            await service.consumers_ready()
             deadline = self._deadline()
             await until(f"{self.name} set-up: loyalty did not learn {self.events} customers",
                         deadline, service, all_known)
@@ -242,42 +243,29 @@ class LoyaltyActions(Workload):
         return finished - started
 
     async def product(self) -> Phases:
-        service = InProcessService(SPEC, self.stack.settings)
+        service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
         issued_sql = f"SELECT count(*) FROM {SCHEMA}.discounts"
         # Uses the partial index of unsent rows: cheap, unlike counting sent rows.
         unsent_sql = f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.outbox WHERE sent_at IS NULL)"
-        opened = time.perf_counter()
-        issued = 0
-        stored_at: float | None = None
+
+        async def finished() -> bool:
+            # Each discount's outbox row commits with it: once all N are
+            # stored, no unsent row means all N events were acknowledged.
+            return (cast(int, await self.conn.fetchval(issued_sql)) >= self.events
+                    and not await self.conn.fetchval(unsent_sql))
+
+        async def progress() -> str:
+            return (f"{await self.conn.fetchval(issued_sql)} of {self.events} discounts "
+                    "issued, or events still unsent")
+
         try:
-            await service.start()
-            serving = time.perf_counter()
-            await service.consumer_ready(CUSTOMERS)
-            started = time.perf_counter()
-            deadline = self._deadline()
-            while True:
-                service.check_running()
-                if stored_at is None:
-                    issued = cast(int, await self.conn.fetchval(issued_sql))
-                    if issued >= self.events:
-                        stored_at = time.perf_counter()
-                # Each discount's outbox row commits with it: once all N are
-                # stored, no unsent row means all N events were acknowledged.
-                if stored_at is not None and not await self.conn.fetchval(unsent_sql):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name}: {issued} of {self.events} discounts "
-                                       "issued, or events still unsent")
-                await asyncio.sleep(POLL_S)
-            done = time.perf_counter()
+            seconds, start_up = await consumed_until(
+                service, self.conn, f"crm-{SPEC.name}", finished, deadline=self._deadline(),
+                progress=progress, poll_s=POLL_S)
         finally:
             await service.stop()
-        assert stored_at is not None
-        self.excluded["product service start (migrations done, to gRPC serving)"] = (
-            serving - opened)
-        self.excluded["product consumer group join"] = started - serving
-        self.figures["product: every discount stored after (ms)"] = (stored_at - started) * 1000
-        return {"actions": done - started}
+        self.excluded["product start-up and consumer group join"] = start_up
+        return {"actions": seconds}
 
     async def verify(self) -> None:
         n = self.events
