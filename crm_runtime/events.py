@@ -31,13 +31,23 @@ Headers = Sequence[tuple[str, bytes]]
 
 
 class EventPayload(BaseModel):
-    """Base of every event payload: immutable, and strict about unknown fields
-    so a producer's typo is caught as a dead letter, not silently dropped."""
+    """Base of every event payload: immutable, and a tolerant reader: a field
+    it does not know is ignored, so a producer may add an optional field
+    before every consumer knows it (a rolling upgrade, a consumer not ours).
+    Payloads that other systems write (the ingest topic) are strict instead,
+    see :class:`StrictEventPayload`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     event_type: ClassVar[str]
     topic: ClassVar[str]
+
+
+class StrictEventPayload(EventPayload):
+    """A payload other systems write: an unknown field is refused (a dead
+    letter naming it), so a channel's typo is caught, not silently dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 P = TypeVar("P", bound=EventPayload)

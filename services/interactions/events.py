@@ -9,7 +9,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from crm_runtime.events import EventPayload, event
+from crm_runtime.events import EventPayload, StrictEventPayload, event
 from crm_runtime.topics import INTERACTIONS, INTERACTIONS_INGEST
 
 
@@ -142,7 +142,7 @@ INGEST_TOPIC = INTERACTIONS_INGEST
 
 
 @event("contact.received", topic=INGEST_TOPIC)
-class ContactReceived(EventPayload):
+class ContactReceived(StrictEventPayload):
     """A raw contact published by a channel (shop, POS, call centre, chat) on
     the ingest topic. Give ``customer_id``, or ``contact_email`` /
     ``contact_phone`` for someone not known yet."""
