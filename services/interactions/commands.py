@@ -371,6 +371,8 @@ async def reopen(conn: Conn, ctx: Context, case_id: uuid.UUID, reason: str) -> N
         """UPDATE cases SET status = 'open', resolved_at = NULL, resolution = '',
                   resolved_late = false WHERE case_id = $1""", case_id)
     if not row["breached"] and row["promised_by"] > now:
+        if row["warn_at"] > now:  # the warning comes again ahead of the same deadline
+            await scheduler.schedule(conn, WARN, str(case_id), row["warn_at"])
         await scheduler.schedule(conn, BREACH, str(case_id), row["promised_by"])
     elif not row["breached"]:
         await scheduler.schedule(conn, BREACH, str(case_id), now)  # already past: breach now

@@ -431,3 +431,15 @@ async def test_a_contact_under_the_merged_id_after_the_merge_lands_on_the_surviv
     after = await record(pair, customer_id=other, channel="phone", kind="complaint")
     assert await timeline_ids() == {before.interaction_id, after.interaction_id}
     assert [c.case_id for c in await _cases(pair, survivor, "open")] == [after.case_id]
+
+
+async def test_a_reopened_case_is_warned_again_ahead_of_its_deadline(pair: Pair) -> None:
+    cid = await new_customer(pair)
+    case = await _open(pair, cid, kind="complaint", channel="phone")  # 1 to 48 hours
+    await _resolve(pair, case.case_id, "refunded")
+    await _reopen(pair, case.case_id, "the refund never arrived")
+    pair.clock.advance(timedelta(hours=42))  # past the warning, before the deadline
+    found = await events_of(pair, cid, 5)  # opened, resolved, survey, reopened, warning
+    warnings = _of(found, "case.breach_warning")
+    assert [w["case_id"] for w in warnings] == [case.case_id]
+    assert _of(found, "case.breached") == []
