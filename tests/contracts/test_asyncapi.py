@@ -5,7 +5,6 @@ into .local/node)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +17,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from gen_asyncapi import OUTPUT, build, render  # noqa: E402
 
+from tests.support.node import ensure_packages  # noqa: E402
+
 CLI_VERSION = "6.2.0"
-NODE_DIR = ROOT / ".local" / "node"
 
 
 def test_the_committed_document_is_fresh() -> None:
@@ -40,17 +40,7 @@ def test_every_event_type_has_a_message_on_its_topic() -> None:
 
 
 def _cli() -> Path:
-    binary = NODE_DIR / "node_modules" / ".bin" / "asyncapi"
-    if binary.exists():
-        return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is needed to install the AsyncAPI CLI (Debian package npm)")
-    NODE_DIR.mkdir(parents=True, exist_ok=True)
-    subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR),
-                    f"@asyncapi/cli@{CLI_VERSION}"], check=True, stdin=subprocess.DEVNULL,
-                   capture_output=True, timeout=600)
-    return binary
+    return ensure_packages(f"@asyncapi/cli@{CLI_VERSION}") / ".bin" / "asyncapi"
 
 
 @pytest.mark.slow
