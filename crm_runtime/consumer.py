@@ -143,6 +143,10 @@ class EventConsumer:
                 await asyncio.sleep(delay)
 
     async def _process_until_done(self, batch: list[ConsumerRecord[bytes, bytes]]) -> None:
+        age = metrics.RECORD_AGE.labels(self._service, self._group)
+        now_ms = time.time() * 1000
+        for r in batch:
+            age.observe(max(0.0, now_ms - r.timestamp) / 1000)
         items = [self._decode(r) for r in batch]
         while True:
             try:

@@ -29,6 +29,12 @@ HANDLER_SECONDS = Histogram("crm_handler_duration_seconds",
 BATCH_SECONDS = Histogram("crm_consumer_batch_duration_seconds",
                           "Time to process one consumed batch in one transaction",
                           ["service", "group"])
+RECORD_AGE = Histogram("crm_consumer_record_age_seconds",
+                       "Time from a record's creation (its Kafka timestamp) to the start of "
+                       "the batch that processes it: how far behind the consumer is in time",
+                       ["service", "group"],
+                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                                30.0, 60.0, 300.0))
 CONSUMER_LAG = Gauge("crm_consumer_lag", "Records behind the partition's high watermark",
                      ["service", "group", "topic", "partition"])
 OUTBOX_BACKLOG = Gauge("crm_outbox_backlog", "Outbox rows not yet acknowledged by the broker",
