@@ -132,6 +132,8 @@ class ServiceProcesses:
         env["CRM_LOG_LEVEL"] = env.get("CRM_LOG_LEVEL", "WARNING")
         self._env = env
         self._procs: list[asyncio.subprocess.Process] = []
+        #: Each replica's ``/metrics`` port.
+        self.metrics_ports: list[int] = []
 
     @property
     def target(self) -> str:
@@ -143,7 +145,9 @@ class ServiceProcesses:
 
         for _ in range(self.replicas):
             env = dict(self._env)
-            env[env_name("metrics_base_port")] = str(free_port() - SERVICES.index(self.spec.name))
+            port = free_port()
+            self.metrics_ports.append(port)
+            env[env_name("metrics_base_port")] = str(port - SERVICES.index(self.spec.name))
             self._procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "crm_runtime", "serve", self.spec.name, env=env,
                 stdin=asyncio.subprocess.DEVNULL))
