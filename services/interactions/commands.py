@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -505,11 +505,14 @@ GROUPS = ("touchpoint", "channel", "unit")
 
 async def satisfaction_report(conn: Conn, *, since: datetime, until: datetime,
                               group_by: str) -> list[dict[str, Any]]:
+    """The report of the window grouped by touchpoint, channel or unit: the
+    database tallies, :func:`domain.satisfaction_report` aggregates."""
     group_by = domain.check_choice("group_by", group_by, GROUPS, "touchpoint")
     # The column name comes from the fixed list above, never from the caller.
     surveys = await conn.fetch(
-        f"""SELECT {group_by} AS key, count(*) AS responses, avg(csat) AS csat,
-                   count(nps) AS nps_n, count(*) FILTER (WHERE nps >= 9) AS promoters,
+        f"""SELECT {group_by} AS key, count(*) AS responses,
+                   coalesce(sum(csat), 0)::float8 AS csat_sum, count(csat) AS csat_answers,
+                   count(nps) AS nps_answers, count(*) FILTER (WHERE nps >= 9) AS promoters,
                    count(*) FILTER (WHERE nps <= 6) AS detractors
               FROM survey_responses WHERE occurred_at >= $1 AND occurred_at <= $2
              GROUP BY 1""", since, until)
@@ -517,22 +520,13 @@ async def satisfaction_report(conn: Conn, *, since: datetime, until: datetime,
     cases = await conn.fetch(
         f"""SELECT {case_key} AS key, count(*) AS opened,
                    count(*) FILTER (WHERE c.status = 'resolved' AND NOT c.resolved_late)
-                     AS in_time,
+                     AS resolved_in_time,
                    count(*) FILTER (WHERE c.breached) AS breached
               FROM cases c LEFT JOIN interactions i ON i.interaction_id = c.interaction_id
              WHERE c.opened_at >= $1 AND c.opened_at <= $2 GROUP BY 1""", since, until)
-    rows: dict[str, dict[str, Any]] = {}
-    for r in surveys:
-        nps_value = (100.0 * (r["promoters"] - r["detractors"]) / r["nps_n"]
-                     if r["nps_n"] else 0.0)
-        rows[r["key"]] = {"key": r["key"], "responses": r["responses"],
-                          "csat": float(r["csat"] or 0), "nps": nps_value}
-    for r in cases:
-        row = rows.setdefault(r["key"], {"key": r["key"], "responses": 0, "csat": 0.0,
-                                         "nps": 0.0})
-        row.update(cases_opened=r["opened"], cases_resolved_in_time=r["in_time"],
-                   cases_breached=r["breached"])
-    return sorted(rows.values(), key=lambda x: str(x["key"]))
+    rows = domain.satisfaction_report([domain.SurveyTally(**r) for r in surveys],
+                                      [domain.CaseTally(**r) for r in cases])
+    return [asdict(r) for r in rows]
 
 
 # --- service cycle ------------------------------------------------------------

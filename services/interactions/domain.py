@@ -118,11 +118,79 @@ def csat_mean(scores: Iterable[int]) -> float | None:
 def nps(scores: Iterable[int]) -> float | None:
     """Net promoter score in percent: promoters (9-10) minus detractors (0-6)."""
     values = list(scores)
-    if not values:
-        return None
-    promoters = sum(1 for s in values if s >= 9)
-    detractors = sum(1 for s in values if s <= 6)
-    return 100.0 * (promoters - detractors) / len(values)
+    return nps_of_counts(sum(1 for s in values if s >= 9), sum(1 for s in values if s <= 6),
+                         len(values))
+
+
+def nps_of_counts(promoters: int, detractors: int, answers: int) -> float | None:
+    """NPS from the counts the report query gives (``None`` without answers)."""
+    return 100.0 * (promoters - detractors) / answers if answers else None
+
+
+@dataclass(frozen=True)
+class SurveyTally:
+    """Survey responses of one report group (a touchpoint, channel or unit) in
+    the window: how many, the sum and count of their CSAT means, and the NPS
+    answers by category."""
+
+    key: str
+    responses: int
+    csat_sum: float = 0.0
+    csat_answers: int = 0
+    nps_answers: int = 0
+    promoters: int = 0
+    detractors: int = 0
+
+
+@dataclass(frozen=True)
+class CaseTally:
+    """Cases opened in the window in one report group, and how they went."""
+
+    key: str
+    opened: int
+    resolved_in_time: int = 0
+    breached: int = 0
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    key: str
+    responses: int = 0
+    csat: float = 0.0  # mean of the responses' CSAT, 0 when none answered CSAT
+    nps: float = 0.0  # -100 to 100, 0 when nobody answered NPS
+    cases_opened: int = 0
+    cases_resolved_in_time: int = 0
+    cases_breached: int = 0
+
+
+def satisfaction_report(surveys: Iterable[SurveyTally],
+                        cases: Iterable[CaseTally]) -> list[ReportRow]:
+    """One row per group, sorted by key: CSAT mean and NPS from the survey
+    tallies, case counts beside them. Tallies of the same key (several
+    partial tallies) are added up first, so the report of a window is the
+    sum of the reports of its parts."""
+    tallies: dict[str, list[float]] = {}
+    for t in surveys:
+        acc = tallies.setdefault(t.key, [0, 0.0, 0, 0, 0, 0])
+        for i, v in enumerate((t.responses, t.csat_sum, t.csat_answers, t.nps_answers,
+                               t.promoters, t.detractors)):
+            acc[i] += v
+    counted: dict[str, list[int]] = {}
+    for c in cases:
+        acc_c = counted.setdefault(c.key, [0, 0, 0])
+        for i, n in enumerate((c.opened, c.resolved_in_time, c.breached)):
+            acc_c[i] += n
+    rows = []
+    for key in sorted(set(tallies) | set(counted)):
+        responses, csat_sum, csat_n, nps_n, promoters, detractors = tallies.get(
+            key, [0, 0.0, 0, 0, 0, 0])
+        opened, in_time, breached = counted.get(key, [0, 0, 0])
+        rows.append(ReportRow(
+            key=key, responses=int(responses),
+            csat=csat_sum / csat_n if csat_n else 0.0,
+            nps=nps_of_counts(int(promoters), int(detractors), int(nps_n)) or 0.0,
+            cases_opened=opened, cases_resolved_in_time=in_time, cases_breached=breached))
+    return rows
 
 
 def survey_signals(csat_scores: list[int], nps_score: int | None) -> list[str]:

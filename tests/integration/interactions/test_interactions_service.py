@@ -381,3 +381,40 @@ async def test_with_tracing_on_each_hop_is_a_span_and_the_next_event_its_child(
     assert hop.name == "process interaction.recorded"
     assert hop.parent is not None and format(hop.parent.span_id, "016x") == span_id(recorded[0])
     assert dict(hop.attributes or {})["crm.customer_id"] == cid
+
+
+@pytest.mark.parametrize("group_by", ["channel", "unit"])
+async def test_report_by_channel_and_unit_within_its_window(pair: Pair, group_by: str) -> None:
+    """Only responses inside [from, to] count, grouped by the chosen key."""
+    from datetime import UTC, datetime
+
+    cid = await new_customer(pair)
+    # A window of its own, long ago, so other tests' responses are not in it.
+    base = datetime(2019, 1, 1, tzinfo=UTC) + timedelta(minutes=uuid.uuid4().int % 500_000)
+    unit = f"unit-{uuid.uuid4().hex[:6]}"
+    answers = [  # (minutes after base, channel, unit, csat, nps)
+        (10, "phone", unit, 2, 3), (20, "chat", unit, 5, 10), (30, "phone", unit, 4, 9),
+        (90, "phone", unit, 1, 0),  # after the window
+        (-5, "chat", unit, 1, 0),  # before it
+    ]
+    for minutes, channel, in_unit, csat, nps in answers:
+        await api(pair).RecordSurveyResponse(pb.RecordSurveyResponseRequest(
+            customer_id=cid, touchpoint="report-window", channel=channel, unit=in_unit,
+            idempotency_key=str(uuid.uuid4()), occurred_at=_ts(base + timedelta(minutes=minutes)),
+            answers=[pb.SurveyAnswer(question="overall", csat=csat, nps=-1),
+                     pb.SurveyAnswer(question="recommend", nps=nps)]),
+            metadata=pair.interactions.metadata)
+    request = pb.GetSatisfactionReportRequest(group_by=group_by, to=_ts(base + timedelta(hours=1)))
+    getattr(request, "from").CopyFrom(_ts(base))
+    report = await api(pair).GetSatisfactionReport(request, metadata=pair.interactions.metadata)
+    rows = {r.key: r for r in report.rows}
+    if group_by == "channel":
+        assert set(rows) == {"phone", "chat"}
+        assert rows["phone"].responses == 2 and rows["phone"].csat == pytest.approx(3.0)
+        assert rows["phone"].nps == pytest.approx(0.0)  # one detractor, one promoter
+        assert rows["chat"].responses == 1 and rows["chat"].nps == pytest.approx(100.0)
+    else:
+        assert set(rows) == {unit}
+        assert rows[unit].responses == 3
+        assert rows[unit].csat == pytest.approx(11 / 3)
+        assert rows[unit].nps == pytest.approx(100 * (2 - 1) / 3)
