@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from crm_runtime import metrics, uow
+from crm_runtime import logs, metrics, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn, is_transient
 from crm_runtime.retry import Backoff
@@ -44,30 +44,37 @@ WorkHandler = Callable[[Conn, DueWork], Awaitable[None]]
 
 
 async def schedule(conn: Conn, kind: str, key: str, due_at: datetime,
-                   payload: Mapping[str, Any] | None = None) -> None:
-    """Schedule (or move) the work item ``(kind, key)`` in the caller's transaction."""
+                   payload: Mapping[str, Any] | None = None,
+                   traceparent: str | None = None) -> None:
+    """Schedule (or move) the work item ``(kind, key)`` in the caller's
+    transaction. The item keeps ``traceparent`` (default: the trace of the
+    work in progress), and runs in that trace when due."""
     await conn.execute(
-        """INSERT INTO scheduled_work (kind, item_key, due_at, payload)
-           VALUES ($1, $2, $3, $4)
+        """INSERT INTO scheduled_work (kind, item_key, due_at, payload, traceparent)
+           VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (kind, item_key)
            DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
-                         last_error = NULL""",
-        kind, key, due_at, dict(payload or {}),
+                         last_error = NULL, traceparent = EXCLUDED.traceparent""",
+        kind, key, due_at, dict(payload or {}), traceparent or logs.current_traceparent(),
     )
 
 
 async def schedule_many(conn: Conn, kind: str,
-                        items: list[tuple[str, datetime, Mapping[str, Any]]]) -> None:
-    """:func:`schedule` for many items of one kind in one statement."""
+                        items: list[tuple[str, datetime, Mapping[str, Any]]],
+                        traceparents: Sequence[str] | None = None) -> None:
+    """:func:`schedule` for many items of one kind in one statement
+    (``traceparents``: one per item; default the trace of the work in progress)."""
     if not items:
         return
+    traces = list(traceparents) if traceparents is not None else [
+        logs.current_traceparent()] * len(items)
     await conn.execute(
-        """INSERT INTO scheduled_work (kind, item_key, due_at, payload)
-           SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::jsonb[])
+        """INSERT INTO scheduled_work (kind, item_key, due_at, payload, traceparent)
+           SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::jsonb[], $5::text[])
            ON CONFLICT (kind, item_key)
            DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
-                         last_error = NULL""",
-        kind, [i[0] for i in items], [i[1] for i in items], [dict(i[2]) for i in items])
+                         last_error = NULL, traceparent = EXCLUDED.traceparent""",
+        kind, [i[0] for i in items], [i[1] for i in items], [dict(i[2]) for i in items], traces)
 
 
 async def cancel(conn: Conn, kind: str, key: str) -> bool:
@@ -118,7 +125,8 @@ class Scheduler:
         ran = 0
         async with uow.transaction(self._pool) as conn:
             rows = await conn.fetch(
-                """SELECT id, kind, item_key, due_at, payload, attempts FROM scheduled_work
+                """SELECT id, kind, item_key, due_at, payload, attempts, traceparent
+                     FROM scheduled_work
                     WHERE due_at <= $1 AND kind = ANY($2::text[])
                     ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED""",
                 now, list(self._handlers), self._batch,
@@ -128,8 +136,12 @@ class Scheduler:
                                row["attempts"])
                 hooks = uow.mark(conn)
                 try:
-                    async with conn.transaction():  # a savepoint: one bad item stays alone
-                        await self._handlers[work.kind](conn, work)
+                    # A savepoint: one bad item stays alone. The work runs in
+                    # the trace of what scheduled it (a span when tracing is on).
+                    async with conn.transaction():
+                        with logs.context(traceparent=row["traceparent"],
+                                          span=f"run {work.kind}"):
+                            await self._handlers[work.kind](conn, work)
                         await conn.execute("DELETE FROM scheduled_work WHERE id = $1", row["id"])
                     ran += 1
                     uow.on_commit(conn, metrics.SCHEDULED_FIRED.labels(self._service,

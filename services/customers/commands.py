@@ -294,7 +294,8 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
     await store.add_spend_many(conn, spend)
     await store.add_stage_history_many(conn, history)
     await store.save_purchase_state_many(conn, list(changed.values()), now)
-    await _schedule_churn_many(conn, ctx, list(changed.values()))
+    await _schedule_churn_many(conn, ctx, list(changed.values()),
+                               {cid: trace for cid, _, trace in pending})
     named = await _name_segments(conn, ctx, [e for _, events, _ in pending for e in events])
     in_order = iter(named)
     envelopes = [Envelope(data=next(in_order), subject=str(cid), source=SOURCE, time=now,
@@ -321,8 +322,10 @@ async def churn_windows_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
     return windows
 
 
-async def _schedule_churn_many(conn: Conn, ctx: Context, recs: list[store.CustomerRecord]
-                               ) -> None:
+async def _schedule_churn_many(conn: Conn, ctx: Context, recs: list[store.CustomerRecord],
+                               traces: dict[uuid.UUID, str] | None = None) -> None:
+    """Schedule each customer's churn window; it runs in the trace of the
+    purchase that set it (``traces``), else of the work in progress."""
     recs = [r for r in recs if r.last_purchase_at is not None]
     if not recs:
         return
@@ -330,7 +333,9 @@ async def _schedule_churn_many(conn: Conn, ctx: Context, recs: list[store.Custom
     await scheduler.schedule_many(conn, CHURN, [
         (str(r.customer_id), domain.churn_due(r.last_purchase_at, windows[r.customer_id]),
          {"window_days": windows[r.customer_id].days})
-        for r in recs if r.last_purchase_at is not None])
+        for r in recs if r.last_purchase_at is not None],
+        traceparents=None if traces is None else [
+            traces.get(r.customer_id) or logs.current_traceparent() for r in recs])
 
 
 async def _schedule_churn(conn: Conn, ctx: Context, rec: store.CustomerRecord) -> None:

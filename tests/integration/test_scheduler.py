@@ -100,3 +100,45 @@ async def test_a_failing_item_is_retried_later_without_blocking_others(
         assert await scheduler.run_due() == 0  # not due again yet
     finally:
         await pool.close()
+
+
+async def test_due_work_runs_in_the_trace_that_scheduled_it(settings: Settings,
+                                                            uid: str) -> None:
+    """With tracing on, the work is a span ``run <kind>`` whose parent is the
+    span that scheduled it; events it writes would continue that trace."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from crm_runtime import logs, tracing
+    from crm_runtime.scheduler import schedule_many
+
+    pool = await _setup(settings, f"sched_trace_{uid}")
+    clock = ManualClock(START)
+    seen: dict[str, str] = {}
+
+    async def remember(conn: Conn, work: DueWork) -> None:
+        seen[work.key] = logs.current_traceparent()
+
+    exporter = InMemorySpanExporter()
+    tracing.configure("none", "test", span_exporter=exporter)
+    try:
+        parent, other = logs.new_traceparent(), logs.new_traceparent()
+        async with pool.acquire() as conn, conn.transaction():
+            with logs.context(traceparent=parent):
+                await schedule(conn, "review", "one", START)
+            await schedule_many(conn, "review", [("two", START, {}), ("three", START, {})],
+                                traceparents=[other, ""])
+        scheduler = Scheduler(pool, clock, {"review": remember}, service="t")
+        assert await scheduler.run_due() == 3
+    finally:
+        tracing.configure("none", "test")
+        await pool.close()
+    assert logs.trace_id(seen["one"]) == logs.trace_id(parent)
+    assert logs.trace_id(seen["two"]) == logs.trace_id(other)
+    assert logs.trace_id(seen["three"]) not in ("", logs.trace_id(parent), logs.trace_id(other))
+    spans: dict[str, str | None] = {logs.trace_id(parent): None, logs.trace_id(other): None}
+    for span in exporter.get_finished_spans():
+        if span.name == "run review" and format(span.context.trace_id, "032x") in spans:
+            assert span.parent is not None
+            spans[format(span.context.trace_id, "032x")] = format(span.parent.span_id, "016x")
+    assert spans == {logs.trace_id(parent): parent.split("-")[2],
+                     logs.trace_id(other): other.split("-")[2]}
