@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,28 +196,35 @@ class ServiceProcesses:
         self._procs.clear()
 
 
-async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, group: str,
-                         finished: Callable[[], Awaitable[bool]], *, deadline: float,
-                         progress: Callable[[], Awaitable[str]],
-                         poll_s: float = 0.01) -> tuple[float, float]:
-    """Start ``service`` (its records are waiting on the topic) and poll
-    ``finished`` until it holds; returns the seconds from the start of the
-    first transaction consumer group ``group`` ran (its first ``inbox`` row's
-    ``processed_at``) to the poll that saw ``finished``, and the seconds from
-    the service's start to that first transaction (start-up and group join,
-    which the figure leaves out). Both ends are read off the database's clock,
-    so they hold across processes. ``progress`` says how far it got when
-    ``deadline`` (``time.monotonic``) passes. The caller stops the service."""
+async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, group: str, *,
+                         count_sql: str, expected: int, what: str, published: bool,
+                         deadline: float, poll_s: float = 0.01) -> tuple[float, float]:
+    """Start ``service`` (its records are waiting on the topic) and poll until
+    ``count_sql`` counts ``expected`` rows and, when ``published``, no outbox
+    row of the service is unsent (each row's outbox row commits with it, so
+    that means every event was acknowledged; the check uses the partial index
+    of unsent rows, cheap unlike counting sent rows).
+
+    Returns the seconds from the start of the first transaction consumer
+    group ``group`` ran (its first ``inbox`` row's ``processed_at``) to the
+    poll that saw the end, and the seconds from the service's start to that
+    first transaction (start-up and group join, which the figure leaves
+    out). Both ends are read off the database's clock, so they hold across
+    processes. Past ``deadline`` (``time.monotonic``) it fails saying how far
+    it got. The caller stops the service."""
     schema = service.spec.schema
+    unsent_sql = f"SELECT EXISTS (SELECT 1 FROM {schema}.outbox WHERE sent_at IS NULL)"
     opened = await conn.fetchval("SELECT clock_timestamp()")
     await service.start()
     while True:
         service.check_running()
-        if await finished():
+        count = await conn.fetchval(count_sql)
+        if count >= expected and not (published and await conn.fetchval(unsent_sql)):
             done = await conn.fetchval("SELECT clock_timestamp()")
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{service.spec.name}: {await progress()}")
+            raise RuntimeError(f"{service.spec.name}: {count} of {expected} {what}"
+                               + (", or events still unsent" if published else ""))
         await asyncio.sleep(poll_s)
     first = await conn.fetchval(
         f"""SELECT min(processed_at) FROM {schema}.inbox

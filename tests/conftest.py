@@ -3,6 +3,7 @@ it answers, else the embedded one) and a real Kafka-protocol broker (Tansu)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,21 +27,38 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pg.stop()
 
 
-@pytest.fixture(scope="session")
-async def database_url(pg_admin_dsn: str) -> AsyncIterator[str]:
-    """A fresh database for this test session, dropped afterwards."""
-    name = f"crm_test_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(pg_admin_dsn)
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str, prefix: str) -> AsyncIterator[str]:
+    """A new database on the server of ``admin_dsn``, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield _with_database(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield _with_database(admin_dsn, name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh database for this test session, dropped afterwards."""
+    async with fresh_database(pg_admin_dsn, "crm_test") as url:
+        yield url
+
+
+@pytest.fixture
+async def own_database(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A database of this test alone (a service process it starts must not
+    touch the session's schemas: its relay would publish their rows)."""
+    async with fresh_database(pg_admin_dsn, "crm_own") as url:
+        yield url
 
 
 def _with_database(dsn: str, name: str) -> str:

@@ -29,7 +29,6 @@ most 2.0); the harness prints the ratio and asserts nothing.
 from __future__ import annotations
 
 import time
-from typing import cast
 
 import asyncpg
 
@@ -98,18 +97,12 @@ class CustomersPurchases(Workload):
 
     async def product(self) -> Phases:
         service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
-        count = f"SELECT count(*) FROM {SCHEMA}.stage_history"
-
-        async def finished() -> bool:
-            return cast(int, await self.conn.fetchval(count)) >= self.events
-
-        async def progress() -> str:
-            return f"{await self.conn.fetchval(count)} of {self.events} stage changes applied"
-
         try:
             seconds, start_up = await consumed_until(
-                service, self.conn, f"crm-{SPEC.name}", finished, deadline=self._deadline(),
-                progress=progress, poll_s=POLL_S)
+                service, self.conn, f"crm-{SPEC.name}",
+                count_sql=f"SELECT count(*) FROM {SCHEMA}.stage_history",
+                expected=self.events, what="stage changes applied", published=False,
+                deadline=self._deadline(), poll_s=POLL_S)
         finally:
             await service.stop()
         self.excluded["product start-up and consumer group join"] = start_up

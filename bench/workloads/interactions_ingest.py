@@ -46,7 +46,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 
@@ -178,24 +178,12 @@ class InteractionsIngest(Workload):
 
     async def product(self) -> Phases:
         service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
-        stored_sql = f"SELECT count(*) FROM {SCHEMA}.interactions"
-        # Uses the partial index of unsent rows: cheap, unlike counting sent rows.
-        unsent_sql = f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.outbox WHERE sent_at IS NULL)"
-
-        async def finished() -> bool:
-            # Each contact's outbox row commits with it: once all N are
-            # stored, no unsent row means all N events were acknowledged.
-            return (cast(int, await self.conn.fetchval(stored_sql)) >= self.events
-                    and not await self.conn.fetchval(unsent_sql))
-
-        async def progress() -> str:
-            return (f"{await self.conn.fetchval(stored_sql)} of {self.events} contacts "
-                    "stored, or events still unsent")
-
         try:
             seconds, start_up = await consumed_until(
-                service, self.conn, f"crm-{SPEC.name}-ingest", finished,
-                deadline=self._deadline(), progress=progress, poll_s=POLL_S)
+                service, self.conn, f"crm-{SPEC.name}-ingest",
+                count_sql=f"SELECT count(*) FROM {SCHEMA}.interactions",
+                expected=self.events, what="contacts stored", published=True,
+                deadline=self._deadline(), poll_s=POLL_S)
         finally:
             await service.stop()
         self.excluded["product start-up and ingest consumer group join"] = start_up

@@ -244,24 +244,12 @@ class LoyaltyActions(Workload):
 
     async def product(self) -> Phases:
         service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
-        issued_sql = f"SELECT count(*) FROM {SCHEMA}.discounts"
-        # Uses the partial index of unsent rows: cheap, unlike counting sent rows.
-        unsent_sql = f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.outbox WHERE sent_at IS NULL)"
-
-        async def finished() -> bool:
-            # Each discount's outbox row commits with it: once all N are
-            # stored, no unsent row means all N events were acknowledged.
-            return (cast(int, await self.conn.fetchval(issued_sql)) >= self.events
-                    and not await self.conn.fetchval(unsent_sql))
-
-        async def progress() -> str:
-            return (f"{await self.conn.fetchval(issued_sql)} of {self.events} discounts "
-                    "issued, or events still unsent")
-
         try:
             seconds, start_up = await consumed_until(
-                service, self.conn, f"crm-{SPEC.name}", finished, deadline=self._deadline(),
-                progress=progress, poll_s=POLL_S)
+                service, self.conn, f"crm-{SPEC.name}",
+                count_sql=f"SELECT count(*) FROM {SCHEMA}.discounts",
+                expected=self.events, what="discounts issued", published=True,
+                deadline=self._deadline(), poll_s=POLL_S)
         finally:
             await service.stop()
         self.excluded["product start-up and consumer group join"] = start_up

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -61,25 +59,6 @@ def collector() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture
-async def own_database(pg_admin_dsn: str) -> AsyncIterator[str]:
-    """A database of its own: this process's relay must not publish rows the
-    test session's in-process services wrote."""
-    name = f"crm_otlp_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base, _, query = pg_admin_dsn.partition("?")
-    yield base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_spans_reach_an_otlp_receiver(

@@ -303,16 +303,17 @@ async def test_domain_metrics_follow_committed_work(pair: Pair) -> None:
     assert potential >= 1
 
 
-async def test_one_trace_follows_a_purchase_across_services(pair: Pair) -> None:
-    from crm_runtime.logs import new_traceparent, trace_id
+async def _purchase_through_both(pair: Pair, traceparent: str) -> tuple[str, Any, Any]:
+    """A purchase on the ingest topic carrying ``traceparent``; returns the
+    customer, the ``interaction.recorded`` and the ``customer.stage_changed``
+    it caused, as read from the topics."""
     from crm_runtime.topics import CUSTOMERS
 
     cid = await new_customer(pair)
-    parent = new_traceparent()
     env = Envelope(data=ContactReceived(
         idempotency_key=f"trace-{cid}", customer_id=cid, channel="web", kind="purchase",
         occurred_at=pair.clock.now(), amount_minor=990, currency="EUR"),
-        subject=cid, source="/shop", traceparent=parent)
+        subject=cid, source="/shop", traceparent=traceparent)
     bootstrap = pair.interactions.runner.settings.kafka_bootstrap_servers or ""
     await produce_envelopes(bootstrap, [env])
     recorded: list[Any] = []
@@ -328,7 +329,15 @@ async def test_one_trace_follows_a_purchase_across_services(pair: Pair) -> None:
         return bool(recorded) and bool(changed)
 
     await wait_for(both, what="the purchase seen by both services")
-    for record in (recorded[0], changed[0]):
+    return cid, recorded[0], changed[0]
+
+
+async def test_one_trace_follows_a_purchase_across_services(pair: Pair) -> None:
+    from crm_runtime.logs import new_traceparent, trace_id
+
+    parent = new_traceparent()
+    _, recorded, changed = await _purchase_through_both(pair, parent)
+    for record in (recorded, changed):
         carried = dict(record.headers)["ce_traceparent"].decode()
         assert trace_id(carried) == trace_id(parent) and carried != parent
 
@@ -342,33 +351,11 @@ async def test_with_tracing_on_each_hop_is_a_span_and_the_next_event_its_child(
 
     from crm_runtime import tracing
     from crm_runtime.logs import new_traceparent
-    from crm_runtime.topics import CUSTOMERS
 
     exporter = InMemorySpanExporter()
     tracing.configure("none", "test", span_exporter=exporter)  # the services share it
     try:
-        cid = await new_customer(pair)
-        parent = new_traceparent()
-        env = Envelope(data=ContactReceived(
-            idempotency_key=f"span-{cid}", customer_id=cid, channel="web", kind="purchase",
-            occurred_at=pair.clock.now(), amount_minor=990, currency="EUR"),
-            subject=cid, source="/shop", traceparent=parent)
-        bootstrap = pair.interactions.runner.settings.kafka_bootstrap_servers or ""
-        await produce_envelopes(bootstrap, [env])
-        recorded: list[Any] = []
-        changed: list[Any] = []
-
-        async def both() -> bool:
-            recorded[:] = [r for r in await read_topic(bootstrap, INTERACTIONS, expect=0,
-                                                       timeout=5, settle=0.2)
-                           if r.key == cid.encode()]
-            changed[:] = [r for r in await read_topic(bootstrap, CUSTOMERS, expect=0,
-                                                      timeout=5, settle=0.2)
-                          if r.key == cid.encode()
-                          and dict(r.headers)["ce_type"] == b"customer.stage_changed"]
-            return bool(recorded) and bool(changed)
-
-        await wait_for(both, what="the purchase seen by both services")
+        cid, recorded, changed = await _purchase_through_both(pair, new_traceparent())
     finally:
         tracing.configure("none", "test")
 
@@ -376,10 +363,10 @@ async def test_with_tracing_on_each_hop_is_a_span_and_the_next_event_its_child(
         return str(dict(record.headers)["ce_traceparent"].decode().split("-")[2])
 
     spans = {format(s.context.span_id, "016x"): s for s in exporter.get_finished_spans()}
-    hop = spans.get(span_id(changed[0]))
+    hop = spans.get(span_id(changed))
     assert hop is not None, "customer.stage_changed names a span that was never exported"
     assert hop.name == "process interaction.recorded"
-    assert hop.parent is not None and format(hop.parent.span_id, "016x") == span_id(recorded[0])
+    assert hop.parent is not None and format(hop.parent.span_id, "016x") == span_id(recorded)
     assert dict(hop.attributes or {})["crm.customer_id"] == cid
 
 
