@@ -50,15 +50,22 @@ def _purchase(trio: Trio, customer_id: str, key: str, amount: int) -> Envelope:
         outcome="positive"), subject=customer_id, source="/test/shop")
 
 
-async def test_second_purchase_through_all_services_yields_one_discount(trio: Trio) -> None:
+async def _consenting_customer(trio: Trio, name: str) -> str:
+    """A customer registered through the customers service who granted
+    promotional offers on the web."""
     customers = customers_pb2_grpc.CustomersStub(trio.customers.channel)
     reply = await customers.RegisterCustomer(cpb.RegisterCustomerRequest(
-        display_name="Lola", emails=[f"lola-{uuid.uuid4().hex[:8]}@example.com"]),
+        display_name=name, emails=[f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.com"]),
         metadata=trio.customers.metadata)
-    cid = reply.customer.customer_id
+    cid: str = reply.customer.customer_id
     await customers.SetConsent(cpb.SetConsentRequest(
         customer_id=cid, purpose="promotional_offers", granted=True, source="web"),
         metadata=trio.customers.metadata)
+    return cid
+
+
+async def test_second_purchase_through_all_services_yields_one_discount(trio: Trio) -> None:
+    cid = await _consenting_customer(trio, "Lola")
     await profile_when(trio.loyalty, cid, lambda p: p.promotional_consent, "consent known")
 
     first = _purchase(trio, cid, f"sale-1-{cid}", 2500)
@@ -125,13 +132,7 @@ async def test_a_friend_signed_up_with_a_referral_code_rewards_the_referrer_once
     code from a friend?") to RegisterCustomer; the friend's first purchase
     rewards the code's owner, once."""
     customers = customers_pb2_grpc.CustomersStub(trio.customers.channel)
-    reply = await customers.RegisterCustomer(cpb.RegisterCustomerRequest(
-        display_name="Rosa", emails=[f"rosa-{uuid.uuid4().hex[:8]}@example.com"]),
-        metadata=trio.customers.metadata)
-    referrer = reply.customer.customer_id
-    await customers.SetConsent(cpb.SetConsentRequest(
-        customer_id=referrer, purpose="promotional_offers", granted=True, source="web"),
-        metadata=trio.customers.metadata)
+    referrer = await _consenting_customer(trio, "Rosa")
     p = await profile_when(trio.loyalty, referrer, lambda p: p.referral_code
                            and p.promotional_consent, "the referrer's code")
     typed = p.referral_code.lower().replace("-", " ")  # as the friend typed it
