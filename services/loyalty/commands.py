@@ -96,7 +96,9 @@ class Unit:
         self._actions: list[store.ActionRow] = []
         self._discounts: list[store.DiscountRow] = []
         self._follow_ups: list[store.FollowUpRow] = []
-        self._schedules: list[tuple[str, str, datetime]] = []
+        #: (kind, key, due, traceparent): the work runs in the trace of the
+        #: trigger that scheduled it.
+        self._schedules: list[tuple[str, str, datetime, str]] = []
         self.done_actions: set[uuid.UUID] = set()
         self._promo: dict[uuid.UUID, list[datetime]] = {}
         self._cancellable: dict[uuid.UUID, set[str]] | None = None
@@ -191,7 +193,8 @@ class Unit:
 
     def add_follow_up(self, row: store.FollowUpRow) -> None:
         self._follow_ups.append(row)
-        self._schedules.append((FOLLOW_UP_DUE, str(row[0]), row[10]))
+        self._schedules.append((FOLLOW_UP_DUE, str(row[0]), row[10],
+                                logs.current_traceparent()))
         if row[8]:
             self._new_cancellable.setdefault(row[1], set()).update(row[8])
 
@@ -205,7 +208,8 @@ class Unit:
     def add_discount(self, row: store.DiscountRow, notice_at: datetime | None) -> None:
         self._discounts.append(row)
         if notice_at is not None:
-            self._schedules.append((DISCOUNT_EXPIRING, str(row[0]), notice_at))
+            self._schedules.append((DISCOUNT_EXPIRING, str(row[0]), notice_at,
+                                    logs.current_traceparent()))
 
     async def flush(self) -> None:
         """Write what is buffered: one statement for the rows, then the outbox."""

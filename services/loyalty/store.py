@@ -481,7 +481,8 @@ _SEP = "\x1f"  # joins a row's text[] values: unnest() cannot take arrays of arr
 
 
 async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[DiscountRow],
-                     follow_ups: list[FollowUpRow], schedules: list[tuple[str, str, datetime]],
+                     follow_ups: list[FollowUpRow],
+                     schedules: list[tuple[str, str, datetime, str]],
                      views: list[View], now: datetime) -> None:
     """Write a unit of work's buffered rows in one statement (one round trip):
     actions, discounts, follow-ups, scheduled work (the same upsert as
@@ -496,7 +497,7 @@ async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[Di
 
     a, d, f = cols(actions, 12), cols(discounts, 13), cols(follow_ups, 12)
     f[8] = [_SEP.join(v) for v in f[8]]
-    s = cols(schedules, 3)
+    s = cols(schedules, 4)
     v = cols([(x.customer_id, x.stage, x.purchase_count, x.last_purchase_at,
                _SEP.join(x.segments), x.preferred_channel, x.time_zone, x.referred_by,
                x.referral_code, x.newsletter_consent, x.newsletter_consent_at,
@@ -530,12 +531,13 @@ async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[Di
                     AS u(id, cid, rule, channel, template, reason, purpose, list, cancel_on,
                          requested, due, created)),
            s AS (
-             INSERT INTO scheduled_work (kind, item_key, due_at, payload)
-             SELECT k, key, due, '{}'::jsonb FROM unnest($38::text[], $39::text[],
-                                                          $40::timestamptz[]) AS t(k, key, due)
+             INSERT INTO scheduled_work (kind, item_key, due_at, payload, traceparent)
+             SELECT k, key, due, '{}'::jsonb, trace
+               FROM unnest($38::text[], $39::text[], $40::timestamptz[], $60::text[])
+                    AS t(k, key, due, trace)
              ON CONFLICT (kind, item_key)
              DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
-                           last_error = NULL)
+                           last_error = NULL, traceparent = EXCLUDED.traceparent)
            UPDATE customer_view c SET stage = u.stage, purchase_count = u.purchase_count,
                   last_purchase_at = u.last_purchase_at,
                   segments = string_to_array(u.segments, $58),
@@ -556,4 +558,4 @@ async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[Di
                        newsletter_consent, newsletter_consent_at, promotional_consent,
                        promotional_consent_at, do_not_contact, at_risk, erased_at, merged_into)
             WHERE c.customer_id = u.customer_id""",
-        *a, *d, *f, *s, *v, _SEP, now)
+        *a, *d, *f, *s[:3], *v, _SEP, now, s[3])

@@ -561,3 +561,29 @@ async def test_contacts_due_in_quiet_hours_wait_for_the_morning(svc: Running) ->
     await profile_when(svc, cid, lambda p: any(
         f.rule_id == "service-recovery-breach" and f.status == "due" for f in p.follow_ups),
         "apology due at 08:00")
+
+
+async def test_a_due_follow_up_continues_the_trace_of_its_trigger(svc: Running) -> None:
+    """The apology call scheduled for a breach fires from the durable
+    scheduler, and its ``loyalty.followup_due`` is in the breach's trace."""
+    from dataclasses import replace
+
+    from crm_runtime.logs import new_traceparent, trace_id
+    from crm_runtime.topics import LOYALTY
+    from tests.support.kafka import read_topic, wait_for
+
+    cid = await _customer(svc)
+    trigger = replace(case_breached(cid, svc.clock.now()), traceparent=new_traceparent())
+    await produce(svc, trigger)
+    bootstrap = svc.runner.settings.kafka_bootstrap_servers or ""
+    due: list[dict[str, bytes]] = []
+
+    async def fired() -> bool:
+        due[:] = [dict(r.headers) for r in await read_topic(bootstrap, LOYALTY, expect=0,
+                                                             timeout=5, settle=0.2)
+                  if r.key == cid.encode()
+                  and dict(r.headers)["ce_type"] == b"loyalty.followup_due"]
+        return bool(due)
+
+    await wait_for(fired, what="the apology call due")
+    assert trace_id(due[0]["ce_traceparent"].decode()) == trace_id(trigger.traceparent)
