@@ -4,11 +4,17 @@ repeat-buyer discount on crm.loyalty.v1, once, whatever the redelivery."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +29,10 @@ from services.interactions.app import SPEC as INTERACTIONS
 from services.interactions.events import ContactReceived
 from tests.integration.loyalty.conftest import loyalty_settings
 from tests.support.loyalty import loyalty_events, of_type, produce, profile_when
-from tests.support.services import Running, running
+from tests.support.node import ensure_packages
+from tests.support.services import DEV_TOKEN, Running, running
+
+NODE_CLIENT = Path(__file__).resolve().parents[2] / "support" / "node" / "reflection_client.cjs"
 
 
 @dataclass
@@ -167,3 +176,55 @@ async def test_an_unknown_referral_code_at_sign_up_is_recorded_not_dropped(trio:
     assert [(s.action_type, s.reason) for s in p.suppressed] == [
         ("referral_reward", "unknown_referral_code")]
     assert not p.referred_by_customer_id
+
+
+@pytest.mark.slow
+async def test_a_node_client_through_reflection_calls_each_service(trio: Trio) -> None:
+    """A gRPC client in another language with no proto files: Node.js
+    (@grpc/grpc-js) discovers each service through reflection
+    (grpc-js-reflection-client, from the npm registry) and calls it with a
+    bearer token, as docs/integration.md tells integrators to."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is needed for the foreign-client test (Debian package nodejs)")
+    modules = await asyncio.to_thread(ensure_packages, "@grpc/grpc-js@1.14.7",
+                                      "grpc-js-reflection-client@1.4.2")
+    config = {"token": DEV_TOKEN} | {
+        name: f"127.0.0.1:{getattr(trio, name).runner.bound_grpc_port}"
+        for name in ("customers", "interactions", "loyalty")}
+    result = await asyncio.to_thread(
+        subprocess.run, [node, str(NODE_CLIENT), json.dumps(config)], capture_output=True,
+        text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env={**os.environ, "NODE_PATH": str(modules)})
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"crm.customers.v1.Customers", "grpc.health.v1.Health",
+            "crm.ops.v1.Operations"} <= set(out["services"])
+    # customers
+    registered = out["registered"]
+    assert registered["code"] == "OK", registered
+    customer = registered["reply"]["customer"]
+    assert customer["display_name"] == "Ada from Node"
+    assert customer["emails"] == [out["email"]] and customer["stage"] == "STAGE_POTENTIAL"
+    fetched = out["fetched"]
+    assert fetched["code"] == "OK" and fetched["reply"]["customer_id"] == customer["customer_id"]
+    invalid = out["invalid"]
+    assert invalid["code"] == "INVALID_ARGUMENT", invalid
+    assert invalid["details"].startswith("emails[0]"), invalid
+    assert invalid["has_status_details"], "google.rpc.Status with the field violation"
+    assert out["missing"]["code"] == "NOT_FOUND", out["missing"]
+    assert out["anonymous"]["code"] == "UNAUTHENTICATED", out["anonymous"]
+    # interactions
+    recorded = out["recorded"]
+    assert recorded["code"] == "OK", recorded
+    assert recorded["reply"]["customer_id"] == customer["customer_id"]
+    assert recorded["reply"]["channel"] == "chat" and recorded["reply"]["kind"] == "inquiry"
+    bad = out["bad_channel"]
+    assert bad["code"] == "INVALID_ARGUMENT" and bad["details"].startswith("channel"), bad
+    # loyalty
+    assert out["profile"]["code"] == "OK", out["profile"]
+    assert out["profile"]["reply"]["customer_id"] == customer["customer_id"]
+    assert out["profile"]["reply"]["referral_code"].startswith("REF-")
+    malformed = out["malformed_code"]
+    assert malformed["code"] == "INVALID_ARGUMENT", malformed
+    assert malformed["details"].startswith("code:") and malformed["has_status_details"]
