@@ -56,14 +56,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="skip the untimed warm-up round of each workload")
     parser.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
-                        help="processes per service where a workload runs services as "
-                             f"deployed (customers.get; default {DEFAULT_REPLICAS})")
+                        help="crm serve processes per service in the workloads that run "
+                             "services (every customers.*, interactions.* and loyalty.* "
+                             f"workload; default {DEFAULT_REPLICAS})")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = parser.parse_args(argv)
     if args.events is None:
         args.events = QUICK_EVENTS if args.quick else DEFAULT_EVENTS
     for flag, value in (("--events", args.events), ("--repeat", args.repeat),
-                        ("--tx-size", args.tx_size)):
+                        ("--tx-size", args.tx_size), ("--replicas", args.replicas)):
         if value < 1:
             parser.error(f"{flag} must be at least 1")
     return args

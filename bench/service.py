@@ -36,7 +36,7 @@ from bench.infra import fresh_database
 from crm_runtime.cli import create_topics
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.service import ServiceSpec
-from crm_runtime.settings import Settings, env_name
+from crm_runtime.settings import SERVICES, Settings, env_name
 from crm_runtime.stack import TansuBroker, free_port
 
 #: The bearer token of the in-process services (every scope).
@@ -126,8 +126,6 @@ class ServiceProcesses:
             env[env_name(field)] = (json.dumps(value) if isinstance(value, dict | list)
                                     else str(value))
         # grpc_port(name) is base + the service's index: aim it at our port.
-        from crm_runtime.settings import SERVICES
-
         env[env_name("grpc_base_port")] = str(self.port - SERVICES.index(spec.name))
         env["CRM_LOG_LEVEL"] = env.get("CRM_LOG_LEVEL", "WARNING")
         self._env = env
@@ -141,8 +139,6 @@ class ServiceProcesses:
 
     async def start(self, timeout: float = 60.0) -> None:
         """Start every replica; return once each answers its health check."""
-        from crm_runtime.settings import SERVICES
-
         for _ in range(self.replicas):
             env = dict(self._env)
             port = free_port()

@@ -49,25 +49,19 @@ async def schedule(conn: Conn, kind: str, key: str, due_at: datetime,
     """Schedule (or move) the work item ``(kind, key)`` in the caller's
     transaction. The item keeps ``traceparent`` (default: the trace of the
     work in progress), and runs in that trace when due."""
-    await conn.execute(
-        """INSERT INTO scheduled_work (kind, item_key, due_at, payload, traceparent)
-           VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (kind, item_key)
-           DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
-                         last_error = NULL, traceparent = EXCLUDED.traceparent""",
-        kind, key, due_at, dict(payload or {}), traceparent or logs.current_traceparent(),
-    )
+    await schedule_many(conn, kind, [(key, due_at, payload or {})], [traceparent or ""])
 
 
 async def schedule_many(conn: Conn, kind: str,
                         items: list[tuple[str, datetime, Mapping[str, Any]]],
                         traceparents: Sequence[str] | None = None) -> None:
     """:func:`schedule` for many items of one kind in one statement
-    (``traceparents``: one per item; default the trace of the work in progress)."""
+    (``traceparents``: one per item; an empty one, or none given, means the
+    trace of the work in progress)."""
     if not items:
         return
-    traces = list(traceparents) if traceparents is not None else [
-        logs.current_traceparent()] * len(items)
+    current = logs.current_traceparent()
+    traces = [t or current for t in traceparents or [""] * len(items)]
     await conn.execute(
         """INSERT INTO scheduled_work (kind, item_key, due_at, payload, traceparent)
            SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::jsonb[], $5::text[])

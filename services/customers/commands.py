@@ -334,8 +334,7 @@ async def _schedule_churn_many(conn: Conn, ctx: Context, recs: list[store.Custom
         (str(r.customer_id), domain.churn_due(r.last_purchase_at, windows[r.customer_id]),
          {"window_days": windows[r.customer_id].days})
         for r in recs if r.last_purchase_at is not None],
-        traceparents=None if traces is None else [
-            traces.get(r.customer_id) or logs.current_traceparent() for r in recs])
+        traceparents=[(traces or {}).get(r.customer_id, "") for r in recs])
 
 
 async def _schedule_churn(conn: Conn, ctx: Context, rec: store.CustomerRecord) -> None:

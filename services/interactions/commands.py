@@ -169,10 +169,10 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
     await outbox.add(conn, events, lanes=ctx.lanes)
     for c, fresh in result:
         if fresh and c.kind in domain.AUTO_CASE_KINDS:
-            case_id = await open_case(conn, ctx, customer_id=c.customer_id, kind=c.kind,
-                                      channel=c.channel, unit=c.unit, summary=c.notes[:500],
-                                      interaction_id=c.interaction_id,
-                                      idempotency_key=f"interaction:{c.idempotency_key}")
+            case_id = await _open_case(conn, ctx, customer_id=c.customer_id, kind=c.kind,
+                                       channel=c.channel, unit=c.unit, summary=c.notes[:500],
+                                       interaction_id=c.interaction_id,
+                                       idempotency_key=f"interaction:{c.idempotency_key}")
             await conn.execute("UPDATE interactions SET case_id = $1 WHERE interaction_id = $2",
                                case_id, c.interaction_id)
     return result
@@ -231,8 +231,20 @@ async def set_policy(conn: Conn, policy: Policy) -> Policy:
 async def open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: str,
                     channel: str, unit: str, summary: str, interaction_id: uuid.UUID | None,
                     idempotency_key: str, callback_phone: str = "") -> uuid.UUID:
-    """Open a case with the promise of its policy; the same key returns the
-    existing case. Schedules the breach warning and the breach."""
+    """Open a case with the promise of its policy, for the customer or, when
+    they were merged away, their survivor; the same key returns the existing
+    case. Schedules the breach warning and the breach."""
+    return await _open_case(conn, ctx, customer_id=await survivor(conn, customer_id),
+                            kind=kind, channel=channel, unit=unit, summary=summary,
+                            interaction_id=interaction_id, idempotency_key=idempotency_key,
+                            callback_phone=callback_phone)
+
+
+async def _open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: str,
+                     channel: str, unit: str, summary: str, interaction_id: uuid.UUID | None,
+                     idempotency_key: str, callback_phone: str = "") -> uuid.UUID:
+    """:func:`open_case` for a customer id already resolved to its survivor
+    (the contacts of a batch are resolved together)."""
     kind = domain.check_choice("kind", kind, domain.CASE_KINDS)
     channel = domain.check_choice("channel", channel, domain.CHANNELS)
     if not idempotency_key.strip():
@@ -241,7 +253,6 @@ async def open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: s
                                    idempotency_key)
     if existing:
         return uuid.UUID(str(existing))
-    customer_id = await survivor(conn, customer_id)
     policy = domain.choose_policy(await policies(conn), kind, channel)
     now = ctx.clock.now()
     promise = domain.promise_for(policy, now)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -169,27 +170,25 @@ def satisfaction_report(surveys: Iterable[SurveyTally],
     tallies, case counts beside them. Tallies of the same key (several
     partial tallies) are added up first, so the report of a window is the
     sum of the reports of its parts."""
-    tallies: dict[str, list[float]] = {}
+    by_key_surveys: dict[str, list[SurveyTally]] = defaultdict(list)
     for t in surveys:
-        acc = tallies.setdefault(t.key, [0, 0.0, 0, 0, 0, 0])
-        for i, v in enumerate((t.responses, t.csat_sum, t.csat_answers, t.nps_answers,
-                               t.promoters, t.detractors)):
-            acc[i] += v
-    counted: dict[str, list[int]] = {}
+        by_key_surveys[t.key].append(t)
+    by_key_cases: dict[str, list[CaseTally]] = defaultdict(list)
     for c in cases:
-        acc_c = counted.setdefault(c.key, [0, 0, 0])
-        for i, n in enumerate((c.opened, c.resolved_in_time, c.breached)):
-            acc_c[i] += n
+        by_key_cases[c.key].append(c)
     rows = []
-    for key in sorted(set(tallies) | set(counted)):
-        responses, csat_sum, csat_n, nps_n, promoters, detractors = tallies.get(
-            key, [0, 0.0, 0, 0, 0, 0])
-        opened, in_time, breached = counted.get(key, [0, 0, 0])
+    for key in sorted(by_key_surveys.keys() | by_key_cases.keys()):
+        ts, cs = by_key_surveys.get(key, []), by_key_cases.get(key, [])
+        csat_answers = sum(t.csat_answers for t in ts)
+        nps_value = nps_of_counts(sum(t.promoters for t in ts), sum(t.detractors for t in ts),
+                                  sum(t.nps_answers for t in ts))
         rows.append(ReportRow(
-            key=key, responses=int(responses),
-            csat=csat_sum / csat_n if csat_n else 0.0,
-            nps=nps_of_counts(int(promoters), int(detractors), int(nps_n)) or 0.0,
-            cases_opened=opened, cases_resolved_in_time=in_time, cases_breached=breached))
+            key=key, responses=sum(t.responses for t in ts),
+            csat=sum(t.csat_sum for t in ts) / csat_answers if csat_answers else 0.0,
+            nps=nps_value or 0.0,
+            cases_opened=sum(c.opened for c in cs),
+            cases_resolved_in_time=sum(c.resolved_in_time for c in cs),
+            cases_breached=sum(c.breached for c in cs)))
     return rows
 
 

@@ -361,14 +361,8 @@ async def _referred_by_code(unit: Unit, view: View, env: Envelope,
             aid = domain.action_id(stored.rule.id, env.id, index)
             if await unit.performed_before(aid):
                 continue
-            purpose = domain.action_purpose(action)
-            unit.record_action((aid, view.customer_id, stored.rule.id, stored.version, index,
-                                action.type, purpose.value, env.id, env.type,
-                                Outcome.SUPPRESSED.value, reason, unit.now))
-            unit.emit(view.customer_id, ActionSuppressed(
-                action_id=str(aid), customer_id=str(view.customer_id), rule_id=stored.rule.id,
-                action_type=action.type, purpose=purpose.value, reason=reason,
-                trigger_event_id=env.id))
+            _record(unit, aid, view.customer_id, stored, index, action,
+                    domain.action_purpose(action), env, Outcome.SUPPRESSED, reason)
 
 
 def _ensure_referral_code(view: View) -> None:
@@ -478,6 +472,23 @@ async def _peek_view(conn: Conn, customer_id: uuid.UUID) -> View:
         return View(customer_id=customer_id)
 
 
+def _record(unit: Unit, aid: uuid.UUID, customer_id: uuid.UUID, stored: StoredRule,
+            index: int, action: Action, purpose: Purpose, env: Envelope, outcome: Outcome,
+            reason: str) -> None:
+    """Record what a rule's action came to; a suppressed one is also
+    published (``loyalty.action_suppressed``), for marketing to see."""
+    rule = stored.rule
+    unit.record_action((aid, customer_id, rule.id, stored.version, index, action.type,
+                        purpose.value, env.id, env.type, outcome.value, reason, unit.now))
+    if outcome is Outcome.SUPPRESSED:
+        log.info("rule %s: %s for %s suppressed (%s)", rule.id, action.type, customer_id,
+                 reason)
+        unit.emit(customer_id, ActionSuppressed(
+            action_id=str(aid), customer_id=str(customer_id), rule_id=rule.id,
+            action_type=action.type, purpose=purpose.value, reason=reason,
+            trigger_event_id=env.id))
+
+
 async def _perform(unit: Unit, view: View, stored: StoredRule, index: int, action: Action,
                    env: Envelope) -> None:
     rule = stored.rule
@@ -486,18 +497,9 @@ async def _perform(unit: Unit, view: View, stored: StoredRule, index: int, actio
         return  # this trigger yielded this action before
     decision = await decide(unit, view, action)
     target = decision.target or view
-    unit.record_action((aid, target.customer_id, rule.id, stored.version, index, action.type,
-                        decision.purpose.value, env.id, env.type, decision.outcome.value,
-                        decision.reason, unit.now))
-    if decision.outcome is Outcome.SUPPRESSED:
-        log.info("rule %s: %s for %s suppressed (%s)", rule.id, action.type,
-                 target.customer_id, decision.reason)
-        unit.emit(target.customer_id, ActionSuppressed(
-            action_id=str(aid), customer_id=str(target.customer_id), rule_id=rule.id,
-            action_type=action.type, purpose=decision.purpose.value, reason=decision.reason,
-            trigger_event_id=env.id))
-        return
-    if decision.outcome is Outcome.SKIPPED:
+    _record(unit, aid, target.customer_id, stored, index, action, decision.purpose, env,
+            decision.outcome, decision.reason)
+    if decision.outcome is not Outcome.PERFORMED:
         return
     if decision.purpose is Purpose.PROMOTIONAL:
         (await unit.promotional_times(target.customer_id)).append(unit.now)
