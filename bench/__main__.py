@@ -59,6 +59,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="crm serve processes per service in the workloads that run "
                              "services (every customers.*, interactions.* and loyalty.* "
                              f"workload; default {DEFAULT_REPLICAS})")
+    parser.add_argument("--grpc-client", choices=("node", "python"), default="node",
+                        help="load generator of customers.get: node (@grpc/grpc-js, from npm "
+                             "into .local/node on first use; default) or python (grpc.aio in "
+                             "the bench process)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = parser.parse_args(argv)
     if args.events is None:
@@ -84,7 +88,8 @@ async def run(args: argparse.Namespace) -> list[WorkloadResult]:
               f"run {run_id}", flush=True)
         ctx = BenchContext(infra.database_url, infra.bootstrap_servers, settings, run_id,
                            outbox_tx_size=args.tx_size, delete_topics=infra.external_broker,
-                           quick=args.quick, replicas=args.replicas)
+                           quick=args.quick, replicas=args.replicas,
+                           grpc_client=args.grpc_client)
         try:
             for name in names:
                 results.append(await run_workload(WORKLOADS[name], ctx, args.events,

@@ -32,6 +32,8 @@ class BenchContext:
     #: ``--replicas``: processes per service, for workloads that run services
     #: as deployed (``crm serve`` processes) rather than in-process.
     replicas: int = 1
+    #: ``--grpc-client``: the load generator of the gRPC workloads, "node" or "python".
+    grpc_client: str = "node"
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _topics: list[str] = field(default_factory=list)
     _schemas: list[str] = field(default_factory=list)

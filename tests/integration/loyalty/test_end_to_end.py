@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -29,7 +28,7 @@ from services.interactions.app import SPEC as INTERACTIONS
 from services.interactions.events import ContactReceived
 from tests.integration.loyalty.conftest import loyalty_settings
 from tests.support.loyalty import loyalty_events, of_type, produce, profile_when
-from tests.support.node import ensure_packages
+from tests.support.node import GRPC_PACKAGES, ensure_packages, node_binary
 from tests.support.services import DEV_TOKEN, Running, running
 
 NODE_CLIENT = Path(__file__).resolve().parents[2] / "support" / "node" / "reflection_client.cjs"
@@ -184,11 +183,8 @@ async def test_a_node_client_through_reflection_calls_each_service(trio: Trio) -
     (@grpc/grpc-js) discovers each service through reflection
     (grpc-js-reflection-client, from the npm registry) and calls it with a
     bearer token, as docs/integration.md tells integrators to."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is needed for the foreign-client test (Debian package nodejs)")
-    modules = await asyncio.to_thread(ensure_packages, "@grpc/grpc-js@1.14.7",
-                                      "grpc-js-reflection-client@1.4.2")
+    node = node_binary()
+    modules = await asyncio.to_thread(ensure_packages, *GRPC_PACKAGES)
     config = {"token": DEV_TOKEN} | {
         name: f"127.0.0.1:{getattr(trio, name).runner.bound_grpc_port}"
         for name in ("customers", "interactions", "loyalty")}
