@@ -1,12 +1,14 @@
-"""Unit tests for crm_runtime.outbox.lane_of: which lane a message key belongs to."""
+"""Unit tests for crm_runtime.outbox.lane_of (which lane a message key belongs
+to) and for the relay's partitioner (which partition it goes to)."""
 
 from __future__ import annotations
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crm_runtime.outbox import lane_of
+from crm_runtime.outbox import KeyHashPartitioner, lane_of
 
 _keys = st.none() | st.binary(max_size=64)
 _lanes = st.integers(min_value=1, max_value=4096)
@@ -55,3 +57,20 @@ def test_keys_spread_over_every_lane() -> None:
     for i in range(4000):
         counts[lane_of(f"customer-{i}".encode(), lanes)] += 1
     assert min(counts) > 4000 / lanes / 2
+
+
+@given(st.binary(min_size=0, max_size=64), st.integers(min_value=1, max_value=64))
+def test_the_relay_partitions_keys_as_the_java_client_does(key: bytes, count: int) -> None:
+    """The cached partitioner puts every key where aiokafka's default (the
+    Java client's murmur2) does, the first time and from its cache."""
+    partitions = list(range(count))
+    cached = KeyHashPartitioner(cache_size=4)
+    expected = DefaultPartitioner()(key, partitions, partitions)
+    assert cached(key, partitions, partitions) == expected
+    assert cached(key, partitions, partitions) == expected
+
+
+def test_a_keyless_record_goes_to_an_available_partition() -> None:
+    cached = KeyHashPartitioner()
+    assert {cached(None, [0, 1, 2, 3], [2]) for _ in range(20)} == {2}
+    assert {cached(None, [0, 1], []) for _ in range(50)} <= {0, 1}
