@@ -49,6 +49,7 @@ import itertools
 import math
 import random
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -199,6 +200,9 @@ class CustomersGet(Workload):
                     "paced": rng.choices(customers, k=paced_calls)}
         self.counts.update(max=max_calls, paced=paced_calls)
 
+        self.warm = rng.choices(customers, k=WARM_UP_CALLS)
+        if self.client == "node":
+            await self._floor()
         self.service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
         self.resources.push_async_callback(self.service.stop)
         await self.service.start()
@@ -210,7 +214,6 @@ class CustomersGet(Workload):
             self.stack.database_url, SCHEMA, max_size=self.stack.settings.db_pool_max)
         self.resources.push_async_callback(self.pool.close)
 
-        self.warm = rng.choices(customers, k=WARM_UP_CALLS)
         for lookup in (self._product_lookup, self._raw_lookup):
             await closed_loop(lookup, self.warm, CONCURRENCY)
         self.latencies: dict[tuple[str, str], list[float]] = {}
@@ -252,19 +255,47 @@ class CustomersGet(Workload):
             return await self._phases("product", self._product_lookup)
         return await self._node_phases()
 
-    async def _node_phases(self) -> Phases:
-        """Both phases from the Node.js load generator (its start-up, reflection
-        and warm-up calls are not timed)."""
-        config = {
-            "target": self.service.target, "service": "crm.customers.v1.Customers",
+    async def _floor(self) -> None:
+        """The same calls against a bare grpc.aio server (``bench.grpc_floor``:
+        an echo, no auth, no database) in a process of its own, before the
+        service starts: what Python grpcio alone allows on this machine."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.grpc_floor", cwd=str(node.ROOT),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            port = int(await asyncio.wait_for(proc.stdout.readline(), timeout=30))
+            result = await node.grpc_load(self._node_config(f"127.0.0.1:{port}", channels=2))
+        finally:
+            proc.stdin.close()
+            await proc.wait()
+        for phase, title in (("max", f"max ({CONCURRENCY} in flight)"),
+                             ("paced", f"paced ({RATE:,}/s)")):
+            latencies = [math.inf if ms is None else ms / 1000
+                         for ms in result[phase]["latencies_ms"]]
+            if phase == "max":
+                self.figures[f"floor {title} calls/s, bare grpc.aio echo"] = (
+                    len(latencies) / float(result[phase]["seconds"]))
+            for q in (50, 99):
+                self.figures[f"floor {title} p{q} ms, bare grpc.aio echo"] = percentile_ms(
+                    latencies, q)
+
+    def _node_config(self, target: str, channels: int) -> dict[str, object]:
+        return {
+            "target": target, "service": "crm.customers.v1.Customers",
             "method": "GetCustomer", "id_field": "customer_id", "reply_field": "customer_id",
-            "token": DEV_TOKEN, "channels": CHANNELS_PER_REPLICA * self.ctx.replicas,
+            "token": DEV_TOKEN, "channels": channels,
             "timeout_ms": CALL_TIMEOUT_S * 1000, "warm_up": [str(i) for i in self.warm],
             "phases": [{"name": "max", "concurrency": CONCURRENCY,
                         "ids": [str(i) for i in self.ids["max"]]},
                        {"name": "paced", "rate": RATE,
                         "ids": [str(i) for i in self.ids["paced"]]}]}
-        result = await node.grpc_load(config)
+
+    async def _node_phases(self) -> Phases:
+        """Both phases from the Node.js load generator (its start-up, reflection
+        and warm-up calls are not timed)."""
+        result = await node.grpc_load(self._node_config(
+            self.service.target, channels=CHANNELS_PER_REPLICA * self.ctx.replicas))
         seconds: Phases = {}
         for phase in ("max", "paced"):
             seconds[phase] = float(result[phase]["seconds"])

@@ -1,0 +1,46 @@
+"""A bare ``grpc.aio`` server for the gRPC workloads' floor figure:
+``python -m bench.grpc_floor`` serves ``crm.customers.v1.Customers`` with a
+``GetCustomer`` that echoes the id (no authentication, interceptor, database
+or logging) plus server reflection, prints its port and serves until its
+standard input closes.
+
+It is what Python grpcio alone costs per call on this machine: whatever the
+product's handler does, its latency at a given rate cannot beat this
+server's under the same load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from crm.customers.v1 import customers_pb2 as pb
+from crm.customers.v1 import customers_pb2_grpc
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Customers"].full_name
+
+
+class EchoCustomers(customers_pb2_grpc.CustomersServicer):
+    async def GetCustomer(self, request: pb.GetCustomerRequest,
+                          context: grpc.aio.ServicerContext) -> pb.Customer:
+        return pb.Customer(customer_id=request.customer_id)
+
+
+async def serve() -> None:
+    server = grpc.aio.server()
+    # Only GetCustomer is served (the others answer UNIMPLEMENTED, as in the base class).
+    customers_pb2_grpc.add_CustomersServicer_to_server(
+        EchoCustomers(), server)  # type: ignore[abstract]
+    reflection.enable_server_reflection([SERVICE, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
+    await server.stop(0)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())
