@@ -4,7 +4,9 @@ so it must find what it asked for, time every call and stop on a real error."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import sys
 import uuid
 from typing import Any
 
@@ -57,3 +59,26 @@ async def test_an_error_that_is_not_overload_stops_the_run(
         await node.grpc_load(_config(svc, [
             {"name": "max", "concurrency": 2, "ids": [known, customer_id or known]}],
             token=token))
+
+
+async def test_the_floor_server_echoes_every_id() -> None:
+    """bench.grpc_floor (the bare grpc.aio server of customers.get's floor
+    figure) answers the generator's calls with the id it was asked for."""
+    node_binary()
+    ensure_packages(*GRPC_PACKAGES)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.grpc_floor", cwd=str(node.ROOT),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        port = int(await asyncio.wait_for(proc.stdout.readline(), timeout=30))
+        ids = [str(uuid.uuid4()) for _ in range(20)]
+        result = await node.grpc_load({
+            "target": f"127.0.0.1:{port}", "service": "crm.customers.v1.Customers",
+            "method": "GetCustomer", "id_field": "customer_id", "reply_field": "customer_id",
+            "token": "", "channels": 1, "timeout_ms": 10_000, "warm_up": [],
+            "phases": [{"name": "max", "concurrency": 4, "ids": ids}]})
+        assert result["max"]["found"] == ids
+    finally:
+        proc.stdin.close()
+        assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
