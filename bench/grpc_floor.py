@@ -2,7 +2,8 @@
 ``python -m bench.grpc_floor`` serves ``crm.customers.v1.Customers`` with a
 ``GetCustomer`` that echoes the id (no authentication, interceptor, database
 or logging) plus server reflection, prints its port and serves until its
-standard input closes.
+standard input closes. :func:`running` starts it so (the bench's
+``customers.get`` floor and its test use it).
 
 It is what Python grpcio alone costs per call on this machine: whatever the
 product's handler does, its latency at a given rate cannot beat this
@@ -11,7 +12,10 @@ server's under the same load generator."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 from grpc_reflection.v1alpha import reflection
@@ -19,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
 
+#: The repository root (``python -m bench.grpc_floor`` runs from there).
+ROOT = Path(__file__).resolve().parents[1]
 SERVICE = pb.DESCRIPTOR.services_by_name["Customers"].full_name
 
 
@@ -40,6 +46,24 @@ async def serve() -> None:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
     await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def running() -> AsyncIterator[str]:
+    """The server in a process of its own until the block ends; yields its
+    ``host:port``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.grpc_floor", cwd=str(ROOT),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        port = int(await asyncio.wait_for(proc.stdout.readline(), timeout=30))
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.stdin.close()
+        returncode = await asyncio.wait_for(proc.wait(), timeout=30)
+    if returncode != 0:
+        raise RuntimeError(f"bench.grpc_floor exited with {returncode}")
 
 
 if __name__ == "__main__":

@@ -49,15 +49,15 @@ import itertools
 import math
 import random
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 import grpc
 
-from bench import node
+from bench import grpc_floor, node
 from bench.customers import SCHEMA, seed_customers
 from bench.registry import Phases, Workload, register
 from bench.service import DEV_TOKEN, ServiceProcesses, Stack, fresh_stack
@@ -79,6 +79,8 @@ QUICK_PACED_S = 2.0
 WARM_UP_CALLS = 1_000
 #: Client connections per service replica (calls go round-robin over them).
 CHANNELS_PER_REPLICA = 2
+#: The phases and their titles in the printed figures.
+PHASE_TITLES = (("max", f"max ({CONCURRENCY} in flight)"), ("paced", f"paced ({RATE:,}/s)"))
 #: Per-call deadline: a guard against hanging, not a timing check.
 CALL_TIMEOUT_S = 30.0
 
@@ -140,6 +142,11 @@ async def paced(lookup: Lookup, ids: Sequence[uuid.UUID], rate: float) -> Outcom
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
     return time.perf_counter() - loop_start, latencies, found
+
+
+def _latencies(phase: dict[str, Any]) -> list[float]:
+    """A load-generator phase's latencies in seconds (a shed call: infinite)."""
+    return [math.inf if ms is None else ms / 1000 for ms in phase["latencies_ms"]]
 
 
 def percentile_ms(latencies: Sequence[float], q: float) -> float:
@@ -259,20 +266,10 @@ class CustomersGet(Workload):
         """The same calls against a bare grpc.aio server (``bench.grpc_floor``:
         an echo, no auth, no database) in a process of its own, before the
         service starts: what Python grpcio alone allows on this machine."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.grpc_floor", cwd=str(node.ROOT),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            port = int(await asyncio.wait_for(proc.stdout.readline(), timeout=30))
-            result = await node.grpc_load(self._node_config(f"127.0.0.1:{port}", channels=2))
-        finally:
-            proc.stdin.close()
-            await proc.wait()
-        for phase, title in (("max", f"max ({CONCURRENCY} in flight)"),
-                             ("paced", f"paced ({RATE:,}/s)")):
-            latencies = [math.inf if ms is None else ms / 1000
-                         for ms in result[phase]["latencies_ms"]]
+        async with grpc_floor.running() as target:
+            result = await node.grpc_load(self._node_config(target, channels=2))
+        for phase, title in PHASE_TITLES:
+            latencies = _latencies(result[phase])
             if phase == "max":
                 self.figures[f"floor {title} calls/s, bare grpc.aio echo"] = (
                     len(latencies) / float(result[phase]["seconds"]))
@@ -299,8 +296,7 @@ class CustomersGet(Workload):
         seconds: Phases = {}
         for phase in ("max", "paced"):
             seconds[phase] = float(result[phase]["seconds"])
-            self.latencies["product", phase] = [
-                math.inf if ms is None else ms / 1000 for ms in result[phase]["latencies_ms"]]
+            self.latencies["product", phase] = _latencies(result[phase])
             self.found["product", phase] = result[phase]["found"]
         return seconds
 
@@ -312,8 +308,7 @@ class CustomersGet(Workload):
                 raise RuntimeError(f"{self.name} {side} {phase}: {wrong} of {len(found)} "
                                    "lookups returned another customer or none")
         # Figures in a fixed order (the two sides run in alternating order).
-        for phase, title in (("max", f"max ({CONCURRENCY} in flight)"),
-                             ("paced", f"paced ({RATE:,}/s)")):
+        for phase, title in PHASE_TITLES:
             p99 = {}
             for q in (50, 99):
                 for side in ("product", "baseline"):

@@ -4,15 +4,13 @@ so it must find what it asked for, time every call and stop on a real error."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-import sys
 import uuid
 from typing import Any
 
 import pytest
 
-from bench import node
+from bench import grpc_floor, node
 from tests.support.customers import register
 from tests.support.node import GRPC_PACKAGES, ensure_packages, node_binary
 from tests.support.services import DEV_TOKEN, Running
@@ -66,19 +64,11 @@ async def test_the_floor_server_echoes_every_id() -> None:
     figure) answers the generator's calls with the id it was asked for."""
     node_binary()
     ensure_packages(*GRPC_PACKAGES)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.grpc_floor", cwd=str(node.ROOT),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        port = int(await asyncio.wait_for(proc.stdout.readline(), timeout=30))
-        ids = [str(uuid.uuid4()) for _ in range(20)]
+    ids = [str(uuid.uuid4()) for _ in range(20)]
+    async with grpc_floor.running() as target:
         result = await node.grpc_load({
-            "target": f"127.0.0.1:{port}", "service": "crm.customers.v1.Customers",
+            "target": target, "service": "crm.customers.v1.Customers",
             "method": "GetCustomer", "id_field": "customer_id", "reply_field": "customer_id",
             "token": "", "channels": 1, "timeout_ms": 10_000, "warm_up": [],
             "phases": [{"name": "max", "concurrency": 4, "ids": ids}]})
-        assert result["max"]["found"] == ids
-    finally:
-        proc.stdin.close()
-        assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+    assert result["max"]["found"] == ids

@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -313,6 +314,18 @@ async def test_merge_repoints_records_to_the_survivor(svc: Running) -> None:
     assert check.valid
 
 
+async def _rewarded_once(svc: Running, referrer: str, friend: str
+                         ) -> list[tuple[str, dict[str, Any]]]:
+    """Wait until ``referrer``'s profile lists the one referral of ``friend``
+    and the reward is on the topic once; returns the referrer's events."""
+    p = await profile_when(svc, referrer, lambda p: len(p.referrals) == 1, "rewarded")
+    assert [r.referred_customer_id for r in p.referrals] == [friend]
+    events = await loyalty_events(svc, referrer, 2, settle=1.0)
+    assert [d["referred_customer_id"] for d in of_type(events, "loyalty.referral_rewarded")] == [
+        friend]
+    return events
+
+
 async def test_referral_rewards_the_referrer_once(svc: Running) -> None:
     referrer = await _customer(svc, promotional=True)
     friend = await _customer(svc, referred_by=referrer)
@@ -322,11 +335,7 @@ async def test_referral_rewards_the_referrer_once(svc: Running) -> None:
     # A second "first purchase" (say, after a merge) must not reward again.
     again = stage_changed(friend, "potential", "one_time", 1, svc.clock.now())
     await produce(svc, first, again)
-    p = await profile_when(svc, referrer, lambda p: len(p.referrals) == 1, "rewarded")
-    assert [r.referred_customer_id for r in p.referrals] == [friend]
-    events = await loyalty_events(svc, referrer, 2, settle=1.0)
-    assert [d["referred_customer_id"] for d in of_type(events, "loyalty.referral_rewarded")] == [
-        friend]
+    events = await _rewarded_once(svc, referrer, friend)
     assert [d["amount_minor"] for d in of_type(events, "loyalty.discount_issued")] == [1500]
 
 
@@ -339,11 +348,7 @@ async def test_a_referral_code_names_the_referrer_who_is_rewarded_once(svc: Runn
     assert p.referred_by_customer_id == referrer and not p.suppressed
     first = stage_changed(friend, "potential", "one_time", 1, svc.clock.now())
     await produce(svc, first, first)
-    p = await profile_when(svc, referrer, lambda p: len(p.referrals) == 1, "rewarded")
-    assert [r.referred_customer_id for r in p.referrals] == [friend]
-    events = await loyalty_events(svc, referrer, 2, settle=1.0)
-    assert [d["referred_customer_id"] for d in of_type(events, "loyalty.referral_rewarded")] == [
-        friend]
+    await _rewarded_once(svc, referrer, friend)
 
 
 async def test_an_unknown_referral_code_is_recorded_as_a_suppressed_reward(
