@@ -24,6 +24,7 @@ import hashlib
 import logging
 import random
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,6 +143,7 @@ class OutboxRelay:
         self._backoff = backoff or Backoff()
         self._stopping = asyncio.Event()
         self._concurrency = max(1, min(concurrency, lanes))
+        self._partitioner = KeyHashPartitioner()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -228,19 +230,37 @@ class OutboxRelay:
             await asyncio.wait_for(self._publish(rows), timeout=self._publish_timeout)
             await conn.execute("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)",
                                [r["id"] for r in rows])
-        for r in rows:
-            metrics.PUBLISHED.labels(self._service, r["topic"], r["event_type"]).inc()
+        for (topic, event_type), count in Counter(
+                (r["topic"], r["event_type"]) for r in rows).items():
+            metrics.PUBLISHED.labels(self._service, topic, event_type).inc(count)
         return len(rows)
 
     async def _publish(self, rows: Sequence[Any]) -> None:
-        # send() only queues; awaiting every delivery future waits for the acks.
-        # aiokafka keeps one in-flight batch per partition, so order is kept.
-        futures = []
+        """Publish ``rows`` (in id order) and wait for every ack. Records go
+        into record batches of their own, one partition at a time (the key's
+        partition, as :class:`KeyHashPartitioner` picks it), each handed to
+        the producer whole: one future per batch instead of one coroutine and
+        one future per record. A partition's batches are queued in row order
+        and aiokafka keeps one in flight per partition, so order is kept."""
+        batches: dict[tuple[str, int], list[Any]] = {}
+        partitions: dict[str, list[int]] = {}
         for r in rows:
-            headers = list(zip(r["header_keys"], [bytes(v) for v in r["header_values"]],
-                               strict=True))
-            futures.append(await self._producer.send(
-                r["topic"], value=r["body"], key=r["message_key"], headers=headers))
+            topic = r["topic"]
+            known = partitions.get(topic)
+            if known is None:
+                known = partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            key = r["message_key"]
+            builders = batches.setdefault((topic, self._partitioner(key, known, known)), [])
+            headers = list(zip(r["header_keys"], r["header_values"], strict=True))
+            if not builders or builders[-1].append(timestamp=None, key=key, value=r["body"],
+                                                   headers=headers) is None:
+                builder = self._producer.create_batch()
+                # An empty batch takes any record; the broker refuses one
+                # over its limit, and the lane retries with backoff.
+                builder.append(timestamp=None, key=key, value=r["body"], headers=headers)
+                builders.append(builder)
+        futures = [await self._producer.send_batch(builder, topic, partition=partition)
+                   for (topic, partition), builders in batches.items() for builder in builders]
         await asyncio.gather(*futures)
 
     async def _maintain(self) -> None:
