@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -321,13 +322,19 @@ class EventConsumer:
             time.perf_counter() - started)
 
     def _count(self, items: list[_Item], fresh: dict[str, _Item]) -> None:
+        consumed: Counter[tuple[str, str]] = Counter()
+        duplicates: Counter[str] = Counter()
         for item in items:
             if item.envelope is None:
                 continue
             if fresh.get(item.envelope.id) is item:
-                metrics.CONSUMED.labels(self._service, item.record.topic, _type(item)).inc()
+                consumed[item.record.topic, item.envelope.type] += 1
             else:
-                metrics.DUPLICATES.labels(self._service, item.record.topic).inc()
+                duplicates[item.record.topic] += 1
+        for (topic, event_type), count in consumed.items():
+            metrics.CONSUMED.labels(self._service, topic, event_type).inc(count)
+        for topic, count in duplicates.items():
+            metrics.DUPLICATES.labels(self._service, topic).inc(count)
 
     def _observe_lag(self) -> None:
         assigned = self._kafka.assignment()

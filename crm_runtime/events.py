@@ -14,18 +14,20 @@ consumers dead-letter those.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from crm_runtime import logs
+from crm_runtime import ids, logs
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
+_SPECVERSION = SPECVERSION.encode()
+_CONTENT_TYPE = CONTENT_TYPE.encode()
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -106,7 +108,7 @@ class Envelope:
     data: EventPayload
     subject: str
     source: str
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=ids.uuid4_text)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     #: Publish somewhere other than the type's registered topic (tests, replays).
     topic_override: str | None = None
@@ -127,20 +129,26 @@ class Envelope:
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
-            ("ce_specversion", SPECVERSION.encode()),
+            ("ce_specversion", _SPECVERSION),
             ("ce_id", self.id.encode()),
             ("ce_type", self.type.encode()),
             ("ce_source", self.source.encode()),
-            ("ce_time", format_time(self.time).encode()),
+            ("ce_time", _header_time(self.time)),
             ("ce_subject", self.subject.encode()),
             ("ce_traceparent", self.traceparent.encode()),
-            ("content-type", CONTENT_TYPE.encode()),
+            ("content-type", _CONTENT_TYPE),
         ]
 
 
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with a ``Z`` suffix, as CloudEvents SDKs expect."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@lru_cache(maxsize=256)
+def _header_time(value: datetime) -> bytes:
+    """``ce_time`` of an event; the events of one unit of work share a time."""
+    return format_time(value).encode()
 
 
 def header_map(headers: Headers | None) -> dict[str, bytes]:

@@ -16,13 +16,12 @@ import contextlib
 import json
 import logging
 import re
-import secrets
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from crm_runtime import tracing
+from crm_runtime import ids, tracing
 
 if TYPE_CHECKING:
     from crm_runtime.events import Envelope
@@ -37,7 +36,7 @@ _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 def new_traceparent(trace_id: str | None = None) -> str:
     """A W3C ``traceparent`` with a fresh span id (and trace id unless given)."""
-    return f"00-{trace_id or secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    return f"00-{trace_id or ids.random_hex(16)}-{ids.random_hex(8)}-01"
 
 
 def valid_traceparent(value: str) -> bool:

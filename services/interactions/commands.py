@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
-from crm_runtime import logs, outbox, scheduler, uow
+from crm_runtime import ids, logs, outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
@@ -77,7 +79,7 @@ class Contact:
     notes: str = ""
     amount_minor: int = 0
     currency: str = ""
-    interaction_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    interaction_id: uuid.UUID = field(default_factory=ids.uuid4)
     #: The trace this contact arrived in; its events continue it.
     traceparent: str = field(default_factory=logs.current_traceparent)
 
@@ -153,12 +155,13 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
     result: list[tuple[Contact, bool]] = []
     events: list[Envelope] = []
     seen: set[str] = set()
+    recorded: Counter[tuple[str, str]] = Counter()
     for c in contacts:
         fresh = c.idempotency_key in new_keys and c.idempotency_key not in seen
         seen.add(c.idempotency_key)
         result.append((c, fresh))
         if fresh:
-            uow.on_commit(conn, metrics.INTERACTIONS.labels(SERVICE, c.channel, c.kind).inc)
+            recorded[c.channel, c.kind] += 1
             events.append(Envelope(data=InteractionRecorded(
                 interaction_id=str(c.interaction_id), customer_id=str(c.customer_id),
                 channel=c.channel, direction=c.direction, kind=c.kind,
@@ -166,6 +169,9 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
                 unit=c.unit, amount_minor=c.amount_minor, currency=c.currency),
                 subject=str(c.customer_id), source=SOURCE, time=now,
                 traceparent=c.traceparent))
+    for (channel, kind), count in recorded.items():
+        uow.on_commit(conn, partial(metrics.INTERACTIONS.labels(SERVICE, channel, kind).inc,
+                                    count))
     await outbox.add(conn, events, lanes=ctx.lanes)
     for c, fresh in result:
         if fresh and c.kind in domain.AUTO_CASE_KINDS:
