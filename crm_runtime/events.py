@@ -128,16 +128,24 @@ class Envelope:
         return self.data.model_dump_json().encode()
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return [
-            ("ce_specversion", _SPECVERSION),
-            ("ce_id", self.id.encode()),
-            ("ce_type", self.type.encode()),
-            ("ce_source", self.source.encode()),
-            ("ce_time", _header_time(self.time)),
-            ("ce_subject", self.subject.encode()),
-            ("ce_traceparent", self.traceparent.encode()),
-            ("content-type", _CONTENT_TYPE),
-        ]
+        return cloudevent_headers(self.id, self.type, self.source, header_time(self.time),
+                                  self.subject.encode(), self.traceparent)
+
+
+def cloudevent_headers(event_id: str, event_type: str, source: str, time: str,
+                       subject: bytes, traceparent: str) -> list[tuple[str, bytes]]:
+    """The Kafka headers of a binary-mode CloudEvent (``time`` as
+    :func:`header_time` gives it)."""
+    return [
+        ("ce_specversion", _SPECVERSION),
+        ("ce_id", event_id.encode()),
+        ("ce_type", event_type.encode()),
+        ("ce_source", source.encode()),
+        ("ce_time", time.encode()),
+        ("ce_subject", subject),
+        ("ce_traceparent", traceparent.encode()),
+        ("content-type", _CONTENT_TYPE),
+    ]
 
 
 def format_time(value: datetime) -> str:
@@ -146,9 +154,10 @@ def format_time(value: datetime) -> str:
 
 
 @lru_cache(maxsize=256)
-def _header_time(value: datetime) -> bytes:
-    """``ce_time`` of an event; the events of one unit of work share a time."""
-    return format_time(value).encode()
+def header_time(value: datetime) -> str:
+    """:func:`format_time`, remembered: the events of one unit of work share
+    a time."""
+    return format_time(value)
 
 
 def header_map(headers: Headers | None) -> dict[str, bytes]:

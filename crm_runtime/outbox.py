@@ -33,7 +33,7 @@ from murmurhash2 import murmurhash2
 
 from crm_runtime import metrics
 from crm_runtime.db import Conn, is_transient
-from crm_runtime.events import Envelope
+from crm_runtime.events import Envelope, cloudevent_headers, header_time
 from crm_runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -49,37 +49,50 @@ WAKEUP_CHANNEL = "crm_outbox"
 
 
 async def add(conn: Conn, events: Sequence[Envelope], *, lanes: int) -> None:
-    """Queue ``events`` in the outbox inside the caller's open transaction."""
+    """Queue ``events`` in the outbox inside the caller's open transaction.
+    Their CloudEvents attributes go into columns (runtime migration 005);
+    the relay turns them into headers."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.add must run inside the transaction of the state change")
-    await add_raw(conn, [
-        (e.id, e.topic, e.subject.encode(), e.headers(), e.body(), e.type) for e in events
-    ], lanes=lanes)
+    await _insert(conn, [
+        (e.id, e.topic, key, None, None, e.body(), e.type, lane_of(key, lanes), e.source,
+         header_time(e.time), e.traceparent)
+        for e in events for key in (e.subject.encode(),)])
 
 
 COPY_THRESHOLD = 20
 _COLUMNS = ["event_id", "topic", "message_key", "header_keys", "header_values", "body",
-            "event_type", "lane"]
+            "event_type", "lane", "ce_source", "ce_time", "ce_traceparent"]
 
 RawRecord = tuple[str, str, bytes | None, Sequence[tuple[str, bytes]], bytes | None, str]
 
 
 async def add_raw(conn: Conn, records: Sequence[RawRecord], *, lanes: int) -> None:
-    """Queue already-encoded records (dead letters keep the original bytes)."""
-    if not records:
-        return
-    rows = [(event_id, topic, key, [h[0] for h in headers], [h[1] for h in headers], body,
-             event_type, lane_of(key, lanes))
-            for event_id, topic, key, headers, body, event_type in records]
+    """Queue already-encoded records with their own headers (dead letters keep
+    the original bytes)."""
+    await _insert(conn, [
+        (event_id, topic, key, [h[0] for h in headers], [h[1] for h in headers], body,
+         event_type, lane_of(key, lanes), None, None, None)
+        for event_id, topic, key, headers, body, event_type in records])
+
+
+async def _insert(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
     if len(rows) >= COPY_THRESHOLD:
         # A consumed batch's events: one COPY (ids still follow the row order).
         await conn.copy_records_to_table("outbox", records=rows, columns=_COLUMNS)
-    else:
+    elif rows:
         await conn.executemany(
-            """INSERT INTO outbox (event_id, topic, message_key, header_keys, header_values,
-                                   body, event_type, lane)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""", rows)
+            f"""INSERT INTO outbox ({", ".join(_COLUMNS)})
+                VALUES ({", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))})""", rows)
     # The outbox_wake_relay trigger (runtime migration 003) notifies the relay.
+
+
+def _headers(row: Any) -> list[tuple[str, bytes]]:
+    """A row's Kafka headers: its own, or built from its CloudEvents columns."""
+    if row["header_keys"] is not None:
+        return list(zip(row["header_keys"], row["header_values"], strict=True))
+    return cloudevent_headers(row["event_id"], row["event_type"], row["ce_source"],
+                              row["ce_time"], row["message_key"] or b"", row["ce_traceparent"])
 
 
 class KeyHashPartitioner:
@@ -217,7 +230,8 @@ class OutboxRelay:
             if not got:
                 return 0  # another replica is publishing this lane
             rows = await conn.fetch(
-                """SELECT id, topic, message_key, header_keys, header_values, body, event_type
+                """SELECT id, event_id, topic, message_key, header_keys, header_values, body,
+                          event_type, ce_source, ce_time, ce_traceparent
                      FROM outbox WHERE lane = $1 AND sent_at IS NULL
                     ORDER BY id LIMIT $2""",
                 lane, self._batch,
@@ -248,7 +262,7 @@ class OutboxRelay:
                 known = partitions[topic] = sorted(await self._producer.partitions_for(topic))
             key = r["message_key"]
             builders = batches.setdefault((topic, self._partitioner(key, known, known)), [])
-            headers = list(zip(r["header_keys"], r["header_values"], strict=True))
+            headers = _headers(r)
             if not builders or builders[-1].append(timestamp=None, key=key, value=r["body"],
                                                    headers=headers) is None:
                 builder = self._producer.create_batch()

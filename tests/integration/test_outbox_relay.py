@@ -6,6 +6,7 @@ import asyncio
 from collections import defaultdict
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaProducer
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
@@ -86,6 +87,44 @@ async def test_published_in_order_per_key_and_readable_by_cloudevents_sdk(
         assert ce.get_data() == original.data.model_dump()
         assert dict(first.headers)["content-type"] == b"application/json"
         assert first.key == original.subject.encode()
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def test_rows_of_a_release_before_the_cloudevent_columns_are_published_as_written(
+        settings: Settings, broker: TansuBroker, uid: str) -> None:
+    """Rows with header arrays (what outbox.add wrote before runtime migration
+    005, and what dead letters still write) and rows with CloudEvents columns
+    share a lane in id order; each reaches Kafka with the headers it was
+    written with."""
+    topic = f"t.relay.mixed.{uid}"
+    await create_topics(broker.bootstrap_servers, [topic])
+    pool = await _pool(settings, f"mixed_{uid}")
+    producer = await _producer(broker.bootstrap_servers)
+    try:
+        events = _events(topic, customers=1, per_customer=6)
+        async with pool.acquire() as conn, conn.transaction():
+            for i, e in enumerate(events):
+                if i % 2:
+                    await outbox.add(conn, [e], lanes=1)
+                else:  # the arrays-only row of an older writer
+                    await conn.execute(
+                        """INSERT INTO outbox (event_id, topic, message_key, header_keys,
+                                               header_values, body, event_type, lane)
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, 0)""",
+                        e.id, e.topic, e.subject.encode(), [k for k, _ in e.headers()],
+                        [v for _, v in e.headers()], e.body(), e.type)
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE ce_source IS NULL") == 3
+        relay = OutboxRelay(pool, producer, service="t", schema=f"mixed_{uid}", lanes=1)
+        assert await relay.publish_pending() == 6
+        records = await read_topic(broker.bootstrap_servers, topic, expect=6)
+        assert [list(r.headers) for r in records] == [e.headers() for e in events]
+        assert [r.value for r in records] == [e.body() for e in events]
+        with pytest.raises(asyncpg.CheckViolationError):  # neither form: refused
+            await pool.execute(
+                """INSERT INTO outbox (event_id, topic, message_key, body, event_type, lane)
+                   VALUES ('x', $1, NULL, NULL, 'test.entry_booked', 0)""", topic)
     finally:
         await producer.stop()
         await pool.close()
