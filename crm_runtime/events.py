@@ -170,13 +170,11 @@ _REQUIRED = ("ce_specversion", "ce_id", "ce_type", "ce_source")
 def decode(headers: Headers | None, value: bytes | None) -> Envelope:
     """Read a binary-mode CloudEvent into an :class:`Envelope`, or raise
     :class:`PoisonMessage` naming what is wrong."""
-    attrs: dict[str, str] = {}
-    for key, raw in header_map(headers).items():
-        if key.startswith("ce_") or key == "content-type":
-            try:
-                attrs[key] = raw.decode()
-            except UnicodeDecodeError:
-                raise PoisonMessage("bad_header", f"header {key} is not UTF-8") from None
+    try:  # the last of a repeated header wins, as in header_map
+        attrs = {key: raw.decode() for key, raw in headers or ()
+                 if key[:3] == "ce_" or key == "content-type"}
+    except (UnicodeDecodeError, AttributeError):
+        raise PoisonMessage("bad_header", _undecodable(headers or ())) from None
     missing = [name for name in _REQUIRED if not attrs.get(name)]
     if missing:
         raise PoisonMessage("not_cloudevent", f"missing header(s) {', '.join(missing)}")
@@ -209,6 +207,16 @@ def decode(headers: Headers | None, value: bytes | None) -> Envelope:
     parent = attrs.get("ce_traceparent", "")
     return Envelope(data=data, subject=subject, source=attrs["ce_source"], id=attrs["ce_id"],
                     time=time, traceparent=parent if logs.valid_traceparent(parent) else "")
+
+
+def _undecodable(headers: Headers) -> str:
+    for key, raw in headers:
+        if key[:3] == "ce_" or key == "content-type":
+            try:
+                raw.decode()
+            except (UnicodeDecodeError, AttributeError):
+                return f"header {key} is not UTF-8"
+    return "a header is not UTF-8"
 
 
 def _describe(exc: ValidationError) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -232,8 +233,23 @@ async def _start_producer(producer: AIOKafkaProducer, settings: Settings) -> Non
             await asyncio.sleep(delay)
 
 
+def tune_gc(gen0_threshold: int) -> None:
+    """Garbage collection for a long-running service. The objects alive once
+    the service is loaded (modules, classes, settings) go to the permanent
+    generation, so no collection scans them again; and the young generation
+    is collected after ``gen0_threshold`` allocations instead of 700. A
+    consumed batch allocates hundreds of thousands of short-lived objects,
+    nearly all freed by reference counting, and with the default a collection
+    ran about every 40 events (measured: 5-7% of a busy process's time).
+    Unreachable cycles are still collected, a little later."""
+    gc.freeze()
+    if gen0_threshold:
+        gc.set_threshold(gen0_threshold, *gc.get_threshold()[1:])
+
+
 def run_forever(runner: ServiceRunner) -> None:
     """Run a service in this process until SIGINT or SIGTERM."""
+    tune_gc(runner.settings.gc_gen0_threshold)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

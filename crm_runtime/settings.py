@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
     consumer_rebalance_timeout_ms: int = Field(default=30000, ge=1000, le=600000)
     relay_batch_size: int = Field(default=500, ge=1, le=10000)
+    gc_gen0_threshold: int = Field(
+        default=20000, ge=0, le=10_000_000,
+        description="Allocations between two young-generation garbage collections of a service "
+                    "process (0: Python's default, 700).")
     producer_batch_bytes: int = Field(
         default=1 << 20, ge=16384, le=64 << 20,
         description="Largest record batch per partition the relay's producer sends at once.")
