@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections import Counter
@@ -88,6 +89,7 @@ class EventConsumer:
         backoff: Backoff | None = None,
         failpoints: frozenset[str] = frozenset(),
         consumer_options: Mapping[str, Any] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._pool = pool
         self._group = group
@@ -109,28 +111,56 @@ class EventConsumer:
         )
         self._stopping = asyncio.Event()
         self._next_offsets: dict[TopicPartition, int] = {}
-        #: The offset commit of the last batch, still in flight (see
-        #: :meth:`_process_until_done`).
-        self._committing: asyncio.Task[None] | None = None
+        self._concurrency = max(1, concurrency)
+        #: Per worker, the offset commit of its last batch, still in flight
+        #: (see :meth:`_process_until_done`).
+        self._committing: dict[int, asyncio.Task[None]] = {}
         self.ready = asyncio.Event()
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
+        """Consume until :meth:`stop`. With ``concurrency`` above one, that
+        many workers share the assigned partitions, partition number modulo
+        the count (so one customer's events on two topics of the same
+        partition count meet in one worker), each with batches and
+        transactions of its own: while one waits for the database, another
+        decodes and applies. A partition belongs to one worker, so its
+        records are applied in order, and each worker commits only its own
+        partitions' offsets."""
         await self._start_kafka()
         try:
-            while not self._stopping.is_set():
-                records = await self._kafka.getmany(timeout_ms=self._batch_wait_ms or 1,
-                                                    max_records=self._batch_size)
-                self.ready.set()
-                batch = [r for part in records.values() for r in part]
-                if batch:
-                    await self._process_until_done(batch)
-                self._observe_lag()
+            async with asyncio.TaskGroup() as workers:
+                for slot in range(self._concurrency):
+                    workers.create_task(self._work(slot), name=f"{self._group}-worker-{slot}")
         finally:
-            await self._offsets_committed()
+            for slot in list(self._committing):
+                await self._offsets_committed(slot)
             await self._kafka.stop()
+
+    async def _work(self, slot: int) -> None:
+        backoff = copy.copy(self._backoff)
+        while not self._stopping.is_set():
+            if self._concurrency == 1:
+                partitions: list[TopicPartition] = []  # getmany() of every partition
+            else:
+                partitions = [tp for tp in self._kafka.assignment()
+                              if tp.partition % self._concurrency == slot]
+                if not partitions:  # none of this worker's yet (joining, or fewer partitions)
+                    self.ready.set()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(),
+                                               timeout=(self._batch_wait_ms or 50) / 1000)
+                    continue
+            records = await self._kafka.getmany(*partitions, timeout_ms=self._batch_wait_ms or 1,
+                                                max_records=self._batch_size)
+            self.ready.set()
+            batch = [r for part in records.values() for r in part]
+            if batch:
+                await self._process_until_done(batch, slot=slot, backoff=backoff)
+            if slot == 0:
+                self._observe_lag()
 
     async def _start_kafka(self) -> None:
         while True:
@@ -143,7 +173,9 @@ class EventConsumer:
                             self._group, exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _process_until_done(self, batch: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _process_until_done(self, batch: list[ConsumerRecord[bytes, bytes]], *,
+                                  slot: int = 0, backoff: Backoff | None = None) -> None:
+        backoff = backoff or self._backoff
         age = metrics.RECORD_AGE.labels(self._service, self._group)
         now_ms = time.time() * 1000
         for r in batch:
@@ -155,12 +187,12 @@ class EventConsumer:
                 await self.process(items)
                 metrics.BATCH_SECONDS.labels(self._service, self._group).observe(
                     time.perf_counter() - started)
-                self._backoff.reset()
+                backoff.reset()
                 break
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                delay = self._backoff.next()
+                delay = backoff.next()
                 log.warning("consumer %s: transient failure (%s: %s); retrying batch in %.1fs",
                             self._group, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
@@ -169,15 +201,15 @@ class EventConsumer:
         # processed: the effects are committed already, so the commit only
         # saves redeliveries. One commit is in flight at a time, so committed
         # offsets never move backwards.
-        await self._offsets_committed()
-        self._committing = asyncio.create_task(self._commit_offsets(batch),
-                                               name=f"{self._group}-offset-commit")
+        await self._offsets_committed(slot)
+        self._committing[slot] = asyncio.create_task(
+            self._commit_offsets(batch), name=f"{self._group}-offset-commit-{slot}")
 
-    async def _offsets_committed(self) -> None:
-        if self._committing is not None:
+    async def _offsets_committed(self, slot: int) -> None:
+        committing = self._committing.pop(slot, None)
+        if committing is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._committing
-            self._committing = None
+                await committing
 
     async def _commit_offsets(self, batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         offsets: dict[TopicPartition, int] = {}

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     api_tokens: list[ApiToken] = Field(default_factory=list)
     dev_token: str | None = Field(default=None, min_length=16)
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
+    consumer_concurrency: int = Field(
+        default=2, ge=1, le=16,
+        description="Workers per consumer, each applying batches of its own share of the "
+                    "partitions in a transaction of its own.")
     consumer_batch_wait_ms: int = Field(default=50, ge=0, le=60000)
     consumer_fetch_max_wait_ms: int = Field(
         default=20, ge=0, le=10000,

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from crm_runtime.consumer import EventConsumer, dlq_topic
-from crm_runtime.db import create_pool
+from crm_runtime.db import Conn, create_pool
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.outbox import OutboxRelay
@@ -236,3 +236,58 @@ async def test_a_rebalance_moves_partitions_without_crashing_either_member(
         first.stop()
         second.stop()
         await asyncio.gather(one, *([two] if two else []))
+
+
+async def test_two_workers_apply_their_own_partitions_at_once_in_order(ledger: Ledger) -> None:
+    """With ``concurrency=2`` each worker takes the partitions of its parity
+    (the topic has 3) and runs transactions of its own at the same time as
+    the other; each customer's entries are still applied once and in order."""
+    entered: dict[str, set[int]] = {}
+    both = asyncio.Event()
+    overlapped: list[bool] = []
+    inner = make_handler(ledger.booked, 2)
+
+    async def handler(conn: Conn, events: list[Envelope]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        worker = task.get_name().rsplit("-", 1)[-1]
+        first = worker not in entered
+        entered.setdefault(worker, set()).update(
+            hash(e.subject) for e in events)  # the customers this worker saw
+        if len(entered) == 2:
+            both.set()
+        if first:  # hold the first transaction open until the other worker is in one too
+            try:
+                await asyncio.wait_for(both.wait(), timeout=10)
+                overlapped.append(True)
+            except TimeoutError:
+                overlapped.append(False)
+        await inner(conn, events)
+
+    events = [entry(ledger, f"c{i % 12}", i) for i in range(600)]
+    await produce_envelopes(ledger.bootstrap, events)
+    consumer = EventConsumer(ledger.pool, bootstrap_servers=ledger.bootstrap,
+                             group=f"g-{ledger.schema}", topics=[ledger.requests],
+                             handlers={"test.entry_requested": handler}, service="ledger",
+                             lanes=2, batch_size=50, batch_wait_ms=50,
+                             consumer_options=ledger.options, concurrency=2)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), 600), what="600 entries applied")
+    finally:
+        consumer.stop()
+        await task
+    assert sorted(entered) == ["0", "1"] and overlapped == [True, True]
+    assert not entered["0"] & entered["1"]  # a customer's partition has one worker
+    # Each customer's balance after each entry is the running sum in produced order.
+    rows = await ledger.pool.fetch(
+        "SELECT body FROM outbox WHERE event_type = 'test.entry_booked' ORDER BY id")
+    seen: dict[str, list[tuple[int, int]]] = {}
+    for r in rows:
+        body = json.loads(r["body"])
+        seen.setdefault(body["customer_id"], []).append((body["amount"], body["balance"]))
+    for c in range(12):
+        amounts = [i for i in range(600) if i % 12 == c]
+        running = [sum(amounts[:n + 1]) for n in range(len(amounts))]
+        assert seen[f"c{c}"] == list(zip(amounts, running, strict=True))
+    assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 600
