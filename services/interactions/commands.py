@@ -162,12 +162,13 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         result.append((c, fresh))
         if fresh:
             recorded[c.channel, c.kind] += 1
+            customer = str(c.customer_id)
             events.append(Envelope(data=InteractionRecorded(
-                interaction_id=str(c.interaction_id), customer_id=str(c.customer_id),
+                interaction_id=str(c.interaction_id), customer_id=customer,
                 channel=c.channel, direction=c.direction, kind=c.kind,
                 occurred_at=c.occurred_at, outcome=c.outcome, touchpoint=c.touchpoint,
                 unit=c.unit, amount_minor=c.amount_minor, currency=c.currency),
-                subject=str(c.customer_id), source=SOURCE, time=now,
+                subject=customer, source=SOURCE, time=now,
                 traceparent=c.traceparent))
     for (channel, kind), count in recorded.items():
         uow.on_commit(conn, partial(metrics.INTERACTIONS.labels(SERVICE, channel, kind).inc,
