@@ -4,6 +4,7 @@ discount arithmetic."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from crm_runtime.errors import InvalidArgument
 from services.loyalty.domain import (
+    CODE_ALPHABET,
     ContactState,
     DiscountState,
     Purpose,
@@ -24,6 +26,7 @@ from services.loyalty.domain import (
     expiring_notice_at,
     in_quiet_hours,
     new_code,
+    new_referral_code,
     normalise_code,
     outside_quiet_hours,
     parse_duration,
@@ -276,6 +279,14 @@ def test_codes_are_random_well_formed_and_normalised() -> None:
     for bad in ("", "ABCD", "OOOO-0000-1111-IIII", code + "-X"):
         with pytest.raises(InvalidArgument):
             normalise_code(bad)
+
+
+def test_referral_codes_use_every_character_of_the_alphabet_at_random() -> None:
+    codes = [new_referral_code() for _ in range(2000)]
+    assert len(set(codes)) == len(codes)
+    assert all(re.fullmatch(rf"REF-[{CODE_ALPHABET}]{{10}}", c) for c in codes)
+    for position in range(4, 14):  # each position takes every character
+        assert {c[position] for c in codes} == set(CODE_ALPHABET)
 
 
 def test_expiry_notice_only_when_validity_is_longer() -> None:
