@@ -80,7 +80,21 @@ async def _insert(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
     if len(rows) >= COPY_THRESHOLD:
         # A consumed batch's events: one COPY (ids still follow the row order).
         await conn.copy_records_to_table("outbox", records=rows, columns=_COLUMNS)
+    elif rows and all(r[3] is None for r in rows):
+        # A few events (a gRPC call, a small batch): one statement, not one per
+        # row; WITH ORDINALITY keeps the ids in the rows' order.
+        await conn.execute(
+            f"""INSERT INTO outbox ({", ".join(_COLUMNS)})
+                SELECT event_id, topic, message_key, NULL, NULL, body, event_type, lane,
+                       ce_source, ce_time, ce_traceparent
+                  FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[],
+                              $6::int[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY
+                       AS r(event_id, topic, message_key, body, event_type, lane, ce_source,
+                            ce_time, ce_traceparent, n)
+                 ORDER BY n""",
+            *([r[i] for r in rows] for i in (0, 1, 2, 5, 6, 7, 8, 9, 10)))
     elif rows:
+        # Raw records carry header arrays (unnest cannot take arrays of arrays).
         await conn.executemany(
             f"""INSERT INTO outbox ({", ".join(_COLUMNS)})
                 VALUES ({", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))})""", rows)
@@ -224,9 +238,14 @@ class OutboxRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             # The lock first, in a statement of its own: the read below must
             # take its snapshot after the lock, so it sees what the previous
-            # holder marked sent.
-            got = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)",
-                                      self._lock_class, lane)
+            # holder marked sent. This transaction's commit does not wait for
+            # the WAL flush: losing it in a crash of the database only
+            # republishes its rows (at least once; consumers deduplicate by
+            # ce_id), while every writer's state change and events still wait.
+            got = await conn.fetchval(
+                """SELECT pg_try_advisory_xact_lock($1, $2)
+                          AND set_config('synchronous_commit', 'off', true) = 'off'""",
+                self._lock_class, lane)
             if not got:
                 return 0  # another replica is publishing this lane
             rows = await conn.fetch(

@@ -62,8 +62,11 @@ async def test_published_in_order_per_key_and_readable_by_cloudevents_sdk(
     producer = await _producer(broker.bootstrap_servers)
     try:
         events = _events(topic, customers=5, per_customer=40)
-        for i in range(0, len(events), 25):  # many transactions
-            await _write(pool, events[i:i + 25], lanes=4)
+        start = 0
+        for size in [25, 7] * 6 + [8]:  # many transactions, COPYs and small INSERTs
+            await _write(pool, events[start:start + size], lanes=4)
+            start += size
+        assert start == len(events)
         relay = OutboxRelay(pool, producer, service="t", schema=f"relay_{uid}", lanes=4)
         assert await relay.publish_pending() == 200
         assert await relay.publish_pending() == 0
