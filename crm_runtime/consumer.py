@@ -10,7 +10,7 @@ One batch of records is processed in one PostgreSQL transaction:
    partition and offset; the consumer goes on with the next record;
 4. the transaction commits, and only then are the offsets committed (while
    the next batch is fetched and processed; one offset commit in flight at a
-   time).
+   time per worker, see :meth:`EventConsumer.run`).
 
 A crash anywhere before step 4's offset commit redelivers the batch, and the
 inbox makes the second pass a no-op. A transient failure (the database is down,
@@ -199,8 +199,8 @@ class EventConsumer:
         faults.hit(self._failpoints, "consumer.after_db_commit")
         # The offsets go to the broker while the next batch is fetched and
         # processed: the effects are committed already, so the commit only
-        # saves redeliveries. One commit is in flight at a time, so committed
-        # offsets never move backwards.
+        # saves redeliveries. A worker has one commit in flight at a time and
+        # a partition has one worker, so committed offsets never move backwards.
         await self._offsets_committed(slot)
         self._committing[slot] = asyncio.create_task(
             self._commit_offsets(batch), name=f"{self._group}-offset-commit-{slot}")

@@ -160,17 +160,13 @@ def header_time(value: datetime) -> str:
     return format_time(value)
 
 
-def header_map(headers: Headers | None) -> dict[str, bytes]:
-    return {k: v for k, v in (headers or ())}
-
-
 _REQUIRED = ("ce_specversion", "ce_id", "ce_type", "ce_source")
 
 
 def decode(headers: Headers | None, value: bytes | None) -> Envelope:
     """Read a binary-mode CloudEvent into an :class:`Envelope`, or raise
     :class:`PoisonMessage` naming what is wrong."""
-    try:  # the last of a repeated header wins, as in header_map
+    try:  # of a repeated header, the last wins
         attrs = {key: raw.decode() for key, raw in headers or ()
                  if key[:3] == "ce_" or key == "content-type"}
     except (UnicodeDecodeError, AttributeError):

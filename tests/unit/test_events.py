@@ -20,7 +20,6 @@ from crm_runtime.events import (
     decode,
     event,
     format_time,
-    header_map,
     payload_class,
     registered_types,
 )
@@ -181,11 +180,6 @@ def test_format_time_is_rfc3339_utc_with_z() -> None:
             == "2024-01-02T03:04:05.000006Z")
     plus_two = timezone(timedelta(hours=2))
     assert format_time(datetime(2024, 1, 1, 1, 0, tzinfo=plus_two)) == "2023-12-31T23:00:00Z"
-
-
-def test_header_map() -> None:
-    assert header_map(None) == {}
-    assert header_map([("a", b"1"), ("b", b"2")]) == {"a": b"1", "b": b"2"}
 
 
 # --- round trip -------------------------------------------------------------------------------
