@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.context import BenchContext
 from bench.infra import fresh_database
+from bench.pacing import Pace
 from crm_runtime.cli import create_topics
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.service import ServiceSpec
@@ -195,8 +196,10 @@ class ServiceProcesses:
 async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, group: str, *,
                          count_sql: str, expected: int, what: str, published: bool,
                          deadline: float, poll_s: float = 0.01) -> tuple[float, float]:
-    """Start ``service`` (its records are waiting on the topic) and poll until
-    ``count_sql`` counts ``expected`` rows and, when ``published``, no outbox
+    """Start ``service`` (its records are waiting on the topic) and poll (at
+    the :class:`~bench.pacing.Pace` of its progress, at least every
+    ``poll_s`` near the end) until ``count_sql`` counts ``expected`` rows
+    and, when ``published``, no outbox
     row of the service is unsent (each row's outbox row commits with it, so
     that means every event was acknowledged; the check uses the partial index
     of unsent rows, cheap unlike counting sent rows).
@@ -212,6 +215,7 @@ async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, gr
     unsent_sql = f"SELECT EXISTS (SELECT 1 FROM {schema}.outbox WHERE sent_at IS NULL)"
     opened = await conn.fetchval("SELECT clock_timestamp()")
     await service.start()
+    pace = Pace(expected, least=poll_s)
     while True:
         service.check_running()
         count = await conn.fetchval(count_sql)
@@ -221,7 +225,7 @@ async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, gr
         if time.monotonic() > deadline:
             raise RuntimeError(f"{service.spec.name}: {count} of {expected} {what}"
                                + (", or events still unsent" if published else ""))
-        await asyncio.sleep(poll_s)
+        await asyncio.sleep(pace.next(count))
     first = await conn.fetchval(
         f"""SELECT min(processed_at) FROM {schema}.inbox
              WHERE consumer_group = $1 AND processed_at >= $2""", group, opened)

@@ -12,7 +12,8 @@ table without constraints.
 * product: ``EventConsumer`` (CloudEvents decoding and payload validation,
   inbox claim, handler, one transaction per batch, offset commit) with a
   bench handler inserting one row per event; done when the table holds N rows
-  (polled every 10 ms, so the figure can be up to a poll late).
+  (polled at the pace of the progress, :mod:`bench.pacing`, every 10 ms
+  near the end, so the figure can be up to 10 ms late).
 
 Both clocks start when the first poll returns (for the product, when
 ``EventConsumer.ready`` is set): joining a consumer group takes seconds on
@@ -33,6 +34,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench import kafka
 from bench.events import EntryRecorded, encode, make_envelopes
+from bench.pacing import Pace
 from bench.registry import Phases, Workload, register
 from crm_runtime.consumer import EventConsumer
 from crm_runtime.db import Conn
@@ -163,6 +165,7 @@ class Consume(Workload):
             started = time.perf_counter()
             deadline = self._deadline()
             count = f'SELECT count(*) FROM "{self.schema}".{TABLE}'
+            pace = Pace(self.events, least=POLL_S)
             while True:
                 if task.done():
                     task.result()  # re-raises what killed the consumer
@@ -172,7 +175,7 @@ class Consume(Workload):
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"consume: {applied} of {self.events} events applied")
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(pace.next(applied))
             done = time.perf_counter()
         finally:
             consumer.stop()

@@ -12,7 +12,8 @@ row.
   (default one) of ``crm serve customers`` (consumer, outbox relay,
   scheduler and gRPC server all running), from the start of its first
   consumed batch's transaction (the group join is a note) until
-  ``customers.stage_history`` holds N rows (polled every 10 ms; both ends on
+  ``customers.stage_history`` holds N rows (polled at the pace of the
+  progress, :mod:`bench.pacing`, every 10 ms near the end; both ends on
   the database's clock). Each event is the service's ``record_purchase``
   command: load the customer with a row lock, record the purchase and spend,
   move the stage, save, schedule the churn window, queue the events in the

@@ -16,7 +16,8 @@ suggestion, doubt, purchase with an amount in EUR, follow_up).
   on the database's clock) until
   ``interactions.interactions`` holds N rows and then no outbox row is unsent
   (a contact's outbox row commits with it, and ``sent_at`` is set once the
-  broker acknowledged the record), polled every 10 ms with cheap queries (a
+  broker acknowledged the record), polled at the pace of the progress
+  (:mod:`bench.pacing`, every 10 ms near the end) with cheap queries (a
   count of sent rows would cost the database more than the product's own
   work). Each consumed batch is one transaction: inbox claim, one bulk
   INSERT of the contacts (``record_contacts``), one outbox row per contact;

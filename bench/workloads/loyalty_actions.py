@@ -20,7 +20,8 @@ are produced on ``crm.customers.v1``, one per customer.
   first transaction (the group join is a note; both ends on the database's
   clock) until ``loyalty.discounts`` holds N rows and no outbox row is
   unsent (each discount's ``loyalty.discount_issued`` commits with it, and
-  ``sent_at`` is set once the broker acknowledged it), polled every 10 ms.
+  ``sent_at`` is set once the broker acknowledged it), polled at the pace of
+  the progress (:mod:`bench.pacing`, every 10 ms near the end).
   Each consumed run is one unit of work: lock and load the customers' views
   and what the trust rules consult, match the rules, record the action, store
   the discount with a random code, schedule its expiry notice, one outbox row;
