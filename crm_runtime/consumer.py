@@ -174,8 +174,7 @@ class EventConsumer:
                 await asyncio.sleep(delay)
 
     async def _process_until_done(self, batch: list[ConsumerRecord[bytes, bytes]], *,
-                                  slot: int = 0, backoff: Backoff | None = None) -> None:
-        backoff = backoff or self._backoff
+                                  slot: int, backoff: Backoff) -> None:
         age = metrics.RECORD_AGE.labels(self._service, self._group)
         now_ms = time.time() * 1000
         for r in batch:

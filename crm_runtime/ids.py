@@ -22,7 +22,7 @@ _VARIANT = "89ab89ab89ab89ab"
 
 
 def random_bytes(count: int) -> bytes:
-    """``count`` bytes from the system's random source (at most 4096)."""
+    """``count`` bytes from the system's random source."""
     global _buffer, _position
     if _position + count > len(_buffer):
         _buffer, _position = os.urandom(max(_CHUNK, count)), 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -47,6 +49,20 @@ async def _producer(bootstrap: str) -> AIOKafkaProducer:
     return producer
 
 
+@contextlib.asynccontextmanager
+async def _relay_parts(settings: Settings, bootstrap: str, topic: str, schema: str
+                       ) -> AsyncIterator[tuple[asyncpg.Pool, AIOKafkaProducer]]:
+    """The topic, a migrated pool on ``schema`` and a producer; closed after."""
+    await create_topics(bootstrap, [topic])
+    pool = await _pool(settings, schema)
+    producer = await _producer(bootstrap)
+    try:
+        yield pool, producer
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
 def _per_key(records: list) -> dict[bytes, list[int]]:  # type: ignore[type-arg]
     order: dict[bytes, list[int]] = defaultdict(list)
     for r in records:
@@ -57,10 +73,8 @@ def _per_key(records: list) -> dict[bytes, list[int]]:  # type: ignore[type-arg]
 async def test_published_in_order_per_key_and_readable_by_cloudevents_sdk(
         settings: Settings, broker: TansuBroker, uid: str) -> None:
     topic = f"t.relay.{uid}"
-    await create_topics(broker.bootstrap_servers, [topic])
-    pool = await _pool(settings, f"relay_{uid}")
-    producer = await _producer(broker.bootstrap_servers)
-    try:
+    async with _relay_parts(settings, broker.bootstrap_servers, topic,
+                            f"relay_{uid}") as (pool, producer):
         events = _events(topic, customers=5, per_customer=40)
         start = 0
         for size in [25, 7] * 6 + [8]:  # many transactions, COPYs and small INSERTs
@@ -90,9 +104,6 @@ async def test_published_in_order_per_key_and_readable_by_cloudevents_sdk(
         assert ce.get_data() == original.data.model_dump()
         assert dict(first.headers)["content-type"] == b"application/json"
         assert first.key == original.subject.encode()
-    finally:
-        await producer.stop()
-        await pool.close()
 
 
 async def test_rows_of_a_release_before_the_cloudevent_columns_are_published_as_written(
@@ -102,10 +113,8 @@ async def test_rows_of_a_release_before_the_cloudevent_columns_are_published_as_
     share a lane in id order; each reaches Kafka with the headers it was
     written with."""
     topic = f"t.relay.mixed.{uid}"
-    await create_topics(broker.bootstrap_servers, [topic])
-    pool = await _pool(settings, f"mixed_{uid}")
-    producer = await _producer(broker.bootstrap_servers)
-    try:
+    async with _relay_parts(settings, broker.bootstrap_servers, topic,
+                            f"mixed_{uid}") as (pool, producer):
         events = _events(topic, customers=1, per_customer=6)
         async with pool.acquire() as conn, conn.transaction():
             for i, e in enumerate(events):
@@ -128,9 +137,6 @@ async def test_rows_of_a_release_before_the_cloudevent_columns_are_published_as_
             await pool.execute(
                 """INSERT INTO outbox (event_id, topic, message_key, body, event_type, lane)
                    VALUES ('x', $1, NULL, NULL, 'test.entry_booked', 0)""", topic)
-    finally:
-        await producer.stop()
-        await pool.close()
 
 
 async def test_events_written_while_broker_down_are_published_after_it_returns(
