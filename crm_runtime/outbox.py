@@ -144,6 +144,13 @@ def _lock_key(schema: str) -> int:
                           "big", signed=True)
 
 
+#: Sent rows past the retention (hours in ``$1``). The cutoff is ``now()``, not
+#: ``clock_timestamp()``: a volatile cutoff cannot be an index condition, and
+#: the ``outbox_sent_at`` index is what keeps this from reading a week of sent
+#: rows on every pass.
+PRUNE_SENT = "DELETE FROM outbox WHERE sent_at < now() - make_interval(hours => $1)"
+
+
 class OutboxRelay:
     """Publishes the outbox of one service schema to Kafka."""
 
@@ -305,9 +312,7 @@ class OutboxRelay:
             assert row is not None
             metrics.OUTBOX_BACKLOG.labels(self._service).set(row["backlog"])
             metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(row["oldest"]))
-            await conn.execute(
-                "DELETE FROM outbox WHERE sent_at < clock_timestamp() - make_interval(hours => $1)",
-                self._retention_hours)
+            await conn.execute(PRUNE_SENT, self._retention_hours)
             await conn.execute(
                 "DELETE FROM inbox WHERE processed_at < now() - make_interval(days => $1)",
                 self._inbox_retention_days)
