@@ -2,7 +2,12 @@
 
 One batch of records is processed in one PostgreSQL transaction:
 
-1. every record is decoded; records that cannot be read are poison;
+1. every record is decoded; records that cannot be read are poison. A
+   record of a known type this consumer has no handler for is skipped on its
+   ``ce_type`` header alone: it has no effect to make idempotent, so it is
+   neither decoded nor recorded in the inbox, and a batch of nothing else
+   opens no transaction (the interactions service reads every customer event
+   for the two it acts on);
 2. the event ids are inserted into ``inbox`` in one statement, and only the
    ids that were new reach the handlers (a redelivered event changes nothing);
 3. poison records are written to ``dead_letters`` and queued in the outbox for
@@ -37,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from crm_runtime import faults, logs, metrics, outbox, uow
 from crm_runtime.db import Conn, is_transient
-from crm_runtime.events import Envelope, PoisonMessage, decode
+from crm_runtime.events import Envelope, PoisonMessage, decode, payload_class
 from crm_runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,8 @@ class _Item:
     record: ConsumerRecord[bytes, bytes]
     envelope: Envelope | None = None
     poison: PoisonMessage | None = None
+    #: The type of a record skipped undecoded (a known type without a handler).
+    skipped: str | None = None
 
 
 class EventConsumer:
@@ -115,6 +122,9 @@ class EventConsumer:
         #: Per worker, the offset commit of its last batch, still in flight
         #: (see :meth:`_process_until_done`).
         self._committing: dict[int, asyncio.Task[None]] = {}
+        #: Per raw ce_type header of a known type: the type if this consumer
+        #: skips it, "" if it handles it.
+        self._skips: dict[bytes, str] = {}
         self.ready = asyncio.Event()
 
     def stop(self) -> None:
@@ -179,8 +189,8 @@ class EventConsumer:
         now_ms = time.time() * 1000
         for r in batch:
             age.observe(max(0.0, now_ms - r.timestamp) / 1000)
-        items = [self._decode(r) for r in batch]
-        while True:
+        items = self._count_skipped([self._decode(r) for r in batch])
+        while items:
             try:
                 started = time.perf_counter()
                 await self.process(items)
@@ -224,10 +234,32 @@ class EventConsumer:
                         self._group, exc)
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Item:
+        skipped = self._skipped_type(record.headers)
+        if skipped is not None:
+            return _Item(record, skipped=skipped)
         try:
             return _Item(record, envelope=decode(record.headers, record.value))
         except PoisonMessage as poison:
             return _Item(record, poison=poison)
+
+    def _skipped_type(self, headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+        """The record's type if it is a known one this consumer does not handle."""
+        raw = None
+        for key, value in headers or ():
+            if key == "ce_type":
+                raw = value  # of a repeated header the last wins, as in decode()
+        if raw is None:
+            return None
+        known = self._skips.get(raw)
+        if known is None:
+            try:
+                event_type = raw.decode()
+            except (UnicodeDecodeError, AttributeError):
+                return None  # decode() names the problem
+            if payload_class(event_type) is None:
+                return None  # unknown: a dead letter (not remembered: any text may come)
+            known = self._skips[raw] = "" if event_type in self._handlers else event_type
+        return known or None
 
     async def process(self, items: list[_Item]) -> None:
         """Apply one batch in one transaction (fast path); if a handler fails
@@ -248,9 +280,9 @@ class EventConsumer:
             dead: list[tuple[_Item, str, str]] = [
                 (i, i.poison.kind, i.poison.reason) for i in items if i.poison is not None
             ]
-            # Each event once (the same event twice in one batch runs once), and
-            # only those this service handles: known events it ignores are skipped.
-            todo = [i for i in good if fresh.get(_id(i)) is i and _type(i) in self._handlers]
+            # Each event once (the same event twice in one batch runs once); the
+            # known events it ignores were skipped before decoding (_skipped_type).
+            todo = [i for i in good if fresh.get(_id(i)) is i]
             # A handler sees the longest runs of consecutive records it handles, in
             # order: a service with one handler for many types gets the whole batch.
             run: list[_Item] = []
@@ -351,6 +383,13 @@ class EventConsumer:
     def _observe(self, item: _Item, started: float) -> None:
         metrics.HANDLER_SECONDS.labels(self._service, item.record.topic, _type(item)).observe(
             time.perf_counter() - started)
+
+    def _count_skipped(self, items: list[_Item]) -> list[_Item]:
+        """Count the skipped records as consumed; returns the others."""
+        skipped = Counter((i.record.topic, i.skipped) for i in items if i.skipped is not None)
+        for (topic, event_type), count in skipped.items():
+            metrics.CONSUMED.labels(self._service, topic, event_type).inc(count)
+        return [i for i in items if i.skipped is None] if skipped else items
 
     def _count(self, items: list[_Item], fresh: dict[str, _Item]) -> None:
         consumed: Counter[tuple[str, str]] = Counter()

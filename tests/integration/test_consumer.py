@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import asyncpg
 import pytest
+from aiokafka import TopicPartition
 
+from crm_runtime import metrics
 from crm_runtime.consumer import EventConsumer, dlq_topic
 from crm_runtime.db import Conn, create_pool
 from crm_runtime.events import Envelope
@@ -17,7 +19,7 @@ from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.outbox import OutboxRelay
 from crm_runtime.settings import Settings
 from tests.support.kafka import create_topics, produce, produce_envelopes, read_topic, wait_for
-from tests.support.ledger import MIGRATIONS, EntryRequested, make_handler
+from tests.support.ledger import MIGRATIONS, EntryBooked, EntryRequested, make_handler
 
 
 @dataclass
@@ -141,6 +143,43 @@ async def test_bad_messages_are_dead_lettered_and_the_rest_processed(ledger: Led
         relay.stop()
         await asyncio.gather(*tasks)
         await relay_producer.stop()
+
+
+async def test_known_events_without_a_handler_are_skipped_unrecorded(ledger: Ledger) -> None:
+    # test.entry_booked is a registered type this consumer has no handler for:
+    # it is counted as consumed, but neither decoded (a broken body is not a
+    # dead letter here) nor recorded in the inbox; a batch of nothing else
+    # still moves the group's offsets on.
+    booked = [Envelope(data=EntryBooked(customer_id="c1", amount=n, balance=n),
+                       subject="c1", source="/test/books", topic_override=ledger.requests)
+              for n in range(5)]
+    broken = dict(booked[0].headers())
+    broken["ce_id"] = b"broken-booked"
+    await produce_envelopes(ledger.bootstrap, booked)
+    await produce(ledger.bootstrap, [(ledger.requests, b"c1", b"{not json", list(broken.items()))])
+    consumed = metrics.CONSUMED.labels("ledger", ledger.requests, "test.entry_booked")
+    before = consumed._value.get()
+    consumer = ledger.consumer()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _eq(_committed(consumer, ledger.requests), 6),
+                       what="offsets past the skipped records")
+        assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 0
+        await produce_envelopes(ledger.bootstrap, [entry(ledger, "c1", 7)])
+        await wait_for(lambda: _eq(ledger.applied(), 1), what="the entry applied")
+        assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 1
+        assert await ledger.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+        assert consumed._value.get() - before == 6
+    finally:
+        consumer.stop()
+        await task
+
+
+async def _committed(consumer: EventConsumer, topic: str) -> int:
+    """The offsets the consumer's group committed on ``topic``, summed over partitions."""
+    kafka = consumer._kafka  # the group's own client: Tansu answers its OffsetFetch
+    parts = [TopicPartition(topic, p) for p in sorted(kafka.partitions_for_topic(topic) or ())]
+    return sum([max(0, await kafka.committed(tp) or 0) for tp in parts])
 
 
 async def test_a_failing_handler_dead_letters_only_its_record(ledger: Ledger) -> None:
