@@ -158,7 +158,7 @@ class OutboxRelay:
                  schema: str, lanes: int, batch_size: int = 500, poll_interval: float = 1.0,
                  publish_timeout: float = 15.0, retention_hours: int = 168,
                  inbox_retention_days: int = 30, backoff: Backoff | None = None,
-                 concurrency: int = 4) -> None:
+                 concurrency: int = 1) -> None:
         self._pool = pool
         self._producer = producer
         self._service = service
@@ -218,13 +218,14 @@ class OutboxRelay:
                 await self._sleep(self._poll)
 
     async def publish_pending(self) -> int:
-        """Publish every lane that has unsent rows once, lanes concurrently (at
-        most :attr:`concurrency` at a time, each on a connection of its own): a
-        row waits for its own lane's round trips and acks, not for every
-        lane's. One probe first finds those lanes, so a commit that touched
-        one lane costs one lane's transaction, not one per lane (a row
-        committed after the probe wakes the relay again). Used by tests and
-        by ``run``."""
+        """Publish what is unsent, once. One probe finds the lanes that have
+        unsent rows (a row committed after it wakes the relay again); they
+        are split into at most :attr:`concurrency` groups, each published in
+        a transaction of its own on a connection of its own. With one group
+        (the default), a wake-up costs the probe, one transaction and one
+        produce round, however many lanes the commits touched: at a steady
+        trickle of small commits that is what the relay's time goes to.
+        Used by tests and by ``run``."""
         async with self._pool.acquire() as conn:
             lanes: list[int] = await conn.fetchval(
                 """SELECT array(SELECT l FROM generate_series(0, $1 - 1) AS l
@@ -233,34 +234,37 @@ class OutboxRelay:
                 self._lanes)
         if not lanes:
             return 0
-        gate = asyncio.Semaphore(self._concurrency)
+        groups = [lanes[i::self._concurrency] for i in range(min(self._concurrency, len(lanes)))]
+        if len(groups) == 1:
+            return await self.publish_lanes(groups[0])
+        return sum(await asyncio.gather(*(self.publish_lanes(g) for g in groups)))
 
-        async def one(lane: int) -> int:
-            async with gate:
-                return await self.publish_lane(lane)
-
-        return sum(await asyncio.gather(*(one(lane) for lane in lanes)))
-
-    async def publish_lane(self, lane: int) -> int:
+    async def publish_lanes(self, lanes: list[int]) -> int:
+        """Publish up to ``batch_size`` unsent rows of each of ``lanes`` (in id
+        order within a lane) that no other replica holds, in one transaction;
+        returns how many."""
         async with self._pool.acquire() as conn, conn.transaction():
-            # The lock first, in a statement of its own: the read below must
-            # take its snapshot after the lock, so it sees what the previous
-            # holder marked sent. This transaction's commit does not wait for
+            # The locks first, in a statement of their own: the read below must
+            # take its snapshot after them, so it sees what the previous holder
+            # of a lane marked sent. This transaction's commit does not wait for
             # the WAL flush: losing it in a crash of the database only
             # republishes its rows (at least once; consumers deduplicate by
             # ce_id), while every writer's state change and events still wait.
-            got = await conn.fetchval(
-                """SELECT pg_try_advisory_xact_lock($1, $2)
-                          AND set_config('synchronous_commit', 'off', true) = 'off'""",
-                self._lock_class, lane)
-            if not got:
-                return 0  # another replica is publishing this lane
+            locked = await conn.fetchrow(
+                """SELECT set_config('synchronous_commit', 'off', true),
+                          array(SELECT l FROM unnest($2::int[]) AS l
+                                 WHERE pg_try_advisory_xact_lock($1, l)) AS lanes""",
+                self._lock_class, lanes)
+            assert locked is not None
+            if not locked["lanes"]:
+                return 0  # other replicas are publishing these lanes
             rows = await conn.fetch(
-                """SELECT id, event_id, topic, message_key, header_keys, header_values, body,
-                          event_type, ce_source, ce_time, ce_traceparent
-                     FROM outbox WHERE lane = $1 AND sent_at IS NULL
-                    ORDER BY id LIMIT $2""",
-                lane, self._batch,
+                """SELECT r.* FROM unnest($1::int[]) AS l, LATERAL (
+                       SELECT id, event_id, topic, message_key, header_keys, header_values,
+                              body, event_type, ce_source, ce_time, ce_traceparent
+                         FROM outbox WHERE lane = l AND sent_at IS NULL
+                        ORDER BY id LIMIT $2) AS r""",
+                locked["lanes"], self._batch,
             )
             if not rows:
                 return 0
@@ -273,7 +277,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: Sequence[Any]) -> None:
-        """Publish ``rows`` (in id order) and wait for every ack. Records go
+        """Publish ``rows`` (in id order within a lane) and wait for every ack. Records go
         into record batches of their own, one partition at a time (the key's
         partition, as :class:`KeyHashPartitioner` picks it), each handed to
         the producer whole: one future per batch instead of one coroutine and

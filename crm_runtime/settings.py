@@ -115,8 +115,9 @@ class Settings(BaseSettings):
         description="Idle poll of the relay; writers wake it at once with NOTIFY.")
     relay_lanes: int = Field(default=4, ge=1, le=1024)
     relay_concurrency: int = Field(
-        default=4, ge=1, le=1024,
-        description="Lanes the relay publishes at the same time, each on a pool connection.")
+        default=1, ge=1, le=1024,
+        description="Transactions the relay publishes the pending lanes in at the same time, "
+                    "each on a pool connection (1: every pending lane in one).")
     outbox_retention_hours: int = Field(default=24 * 7, ge=0)
     inbox_retention_days: int = Field(
         default=30, ge=1,
