@@ -395,12 +395,12 @@ class Locked:
 
 
 #: Action ids recorded for the trigger event ids in parameter ``{ids}``: one
-#: index probe per id. ``trigger_event_id = ANY(...)`` is planned as a
-#: sequential scan comparing every row with every id once PostgreSQL settles
-#: on a generic plan for a table of some thousand rows (26 ms a batch at
-#: 10,000 actions, seen in the loyalty.latency bench); ``OFFSET 0`` keeps
-#: the lateral subquery from being flattened into a join that could be
-#: planned the same way.
+#: index probe per id. With ``trigger_event_id = ANY(...)``, the generic plan
+#: PostgreSQL made while the table had a few hundred or thousand rows was a
+#: sequential scan comparing every row with every id, and it was kept as the
+#: table grew, until the next ANALYZE (26 ms a batch at 10,000 actions, in
+#: the loyalty.latency bench). ``OFFSET 0`` keeps the lateral subquery from
+#: being flattened into a join that could be planned the same way.
 _ACTIONS_OF_TRIGGERS = """
     SELECT x.action_id FROM unnest({ids}::text[]) AS t(id),
            LATERAL (SELECT a.action_id FROM actions a
