@@ -42,6 +42,10 @@ The publisher and the reader share this process's event loop; the services
 share the machine's cores with them, the database and the broker. The
 achieved publish rate is printed beside the offered one.
 
+Beside the end-to-end figures, the percentiles of each hop the round's
+tables timestamp (:data:`HOPS`: each outbox row's ``created_at`` and
+``sent_at``, each inbox row's ``processed_at``) show where the time went.
+
 The check: no customer got two discounts, and no dead letters. The issue's
 target is a p99 under 100 ms at 1,000 purchases/s; the harness prints the
 figures and asserts nothing.
@@ -87,6 +91,37 @@ RAW_TOPIC = "bench.raw.latency"
 DISCOUNT_ISSUED = DiscountIssued.event_type.encode()
 SPECS = (CUSTOMERS_SPEC, INTERACTIONS_SPEC, LOYALTY_SPEC)
 POLL_S = 0.05
+#: The hops of a purchase's way that the round's tables timestamp: each
+#: outbox row's ``created_at`` (in its writer's transaction) and ``sent_at``
+#: (after the broker's ack), and each inbox row's ``processed_at`` (the start
+#: of the consumer's transaction).
+HOPS = ("relay of interactions", "to customers' transaction", "customers' transaction",
+        "relay of customers", "to loyalty's transaction", "loyalty's transaction",
+        "relay of loyalty")
+HOPS_SQL = f"""
+    WITH io AS MATERIALIZED (
+           SELECT event_id, message_key, created_at, sent_at
+             FROM {INTERACTIONS_SPEC.schema}.outbox
+            WHERE event_type = 'interaction.recorded' AND created_at >= $1),
+         co AS MATERIALIZED (
+           SELECT event_id, message_key, created_at, sent_at FROM {CUSTOMERS_SPEC.schema}.outbox
+            WHERE event_type = 'customer.stage_changed' AND created_at >= $1),
+         lo AS MATERIALIZED (
+           SELECT message_key, created_at, sent_at FROM {LOYALTY_SPEC.schema}.outbox
+            WHERE event_type = 'loyalty.discount_issued' AND created_at >= $1),
+         j AS (
+           SELECT io.created_at AS a, io.sent_at AS b, ci.processed_at AS c,
+                  co.created_at AS d, co.sent_at AS e, li.processed_at AS f,
+                  lo.created_at AS g, lo.sent_at AS h
+             FROM lo JOIN co USING (message_key) JOIN io USING (message_key)
+             JOIN {CUSTOMERS_SPEC.schema}.inbox AS ci ON ci.event_id = io.event_id
+             JOIN {LOYALTY_SPEC.schema}.inbox AS li ON li.event_id = co.event_id)
+    SELECT hop, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99
+      FROM j, LATERAL (VALUES (1, b - a), (2, c - b), (3, d - c), (4, e - d), (5, f - e),
+                              (6, g - f), (7, h - g)) AS v(hop, took),
+           LATERAL (SELECT extract(epoch FROM took) * 1000 AS ms) AS t
+     GROUP BY hop ORDER BY hop"""
 
 
 def purchase(customer_id: str, n: int) -> Envelope:
@@ -299,6 +334,7 @@ class LoyaltyLatency(Workload):
         return trip.seconds
 
     async def product(self) -> Phases:
+        self.started_at = await self.conn.fetchval("SELECT clock_timestamp()")
         trip = await paced_trip(self.stack.bootstrap_servers, self.records,
                                 INTERACTIONS_INGEST, LOYALTY, DISCOUNT_ISSUED, self.rate,
                                 GRACE_S)
@@ -331,3 +367,8 @@ class LoyaltyLatency(Workload):
             raise RuntimeError(f"{self.name} baseline: {raw.arrived} of {m} records read back")
         self.figures["product: discounts stored at the check"] = await self.conn.fetchval(
             f"SELECT count(*) FROM {LOYALTY_SPEC.schema}.discounts")
+        # Where the time went (figures, not checks): each hop's percentiles.
+        for r in await self.conn.fetch(HOPS_SQL, self.started_at):
+            name = f"product: hop {r['hop']} ({HOPS[r['hop'] - 1]})"
+            self.figures[f"{name} p50 (ms)"] = float(r["p50"])
+            self.figures[f"{name} p99 (ms)"] = float(r["p99"])
