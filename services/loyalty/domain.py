@@ -582,22 +582,25 @@ def new_code() -> str:
     return new_codes(1)[0]
 
 
+def _code_chars(raw: bytes) -> str:
+    """``raw`` in the code alphabet: base32, 5 bits to a character."""
+    return base64.b32encode(raw).decode().translate(_FROM_BASE32)
+
+
 def new_codes(n: int) -> list[str]:
     """``n`` codes from one read of the system's random source."""
     raw = secrets.token_bytes(10 * n)
     out = []
     for i in range(n):
-        chars = base64.b32encode(raw[10 * i:10 * i + 10]).decode().translate(_FROM_BASE32)
+        chars = _code_chars(raw[10 * i:10 * i + 10])
         out.append("-".join(chars[j:j + 4] for j in range(0, 16, 4)))
     return out
 
 
 def new_referral_code() -> str:
     """``REF-`` and 10 characters of the code alphabet (50 random bits), from
-    one read of the system's random source (base32 maps 5 bits to a
-    character, as for discount codes)."""
-    chars = base64.b32encode(secrets.token_bytes(10)).decode().translate(_FROM_BASE32)
-    return "REF-" + chars[:10]
+    one read of the system's random source."""
+    return "REF-" + _code_chars(secrets.token_bytes(10))[:10]
 
 
 def normalise_code(text: str, field: str = "code") -> str:
