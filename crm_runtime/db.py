@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -29,11 +30,68 @@ def check_schema_name(schema: str) -> str:
     return schema
 
 
+class Rows:
+    """A batch of rows that one statement takes as a relation, sent the
+    cheapest way for its size.
+
+    ``unnest()`` of one array per column needs no extra round trip, but asyncpg
+    checks and encodes every array element on its own: for a row of 17
+    columns it costs the client about 15 µs, against 5 µs for the same row
+    sent by ``COPY`` (measured at 500 rows a batch; the server's side is
+    cheaper too). ``COPY`` cannot take ``ON CONFLICT`` or feed an ``UPDATE``,
+    so from :attr:`COPY_FROM` rows on, the rows are copied into a temporary
+    table of this connection and the statement takes them from there.
+
+    The statement names the rows ``{rows}`` in a ``WITH``::
+
+        WITH r AS ({rows}) INSERT INTO t SELECT * FROM r ON CONFLICT DO NOTHING
+
+    The temporary table (``pg_temp``, one per connection, created with every
+    new connection by :func:`_init_connection`) is emptied by the statement
+    itself (``DELETE ... RETURNING``), so a second batch in the same
+    transaction starts empty; ``ON COMMIT DELETE ROWS`` truncates its file at
+    commit, so it never grows. Declare instances at import time, before pools
+    are created."""
+
+    #: Below this many rows, arrays (one round trip); from it, COPY (two).
+    COPY_FROM = 50
+
+    def __init__(self, name: str, columns: Sequence[tuple[str, str]]) -> None:
+        check_schema_name(name)
+        for column, _ in columns:
+            check_schema_name(column)
+        self.name = name
+        self.columns = list(columns)
+        names = ", ".join(c for c, _ in columns)
+        arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(columns, 1))
+        self._unnest = f"SELECT * FROM unnest({arrays}) AS u({names})"
+        self._take = f"DELETE FROM pg_temp.{name} RETURNING {names}"
+        self.ddl = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} "
+                    f"({', '.join(f'{c} {t}' for c, t in columns)}) ON COMMIT DELETE ROWS")
+        _ROWS[name] = self
+
+    async def fetch(self, conn: Conn, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``sql`` (inside the caller's transaction) with ``{rows}`` as
+        ``rows``, tuples in the order of :attr:`columns`."""
+        if len(rows) < self.COPY_FROM:
+            width = len(self.columns)
+            return await conn.fetch(sql.replace("{rows}", self._unnest),
+                                    *([r[i] for r in rows] for i in range(width)))
+        await conn.copy_records_to_table(self.name, records=rows, schema_name="pg_temp")
+        return await conn.fetch(sql.replace("{rows}", self._take))
+
+
+#: Every :class:`Rows`, by table name: each new connection creates their tables.
+_ROWS: dict[str, Rows] = {}
+
+
 async def _init_connection(conn: Conn) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
+    if _ROWS:
+        await conn.execute(";".join(r.ddl for r in _ROWS.values()))
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:

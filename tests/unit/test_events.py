@@ -174,6 +174,23 @@ def test_envelope_defaults_give_unique_ids_and_aware_utc_time() -> None:
     assert abs(datetime.now(UTC) - a.time) < timedelta(minutes=1)
 
 
+def test_body_is_the_payloads_pydantic_json() -> None:
+    """The body is serialised without model_dump_json's str round trip; the
+    bytes are the same, datetimes, defaults and None included."""
+    from services.interactions.events import InteractionRecorded
+
+    payloads = [SomethingHappened(customer_id="c-1", points=1),
+                SomethingHappened(customer_id="c-ü", points=-3, note="née \u2603"),
+                InteractionRecorded(interaction_id="i", customer_id="c", channel="web",
+                                    direction="reactive", kind="purchase",
+                                    occurred_at=datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+                                    amount_minor=1250, currency="EUR")]
+    for data in payloads:
+        body = Envelope(data=data, subject="c", source="/s").body()
+        assert body == data.model_dump_json().encode()
+        assert json.loads(body) == json.loads(data.model_dump_json())
+
+
 def test_format_time_is_rfc3339_utc_with_z() -> None:
     assert format_time(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2024-01-02T03:04:05Z"
     assert (format_time(datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC))

@@ -1,0 +1,85 @@
+"""Contacts stored a batch at a time, on both ways a batch reaches the
+database (arrays below ``db.Rows.COPY_FROM`` contacts, COPY from it)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from crm_runtime import uow
+from crm_runtime.db import Rows
+from services.interactions import commands
+from tests.integration.interactions.conftest import Pair
+
+
+def _contacts(pair: Pair, keys: list[str]) -> list[commands.Contact]:
+    customer = uuid.uuid4()
+    return [commands.check_contact(idempotency_key=key, customer_id=customer, channel="web",
+                                   direction="reactive", kind="inquiry",
+                                   occurred_at=pair.clock.now(), notes=f"note {key}")
+            for key in keys]
+
+
+def _pool(pair: Pair) -> asyncpg.Pool:
+    pool = pair.interactions.runner.pool
+    assert pool is not None
+    return pool
+
+
+@pytest.mark.parametrize("size", [3, Rows.COPY_FROM, 4 * Rows.COPY_FROM])
+async def test_a_batch_stores_each_key_once(pair: Pair, size: int) -> None:
+    ctx = commands.Context(clock=pair.clock, lanes=4)
+    run = uuid.uuid4().hex[:8]
+    keys = [f"{run}-{i}" for i in range(size)]
+    async with uow.transaction(_pool(pair)) as conn:
+        await commands.record_contacts(conn, ctx, _contacts(pair, keys[: size // 2]))
+    # Half the keys are known, and the batch repeats its last key.
+    batch = _contacts(pair, [*keys, keys[-1]])
+    async with uow.transaction(_pool(pair)) as conn:
+        result = await commands.record_contacts(conn, ctx, batch)
+        # A second batch in the same transaction (the consumer's isolating
+        # re-run does this) sees nothing of the first one's rows.
+        again = await commands.record_contacts(conn, ctx, batch)
+    fresh = [c.idempotency_key for c, new in result if new]
+    assert fresh == keys[size // 2:]
+    assert not any(new for _, new in again)
+    rows = await _pool(pair).fetch(
+        "SELECT idempotency_key, notes, recorded_at FROM interactions "
+        "WHERE idempotency_key LIKE $1 ORDER BY idempotency_key", f"{run}-%")
+    assert sorted(r["idempotency_key"] for r in rows) == sorted(keys)
+    assert all(r["notes"] == f"note {r['idempotency_key']}" for r in rows)
+    assert all(r["recorded_at"] == pair.clock.now() for r in rows)
+    events = await _pool(pair).fetchval(
+        "SELECT count(*) FROM outbox WHERE event_type = 'interaction.recorded' "
+        "AND message_key = $1", str(batch[0].customer_id).encode())
+    assert events == size - size // 2
+
+
+async def test_copied_rows_leave_nothing_behind(pair: Pair) -> None:
+    """The connection's batch table is empty after the statement, after a
+    rollback, and its file is truncated at commit: it never grows."""
+    ctx = commands.Context(clock=pair.clock, lanes=4)
+    run = uuid.uuid4().hex[:8]
+    size = 2 * Rows.COPY_FROM
+    async with _pool(pair).acquire() as conn:
+        for attempt in range(3):
+            async with conn.transaction():
+                await commands.record_contacts(conn, ctx, _contacts(
+                    pair, [f"{run}-{attempt}-{i}" for i in range(size)]))
+                assert await conn.fetchval("SELECT count(*) FROM pg_temp.interactions_batch") == 0
+            assert await conn.fetchval(
+                "SELECT pg_relation_size('pg_temp.interactions_batch')") == 0
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "interactions_batch", schema_name="pg_temp",
+                    records=[(uuid.uuid4(), f"{run}-x", uuid.uuid4(), "web", "reactive",
+                              "inquiry", "direct", None, None, "", "", "", pair.clock.now(),
+                              "neutral", "", 0, "", pair.clock.now())])
+                raise RuntimeError("handler failed")
+        assert await conn.fetchval("SELECT count(*) FROM pg_temp.interactions_batch") == 0
+    stored = await _pool(pair).fetchval(
+        "SELECT count(*) FROM interactions WHERE idempotency_key LIKE $1", f"{run}-%")
+    assert stored == 3 * size
