@@ -134,7 +134,7 @@ _CONTACT_ROWS = db.Rows("interactions_batch", [
     ("recorded_at", "timestamptz")])
 
 _INSERT_CONTACTS = """
-    WITH batch AS ({rows})
+    WITH batch AS ({interactions_batch})
     INSERT INTO interactions (interaction_id, idempotency_key, customer_id, channel, direction,
                               kind, attention, requester_id, decision_maker_id, touchpoint, agent,
                               unit, occurred_at, outcome, notes, amount_minor, currency,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from crm_runtime import db
 from crm_runtime.db import Conn
 from crm_runtime.errors import NotFound
 from services.loyalty.domain import ContactState
@@ -490,83 +491,105 @@ FollowUpRow = tuple[uuid.UUID, uuid.UUID, str, str, str, str, str, str, list[str
 
 _SEP = "\x1f"  # joins a row's text[] values: unnest() cannot take arrays of arrays
 
+#: A unit of work's buffered rows, one batch per table (arrays or COPY, by
+#: size: :class:`db.Rows`).
+_ACTION_ROWS = db.Rows("loyalty_action_batch", [
+    ("action_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"),
+    ("rule_version", "int"), ("action_index", "int"), ("action_type", "text"),
+    ("purpose", "text"), ("trigger_event_id", "text"), ("trigger_type", "text"),
+    ("outcome", "text"), ("reason", "text"), ("at", "timestamptz")])
+_DISCOUNT_ROWS = db.Rows("loyalty_discount_batch", [
+    ("discount_id", "uuid"), ("code", "text"), ("customer_id", "uuid"), ("rule_id", "text"),
+    ("kind", "text"), ("percent", "int"), ("amount_minor", "bigint"), ("currency", "text"),
+    ("min_purchase_minor", "bigint"), ("purpose", "text"), ("reason", "text"),
+    ("issued_at", "timestamptz"), ("expires_at", "timestamptz")])
+_FOLLOW_UP_ROWS = db.Rows("loyalty_follow_up_batch", [
+    ("follow_up_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"), ("channel", "text"),
+    ("template", "text"), ("reason", "text"), ("purpose", "text"), ("list", "text"),
+    ("cancel_on", "text"), ("requested_at", "timestamptz"), ("due_at", "timestamptz"),
+    ("created_at", "timestamptz")])
+_SCHEDULE_ROWS = db.Rows("loyalty_schedule_batch", [
+    ("kind", "text"), ("item_key", "text"), ("due_at", "timestamptz"), ("traceparent", "text")])
+_VIEW_ROWS = db.Rows("loyalty_view_batch", [
+    ("customer_id", "uuid"), ("stage", "text"), ("purchase_count", "int"),
+    ("last_purchase_at", "timestamptz"), ("segments", "text"), ("preferred_channel", "text"),
+    ("time_zone", "text"), ("referred_by", "uuid"), ("referral_code", "text"),
+    ("newsletter_consent", "bool"), ("newsletter_consent_at", "timestamptz"),
+    ("promotional_consent", "bool"), ("promotional_consent_at", "timestamptz"),
+    ("do_not_contact", "bool"), ("at_risk", "bool"), ("erased_at", "timestamptz"),
+    ("merged_into", "uuid"), ("updated_at", "timestamptz")], copy_from=None)
+
+_WRITE_UNIT = r"""
+    WITH action_rows AS ({loyalty_action_batch}),
+    discount_rows AS ({loyalty_discount_batch}),
+    follow_up_rows AS ({loyalty_follow_up_batch}),
+    schedule_rows AS ({loyalty_schedule_batch}),
+    v AS ({loyalty_view_batch}),
+    a AS (
+      INSERT INTO actions (action_id, customer_id, rule_id, rule_version, action_index,
+                           action_type, purpose, trigger_event_id, trigger_type, outcome,
+                           reason, at)
+      SELECT * FROM action_rows),
+    d AS (
+      INSERT INTO discounts (discount_id, code, customer_id, rule_id, kind, percent,
+                             amount_minor, currency, min_purchase_minor, purpose, reason,
+                             issued_at, expires_at)
+      SELECT * FROM discount_rows),
+    f AS (
+      INSERT INTO follow_ups (follow_up_id, customer_id, rule_id, channel, template, reason,
+                              purpose, list, cancel_on, status, requested_at, due_at,
+                              created_at)
+      SELECT b.follow_up_id, b.customer_id, b.rule_id, b.channel, b.template, b.reason,
+             b.purpose, b.list, string_to_array(b.cancel_on, E'\x1f'), 'scheduled',
+             b.requested_at, b.due_at, b.created_at
+        FROM follow_up_rows AS b),
+    s AS (
+      INSERT INTO scheduled_work (kind, item_key, due_at, payload, traceparent)
+      SELECT b.kind, b.item_key, b.due_at, '{}'::jsonb, b.traceparent
+        FROM schedule_rows AS b
+      ON CONFLICT (kind, item_key)
+      DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
+                    last_error = NULL, traceparent = EXCLUDED.traceparent)
+    UPDATE customer_view c SET stage = v.stage, purchase_count = v.purchase_count,
+           last_purchase_at = v.last_purchase_at,
+           segments = string_to_array(v.segments, E'\x1f'),
+           preferred_channel = v.preferred_channel, time_zone = v.time_zone,
+           referred_by = v.referred_by, referral_code = v.referral_code,
+           newsletter_consent = v.newsletter_consent,
+           newsletter_consent_at = v.newsletter_consent_at,
+           promotional_consent = v.promotional_consent,
+           promotional_consent_at = v.promotional_consent_at,
+           do_not_contact = v.do_not_contact, at_risk = v.at_risk,
+           erased_at = v.erased_at, merged_into = v.merged_into, updated_at = v.updated_at
+      FROM v
+     WHERE c.customer_id = v.customer_id"""
+
 
 async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[DiscountRow],
                      follow_ups: list[FollowUpRow],
                      schedules: list[tuple[str, str, datetime, str]],
                      views: list[View], now: datetime) -> None:
-    """Write a unit of work's buffered rows in one statement (one round trip):
-    actions, discounts, follow-ups, scheduled work (the same upsert as
+    """Write a unit of work's buffered rows in one statement: actions,
+    discounts, follow-ups, scheduled work (the same upsert as
     ``crm_runtime.scheduler.schedule``) and the changed views. A second
     record of an action (a replay that bypassed the inbox) or a clash of
     random codes violates a unique key and fails the transaction."""
     if not (actions or discounts or follow_ups or schedules or views):
         return
+    await db.fetch_rows(conn, _WRITE_UNIT,
+                        _unit_batches(actions, discounts, follow_ups, schedules, views, now))
 
-    def cols(rows: list[Any], width: int) -> list[list[Any]]:
-        return [[row[i] for row in rows] for i in range(width)]
 
-    a, d, f = cols(actions, 12), cols(discounts, 13), cols(follow_ups, 12)
-    f[8] = [_SEP.join(v) for v in f[8]]
-    s = cols(schedules, 4)
-    v = cols([(x.customer_id, x.stage, x.purchase_count, x.last_purchase_at,
-               _SEP.join(x.segments), x.preferred_channel, x.time_zone, x.referred_by,
-               x.referral_code, x.newsletter_consent, x.newsletter_consent_at,
-               x.promotional_consent, x.promotional_consent_at, x.do_not_contact, x.at_risk,
-               x.erased_at, x.merged_into) for x in views], 17)
-    await conn.execute(
-        """WITH a AS (
-             INSERT INTO actions (action_id, customer_id, rule_id, rule_version, action_index,
-                                  action_type, purpose, trigger_event_id, trigger_type, outcome,
-                                  reason, at)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::int[],
-                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                                  $11::text[], $12::timestamptz[])),
-           d AS (
-             INSERT INTO discounts (discount_id, code, customer_id, rule_id, kind, percent,
-                                    amount_minor, currency, min_purchase_minor, purpose, reason,
-                                    issued_at, expires_at)
-             SELECT * FROM unnest($13::uuid[], $14::text[], $15::uuid[], $16::text[],
-                                  $17::text[], $18::int[], $19::bigint[], $20::text[],
-                                  $21::bigint[], $22::text[], $23::text[], $24::timestamptz[],
-                                  $25::timestamptz[])),
-           f AS (
-             INSERT INTO follow_ups (follow_up_id, customer_id, rule_id, channel, template,
-                                     reason, purpose, list, cancel_on, status, requested_at,
-                                     due_at, created_at)
-             SELECT u.id, u.cid, u.rule, u.channel, u.template, u.reason, u.purpose, u.list,
-                    string_to_array(u.cancel_on, $58), 'scheduled', u.requested, u.due, u.created
-               FROM unnest($26::uuid[], $27::uuid[], $28::text[], $29::text[], $30::text[],
-                           $31::text[], $32::text[], $33::text[], $34::text[],
-                           $35::timestamptz[], $36::timestamptz[], $37::timestamptz[])
-                    AS u(id, cid, rule, channel, template, reason, purpose, list, cancel_on,
-                         requested, due, created)),
-           s AS (
-             INSERT INTO scheduled_work (kind, item_key, due_at, payload, traceparent)
-             SELECT k, key, due, '{}'::jsonb, trace
-               FROM unnest($38::text[], $39::text[], $40::timestamptz[], $60::text[])
-                    AS t(k, key, due, trace)
-             ON CONFLICT (kind, item_key)
-             DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload, attempts = 0,
-                           last_error = NULL, traceparent = EXCLUDED.traceparent)
-           UPDATE customer_view c SET stage = u.stage, purchase_count = u.purchase_count,
-                  last_purchase_at = u.last_purchase_at,
-                  segments = string_to_array(u.segments, $58),
-                  preferred_channel = u.preferred_channel, time_zone = u.time_zone,
-                  referred_by = u.referred_by, referral_code = u.referral_code,
-                  newsletter_consent = u.newsletter_consent,
-                  newsletter_consent_at = u.newsletter_consent_at,
-                  promotional_consent = u.promotional_consent,
-                  promotional_consent_at = u.promotional_consent_at,
-                  do_not_contact = u.do_not_contact, at_risk = u.at_risk,
-                  erased_at = u.erased_at, merged_into = u.merged_into, updated_at = $59
-             FROM unnest($41::uuid[], $42::text[], $43::int[], $44::timestamptz[], $45::text[],
-                         $46::text[], $47::text[], $48::uuid[], $49::text[], $50::bool[],
-                         $51::timestamptz[], $52::bool[], $53::timestamptz[], $54::bool[],
-                         $55::bool[], $56::timestamptz[], $57::uuid[])
-                  AS u(customer_id, stage, purchase_count, last_purchase_at, segments,
-                       preferred_channel, time_zone, referred_by, referral_code,
-                       newsletter_consent, newsletter_consent_at, promotional_consent,
-                       promotional_consent_at, do_not_contact, at_risk, erased_at, merged_into)
-            WHERE c.customer_id = u.customer_id""",
-        *a, *d, *f, *s[:3], *v, _SEP, now, s[3])
+def _unit_batches(actions: list[ActionRow], discounts: list[DiscountRow],
+                  follow_ups: list[FollowUpRow], schedules: list[tuple[str, str, datetime, str]],
+                  views: list[View], now: datetime) -> dict[db.Rows, list[tuple[Any, ...]]]:
+    return {
+        _ACTION_ROWS: list(actions),
+        _DISCOUNT_ROWS: list(discounts),
+        _FOLLOW_UP_ROWS: [(*f[:8], _SEP.join(f[8]), *f[9:]) for f in follow_ups],
+        _SCHEDULE_ROWS: list(schedules),
+        _VIEW_ROWS: [(x.customer_id, x.stage, x.purchase_count, x.last_purchase_at,
+                      _SEP.join(x.segments), x.preferred_channel, x.time_zone, x.referred_by,
+                      x.referral_code, x.newsletter_consent, x.newsletter_consent_at,
+                      x.promotional_consent, x.promotional_consent_at, x.do_not_contact,
+                      x.at_risk, x.erased_at, x.merged_into, now) for x in views]}

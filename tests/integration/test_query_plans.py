@@ -4,12 +4,17 @@ statement (asyncpg prepares every statement) while a table is still small."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import asyncpg
 
+from crm_runtime.db import Rows, connect, load_rows
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.outbox import PRUNE_SENT
 from services.loyalty import store
 from services.loyalty.app import SPEC as LOYALTY
+
+START = datetime(2031, 3, 3, 12, tzinfo=UTC)
 
 
 async def _plan(conn: asyncpg.Connection, sql: str, types: str, args: str) -> str:
@@ -60,5 +65,34 @@ async def test_pruning_sent_outbox_rows_uses_the_sent_at_index(own_database: str
         await conn.execute("ANALYZE outbox")
         plan = await _plan(conn, PRUNE_SENT, "int", "168")
         assert "outbox_sent_at" in plan and "Seq Scan" not in plan, plan
+    finally:
+        await conn.close()
+
+
+async def test_a_large_batch_of_views_is_updated_through_the_index(own_database: str) -> None:
+    # Copied rows reach the planner with their real count, and it hashes the
+    # whole customer_view table to update a few hundred of its rows; arrays
+    # keep the cached generic plan, which probes the primary key per row.
+    conn = await connect(own_database, server_settings={"plan_cache_mode": "force_generic_plan",
+                                                         "search_path": "loyalty"})
+    try:
+        await migrate(conn, "loyalty", migrations_for(LOYALTY.migrations))
+        await conn.execute("SET search_path = loyalty")
+        ids = await conn.fetch(
+            """INSERT INTO customer_view (customer_id, updated_at)
+               SELECT gen_random_uuid(), now() FROM generate_series(1, 20000)
+               RETURNING customer_id""")
+        await conn.execute("ANALYZE customer_view")
+        views = [store.View(customer_id=r["customer_id"], stage="repeat")
+                 for r in ids[: 10 * Rows.COPY_FROM]]
+        async with conn.transaction():
+            sql, params = await load_rows(conn, store._WRITE_UNIT,
+                                          store._unit_batches([], [], [], [], views, now=START))
+            await conn.execute(f"PREPARE probe AS {sql}")  # types from the casts
+            args = f"({', '.join(['NULL'] * len(params))})" if params else ""
+            rows = await conn.fetch(f"EXPLAIN EXECUTE probe{args}")
+        plan = "\n".join(r[0] for r in rows)
+        assert "Index Scan using customer_view_pkey" in plan, plan
+        assert "Seq Scan on customer_view" not in plan, plan
     finally:
         await conn.close()
