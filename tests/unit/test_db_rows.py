@@ -1,0 +1,70 @@
+"""How db.Rows turns batches into one statement (the database side is in
+tests/integration: test_contact_batches, test_write_unit, test_query_plans)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crm_runtime import db
+
+SMALL = db.Rows("unit_small_batch", [("id", "uuid"), ("name", "text")])
+OTHER = db.Rows("unit_other_batch", [("n", "int")])
+JOINED = db.Rows("unit_joined_batch", [("id", "uuid"), ("n", "int")], copy_from=None)
+
+
+class _Conn:
+    """Records what load_rows sends; only the calls it makes."""
+
+    def __init__(self) -> None:
+        self.copies: list[tuple[str, list[Any], str]] = []
+
+    async def copy_records_to_table(self, table: str, *, records: list[Any],
+                                    schema_name: str) -> None:
+        self.copies.append((table, list(records), schema_name))
+
+
+async def test_small_batches_are_arrays_numbered_across_batches() -> None:
+    conn = _Conn()
+    sql, params = await db.load_rows(conn, "WITH a AS ({unit_small_batch}), "  # type: ignore[arg-type]
+                                     "b AS ({unit_other_batch}) SELECT 1",
+                                     {SMALL: [("u1", "x"), ("u2", "y")], OTHER: [(7,)]})
+    assert sql == ("WITH a AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, name)), "
+                   "b AS (SELECT * FROM unnest($3::int[]) AS u(n)) SELECT 1")
+    assert params == [["u1", "u2"], ["x", "y"], [7]]
+    assert conn.copies == []
+
+
+async def test_a_batch_from_copy_from_rows_is_copied_and_taken_back() -> None:
+    conn = _Conn()
+    rows = [(i,) for i in range(OTHER.COPY_FROM)]
+    sql, params = await db.load_rows(conn, "WITH a AS ({unit_small_batch}), "  # type: ignore[arg-type]
+                                     "b AS ({unit_other_batch}) SELECT 1",
+                                     {SMALL: [("u1", "x")], OTHER: rows})
+    assert conn.copies == [("unit_other_batch", rows, "pg_temp")]
+    assert "b AS (DELETE FROM pg_temp.unit_other_batch RETURNING n)" in sql
+    assert params == [["u1"], ["x"]]
+
+
+async def test_joined_rows_stay_arrays_at_any_size() -> None:
+    conn = _Conn()
+    rows = [("u", i) for i in range(10 * db.Rows.COPY_FROM)]
+    sql, params = await db.load_rows(conn, "{unit_joined_batch}", {JOINED: rows})  # type: ignore[arg-type]
+    assert conn.copies == [] and sql.startswith("SELECT * FROM unnest($1::uuid[], $2::int[])")
+    assert len(params[0]) == len(rows)
+
+
+def test_every_copied_batch_gets_a_temporary_table_on_each_connection() -> None:
+    ddl = {r.name: r.ddl for r in db._ROWS.values()}
+    assert ddl["unit_small_batch"] == ("CREATE TEMPORARY TABLE IF NOT EXISTS unit_small_batch "
+                                       "(id uuid, name text) ON COMMIT DELETE ROWS")
+    assert "unit_joined_batch" not in ddl  # never copied: no table
+
+
+def test_two_different_batches_cannot_share_a_name() -> None:
+    db.Rows("unit_small_batch", [("id", "uuid"), ("name", "text")])  # the same again: fine
+    with pytest.raises(ValueError, match="unit_small_batch"):
+        db.Rows("unit_small_batch", [("id", "uuid")])
+    with pytest.raises(ValueError):
+        db.Rows("unit batch; DROP TABLE x", [("id", "uuid")])
