@@ -43,6 +43,9 @@ from crm_runtime.stack import TansuBroker, free_port
 #: The bearer token of the in-process services (every scope).
 DEV_TOKEN = "bench-dev-token-0123456789"
 
+#: Clock ticks a second of /proc/<pid>/stat's CPU times.
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
 #: Consumer-group timings for the embedded broker, as ``crm up`` uses them
 #: (Tansu holds a rebalance for the whole rebalance timeout). ``CRM_*``
 #: variables the user set win.
@@ -133,6 +136,9 @@ class ServiceProcesses:
         self._procs: list[asyncio.subprocess.Process] = []
         #: Each replica's ``/metrics`` port.
         self.metrics_ports: list[int] = []
+        #: CPU seconds of the replicas from serving to the end that
+        #: :func:`consumed_until` saw (group join included), if measured.
+        self.work_cpu_s: float | None = None
 
     @property
     def target(self) -> str:
@@ -175,6 +181,21 @@ class ServiceProcesses:
         return [grpc.aio.insecure_channel(self.target, options=[
             ("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
 
+    def cpu_seconds(self) -> float | None:
+        """User plus system CPU seconds its replicas have used so far, from
+        ``/proc`` (None where there is none). A figure the machine's noise
+        disturbs less than wall-clock time: other load slows a process down,
+        but it does not make it do more work."""
+        total = 0.0
+        for proc in self._procs:
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return total
+
     def check_running(self) -> None:
         for proc in self._procs:
             if proc.returncode is not None:
@@ -191,6 +212,13 @@ class ServiceProcesses:
                 proc.kill()
                 await proc.wait()
         self._procs.clear()
+
+
+def cpu_figure(figures: dict[str, float], service: ServiceProcesses, events: int) -> None:
+    """Add the service's CPU per event, where :func:`consumed_until` measured it."""
+    if service.work_cpu_s is not None and events:
+        figures[f"product CPU per event (µs, the {service.spec.name} process(es))"] = (
+            service.work_cpu_s / events * 1e6)
 
 
 async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, group: str, *,
@@ -215,12 +243,16 @@ async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, gr
     unsent_sql = f"SELECT EXISTS (SELECT 1 FROM {schema}.outbox WHERE sent_at IS NULL)"
     opened = await conn.fetchval("SELECT clock_timestamp()")
     await service.start()
+    cpu_before = service.cpu_seconds()
     pace = Pace(expected, least=poll_s)
     while True:
         service.check_running()
         count = await conn.fetchval(count_sql)
         if count >= expected and not (published and await conn.fetchval(unsent_sql)):
             done = await conn.fetchval("SELECT clock_timestamp()")
+            cpu_after = service.cpu_seconds()
+            if cpu_before is not None and cpu_after is not None:
+                service.work_cpu_s = cpu_after - cpu_before
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"{service.spec.name}: {count} of {expected} {what}"

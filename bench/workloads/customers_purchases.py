@@ -37,7 +37,7 @@ from bench import kafka
 from bench.customers import SCHEMA, purchase_envelopes, seed_customers
 from bench.events import encode
 from bench.registry import Phases, Workload, register
-from bench.service import ServiceProcesses, Stack, consumed_until, fresh_stack
+from bench.service import ServiceProcesses, Stack, consumed_until, cpu_figure, fresh_stack
 from bench.workloads.consume import DDL, TABLE, copy_from_topic
 from crm_runtime.topics import INTERACTIONS
 from services.customers.app import SPEC
@@ -107,6 +107,7 @@ class CustomersPurchases(Workload):
         finally:
             await service.stop()
         self.excluded["product start-up and consumer group join"] = start_up
+        cpu_figure(self.figures, service, self.events)
         return {"apply": seconds}
 
     async def verify(self) -> None:

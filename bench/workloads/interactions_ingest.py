@@ -54,7 +54,7 @@ import asyncpg
 from bench import kafka
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
-from bench.service import ServiceProcesses, Stack, consumed_until, fresh_stack
+from bench.service import ServiceProcesses, Stack, consumed_until, cpu_figure, fresh_stack
 from bench.workloads.consume import DDL, TABLE, copy_from_topic
 from crm_runtime.events import Envelope
 from crm_runtime.topics import INTERACTIONS, INTERACTIONS_INGEST
@@ -188,6 +188,7 @@ class InteractionsIngest(Workload):
         finally:
             await service.stop()
         self.excluded["product start-up and ingest consumer group join"] = start_up
+        cpu_figure(self.figures, service, self.events)
         self._product_s = seconds
         return {"ingest": seconds}
 

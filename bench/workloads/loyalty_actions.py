@@ -56,7 +56,7 @@ from aiokafka import AIOKafkaConsumer
 from bench import kafka
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
-from bench.service import ServiceProcesses, Stack, consumed_until, fresh_stack
+from bench.service import ServiceProcesses, Stack, consumed_until, cpu_figure, fresh_stack
 from bench.workloads.consume import COLUMNS, DDL, TABLE
 from crm_runtime.events import Envelope
 from crm_runtime.topics import CUSTOMERS, LOYALTY
@@ -258,6 +258,7 @@ class LoyaltyActions(Workload):
         finally:
             await service.stop()
         self.excluded["product start-up and consumer group join"] = start_up
+        cpu_figure(self.figures, service, self.events)
         return {"actions": seconds}
 
     async def verify(self) -> None:
