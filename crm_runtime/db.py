@@ -8,6 +8,7 @@ the service's tables in the same schema and commit in the same transactions.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -49,7 +50,8 @@ class Rows:
         WITH r AS ({interactions_batch}) INSERT INTO t SELECT * FROM r ...
 
     The temporary table (``pg_temp.<name>``, created with every new connection
-    by :func:`_init_connection`) is emptied by the statement itself
+    of the pools of ``schema``, the service that uses it: see
+    :func:`_init_connection`) is emptied by the statement itself
     (``DELETE ... RETURNING``), so a second batch in the same transaction
     starts empty; ``ON COMMIT DELETE ROWS`` truncates its file at commit, so
     it never grows. Declare instances at import time, before pools are
@@ -58,7 +60,7 @@ class Rows:
     #: Below this many rows, arrays (no extra round trip); from it, COPY (two).
     COPY_FROM = 50
 
-    def __init__(self, name: str, columns: Sequence[tuple[str, str]], *,
+    def __init__(self, name: str, columns: Sequence[tuple[str, str]], *, schema: str,
                  copy_from: int | None = COPY_FROM) -> None:
         """``copy_from=None``: always arrays. For rows a statement joins to a
         table, such as an ``UPDATE ... FROM``: with arrays, the plan cache's
@@ -69,6 +71,7 @@ class Rows:
         for column, _ in columns:
             check_schema_name(column)
         self.name = name
+        self.schema = check_schema_name(schema)
         self.copy_from = copy_from
         self.placeholder = "{" + name + "}"
         self.columns = list(columns)
@@ -121,17 +124,25 @@ async def load_rows(conn: Conn, sql: str, batches: Mapping[Rows, Sequence[tuple[
     return sql, params
 
 
-#: Every :class:`Rows`, by table name: each new connection creates their tables.
+#: Every copied :class:`Rows`, by table name.
 _ROWS: dict[str, Rows] = {}
 
 
-async def _init_connection(conn: Conn) -> None:
+def temporary_tables(schema: str | None) -> list[str]:
+    """The DDL of the temporary tables a new connection of ``schema``'s pool
+    creates: those of its own batches (``crm serve`` imports every service,
+    and a customers connection has no use for loyalty's tables)."""
+    return [r.ddl for r in _ROWS.values() if r.schema == schema]
+
+
+async def _init_connection(conn: Conn, schema: str | None = None) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
-    if _ROWS:
-        await conn.execute(";".join(r.ddl for r in _ROWS.values()))
+    tables = temporary_tables(schema)
+    if tables:
+        await conn.execute(";".join(tables))
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -162,7 +173,7 @@ async def create_pool(dsn: str, schema: str, *, max_size: int = 10,
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=functools.partial(_init_connection, schema=schema),
         reset=_reset_connection,
         server_settings={"search_path": f"{schema},public", "application_name": f"crm-{schema}",
                          **SERVICE_SESSION},
@@ -171,9 +182,11 @@ async def create_pool(dsn: str, schema: str, *, max_size: int = 10,
     return pool
 
 
-async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+async def connect(dsn: str, *, schema: str | None = None, **kwargs: Any) -> asyncpg.Connection:
+    """A connection of its own (migrations, tools), with the temporary
+    tables of ``schema``'s batches when one is given."""
     conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
-    await _init_connection(conn)
+    await _init_connection(conn, schema)
     return conn
 
 

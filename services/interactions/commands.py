@@ -131,7 +131,7 @@ _CONTACT_ROWS = db.Rows("interactions_batch", [
     ("requester_id", "uuid"), ("decision_maker_id", "uuid"), ("touchpoint", "text"),
     ("agent", "text"), ("unit", "text"), ("occurred_at", "timestamptz"), ("outcome", "text"),
     ("notes", "text"), ("amount_minor", "bigint"), ("currency", "text"),
-    ("recorded_at", "timestamptz")])
+    ("recorded_at", "timestamptz")], schema=SERVICE)
 
 _INSERT_CONTACTS = """
     WITH batch AS ({interactions_batch})

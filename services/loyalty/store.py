@@ -491,25 +491,28 @@ FollowUpRow = tuple[uuid.UUID, uuid.UUID, str, str, str, str, str, str, list[str
 
 _SEP = "\x1f"  # joins a row's text[] values: unnest() cannot take arrays of arrays
 
+_SCHEMA = "loyalty"
+
 #: A unit of work's buffered rows, one batch per table (arrays or COPY, by
 #: size: :class:`db.Rows`).
 _ACTION_ROWS = db.Rows("loyalty_action_batch", [
     ("action_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"),
     ("rule_version", "int"), ("action_index", "int"), ("action_type", "text"),
     ("purpose", "text"), ("trigger_event_id", "text"), ("trigger_type", "text"),
-    ("outcome", "text"), ("reason", "text"), ("at", "timestamptz")])
+    ("outcome", "text"), ("reason", "text"), ("at", "timestamptz")], schema=_SCHEMA)
 _DISCOUNT_ROWS = db.Rows("loyalty_discount_batch", [
     ("discount_id", "uuid"), ("code", "text"), ("customer_id", "uuid"), ("rule_id", "text"),
     ("kind", "text"), ("percent", "int"), ("amount_minor", "bigint"), ("currency", "text"),
     ("min_purchase_minor", "bigint"), ("purpose", "text"), ("reason", "text"),
-    ("issued_at", "timestamptz"), ("expires_at", "timestamptz")])
+    ("issued_at", "timestamptz"), ("expires_at", "timestamptz")], schema=_SCHEMA)
 _FOLLOW_UP_ROWS = db.Rows("loyalty_follow_up_batch", [
     ("follow_up_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"), ("channel", "text"),
     ("template", "text"), ("reason", "text"), ("purpose", "text"), ("list", "text"),
     ("cancel_on", "text"), ("requested_at", "timestamptz"), ("due_at", "timestamptz"),
-    ("created_at", "timestamptz")])
+    ("created_at", "timestamptz")], schema=_SCHEMA)
 _SCHEDULE_ROWS = db.Rows("loyalty_schedule_batch", [
-    ("kind", "text"), ("item_key", "text"), ("due_at", "timestamptz"), ("traceparent", "text")])
+    ("kind", "text"), ("item_key", "text"), ("due_at", "timestamptz"), ("traceparent", "text")],
+    schema=_SCHEMA)
 _VIEW_ROWS = db.Rows("loyalty_view_batch", [
     ("customer_id", "uuid"), ("stage", "text"), ("purchase_count", "int"),
     ("last_purchase_at", "timestamptz"), ("segments", "text"), ("preferred_channel", "text"),
@@ -517,7 +520,7 @@ _VIEW_ROWS = db.Rows("loyalty_view_batch", [
     ("newsletter_consent", "bool"), ("newsletter_consent_at", "timestamptz"),
     ("promotional_consent", "bool"), ("promotional_consent_at", "timestamptz"),
     ("do_not_contact", "bool"), ("at_risk", "bool"), ("erased_at", "timestamptz"),
-    ("merged_into", "uuid"), ("updated_at", "timestamptz")], copy_from=None)
+    ("merged_into", "uuid"), ("updated_at", "timestamptz")], schema=_SCHEMA, copy_from=None)
 
 _WRITE_UNIT = r"""
     WITH action_rows AS ({loyalty_action_batch}),

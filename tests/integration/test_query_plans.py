@@ -73,8 +73,8 @@ async def test_a_large_batch_of_views_is_updated_through_the_index(own_database:
     # Copied rows reach the planner with their real count, and it hashes the
     # whole customer_view table to update a few hundred of its rows; arrays
     # keep the cached generic plan, which probes the primary key per row.
-    conn = await connect(own_database, server_settings={"plan_cache_mode": "force_generic_plan",
-                                                         "search_path": "loyalty"})
+    conn = await connect(own_database, schema="loyalty",
+                         server_settings={"plan_cache_mode": "force_generic_plan"})
     try:
         await migrate(conn, "loyalty", migrations_for(LOYALTY.migrations))
         await conn.execute("SET search_path = loyalty")

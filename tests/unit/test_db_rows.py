@@ -9,9 +9,10 @@ import pytest
 
 from crm_runtime import db
 
-SMALL = db.Rows("unit_small_batch", [("id", "uuid"), ("name", "text")])
-OTHER = db.Rows("unit_other_batch", [("n", "int")])
-JOINED = db.Rows("unit_joined_batch", [("id", "uuid"), ("n", "int")], copy_from=None)
+SMALL = db.Rows("unit_small_batch", [("id", "uuid"), ("name", "text")], schema="unit_a")
+OTHER = db.Rows("unit_other_batch", [("n", "int")], schema="unit_b")
+JOINED = db.Rows("unit_joined_batch", [("id", "uuid"), ("n", "int")], schema="unit_a",
+                 copy_from=None)
 
 
 class _Conn:
@@ -55,16 +56,19 @@ async def test_joined_rows_stay_arrays_at_any_size() -> None:
     assert len(params[0]) == len(rows)
 
 
-def test_every_copied_batch_gets_a_temporary_table_on_each_connection() -> None:
-    ddl = {r.name: r.ddl for r in db._ROWS.values()}
-    assert ddl["unit_small_batch"] == ("CREATE TEMPORARY TABLE IF NOT EXISTS unit_small_batch "
-                                       "(id uuid, name text) ON COMMIT DELETE ROWS")
-    assert "unit_joined_batch" not in ddl  # never copied: no table
+def test_a_connection_creates_the_temporary_tables_of_its_schema_only() -> None:
+    assert db.temporary_tables("unit_a") == [
+        "CREATE TEMPORARY TABLE IF NOT EXISTS unit_small_batch (id uuid, name text) "
+        "ON COMMIT DELETE ROWS"]  # the joined batch is never copied: no table
+    assert db.temporary_tables("unit_b") == [
+        "CREATE TEMPORARY TABLE IF NOT EXISTS unit_other_batch (n int) ON COMMIT DELETE ROWS"]
+    assert db.temporary_tables(None) == []
+    assert db.temporary_tables("customers") == []
 
 
 def test_two_different_batches_cannot_share_a_name() -> None:
-    db.Rows("unit_small_batch", [("id", "uuid"), ("name", "text")])  # the same again: fine
+    db.Rows("unit_small_batch", [("id", "uuid"), ("name", "text")], schema="unit_a")  # again
     with pytest.raises(ValueError, match="unit_small_batch"):
-        db.Rows("unit_small_batch", [("id", "uuid")])
+        db.Rows("unit_small_batch", [("id", "uuid")], schema="unit_a")
     with pytest.raises(ValueError):
-        db.Rows("unit batch; DROP TABLE x", [("id", "uuid")])
+        db.Rows("unit batch; DROP TABLE x", [("id", "uuid")], schema="unit_a")

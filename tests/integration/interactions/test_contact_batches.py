@@ -83,3 +83,13 @@ async def test_copied_rows_leave_nothing_behind(pair: Pair) -> None:
     stored = await _pool(pair).fetchval(
         "SELECT count(*) FROM interactions WHERE idempotency_key LIKE $1", f"{run}-%")
     assert stored == 3 * size
+
+
+async def test_only_the_service_that_copies_batches_has_their_table(pair: Pair) -> None:
+    # Every crm serve process imports every service; a connection creates the
+    # temporary tables of its own service's batches only.
+    customers = pair.customers.runner.pool
+    assert customers is not None
+    present = "SELECT to_regclass('pg_temp.interactions_batch') IS NOT NULL"
+    assert await _pool(pair).fetchval(present)
+    assert not await customers.fetchval(present)
