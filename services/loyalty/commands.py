@@ -57,7 +57,7 @@ from services.loyalty.store import View
 log = logging.getLogger(__name__)
 
 SOURCE = "/crm/loyalty"
-SERVICE = "loyalty"
+SERVICE = store.SCHEMA
 FOLLOW_UP_DUE = "loyalty.followup_due"
 DISCOUNT_EXPIRING = "loyalty.discount_expiring"
 

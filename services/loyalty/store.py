@@ -4,6 +4,7 @@ connection, inside the caller's transaction; none commits."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -491,7 +492,8 @@ FollowUpRow = tuple[uuid.UUID, uuid.UUID, str, str, str, str, str, str, list[str
 
 _SEP = "\x1f"  # joins a row's text[] values: unnest() cannot take arrays of arrays
 
-_SCHEMA = "loyalty"
+#: The service's schema (and name: ``commands.SERVICE``).
+SCHEMA = "loyalty"
 
 #: A unit of work's buffered rows, one batch per table (arrays or COPY, by
 #: size: :class:`db.Rows`).
@@ -499,20 +501,20 @@ _ACTION_ROWS = db.Rows("loyalty_action_batch", [
     ("action_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"),
     ("rule_version", "int"), ("action_index", "int"), ("action_type", "text"),
     ("purpose", "text"), ("trigger_event_id", "text"), ("trigger_type", "text"),
-    ("outcome", "text"), ("reason", "text"), ("at", "timestamptz")], schema=_SCHEMA)
+    ("outcome", "text"), ("reason", "text"), ("at", "timestamptz")], schema=SCHEMA)
 _DISCOUNT_ROWS = db.Rows("loyalty_discount_batch", [
     ("discount_id", "uuid"), ("code", "text"), ("customer_id", "uuid"), ("rule_id", "text"),
     ("kind", "text"), ("percent", "int"), ("amount_minor", "bigint"), ("currency", "text"),
     ("min_purchase_minor", "bigint"), ("purpose", "text"), ("reason", "text"),
-    ("issued_at", "timestamptz"), ("expires_at", "timestamptz")], schema=_SCHEMA)
+    ("issued_at", "timestamptz"), ("expires_at", "timestamptz")], schema=SCHEMA)
 _FOLLOW_UP_ROWS = db.Rows("loyalty_follow_up_batch", [
     ("follow_up_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"), ("channel", "text"),
     ("template", "text"), ("reason", "text"), ("purpose", "text"), ("list", "text"),
     ("cancel_on", "text"), ("requested_at", "timestamptz"), ("due_at", "timestamptz"),
-    ("created_at", "timestamptz")], schema=_SCHEMA)
+    ("created_at", "timestamptz")], schema=SCHEMA)
 _SCHEDULE_ROWS = db.Rows("loyalty_schedule_batch", [
     ("kind", "text"), ("item_key", "text"), ("due_at", "timestamptz"), ("traceparent", "text")],
-    schema=_SCHEMA)
+    schema=SCHEMA)
 _VIEW_ROWS = db.Rows("loyalty_view_batch", [
     ("customer_id", "uuid"), ("stage", "text"), ("purchase_count", "int"),
     ("last_purchase_at", "timestamptz"), ("segments", "text"), ("preferred_channel", "text"),
@@ -520,9 +522,9 @@ _VIEW_ROWS = db.Rows("loyalty_view_batch", [
     ("newsletter_consent", "bool"), ("newsletter_consent_at", "timestamptz"),
     ("promotional_consent", "bool"), ("promotional_consent_at", "timestamptz"),
     ("do_not_contact", "bool"), ("at_risk", "bool"), ("erased_at", "timestamptz"),
-    ("merged_into", "uuid"), ("updated_at", "timestamptz")], schema=_SCHEMA, copy_from=None)
+    ("merged_into", "uuid"), ("updated_at", "timestamptz")], schema=SCHEMA, copy_from=None)
 
-_WRITE_UNIT = r"""
+_WRITE_UNIT = """
     WITH action_rows AS ({loyalty_action_batch}),
     discount_rows AS ({loyalty_discount_batch}),
     follow_up_rows AS ({loyalty_follow_up_batch}),
@@ -543,7 +545,7 @@ _WRITE_UNIT = r"""
                               purpose, list, cancel_on, status, requested_at, due_at,
                               created_at)
       SELECT b.follow_up_id, b.customer_id, b.rule_id, b.channel, b.template, b.reason,
-             b.purpose, b.list, string_to_array(b.cancel_on, E'\x1f'), 'scheduled',
+             b.purpose, b.list, string_to_array(b.cancel_on, {sep}), 'scheduled',
              b.requested_at, b.due_at, b.created_at
         FROM follow_up_rows AS b),
     s AS (
@@ -555,7 +557,7 @@ _WRITE_UNIT = r"""
                     last_error = NULL, traceparent = EXCLUDED.traceparent)
     UPDATE customer_view c SET stage = v.stage, purchase_count = v.purchase_count,
            last_purchase_at = v.last_purchase_at,
-           segments = string_to_array(v.segments, E'\x1f'),
+           segments = string_to_array(v.segments, {sep}),
            preferred_channel = v.preferred_channel, time_zone = v.time_zone,
            referred_by = v.referred_by, referral_code = v.referral_code,
            newsletter_consent = v.newsletter_consent,
@@ -565,7 +567,7 @@ _WRITE_UNIT = r"""
            do_not_contact = v.do_not_contact, at_risk = v.at_risk,
            erased_at = v.erased_at, merged_into = v.merged_into, updated_at = v.updated_at
       FROM v
-     WHERE c.customer_id = v.customer_id"""
+     WHERE c.customer_id = v.customer_id""".replace("{sep}", f"chr({ord(_SEP)})")
 
 
 async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[DiscountRow],
@@ -585,12 +587,13 @@ async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[Di
 
 def _unit_batches(actions: list[ActionRow], discounts: list[DiscountRow],
                   follow_ups: list[FollowUpRow], schedules: list[tuple[str, str, datetime, str]],
-                  views: list[View], now: datetime) -> dict[db.Rows, list[tuple[Any, ...]]]:
+                  views: list[View], now: datetime
+                  ) -> dict[db.Rows, Sequence[tuple[Any, ...]]]:
     return {
-        _ACTION_ROWS: list(actions),
-        _DISCOUNT_ROWS: list(discounts),
+        _ACTION_ROWS: actions,
+        _DISCOUNT_ROWS: discounts,
         _FOLLOW_UP_ROWS: [(*f[:8], _SEP.join(f[8]), *f[9:]) for f in follow_ups],
-        _SCHEDULE_ROWS: list(schedules),
+        _SCHEDULE_ROWS: schedules,
         _VIEW_ROWS: [(x.customer_id, x.stage, x.purchase_count, x.last_purchase_at,
                       _SEP.join(x.segments), x.preferred_channel, x.time_zone, x.referred_by,
                       x.referral_code, x.newsletter_consent, x.newsletter_consent_at,
