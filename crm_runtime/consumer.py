@@ -15,7 +15,8 @@ One batch of records is processed in one PostgreSQL transaction:
    partition and offset; the consumer goes on with the next record;
 4. the transaction commits, and only then are the offsets committed (while
    the next batch is fetched and processed; one offset commit in flight at a
-   time per worker, see :meth:`EventConsumer.run`).
+   time per worker, at most one every ``commit_interval_ms`` while records
+   keep coming, and at once when they stop; see :meth:`EventConsumer.run`).
 
 A crash anywhere before step 4's offset commit redelivers the batch, and the
 inbox makes the second pass a no-op. A transient failure (the database is down,
@@ -97,6 +98,7 @@ class EventConsumer:
         failpoints: frozenset[str] = frozenset(),
         consumer_options: Mapping[str, Any] | None = None,
         concurrency: int = 1,
+        commit_interval_ms: int = 0,
     ) -> None:
         self._pool = pool
         self._group = group
@@ -122,6 +124,11 @@ class EventConsumer:
         #: Per worker, the offset commit of its last batch, still in flight
         #: (see :meth:`_process_until_done`).
         self._committing: dict[int, asyncio.Task[None]] = {}
+        #: Per worker, offsets whose records' effects are committed in the
+        #: database but not yet to the broker, and when it last committed.
+        self._uncommitted: dict[int, dict[TopicPartition, int]] = {}
+        self._last_commit: dict[int, float] = {}
+        self._commit_interval = commit_interval_ms / 1000
         #: Per raw ce_type header of a known type: the type if this consumer
         #: skips it, "" if it handles it.
         self._skips: dict[bytes, str] = {}
@@ -147,6 +154,9 @@ class EventConsumer:
         finally:
             for slot in list(self._committing):
                 await self._offsets_committed(slot)
+            for slot in list(self._uncommitted):
+                self._commit_uncommitted(slot, force=True)
+                await self._offsets_committed(slot)
             await self._kafka.stop()
 
     async def _work(self, slot: int) -> None:
@@ -169,6 +179,8 @@ class EventConsumer:
             batch = [r for part in records.values() for r in part]
             if batch:
                 await self._process_until_done(batch, slot=slot, backoff=backoff)
+            else:  # nothing came for batch_wait_ms: what is done goes to the broker now
+                self._commit_uncommitted(slot, force=True)
             if slot == 0:
                 self._observe_lag()
 
@@ -206,13 +218,40 @@ class EventConsumer:
                             self._group, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
         faults.hit(self._failpoints, "consumer.after_db_commit")
-        # The offsets go to the broker while the next batch is fetched and
-        # processed: the effects are committed already, so the commit only
-        # saves redeliveries. A worker has one commit in flight at a time and
-        # a partition has one worker, so committed offsets never move backwards.
-        await self._offsets_committed(slot)
-        self._committing[slot] = asyncio.create_task(
-            self._commit_offsets(batch), name=f"{self._group}-offset-commit-{slot}")
+        uncommitted = self._uncommitted.setdefault(slot, {})
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            uncommitted[tp] = max(uncommitted.get(tp, 0), r.offset + 1)
+        self._next_offsets.update(uncommitted)
+        self._commit_uncommitted(slot)
+
+    def _commit_uncommitted(self, slot: int, *, force: bool = False) -> None:
+        """Send the worker's uncommitted offsets to the broker, in a task of
+        their own (the next batch is fetched and processed meanwhile): the
+        effects are committed already, so the commit only saves redeliveries.
+        While records keep coming, at most one commit every
+        ``commit_interval_ms`` (an offset commit is a broker round trip, and
+        at a steady trickle of small batches it would be one per batch);
+        ``force`` when the worker went idle or stops. A worker has one commit
+        in flight at a time and a partition has one worker, so committed
+        offsets never move backwards; a partition a rebalance took away is
+        left to its new owner."""
+        offsets = self._uncommitted.get(slot)
+        if not offsets:
+            return
+        committing = self._committing.get(slot)
+        if committing is not None and not committing.done():
+            return  # the next batch or idle pass sends these
+        now = time.monotonic()
+        if not force and now - self._last_commit.get(slot, 0.0) < self._commit_interval:
+            return
+        assigned = self._kafka.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        del self._uncommitted[slot]
+        self._last_commit[slot] = now
+        if offsets:
+            self._committing[slot] = asyncio.create_task(
+                self._commit_offsets(offsets), name=f"{self._group}-offset-commit-{slot}")
 
     async def _offsets_committed(self, slot: int) -> None:
         committing = self._committing.pop(slot, None)
@@ -220,12 +259,7 @@ class EventConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await committing
 
-    async def _commit_offsets(self, batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for r in batch:
-            tp = TopicPartition(r.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-        self._next_offsets.update(offsets)
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             await self._kafka.commit(offsets)
         except Exception as exc:

@@ -8,8 +8,8 @@ Ordering and replicas: each row belongs to a lane, a hash of its message key.
 A relay publishes a lane only while it holds that lane's transaction-level
 advisory lock, and publishes the lane's rows in id order, so one key's events
 reach Kafka in the order they were written, and two relay replicas never
-publish the same row in normal operation. A row is marked sent only after the
-broker acknowledged it (``acks=all``); when the broker is down the relay rolls
+publish the same row in normal operation. A row's mark as sent commits only
+after the broker acknowledged it (``acks=all``); when the broker is down the relay rolls
 back and retries with backoff, so nothing is lost. A crash between the ack and
 the commit republishes those rows: delivery is at least once, and consumers
 deduplicate by event id (the inbox).
@@ -208,24 +208,41 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         next_observe = 0.0
         while not self._stopping.is_set():
+            # Cleared before the round reads: a commit after this point wakes
+            # the next round at once, whether or not this round saw its rows.
             self._wakeup.clear()
-            published = await self.publish_pending()
+            _, more = await self._publish_round()
             self._backoff.reset()
             if loop.time() >= next_observe:
                 next_observe = loop.time() + 5.0
                 await self._maintain()
-            if published == 0:
+            if not more:
+                # Until a writer's NOTIFY (one may have come during the round:
+                # then at once), the idle poll, or stop. A round that published
+                # everything it found does not probe again just to find nothing.
                 await self._sleep(self._poll)
 
     async def publish_pending(self) -> int:
-        """Publish what is unsent, once. One probe finds the lanes that have
-        unsent rows (a row committed after it wakes the relay again); they
-        are split into at most :attr:`concurrency` groups, each published in
-        a transaction of its own on a connection of its own. With one group
-        (the default), a wake-up costs the probe, one transaction and one
-        produce round, however many lanes the commits touched: at a steady
-        trickle of small commits that is what the relay's time goes to.
-        Used by tests and by ``run``."""
+        """Publish what is unsent, once (a lane's first ``batch_size`` rows);
+        returns how many rows. Used by tests and benchmarks; ``run`` loops
+        over the same round."""
+        return (await self._publish_round())[0]
+
+    async def _publish_round(self) -> tuple[int, bool]:
+        """One round: how many rows were published, and whether a lane had
+        more than a batch (so the next round should start at once).
+
+        With one group (``concurrency`` 1, the default) a round is a single
+        transaction on one connection: the lanes with unsent rows are found
+        and locked in one statement, their rows marked and read in a second,
+        published, and the transaction commits. At a steady trickle of small
+        commits that round is what the relay's time goes to, so it is as few
+        round trips as the ordering rules allow. With more groups, a probe
+        first finds the pending lanes; they are split into at most
+        ``concurrency`` groups, each published in a transaction of its own on
+        a connection of its own."""
+        if self._concurrency == 1:
+            return await self._publish_lanes(list(range(self._lanes)))
         async with self._pool.acquire() as conn:
             lanes: list[int] = await conn.fetchval(
                 """SELECT array(SELECT l FROM generate_series(0, $1 - 1) AS l
@@ -233,48 +250,61 @@ class OutboxRelay:
                                                 WHERE lane = l AND sent_at IS NULL))""",
                 self._lanes)
         if not lanes:
-            return 0
+            return 0, False
         groups = [lanes[i::self._concurrency] for i in range(min(self._concurrency, len(lanes)))]
-        if len(groups) == 1:
-            return await self.publish_lanes(groups[0])
-        return sum(await asyncio.gather(*(self.publish_lanes(g) for g in groups)))
+        rounds = await asyncio.gather(*(self._publish_lanes(g) for g in groups))
+        return sum(n for n, _ in rounds), any(more for _, more in rounds)
 
     async def publish_lanes(self, lanes: list[int]) -> int:
         """Publish up to ``batch_size`` unsent rows of each of ``lanes`` (in id
         order within a lane) that no other replica holds, in one transaction;
         returns how many."""
+        return (await self._publish_lanes(lanes))[0]
+
+    async def _publish_lanes(self, lanes: list[int]) -> tuple[int, bool]:
         async with self._pool.acquire() as conn, conn.transaction():
-            # The locks first, in a statement of their own: the read below must
-            # take its snapshot after them, so it sees what the previous holder
-            # of a lane marked sent. This transaction's commit does not wait for
-            # the WAL flush: losing it in a crash of the database only
+            # The locks first, in a statement of their own (only of the lanes
+            # this statement's snapshot sees unsent rows in; CASE makes the
+            # check come before the lock): the read below must take its
+            # snapshot after them, so it sees what the previous holder of a
+            # lane marked sent. This transaction's commit does not
+            # wait for the WAL flush: losing it in a crash of the database only
             # republishes its rows (at least once; consumers deduplicate by
             # ce_id), while every writer's state change and events still wait.
-            locked = await conn.fetchrow(
+            row = await conn.fetchrow(
                 """SELECT set_config('synchronous_commit', 'off', true),
                           array(SELECT l FROM unnest($2::int[]) AS l
-                                 WHERE pg_try_advisory_xact_lock($1, l)) AS lanes""",
+                                 WHERE CASE WHEN EXISTS (SELECT 1 FROM outbox
+                                                          WHERE lane = l AND sent_at IS NULL)
+                                            THEN pg_try_advisory_xact_lock($1, l) END)
+                            AS lanes""",
                 self._lock_class, lanes)
-            assert locked is not None
-            if not locked["lanes"]:
-                return 0  # other replicas are publishing these lanes
-            rows = await conn.fetch(
-                """SELECT r.* FROM unnest($1::int[]) AS l, LATERAL (
-                       SELECT id, event_id, topic, message_key, header_keys, header_values,
-                              body, event_type, ce_source, ce_time, ce_traceparent
-                         FROM outbox WHERE lane = l AND sent_at IS NULL
-                        ORDER BY id LIMIT $2) AS r""",
-                locked["lanes"], self._batch,
-            )
+            assert row is not None
+            locked: list[int] = row["lanes"]
+            if not locked:
+                return 0, False  # nothing unsent, or other replicas are publishing it
+            # Marked and read in one statement. sent_at is when the relay took
+            # the rows; no one sees the mark before the commit below, which
+            # only happens once the broker acknowledged every row.
+            rows = sorted(await conn.fetch(
+                """UPDATE outbox AS o SET sent_at = clock_timestamp()
+                     FROM unnest($1::int[]) AS l, LATERAL (
+                            SELECT id FROM outbox WHERE lane = l AND sent_at IS NULL
+                             ORDER BY id LIMIT $2) AS pick
+                    WHERE o.id = pick.id
+                RETURNING o.id, o.lane, o.event_id, o.topic, o.message_key, o.header_keys,
+                          o.header_values, o.body, o.event_type, o.ce_source, o.ce_time,
+                          o.ce_traceparent""",
+                locked, self._batch,
+            ), key=lambda r: r["id"])
             if not rows:
-                return 0
+                return 0, False
             await asyncio.wait_for(self._publish(rows), timeout=self._publish_timeout)
-            await conn.execute("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)",
-                               [r["id"] for r in rows])
         for (topic, event_type), count in Counter(
                 (r["topic"], r["event_type"]) for r in rows).items():
             metrics.PUBLISHED.labels(self._service, topic, event_type).inc(count)
-        return len(rows)
+        more = any(n >= self._batch for n in Counter(r["lane"] for r in rows).values())
+        return len(rows), more
 
     async def _publish(self, rows: Sequence[Any]) -> None:
         """Publish ``rows`` (in id order within a lane) and wait for every ack. Records go

@@ -160,7 +160,8 @@ class ServiceRunner:
                     batch_size=s.consumer_batch_size, batch_wait_ms=s.consumer_batch_wait_ms,
                     backoff=Backoff(s.retry_initial_s, s.retry_max_s),
                     failpoints=s.failpoint_set, consumer_options=s.consumer_options(),
-                    concurrency=s.consumer_concurrency)
+                    concurrency=s.consumer_concurrency,
+                    commit_interval_ms=s.consumer_commit_interval_ms)
                 tasks.append(asyncio.create_task(consumer.run(), name=f"{self.spec.name}-consumer"))
                 stoppers.append(consumer.stop)
             if parts.scheduled:

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="Workers per consumer, each applying batches of its own share of the "
                     "partitions in a transaction of its own.")
     consumer_batch_wait_ms: int = Field(default=50, ge=0, le=60000)
+    consumer_commit_interval_ms: int = Field(
+        default=250, ge=0, le=60000,
+        description="While records keep coming, a consumer commits its offsets to the broker "
+                    "at most this often (after the database commit, as always); at once when "
+                    "they stop. 0: after every batch.")
     consumer_fetch_max_wait_ms: int = Field(
         default=20, ge=0, le=10000,
         description="How long the broker may hold a fetch open waiting for records.")

@@ -93,8 +93,9 @@ SPECS = (CUSTOMERS_SPEC, INTERACTIONS_SPEC, LOYALTY_SPEC)
 POLL_S = 0.05
 #: The hops of a purchase's way that the round's tables timestamp: each
 #: outbox row's ``created_at`` (in its writer's transaction) and ``sent_at``
-#: (after the broker's ack), and each inbox row's ``processed_at`` (the start
-#: of the consumer's transaction).
+#: (when the relay took it, in the transaction it commits once the broker
+#: acked), and each inbox row's ``processed_at`` (the start of the
+#: consumer's transaction).
 HOPS = ("relay of interactions", "to customers' transaction", "customers' transaction",
         "relay of customers", "to loyalty's transaction", "loyalty's transaction",
         "relay of loyalty")

@@ -175,6 +175,33 @@ async def test_known_events_without_a_handler_are_skipped_unrecorded(ledger: Led
         await task
 
 
+async def test_offsets_go_to_the_broker_at_most_once_an_interval_and_at_once_when_idle(
+        ledger: Ledger) -> None:
+    # One record a batch, six batches back to back (one key, one partition),
+    # and an interval far longer than the test: the first batch's offsets go
+    # at once, the next five's wait for the interval, which never comes, and
+    # go together as soon as a poll finds nothing more.
+    await produce_envelopes(ledger.bootstrap, [entry(ledger, "c1", n) for n in range(6)])
+    consumer = ledger.consumer(batch_size=1, commit_interval_ms=60_000)
+    sent: list[dict[TopicPartition, int]] = []
+    commit = consumer._kafka.commit
+
+    async def counted(offsets: dict[TopicPartition, int]) -> None:
+        sent.append(dict(offsets))
+        await commit(offsets)
+
+    consumer._kafka.commit = counted
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _eq(_committed(consumer, ledger.requests), 6),
+                       what="the offsets of all six records committed")
+        assert await ledger.applied() == 6
+        assert [sum(offsets.values()) for offsets in sent] == [1, 6]
+    finally:
+        consumer.stop()
+        await task
+
+
 async def _committed(consumer: EventConsumer, topic: str) -> int:
     """The offsets the consumer's group committed on ``topic``, summed over partitions."""
     kafka = consumer._kafka  # the group's own client: Tansu answers its OffsetFetch

@@ -207,3 +207,31 @@ async def test_two_relay_replicas_do_not_publish_the_same_row(
         for p in producers:
             await p.stop()
         await pool.close()
+
+
+async def test_run_drains_full_batches_at_once_and_wakes_on_each_commit(
+        settings: Settings, broker: TansuBroker, uid: str) -> None:
+    # The idle poll is an hour: what is published below is published because
+    # a lane had a full batch (the next round starts at once) or because a
+    # commit notified the relay, never because the poll came round.
+    topic = f"t.relay.run.{uid}"
+    async with _relay_parts(settings, broker.bootstrap_servers, topic,
+                            f"relay_run_{uid}") as (pool, producer):
+        events = _events(topic, customers=3, per_customer=20)
+        await _write(pool, events[:45], lanes=2)  # 45 rows in batches of 4 a lane
+        relay = OutboxRelay(pool, producer, service="t", schema=f"relay_run_{uid}", lanes=2,
+                            batch_size=4, poll_interval=3600)
+        running = asyncio.create_task(relay.run())
+        try:
+            records = await read_topic(broker.bootstrap_servers, topic, expect=45)
+            assert len(records) == 45
+            for later in (events[45:50], events[50:60]):  # each commit wakes it again
+                await _write(pool, later, lanes=2)
+            records = await read_topic(broker.bootstrap_servers, topic, expect=60)
+            assert len(records) == 60
+            assert _per_key(records) == {f"c{c}".encode(): list(range(20)) for c in range(3)}
+            assert await pool.fetchval(
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+        finally:
+            relay.stop()
+            await asyncio.wait_for(running, 10)
