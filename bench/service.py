@@ -61,6 +61,8 @@ class Stack:
     database_url: str
     bootstrap_servers: str
     settings: Settings
+    #: The round's broker process (None for a broker this run did not start).
+    broker_pid: int | None = None
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
@@ -103,7 +105,7 @@ async def fresh_stack(ctx: BenchContext, label: str) -> AsyncIterator[Stack]:
                    if k not in ctx.settings.model_fields_set}
         settings = ctx.settings.model_copy(update=update)
         await create_topics(settings)
-        yield Stack(url, broker.bootstrap_servers, settings)
+        yield Stack(url, broker.bootstrap_servers, settings, broker.pid)
 
 
 class ServiceProcesses:
@@ -188,12 +190,10 @@ class ServiceProcesses:
         but it does not make it do more work."""
         total = 0.0
         for proc in self._procs:
-            try:
-                with open(f"/proc/{proc.pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
+            used = process_cpu_seconds(proc.pid)
+            if used is None:
                 return None
-            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            total += used
         return total
 
     def check_running(self) -> None:
@@ -212,6 +212,23 @@ class ServiceProcesses:
                 proc.kill()
                 await proc.wait()
         self._procs.clear()
+
+
+def process_cpu_seconds(pid: int, *, named: str | None = None) -> float | None:
+    """User plus system CPU seconds process ``pid`` has used so far, from
+    ``/proc``; None where there is no such process (or, with ``named``, when
+    its command line does not start with that: a database on another machine
+    has backends whose ids mean nothing here)."""
+    try:
+        if named is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().startswith(named.encode()):
+                    return None
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def cpu_figure(figures: dict[str, float], service: ServiceProcesses, events: int) -> None:

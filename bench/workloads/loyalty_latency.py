@@ -46,6 +46,14 @@ Beside the end-to-end figures, the percentiles of each hop the round's
 tables timestamp (:data:`HOPS`: each outbox row's ``created_at`` and
 ``sent_at``, each inbox row's ``processed_at``) show where the time went.
 
+Beside them, the CPU each part of the round used per purchase while the
+product's trip ran (user plus system seconds from ``/proc``: each service's
+processes, the broker, the round database's backends when the server is on
+this machine, and this process, the publisher and reader), and the same for
+the baseline's trip per record: at this rate the machine's two cores are
+the limit, and these figures, which its noise disturbs far less than the
+latencies, say who spends them.
+
 The check: no customer got two discounts, and no dead letters. The issue's
 target is a p99 under 100 ms at 1,000 purchases/s; the harness prints the
 figures and asserts nothing.
@@ -56,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,7 +78,7 @@ from bench import kafka
 from bench.customers import seed_customers
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
-from bench.service import ServiceProcesses, Stack, fresh_stack
+from bench.service import ServiceProcesses, Stack, fresh_stack, process_cpu_seconds
 from bench.workloads.loyalty_actions import known_customer_envelopes
 from crm_runtime.events import Envelope
 from crm_runtime.topics import CUSTOMERS, INTERACTIONS_INGEST, LOYALTY
@@ -132,6 +141,14 @@ def purchase(customer_id: str, n: int) -> Envelope:
         channel="web", kind="purchase", touchpoint="webshop", occurred_at=datetime.now(UTC),
         outcome="positive", amount_minor=2500 + n, currency="EUR"),
         subject=customer_id, source="/crm/bench/shop")
+
+
+def _spent(before: dict[str, dict[int, float]],
+           after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds each part used between two readings; a process that
+    started in between counts from zero (one that ended is not counted)."""
+    return {part: sum(used - before.get(part, {}).get(pid, 0.0) for pid, used in procs.items())
+            for part, procs in after.items()}
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -329,23 +346,55 @@ class LoyaltyLatency(Workload):
         await asyncio.sleep(0.5)  # let the consumers go idle again
 
     async def baseline(self) -> float:
+        before = await self._cpu_used()
         trip = await paced_trip(self.stack.bootstrap_servers, self.records, RAW_TOPIC,
                                 RAW_TOPIC, None, self.rate, GRACE_S)
+        self.raw_cpu = _spent(before, await self._cpu_used())
         self.raw = trip
         return trip.seconds
 
     async def product(self) -> Phases:
         self.started_at = await self.conn.fetchval("SELECT clock_timestamp()")
+        before = await self._cpu_used()
         trip = await paced_trip(self.stack.bootstrap_servers, self.records,
                                 INTERACTIONS_INGEST, LOYALTY, DISCOUNT_ISSUED, self.rate,
                                 GRACE_S)
+        self.product_cpu = _spent(before, await self._cpu_used())
         for service in self.services:
             service.check_running()
         self.trip = trip
         return {"end-to-end": trip.seconds}
 
+    async def _cpu_used(self) -> dict[str, dict[int, float]]:
+        """CPU seconds used so far by each part of the round, per process."""
+        parts: dict[str, dict[int, float]] = {"this process (publisher and reader)": {
+            0: sum(os.times()[:2])}}
+        for service in self.services:
+            used = service.cpu_seconds()
+            if used is not None:
+                parts[f"the {service.spec.name} process(es)"] = {0: used}
+        pid = self.stack.broker_pid
+        used = process_cpu_seconds(pid) if pid is not None else None
+        if used is not None:
+            parts["the broker"] = {pid or 0: used}
+        backends: dict[int, float] = {}
+        for r in await self.conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = "
+                                       "current_database() AND pid <> pg_backend_pid()"):
+            used = process_cpu_seconds(r["pid"], named="postgres")
+            if used is not None:
+                backends[r["pid"]] = used
+        if backends:
+            parts["the database's backends"] = backends
+        return parts
+
     async def verify(self) -> None:
         trip, raw, m = self.trip, self.raw, self.customers
+        for part, seconds in self.product_cpu.items():
+            self.figures[f"product: CPU per purchase (µs, {part})"] = seconds / m * 1e6
+        self.figures["product: CPU per purchase (µs, all of the above)"] = sum(
+            self.product_cpu.values()) / m * 1e6
+        for part, seconds in self.raw_cpu.items():
+            self.figures[f"raw: CPU per record (µs, {part})"] = seconds / m * 1e6
         self.figures["offered rate (purchases/s)"] = self.rate
         self.figures["product: publish rate achieved (/s)"] = trip.publish_rate
         self.figures[f"product: discounts read (of {m})"] = trip.arrived

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from bench.service import ServiceProcesses, cpu_figure
+from bench.service import ServiceProcesses, cpu_figure, process_cpu_seconds
+from bench.workloads.loyalty_latency import _spent
 from crm_runtime.settings import Settings
 from services.interactions.app import SPEC
 
@@ -40,3 +42,19 @@ def test_no_figure_without_proc() -> None:
     figures: dict[str, float] = {}
     cpu_figure(figures, service, 1000)
     assert figures == {}
+
+
+def test_a_process_counts_only_under_its_own_name() -> None:
+    # A database on another machine has backend ids that mean nothing here:
+    # a process of that id on this machine is not counted as one.
+    assert process_cpu_seconds(os.getpid()) is not None
+    assert process_cpu_seconds(os.getpid(), named="postgres") is None
+    own = Path(f"/proc/{os.getpid()}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert process_cpu_seconds(os.getpid(), named=own) is not None
+    assert process_cpu_seconds(2**22 + 1) is None
+
+
+def test_spent_counts_processes_started_in_between_from_zero() -> None:
+    before = {"db": {10: 1.0, 11: 2.0}, "broker": {0: 5.0}}
+    after = {"db": {10: 1.5, 12: 0.25}, "broker": {0: 6.0}, "new part": {0: 0.5}}
+    assert _spent(before, after) == {"db": 0.75, "broker": 1.0, "new part": 0.5}
