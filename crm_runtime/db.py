@@ -135,11 +135,24 @@ def temporary_tables(schema: str | None) -> list[str]:
     return [r.ddl for r in _ROWS.values() if r.schema == schema]
 
 
+#: The array types the services' statements bind and return. asyncpg learns
+#: an array type the first time a connection meets it, with a catalog query
+#: of its own (about 5 ms here, and two more round trips to switch JIT off
+#: around it): on a new pool connection, each of the first statements of a
+#: consumed batch or a gRPC call paid that, 20-30 ms in all, on the hot path
+#: and exactly when load grew the pool. One statement naming them all lets a
+#: new connection learn them in one query instead, before its first use.
+ARRAY_TYPES = ("int", "bigint", "smallint", "text", "uuid", "timestamptz", "bytea", "jsonb",
+               "json", "bool", "float8", "numeric", "date", "interval")
+_LEARN_ARRAY_TYPES = "SELECT " + ", ".join(f"NULL::{t}[]" for t in ARRAY_TYPES)
+
+
 async def _init_connection(conn: Conn, schema: str | None = None) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
+    await conn.fetch(_LEARN_ARRAY_TYPES)
     tables = temporary_tables(schema)
     if tables:
         await conn.execute(";".join(tables))

@@ -3,9 +3,11 @@ into its next use (the cheap reset), and its statements are not JIT-compiled."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from crm_runtime.db import create_pool
+from crm_runtime.db import ARRAY_TYPES, create_pool
 
 
 @pytest.mark.parametrize("leave", ["open transaction", "transaction settings", "xact lock"])
@@ -52,5 +54,25 @@ async def test_service_connections_do_not_jit_compile(database_url: str, uid: st
             plan = "\n".join(r[0] for r in await conn.fetch(
                 "EXPLAIN SELECT count(*) FROM pg_class a, pg_class b, pg_class c"))
             assert "JIT" not in plan, plan
+    finally:
+        await pool.close()
+
+
+async def test_a_new_connection_knows_the_array_types_before_its_first_statement(
+        database_url: str, uid: str) -> None:
+    # asyncpg learns an array type with a catalog query the first time a
+    # connection meets it; a pool connection has learnt every one the
+    # services use when it is made, not on the hot path of its first batches.
+    pool = await create_pool(database_url, f"pool_{uid}", max_size=1, min_size=1)
+    try:
+        async with pool.acquire() as conn:
+            queries: list[str] = []
+            conn.add_query_logger(lambda record: queries.append(record.query))
+            values: list[list[object]] = [[] for _ in ARRAY_TYPES]
+            casts = ", ".join(f"${n}::{t}[]" for n, t in enumerate(ARRAY_TYPES, 1))
+            row = await conn.fetchrow(f"SELECT {casts}", *values)
+            assert row is not None and list(row.values()) == values
+            await asyncio.sleep(0.05)
+            assert not [q for q in queries if "pg_catalog" in q or "typeinfo" in q]
     finally:
         await pool.close()
