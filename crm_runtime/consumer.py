@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from crm_runtime import faults, logs, metrics, outbox, uow
 from crm_runtime.db import Conn, is_transient
@@ -52,6 +52,8 @@ BatchHandler = Callable[[Conn, list[Envelope]], Awaitable[None]]
 Handler = Callable[[Conn, Envelope], Awaitable[None]]
 
 DLQ_SUFFIX = ".dlq"
+#: Longest wait for the offset commits before a rebalance or a stop.
+COMMIT_DONE_S = 1.0
 
 
 def dlq_topic(topic: str) -> str:
@@ -111,13 +113,13 @@ class EventConsumer:
         self._backoff = backoff or Backoff()
         self._failpoints = failpoints
         self._kafka = AIOKafkaConsumer(
-            *self._topics,
             bootstrap_servers=bootstrap_servers,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             **(consumer_options or {}),
         )
+        self._kafka.subscribe(self._topics, listener=_CommitBeforeRevoke(self))
         self._stopping = asyncio.Event()
         self._next_offsets: dict[TopicPartition, int] = {}
         self._concurrency = max(1, concurrency)
@@ -152,11 +154,7 @@ class EventConsumer:
                 for slot in range(self._concurrency):
                     workers.create_task(self._work(slot), name=f"{self._group}-worker-{slot}")
         finally:
-            for slot in list(self._committing):
-                await self._offsets_committed(slot)
-            for slot in list(self._uncommitted):
-                self._commit_uncommitted(slot, force=True)
-                await self._offsets_committed(slot)
+            await self.commit_done()
             await self._kafka.stop()
 
     async def _work(self, slot: int) -> None:
@@ -252,6 +250,27 @@ class EventConsumer:
         if offsets:
             self._committing[slot] = asyncio.create_task(
                 self._commit_offsets(offsets), name=f"{self._group}-offset-commit-{slot}")
+
+    async def commit_done(self) -> None:
+        """Send every worker's uncommitted offsets to the broker and wait (at
+        most :data:`COMMIT_DONE_S`: a broker that does not answer must not
+        hold up a rebalance or a shutdown; what is not committed is
+        redelivered): before a rebalance takes partitions away (their new
+        owner starts from what is committed, so without this it would
+        redeliver up to ``commit_interval_ms`` of records, which the inbox
+        absorbs but counts as duplicates) and before the consumer stops."""
+        async def commit() -> None:
+            for slot in list(self._committing):
+                await self._offsets_committed(slot)
+            for slot in list(self._uncommitted):
+                self._commit_uncommitted(slot, force=True)
+                await self._offsets_committed(slot)
+
+        try:
+            await asyncio.wait_for(commit(), COMMIT_DONE_S)
+        except TimeoutError:
+            log.warning("consumer %s: offsets not committed within %.1fs; their records may "
+                        "be redelivered", self._group, COMMIT_DONE_S)
 
     async def _offsets_committed(self, slot: int) -> None:
         committing = self._committing.pop(slot, None)
@@ -453,6 +472,20 @@ class EventConsumer:
             if high is not None:
                 metrics.CONSUMER_LAG.labels(self._service, self._group, tp.topic,
                                             str(tp.partition)).set(max(0, high - next_offset))
+
+
+class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commits what is done before a rebalance takes partitions away (aiokafka
+    awaits it before the consumer rejoins its group)."""
+
+    def __init__(self, consumer: EventConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._consumer.commit_done()
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        pass
 
 
 def _id(item: _Item) -> str:

@@ -202,6 +202,43 @@ async def test_offsets_go_to_the_broker_at_most_once_an_interval_and_at_once_whe
         await task
 
 
+async def test_a_rebalance_commits_what_is_done_before_partitions_move(
+        ledger: Ledger) -> None:
+    # One record a batch, an interval longer than the test and a poll that
+    # waits longer than it too: of the 30 records applied, only the first
+    # batch's offset went to the broker when a second member joins. The
+    # first member commits the rest before giving partitions up, so the
+    # second starts after them and redelivers nothing.
+    await produce_envelopes(ledger.bootstrap,
+                            [entry(ledger, f"c{n % 6}", n) for n in range(30)])
+    first = EventConsumer(ledger.pool, bootstrap_servers=ledger.bootstrap,
+                          group=f"g-{ledger.schema}", topics=[ledger.requests],
+                          handlers={"test.entry_requested": make_handler(ledger.booked, 2)},
+                          service="ledger", lanes=2, batch_size=1, batch_wait_ms=60_000,
+                          commit_interval_ms=60_000, consumer_options=ledger.options)
+    duplicates = metrics.DUPLICATES.labels("ledger", ledger.requests)
+    before = duplicates._value.get()
+    tasks = [asyncio.create_task(first.run())]
+    second: EventConsumer | None = None
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), 30), what="30 entries applied")
+        assert await _committed(first, ledger.requests) < 30
+        second = ledger.consumer()
+        tasks.append(asyncio.create_task(second.run()))
+        await wait_for(lambda: _eq(_committed(first, ledger.requests), 30),
+                       what="the first member's offsets committed at the rebalance")
+        await asyncio.wait_for(second.ready.wait(), 30)
+        await produce_envelopes(ledger.bootstrap, [entry(ledger, "c1", 100)])
+        await wait_for(lambda: _eq(ledger.applied(), 31), what="a later entry applied")
+        assert duplicates._value.get() == before
+    finally:
+        first.stop()
+        tasks[0].cancel()  # its poll would wait out its minute
+        if second is not None:
+            second.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _committed(consumer: EventConsumer, topic: str) -> int:
     """The offsets the consumer's group committed on ``topic``, summed over partitions."""
     kafka = consumer._kafka  # the group's own client: Tansu answers its OffsetFetch
