@@ -44,8 +44,16 @@ def lane_of(key: bytes | None, lanes: int) -> int:
     return zlib.crc32(key or b"") % lanes
 
 
-#: NOTIFY channel that wakes the relay when a transaction added rows.
+#: NOTIFY channel that wakes the relay when a transaction added rows, per
+#: schema: :func:`wakeup_channel` (runtime migration 006).
 WAKEUP_CHANNEL = "crm_outbox"
+
+
+def wakeup_channel(schema: str) -> str:
+    """The channel the outbox trigger of ``schema`` notifies (runtime
+    migration 006: the first 52 characters of the name, so that the channel
+    stays within the 63 of an identifier)."""
+    return f"{WAKEUP_CHANNEL}.{schema[:52]}"
 
 
 async def add(conn: Conn, events: Sequence[Envelope], *, lanes: int) -> None:
@@ -170,6 +178,7 @@ class OutboxRelay:
         self._inbox_retention_days = inbox_retention_days
         self._schema = schema
         self._wakeup = asyncio.Event()
+        self._channel = wakeup_channel(schema)
         self._lock_class = _lock_key(schema)
         self._backoff = backoff or Backoff()
         self._stopping = asyncio.Event()
@@ -180,20 +189,19 @@ class OutboxRelay:
         self._stopping.set()
         self._wakeup.set()
 
-    def _on_notify(self, _conn: Conn, _pid: int, _channel: str, payload: object) -> None:
-        if payload == self._schema:
-            self._wakeup.set()
+    def _on_notify(self, _conn: Conn, _pid: int, _channel: str, _payload: object) -> None:
+        self._wakeup.set()
 
     async def run(self) -> None:
         """Relay until :meth:`stop`; broker or database outages are retried."""
         while not self._stopping.is_set():
             try:
                 async with self._pool.acquire() as listener:
-                    await listener.add_listener(WAKEUP_CHANNEL, self._on_notify)
+                    await listener.add_listener(self._channel, self._on_notify)
                     try:
                         await self._relay_loop()
                     finally:
-                        await listener.remove_listener(WAKEUP_CHANNEL, self._on_notify)
+                        await listener.remove_listener(self._channel, self._on_notify)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -235,3 +235,32 @@ async def test_run_drains_full_batches_at_once_and_wakes_on_each_commit(
         finally:
             relay.stop()
             await asyncio.wait_for(running, 10)
+
+
+async def test_a_commit_wakes_only_the_relay_of_its_own_schema(
+        settings: Settings, broker: TansuBroker, uid: str) -> None:
+    # Services sharing a database each listen on their schema's channel: a
+    # commit in one schema does not wake the relay of another.
+    topic = f"t.relay.channel.{uid}"
+    await create_topics(broker.bootstrap_servers, [topic])
+    assert settings.database_url
+    ours, theirs = await _pool(settings, f"relay_a_{uid}"), await _pool(settings, f"relay_b_{uid}")
+    listener = await asyncpg.connect(settings.database_url)
+    heard: list[str] = []
+    try:
+        await listener.add_listener(outbox.wakeup_channel(f"relay_a_{uid}"),
+                                    lambda _c, _p, channel, _payload: heard.append(channel))
+        events = _events(topic, customers=1, per_customer=2)
+        await _write(theirs, events[:1], lanes=2)
+        await asyncio.sleep(0.3)
+        assert heard == []
+        await _write(ours, events[1:], lanes=2)
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.05)
+        assert heard == [f"crm_outbox.relay_a_{uid}"]
+    finally:
+        await listener.close()
+        await ours.close()
+        await theirs.close()
