@@ -273,10 +273,13 @@ class EventConsumer:
                         "be redelivered", self._group, COMMIT_DONE_S)
 
     async def _offsets_committed(self, slot: int) -> None:
+        """Until the worker's commit in flight ended. ``asyncio.wait`` raises
+        nothing of the commit's own (it logs its failures), and unlike
+        awaiting it under ``suppress(CancelledError)`` it lets a cancellation
+        of the waiter through, so :meth:`commit_done`'s time limit holds."""
         committing = self._committing.pop(slot, None)
         if committing is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await committing
+            await asyncio.wait([committing])
 
     async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         try:

@@ -9,10 +9,10 @@ A relay publishes a lane only while it holds that lane's transaction-level
 advisory lock, and publishes the lane's rows in id order, so one key's events
 reach Kafka in the order they were written, and two relay replicas never
 publish the same row in normal operation. A row's mark as sent commits only
-after the broker acknowledged it (``acks=all``); when the broker is down the relay rolls
-back and retries with backoff, so nothing is lost. A crash between the ack and
-the commit republishes those rows: delivery is at least once, and consumers
-deduplicate by event id (the inbox).
+after the broker acknowledged it (``acks=all``); when the broker is down the
+relay rolls back and retries with backoff, so nothing is lost. A crash
+between the ack and the commit republishes those rows: delivery is at least
+once, and consumers deduplicate by event id (the inbox).
 """
 
 from __future__ import annotations
