@@ -159,6 +159,21 @@ def _lock_key(schema: str) -> int:
 PRUNE_SENT = "DELETE FROM outbox WHERE sent_at < now() - make_interval(hours => $1)"
 
 
+#: The relay's second statement: marks up to ``$2`` unsent rows of each lane
+#: in ``$1`` (in id order) and returns them. Each lane is one probe of the
+#: unsent-rows index, each row one of the primary key, however many sent rows
+#: the table keeps (tested in test_query_plans).
+MARK_AND_READ = """
+    UPDATE outbox AS o SET sent_at = clock_timestamp()
+      FROM unnest($1::int[]) AS l, LATERAL (
+             SELECT id FROM outbox WHERE lane = l AND sent_at IS NULL
+              ORDER BY id LIMIT $2) AS pick
+     WHERE o.id = pick.id
+    RETURNING o.id, o.lane, o.event_id, o.topic, o.message_key, o.header_keys,
+              o.header_values, o.body, o.event_type, o.ce_source, o.ce_time,
+              o.ce_traceparent"""
+
+
 class OutboxRelay:
     """Publishes the outbox of one service schema to Kafka."""
 
@@ -294,17 +309,8 @@ class OutboxRelay:
             # Marked and read in one statement. sent_at is when the relay took
             # the rows; no one sees the mark before the commit below, which
             # only happens once the broker acknowledged every row.
-            rows = sorted(await conn.fetch(
-                """UPDATE outbox AS o SET sent_at = clock_timestamp()
-                     FROM unnest($1::int[]) AS l, LATERAL (
-                            SELECT id FROM outbox WHERE lane = l AND sent_at IS NULL
-                             ORDER BY id LIMIT $2) AS pick
-                    WHERE o.id = pick.id
-                RETURNING o.id, o.lane, o.event_id, o.topic, o.message_key, o.header_keys,
-                          o.header_values, o.body, o.event_type, o.ce_source, o.ce_time,
-                          o.ce_traceparent""",
-                locked, self._batch,
-            ), key=lambda r: r["id"])
+            rows = sorted(await conn.fetch(MARK_AND_READ, locked, self._batch),
+                          key=lambda r: r["id"])
             if not rows:
                 return 0, False
             await asyncio.wait_for(self._publish(rows), timeout=self._publish_timeout)

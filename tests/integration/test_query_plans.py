@@ -10,7 +10,7 @@ import asyncpg
 
 from crm_runtime.db import Rows, connect, load_rows
 from crm_runtime.migrations import migrate, migrations_for
-from crm_runtime.outbox import PRUNE_SENT
+from crm_runtime.outbox import MARK_AND_READ, PRUNE_SENT
 from services.loyalty import store
 from services.loyalty.app import SPEC as LOYALTY
 
@@ -65,6 +65,29 @@ async def test_pruning_sent_outbox_rows_uses_the_sent_at_index(own_database: str
         await conn.execute("ANALYZE outbox")
         plan = await _plan(conn, PRUNE_SENT, "int", "168")
         assert "outbox_sent_at" in plan and "Seq Scan" not in plan, plan
+    finally:
+        await conn.close()
+
+
+async def test_the_relay_reaches_unsent_rows_through_the_index_in_a_generic_plan(
+        own_database: str) -> None:
+    # A week of sent rows stays in the outbox (the retention): the relay's
+    # mark-and-read must not read them to find the few unsent ones.
+    conn = await asyncpg.connect(own_database,
+                                 server_settings={"plan_cache_mode": "force_generic_plan"})
+    try:
+        await migrate(conn, "relay_plans", migrations_for(None))
+        await conn.execute("SET search_path = relay_plans")
+        await conn.execute(
+            """INSERT INTO outbox (event_id, topic, body, event_type, lane, ce_source, ce_time,
+                                   ce_traceparent, sent_at)
+               SELECT 'e' || i, 't', '', 'x.y', i % 4, '/s', '2031-01-01T00:00:00Z', '',
+                      CASE WHEN i > 19990 THEN NULL ELSE now() END
+                 FROM generate_series(1, 20000) AS i""")
+        await conn.execute("ANALYZE outbox")
+        plan = await _plan(conn, MARK_AND_READ, "int[], int", "'{0,1,2,3}', 500")
+        assert "Seq Scan on outbox" not in plan, plan
+        assert "outbox_unsent" in plan and "outbox_pkey" in plan, plan
     finally:
         await conn.close()
 
