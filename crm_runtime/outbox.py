@@ -278,13 +278,10 @@ class OutboxRelay:
         rounds = await asyncio.gather(*(self._publish_lanes(g) for g in groups))
         return sum(n for n, _ in rounds), any(more for _, more in rounds)
 
-    async def publish_lanes(self, lanes: list[int]) -> int:
+    async def _publish_lanes(self, lanes: list[int]) -> tuple[int, bool]:
         """Publish up to ``batch_size`` unsent rows of each of ``lanes`` (in id
         order within a lane) that no other replica holds, in one transaction;
-        returns how many."""
-        return (await self._publish_lanes(lanes))[0]
-
-    async def _publish_lanes(self, lanes: list[int]) -> tuple[int, bool]:
+        returns how many, and whether a lane filled its batch."""
         async with self._pool.acquire() as conn, conn.transaction():
             # The locks first, in a statement of their own (only of the lanes
             # this statement's snapshot sees unsent rows in; CASE makes the

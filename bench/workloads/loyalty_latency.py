@@ -374,9 +374,8 @@ class LoyaltyLatency(Workload):
             if used is not None:
                 parts[f"the {service.spec.name} process(es)"] = {0: used}
         pid = self.stack.broker_pid
-        used = process_cpu_seconds(pid) if pid is not None else None
-        if used is not None:
-            parts["the broker"] = {pid or 0: used}
+        if pid is not None and (used := process_cpu_seconds(pid)) is not None:
+            parts["the broker"] = {pid: used}
         backends: dict[int, float] = {}
         for r in await self.conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = "
                                        "current_database() AND pid <> pg_backend_pid()"):
