@@ -98,6 +98,29 @@ class Rows:
         """:func:`fetch_rows` with this one batch."""
         return await fetch_rows(conn, sql, {self: rows})
 
+    async def copy_unless_taken(self, conn: Conn, table: str,
+                                rows: Sequence[tuple[Any, ...]]) -> bool:
+        """Copy ``rows`` (from :attr:`copy_from` rows on) straight into
+        ``table``, whose columns are named as this batch's, inside a
+        savepoint of the caller's transaction. False, with nothing written,
+        if the batch is smaller or a unique constraint refused a row (a key
+        stored before, by this batch or by a concurrent transaction once it
+        committed): the caller then runs its ``ON CONFLICT`` statement.
+
+        For batches that rarely repeat a key (the inbox has already dropped
+        redelivered events): the database stores the rows once, where the
+        temporary table costs a second write and a read (measured at 250
+        contacts a batch: 13 µs a row against 21, the client's work the same)."""
+        if self.copy_from is None or len(rows) < self.copy_from:
+            return False
+        try:
+            async with conn.transaction():  # the savepoint a refused COPY rolls back to
+                await conn.copy_records_to_table(table, records=rows,
+                                                 columns=[c for c, _ in self.columns])
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
+
 
 async def fetch_rows(conn: Conn, sql: str,
                      batches: Mapping[Rows, Sequence[tuple[Any, ...]]]) -> list[Any]:

@@ -156,12 +156,15 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         contacts = [replace(c, customer_id=merged.get(c.customer_id, c.customer_id))
                     for c in contacts]
     now = ctx.clock.now()
-    rows = await _CONTACT_ROWS.fetch(conn, _INSERT_CONTACTS, [
-        (c.interaction_id, c.idempotency_key, c.customer_id, c.channel, c.direction, c.kind,
-         c.attention, c.requester_id, c.decision_maker_id, c.touchpoint, c.agent, c.unit,
-         c.occurred_at, c.outcome, c.notes, c.amount_minor, c.currency, now)
-        for c in contacts])
-    new_keys = {r["idempotency_key"] for r in rows}
+    rows = [(c.interaction_id, c.idempotency_key, c.customer_id, c.channel, c.direction, c.kind,
+             c.attention, c.requester_id, c.decision_maker_id, c.touchpoint, c.agent, c.unit,
+             c.occurred_at, c.outcome, c.notes, c.amount_minor, c.currency, now)
+            for c in contacts]
+    if await _CONTACT_ROWS.copy_unless_taken(conn, "interactions", rows):
+        new_keys = {c.idempotency_key for c in contacts}
+    else:  # a small batch, or a key seen before: the statement keeps the first
+        new_keys = {r["idempotency_key"]
+                    for r in await _CONTACT_ROWS.fetch(conn, _INSERT_CONTACTS, rows)}
     result: list[tuple[Contact, bool]] = []
     events: list[Envelope] = []
     seen: set[str] = set()

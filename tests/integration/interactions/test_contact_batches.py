@@ -3,13 +3,14 @@ database (arrays below ``db.Rows.COPY_FROM`` contacts, COPY from it)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
 import pytest
 
 from crm_runtime import uow
-from crm_runtime.db import Rows
+from crm_runtime.db import Conn, Rows
 from services.interactions import commands
 from tests.integration.interactions.conftest import Pair
 
@@ -93,3 +94,53 @@ async def test_only_the_service_that_copies_batches_has_their_table(pair: Pair) 
     present = "SELECT to_regclass('pg_temp.interactions_batch') IS NOT NULL"
     assert await _pool(pair).fetchval(present)
     assert not await customers.fetchval(present)
+
+
+async def test_a_batch_of_new_keys_is_copied_straight_into_the_table(pair: Pair) -> None:
+    ctx = commands.Context(clock=pair.clock, lanes=4)
+    run = uuid.uuid4().hex[:8]
+    size = 2 * Rows.COPY_FROM
+    # Rows inserted by this backend (the counts it has not reported yet).
+    inserted = ("SELECT coalesce(sum(n_tup_ins) FILTER (WHERE relid = 'interactions'::regclass),"
+                " 0), coalesce(sum(n_tup_ins) FILTER (WHERE relid = "
+                "'pg_temp.interactions_batch'::regclass), 0) FROM pg_stat_xact_user_tables")
+    async with uow.transaction(_pool(pair)) as conn:
+        before = await conn.fetchrow(inserted)
+        result = await commands.record_contacts(
+            conn, ctx, _contacts(pair, [f"{run}-{i}" for i in range(size)]))
+        after = await conn.fetchrow(inserted)
+    assert before is not None and after is not None
+    assert all(new for _, new in result)
+    # Every row went into the table, none through the batch table.
+    assert (after[0] - before[0], after[1] - before[1]) == (size, 0)
+    stored = await _pool(pair).fetchval(
+        "SELECT count(*) FROM interactions WHERE idempotency_key LIKE $1", f"{run}-%")
+    assert stored == size
+
+
+async def test_a_key_a_concurrent_transaction_commits_is_stored_once(pair: Pair) -> None:
+    """The straight COPY waits for the other writer of a key; once that one
+    commits, the batch falls back to the statement and stores the rest."""
+    ctx = commands.Context(clock=pair.clock, lanes=4)
+    run = uuid.uuid4().hex[:8]
+    keys = [f"{run}-{i}" for i in range(2 * Rows.COPY_FROM)]
+    async with _pool(pair).acquire() as first, _pool(pair).acquire() as second:
+        tx = first.transaction()
+        await tx.start()
+        await commands.record_contacts(first, ctx, _contacts(pair, keys[:1]))
+        batch = asyncio.create_task(_record_in_transaction(second, ctx, _contacts(pair, keys)))
+        await asyncio.sleep(0.3)
+        assert not batch.done()  # the COPY waits on the uncommitted key
+        await tx.commit()
+        result = await asyncio.wait_for(batch, 10)
+    assert [c.idempotency_key for c, new in result if new] == keys[1:]
+    stored = await _pool(pair).fetchval(
+        "SELECT count(*) FROM interactions WHERE idempotency_key LIKE $1", f"{run}-%")
+    assert stored == len(keys)
+
+
+async def _record_in_transaction(conn: Conn, ctx: commands.Context,
+                                 contacts: list[commands.Contact]
+                                 ) -> list[tuple[commands.Contact, bool]]:
+    async with conn.transaction():
+        return await commands.record_contacts(conn, ctx, contacts)
