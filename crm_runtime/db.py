@@ -61,26 +61,37 @@ class Rows:
     COPY_FROM = 50
 
     def __init__(self, name: str, columns: Sequence[tuple[str, str]], *, schema: str,
-                 copy_from: int | None = COPY_FROM) -> None:
+                 copy_from: int | None = COPY_FROM, into: str | None = None) -> None:
         """``copy_from=None``: always arrays. For rows a statement joins to a
         table, such as an ``UPDATE ... FROM``: with arrays, the plan cache's
         generic plan probes the table's index per row, where the size of a
         copied batch makes the planner hash the whole table (seen: a seq scan
-        of 20,000 customer views to update 469 of them, 14 ms against 1)."""
+        of 20,000 customer views to update 469 of them, 14 ms against 1).
+
+        ``into``: the table the statement inserts these rows into as they
+        are (``INSERT INTO <into> (<the columns>) SELECT * FROM <the batch>``,
+        without ``ON CONFLICT``). From ``copy_from`` rows on they are copied
+        straight into it, before the statement, which then sees no rows: the
+        same rows and the same unique-key failures, written once instead of
+        into the temporary table, out of it and into the table. No temporary
+        table is made for them."""
         check_schema_name(name)
         for column, _ in columns:
             check_schema_name(column)
         self.name = name
         self.schema = check_schema_name(schema)
         self.copy_from = copy_from
+        self.into = check_schema_name(into) if into is not None else None
         self.placeholder = "{" + name + "}"
         self.columns = list(columns)
         self._names = ", ".join(c for c, _ in columns)
         self._take = f"DELETE FROM pg_temp.{name} RETURNING {self._names}"
+        self._none = (f"SELECT {', '.join(f'NULL::{t} AS {c}' for c, t in columns)} "
+                      "WHERE false")
         self._unnest: dict[int, str] = {}
         self.ddl = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} "
                     f"({', '.join(f'{c} {t}' for c, t in columns)}) ON COMMIT DELETE ROWS")
-        if copy_from is not None:
+        if copy_from is not None and into is None:
             known = _ROWS.get(name)
             if known is not None and known.ddl != self.ddl:
                 raise ValueError(f"two different batch tables named {name!r}")
@@ -141,6 +152,10 @@ async def load_rows(conn: Conn, sql: str, batches: Mapping[Rows, Sequence[tuple[
         if spec.copy_from is None or len(rows) < spec.copy_from:
             sql = sql.replace(spec.placeholder, spec._arrays(len(params) + 1))
             params.extend([r[i] for r in rows] for i in range(len(spec.columns)))
+        elif spec.into is not None:
+            await conn.copy_records_to_table(spec.into, records=rows,
+                                             columns=[c for c, _ in spec.columns])
+            sql = sql.replace(spec.placeholder, spec._none)
         else:
             await conn.copy_records_to_table(spec.name, records=rows, schema_name="pg_temp")
             sql = sql.replace(spec.placeholder, spec._take)

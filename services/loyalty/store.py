@@ -501,12 +501,14 @@ _ACTION_ROWS = db.Rows("loyalty_action_batch", [
     ("action_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"),
     ("rule_version", "int"), ("action_index", "int"), ("action_type", "text"),
     ("purpose", "text"), ("trigger_event_id", "text"), ("trigger_type", "text"),
-    ("outcome", "text"), ("reason", "text"), ("at", "timestamptz")], schema=SCHEMA)
+    ("outcome", "text"), ("reason", "text"), ("at", "timestamptz")], schema=SCHEMA,
+    into="actions")
 _DISCOUNT_ROWS = db.Rows("loyalty_discount_batch", [
     ("discount_id", "uuid"), ("code", "text"), ("customer_id", "uuid"), ("rule_id", "text"),
     ("kind", "text"), ("percent", "int"), ("amount_minor", "bigint"), ("currency", "text"),
     ("min_purchase_minor", "bigint"), ("purpose", "text"), ("reason", "text"),
-    ("issued_at", "timestamptz"), ("expires_at", "timestamptz")], schema=SCHEMA)
+    ("issued_at", "timestamptz"), ("expires_at", "timestamptz")], schema=SCHEMA,
+    into="discounts")
 _FOLLOW_UP_ROWS = db.Rows("loyalty_follow_up_batch", [
     ("follow_up_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"), ("channel", "text"),
     ("template", "text"), ("reason", "text"), ("purpose", "text"), ("list", "text"),

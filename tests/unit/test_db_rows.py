@@ -13,6 +13,8 @@ SMALL = db.Rows("unit_small_batch", [("id", "uuid"), ("name", "text")], schema="
 OTHER = db.Rows("unit_other_batch", [("n", "int")], schema="unit_b")
 JOINED = db.Rows("unit_joined_batch", [("id", "uuid"), ("n", "int")], schema="unit_a",
                  copy_from=None)
+INSERTED = db.Rows("unit_inserted_batch", [("id", "uuid"), ("n", "int")], schema="unit_a",
+                   into="unit_table")
 
 
 class _Conn:
@@ -22,8 +24,8 @@ class _Conn:
         self.copies: list[tuple[str, list[Any], str]] = []
 
     async def copy_records_to_table(self, table: str, *, records: list[Any],
-                                    schema_name: str) -> None:
-        self.copies.append((table, list(records), schema_name))
+                                    schema_name: str = "", columns: Any = None) -> None:
+        self.copies.append((table, list(records), schema_name or f"columns {columns}"))
 
 
 async def test_small_batches_are_arrays_numbered_across_batches() -> None:
@@ -56,10 +58,25 @@ async def test_joined_rows_stay_arrays_at_any_size() -> None:
     assert len(params[0]) == len(rows)
 
 
+async def test_inserted_rows_are_copied_straight_into_their_table() -> None:
+    conn: Any = _Conn()
+    insert = "INSERT INTO unit_table SELECT * FROM ({unit_inserted_batch})"
+    small = await db.load_rows(conn, insert, {INSERTED: [("u", 1)]})
+    assert small == ("INSERT INTO unit_table SELECT * FROM (SELECT * FROM unnest($1::uuid[], "
+                     "$2::int[]) AS u(id, n))", [["u"], [1]])
+    rows = [("u", i) for i in range(db.Rows.COPY_FROM)]
+    sql, params = await db.load_rows(conn, insert, {INSERTED: rows})
+    assert conn.copies == [("unit_table", rows, "columns ['id', 'n']")]
+    # The statement inserts nothing more.
+    assert sql == ("INSERT INTO unit_table SELECT * FROM "
+                   "(SELECT NULL::uuid AS id, NULL::int AS n WHERE false)")
+    assert params == []
+
+
 def test_a_connection_creates_the_temporary_tables_of_its_schema_only() -> None:
     assert db.temporary_tables("unit_a") == [
         "CREATE TEMPORARY TABLE IF NOT EXISTS unit_small_batch (id uuid, name text) "
-        "ON COMMIT DELETE ROWS"]  # the joined batch is never copied: no table
+        "ON COMMIT DELETE ROWS"]  # the joined and inserted batches need no table
     assert db.temporary_tables("unit_b") == [
         "CREATE TEMPORARY TABLE IF NOT EXISTS unit_other_batch (n int) ON COMMIT DELETE ROWS"]
     assert db.temporary_tables(None) == []

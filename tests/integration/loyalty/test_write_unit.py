@@ -95,3 +95,28 @@ async def test_write_unit_stores_every_batch(svc: Running, n_actions: int, n_dis
             v.stage, v.purchase_count, v.segments, v.at_risk, v.referral_code, later)
     untouched = [by_id[c] for c in customers[n_views:]]
     assert all(r["stage"] == "potential" and r["updated_at"] == START for r in untouched)
+
+
+@pytest.mark.parametrize("size", [SMALL, BIG])
+async def test_an_action_recorded_twice_fails_the_unit(svc: Running, size: int) -> None:
+    """Whichever way the batch travels (a copied one goes straight into the
+    table), a second record of an action violates its key and the whole unit
+    rolls back."""
+    run = uuid.uuid4().hex[:8]
+    customer = uuid.uuid4()
+    actions = [(uuid.uuid4(), customer, f"rule-{run}", 1, i, "discount", "promotional",
+                f"event-{run}-{i}", "customer.stage_changed", "performed", "", START)
+               for i in range(size)]
+    pool = _pool(svc)
+    async with pool.acquire() as conn, conn.transaction():
+        await store.write_unit(conn, actions=actions[:1], discounts=[], follow_ups=[],
+                               schedules=[], views=[], now=START)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with pool.acquire() as conn, conn.transaction():
+            await store.write_unit(conn, actions=actions[1:] + actions[:1], discounts=[],
+                                   follow_ups=[], schedules=[("unit.test", f"{run}-x", START, "")],
+                                   views=[], now=START)
+    assert await pool.fetchval("SELECT count(*) FROM actions WHERE rule_id = $1",
+                               f"rule-{run}") == 1
+    assert not await pool.fetchval("SELECT count(*) FROM scheduled_work WHERE item_key = $1",
+                                   f"{run}-x")
