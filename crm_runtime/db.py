@@ -126,11 +126,14 @@ class Rows:
             return False
         try:
             async with conn.transaction():  # the savepoint a refused COPY rolls back to
-                await conn.copy_records_to_table(table, records=rows,
-                                                 columns=[c for c, _ in self.columns])
+                await self._copy_into(conn, table, rows)
         except asyncpg.UniqueViolationError:
             return False
         return True
+
+    async def _copy_into(self, conn: Conn, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        await conn.copy_records_to_table(table, records=rows,
+                                         columns=[c for c, _ in self.columns])
 
 
 async def fetch_rows(conn: Conn, sql: str,
@@ -153,8 +156,7 @@ async def load_rows(conn: Conn, sql: str, batches: Mapping[Rows, Sequence[tuple[
             sql = sql.replace(spec.placeholder, spec._arrays(len(params) + 1))
             params.extend([r[i] for r in rows] for i in range(len(spec.columns)))
         elif spec.into is not None:
-            await conn.copy_records_to_table(spec.into, records=rows,
-                                             columns=[c for c, _ in spec.columns])
+            await spec._copy_into(conn, spec.into, rows)
             sql = sql.replace(spec.placeholder, spec._none)
         else:
             await conn.copy_records_to_table(spec.name, records=rows, schema_name="pg_temp")
