@@ -91,7 +91,8 @@ async def open_pool(settings: Settings, schema: str, backoff: Backoff | None = N
     while True:
         try:
             return await db.create_pool(settings.database_url, schema,
-                                        max_size=settings.db_pool_max)
+                                        max_size=settings.db_pool_max,
+                                        min_size=settings.db_pool_min)
         except Exception as exc:
             if not db.is_transient(exc) or (attempts is not None and backoff.attempts >= attempts):
                 raise

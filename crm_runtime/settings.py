@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     db_pool_max: int = Field(default=10, ge=1, le=1000)
+    db_pool_min: int = Field(
+        default=4, ge=1, le=1000,
+        description="Connections a service process opens at start and keeps: a connection "
+                    "made later pays its set-up (temporary tables, type codecs) on the first "
+                    "batch or call that needs it.")
     metrics_refresh_s: float = Field(default=5.0, gt=0, le=300,
                                      description="How often state gauges are re-queried.")
     churn_window_days: int = Field(
@@ -209,6 +214,15 @@ class Settings(BaseSettings):
         if self.retry_max_s < self.retry_initial_s:
             raise ValueError(f"CRM_RETRY_MAX_S ({self.retry_max_s}) must be at least "
                              f"CRM_RETRY_INITIAL_S ({self.retry_initial_s})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            if "db_pool_min" in self.model_fields_set:
+                raise ValueError(f"CRM_DB_POOL_MIN ({self.db_pool_min}) must be at most "
+                                 f"CRM_DB_POOL_MAX ({self.db_pool_max})")
+            self.db_pool_min = self.db_pool_max  # a small pool keeps all it has
         return self
 
     def grpc_port(self, service: str) -> int:

@@ -8,6 +8,8 @@ import asyncio
 import pytest
 
 from crm_runtime.db import ARRAY_TYPES, create_pool
+from crm_runtime.service import open_pool
+from crm_runtime.settings import Settings
 
 
 @pytest.mark.parametrize("leave", ["open transaction", "transaction settings", "xact lock"])
@@ -74,5 +76,20 @@ async def test_a_new_connection_knows_the_array_types_before_its_first_statement
             assert row is not None and list(row.values()) == values
             await asyncio.sleep(0.05)
             assert not [q for q in queries if "pg_catalog" in q or "typeinfo" in q]
+    finally:
+        await pool.close()
+
+
+async def test_a_service_pool_opens_its_minimum_at_start(database_url: str, uid: str) -> None:
+    """The first batches of a service under load take connections that are
+    already set up (CRM_DB_POOL_MIN), not ones made on their way."""
+    schema = f"pool_{uid}"
+    settings = Settings(database_url=database_url, db_pool_min=3, db_pool_max=5)
+    pool = await open_pool(settings, schema)
+    try:
+        backends = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            f"crm-{schema}")
+        assert (pool.get_size(), pool.get_idle_size(), backends) == (3, 3, 3)
     finally:
         await pool.close()

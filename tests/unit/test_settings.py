@@ -215,6 +215,16 @@ def test_retry_max_below_initial_is_rejected(monkeypatch: pytest.MonkeyPatch) ->
     assert "CRM_RETRY_MAX_S" in message
 
 
+def test_a_pool_minimum_above_the_maximum_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = settings_error(monkeypatch, CRM_DB_POOL_MIN="8", CRM_DB_POOL_MAX="5")
+    assert "CRM_DB_POOL_MIN (8) must be at most CRM_DB_POOL_MAX (5)" in message
+
+
+def test_a_small_pool_maximum_lowers_the_default_minimum() -> None:
+    assert Settings(db_pool_max=2).db_pool_min == 2
+    assert Settings().db_pool_min == 4
+
+
 # --- tokens -----------------------------------------------------------------------------------
 
 
