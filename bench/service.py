@@ -38,7 +38,7 @@ from crm_runtime.cli import create_topics
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.service import ServiceSpec
 from crm_runtime.settings import SERVICES, Settings, env_name
-from crm_runtime.stack import TansuBroker, free_port
+from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker, free_port
 
 #: The bearer token of the in-process services (every scope).
 DEV_TOKEN = "bench-dev-token-0123456789"
@@ -46,12 +46,6 @@ DEV_TOKEN = "bench-dev-token-0123456789"
 #: Clock ticks a second of /proc/<pid>/stat's CPU times.
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-#: Consumer-group timings for the embedded broker, as ``crm up`` uses them
-#: (Tansu holds a rebalance for the whole rebalance timeout). ``CRM_*``
-#: variables the user set win.
-EMBEDDED_CONSUMER_TIMINGS = {"consumer_session_timeout_ms": 3000,
-                             "consumer_heartbeat_interval_ms": 300,
-                             "consumer_rebalance_timeout_ms": 1000}
 
 
 @dataclass(frozen=True)
@@ -101,7 +95,8 @@ async def fresh_stack(ctx: BenchContext, label: str) -> AsyncIterator[Stack]:
         update: dict[str, Any] = {"database_url": url,
                                   "kafka_bootstrap_servers": broker.bootstrap_servers,
                                   "dev_token": DEV_TOKEN}
-        update |= {k: v for k, v in EMBEDDED_CONSUMER_TIMINGS.items()
+        # As crm up does with the embedded broker; CRM_* variables the user set win.
+        update |= {k: v for k, v in EMBEDDED_BROKER_SETTINGS.items()
                    if k not in ctx.settings.model_fields_set}
         settings = ctx.settings.model_copy(update=update)
         await create_topics(settings)

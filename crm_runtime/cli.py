@@ -24,8 +24,8 @@ from crm_runtime import logs
 from crm_runtime import topics as topic_names
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.service import ServiceRunner, ServiceSpec, migrate_service, open_pool, run_forever
-from crm_runtime.settings import SERVICES, Settings, SettingsError, load_settings
-from crm_runtime.stack import child_env, infrastructure
+from crm_runtime.settings import SERVICES, Settings, SettingsError, env_name, load_settings
+from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, child_env, infrastructure
 from crm_runtime.version import VERSION
 
 app = typer.Typer(help="Event-driven CRM: customers, interactions and loyalty services.",
@@ -230,9 +230,7 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
         broker_note = ""
         if not settings_given("KAFKA_BOOTSTRAP_SERVERS"):
             broker_note = " (embedded Tansu, in memory)"
-            # Tansu waits out a departed member's whole session before a
-            # restarted service rejoins; short timeouts keep restarts quick.
-            extra |= {k: v for k, v in EMBEDDED_CONSUMER_TIMINGS.items() if k not in os.environ}
+            extra |= {k: v for k, v in EMBEDDED_BROKER_ENV.items() if k not in os.environ}
         if not settings_given("DATABASE_URL") and not settings_given("KAFKA_BOOTSTRAP_SERVERS"):
             # The all-embedded stack is a development stack: the demo moves its clock.
             extra.setdefault("CRM_DEV_CLOCK_CONTROL", os.environ.get("CRM_DEV_CLOCK_CONTROL",
@@ -292,9 +290,8 @@ def _wait_until_serving(addresses: dict[str, str],
                 time.sleep(0.2)
 
 
-EMBEDDED_CONSUMER_TIMINGS = {"CRM_CONSUMER_SESSION_TIMEOUT_MS": "3000",
-                             "CRM_CONSUMER_HEARTBEAT_INTERVAL_MS": "300",
-                             "CRM_CONSUMER_REBALANCE_TIMEOUT_MS": "1000"}
+#: ``EMBEDDED_BROKER_SETTINGS`` as the services' environment variables.
+EMBEDDED_BROKER_ENV = {env_name(k): str(v) for k, v in EMBEDDED_BROKER_SETTINGS.items()}
 
 
 def settings_given(name: str) -> bool:

@@ -102,8 +102,10 @@ class Settings(BaseSettings):
                     "at most this often (after the database commit, as always); at once when "
                     "they stop. 0: after every batch.")
     consumer_fetch_max_wait_ms: int = Field(
-        default=20, ge=0, le=10000,
-        description="How long the broker may hold a fetch open waiting for records.")
+        default=500, ge=0, le=10000,
+        description="How long the broker may hold a fetch open waiting for records (Kafka "
+                    "answers as soon as records arrive; `crm up` sets 20 with the embedded "
+                    "broker, which does not).")
     consumer_session_timeout_ms: int = Field(default=10000, ge=1000, le=300000)
     consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
     consumer_rebalance_timeout_ms: int = Field(default=30000, ge=1000, le=600000)

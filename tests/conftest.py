@@ -12,7 +12,12 @@ import asyncpg
 import pytest
 
 from crm_runtime.settings import Settings
-from crm_runtime.stack import EmbeddedPostgres, TansuBroker, postgres_answers
+from crm_runtime.stack import (
+    EMBEDDED_BROKER_SETTINGS,
+    EmbeddedPostgres,
+    TansuBroker,
+    postgres_answers,
+)
 
 
 @pytest.fixture(scope="session")
@@ -97,5 +102,4 @@ def settings(database_url: str, broker: TansuBroker, tmp_path: Path) -> Settings
                     kafka_bootstrap_servers=broker.bootstrap_servers, data_dir=tmp_path,
                     retry_initial_s=0.05, retry_max_s=0.5, relay_poll_interval_s=0.2,
                     scheduler_poll_interval_s=0.05, consumer_batch_wait_ms=50,
-                    shutdown_grace_s=1.0, consumer_session_timeout_ms=3000,
-                    consumer_heartbeat_interval_ms=300, consumer_rebalance_timeout_ms=1000)
+                    shutdown_grace_s=1.0, **EMBEDDED_BROKER_SETTINGS)

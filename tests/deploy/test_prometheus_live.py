@@ -35,7 +35,7 @@ from crm.ops.v1 import ops_pb2, ops_pb2_grpc
 from crm_runtime import metrics
 from crm_runtime.events import Envelope
 from crm_runtime.settings import SERVICES, Settings
-from crm_runtime.stack import TansuBroker, free_port
+from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker, free_port
 from crm_runtime.topics import INTERACTIONS_INGEST
 from services.customers import metrics as customers_metrics
 from services.customers.app import SPEC as CUSTOMERS
@@ -255,8 +255,7 @@ async def test_every_dashboard_and_alert_query_has_data_in_a_real_prometheus(
                         dev_clock_control=True, retry_initial_s=0.05, retry_max_s=0.5,
                         scheduler_poll_interval_s=0.05, consumer_batch_wait_ms=20,
                         metrics_refresh_s=0.2, relay_poll_interval_s=0.2,
-                        consumer_session_timeout_ms=3000, consumer_heartbeat_interval_ms=300,
-                        consumer_rebalance_timeout_ms=1000)
+                        **EMBEDDED_BROKER_SETTINGS)
     expected = queries()
     moving = domain_series()
     forget_earlier_series()

@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack
 
 from crm_runtime import metrics
 from crm_runtime.settings import Settings
-from crm_runtime.stack import TansuBroker, free_port
+from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker, free_port
 from services.customers.app import SPEC as CUSTOMERS
 from services.demo import Demo, Targets
 from services.interactions.app import SPEC as INTERACTIONS
@@ -20,8 +20,7 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
                         kafka_bootstrap_servers=broker.bootstrap_servers,
                         dev_clock_control=True, retry_initial_s=0.05, retry_max_s=0.5,
                         scheduler_poll_interval_s=0.05, consumer_batch_wait_ms=20,
-                        metrics_refresh_s=0.2, consumer_session_timeout_ms=3000,
-                        consumer_heartbeat_interval_ms=300, consumer_rebalance_timeout_ms=1000)
+                        metrics_refresh_s=0.2, **EMBEDDED_BROKER_SETTINGS)
     port = free_port()
     metrics.serve(port)  # one registry for the three in-process services
     async with AsyncExitStack() as stack:

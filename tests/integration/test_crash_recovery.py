@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from crm_runtime.cli import EMBEDDED_BROKER_ENV
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
 from crm_runtime.settings import Settings
@@ -33,10 +34,7 @@ class Worker:
                     "LEDGER_NAME": name, "LEDGER_REQUESTS_TOPIC": requests,
                     "LEDGER_BOOKED_TOPIC": booked,
                     "CRM_CONSUMER_BATCH_SIZE": "50", "CRM_CONSUMER_BATCH_WAIT_MS": "20",
-                    "CRM_CONSUMER_SESSION_TIMEOUT_MS": "3000",
-                    "CRM_CONSUMER_HEARTBEAT_INTERVAL_MS": "300",
-                    "CRM_CONSUMER_REBALANCE_TIMEOUT_MS": "1000",
-                    "CRM_RETRY_MAX_S": "0.5"}
+                    **EMBEDDED_BROKER_ENV, "CRM_RETRY_MAX_S": "0.5"}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 

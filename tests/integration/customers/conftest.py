@@ -14,15 +14,14 @@ from tests.support.services import Running, running
 
 @pytest.fixture(scope="package")
 async def svc(database_url: str, broker: object) -> AsyncIterator[Running]:
-    from crm_runtime.stack import TansuBroker
+    from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
 
     assert isinstance(broker, TansuBroker)
     settings = Settings(database_url=database_url,
                         kafka_bootstrap_servers=broker.bootstrap_servers,
                         retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
                         consumer_batch_wait_ms=20, metrics_refresh_s=0.2,
-                        consumer_session_timeout_ms=3000,
-                        consumer_heartbeat_interval_ms=300, consumer_rebalance_timeout_ms=1000)
+                        **EMBEDDED_BROKER_SETTINGS)
     async with running(SPEC, settings, START) as r:
         yield r
 

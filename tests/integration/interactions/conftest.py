@@ -10,7 +10,7 @@ import pytest
 
 from crm_runtime.clock import ManualClock
 from crm_runtime.settings import Settings
-from crm_runtime.stack import TansuBroker
+from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
 from services.customers.app import SPEC as CUSTOMERS
 from services.interactions.app import SPEC as INTERACTIONS
 from tests.support.customers import START
@@ -30,8 +30,7 @@ async def pair(database_url: str, broker: TansuBroker) -> AsyncIterator[Pair]:
                         kafka_bootstrap_servers=broker.bootstrap_servers,
                         retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
                         consumer_batch_wait_ms=20, metrics_refresh_s=0.2,
-                        consumer_session_timeout_ms=3000,
-                        consumer_heartbeat_interval_ms=300, consumer_rebalance_timeout_ms=1000)
+                        **EMBEDDED_BROKER_SETTINGS)
     clock = ManualClock(START)
     async with running(CUSTOMERS, settings, clock=clock) as customers:
         target = f"127.0.0.1:{customers.runner.bound_grpc_port}"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from crm_runtime.settings import Settings
-from crm_runtime.stack import TansuBroker
+from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
 from services.loyalty.app import SPEC
 from tests.support.services import Running, running
 
@@ -20,8 +20,7 @@ def loyalty_settings(database_url: str, broker: TansuBroker) -> Settings:
     return Settings(database_url=database_url, kafka_bootstrap_servers=broker.bootstrap_servers,
                     retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
                     relay_poll_interval_s=0.05, consumer_batch_wait_ms=20,
-                    consumer_session_timeout_ms=3000, consumer_heartbeat_interval_ms=300,
-                    consumer_rebalance_timeout_ms=1000)
+                    **EMBEDDED_BROKER_SETTINGS)
 
 
 @pytest.fixture(scope="package")

@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from crm_runtime.cli import create_topics
+from crm_runtime.cli import EMBEDDED_BROKER_ENV, create_topics
 from crm_runtime.stack import TansuBroker, free_port
 from crm_runtime.topics import LOYALTY
 from tests.integration.loyalty.conftest import loyalty_settings
@@ -58,9 +58,7 @@ class Service:
                     "CRM_GRPC_BASE_PORT": str(free_port() - 2),
                     "CRM_METRICS_BASE_PORT": str(free_port() - 2),
                     "CRM_CONSUMER_BATCH_SIZE": "20", "CRM_CONSUMER_BATCH_WAIT_MS": "20",
-                    "CRM_CONSUMER_SESSION_TIMEOUT_MS": "3000",
-                    "CRM_CONSUMER_HEARTBEAT_INTERVAL_MS": "300",
-                    "CRM_CONSUMER_REBALANCE_TIMEOUT_MS": "1000", "CRM_RETRY_MAX_S": "0.5"}
+                    **EMBEDDED_BROKER_ENV, "CRM_RETRY_MAX_S": "0.5"}
         self.env.pop("CRM_LOYALTY_RULES_FILE", None)
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
