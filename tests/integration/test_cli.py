@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crm_runtime import topics
-from crm_runtime.cli import available_services
+from crm_runtime.cli import EMBEDDED_BROKER_ENV, available_services
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.settings import SERVICES
 from crm_runtime.stack import TansuBroker
@@ -298,6 +298,9 @@ async def test_up_runs_the_embedded_stack_until_ctrl_c(
     token_file = data_dir / "dev-token"
     assert token_file.read_text().strip() == banner.dev_token
     assert token_file.stat().st_mode & 0o077 == 0, "the dev token must be private"
+    # On the embedded broker the services run with its consumer timings.
+    environ = job.service_process("loyalty").environ()
+    assert {k: environ.get(k) for k in EMBEDDED_BROKER_ENV} == EMBEDDED_BROKER_ENV
     await check_running(job, banner)
     await stop_cleanly(job)
 

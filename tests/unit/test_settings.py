@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from crm_runtime.cli import EMBEDDED_BROKER_ENV
 from crm_runtime.settings import (
     ApiToken,
     Settings,
@@ -16,6 +17,7 @@ from crm_runtime.settings import (
     env_name,
     load_settings,
 )
+from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS
 
 POS_TOKEN = "pos-token-0123456789abcdef"
 DEV_TOKEN = "dev-token-0123456789abcdef"
@@ -296,3 +298,12 @@ def test_partitions_for_uses_overrides_then_the_default() -> None:
     s = Settings(topic_partitions=8, topic_partition_overrides={"crm.loyalty.v1": 2})
     assert s.partitions_for("crm.loyalty.v1") == 2
     assert s.partitions_for("crm.customers.v1") == 8
+
+
+def test_the_embedded_broker_settings_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().consumer_fetch_max_wait_ms == 500  # a real Kafka's default
+    # What crm up hands the services on Tansu parses into exactly those values.
+    for name, value in EMBEDDED_BROKER_ENV.items():
+        monkeypatch.setenv(name, value)
+    loaded = load_settings()
+    assert {k: getattr(loaded, k) for k in EMBEDDED_BROKER_SETTINGS} == EMBEDDED_BROKER_SETTINGS
