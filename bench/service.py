@@ -47,7 +47,6 @@ DEV_TOKEN = "bench-dev-token-0123456789"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-
 @dataclass(frozen=True)
 class Stack:
     """The database and broker of one round, and the service settings on them."""
