@@ -31,11 +31,11 @@ class Ledger:
     bootstrap: str
     options: dict[str, int]
 
-    def consumer(self, **kwargs: object) -> EventConsumer:
+    def consumer(self, *, batch_wait_ms: int = 50, **kwargs: object) -> EventConsumer:
         return EventConsumer(self.pool, bootstrap_servers=self.bootstrap,
                              group=f"g-{self.schema}", topics=[self.requests],
                              handlers={"test.entry_requested": make_handler(self.booked, 2)},
-                             service="ledger", lanes=2, batch_wait_ms=50,
+                             service="ledger", lanes=2, batch_wait_ms=batch_wait_ms,
                              consumer_options=self.options, **kwargs)  # type: ignore[arg-type]
 
     async def applied(self) -> int:
@@ -211,11 +211,7 @@ async def test_a_rebalance_commits_what_is_done_before_partitions_move(
     # second starts after them and redelivers nothing.
     await produce_envelopes(ledger.bootstrap,
                             [entry(ledger, f"c{n % 6}", n) for n in range(30)])
-    first = EventConsumer(ledger.pool, bootstrap_servers=ledger.bootstrap,
-                          group=f"g-{ledger.schema}", topics=[ledger.requests],
-                          handlers={"test.entry_requested": make_handler(ledger.booked, 2)},
-                          service="ledger", lanes=2, batch_size=1, batch_wait_ms=60_000,
-                          commit_interval_ms=60_000, consumer_options=ledger.options)
+    first = ledger.consumer(batch_size=1, batch_wait_ms=60_000, commit_interval_ms=60_000)
     duplicates = metrics.DUPLICATES.labels("ledger", ledger.requests)
     before = duplicates._value.get()
     tasks = [asyncio.create_task(first.run())]
