@@ -43,7 +43,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 
 from crm_runtime import faults, logs, metrics, outbox, uow
 from crm_runtime.db import Conn, is_transient
-from crm_runtime.events import Envelope, PoisonMessage, decode, payload_class
+from crm_runtime.events import (
+    Envelope,
+    PoisonMessage,
+    decode_attributes,
+    payload_class,
+    read_attributes,
+)
 from crm_runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -131,9 +137,9 @@ class EventConsumer:
         self._uncommitted: dict[int, dict[TopicPartition, int]] = {}
         self._last_commit: dict[int, float] = {}
         self._commit_interval = commit_interval_ms / 1000
-        #: Per raw ce_type header of a known type: the type if this consumer
-        #: skips it, "" if it handles it.
-        self._skips: dict[bytes, str] = {}
+        #: Per ce_type of a known type: the type if this consumer skips it,
+        #: "" if it handles it.
+        self._skips: dict[str, str] = {}
         self.ready = asyncio.Event()
 
     def stop(self) -> None:
@@ -290,31 +296,31 @@ class EventConsumer:
                         self._group, exc)
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Item:
-        skipped = self._skipped_type(record.headers)
+        try:
+            attrs = read_attributes(record.headers)
+        except PoisonMessage as poison:
+            # A header is not UTF-8: still skipped if its type is one this
+            # consumer ignores (the consumer that handles it dead-letters it).
+            skipped = self._skipped_type(_raw_type(record.headers))
+            return _Item(record, skipped=skipped) if skipped else _Item(record, poison=poison)
+        skipped = self._skipped_type(attrs.get("ce_type"))
         if skipped is not None:
             return _Item(record, skipped=skipped)
         try:
-            return _Item(record, envelope=decode(record.headers, record.value))
+            return _Item(record, envelope=decode_attributes(attrs, record.value))
         except PoisonMessage as poison:
             return _Item(record, poison=poison)
 
-    def _skipped_type(self, headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+    def _skipped_type(self, event_type: str | None) -> str | None:
         """The record's type if it is a known one this consumer does not handle."""
-        raw = None
-        for key, value in headers or ():
-            if key == "ce_type":
-                raw = value  # of a repeated header the last wins, as in decode()
-        if raw is None:
+        if event_type is None:
             return None
-        known = self._skips.get(raw)
+        known = self._skips.get(event_type)
         if known is None:
-            try:
-                event_type = raw.decode()
-            except (UnicodeDecodeError, AttributeError):
-                return None  # decode() names the problem
             if payload_class(event_type) is None:
                 return None  # unknown: a dead letter (not remembered: any text may come)
-            known = self._skips[raw] = "" if event_type in self._handlers else event_type
+            known = self._skips[event_type] = (
+                "" if event_type in self._handlers else event_type)
         return known or None
 
     async def process(self, items: list[_Item]) -> None:
@@ -489,6 +495,18 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         pass
+
+
+def _raw_type(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+    """The ``ce_type`` header of a record whose headers are not all UTF-8."""
+    raw = None
+    for key, value in headers or ():
+        if key == "ce_type":
+            raw = value  # of a repeated header the last wins, as in read_attributes()
+    try:
+        return raw.decode() if raw is not None else None
+    except (UnicodeDecodeError, AttributeError):
+        return None  # read_attributes() named the problem
 
 
 def _id(item: _Item) -> str:

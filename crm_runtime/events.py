@@ -9,7 +9,9 @@ order on one partition.
 
 :func:`decode` turns a Kafka record back into an :class:`Envelope`, raising
 :class:`PoisonMessage` with a precise reason when the record cannot be read;
-consumers dead-letter those.
+consumers dead-letter those. It is :func:`read_attributes` (the headers, one
+pass) then :func:`decode_attributes` (the checks and the payload), so a
+consumer can skip a type it does not handle between the two.
 """
 
 from __future__ import annotations
@@ -169,28 +171,49 @@ def header_time(value: datetime) -> str:
 
 _REQUIRED = ("ce_specversion", "ce_id", "ce_type", "ce_source")
 
+Attributes = dict[str, str]
+
+
+def read_attributes(headers: Headers | None) -> Attributes:
+    """The record's CloudEvents headers (``ce_*`` and ``content-type``) as
+    text, or :class:`PoisonMessage` when one is not UTF-8. Of a repeated
+    header the last wins. :func:`decode_attributes` reads the event from
+    them; a consumer may look at ``ce_type`` in between (to skip a type it
+    does not handle without decoding it)."""
+    attrs: Attributes = {}
+    try:
+        for key, raw in headers or ():
+            if key[:3] == "ce_" or key == "content-type":
+                attrs[key] = raw.decode()
+    except (UnicodeDecodeError, AttributeError):
+        raise PoisonMessage("bad_header", _undecodable(headers or ())) from None
+    return attrs
+
 
 def decode(headers: Headers | None, value: bytes | None) -> Envelope:
     """Read a binary-mode CloudEvent into an :class:`Envelope`, or raise
     :class:`PoisonMessage` naming what is wrong."""
-    try:  # of a repeated header, the last wins
-        attrs = {key: raw.decode() for key, raw in headers or ()
-                 if key[:3] == "ce_" or key == "content-type"}
-    except (UnicodeDecodeError, AttributeError):
-        raise PoisonMessage("bad_header", _undecodable(headers or ())) from None
-    missing = [name for name in _REQUIRED if not attrs.get(name)]
-    if missing:
+    return decode_attributes(read_attributes(headers), value)
+
+
+def decode_attributes(attrs: Attributes, value: bytes | None) -> Envelope:
+    """:func:`decode` of a record whose headers :func:`read_attributes` read."""
+    get = attrs.get
+    specversion, event_type, event_id, source = (
+        get("ce_specversion"), get("ce_type"), get("ce_id"), get("ce_source"))
+    if not (specversion and event_type and event_id and source):
+        missing = [name for name in _REQUIRED if not get(name)]
         raise PoisonMessage("not_cloudevent", f"missing header(s) {', '.join(missing)}")
-    if attrs["ce_specversion"] != SPECVERSION:
+    if specversion != SPECVERSION:
         raise PoisonMessage(
-            "bad_specversion", f"ce_specversion is {attrs['ce_specversion']!r}, expected '1.0'"
-        )
-    content_type = attrs.get("content-type", CONTENT_TYPE)
-    if content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE:
+            "bad_specversion", f"ce_specversion is {specversion!r}, expected '1.0'")
+    content_type = get("content-type", CONTENT_TYPE)
+    if (content_type != CONTENT_TYPE
+            and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE):
         raise PoisonMessage("bad_content_type", f"content-type {content_type!r} is not JSON")
-    cls = _REGISTRY.get(attrs["ce_type"])
+    cls = _REGISTRY.get(event_type)
     if cls is None:
-        raise PoisonMessage("unknown_type", f"ce_type {attrs['ce_type']!r} is not a known event")
+        raise PoisonMessage("unknown_type", f"ce_type {event_type!r} is not a known event")
     try:
         data = cls.model_validate_json(value or b"")  # parse and validate in one pass
     except ValidationError as exc:
@@ -198,17 +221,16 @@ def decode(headers: Headers | None, value: bytes | None) -> Envelope:
         if broken:
             raise PoisonMessage("not_json", f"body is not JSON: {broken[0]['msg']}") from None
         raise PoisonMessage("invalid_payload", _describe(exc)) from None
-    subject = attrs.get("ce_subject", "")
-    when = attrs.get("ce_time")
+    when = get("ce_time")
     try:
         time = datetime.fromisoformat(when) if when else datetime.now(UTC)
     except ValueError:
         raise PoisonMessage("bad_header", f"ce_time {when!r} is not RFC 3339") from None
-    if time.tzinfo is None or "T" not in (when or "T"):
+    if time.tzinfo is None or (when and "T" not in when):
         raise PoisonMessage("bad_header", f"ce_time {when!r} is not RFC 3339 (date, time and "
                             "offset are required)")
-    parent = attrs.get("ce_traceparent", "")
-    return Envelope(data=data, subject=subject, source=attrs["ce_source"], id=attrs["ce_id"],
+    parent = get("ce_traceparent", "")
+    return Envelope(data=data, subject=get("ce_subject", ""), source=source, id=event_id,
                     time=time, traceparent=parent if logs.valid_traceparent(parent) else "")
 
 

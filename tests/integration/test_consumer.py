@@ -148,28 +148,31 @@ async def test_bad_messages_are_dead_lettered_and_the_rest_processed(ledger: Led
 async def test_known_events_without_a_handler_are_skipped_unrecorded(ledger: Ledger) -> None:
     # test.entry_booked is a registered type this consumer has no handler for:
     # it is counted as consumed, but neither decoded (a broken body is not a
-    # dead letter here) nor recorded in the inbox; a batch of nothing else
-    # still moves the group's offsets on.
+    # dead letter here, nor is a header that is not UTF-8) nor recorded in
+    # the inbox; a batch of nothing else still moves the group's offsets on.
     booked = [Envelope(data=EntryBooked(customer_id="c1", amount=n, balance=n),
                        subject="c1", source="/test/books", topic_override=ledger.requests)
               for n in range(5)]
     broken = dict(booked[0].headers())
     broken["ce_id"] = b"broken-booked"
+    not_utf8 = {**dict(booked[1].headers()), "ce_source": b"\xff/books"}
     await produce_envelopes(ledger.bootstrap, booked)
-    await produce(ledger.bootstrap, [(ledger.requests, b"c1", b"{not json", list(broken.items()))])
+    await produce(ledger.bootstrap, [(ledger.requests, b"c1", b"{not json", list(broken.items())),
+                                     (ledger.requests, b"c1", booked[1].body(),
+                                      list(not_utf8.items()))])
     consumed = metrics.CONSUMED.labels("ledger", ledger.requests, "test.entry_booked")
     before = consumed._value.get()
     consumer = ledger.consumer()
     task = asyncio.create_task(consumer.run())
     try:
-        await wait_for(lambda: _eq(_committed(consumer, ledger.requests), 6),
+        await wait_for(lambda: _eq(_committed(consumer, ledger.requests), 7),
                        what="offsets past the skipped records")
         assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 0
         await produce_envelopes(ledger.bootstrap, [entry(ledger, "c1", 7)])
         await wait_for(lambda: _eq(ledger.applied(), 1), what="the entry applied")
         assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 1
         assert await ledger.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
-        assert consumed._value.get() - before == 6
+        assert consumed._value.get() - before == 7
     finally:
         consumer.stop()
         await task
