@@ -307,9 +307,12 @@ class EventConsumer:
         if skipped is not None:
             return _Item(record, skipped=skipped)
         try:
-            return _Item(record, envelope=decode_attributes(attrs, record.value))
+            envelope = decode_attributes(attrs, record.value)
         except PoisonMessage as poison:
             return _Item(record, poison=poison)
+        if envelope.type not in self._handlers:  # structured mode: the type was in the body
+            return _Item(record, skipped=envelope.type)
+        return _Item(record, envelope=envelope)
 
     def _skipped_type(self, event_type: str | None) -> str | None:
         """The record's type if it is a known one this consumer does not handle."""

@@ -16,6 +16,9 @@ consumer can skip a type it does not handle between the two.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +26,7 @@ from functools import lru_cache
 from typing import ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import to_json
 
 from crm_runtime import ids, logs
 
@@ -197,41 +201,118 @@ def decode(headers: Headers | None, value: bytes | None) -> Envelope:
 
 
 def decode_attributes(attrs: Attributes, value: bytes | None) -> Envelope:
-    """:func:`decode` of a record whose headers :func:`read_attributes` read."""
+    """:func:`decode` of a record whose headers :func:`read_attributes` read.
+
+    Both content modes of the CloudEvents Kafka binding are read: binary
+    (the attributes in ``ce_*`` headers, the data as the value; what this
+    product writes) and structured (a ``content-type`` starting with
+    ``application/cloudevents``, the whole event a JSON object in the value:
+    what a CloudEvents SDK writes when asked for structured mode)."""
+    content_type = attrs.get("content-type", CONTENT_TYPE)
+    if content_type != CONTENT_TYPE and content_type[:23].lower() == _STRUCTURED_PREFIX:
+        attrs, value = _structured(content_type, value)
+        return _envelope(attrs, value, structured=True)
+    return _envelope(attrs, value, structured=False)
+
+
+#: A ``content-type`` with this prefix (any case) marks structured content mode.
+_STRUCTURED_PREFIX = "application/cloudevents"
+#: The one event format of structured mode that is read (the binding's MUST).
+STRUCTURED_JSON = "application/cloudevents+json"
+#: The context attributes read from a structured event, by their header name.
+_STRUCTURED_ATTRIBUTES = ("specversion", "id", "type", "source", "subject", "time",
+                          "traceparent")
+
+
+def _structured(content_type: str, value: bytes | None) -> tuple[Attributes, bytes]:
+    """A structured-mode record's attributes (under their binary-mode header
+    names, ``datacontenttype`` as ``content-type``) and its data as JSON."""
+    if content_type.split(";", 1)[0].strip().lower() != STRUCTURED_JSON:
+        raise PoisonMessage("bad_content_type", f"content-type {content_type!r}: of the "
+                            f"structured event formats only {STRUCTURED_JSON} is read")
+    try:
+        event = json.loads(value or b"")
+    except ValueError as exc:  # also a body that is not UTF-8
+        raise PoisonMessage("not_json", f"body is not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise PoisonMessage("not_cloudevent", "body is not a JSON object of CloudEvents "
+                            "attributes (structured mode)")
+    attrs: Attributes = {}
+    for name in (*_STRUCTURED_ATTRIBUTES, "datacontenttype"):
+        given = event.get(name)
+        if given is None:
+            continue
+        if not isinstance(given, str):
+            raise PoisonMessage("bad_attribute", f"attribute {name} is a JSON "
+                                f"{type(given).__name__}, expected a string")
+        attrs["content-type" if name == "datacontenttype" else "ce_" + name] = given
+    if "data_base64" in event:
+        try:
+            data = base64.b64decode(event["data_base64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise PoisonMessage("bad_attribute", "data_base64 is not base64") from None
+    elif "data" in event:
+        data = to_json(event["data"])
+    else:
+        raise PoisonMessage("invalid_payload", "the event carries no data")
+    return attrs, data
+
+
+#: How the structured mode names what binary mode calls these.
+_STRUCTURED_NAMES = {"content-type": "datacontenttype", "body": "data",
+                     **{"ce_" + name: name for name in _STRUCTURED_ATTRIBUTES}}
+
+
+def _envelope(attrs: Attributes, value: bytes | None, *, structured: bool) -> Envelope:
+    """The envelope of an event's attributes and JSON data, checked (a
+    failure names the header, or in structured mode the attribute)."""
     get = attrs.get
     specversion, event_type, event_id, source = (
         get("ce_specversion"), get("ce_type"), get("ce_id"), get("ce_source"))
     if not (specversion and event_type and event_id and source):
-        missing = [name for name in _REQUIRED if not get(name)]
-        raise PoisonMessage("not_cloudevent", f"missing header(s) {', '.join(missing)}")
+        missing = [_name(n, structured) for n in _REQUIRED if not get(n)]
+        raise PoisonMessage("not_cloudevent", f"missing {_kind(structured)}(s) "
+                            f"{', '.join(missing)}")
     if specversion != SPECVERSION:
-        raise PoisonMessage(
-            "bad_specversion", f"ce_specversion is {specversion!r}, expected '1.0'")
+        raise PoisonMessage("bad_specversion", f"{_name('ce_specversion', structured)} is "
+                            f"{specversion!r}, expected '1.0'")
     content_type = get("content-type", CONTENT_TYPE)
     if (content_type != CONTENT_TYPE
             and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE):
-        raise PoisonMessage("bad_content_type", f"content-type {content_type!r} is not JSON")
+        raise PoisonMessage("bad_content_type", f"{_name('content-type', structured)} "
+                            f"{content_type!r} is not JSON")
     cls = _REGISTRY.get(event_type)
     if cls is None:
-        raise PoisonMessage("unknown_type", f"ce_type {event_type!r} is not a known event")
+        raise PoisonMessage("unknown_type", f"{_name('ce_type', structured)} {event_type!r} "
+                            "is not a known event")
     try:
         data = cls.model_validate_json(value or b"")  # parse and validate in one pass
     except ValidationError as exc:
         broken = [e for e in exc.errors() if e["type"] == "json_invalid"]
         if broken:
-            raise PoisonMessage("not_json", f"body is not JSON: {broken[0]['msg']}") from None
+            raise PoisonMessage("not_json", f"{_name('body', structured)} is not JSON: "
+                                f"{broken[0]['msg']}") from None
         raise PoisonMessage("invalid_payload", _describe(exc)) from None
     when = get("ce_time")
-    try:
-        time = datetime.fromisoformat(when) if when else datetime.now(UTC)
-    except ValueError:
-        raise PoisonMessage("bad_header", f"ce_time {when!r} is not RFC 3339") from None
-    if time.tzinfo is None or (when and "T" not in when):
-        raise PoisonMessage("bad_header", f"ce_time {when!r} is not RFC 3339 (date, time and "
-                            "offset are required)")
+    try:  # RFC 3339 allows a lower-case "t" and "z"; fromisoformat does not
+        time = datetime.fromisoformat(when.upper()) if when else datetime.now(UTC)
+        if time.tzinfo is None or (when and "T" not in when.upper()):
+            raise ValueError("date, time and offset are required")
+    except ValueError as exc:
+        raise PoisonMessage("bad_attribute" if structured else "bad_header",
+                            f"{_name('ce_time', structured)} {when!r} is not RFC 3339 "
+                            f"({exc})") from None
     parent = get("ce_traceparent", "")
     return Envelope(data=data, subject=get("ce_subject", ""), source=source, id=event_id,
                     time=time, traceparent=parent if logs.valid_traceparent(parent) else "")
+
+
+def _name(header: str, structured: bool) -> str:
+    return _STRUCTURED_NAMES.get(header, header) if structured else header
+
+
+def _kind(structured: bool) -> str:
+    return "attribute" if structured else "header"
 
 
 def _undecodable(headers: Headers) -> str:

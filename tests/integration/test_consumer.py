@@ -156,23 +156,29 @@ async def test_known_events_without_a_handler_are_skipped_unrecorded(ledger: Led
     broken = dict(booked[0].headers())
     broken["ce_id"] = b"broken-booked"
     not_utf8 = {**dict(booked[1].headers()), "ce_source": b"\xff/books"}
+    # In structured mode the type is in the body: read, then skipped.
+    as_structured = json.dumps({"specversion": "1.0", "id": "structured-booked",
+                                "type": "test.entry_booked", "source": "/test/books",
+                                "data": json.loads(booked[2].body())}).encode()
     await produce_envelopes(ledger.bootstrap, booked)
     await produce(ledger.bootstrap, [(ledger.requests, b"c1", b"{not json", list(broken.items())),
                                      (ledger.requests, b"c1", booked[1].body(),
-                                      list(not_utf8.items()))])
+                                      list(not_utf8.items())),
+                                     (ledger.requests, b"c1", as_structured,
+                                      [("content-type", b"application/cloudevents+json")])])
     consumed = metrics.CONSUMED.labels("ledger", ledger.requests, "test.entry_booked")
     before = consumed._value.get()
     consumer = ledger.consumer()
     task = asyncio.create_task(consumer.run())
     try:
-        await wait_for(lambda: _eq(_committed(consumer, ledger.requests), 7),
+        await wait_for(lambda: _eq(_committed(consumer, ledger.requests), 8),
                        what="offsets past the skipped records")
         assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 0
         await produce_envelopes(ledger.bootstrap, [entry(ledger, "c1", 7)])
         await wait_for(lambda: _eq(ledger.applied(), 1), what="the entry applied")
         assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 1
         assert await ledger.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
-        assert consumed._value.get() - before == 7
+        assert consumed._value.get() - before == 8
     finally:
         consumer.stop()
         await task

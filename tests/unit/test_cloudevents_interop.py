@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event, to_binary_event
+from cloudevents.core.bindings.kafka import (
+    KafkaMessage,
+    from_binary_event,
+    to_binary_event,
+    to_structured_event,
+)
 from cloudevents.core.v1.event import CloudEvent
 
 from crm_runtime.events import Envelope, decode
@@ -67,3 +72,25 @@ def test_we_read_an_sdk_event() -> None:
     assert env.subject == "c-9"
     assert env.time == datetime(2024, 6, 1, 8, 15, 0, 250000, tzinfo=UTC)
     assert env.data == SomethingHappened(customer_id="c-9", points=3)
+
+
+def test_we_read_an_sdk_event_in_structured_mode() -> None:
+    # The binding says every implementation SHOULD read both modes; a channel
+    # whose SDK writes structured mode is not dead-lettered.
+    parent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    sent = CloudEvent(
+        attributes={"id": "sdk-2", "type": "unit.something_happened", "source": "/external/chat",
+                    "subject": "c-7", "time": datetime(2024, 6, 1, 8, 15, tzinfo=UTC),
+                    "datacontenttype": "application/json", "traceparent": parent},
+        data={"customer_id": "c-7", "points": 2, "note": "¡hola!"},
+    )
+    message = to_structured_event(sent)
+    assert message.headers["content-type"].startswith(b"application/cloudevents+json")
+
+    env = decode(list(message.headers.items()), message.value)
+
+    assert (env.id, env.type, env.source, env.subject) == (
+        "sdk-2", "unit.something_happened", "/external/chat", "c-7")
+    assert env.time == datetime(2024, 6, 1, 8, 15, tzinfo=UTC)
+    assert env.traceparent == parent
+    assert env.data == SomethingHappened(customer_id="c-7", points=2, note="¡hola!")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crm_runtime import events
+from crm_runtime import events, logs
 from crm_runtime.events import (
     SPECVERSION,
     Envelope,
@@ -295,7 +296,8 @@ def test_wrong_specversion(version: bytes) -> None:
 
 
 @pytest.mark.parametrize("content_type", [b"text/plain", b"application/avro",
-                                          b"application/cloudevents+json"])
+                                          b"application/cloudevents+avro",
+                                          b"Application/CloudEvents+Protobuf; x=1"])
 def test_non_json_content_type(content_type: bytes) -> None:
     env = make_envelope()
     err = poison(headers_with(env, {"content-type": content_type}), env.body())
@@ -375,6 +377,16 @@ def test_bad_ce_time(when: bytes) -> None:
     assert when.decode() in err.reason
 
 
+@pytest.mark.parametrize("when", [b"2024-05-01t12:30:15.5z", b"2024-05-01T13:30:15.5+01:00",
+                                  b"2024-05-01T12:30:15.500000123Z"])
+def test_ce_time_in_every_rfc_3339_form_is_read(when: bytes) -> None:
+    # Lower-case t and z (RFC 3339 section 5.6), an offset, nanoseconds (Go's and
+    # Java's SDKs write nine digits; the microseconds are kept).
+    env = make_envelope()
+    got = decode(headers_with(env, {"ce_time": when}), env.body())
+    assert got.time == datetime(2024, 5, 1, 12, 30, 15, 500000, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("when", [b"2024-05-01T12:00:00", b"2024-05-01"])
 def test_ce_time_without_offset_is_rejected(when: bytes) -> None:
     env = make_envelope()
@@ -386,3 +398,68 @@ def test_decode_checks_headers_before_body() -> None:
     env = make_envelope()
     err = poison(headers_with(env, {"ce_type": b"unit.unknown"}), b"not json")
     assert err.kind == "unknown_type"
+
+
+# --- structured content mode ------------------------------------------------------------------
+
+STRUCTURED = b"application/cloudevents+json; charset=UTF-8"
+
+
+def structured(**attributes: object) -> bytes:
+    """A structured-mode body: the event's attributes and its data, one JSON object."""
+    event: dict[str, object] = {
+        "specversion": "1.0", "id": "4b1c4f6e-0000-4000-8000-000000000001",
+        "type": "unit.something_happened", "source": "/crm/unit", "subject": "c-1",
+        "time": "2024-05-01T12:30:15.123456Z", "datacontenttype": "application/json",
+        "data": {"customer_id": "c-1", "points": 5, "note": "welcome"}}
+    event.update(attributes)
+    return json.dumps({k: v for k, v in event.items() if v is not None}).encode()
+
+
+def test_a_structured_event_reads_as_its_binary_twin() -> None:
+    binary = make_envelope()
+    parent = logs.new_traceparent()
+    got = decode([("content-type", STRUCTURED)], structured(traceparent=parent))
+    assert (got.id, got.type, got.source, got.subject, got.time, got.data) == (
+        binary.id, binary.type, binary.source, binary.subject, binary.time, binary.data)
+    assert got.traceparent == parent
+
+
+@pytest.mark.parametrize("content_type", [b"application/cloudevents+json",
+                                          b"APPLICATION/CLOUDEVENTS+JSON;charset=utf-8"])
+def test_structured_mode_is_told_by_the_content_type_in_any_case(content_type: bytes) -> None:
+    got = decode([("content-type", content_type)],
+                 structured(datacontenttype=None, subject=None, time=None, traceparent=None))
+    assert got.data == make_envelope().data and got.subject == ""
+
+
+def test_structured_data_may_come_as_base64() -> None:
+    data = base64.b64encode(make_envelope().body()).decode()
+    got = decode([("content-type", STRUCTURED)], structured(data=None, data_base64=data))
+    assert got.data == make_envelope().data
+
+
+@pytest.mark.parametrize(("attributes", "kind", "named"), [
+    ({"id": None, "source": None}, "not_cloudevent", "missing attribute(s) id, source"),
+    ({"specversion": "0.3"}, "bad_specversion", "specversion is '0.3'"),
+    ({"type": "unit.nothing"}, "unknown_type", "type 'unit.nothing'"),
+    ({"datacontenttype": "text/xml"}, "bad_content_type", "datacontenttype 'text/xml'"),
+    ({"time": "yesterday"}, "bad_attribute", "time 'yesterday' is not RFC 3339"),
+    ({"time": "2024-05-01T12:00:00"}, "bad_attribute", "offset are required"),
+    ({"id": 42}, "bad_attribute", "attribute id is a JSON int"),
+    ({"data": None}, "invalid_payload", "carries no data"),
+    ({"data": None, "data_base64": "*not base64*"}, "bad_attribute", "data_base64"),
+    ({"data": {"customer_id": "c-1", "points": "many"}}, "invalid_payload", "points"),
+])
+def test_a_bad_structured_event_names_the_attribute(attributes: dict[str, object], kind: str,
+                                                    named: str) -> None:
+    err = poison([("content-type", STRUCTURED)], structured(**attributes))
+    assert err.kind == kind
+    assert named in err.reason
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b"[1, 2]"])
+def test_a_structured_body_that_is_no_json_object_is_poison(body: bytes) -> None:
+    err = poison([("content-type", STRUCTURED)], body)
+    assert err.kind in {"not_json", "not_cloudevent"}
+    assert ("not JSON" in err.reason) == (err.kind == "not_json")
