@@ -7,6 +7,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from crm_runtime import ids
 from crm_runtime.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
@@ -33,6 +34,6 @@ def page_size(requested: int, field: str = "page_size") -> int:
 def parse_uuid(value: str, field: str = "customer_id") -> uuid.UUID:
     """An id from a request or an event; INVALID_ARGUMENT naming the field otherwise."""
     try:
-        return uuid.UUID(value)
+        return ids.read_uuid(value)
     except (ValueError, AttributeError, TypeError):
         raise InvalidArgument(field, f"{value!r} is not a UUID") from None

@@ -27,6 +27,7 @@ from crm_runtime.errors import (
     NotFound,
 )
 from crm_runtime.events import Envelope, EventPayload
+from crm_runtime.ids import read_uuid
 from services.customers import domain, metrics, segments, store
 from services.customers.domain import ConsentPurpose, Identity, Stage, StageCause, StageChange
 from services.customers.events import (
@@ -98,11 +99,11 @@ async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
                          ) -> list[EventPayload]:
     """Stage changes name the segments the customer is in after the change
     (loyalty rules match on them)."""
-    ids = sorted({uuid.UUID(p.customer_id) for p in payloads if isinstance(p, StageChanged)})
+    ids = sorted({read_uuid(p.customer_id) for p in payloads if isinstance(p, StageChanged)})
     if not ids:
         return payloads
     keys = await segment_keys_for(conn, ctx, ids)
-    return [p.model_copy(update={"segment_keys": keys[uuid.UUID(p.customer_id)]})
+    return [p.model_copy(update={"segment_keys": keys[read_uuid(p.customer_id)]})
             if isinstance(p, StageChanged) else p for p in payloads]
 
 

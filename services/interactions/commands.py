@@ -276,7 +276,7 @@ async def _open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: 
     policy = domain.choose_policy(await policies(conn), kind, channel)
     now = ctx.clock.now()
     promise = domain.promise_for(policy, now)
-    case_id = uuid.uuid4()
+    case_id = ids.uuid4()
     await conn.execute(
         """INSERT INTO cases (case_id, idempotency_key, customer_id, kind, channel, unit, summary,
                               interaction_id, opened_at, promised_earliest_at, promised_by,
@@ -497,7 +497,7 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
     if existing:
         return existing
     customer_id = await survivor(conn, customer_id)
-    response_id = uuid.uuid4()
+    response_id = ids.uuid4()
     csat = domain.csat_mean(csat_scores)
     _count_survey(conn, channel, csat, nps_score)
     row = await conn.fetchrow(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_runtime import logs, outbox, scheduler, uow
+from crm_runtime import ids, logs, outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -228,7 +228,7 @@ def _event_customer(env: Envelope) -> uuid.UUID:
 def _event_uuid(env: Envelope, name: str) -> uuid.UUID:
     raw = getattr(env.data, name, "")
     try:
-        return uuid.UUID(raw)
+        return ids.read_uuid(raw)
     except (ValueError, TypeError, AttributeError):
         raise PoisonMessage("invalid_payload", f"{name}: {raw!r} is not a UUID") from None
 

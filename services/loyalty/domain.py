@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from crm_runtime import ids
 from crm_runtime.errors import InvalidArgument
 
 STAGES = ("potential", "one_time", "repeat", "former")
@@ -476,7 +477,7 @@ _ACTION_NAMESPACE = uuid.UUID("6f1d7a52-3c2b-4e7e-9d55-2a0c6f0c1b10")
 def action_id(rule_id: str, trigger_event_id: str, index: int) -> uuid.UUID:
     """The same (rule, trigger event, action) always gets the same id, so a
     redelivered trigger cannot yield its action twice."""
-    return uuid.uuid5(_ACTION_NAMESPACE, f"{rule_id}\x1f{trigger_event_id}\x1f{index}")
+    return ids.uuid5(_ACTION_NAMESPACE, f"{rule_id}\x1f{trigger_event_id}\x1f{index}")
 
 
 # --- trust --------------------------------------------------------------------
