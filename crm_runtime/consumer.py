@@ -76,7 +76,7 @@ def per_event(handler: Handler) -> BatchHandler:
     return run
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     record: ConsumerRecord[bytes, bytes]
     envelope: Envelope | None = None
@@ -345,36 +345,41 @@ class EventConsumer:
             dead: list[tuple[_Item, str, str]] = [
                 (i, i.poison.kind, i.poison.reason) for i in items if i.poison is not None
             ]
-            # Each event once (the same event twice in one batch runs once); the
-            # known events it ignores were skipped before decoding (_skipped_type).
-            todo = [i for i in good if fresh.get(_id(i)) is i]
+            # Each event once (the same event twice in one batch runs once, in
+            # the first one's place; fresh keeps the batch's order); the known
+            # events it ignores were skipped before decoding (_skipped_type).
             # A handler sees the longest runs of consecutive records it handles, in
             # order: a service with one handler for many types gets the whole batch.
             run: list[_Item] = []
-            for item in [*todo, None]:
-                if run and (item is None
-                            or self._handlers[_type(item)] is not self._handlers[_type(run[0])]):
+            run_handler: BatchHandler | None = None
+            for item in fresh.values():
+                handler = self._handlers[_type(item)]
+                if run and handler is not run_handler:
                     dead += await self._handle_run(conn, run, isolate=isolate)
                     run = []
-                if item is not None:
-                    run.append(item)
+                run_handler = handler
+                run.append(item)
+            if run:
+                dead += await self._handle_run(conn, run, isolate=isolate)
             await self._dead_letter(conn, dead)
         self._count(items, fresh)
 
     async def _claim(self, conn: Conn, good: list[_Item]) -> dict[str, _Item]:
-        """Record the batch's event ids in the inbox; returns the new ones."""
+        """Record the batch's event ids in the inbox; returns the new ones, each
+        with its first item, in the batch's order."""
         if not good:
             return {}
+        event_ids = [_id(i) for i in good]
         rows = await conn.fetch(
             """INSERT INTO inbox (consumer_group, event_id)
                SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id""",
-            self._group, [_id(i) for i in good],
+            self._group, event_ids,
         )
         new = {r["event_id"] for r in rows}
         first: dict[str, _Item] = {}
-        for item in good:
-            if _id(item) in new:
-                first.setdefault(_id(item), item)
+        for event_id, item in zip(event_ids, good, strict=True):
+            if event_id in new and event_id not in first:
+                first[event_id] = item
         return first
 
     async def _handle_run(self, conn: Conn, run: list[_Item], *,

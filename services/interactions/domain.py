@@ -33,6 +33,8 @@ LOW_NPS = 6  # an NPS answer of 6 or less (a detractor) is a dissatisfaction sig
 
 
 def check_choice(field: str, value: str, allowed: tuple[str, ...], default: str = "") -> str:
+    if value in allowed:  # already canonical: the common case, on every contact
+        return value
     value = (value or default).strip().lower()
     if value not in allowed:
         raise InvalidArgument(field, f"{value!r} is not one of {list(allowed)}")
