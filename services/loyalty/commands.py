@@ -253,8 +253,9 @@ async def on_events(conn: Conn, ctx: Context, events: list[Envelope]) -> None:
 async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
     """Apply one consumed event: update loyalty's view of the customer, cancel
     what it makes moot, then run the rules it triggers."""
+    event_type = env.type  # a property: looked up once, then compared many times
     customer_id = _event_customer(env)
-    if env.type == "customer.merged":
+    if event_type == "customer.merged":
         await merge(unit, customer_id, _event_uuid(env, "merged_customer_id"), env)
         return
     view = await unit.view(customer_id)
@@ -263,15 +264,15 @@ async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
     derived = await _project(unit, view, env)
     if view.erased_at is not None:
         return
-    if env.type == "customer.registered" and _referral_code_of(env):
+    if event_type == "customer.registered" and _referral_code_of(env):
         await _referred_by_code(unit, view, env, rules)
-    if await unit.may_be_moot(view.customer_id, env.type):
+    if await unit.may_be_moot(view.customer_id, event_type):
         await unit.flush()
-        moot = await store.open_follow_ups(unit.conn, view.customer_id, cancel_on=env.type)
-        await _cancel_follow_ups(unit, moot, f"moot:{env.type}")
+        moot = await store.open_follow_ups(unit.conn, view.customer_id, cancel_on=event_type)
+        await _cancel_follow_ups(unit, moot, f"moot:{event_type}")
     facts: dict[str, Any] | None = None
     for stored in rules:
-        if stored.rule.trigger != env.type or not stored.rule.enabled:
+        if stored.rule.trigger != event_type or not stored.rule.enabled:
             continue
         if facts is None:
             facts = {**facts_of(view, env.data, unit.now), **derived}
@@ -284,9 +285,10 @@ async def _project(unit: Unit, view: View, env: Envelope) -> dict[str, Any]:
     """Keep loyalty's view of the customer current; react to consent changes.
     Returns the facts only the change itself tells (``newly_at_risk``)."""
     data: Any = env.data
+    event_type = env.type
     derived: dict[str, Any] = {}
     changed = True
-    if env.type == "customer.registered":
+    if event_type == "customer.registered":
         if view.purchase_count == 0:  # never undo a stage later events brought
             view.stage = data.stage or view.stage
         view.preferred_channel = data.preferred_channel
@@ -302,19 +304,19 @@ async def _project(unit: Unit, view: View, env: Envelope) -> dict[str, Any]:
                 if referrer != view.customer_id:
                     view.referred_by = referrer
         _ensure_referral_code(view)
-    elif env.type == "customer.stage_changed":
+    elif event_type == "customer.stage_changed":
         view.stage = data.to_stage
         view.purchase_count = data.purchase_count
         view.segments = list(data.segment_keys)
-    elif env.type == "customer.purchase_recorded":
+    elif event_type == "customer.purchase_recorded":
         view.purchase_count = max(view.purchase_count, data.purchase_count)
         view.last_purchase_at = max(filter(None, [view.last_purchase_at, data.occurred_at]))
-    elif env.type == "customer.consent_changed":
+    elif event_type == "customer.consent_changed":
         await _consent_changed(unit, view, data.purpose, data.granted, env.time)
-    elif env.type in ("customer.at_risk", "customer.risk_cleared"):
-        derived["newly_at_risk"] = env.type == "customer.at_risk" and not view.at_risk
-        view.at_risk = env.type == "customer.at_risk"
-    elif env.type == "customer.erased":
+    elif event_type in ("customer.at_risk", "customer.risk_cleared"):
+        derived["newly_at_risk"] = event_type == "customer.at_risk" and not view.at_risk
+        view.at_risk = event_type == "customer.at_risk"
+    elif event_type == "customer.erased":
         await erase(unit, view)
     else:
         changed = False

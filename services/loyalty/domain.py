@@ -20,6 +20,7 @@ deterministic action ids that make each trigger yield its actions once
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import secrets
 import uuid
@@ -265,8 +266,10 @@ _SLUG = r"^[a-z][a-z0-9_-]{0,62}$"
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_duration(text: str) -> timedelta:
-    """``3d``, ``12h``, ``1d12h``, ``30m``, ``0m``."""
+    """``3d``, ``12h``, ``1d12h``, ``30m``, ``0m`` (remembered: a follow-up
+    rule's delay is read on every event that triggers it)."""
     match = _DURATION.match(text.strip())
     if not text.strip() or match is None:
         raise ValueError(f"{text!r} is not a duration like '3d', '12h', '1d6h' or '30m'")
