@@ -178,20 +178,22 @@ _REQUIRED = ("ce_specversion", "ce_id", "ce_type", "ce_source")
 Attributes = dict[str, str]
 
 
+#: The headers :func:`decode` reads (other extensions are ignored, even if
+#: they are not UTF-8).
+_READ_HEADERS = frozenset(["ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time",
+                           "ce_subject", "ce_traceparent", "content-type"])
+
+
 def read_attributes(headers: Headers | None) -> Attributes:
-    """The record's CloudEvents headers (``ce_*`` and ``content-type``) as
-    text, or :class:`PoisonMessage` when one is not UTF-8. Of a repeated
+    """The record's CloudEvents headers that :func:`decode` reads, as text,
+    or :class:`PoisonMessage` when one is not UTF-8. Of a repeated
     header the last wins. :func:`decode_attributes` reads the event from
     them; a consumer may look at ``ce_type`` in between (to skip a type it
     does not handle without decoding it)."""
-    attrs: Attributes = {}
     try:
-        for key, raw in headers or ():
-            if key[:3] == "ce_" or key == "content-type":
-                attrs[key] = raw.decode()
+        return {key: raw.decode() for key, raw in headers or () if key in _READ_HEADERS}
     except (UnicodeDecodeError, AttributeError):
         raise PoisonMessage("bad_header", _undecodable(headers or ())) from None
-    return attrs
 
 
 def decode(headers: Headers | None, value: bytes | None) -> Envelope:
@@ -317,7 +319,7 @@ def _kind(structured: bool) -> str:
 
 def _undecodable(headers: Headers) -> str:
     for key, raw in headers:
-        if key[:3] == "ce_" or key == "content-type":
+        if key in _READ_HEADERS:
             try:
                 raw.decode()
             except (UnicodeDecodeError, AttributeError):

@@ -358,6 +358,13 @@ def test_invalid_payload_reason_lists_every_field() -> None:
     assert "points: Field required" in err.reason
 
 
+def test_an_extension_we_do_not_read_may_be_anything() -> None:
+    env = make_envelope()
+    got = decode([*env.headers(), ("ce_partitionkey", b"\xff\xfe"), ("trace", b"\x00")],
+                 env.body())
+    assert got.id == env.id and got.data == env.data
+
+
 @pytest.mark.parametrize("header", ["ce_id", "ce_type", "ce_subject", "content-type"])
 def test_non_utf8_header(header: str) -> None:
     env = make_envelope()
