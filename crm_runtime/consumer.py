@@ -7,7 +7,8 @@ One batch of records is processed in one PostgreSQL transaction:
    ``ce_type`` header alone: it has no effect to make idempotent, so it is
    neither decoded nor recorded in the inbox, and a batch of nothing else
    opens no transaction (the interactions service reads every customer event
-   for the two it acts on);
+   for the two it acts on); a record in structured content mode carries its
+   type in the value, so it is skipped once decoded, before the inbox;
 2. the event ids are inserted into ``inbox`` in one statement, and only the
    ids that were new reach the handlers (a redelivered event changes nothing);
 3. poison records are written to ``dead_letters`` and queued in the outbox for
