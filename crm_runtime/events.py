@@ -197,8 +197,8 @@ def read_attributes(headers: Headers | None) -> Attributes:
 
 
 def decode(headers: Headers | None, value: bytes | None) -> Envelope:
-    """Read a binary-mode CloudEvent into an :class:`Envelope`, or raise
-    :class:`PoisonMessage` naming what is wrong."""
+    """Read a CloudEvent (binary or structured content mode) into an
+    :class:`Envelope`, or raise :class:`PoisonMessage` naming what is wrong."""
     return decode_attributes(read_attributes(headers), value)
 
 
@@ -211,7 +211,7 @@ def decode_attributes(attrs: Attributes, value: bytes | None) -> Envelope:
     ``application/cloudevents``, the whole event a JSON object in the value:
     what a CloudEvents SDK writes when asked for structured mode)."""
     content_type = attrs.get("content-type", CONTENT_TYPE)
-    if content_type != CONTENT_TYPE and content_type[:23].lower() == _STRUCTURED_PREFIX:
+    if content_type != CONTENT_TYPE and content_type.lower().startswith(_STRUCTURED_PREFIX):
         attrs, value = _structured(content_type, value)
         return _envelope(attrs, value, structured=True)
     return _envelope(attrs, value, structured=False)
