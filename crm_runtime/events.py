@@ -296,9 +296,10 @@ def _envelope(attrs: Attributes, value: bytes | None, *, structured: bool) -> En
                                 f"{broken[0]['msg']}") from None
         raise PoisonMessage("invalid_payload", _describe(exc)) from None
     when = get("ce_time")
-    try:  # RFC 3339 allows a lower-case "t" and "z"; fromisoformat does not
-        time = datetime.fromisoformat(when.upper()) if when else datetime.now(UTC)
-        if time.tzinfo is None or (when and "T" not in when.upper()):
+    stamp = when.upper() if when else ""  # RFC 3339 allows "t" and "z"; fromisoformat does not
+    try:
+        time = datetime.fromisoformat(stamp) if stamp else datetime.now(UTC)
+        if time.tzinfo is None or (stamp and "T" not in stamp):
             raise ValueError("date, time and offset are required")
     except ValueError as exc:
         raise PoisonMessage("bad_attribute" if structured else "bad_header",

@@ -59,7 +59,7 @@ def current_traceparent() -> str:
         return parent
     # The context holds only valid traceparents (context() and each() check
     # them), so the trace id is characters 3-34; no regex on this hot path.
-    return f"00-{parent[3:35]}-{ids.random_hex(8)}-01"
+    return new_traceparent(parent[3:35])
 
 
 def set_service(name: str) -> None:
