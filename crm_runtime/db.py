@@ -111,12 +111,9 @@ class Rows:
 
     async def copy_unless_taken(self, conn: Conn, table: str,
                                 rows: Sequence[tuple[Any, ...]]) -> bool:
-        """Copy ``rows`` (from :attr:`copy_from` rows on) straight into
-        ``table``, whose columns are named as this batch's, inside a
-        savepoint of the caller's transaction. False, with nothing written,
-        if the batch is smaller or a unique constraint refused a row (a key
-        stored before, by this batch or by a concurrent transaction once it
-        committed): the caller then runs its ``ON CONFLICT`` statement.
+        """:func:`copy_unless_taken` of ``rows`` into ``table``, whose columns
+        are named as this batch's, from :attr:`copy_from` rows on (False
+        below, with nothing written).
 
         For batches that rarely repeat a key (the inbox has already dropped
         redelivered events): the database stores the rows once, where the
@@ -124,16 +121,27 @@ class Rows:
         contacts a batch: 13 µs a row against 21, the client's work the same)."""
         if self.copy_from is None or len(rows) < self.copy_from:
             return False
-        try:
-            async with conn.transaction():  # the savepoint a refused COPY rolls back to
-                await self._copy_into(conn, table, rows)
-        except asyncpg.UniqueViolationError:
-            return False
-        return True
+        return await copy_unless_taken(conn, table, [c for c, _ in self.columns], rows)
 
     async def _copy_into(self, conn: Conn, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
         await conn.copy_records_to_table(table, records=rows,
                                          columns=[c for c, _ in self.columns])
+
+
+async def copy_unless_taken(conn: Conn, table: str, columns: Sequence[str],
+                            rows: Sequence[tuple[Any, ...]]) -> bool:
+    """Copy ``rows`` straight into ``table`` inside a savepoint of the
+    caller's transaction; True if every row went in. False, with nothing
+    written, if a unique constraint refused a row (a key stored before, by
+    these rows or by a concurrent transaction once it committed): the caller
+    then runs its ``ON CONFLICT`` statement. ``COPY`` cannot take ``ON
+    CONFLICT``, but where conflicts are rare it is the cheapest way in."""
+    try:
+        async with conn.transaction():  # the savepoint a refused COPY rolls back to
+            await conn.copy_records_to_table(table, records=rows, columns=columns)
+    except asyncpg.UniqueViolationError:
+        return False
+    return True
 
 
 async def fetch_rows(conn: Conn, sql: str,

@@ -90,7 +90,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="JSON mapping of topic name to partition count.")
     api_tokens: list[ApiToken] = Field(default_factory=list)
     dev_token: str | None = Field(default=None, min_length=16)
-    consumer_batch_size: int = Field(default=500, ge=1, le=10000)
+    consumer_batch_size: int = Field(
+        default=1000, ge=1, le=10000,
+        description="Most records a consumer processes in one database transaction.")
     consumer_concurrency: int = Field(
         default=2, ge=1, le=16,
         description="Workers per consumer, each applying batches of its own share of the "

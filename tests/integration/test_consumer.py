@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import TopicPartition
 
-from crm_runtime import metrics
-from crm_runtime.consumer import EventConsumer, dlq_topic
+from crm_runtime import db, metrics
+from crm_runtime.consumer import INBOX_COPY_FROM, EventConsumer, dlq_topic
 from crm_runtime.db import Conn, create_pool
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import migrate, migrations_for
@@ -92,6 +93,57 @@ async def test_redelivered_events_change_nothing(ledger: Ledger) -> None:
     again.stop()
     await task
     assert await ledger.applied() == 300
+
+
+async def test_large_batches_enter_the_inbox_by_copy_and_redeliveries_fall_back(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of at least ``INBOX_COPY_FROM`` new events goes into the inbox
+    by COPY; a batch with an event seen before is refused whole by the
+    primary key and claimed by the ``ON CONFLICT`` statement instead, so only
+    its new events are applied."""
+    copies: list[tuple[int, bool]] = []
+    copy_unless_taken = db.copy_unless_taken
+
+    async def spy(conn: Conn, table: str, columns: Sequence[str],
+                  rows: Sequence[tuple[Any, ...]]) -> bool:
+        taken = await copy_unless_taken(conn, table, columns, rows)
+        if table == "inbox":
+            copies.append((len(rows), taken))
+        return taken
+
+    monkeypatch.setattr(db, "copy_unless_taken", spy)
+    def amount(i: int) -> int:
+        return 2 * i + 1  # never the 666 the ledger refuses
+
+    events = [entry(ledger, f"c{i % 12}", amount(i)) for i in range(600)]
+    await produce_envelopes(ledger.bootstrap, events)
+    consumer = ledger.consumer(batch_size=500)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), 600), what="600 entries applied")
+    finally:
+        consumer.stop()
+        await task
+    assert copies and all(taken and n >= INBOX_COPY_FROM for n, taken in copies)
+    copies.clear()
+    # Every event again (a replay), then 100 new ones: the replayed ids are in
+    # the inbox, so COPY is refused and the statement keeps only the new ones.
+    more = [entry(ledger, f"c{i % 12}", amount(i)) for i in range(600, 700)]
+    await produce_envelopes(ledger.bootstrap, events + more)
+    again = ledger.consumer(batch_size=500)
+    task = asyncio.create_task(again.run())
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), 700), what="700 entries applied")
+        await asyncio.sleep(0.5)
+    finally:
+        again.stop()
+        await task
+    assert any(not taken for _, taken in copies)
+    assert await ledger.applied() == 700
+    assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 700
+    rows = await ledger.pool.fetch("SELECT customer_id, total FROM balances")
+    assert {r[0]: r[1] for r in rows} == {
+        f"c{c}": sum(amount(i) for i in range(700) if i % 12 == c) for c in range(12)}
 
 
 async def _eq(value: Awaitable[int], expected: int) -> bool:
