@@ -117,27 +117,14 @@ async def test_large_batches_enter_the_inbox_by_copy_and_redeliveries_fall_back(
 
     events = [entry(ledger, f"c{i % 12}", amount(i)) for i in range(600)]
     await produce_envelopes(ledger.bootstrap, events)
-    consumer = ledger.consumer(batch_size=500)
-    task = asyncio.create_task(consumer.run())
-    try:
-        await wait_for(lambda: _eq(ledger.applied(), 600), what="600 entries applied")
-    finally:
-        consumer.stop()
-        await task
+    await _apply_until(ledger, ledger.consumer(batch_size=500), 600)
     assert copies and all(taken and n >= INBOX_COPY_FROM for n, taken in copies)
     copies.clear()
     # Every event again (a replay), then 100 new ones: the replayed ids are in
     # the inbox, so COPY is refused and the statement keeps only the new ones.
     more = [entry(ledger, f"c{i % 12}", amount(i)) for i in range(600, 700)]
     await produce_envelopes(ledger.bootstrap, events + more)
-    again = ledger.consumer(batch_size=500)
-    task = asyncio.create_task(again.run())
-    try:
-        await wait_for(lambda: _eq(ledger.applied(), 700), what="700 entries applied")
-        await asyncio.sleep(0.5)
-    finally:
-        again.stop()
-        await task
+    await _apply_until(ledger, ledger.consumer(batch_size=500), 700, settle=0.5)
     assert any(not taken for _, taken in copies)
     assert await ledger.applied() == 700
     assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 700
@@ -148,6 +135,20 @@ async def test_large_batches_enter_the_inbox_by_copy_and_redeliveries_fall_back(
 
 async def _eq(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+async def _apply_until(ledger: Ledger, consumer: EventConsumer, applied: int, *,
+                       settle: float = 0.0) -> None:
+    """Run ``consumer`` until the ledger has applied ``applied`` entries (and
+    ``settle`` seconds more, for any that should not come), then stop it."""
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: _eq(ledger.applied(), applied),
+                       what=f"{applied} entries applied")
+        await asyncio.sleep(settle)
+    finally:
+        consumer.stop()
+        await task
 
 
 async def test_bad_messages_are_dead_lettered_and_the_rest_processed(ledger: Ledger) -> None:
@@ -431,12 +432,7 @@ async def test_two_workers_apply_their_own_partitions_at_once_in_order(ledger: L
                              handlers={"test.entry_requested": handler}, service="ledger",
                              lanes=2, batch_size=50, batch_wait_ms=50,
                              consumer_options=ledger.options, concurrency=2)
-    task = asyncio.create_task(consumer.run())
-    try:
-        await wait_for(lambda: _eq(ledger.applied(), 600), what="600 entries applied")
-    finally:
-        consumer.stop()
-        await task
+    await _apply_until(ledger, consumer, 600)
     assert sorted(entered) == ["0", "1"] and overlapped == [True, True]
     assert not entered["0"] & entered["1"]  # a customer's partition has one worker
     # Each customer's balance after each entry is the running sum in produced order.
