@@ -99,12 +99,14 @@ async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
                          ) -> list[EventPayload]:
     """Stage changes name the segments the customer is in after the change
     (loyalty rules match on them)."""
-    ids = sorted({read_uuid(p.customer_id) for p in payloads if isinstance(p, StageChanged)})
+    changed = [read_uuid(p.customer_id) if isinstance(p, StageChanged) else None
+               for p in payloads]
+    ids = sorted({c for c in changed if c is not None})
     if not ids:
         return payloads
     keys = await segment_keys_for(conn, ctx, ids)
-    return [p.model_copy(update={"segment_keys": keys[read_uuid(p.customer_id)]})
-            if isinstance(p, StageChanged) else p for p in payloads]
+    return [p.model_copy(update={"segment_keys": keys[c]}) if c is not None else p
+            for p, c in zip(payloads, changed, strict=True)]
 
 
 async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
