@@ -229,7 +229,7 @@ _STRUCTURED_ATTRIBUTES = ("specversion", "id", "type", "source", "subject", "tim
 def _structured(content_type: str, value: bytes | None) -> tuple[Attributes, bytes]:
     """A structured-mode record's attributes (under their binary-mode header
     names, ``datacontenttype`` as ``content-type``) and its data as JSON."""
-    if content_type.split(";", 1)[0].strip().lower() != STRUCTURED_JSON:
+    if _media_type(content_type) != STRUCTURED_JSON:
         raise PoisonMessage("bad_content_type", f"content-type {content_type!r}: of the "
                             f"structured event formats only {STRUCTURED_JSON} is read")
     try:
@@ -279,8 +279,7 @@ def _envelope(attrs: Attributes, value: bytes | None, *, structured: bool) -> En
         raise PoisonMessage("bad_specversion", f"{_name('ce_specversion', structured)} is "
                             f"{specversion!r}, expected '1.0'")
     content_type = get("content-type", CONTENT_TYPE)
-    if (content_type != CONTENT_TYPE
-            and content_type.split(";", 1)[0].strip().lower() != CONTENT_TYPE):
+    if content_type != CONTENT_TYPE and _media_type(content_type) != CONTENT_TYPE:
         raise PoisonMessage("bad_content_type", f"{_name('content-type', structured)} "
                             f"{content_type!r} is not JSON")
     cls = _REGISTRY.get(event_type)
@@ -308,6 +307,11 @@ def _envelope(attrs: Attributes, value: bytes | None, *, structured: bool) -> En
     parent = get("ce_traceparent", "")
     return Envelope(data=data, subject=get("ce_subject", ""), source=source, id=event_id,
                     time=time, traceparent=parent if logs.valid_traceparent(parent) else "")
+
+
+def _media_type(content_type: str) -> str:
+    """A content type without its parameters, in lower case."""
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _name(header: str, structured: bool) -> str:
