@@ -95,8 +95,9 @@ class Settings(BaseSettings):
         description="Most records a consumer processes in one database transaction.")
     consumer_concurrency: int = Field(
         default=2, ge=1, le=16,
-        description="Workers per consumer, each applying batches of its own share of the "
-                    "partitions in a transaction of its own.")
+        description="Most workers per consumer, each applying batches of partitions no other "
+                    "worker holds in transactions of its own; more than one only during a "
+                    "backlog.")
     consumer_batch_wait_ms: int = Field(default=50, ge=0, le=60000)
     consumer_commit_interval_ms: int = Field(
         default=250, ge=0, le=60000,

@@ -399,13 +399,17 @@ async def test_a_rebalance_moves_partitions_without_crashing_either_member(
         await asyncio.gather(one, *([two] if two else []))
 
 
-async def test_two_workers_apply_their_own_partitions_at_once_in_order(ledger: Ledger) -> None:
-    """With ``concurrency=2`` each worker takes the partitions of its parity
-    (the topic has 3) and runs transactions of its own at the same time as
-    the other; each customer's entries are still applied once and in order."""
+async def test_two_workers_apply_a_backlog_at_once_never_one_partition_twice(
+        ledger: Ledger) -> None:
+    """With ``concurrency=2`` and a backlog, both workers run transactions
+    at the same time, each of partitions the other does not hold; a
+    partition may pass from one worker to the other between batches, and
+    each customer's entries are still applied once and in order."""
     entered: dict[str, set[int]] = {}
+    open_customers: set[str] = set()
     both = asyncio.Event()
     overlapped: list[bool] = []
+    shared: list[set[str]] = []
     inner = make_handler(ledger.booked, 2)
 
     async def handler(conn: Conn, events: list[Envelope]) -> None:
@@ -413,17 +417,23 @@ async def test_two_workers_apply_their_own_partitions_at_once_in_order(ledger: L
         assert task is not None
         worker = task.get_name().rsplit("-", 1)[-1]
         first = worker not in entered
-        entered.setdefault(worker, set()).update(
-            hash(e.subject) for e in events)  # the customers this worker saw
-        if len(entered) == 2:
-            both.set()
-        if first:  # hold the first transaction open until the other worker is in one too
-            try:
-                await asyncio.wait_for(both.wait(), timeout=10)
-                overlapped.append(True)
-            except TimeoutError:
-                overlapped.append(False)
-        await inner(conn, events)
+        customers = {e.subject for e in events}
+        if customers & open_customers:  # a partition in two transactions at once
+            shared.append(customers & open_customers)
+        open_customers.update(customers)
+        try:
+            entered.setdefault(worker, set()).update(hash(c) for c in customers)
+            if len(entered) == 2:
+                both.set()
+            if first:  # hold the first transaction open until the other worker is in one too
+                try:
+                    await asyncio.wait_for(both.wait(), timeout=10)
+                    overlapped.append(True)
+                except TimeoutError:
+                    overlapped.append(False)
+            await inner(conn, events)
+        finally:
+            open_customers.difference_update(customers)
 
     events = [entry(ledger, f"c{i % 12}", i) for i in range(600)]
     await produce_envelopes(ledger.bootstrap, events)
@@ -434,7 +444,7 @@ async def test_two_workers_apply_their_own_partitions_at_once_in_order(ledger: L
                              consumer_options=ledger.options, concurrency=2)
     await _apply_until(ledger, consumer, 600)
     assert sorted(entered) == ["0", "1"] and overlapped == [True, True]
-    assert not entered["0"] & entered["1"]  # a customer's partition has one worker
+    assert shared == []
     # Each customer's balance after each entry is the running sum in produced order.
     rows = await ledger.pool.fetch(
         "SELECT body FROM outbox WHERE event_type = 'test.entry_booked' ORDER BY id")
@@ -447,3 +457,57 @@ async def test_two_workers_apply_their_own_partitions_at_once_in_order(ledger: L
         running = [sum(amounts[:n + 1]) for n in range(len(amounts))]
         assert seen[f"c{c}"] == list(zip(amounts, running, strict=True))
     assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 600
+
+
+async def test_without_a_backlog_one_transaction_at_a_time_takes_what_came_meanwhile(
+        ledger: Ledger) -> None:
+    """With ``concurrency=2`` but no backlog (fewer than half a batch
+    waiting), the second worker does not start a transaction of its own
+    beside the first: what arrives while the first is open waits for it and
+    then goes in a few batches, one transaction after the other (the
+    fetcher holds one fetched chunk per partition, so what came after that
+    chunk is fetched once it is taken)."""
+    inner = make_handler(ledger.booked, 2)
+    hold = asyncio.Event()
+    held = asyncio.Event()
+    batches: list[int] = []
+    open_now = [0]
+    most_open = [0]
+
+    async def handler(conn: Conn, events: list[Envelope]) -> None:
+        open_now[0] += 1
+        most_open[0] = max(most_open[0], open_now[0])
+        try:
+            batches.append(len(events))
+            if any(isinstance(e.data, EntryRequested) and e.data.amount == 100 for e in events):
+                held.set()
+                await asyncio.wait_for(hold.wait(), timeout=10)
+            await inner(conn, events)
+        finally:
+            open_now[0] -= 1
+
+    consumer = EventConsumer(ledger.pool, bootstrap_servers=ledger.bootstrap,
+                             group=f"g-{ledger.schema}", topics=[ledger.requests],
+                             handlers={"test.entry_requested": handler}, service="ledger",
+                             lanes=2, batch_size=50, batch_wait_ms=50,
+                             consumer_options=ledger.options, concurrency=2)
+    task = asyncio.create_task(consumer.run())
+    try:
+        # Every partition applied from once, so the consumer knows it is caught up.
+        await produce_envelopes(ledger.bootstrap, [entry(ledger, f"c{i}", 1) for i in range(12)])
+        await wait_for(lambda: _eq(ledger.applied(), 12), what="12 entries applied")
+        await produce_envelopes(ledger.bootstrap, [entry(ledger, "c0", 100)])
+        await asyncio.wait_for(held.wait(), timeout=10)
+        batches.clear()
+        most_open[0] = 1
+        for i in range(1, 12):  # a trickle on every partition while c0's transaction is open
+            await produce_envelopes(ledger.bootstrap, [entry(ledger, f"c{i}", 2)])
+        await asyncio.sleep(1.0)  # time enough for the other worker to take them, if it would
+        assert batches == [] and most_open[0] == 1
+        hold.set()
+        await wait_for(lambda: _eq(ledger.applied(), 24), what="24 entries applied")
+        assert sum(batches) == 11 and len(batches) <= 3 and most_open[0] == 1
+    finally:
+        hold.set()
+        consumer.stop()
+        await task
