@@ -216,11 +216,11 @@ class EventConsumer:
         after ``batch_wait_ms`` of waiting for a busy worker without a
         backlog building up."""
         async with self._fetching:
+            self._released.clear()  # before the check: a release after it ends the wait
             busy = bool(self._held)
             if busy and await self._waiting_in_free() < self._backlog_from:
                 # Another worker is applying a batch and no backlog waits: what
                 # comes meanwhile is taken when it is done, in one batch.
-                self._released.clear()
                 try:
                     await asyncio.wait_for(self._released.wait(),
                                            timeout=(self._batch_wait_ms or 1) / 1000)
