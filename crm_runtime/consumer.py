@@ -215,6 +215,7 @@ class EventConsumer:
         by the caller); empty after ``batch_wait_ms`` without records; None
         after ``batch_wait_ms`` of waiting for a busy worker without a
         backlog building up."""
+        wait_ms = self._batch_wait_ms or 1
         async with self._fetching:
             self._released.clear()  # before the check: a release after it ends the wait
             busy = bool(self._held)
@@ -222,8 +223,7 @@ class EventConsumer:
                 # Another worker is applying a batch and no backlog waits: what
                 # comes meanwhile is taken when it is done, in one batch.
                 try:
-                    await asyncio.wait_for(self._released.wait(),
-                                           timeout=(self._batch_wait_ms or 1) / 1000)
+                    await asyncio.wait_for(self._released.wait(), timeout=wait_ms / 1000)
                 except TimeoutError:
                     return None
                 busy = bool(self._held)
@@ -233,7 +233,7 @@ class EventConsumer:
             # While another worker is busy, a short wait: partitions it lets
             # go are only fetched from in the next call.
             records = await self._kafka.getmany(
-                *free, timeout_ms=BUSY_FETCH_WAIT_MS if busy else (self._batch_wait_ms or 1),
+                *free, timeout_ms=BUSY_FETCH_WAIT_MS if busy else wait_ms,
                 max_records=self._batch_size)
             if busy and not records:
                 return None
