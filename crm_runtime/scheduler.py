@@ -78,6 +78,14 @@ async def cancel(conn: Conn, kind: str, key: str) -> bool:
     return bool(status.endswith(" 1"))
 
 
+async def cancel_many(conn: Conn, kind: str, keys: list[str]) -> None:
+    """Remove the pending items of ``kind`` with these keys, in one statement."""
+    if keys:
+        await conn.execute(
+            "DELETE FROM scheduled_work WHERE kind = $1 AND item_key = ANY($2::text[])",
+            kind, keys)
+
+
 class Scheduler:
     """Polls due work and runs its handler in the transaction that removes it."""
 

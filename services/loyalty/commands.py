@@ -81,9 +81,15 @@ class Unit:
     outbox's. A run of consumed events costs a few round trips, not a few
     per event.
 
-    Code on a rare path (consent withdrawn, erasure, merge, a moot follow-up)
-    that reads or writes tables directly calls :meth:`flush` first, so it sees
-    every earlier write and the outbox keeps the order events were caused in.
+    Code on a rare path (consent withdrawn, erasure, merge) that reads or
+    writes tables directly calls :meth:`flush` first, so it sees every earlier
+    write and the outbox keeps the order events were caused in.
+
+    Follow-ups an event makes moot (:meth:`cancel_moot`) are the common path of
+    a first purchase, so they are cancelled at :meth:`flush` for the whole
+    unit at once: each event cancels what was open when it came (not what a
+    later event of the unit scheduled), and its ``loyalty.followup_cancelled``
+    events take its place in the outbox.
     """
 
     def __init__(self, conn: Conn, ctx: Context) -> None:
@@ -103,6 +109,9 @@ class Unit:
         self._promo: dict[uuid.UUID, list[datetime]] = {}
         self._cancellable: dict[uuid.UUID, set[str]] | None = None
         self._new_cancellable: dict[uuid.UUID, set[str]] = {}  # follow-ups of this unit
+        #: Follow-ups scheduled in this unit, in the order they were.
+        self._scheduled: dict[uuid.UUID, int] = {}
+        self._moot: list[_Moot] = []
         self._trigger_ids: list[str] = []
         self._guard_loaded = False
         self._codes: list[str] = []
@@ -193,6 +202,7 @@ class Unit:
 
     def add_follow_up(self, row: store.FollowUpRow) -> None:
         self._follow_ups.append(row)
+        self._scheduled[row[0]] = len(self._scheduled)
         self._schedules.append((FOLLOW_UP_DUE, str(row[0]), row[10],
                                 logs.current_traceparent()))
         if row[8]:
@@ -211,14 +221,69 @@ class Unit:
             self._schedules.append((DISCOUNT_EXPIRING, str(row[0]), notice_at,
                                     logs.current_traceparent()))
 
+    def cancel_moot(self, customer_id: uuid.UUID, event_type: str) -> None:
+        """Cancel (at :meth:`flush`) the customer's follow-ups open now whose
+        ``cancel_on`` lists ``event_type``."""
+        self._moot.append(_Moot(customer_id, event_type, len(self._envelopes),
+                                len(self._scheduled), logs.current_traceparent()))
+
     async def flush(self) -> None:
-        """Write what is buffered: one statement for the rows, then the outbox."""
+        """Write what is buffered: one statement for the rows, the moot
+        follow-ups' cancellation when there are any, then the outbox."""
         await store.write_unit(self.conn, actions=self._actions, discounts=self._discounts,
                                follow_ups=self._follow_ups, schedules=self._schedules,
                                views=list(self._dirty.values()), now=self.now)
+        if self._moot:
+            await self._cancel_moot()
         await outbox.add(self.conn, self._envelopes, lanes=self.ctx.lanes)
         self._actions, self._discounts, self._follow_ups = [], [], []
         self._schedules, self._envelopes, self._dirty = [], [], {}
+
+
+    async def _cancel_moot(self) -> None:
+        """Cancel the follow-ups :meth:`cancel_moot` asked for, in three
+        statements for the whole unit: read them locked, close them, remove
+        their scheduled work. The rows this unit scheduled were just written."""
+        moot, self._moot = self._moot, []
+        rows = await store.open_follow_ups_listing(
+            self.conn, sorted({m.customer_id for m in moot}), sorted({m.event_type for m in moot}))
+        closing: list[tuple[uuid.UUID, str]] = []
+        taken: set[uuid.UUID] = set()
+        placed: list[tuple[int, list[Envelope]]] = []
+        for m in moot:
+            reason = f"moot:{m.event_type}"
+            cancelled = []
+            for r in rows:
+                fid = r["follow_up_id"]
+                if (r["customer_id"] != m.customer_id or m.event_type not in r["cancel_on"]
+                        or fid in taken or self._scheduled.get(fid, -1) >= m.scheduled_before):
+                    continue  # another's, not moot, cancelled already, or scheduled later
+                taken.add(fid)
+                closing.append((fid, reason))
+                cancelled.append(Envelope(
+                    data=FollowUpCancelled(follow_up_id=str(fid), customer_id=str(m.customer_id),
+                                           reason=reason),
+                    subject=str(m.customer_id), source=SOURCE, time=self.now,
+                    traceparent=m.traceparent))
+            placed.append((m.position, cancelled))
+        await store.close_follow_ups(self.conn, closing, domain.FollowUpStatus.CANCELLED.value,
+                                     self.now)
+        await scheduler.cancel_many(self.conn, FOLLOW_UP_DUE, [str(fid) for fid, _ in closing])
+        for position, envelopes in reversed(placed):  # later places first: earlier stay put
+            self._envelopes[position:position] = envelopes
+
+
+@dataclass(frozen=True)
+class _Moot:
+    """An event that made a customer's follow-ups moot (:meth:`Unit.cancel_moot`):
+    where its cancellations go in the unit's events, how many follow-ups the
+    unit had scheduled before it, and its trace."""
+
+    customer_id: uuid.UUID
+    event_type: str
+    position: int
+    scheduled_before: int
+    traceparent: str
 
 
 def _event_customer(env: Envelope) -> uuid.UUID:
@@ -267,9 +332,7 @@ async def on_event(unit: Unit, env: Envelope, rules: list[StoredRule]) -> None:
     if event_type == "customer.registered" and _referral_code_of(env):
         await _referred_by_code(unit, view, env, rules)
     if await unit.may_be_moot(view.customer_id, event_type):
-        await unit.flush()
-        moot = await store.open_follow_ups(unit.conn, view.customer_id, cancel_on=event_type)
-        await _cancel_follow_ups(unit, moot, f"moot:{event_type}")
+        unit.cancel_moot(view.customer_id, event_type)
     facts: dict[str, Any] | None = None
     for stored in rules:
         if stored.rule.trigger != event_type or not stored.rule.enabled:
@@ -558,11 +621,12 @@ def _issue_discount(unit: Unit, target: View, discount_id: uuid.UUID, rule_id: s
 
 
 async def _cancel_follow_ups(unit: Unit, rows: list[Any], reason: str) -> int:
-    """Cancel follow-ups read after a :meth:`Unit.flush`."""
+    """Cancel follow-ups read after a :meth:`Unit.flush` (two statements)."""
+    await store.close_follow_ups(unit.conn, [(row["follow_up_id"], reason) for row in rows],
+                                 domain.FollowUpStatus.CANCELLED.value, unit.now)
+    await scheduler.cancel_many(unit.conn, FOLLOW_UP_DUE,
+                                [str(row["follow_up_id"]) for row in rows])
     for row in rows:
-        await store.close_follow_up(unit.conn, row["follow_up_id"],
-                                    domain.FollowUpStatus.CANCELLED.value, reason, "", unit.now)
-        await scheduler.cancel(unit.conn, FOLLOW_UP_DUE, str(row["follow_up_id"]))
         unit.emit(row["customer_id"], FollowUpCancelled(
             follow_up_id=str(row["follow_up_id"]), customer_id=str(row["customer_id"]),
             reason=reason))

@@ -200,18 +200,41 @@ async def close_follow_up(conn: Conn, follow_up_id: uuid.UUID, status: str, outc
         follow_up_id, status, outcome, note, now)
 
 
+async def close_follow_ups(conn: Conn, closing: list[tuple[uuid.UUID, str]], status: str,
+                           now: datetime) -> None:
+    """Close these follow-ups (id, outcome) with one status, in one statement."""
+    if closing:
+        await conn.execute(
+            """UPDATE follow_ups AS f SET status = $3, outcome = c.outcome, note = '',
+                      closed_at = $4
+                 FROM unnest($1::uuid[], $2::text[]) AS c(follow_up_id, outcome)
+                WHERE f.follow_up_id = c.follow_up_id""",
+            [fid for fid, _ in closing], [outcome for _, outcome in closing], status, now)
+
+
+async def open_follow_ups_listing(conn: Conn, customer_ids: list[uuid.UUID],
+                                  event_types: list[str]) -> list[Any]:
+    """Open follow-ups of these customers whose ``cancel_on`` lists one of
+    ``event_types``, locked, by customer and due time."""
+    return list(await conn.fetch(
+        """SELECT follow_up_id, customer_id, cancel_on FROM follow_ups
+            WHERE customer_id = ANY($1::uuid[]) AND status IN ('scheduled', 'due')
+              AND cancel_on <> '{}' AND cancel_on && $2::text[]
+            ORDER BY customer_id, due_at, follow_up_id FOR UPDATE""",
+        customer_ids, event_types))
+
+
 async def open_follow_ups(conn: Conn, customer_id: uuid.UUID, *,
-                          purposes: list[str] | None = None, list_name: str | None = None,
-                          cancel_on: str | None = None) -> list[Any]:
+                          purposes: list[str] | None = None,
+                          list_name: str | None = None) -> list[Any]:
     """Scheduled or due follow-ups of a customer, optionally only those of
-    some purposes, of one newsletter list, or moot after an event type."""
+    some purposes or of one newsletter list."""
     return list(await conn.fetch(
         f"""SELECT {_FOLLOW_UP_COLUMNS} FROM follow_ups
              WHERE customer_id = $1 AND status IN ('scheduled', 'due')
                AND ($2::text[] IS NULL OR purpose = ANY($2::text[]))
                AND ($3::text IS NULL OR list = $3)
-               AND ($4::text IS NULL OR $4 = ANY(cancel_on))
-             ORDER BY due_at FOR UPDATE""", customer_id, purposes, list_name, cancel_on))
+             ORDER BY due_at FOR UPDATE""", customer_id, purposes, list_name))
 
 
 async def customer_follow_ups(conn: Conn, customer_id: uuid.UUID, limit: int = 100) -> list[Any]:

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from crm.loyalty.v1 import loyalty_pb2 as pb
-from services.loyalty import commands
+from services.loyalty import commands, store
 from services.loyalty.rulebook import RuleBook, load_file
 from services.loyalty.settings import DEFAULT_RULES_FILE
 from tests.support.loyalty import (
@@ -496,6 +496,71 @@ async def test_follow_ups_are_cancelled_when_they_got_what_they_were_for(svc: Ru
     assert sorted((f.rule_id, f.outcome) for f in p.follow_ups) == [
         ("at-risk-outreach", "moot:customer.risk_cleared"),
         ("welcome-follow-up", "moot:customer.purchase_recorded")]
+
+
+async def test_one_batch_cancels_what_each_event_made_moot_in_its_place(
+        svc: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moot follow-ups of a whole consumed batch are read in one statement, and
+    each event cancels only what was open when it came: a welcome scheduled
+    later in the batch stays, a second purchase cancels nothing more, and each
+    cancellation is published after the scheduling it undoes."""
+    pool = svc.runner.pool
+    assert pool is not None
+    ctx, now = _context(svc), svc.clock.now()
+    a, b, c = new_id(), new_id(), new_id()
+    async with pool.acquire() as conn, conn.transaction():  # an earlier batch
+        await commands.on_events(conn, ctx, [registered(b, now), registered(c, now)])
+    reads = 0
+    listing = store.open_follow_ups_listing
+
+    async def counted(*args: Any) -> list[Any]:
+        nonlocal reads
+        reads += 1
+        return await listing(*args)
+
+    monkeypatch.setattr(store, "open_follow_ups_listing", counted)
+    async with pool.acquire() as conn, conn.transaction():
+        await commands.on_events(conn, ctx, [
+            registered(a, now), purchase_recorded(a, 1999, 1, now), registered(a, now),
+            purchase_recorded(b, 1999, 1, now), purchase_recorded(b, 2999, 2, now)])
+    assert reads == 1
+
+    async def published(cid: str) -> list[tuple[str, str, str]]:
+        rows = await pool.fetch("SELECT event_type, body FROM outbox WHERE message_key = $1 "
+                                "ORDER BY id", cid.encode())
+        return [(r["event_type"], json.loads(r["body"])["follow_up_id"],
+                 json.loads(r["body"]).get("reason", "")) for r in rows
+                if r["event_type"].startswith("loyalty.followup_")]
+
+    def state(rows: list[Any]) -> dict[str, tuple[str, str, bool]]:
+        return {str(r["follow_up_id"]): (r["status"], r["outcome"], r["pending"]) for r in rows}
+
+    follow_ups = """SELECT f.follow_up_id, f.status, f.outcome,
+                           EXISTS (SELECT 1 FROM scheduled_work w WHERE w.kind = $2
+                                      AND w.item_key = f.follow_up_id::text) AS pending
+                      FROM follow_ups f WHERE f.customer_id = $1"""
+    # a: the first welcome is scheduled, then cancelled; the second stays.
+    events = await published(a)
+    assert [t for t, _, _ in events] == ["loyalty.followup_scheduled",
+                                         "loyalty.followup_cancelled",
+                                         "loyalty.followup_scheduled"]
+    first, second = events[0][1], events[2][1]
+    assert events[1][1:] == (first, "moot:customer.purchase_recorded")
+    assert state(await pool.fetch(follow_ups, uuid.UUID(a), commands.FOLLOW_UP_DUE)) == {
+        first: ("cancelled", "moot:customer.purchase_recorded", False),
+        second: ("scheduled", "", True)}
+    # b: the welcome of the earlier batch is cancelled once, by the first purchase.
+    events = await published(b)
+    assert [t for t, _, _ in events] == ["loyalty.followup_scheduled",
+                                         "loyalty.followup_cancelled"]
+    assert events[1][1:] == (events[0][1], "moot:customer.purchase_recorded")
+    assert list(state(await pool.fetch(follow_ups, uuid.UUID(b),
+                                       commands.FOLLOW_UP_DUE)).values()) == [
+        ("cancelled", "moot:customer.purchase_recorded", False)]
+    # c: nothing made its welcome moot.
+    assert list(state(await pool.fetch(follow_ups, uuid.UUID(c),
+                                       commands.FOLLOW_UP_DUE)).values()) == [
+        ("scheduled", "", True)]
 
 
 async def test_unsubscribe_cancels_pending_newsletter_sends(svc: Running) -> None:
