@@ -5,6 +5,7 @@ discount arithmetic."""
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -26,6 +27,7 @@ from services.loyalty.domain import (
     expiring_notice_at,
     in_quiet_hours,
     new_code,
+    new_codes,
     new_referral_code,
     normalise_code,
     outside_quiet_hours,
@@ -279,6 +281,23 @@ def test_codes_are_random_well_formed_and_normalised() -> None:
     for bad in ("", "ABCD", "OOOO-0000-1111-IIII", code + "-X"):
         with pytest.raises(InvalidArgument):
             normalise_code(bad)
+
+
+def test_codes_drawn_together_are_each_their_own_ten_random_bytes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """new_codes encodes all the bytes at once; each code is still the code
+    alphabet's base32 of its own 10 bytes, in four groups of four."""
+    raw = bytes(range(200, 256)) + bytes(range(0, 256, 3))[:84]  # 140 bytes: 14 codes
+    monkeypatch.setattr(secrets, "token_bytes", lambda n: raw[:n])
+    codes = new_codes(14)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    for i, code in enumerate(codes):
+        chunk = int.from_bytes(raw[10 * i:10 * i + 10], "big")
+        chars = "".join(CODE_ALPHABET[alphabet.index(b)] for b in (
+            alphabet[(chunk >> (75 - 5 * k)) & 31] for k in range(16)))
+        assert code == "-".join(chars[j:j + 4] for j in range(0, 16, 4))
+        assert normalise_code(code) == code
+    assert len(set(codes)) == 14
 
 
 def test_referral_codes_use_every_character_of_the_alphabet_at_random() -> None:
