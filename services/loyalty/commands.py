@@ -239,7 +239,6 @@ class Unit:
         self._actions, self._discounts, self._follow_ups = [], [], []
         self._schedules, self._envelopes, self._dirty = [], [], {}
 
-
     async def _cancel_moot(self) -> None:
         """Cancel the follow-ups :meth:`cancel_moot` asked for, in three
         statements for the whole unit: read them locked, close them, remove
