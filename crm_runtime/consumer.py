@@ -43,6 +43,8 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import IllegalStateError
 
 from crm_runtime import db, faults, logs, metrics, outbox, uow
@@ -73,6 +75,17 @@ _INBOX_COLUMNS = ("consumer_group", "event_id")
 #: How long a worker waits for records while another one is busy (it
 #: fetches only from the partitions the busy one does not hold).
 BUSY_FETCH_WAIT_MS = 5
+#: How a group shares partitions out among its members, in order of
+#: preference. Range first: each member gets the same partition numbers of
+#: every topic with the same partition count, so one customer's events on
+#: two topics (loyalty reads customers' and interactions') reach one
+#: replica, as they reach one worker within it. Round robin, aiokafka's
+#: default, deals out the partitions of all topics in one sequence, so with
+#: three partitions and two members partition 0 of the second topic goes to
+#: the member that does not have partition 0 of the first. It stays second
+#: so that, during a rolling upgrade, members of both releases still share
+#: a protocol.
+ASSIGNORS = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 
 
 def dlq_topic(topic: str) -> str:
@@ -131,14 +144,9 @@ class EventConsumer:
         self._batch_wait_ms = batch_wait_ms
         self._backoff = backoff or Backoff()
         self._failpoints = failpoints
-        self._kafka = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **(consumer_options or {}),
-        )
-        self._kafka.subscribe(self._topics, listener=_CommitBeforeRevoke(self))
+        self._bootstrap_servers = bootstrap_servers
+        self._consumer_options = dict(consumer_options or {})
+        self._kafka = self._new_kafka()
         self._stopping = asyncio.Event()
         self._next_offsets: dict[TopicPartition, int] = {}
         self._concurrency = max(1, concurrency)
@@ -167,6 +175,18 @@ class EventConsumer:
         self._skips: dict[str, str] = {}
         self.ready = asyncio.Event()
 
+    def _new_kafka(self) -> AIOKafkaConsumer:
+        kafka = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=ASSIGNORS,
+            **self._consumer_options,
+        )
+        kafka.subscribe(self._topics, listener=_CommitBeforeRevoke(self))
+        return kafka
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -185,7 +205,9 @@ class EventConsumer:
         transaction at a time with what arrived during the last costs less
         than two small ones at once, and the machine's time saved is the
         latency saved."""
-        await self._start_kafka()
+        if not await self._start_kafka():
+            await self._kafka.stop()  # stopped before it could start
+            return
         try:
             async with asyncio.TaskGroup() as workers:
                 for slot in range(self._concurrency):
@@ -253,16 +275,27 @@ class EventConsumer:
                     waiting += max(0, high - await self._kafka.position(tp))
         return waiting
 
-    async def _start_kafka(self) -> None:
-        while True:
+    async def _start_kafka(self) -> bool:
+        """Start the client, retrying with backoff: True once it started,
+        False when :meth:`stop` came first. A client whose start failed
+        cannot be started again (aiokafka: "Did you call `start` twice?") if
+        it got as far as the group (the broker refused to let it join, say,
+        for want of a partition assignor the group's members share), so each
+        retry starts a new one."""
+        while not self._stopping.is_set():
             try:
                 await self._kafka.start()
-                return
+                return True
             except Exception as exc:
                 delay = self._backoff.next()
-                log.warning("consumer %s cannot reach the broker (%s); retrying in %.1fs",
-                            self._group, exc, delay)
-                await asyncio.sleep(delay)
+                log.warning("consumer %s cannot start (%s: %s); retrying in %.1fs",
+                            self._group, type(exc).__name__, exc, delay)
+                with contextlib.suppress(Exception):
+                    await self._kafka.stop()
+                self._kafka = self._new_kafka()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+        return False
 
     async def _process_until_done(self, batch: list[ConsumerRecord[bytes, bytes]], *,
                                   backoff: Backoff) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
@@ -10,14 +11,17 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from crm_runtime import consumer as consumer_module
 from crm_runtime import db, metrics
-from crm_runtime.consumer import INBOX_COPY_FROM, EventConsumer, dlq_topic
+from crm_runtime.consumer import ASSIGNORS, INBOX_COPY_FROM, EventConsumer, dlq_topic
 from crm_runtime.db import Conn, create_pool
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.outbox import OutboxRelay
+from crm_runtime.retry import Backoff
 from crm_runtime.settings import Settings
 from tests.support.kafka import create_topics, produce, produce_envelopes, read_topic, wait_for
 from tests.support.ledger import MIGRATIONS, EntryBooked, EntryRequested, make_handler
@@ -397,6 +401,151 @@ async def test_a_rebalance_moves_partitions_without_crashing_either_member(
         first.stop()
         second.stop()
         await asyncio.gather(one, *([two] if two else []))
+
+
+async def test_members_of_a_group_get_the_same_partition_numbers_of_every_topic(
+        ledger: Ledger) -> None:
+    """Two members reading two topics of three partitions each: each member
+    holds the same partition numbers of both, so one customer's events on
+    the two topics (one key, one partition number) reach one member. Round
+    robin, aiokafka's default, gives one member partitions 0 and 2 of the
+    first topic but 1 of the second."""
+    second_topic = f"{ledger.requests}.second"
+    await create_topics(ledger.bootstrap, [second_topic])
+    members = [EventConsumer(ledger.pool, bootstrap_servers=ledger.bootstrap,
+                             group=f"g2-{ledger.schema}", topics=[ledger.requests, second_topic],
+                             handlers={"test.entry_requested": make_handler(ledger.booked, 2)},
+                             service="ledger", lanes=2, consumer_options=ledger.options)
+               for _ in range(2)]
+    tasks = [asyncio.create_task(m.run()) for m in members]
+
+    def held() -> list[dict[str, set[int]]]:
+        out = []
+        for m in members:
+            by_topic: dict[str, set[int]] = {ledger.requests: set(), second_topic: set()}
+            for tp in m._kafka.assignment():
+                by_topic[tp.topic].add(tp.partition)
+            out.append(by_topic)
+        return out
+
+    async def settled() -> bool:
+        parts = held()
+        return all(p[ledger.requests] or p[second_topic] for p in parts) and sum(
+            len(p[ledger.requests]) + len(p[second_topic]) for p in parts) == 6
+
+    try:
+        await wait_for(settled, timeout=60, what="both members assigned all six partitions")
+        for p in held():
+            assert p[ledger.requests] == p[second_topic], held()
+    finally:
+        for m in members:
+            m.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_member_of_the_previous_release_still_shares_the_group(ledger: Ledger) -> None:
+    """During a rolling upgrade a member that knows only round robin (aiokafka's
+    default, what earlier releases used) and a new one agree on a protocol:
+    both get partitions, and none is left out."""
+    second_topic = f"{ledger.requests}.second"
+    await create_topics(ledger.bootstrap, [second_topic])
+    group = f"g3-{ledger.schema}"
+    new = EventConsumer(ledger.pool, bootstrap_servers=ledger.bootstrap, group=group,
+                        topics=[ledger.requests, second_topic],
+                        handlers={"test.entry_requested": make_handler(ledger.booked, 2)},
+                        service="ledger", lanes=2, consumer_options=ledger.options)
+    old = AIOKafkaConsumer(bootstrap_servers=ledger.bootstrap, group_id=group,
+                           enable_auto_commit=False, **ledger.options)
+    old.subscribe([ledger.requests, second_topic])
+    await old.start()
+    task = asyncio.create_task(new.run())
+
+    async def shared() -> bool:
+        with contextlib.suppress(TimeoutError):  # a poll keeps the old member in the group
+            await asyncio.wait_for(old.getone(), 0.2)
+        mine, theirs = new._kafka.assignment(), old.assignment()
+        return bool(mine) and bool(theirs) and len(mine | theirs) == 6 and not mine & theirs
+
+    try:
+        await wait_for(shared, timeout=60, what="both members assigned, all six partitions")
+    finally:
+        new.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await old.stop()
+
+
+async def test_a_consumer_the_group_refuses_retries_with_a_new_client_and_stops(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member that shares no partition assignor with the group is refused
+    (InconsistentGroupProtocol). The consumer logs the reason and retries
+    with a new client (aiokafka will not start a client twice: the previous
+    code logged "start twice" forever and never joined), joins once the cause
+    is gone, and a stop ends it at once even while it waits to retry."""
+    monkeypatch.setattr(consumer_module, "ASSIGNORS", (RangePartitionAssignor,))
+    ledger.options = {**ledger.options, **_QUICK_GROUP}
+    async with _round_robin_member(ledger, f"g-{ledger.schema}") as old:  # ledger.consumer's
+        refused = ledger.consumer(backoff=Backoff(initial=0.1, maximum=0.5))
+        task = asyncio.create_task(refused.run())
+        try:
+            await wait_for(lambda: _true(caplog.text.count("cannot start (Inconsistent") >= 2),
+                           what="two refused joins, each logged with its reason")
+            assert "start` twice" not in caplog.text
+            # The cause goes away (this release's assignors again): the next
+            # retry's client joins and shares the partitions with the old member.
+            monkeypatch.setattr(consumer_module, "ASSIGNORS", ASSIGNORS)
+            await wait_for(lambda: _true(bool(refused._kafka.assignment())), timeout=60,
+                           what="the refused consumer joined once it could")
+            assert not refused._kafka.assignment() & old.assignment()
+        finally:
+            refused.stop()
+            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+    # One that stays refused stops at once, not after its backoff.
+    async with _round_robin_member(ledger, f"g5-{ledger.schema}"):
+        stuck = EventConsumer(ledger.pool, bootstrap_servers=ledger.bootstrap,
+                              group=f"g5-{ledger.schema}", topics=[ledger.requests],
+                              handlers={}, service="ledger", lanes=2,
+                              consumer_options=ledger.options,
+                              backoff=Backoff(initial=30.0, maximum=30.0))
+        task = asyncio.create_task(stuck.run())
+        await wait_for(lambda: _true(caplog.text.count("cannot start (Inconsistent") >= 3),
+                       what="a refused join in the second group")
+        stuck.stop()
+        await asyncio.wait_for(task, 3)
+
+
+#: Group timings as the embedded broker's settings have them: a member learns
+#: of a rebalance within a heartbeat, so the group meets the newcomer's
+#: protocol at once.
+_QUICK_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 300,
+                "rebalance_timeout_ms": 1000}
+
+
+@contextlib.asynccontextmanager
+async def _round_robin_member(ledger: Ledger, group: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A member of ``group`` with aiokafka's default assignor only, polling
+    (so it rejoins when the group rebalances) until the block ends."""
+    member = AIOKafkaConsumer(bootstrap_servers=ledger.bootstrap, group_id=group,
+                              enable_auto_commit=False, **ledger.options)
+    member.subscribe([ledger.requests])
+    await member.start()
+
+    async def poll() -> None:
+        while True:
+            await member.getmany(timeout_ms=100)
+
+    polling = asyncio.create_task(poll())
+    try:
+        await wait_for(lambda: _true(bool(member.assignment())), what="the member joined")
+        yield member
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        await member.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_two_workers_apply_a_backlog_at_once_never_one_partition_twice(
