@@ -159,8 +159,13 @@ class Unit:
         self._cancellable = None
 
     def emit(self, customer_id: uuid.UUID, *payloads: EventPayload) -> None:
-        self._envelopes += [Envelope(data=p, subject=str(customer_id), source=SOURCE,
-                                     time=self.now) for p in payloads]
+        trace = logs.current_traceparent()
+        self._envelopes += [self._envelope(customer_id, p, trace) for p in payloads]
+
+    def _envelope(self, customer_id: uuid.UUID, payload: EventPayload,
+                  traceparent: str) -> Envelope:
+        return Envelope(data=payload, subject=str(customer_id), source=SOURCE, time=self.now,
+                        traceparent=traceparent)
 
     async def promotional_times(self, customer_id: uuid.UUID) -> list[datetime]:
         """Times of promotional contacts in the cap's window (loaded for every
@@ -259,15 +264,11 @@ class Unit:
                     continue  # another's, not moot, cancelled already, or scheduled later
                 taken.add(fid)
                 closing.append((fid, reason))
-                cancelled.append(Envelope(
-                    data=FollowUpCancelled(follow_up_id=str(fid), customer_id=str(m.customer_id),
-                                           reason=reason),
-                    subject=str(m.customer_id), source=SOURCE, time=self.now,
-                    traceparent=m.traceparent))
+                cancelled.append(self._envelope(m.customer_id, FollowUpCancelled(
+                    follow_up_id=str(fid), customer_id=str(m.customer_id), reason=reason),
+                    m.traceparent))
             placed.append((m.position, cancelled))
-        await store.close_follow_ups(self.conn, closing, domain.FollowUpStatus.CANCELLED.value,
-                                     self.now)
-        await scheduler.cancel_many(self.conn, FOLLOW_UP_DUE, [str(fid) for fid, _ in closing])
+        await _close_cancelled(self, closing)
         for position, envelopes in reversed(placed):  # later places first: earlier stay put
             self._envelopes[position:position] = envelopes
 
@@ -621,15 +622,19 @@ def _issue_discount(unit: Unit, target: View, discount_id: uuid.UUID, rule_id: s
 
 async def _cancel_follow_ups(unit: Unit, rows: list[Any], reason: str) -> int:
     """Cancel follow-ups read after a :meth:`Unit.flush` (two statements)."""
-    await store.close_follow_ups(unit.conn, [(row["follow_up_id"], reason) for row in rows],
-                                 domain.FollowUpStatus.CANCELLED.value, unit.now)
-    await scheduler.cancel_many(unit.conn, FOLLOW_UP_DUE,
-                                [str(row["follow_up_id"]) for row in rows])
+    await _close_cancelled(unit, [(row["follow_up_id"], reason) for row in rows])
     for row in rows:
         unit.emit(row["customer_id"], FollowUpCancelled(
             follow_up_id=str(row["follow_up_id"]), customer_id=str(row["customer_id"]),
             reason=reason))
     return len(rows)
+
+
+async def _close_cancelled(unit: Unit, closing: list[tuple[uuid.UUID, str]]) -> None:
+    """Mark these follow-ups (id, reason) cancelled and remove their due work."""
+    await store.close_follow_ups(unit.conn, closing, domain.FollowUpStatus.CANCELLED.value,
+                                 unit.now)
+    await scheduler.cancel_many(unit.conn, FOLLOW_UP_DUE, [str(fid) for fid, _ in closing])
 
 
 async def follow_up_due(conn: Conn, ctx: Context, follow_up_id: uuid.UUID) -> None:
@@ -825,8 +830,8 @@ async def erase(unit: Unit, view: View) -> None:
     await _cancel_follow_ups(unit, await store.open_follow_ups(conn, cid),
                              Suppression.ERASED.value)
     await _leave_lists(unit, cid, None, Suppression.ERASED.value)
-    for discount_id in await store.void_discounts(conn, cid, "erased", now):
-        await scheduler.cancel(conn, DISCOUNT_EXPIRING, str(discount_id))
+    await scheduler.cancel_many(conn, DISCOUNT_EXPIRING, [
+        str(discount_id) for discount_id in await store.void_discounts(conn, cid, "erased", now)])
     await store.scrub_follow_up_notes(conn, cid)
     await store.scrub_order_ids(conn, cid)
     view.erased_at = now

@@ -219,7 +219,8 @@ async def open_follow_ups_listing(conn: Conn, customer_ids: list[uuid.UUID],
     return list(await conn.fetch(
         """SELECT follow_up_id, customer_id, cancel_on FROM follow_ups
             WHERE customer_id = ANY($1::uuid[]) AND status IN ('scheduled', 'due')
-              AND cancel_on <> '{}' AND cancel_on && $2::text[]
+              AND cancel_on <> '{}'  -- the follow_ups_cancellable index's predicate
+              AND cancel_on && $2::text[]
             ORDER BY customer_id, due_at, follow_up_id FOR UPDATE""",
         customer_ids, event_types))
 
