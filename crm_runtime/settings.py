@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     consumer_fetch_max_wait_ms: int = Field(
         default=500, ge=0, le=10000,
         description="How long the broker may hold a fetch open waiting for records (Kafka "
-                    "answers as soon as records arrive; `crm up` sets 20 with the embedded "
+                    "answers as soon as records arrive; `crm up` sets 50 with the embedded "
                     "broker, which does not).")
     consumer_session_timeout_ms: int = Field(default=10000, ge=1000, le=300000)
     consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
