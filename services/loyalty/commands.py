@@ -251,17 +251,20 @@ class Unit:
         moot, self._moot = self._moot, []
         rows = await store.open_follow_ups_listing(
             self.conn, sorted({m.customer_id for m in moot}), sorted({m.event_type for m in moot}))
+        by_customer: dict[uuid.UUID, list[Any]] = {}
+        for r in rows:  # each customer's in due order, as read
+            by_customer.setdefault(r["customer_id"], []).append(r)
         closing: list[tuple[uuid.UUID, str]] = []
         taken: set[uuid.UUID] = set()
         placed: list[tuple[int, list[Envelope]]] = []
         for m in moot:
             reason = f"moot:{m.event_type}"
             cancelled = []
-            for r in rows:
+            for r in by_customer.get(m.customer_id, ()):
                 fid = r["follow_up_id"]
-                if (r["customer_id"] != m.customer_id or m.event_type not in r["cancel_on"]
-                        or fid in taken or self._scheduled.get(fid, -1) >= m.scheduled_before):
-                    continue  # another's, not moot, cancelled already, or scheduled later
+                if (m.event_type not in r["cancel_on"] or fid in taken
+                        or self._scheduled.get(fid, -1) >= m.scheduled_before):
+                    continue  # not moot, cancelled already, or scheduled later
                 taken.add(fid)
                 closing.append((fid, reason))
                 cancelled.append(self._envelope(m.customer_id, FollowUpCancelled(
