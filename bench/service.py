@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,9 @@ from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker, free_port
 
 #: The bearer token of the in-process services (every scope).
 DEV_TOKEN = "bench-dev-token-0123456789"
+
+#: The gRPC port of a bench service's process (:mod:`bench.floor`).
+GRPC_PORT_ENV = "BENCH_GRPC_PORT"
 
 #: Clock ticks a second of /proc/<pid>/stat's CPU times.
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -112,9 +115,13 @@ class ServiceProcesses:
     :meth:`channels` opens one connection per channel (a local subchannel
     pool), so several channels spread over the replicas."""
 
-    def __init__(self, spec: ServiceSpec, settings: Settings, *, replicas: int = 1) -> None:
+    def __init__(self, spec: ServiceSpec, settings: Settings, *, replicas: int = 1,
+                 module: Sequence[str] | None = None) -> None:
         self.spec = spec
         self.replicas = replicas
+        #: What ``python -m`` runs: ``crm_runtime serve <name>`` for a product
+        #: service; a bench service (:mod:`bench.floor`) names its own module.
+        self.module = list(module or ("crm_runtime", "serve", spec.name))
         self.port = free_port()
         env = {k: v for k, v in os.environ.items()
                if not (k.upper().startswith("CRM_")
@@ -126,7 +133,10 @@ class ServiceProcesses:
             env[env_name(field)] = (json.dumps(value) if isinstance(value, dict | list)
                                     else str(value))
         # grpc_port(name) is base + the service's index: aim it at our port.
-        env[env_name("grpc_base_port")] = str(self.port - SERVICES.index(spec.name))
+        # A bench service, not one of SERVICES, reads GRPC_PORT_ENV.
+        if spec.name in SERVICES:
+            env[env_name("grpc_base_port")] = str(self.port - SERVICES.index(spec.name))
+        env[GRPC_PORT_ENV] = str(self.port)
         env["CRM_LOG_LEVEL"] = env.get("CRM_LOG_LEVEL", "WARNING")
         self._env = env
         self._procs: list[asyncio.subprocess.Process] = []
@@ -146,9 +156,10 @@ class ServiceProcesses:
             env = dict(self._env)
             port = free_port()
             self.metrics_ports.append(port)
-            env[env_name("metrics_base_port")] = str(port - SERVICES.index(self.spec.name))
+            if self.spec.name in SERVICES:
+                env[env_name("metrics_base_port")] = str(port - SERVICES.index(self.spec.name))
             self._procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "crm_runtime", "serve", self.spec.name, env=env,
+                sys.executable, "-m", *self.module, env=env,
                 stdin=asyncio.subprocess.DEVNULL))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -33,6 +33,15 @@ N trigger events are produced on ``crm.customers.v1``, one per customer.
   ``loyalty.discount_issued`` record per input to a topic of its own, awaiting
   the batch's acks.
 
+* runtime floor (a figure below the table, not a table row): the same
+  trigger records (the baseline's topic) consumed by :mod:`bench.floor`, a
+  service on the same shared runtime and settings (inbox, one transaction
+  per batch, outbox, relay) whose handler only COPYs the baseline's row and
+  queues one ``loyalty.discount_issued`` per input in the outbox, timed like
+  the product, after it. Its ratio to the baseline is what the mandated
+  reliability patterns cost before any loyalty rule runs; the product's
+  ratio to the floor is what loyalty's domain work adds.
+
 The check: exactly one discount per customer (of that rule, its action
 performed, nothing suppressed, no dead letter), and ``crm.loyalty.v1`` holds
 exactly one ``loyalty.discount_issued`` per customer, the outbox's events.
@@ -53,12 +62,13 @@ from typing import Any, cast
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from bench import kafka
+from bench import floor, kafka
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
 from bench.service import ServiceProcesses, Stack, consumed_until, cpu_figure, fresh_stack
-from bench.workloads.consume import COLUMNS, DDL, TABLE
+from bench.workloads.consume import COLUMNS, DDL, MIGRATION, TABLE
 from crm_runtime.events import Envelope
+from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.topics import CUSTOMERS, LOYALTY
 from services.customers.events import ConsentChanged, CustomerRegistered, StageChanged
 from services.loyalty.app import SPEC
@@ -73,6 +83,9 @@ RAW_SCHEMA = "bench_raw"
 #: Topics of the baseline, on the round's broker.
 RAW_IN = "bench.raw.loyalty.in"
 RAW_OUT = "bench.raw.loyalty.out"
+#: The runtime floor's service (:mod:`bench.floor`) reads RAW_IN, writes here.
+FLOOR_OUT = "bench.floor.out"
+FLOOR_SPEC = floor.build(RAW_IN, FLOOR_OUT)
 #: Pause between two polls of the service's tables.
 POLL_S = 0.01
 SOURCE = "/crm/customers"
@@ -168,6 +181,9 @@ class LoyaltyActions(Workload):
         partitions = self.stack.settings.partitions_for(CUSTOMERS)
         await kafka.create_topic(bootstrap, RAW_IN, partitions)
         await kafka.create_topic(bootstrap, RAW_OUT, self.stack.settings.partitions_for(LOYALTY))
+        await kafka.create_topic(bootstrap, FLOOR_OUT,
+                                 self.stack.settings.partitions_for(LOYALTY))
+        await migrate(conn, FLOOR_SPEC.schema, [*migrations_for(None), MIGRATION])
         await kafka.produce(bootstrap, RAW_IN, triggers)
         self.raw_records = discount_records(self.ids)
         async with conn.transaction():
@@ -245,7 +261,8 @@ class LoyaltyActions(Workload):
             await producer.stop()
         assert started is not None
         self.excluded["baseline consumer start (no group)"] = started - opened
-        return finished - started
+        self.baseline_s = finished - started
+        return self.baseline_s
 
     async def product(self) -> Phases:
         service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
@@ -259,10 +276,42 @@ class LoyaltyActions(Workload):
             await service.stop()
         self.excluded["product start-up and consumer group join"] = start_up
         cpu_figure(self.figures, service, self.events)
+        self.product_s = seconds
+        await self._floor()
         return {"actions": seconds}
+
+    async def _floor(self) -> None:
+        """The runtime floor, after the product (not part of its figure)."""
+        service = ServiceProcesses(FLOOR_SPEC, self.stack.settings, replicas=self.ctx.replicas,
+                                   module=("bench.floor", RAW_IN, FLOOR_OUT))
+        try:
+            seconds, start_up = await consumed_until(
+                service, self.conn, f"crm-{FLOOR_SPEC.name}",
+                count_sql=f"SELECT count(*) FROM {FLOOR_SPEC.schema}.{TABLE}",
+                expected=self.events, what="rows and events", published=True,
+                deadline=self._deadline(), poll_s=POLL_S)
+        finally:
+            await service.stop()
+        self.excluded["runtime floor start-up and consumer group join"] = start_up
+        self.floor_s = seconds
+        if service.work_cpu_s is not None:
+            self.figures["runtime floor CPU per event (µs, bench.floor process(es))"] = (
+                service.work_cpu_s / self.events * 1e6)
 
     async def verify(self) -> None:
         n = self.events
+        self.figures["runtime floor seconds (bench.floor: inbox, COPY, outbox, relay)"] = (
+            self.floor_s)
+        self.figures["runtime floor ratio to the baseline"] = self.floor_s / self.baseline_s
+        self.figures["product ratio to the runtime floor (loyalty's domain work)"] = (
+            self.product_s / self.floor_s)
+        rows = await self.conn.fetchval(f"SELECT count(*) FROM {FLOOR_SPEC.schema}.{TABLE}")
+        if rows != n:
+            raise RuntimeError(f"{self.name} runtime floor: {rows} rows, expected {n}")
+        published = await kafka.count_records(self.stack.bootstrap_servers, FLOOR_OUT, expect=n)
+        if published != n:
+            raise RuntimeError(f"{self.name} runtime floor: {published} records on {FLOOR_OUT}, "
+                               f"expected {n}")
         raw = await self.conn.fetchval(f"SELECT count(*) FROM {RAW_SCHEMA}.{TABLE}")
         if raw != n:
             raise RuntimeError(f"{self.name} baseline: {raw} rows, expected {n}")
