@@ -145,6 +145,10 @@ class ServiceProcesses:
         #: CPU seconds of the replicas from serving to the end that
         #: :func:`consumed_until` saw (group join included), if measured.
         self.work_cpu_s: float | None = None
+        #: The same span's CPU seconds of the round database's backends
+        #: (the service's connections) and of the broker, if measured.
+        self.work_db_cpu_s: float | None = None
+        self.work_broker_cpu_s: float | None = None
 
     @property
     def target(self) -> str:
@@ -236,6 +240,18 @@ def process_cpu_seconds(pid: int, *, named: str | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+async def backends_cpu(conn: asyncpg.Connection) -> dict[int, float]:
+    """CPU seconds used so far by each backend of ``conn``'s database but
+    ``conn``'s own (none when the server is on another machine)."""
+    backends: dict[int, float] = {}
+    for r in await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = "
+                              "current_database() AND pid <> pg_backend_pid()"):
+        used = process_cpu_seconds(r["pid"], named="postgres")
+        if used is not None:
+            backends[r["pid"]] = used
+    return backends
+
+
 def cpu_figure(figures: dict[str, float], service: ServiceProcesses, events: int) -> None:
     """Add the service's CPU per event, where :func:`consumed_until` measured it."""
     if service.work_cpu_s is not None and events:
@@ -245,7 +261,8 @@ def cpu_figure(figures: dict[str, float], service: ServiceProcesses, events: int
 
 async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, group: str, *,
                          count_sql: str, expected: int, what: str, published: bool,
-                         deadline: float, poll_s: float = 0.01) -> tuple[float, float]:
+                         deadline: float, poll_s: float = 0.01,
+                         broker_pid: int | None = None) -> tuple[float, float]:
     """Start ``service`` (its records are waiting on the topic) and poll (at
     the :class:`~bench.pacing.Pace` of its progress, at least every
     ``poll_s`` near the end) until ``count_sql`` counts ``expected`` rows
@@ -260,12 +277,18 @@ async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, gr
     first transaction (start-up and group join, which the figure leaves
     out). Both ends are read off the database's clock, so they hold across
     processes. Past ``deadline`` (``time.monotonic``) it fails saying how far
-    it got. The caller stops the service."""
+    it got. The caller stops the service.
+
+    The CPU the service's processes, its database backends and (given
+    ``broker_pid``) the broker used over the same span go into
+    ``service.work_cpu_s``, ``work_db_cpu_s`` and ``work_broker_cpu_s``."""
     schema = service.spec.schema
     unsent_sql = f"SELECT EXISTS (SELECT 1 FROM {schema}.outbox WHERE sent_at IS NULL)"
     opened = await conn.fetchval("SELECT clock_timestamp()")
     await service.start()
     cpu_before = service.cpu_seconds()
+    db_before = await backends_cpu(conn)
+    broker_before = process_cpu_seconds(broker_pid) if broker_pid else None
     pace = Pace(expected, least=poll_s)
     while True:
         service.check_running()
@@ -275,6 +298,13 @@ async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, gr
             cpu_after = service.cpu_seconds()
             if cpu_before is not None and cpu_after is not None:
                 service.work_cpu_s = cpu_after - cpu_before
+            # A backend that connected meanwhile counts from nothing.
+            service.work_db_cpu_s = sum(
+                used - db_before.get(pid, 0.0)
+                for pid, used in (await backends_cpu(conn)).items()) or None
+            broker_after = process_cpu_seconds(broker_pid) if broker_pid else None
+            if broker_before is not None and broker_after is not None:
+                service.work_broker_cpu_s = broker_after - broker_before
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"{service.spec.name}: {count} of {expected} {what}"

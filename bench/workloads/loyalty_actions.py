@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 import uuid
@@ -65,7 +66,13 @@ from aiokafka import AIOKafkaConsumer
 from bench import floor, kafka
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
-from bench.service import ServiceProcesses, Stack, consumed_until, cpu_figure, fresh_stack
+from bench.service import (
+    ServiceProcesses,
+    Stack,
+    consumed_until,
+    fresh_stack,
+    process_cpu_seconds,
+)
 from bench.workloads.consume import COLUMNS, DDL, MIGRATION, TABLE
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import migrate, migrations_for
@@ -225,6 +232,14 @@ class LoyaltyActions(Workload):
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         producer: Any = await kafka.start_producer(bootstrap)
         outputs = {r.key: r for r in self.raw_records}
+        backend = await self.conn.fetchval("SELECT pg_backend_pid()")
+        broker = self.stack.broker_pid
+
+        def cpu_now() -> tuple[float | None, ...]:
+            """This process's, its database backend's and the broker's CPU."""
+            return (sum(os.times()[:2]), process_cpu_seconds(backend, named="postgres"),
+                    process_cpu_seconds(broker) if broker else None)
+
         opened = time.perf_counter()
         await consumer.start()
         try:
@@ -238,6 +253,7 @@ class LoyaltyActions(Workload):
                                                max_records=s.consumer_batch_size)
                 if started is None:
                     started = time.perf_counter()
+                    cpu_before = cpu_now()
                 records = [r for part in batch.values() for r in part]
                 if not records:
                     continue
@@ -256,6 +272,10 @@ class LoyaltyActions(Workload):
                 await asyncio.gather(*futures)
                 done += len(records)
             finished = time.perf_counter()
+            cpu_after = cpu_now()
+            self._cpu("baseline", "the bench process", *(
+                None if b is None or a is None else a - b
+                for b, a in zip(cpu_before, cpu_after, strict=True)))
         finally:
             await consumer.stop()
             await producer.stop()
@@ -271,11 +291,12 @@ class LoyaltyActions(Workload):
                 service, self.conn, f"crm-{SPEC.name}",
                 count_sql=f"SELECT count(*) FROM {SCHEMA}.discounts",
                 expected=self.events, what="discounts issued", published=True,
-                deadline=self._deadline(), poll_s=POLL_S)
+                deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
         finally:
             await service.stop()
         self.excluded["product start-up and consumer group join"] = start_up
-        cpu_figure(self.figures, service, self.events)
+        self._cpu("product", "the loyalty process(es)", service.work_cpu_s,
+                  service.work_db_cpu_s, service.work_broker_cpu_s)
         self.product_s = seconds
         await self._floor()
         return {"actions": seconds}
@@ -289,14 +310,24 @@ class LoyaltyActions(Workload):
                 service, self.conn, f"crm-{FLOOR_SPEC.name}",
                 count_sql=f"SELECT count(*) FROM {FLOOR_SPEC.schema}.{TABLE}",
                 expected=self.events, what="rows and events", published=True,
-                deadline=self._deadline(), poll_s=POLL_S)
+                deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
         finally:
             await service.stop()
         self.excluded["runtime floor start-up and consumer group join"] = start_up
         self.floor_s = seconds
-        if service.work_cpu_s is not None:
-            self.figures["runtime floor CPU per event (µs, bench.floor process(es))"] = (
-                service.work_cpu_s / self.events * 1e6)
+        self._cpu("runtime floor", "the bench.floor process(es)", service.work_cpu_s,
+                  service.work_db_cpu_s, service.work_broker_cpu_s)
+
+    def _cpu(self, part: str, client: str, *seconds: float | None) -> None:
+        """CPU per event of ``part``: its client process(es), the database's
+        backends, the broker, and their sum (what of the two cores it took)."""
+        labels = (client, "the database's backends", "the broker")
+        known = [(label, s) for label, s in zip(labels, seconds, strict=True) if s is not None]
+        for label, s in known:
+            self.figures[f"{part}: CPU per event (µs, {label})"] = s / self.events * 1e6
+        if len(known) == len(labels):
+            self.figures[f"{part}: CPU per event (µs, all of the above)"] = (
+                sum(s for _, s in known) / self.events * 1e6)
 
     async def verify(self) -> None:
         n = self.events

@@ -85,7 +85,13 @@ from bench import kafka
 from bench.customers import seed_customers
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
-from bench.service import ServiceProcesses, Stack, fresh_stack, process_cpu_seconds
+from bench.service import (
+    ServiceProcesses,
+    Stack,
+    backends_cpu,
+    fresh_stack,
+    process_cpu_seconds,
+)
 from bench.workloads.loyalty_actions import known_customer_envelopes
 from crm_runtime.events import Envelope
 from crm_runtime.topics import CUSTOMERS, INTERACTIONS_INGEST, LOYALTY
@@ -395,12 +401,7 @@ class LoyaltyLatency(Workload):
         pid = self.stack.broker_pid
         if pid is not None and (used := process_cpu_seconds(pid)) is not None:
             parts["the broker"] = {pid: used}
-        backends: dict[int, float] = {}
-        for r in await self.conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = "
-                                       "current_database() AND pid <> pg_backend_pid()"):
-            used = process_cpu_seconds(r["pid"], named="postgres")
-            if used is not None:
-                backends[r["pid"]] = used
+        backends = await backends_cpu(self.conn)
         if backends:
             parts["the database's backends"] = backends
         return parts
