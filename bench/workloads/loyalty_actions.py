@@ -92,7 +92,6 @@ RAW_IN = "bench.raw.loyalty.in"
 RAW_OUT = "bench.raw.loyalty.out"
 #: The runtime floor's service (:mod:`bench.floor`) reads RAW_IN, writes here.
 FLOOR_OUT = "bench.floor.out"
-FLOOR_SPEC = floor.build(RAW_IN, FLOOR_OUT)
 #: Pause between two polls of the service's tables.
 POLL_S = 0.01
 SOURCE = "/crm/customers"
@@ -190,7 +189,9 @@ class LoyaltyActions(Workload):
         await kafka.create_topic(bootstrap, RAW_OUT, self.stack.settings.partitions_for(LOYALTY))
         await kafka.create_topic(bootstrap, FLOOR_OUT,
                                  self.stack.settings.partitions_for(LOYALTY))
-        await migrate(conn, FLOOR_SPEC.schema, [*migrations_for(None), MIGRATION])
+        # Built here, not on import: bench.floor imports this package.
+        self.floor_spec = floor.build(RAW_IN, FLOOR_OUT)
+        await migrate(conn, self.floor_spec.schema, [*migrations_for(None), MIGRATION])
         await kafka.produce(bootstrap, RAW_IN, triggers)
         self.raw_records = discount_records(self.ids)
         async with conn.transaction():
@@ -303,12 +304,12 @@ class LoyaltyActions(Workload):
 
     async def _floor(self) -> None:
         """The runtime floor, after the product (not part of its figure)."""
-        service = ServiceProcesses(FLOOR_SPEC, self.stack.settings, replicas=self.ctx.replicas,
+        service = ServiceProcesses(self.floor_spec, self.stack.settings, replicas=self.ctx.replicas,
                                    module=("bench.floor", RAW_IN, FLOOR_OUT))
         try:
             seconds, start_up = await consumed_until(
-                service, self.conn, f"crm-{FLOOR_SPEC.name}",
-                count_sql=f"SELECT count(*) FROM {FLOOR_SPEC.schema}.{TABLE}",
+                service, self.conn, f"crm-{self.floor_spec.name}",
+                count_sql=f"SELECT count(*) FROM {self.floor_spec.schema}.{TABLE}",
                 expected=self.events, what="rows and events", published=True,
                 deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
         finally:
@@ -336,7 +337,7 @@ class LoyaltyActions(Workload):
         self.figures["runtime floor ratio to the baseline"] = self.floor_s / self.baseline_s
         self.figures["product ratio to the runtime floor (loyalty's domain work)"] = (
             self.product_s / self.floor_s)
-        rows = await self.conn.fetchval(f"SELECT count(*) FROM {FLOOR_SPEC.schema}.{TABLE}")
+        rows = await self.conn.fetchval(f"SELECT count(*) FROM {self.floor_spec.schema}.{TABLE}")
         if rows != n:
             raise RuntimeError(f"{self.name} runtime floor: {rows} rows, expected {n}")
         published = await kafka.count_records(self.stack.bootstrap_servers, FLOOR_OUT, expect=n)
