@@ -31,6 +31,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import kafka
 from bench.context import BenchContext
 from bench.infra import fresh_database
 from bench.pacing import Pace
@@ -250,6 +251,18 @@ async def backends_cpu(conn: asyncpg.Connection) -> dict[int, float]:
         if used is not None:
             backends[r["pid"]] = used
     return backends
+
+
+async def check_rows_and_records(what: str, conn: asyncpg.Connection, bootstrap: str,
+                                 table: str, topic: str, expected: int) -> None:
+    """Raise unless ``table`` holds ``expected`` rows and ``topic`` as many
+    records: what a side that copies rows and produces records must leave."""
+    rows = await conn.fetchval(f"SELECT count(*) FROM {table}")
+    if rows != expected:
+        raise RuntimeError(f"{what}: {rows} rows in {table}, expected {expected}")
+    records = await kafka.count_records(bootstrap, topic, expect=expected)
+    if records != expected:
+        raise RuntimeError(f"{what}: {records} records on {topic}, expected {expected}")
 
 
 def cpu_figure(figures: dict[str, float], service: ServiceProcesses, events: int) -> None:

@@ -54,7 +54,14 @@ import asyncpg
 from bench import kafka
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
-from bench.service import ServiceProcesses, Stack, consumed_until, cpu_figure, fresh_stack
+from bench.service import (
+    ServiceProcesses,
+    Stack,
+    check_rows_and_records,
+    consumed_until,
+    cpu_figure,
+    fresh_stack,
+)
 from bench.workloads.consume import DDL, TABLE, copy_from_topic
 from crm_runtime.events import Envelope
 from crm_runtime.topics import INTERACTIONS, INTERACTIONS_INGEST
@@ -194,13 +201,9 @@ class InteractionsIngest(Workload):
 
     async def verify(self) -> None:
         n = self.events
-        raw = await self.conn.fetchval(f"SELECT count(*) FROM {RAW_SCHEMA}.{TABLE}")
-        if raw != n:
-            raise RuntimeError(f"{self.name} baseline: {raw} rows, expected {n}")
-        produced = await kafka.count_records(self.stack.bootstrap_servers, RAW_TOPIC, expect=n)
-        if produced != n:
-            raise RuntimeError(f"{self.name} baseline: {produced} records on {RAW_TOPIC}, "
-                               f"expected {n}")
+        await check_rows_and_records(f"{self.name} baseline", self.conn,
+                                     self.stack.bootstrap_servers, f"{RAW_SCHEMA}.{TABLE}",
+                                     RAW_TOPIC, n)
         row = await self.conn.fetchrow(
             f"""SELECT (SELECT count(*) FROM {SCHEMA}.interactions) AS interactions,
                        (SELECT count(*) FROM {SCHEMA}.inbox) AS inbox,

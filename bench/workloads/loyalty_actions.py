@@ -69,6 +69,7 @@ from bench.registry import Phases, Workload, register
 from bench.service import (
     ServiceProcesses,
     Stack,
+    check_rows_and_records,
     consumed_until,
     fresh_stack,
     process_cpu_seconds,
@@ -286,38 +287,33 @@ class LoyaltyActions(Workload):
         return self.baseline_s
 
     async def product(self) -> Phases:
-        service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
-        try:
-            seconds, start_up = await consumed_until(
-                service, self.conn, f"crm-{SPEC.name}",
-                count_sql=f"SELECT count(*) FROM {SCHEMA}.discounts",
-                expected=self.events, what="discounts issued", published=True,
-                deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
-        finally:
-            await service.stop()
-        self.excluded["product start-up and consumer group join"] = start_up
-        self._cpu("product", "the loyalty process(es)", service.work_cpu_s,
-                  service.work_db_cpu_s, service.work_broker_cpu_s)
-        self.product_s = seconds
-        await self._floor()
-        return {"actions": seconds}
+        self.product_s = await self._consumed(
+            "product", ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas),
+            f"{SCHEMA}.discounts", "discounts issued")
+        # The runtime floor, after the product (not part of its figure).
+        self.floor_s = await self._consumed(
+            "runtime floor", ServiceProcesses(self.floor_spec, self.stack.settings,
+                                              replicas=self.ctx.replicas,
+                                              module=("bench.floor", RAW_IN, FLOOR_OUT)),
+            f"{self.floor_spec.schema}.{TABLE}", "rows and events")
+        return {"actions": self.product_s}
 
-    async def _floor(self) -> None:
-        """The runtime floor, after the product (not part of its figure)."""
-        service = ServiceProcesses(self.floor_spec, self.stack.settings, replicas=self.ctx.replicas,
-                                   module=("bench.floor", RAW_IN, FLOOR_OUT))
+    async def _consumed(self, part: str, service: ServiceProcesses, table: str,
+                        what: str) -> float:
+        """Run ``service`` until ``table`` holds a row per event and its
+        outbox is drained; its seconds, its CPU as figures."""
         try:
             seconds, start_up = await consumed_until(
-                service, self.conn, f"crm-{self.floor_spec.name}",
-                count_sql=f"SELECT count(*) FROM {self.floor_spec.schema}.{TABLE}",
-                expected=self.events, what="rows and events", published=True,
-                deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
+                service, self.conn, f"crm-{service.spec.name}",
+                count_sql=f"SELECT count(*) FROM {table}", expected=self.events, what=what,
+                published=True, deadline=self._deadline(), poll_s=POLL_S,
+                broker_pid=self.stack.broker_pid)
         finally:
             await service.stop()
-        self.excluded["runtime floor start-up and consumer group join"] = start_up
-        self.floor_s = seconds
-        self._cpu("runtime floor", "the bench.floor process(es)", service.work_cpu_s,
+        self.excluded[f"{part} start-up and consumer group join"] = start_up
+        self._cpu(part, f"the {service.spec.name} process(es)", service.work_cpu_s,
                   service.work_db_cpu_s, service.work_broker_cpu_s)
+        return seconds
 
     def _cpu(self, part: str, client: str, *seconds: float | None) -> None:
         """CPU per event of ``part``: its client process(es), the database's
@@ -337,20 +333,11 @@ class LoyaltyActions(Workload):
         self.figures["runtime floor ratio to the baseline"] = self.floor_s / self.baseline_s
         self.figures["product ratio to the runtime floor (loyalty's domain work)"] = (
             self.product_s / self.floor_s)
-        rows = await self.conn.fetchval(f"SELECT count(*) FROM {self.floor_spec.schema}.{TABLE}")
-        if rows != n:
-            raise RuntimeError(f"{self.name} runtime floor: {rows} rows, expected {n}")
-        published = await kafka.count_records(self.stack.bootstrap_servers, FLOOR_OUT, expect=n)
-        if published != n:
-            raise RuntimeError(f"{self.name} runtime floor: {published} records on {FLOOR_OUT}, "
-                               f"expected {n}")
-        raw = await self.conn.fetchval(f"SELECT count(*) FROM {RAW_SCHEMA}.{TABLE}")
-        if raw != n:
-            raise RuntimeError(f"{self.name} baseline: {raw} rows, expected {n}")
-        produced = await kafka.count_records(self.stack.bootstrap_servers, RAW_OUT, expect=n)
-        if produced != n:
-            raise RuntimeError(f"{self.name} baseline: {produced} records on {RAW_OUT}, "
-                               f"expected {n}")
+        bootstrap = self.stack.bootstrap_servers
+        await check_rows_and_records(f"{self.name} runtime floor", self.conn, bootstrap,
+                                     f"{self.floor_spec.schema}.{TABLE}", FLOOR_OUT, n)
+        await check_rows_and_records(f"{self.name} baseline", self.conn, bootstrap,
+                                     f"{RAW_SCHEMA}.{TABLE}", RAW_OUT, n)
         row = await self.conn.fetchrow(
             f"""SELECT (SELECT count(*) FROM {SCHEMA}.discounts) AS discounts,
                        (SELECT count(DISTINCT customer_id) FROM {SCHEMA}.discounts) AS customers,
