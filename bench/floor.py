@@ -24,7 +24,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from bench.service import GRPC_PORT_ENV
-from bench.workloads.consume import TABLE
+from bench.workloads.consume import COLUMNS, TABLE
 from crm_runtime import outbox
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope
@@ -41,7 +41,6 @@ from services.customers.events import StageChanged
 from services.loyalty.events import DiscountIssued
 
 NAME = "floor"
-COLUMNS = ("event_id", "customer_id", "amount")
 
 
 def build(in_topic: str, out_topic: str) -> ServiceSpec:

@@ -42,6 +42,10 @@ N trigger events are produced on ``crm.customers.v1``, one per customer.
   reliability patterns cost before any loyalty rule runs; the product's
   ratio to the floor is what loyalty's domain work adds.
 
+Each of the three also prints its CPU per event: its client process(es),
+the database's backends and the broker (on two cores, half their sum is a
+bound on the wall time per event that no overlap gets under).
+
 The check: exactly one discount per customer (of that rule, its action
 performed, nothing suppressed, no dead letter), and ``crm.loyalty.v1`` holds
 exactly one ``loyalty.discount_issued`` per customer, the outbox's events.
