@@ -103,7 +103,7 @@ class CustomersPurchases(Workload):
                 service, self.conn, f"crm-{SPEC.name}",
                 count_sql=f"SELECT count(*) FROM {SCHEMA}.stage_history",
                 expected=self.events, what="stage changes applied", published=False,
-                deadline=self._deadline(), poll_s=POLL_S)
+                deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
         finally:
             await service.stop()
         self.excluded["product start-up and consumer group join"] = start_up

@@ -191,7 +191,7 @@ class InteractionsIngest(Workload):
                 service, self.conn, f"crm-{SPEC.name}-ingest",
                 count_sql=f"SELECT count(*) FROM {SCHEMA}.interactions",
                 expected=self.events, what="contacts stored", published=True,
-                deadline=self._deadline(), poll_s=POLL_S)
+                deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
         finally:
             await service.stop()
         self.excluded["product start-up and ingest consumer group join"] = start_up

@@ -75,6 +75,8 @@ from bench.service import (
     Stack,
     check_rows_and_records,
     consumed_until,
+    cpu_figure,
+    cpu_figures,
     fresh_stack,
     process_cpu_seconds,
 )
@@ -241,10 +243,11 @@ class LoyaltyActions(Workload):
         backend = await self.conn.fetchval("SELECT pg_backend_pid()")
         broker = self.stack.broker_pid
 
-        def cpu_now() -> tuple[float | None, ...]:
-            """This process's, its database backend's and the broker's CPU."""
-            return (sum(os.times()[:2]), process_cpu_seconds(backend, named="postgres"),
-                    process_cpu_seconds(broker) if broker else None)
+        def cpu_now() -> dict[str, float | None]:
+            """CPU seconds so far of this process, its database backend and the broker."""
+            return {"the bench process": sum(os.times()[:2]),
+                    "the database's backends": process_cpu_seconds(backend, named="postgres"),
+                    "the broker": process_cpu_seconds(broker) if broker else None}
 
         opened = time.perf_counter()
         await consumer.start()
@@ -279,9 +282,10 @@ class LoyaltyActions(Workload):
                 done += len(records)
             finished = time.perf_counter()
             cpu_after = cpu_now()
-            self._cpu("baseline", "the bench process", *(
-                None if b is None or a is None else a - b
-                for b, a in zip(cpu_before, cpu_after, strict=True)))
+            cpu_figures(self.figures, "baseline", self.events, {
+                label: None if before is None or after is None else after - before
+                for (label, before), after in zip(cpu_before.items(), cpu_after.values(),
+                                                  strict=True)})
         finally:
             await consumer.stop()
             await producer.stop()
@@ -315,20 +319,8 @@ class LoyaltyActions(Workload):
         finally:
             await service.stop()
         self.excluded[f"{part} start-up and consumer group join"] = start_up
-        self._cpu(part, f"the {service.spec.name} process(es)", service.work_cpu_s,
-                  service.work_db_cpu_s, service.work_broker_cpu_s)
+        cpu_figure(self.figures, service, self.events, part)
         return seconds
-
-    def _cpu(self, part: str, client: str, *seconds: float | None) -> None:
-        """CPU per event of ``part``: its client process(es), the database's
-        backends, the broker, and their sum (what of the two cores it took)."""
-        labels = (client, "the database's backends", "the broker")
-        known = [(label, s) for label, s in zip(labels, seconds, strict=True) if s is not None]
-        for label, s in known:
-            self.figures[f"{part}: CPU per event (µs, {label})"] = s / self.events * 1e6
-        if len(known) == len(labels):
-            self.figures[f"{part}: CPU per event (µs, all of the above)"] = (
-                sum(s for _, s in known) / self.events * 1e6)
 
     async def verify(self) -> None:
         n = self.events

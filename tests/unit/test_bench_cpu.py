@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.service import ServiceProcesses, cpu_figure, process_cpu_seconds
+from bench.service import ServiceProcesses, cpu_figure, cpu_figures, process_cpu_seconds
 from bench.workloads.loyalty_latency import _spent
 from crm_runtime.settings import Settings
 from services.interactions.app import SPEC
@@ -33,6 +33,21 @@ def test_cpu_seconds_count_the_work_of_the_processes() -> None:
     figures: dict[str, float] = {}
     cpu_figure(figures, service, 1000)
     assert figures == {"product CPU per event (µs, the interactions process(es))": 500.0}
+
+
+def test_the_sum_only_when_every_part_was_measured() -> None:
+    service = ServiceProcesses(SPEC, Settings())
+    service.work_cpu_s, service.work_db_cpu_s, service.work_broker_cpu_s = 0.5, 0.25, 0.125
+    figures: dict[str, float] = {}
+    cpu_figure(figures, service, 1000, "runtime floor")
+    assert figures == {
+        "runtime floor CPU per event (µs, the interactions process(es))": 500.0,
+        "runtime floor CPU per event (µs, the database's backends)": 250.0,
+        "runtime floor CPU per event (µs, the broker)": 125.0,
+        "runtime floor CPU per event (µs, all of the above)": 875.0}
+    figures = {}
+    cpu_figures(figures, "baseline", 1000, {"the bench process": 0.5, "the broker": None})
+    assert figures == {"baseline CPU per event (µs, the bench process)": 500.0}
 
 
 def test_no_figure_without_proc() -> None:
