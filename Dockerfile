@@ -10,8 +10,10 @@ RUN python -m venv /opt/crm
 # Dependencies first (pinned by constraints.txt), so code changes reuse this layer.
 COPY pyproject.toml constraints.txt README.md ./
 COPY crm crm
+COPY contracts contracts
 COPY crm_runtime crm_runtime
 COPY services services
+COPY crm_app crm_app
 RUN /opt/crm/bin/pip install -c constraints.txt . \
     && /opt/crm/bin/crm version
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from crm_contracts.interactions import InteractionRecorded
 from crm_runtime.events import Envelope
-from services.interactions.events import InteractionRecorded
 
 #: The service's schema (``ServiceSpec.schema`` of the customers service).
 SCHEMA = "customers"

@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 
 from bench.service import GRPC_PORT_ENV
 from bench.workloads.consume import COLUMNS, TABLE
+from crm_contracts.customers import StageChanged
+from crm_contracts.loyalty import DiscountIssued
 from crm_runtime import outbox
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope
@@ -37,8 +39,6 @@ from crm_runtime.service import (
     run_forever,
 )
 from crm_runtime.settings import load_settings
-from services.customers.events import StageChanged
-from services.loyalty.events import DiscountIssued
 
 NAME = "floor"
 

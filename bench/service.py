@@ -35,7 +35,7 @@ from bench import kafka
 from bench.context import BenchContext
 from bench.infra import fresh_database
 from bench.pacing import Pace
-from crm_runtime.cli import create_topics
+from crm_app.cli import create_topics
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.service import ServiceSpec
 from crm_runtime.settings import SERVICES, Settings, env_name
@@ -108,7 +108,7 @@ async def fresh_stack(ctx: BenchContext, label: str) -> AsyncIterator[Stack]:
 
 class ServiceProcesses:
     """One service as it is deployed: ``replicas`` processes of
-    ``python -m crm_runtime serve <name>`` (each a full service: consumers,
+    ``python -m crm_app serve <name>`` (each a full service: consumers,
     relay, scheduler, gRPC), sharing one gRPC port as replicas behind a load
     balancer would (grpc-core binds with ``SO_REUSEPORT``, so the kernel hands
     each new connection to one of them), each with a metrics port of its own.
@@ -120,9 +120,9 @@ class ServiceProcesses:
                  module: Sequence[str] | None = None) -> None:
         self.spec = spec
         self.replicas = replicas
-        #: What ``python -m`` runs: ``crm_runtime serve <name>`` for a product
+        #: What ``python -m`` runs: ``crm_app serve <name>`` for a product
         #: service; a bench service (:mod:`bench.floor`) names its own module.
-        self.module = list(module or ("crm_runtime", "serve", spec.name))
+        self.module = list(module or ("crm_app", "serve", spec.name))
         self.port = free_port()
         env = {k: v for k, v in os.environ.items()
                if not (k.upper().startswith("CRM_")

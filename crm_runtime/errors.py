@@ -1,21 +1,21 @@
 """Domain errors, raised by domain and store code and mapped to gRPC status
 codes in one place (the server interceptor). Messages are for the caller:
-they name the field or the id and say what is wrong."""
+they name the field or the id and say what is wrong.
+
+:class:`InvalidArgument` (a malformed or out-of-range field,
+``INVALID_ARGUMENT``) is defined with the contracts, whose normalisation of
+contact points raises it too."""
 
 from __future__ import annotations
+
+from crm_contracts.errors import InvalidArgument
+
+__all__ = ["AlreadyExists", "Conflict", "DomainError", "FailedPrecondition", "InvalidArgument",
+           "NotFound"]
 
 
 class DomainError(Exception):
     """Base of every error a caller can act on."""
-
-
-class InvalidArgument(DomainError):
-    """A request field is malformed or out of range (``INVALID_ARGUMENT``)."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 class NotFound(DomainError):

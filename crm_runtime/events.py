@@ -1,11 +1,12 @@
 """Events as CloudEvents 1.0 in Kafka binary content mode.
 
-A payload is a pydantic model registered with :func:`event` under its
-CloudEvents type (a past-tense fact such as ``customer.registered``) and the
-topic it belongs to. On the wire the attributes travel as ``ce_*`` headers, the
-payload is the JSON body and ``content-type`` is ``application/json``; the
-message key is the subject, the customer id, so one customer's events stay in
-order on one partition.
+A payload is a pydantic model of the contracts package
+(:mod:`crm_contracts`), registered there under its CloudEvents type (a
+past-tense fact such as ``customer.registered``) and the topic it belongs
+to. On the wire the attributes travel as ``ce_*`` headers, the payload is
+the JSON body and ``content-type`` is ``application/json``; the message key
+is the subject, the customer id, so one customer's events stay in order on
+one partition.
 
 :func:`decode` turns a Kafka record back into an :class:`Envelope`, raising
 :class:`PoisonMessage` with a precise reason when the record cannot be read;
@@ -19,16 +20,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from pydantic_core import to_json
 
+from crm_contracts.base import (
+    EventPayload,
+    StrictEventPayload,
+    event,
+    payload_class,
+    registered_types,
+)
 from crm_runtime import ids, logs
+
+__all__ = ["Envelope", "EventPayload", "PoisonMessage", "StrictEventPayload", "decode",
+           "event", "payload_class", "registered_types"]
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -36,65 +46,6 @@ _SPECVERSION = SPECVERSION.encode()
 _CONTENT_TYPE = CONTENT_TYPE.encode()
 
 Headers = Sequence[tuple[str, bytes]]
-
-
-class EventPayload(BaseModel):
-    """Base of every event payload: immutable, and a tolerant reader: a field
-    it does not know is ignored, so a producer may add an optional field
-    before every consumer knows it (a rolling upgrade, a consumer not ours).
-    Payloads that other systems write (the ingest topic) are strict instead,
-    see :class:`StrictEventPayload`."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    event_type: ClassVar[str]
-    topic: ClassVar[str]
-
-
-class StrictEventPayload(EventPayload):
-    """A payload other systems write: an unknown field is refused (a dead
-    letter naming it), so a channel's typo is caught, not silently dropped."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-P = TypeVar("P", bound=EventPayload)
-
-_REGISTRY: dict[str, type[EventPayload]] = {}
-
-
-def event(event_type: str, *, topic: str) -> Callable[[type[P]], type[P]]:
-    """Register a payload model under its CloudEvents type and topic."""
-
-    def register(cls: type[P]) -> type[P]:
-        existing = _REGISTRY.get(event_type)
-        # The same class imported twice (``python -m`` re-imports) is fine.
-        if existing is not None and _origin(existing) != _origin(cls):
-            raise ValueError(f"event type {event_type!r} registered twice: by {_origin(existing)}"
-                             f" and by {_origin(cls)}")
-        cls.event_type = event_type
-        cls.topic = topic
-        _REGISTRY[event_type] = cls
-        return cls
-
-    return register
-
-
-def _origin(cls: type) -> str:
-    module = cls.__module__
-    if module == "__main__":
-        import __main__
-
-        module = getattr(__main__.__spec__, "name", module) if __main__.__spec__ else module
-    return f"{module}.{cls.__qualname__}"
-
-
-def payload_class(event_type: str) -> type[EventPayload] | None:
-    return _REGISTRY.get(event_type)
-
-
-def registered_types() -> dict[str, type[EventPayload]]:
-    return dict(_REGISTRY)
 
 
 class PoisonMessage(Exception):
@@ -282,7 +233,7 @@ def _envelope(attrs: Attributes, value: bytes | None, *, structured: bool) -> En
     if content_type != CONTENT_TYPE and _media_type(content_type) != CONTENT_TYPE:
         raise PoisonMessage("bad_content_type", f"{_name('content-type', structured)} "
                             f"{content_type!r} is not JSON")
-    cls = _REGISTRY.get(event_type)
+    cls = payload_class(event_type)
     if cls is None:
         raise PoisonMessage("unknown_type", f"{_name('ce_type', structured)} {event_type!r} "
                             "is not a known event")

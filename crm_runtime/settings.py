@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     @field_validator("topic_partition_overrides")
     @classmethod
     def _check_overrides(cls, value: dict[str, int]) -> dict[str, int]:
-        from crm_runtime.topics import ALL
+        from crm_contracts.topics import ALL
 
         known = {*ALL, *(f"{t}.dlq" for t in ALL)}
         unknown = sorted(set(value) - known)

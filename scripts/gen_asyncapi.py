@@ -22,13 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from crm_runtime import topics  # noqa: E402
+from crm_contracts import topics  # noqa: E402
 from crm_runtime.consumer import dlq_topic  # noqa: E402
 from crm_runtime.events import EventPayload, registered_types  # noqa: E402
 from crm_runtime.version import VERSION  # noqa: E402
 
-EVENT_MODULES = ("services.customers.events", "services.interactions.events",
-                 "services.loyalty.events")
+EVENT_MODULES = ("crm_contracts.customers", "crm_contracts.interactions",
+                 "crm_contracts.loyalty")
 OUTPUT = ROOT / "docs" / "asyncapi.yaml"
 
 #: Which service writes each topic (channels name it in their description).

@@ -39,7 +39,7 @@ from bench.events import encode
 from bench.registry import Phases, Workload, register
 from bench.service import ServiceProcesses, Stack, consumed_until, cpu_figure, fresh_stack
 from bench.workloads.consume import DDL, TABLE, copy_from_topic
-from crm_runtime.topics import INTERACTIONS
+from crm_contracts.topics import INTERACTIONS
 from services.customers.app import SPEC
 
 #: Schema of the baseline's plain table, in the round's database.

@@ -63,11 +63,11 @@ from bench.service import (
     fresh_stack,
 )
 from bench.workloads.consume import DDL, TABLE, copy_from_topic
+from crm_contracts.interactions import ContactReceived, InteractionRecorded
+from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 from crm_runtime.events import Envelope
-from crm_runtime.topics import INTERACTIONS, INTERACTIONS_INGEST
 from services.interactions.app import SPEC
 from services.interactions.domain import CHANNELS, DIRECTIONS, OUTCOMES
-from services.interactions.events import ContactReceived, InteractionRecorded
 
 #: The service's schema (``ServiceSpec.schema`` of the interactions service).
 SCHEMA = SPEC.schema

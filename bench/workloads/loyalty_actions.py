@@ -81,12 +81,12 @@ from bench.service import (
     process_cpu_seconds,
 )
 from bench.workloads.consume import COLUMNS, DDL, MIGRATION, TABLE
+from crm_contracts.customers import ConsentChanged, CustomerRegistered, StageChanged
+from crm_contracts.loyalty import DiscountIssued
+from crm_contracts.topics import CUSTOMERS, LOYALTY
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import migrate, migrations_for
-from crm_runtime.topics import CUSTOMERS, LOYALTY
-from services.customers.events import ConsentChanged, CustomerRegistered, StageChanged
 from services.loyalty.app import SPEC
-from services.loyalty.events import DiscountIssued
 
 #: The service's schema (``ServiceSpec.schema`` of the loyalty service).
 SCHEMA = SPEC.schema

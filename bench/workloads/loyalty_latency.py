@@ -93,13 +93,13 @@ from bench.service import (
     process_cpu_seconds,
 )
 from bench.workloads.loyalty_actions import known_customer_envelopes
+from crm_contracts.interactions import ContactReceived
+from crm_contracts.loyalty import DiscountIssued
+from crm_contracts.topics import CUSTOMERS, INTERACTIONS_INGEST, LOYALTY
 from crm_runtime.events import Envelope
-from crm_runtime.topics import CUSTOMERS, INTERACTIONS_INGEST, LOYALTY
 from services.customers.app import SPEC as CUSTOMERS_SPEC
 from services.interactions.app import SPEC as INTERACTIONS_SPEC
-from services.interactions.events import ContactReceived
 from services.loyalty.app import SPEC as LOYALTY_SPEC
-from services.loyalty.events import DiscountIssued
 
 #: Offered rate (purchases/s) and seconds of publishing, full run and --quick.
 RATE, SECONDS = 1000, 5

@@ -14,13 +14,14 @@ import grpc
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
+from crm_contracts.vocabulary import Stage
 from crm_runtime import uow
 from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.customers import commands, domain, store
-from services.customers.domain import Identity, Stage
+from services.customers.domain import Identity
 
 T = TypeVar("T")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from crm.customers.v1 import customers_pb2, customers_pb2_grpc
+from crm_contracts.topics import CUSTOMERS, INTERACTIONS
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
-from crm_runtime.topics import CUSTOMERS, INTERACTIONS
 from services.customers import commands, handlers, metrics
 from services.customers.api import CustomersServicer
 

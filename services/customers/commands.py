@@ -16,6 +16,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from crm_contracts.customers import (
+    ConsentChanged,
+    CustomerAtRisk,
+    CustomerErased,
+    CustomerRegistered,
+    CustomerRiskCleared,
+    CustomersLinked,
+    CustomersMerged,
+    CustomerUpdated,
+    CustomerWonBack,
+    PurchaseRecorded,
+    StageChanged,
+)
+from crm_contracts.vocabulary import ConsentPurpose, Stage
 from crm_runtime import logs, outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn
@@ -29,20 +43,7 @@ from crm_runtime.errors import (
 from crm_runtime.events import Envelope, EventPayload
 from crm_runtime.ids import read_uuid
 from services.customers import domain, metrics, segments, store
-from services.customers.domain import ConsentPurpose, Identity, Stage, StageCause, StageChange
-from services.customers.events import (
-    ConsentChanged,
-    CustomerAtRisk,
-    CustomerErased,
-    CustomerRegistered,
-    CustomerRiskCleared,
-    CustomersLinked,
-    CustomersMerged,
-    CustomerUpdated,
-    CustomerWonBack,
-    PurchaseRecorded,
-    StageChanged,
-)
+from services.customers.domain import Identity, StageCause, StageChange
 
 SOURCE = "/crm/customers"
 CHURN = "customers.churn"

@@ -14,19 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
-
+from crm_contracts.contact_points import normalise_email, normalise_phone
+from crm_contracts.vocabulary import CONTACT_CHANNELS, Stage
 from crm_runtime.errors import InvalidArgument
-
-
-class Stage(StrEnum):
-    """Relationship stage (tipo de relación)."""
-
-    POTENTIAL = "potential"  # known to us, has not bought yet
-    ONE_TIME = "one_time"  # exactly one purchase
-    REPEAT = "repeat"  # two or more purchases
-    FORMER = "former"  # stopped buying, or closed the relationship
 
 
 class StageCause(StrEnum):
@@ -34,12 +24,6 @@ class StageCause(StrEnum):
     CHURN_WINDOW = "churn_window"
     CLOSED = "closed"
     MERGED = "merged"
-
-
-class ConsentPurpose(StrEnum):
-    NEWSLETTER = "newsletter"
-    PROMOTIONAL_OFFERS = "promotional_offers"
-    SURVEYS = "surveys"
 
 
 class BuyerType(StrEnum):
@@ -53,7 +37,7 @@ class ProductKnowledge(StrEnum):
     EXPERT = "expert"
 
 
-CHANNELS = ("in_person", "phone", "email", "web", "chat")
+CHANNELS = CONTACT_CHANNELS
 
 DEFAULT_CHURN_WINDOW = timedelta(days=365)
 
@@ -144,25 +128,6 @@ def age_band(birth_year: int | None, today_year: int) -> str:
 # --- identity -------------------------------------------------------------
 
 _EXTERNAL_ID = re.compile(r"^[a-z][a-z0-9_.-]{0,31}:[^\s]{1,128}$")
-
-
-def normalise_email(value: str, field: str = "emails") -> str:
-    try:
-        return validate_email(value.strip(), check_deliverability=False).normalized.lower()
-    except EmailNotValidError as exc:
-        raise InvalidArgument(field, f"{value!r} is not a valid email address: {exc}") from None
-
-
-def normalise_phone(value: str, field: str = "phones") -> str:
-    """E.164, e.g. ``+34911234567``. Numbers must carry their country code."""
-    try:
-        number = phonenumbers.parse(value, None)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidArgument(field, f"{value!r} is not a phone number in international format "
-                                     f"(+<country code><number>): {exc}") from None
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidArgument(field, f"{value!r} is not a valid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def normalise_external_id(value: str, field: str = "external_ids") -> str:

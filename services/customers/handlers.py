@@ -6,6 +6,11 @@ interaction id, is unique per customer as a second guard)."""
 
 from __future__ import annotations
 
+from crm_contracts.interactions import (
+    DissatisfactionSignal,
+    InteractionRecorded,
+    SurveyResponseRecorded,
+)
 from crm_runtime import logs
 from crm_runtime.consumer import BatchHandler
 from crm_runtime.convert import parse_uuid
@@ -13,11 +18,6 @@ from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from services.customers import commands
-from services.interactions.events import (
-    DissatisfactionSignal,
-    InteractionRecorded,
-    SurveyResponseRecorded,
-)
 
 
 def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:

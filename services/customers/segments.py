@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from crm_contracts.vocabulary import CONSENT_PURPOSES, STAGES
 from crm_runtime.errors import InvalidArgument
-
-STAGES = ("potential", "one_time", "repeat", "former")
-CONSENT_PURPOSES = ("newsletter", "promotional_offers", "surveys")
 
 _NUMERIC_OPS = ("=", "!=", "<", "<=", ">", ">=")
 _TEXT_OPS = ("=", "!=", "in")

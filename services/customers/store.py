@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from crm_contracts.vocabulary import Stage
 from crm_runtime.db import Conn
 from crm_runtime.errors import NotFound
-from services.customers.domain import Identity, Stage
+from services.customers.domain import Identity
 
 
 @dataclass

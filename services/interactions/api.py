@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm.interactions.v1 import interactions_pb2_grpc
+from crm_contracts.contact_points import normalise_phone
 from crm_runtime import uow
 from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
@@ -140,8 +141,6 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def RequestCallback(self, request: pb.RequestCallbackRequest,
                               context: grpc.aio.ServicerContext) -> pb.Case:
-        from services.customers.domain import normalise_phone
-
         customer_id = parse_uuid(request.customer_id, "customer_id")
         phone = normalise_phone(request.phone, "phone")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from crm.interactions.v1 import interactions_pb2, interactions_pb2_grpc
+from crm_contracts.topics import CUSTOMERS, INTERACTIONS, INTERACTIONS_INGEST
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
-from crm_runtime.topics import CUSTOMERS, INTERACTIONS, INTERACTIONS_INGEST
 from services.interactions import commands, handlers, metrics
 from services.interactions.api import InteractionsServicer
 from services.interactions.directory import CustomerDirectory

@@ -17,15 +17,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from crm_runtime import db, ids, logs, outbox, scheduler, uow
-from crm_runtime.clock import Clock
-from crm_runtime.convert import parse_uuid
-from crm_runtime.db import Conn
-from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from crm_runtime.events import Envelope, EventPayload
-from services.interactions import domain, metrics
-from services.interactions.domain import Policy
-from services.interactions.events import (
+from crm_contracts.interactions import (
     CaseAcknowledged,
     CaseBreached,
     CaseBreachWarning,
@@ -38,6 +30,14 @@ from services.interactions.events import (
     SurveyRequested,
     SurveyResponseRecorded,
 )
+from crm_runtime import db, ids, logs, outbox, scheduler, uow
+from crm_runtime.clock import Clock
+from crm_runtime.convert import parse_uuid
+from crm_runtime.db import Conn
+from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from crm_runtime.events import Envelope, EventPayload
+from services.interactions import domain, metrics
+from services.interactions.domain import Policy
 
 SOURCE = "/crm/interactions"
 SERVICE = "interactions"

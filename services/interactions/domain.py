@@ -15,17 +15,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from crm_contracts.vocabulary import (
+    AUTO_CASE_KINDS,
+    CASE_KINDS,
+    CONTACT_CHANNELS,
+    DIRECTIONS,
+    KINDS,
+    OUTCOMES,
+)
 from crm_runtime.errors import InvalidArgument
 
-CHANNELS = ("in_person", "phone", "email", "web", "chat")
-DIRECTIONS = ("reactive", "proactive")
-KINDS = ("inquiry", "suggestion", "doubt", "complaint", "purchase", "support",
-         "callback_request", "survey_response", "follow_up")
-OUTCOMES = ("positive", "neutral", "negative")
-#: Kinds of contact that open a case when recorded.
-CASE_KINDS = ("complaint", "support", "callback_request", "inquiry", "doubt")
-#: Kinds that open a case on their own when recorded as an interaction.
-AUTO_CASE_KINDS = ("complaint", "support", "callback_request")
+__all__ = ["AUTO_CASE_KINDS", "CASE_KINDS", "CHANNELS", "DIRECTIONS", "KINDS", "OUTCOMES"]
+
+CHANNELS = CONTACT_CHANNELS
 
 REPEAT_COMPLAINT_WINDOW = timedelta(days=30)
 LOW_CSAT = 2  # a CSAT of 2 or less is a dissatisfaction signal

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import uuid
 
+from crm_contracts.customers import CustomerErased, CustomersMerged
+from crm_contracts.interactions import ContactReceived
 from crm_runtime import logs
 from crm_runtime.consumer import BatchHandler
 from crm_runtime.convert import parse_uuid
@@ -19,10 +21,8 @@ from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
-from services.customers.events import CustomerErased, CustomersMerged
 from services.interactions import commands
 from services.interactions.directory import CustomerDirectory
-from services.interactions.events import ContactReceived
 
 
 async def to_contact(data: ContactReceived, directory: CustomerDirectory) -> commands.Contact:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 # Imported for their side effect: they register the event types loyalty consumes.
-import services.customers.events
-import services.interactions.events  # noqa: F401
+import crm_contracts.customers
+import crm_contracts.interactions  # noqa: F401
 from crm.loyalty.v1 import loyalty_pb2, loyalty_pb2_grpc
+from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
-from crm_runtime.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 from services.loyalty import commands, handlers, metrics, settings
 from services.loyalty.api import LoyaltyServicer
 from services.loyalty.rulebook import RuleBook, load_file

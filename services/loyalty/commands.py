@@ -20,6 +20,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from crm_contracts.loyalty import (
+    ActionSuppressed,
+    DiscountExpiring,
+    DiscountIssued,
+    DiscountRedeemed,
+    FollowUpCancelled,
+    FollowUpCompleted,
+    FollowUpDue,
+    FollowUpScheduled,
+    NewsletterEnrolled,
+    NewsletterUnsubscribed,
+    ReferralRewarded,
+)
 from crm_runtime import ids, logs, outbox, scheduler, uow
 from crm_runtime.clock import Clock
 from crm_runtime.db import Conn
@@ -37,19 +50,6 @@ from services.loyalty.domain import (
     ReferralRewardAction,
     Suppression,
     TrustPolicy,
-)
-from services.loyalty.events import (
-    ActionSuppressed,
-    DiscountExpiring,
-    DiscountIssued,
-    DiscountRedeemed,
-    FollowUpCancelled,
-    FollowUpCompleted,
-    FollowUpDue,
-    FollowUpScheduled,
-    NewsletterEnrolled,
-    NewsletterUnsubscribed,
-    ReferralRewarded,
 )
 from services.loyalty.rulebook import RuleBook, StoredRule
 from services.loyalty.store import View

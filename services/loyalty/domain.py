@@ -41,11 +41,11 @@ from pydantic import (
     model_validator,
 )
 
+from crm_contracts.vocabulary import ACTION_CHANNELS, STAGES
 from crm_runtime import ids
 from crm_runtime.errors import InvalidArgument
 
-STAGES = ("potential", "one_time", "repeat", "former")
-CHANNELS = ("email", "phone", "sms", "in_person", "web", "chat", "post")
+CHANNELS = ACTION_CHANNELS
 
 
 class Purpose(StrEnum):

@@ -185,7 +185,7 @@ def test_autoscalers_stay_within_the_topic_partitions(
 
 
 def _topics() -> tuple[str, ...]:
-    from crm_runtime.topics import ALL
+    from crm_contracts.topics import ALL
     return ALL
 
 

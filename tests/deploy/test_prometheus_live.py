@@ -32,17 +32,17 @@ from prometheus_client.metrics import MetricWrapperBase
 from crm.interactions.v1 import interactions_pb2 as ipb
 from crm.interactions.v1 import interactions_pb2_grpc
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
+from crm_app.demo import Demo, Targets
+from crm_contracts.interactions import ContactReceived
+from crm_contracts.topics import INTERACTIONS_INGEST
 from crm_runtime import metrics
 from crm_runtime.events import Envelope
 from crm_runtime.settings import SERVICES, Settings
 from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker, free_port
-from crm_runtime.topics import INTERACTIONS_INGEST
 from services.customers import metrics as customers_metrics
 from services.customers.app import SPEC as CUSTOMERS
-from services.demo import Demo, Targets
 from services.interactions import metrics as interactions_metrics
 from services.interactions.app import SPEC as INTERACTIONS
-from services.interactions.events import ContactReceived
 from services.loyalty import metrics as loyalty_metrics
 from services.loyalty.app import SPEC as LOYALTY
 from tests.deploy import promql

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+from crm_app.demo import Demo, Targets
 from crm_runtime import metrics
 from crm_runtime.settings import Settings
 from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker, free_port
 from services.customers.app import SPEC as CUSTOMERS
-from services.demo import Demo, Targets
 from services.interactions.app import SPEC as INTERACTIONS
 from services.loyalty.app import SPEC as LOYALTY
 from tests.support.services import DEV_TOKEN, running

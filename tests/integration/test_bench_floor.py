@@ -13,12 +13,12 @@ import asyncpg
 from bench import floor
 from bench.service import backends_cpu
 from bench.workloads.consume import MIGRATION, TABLE
+from crm_contracts.customers import StageChanged
+from crm_contracts.loyalty import DiscountIssued
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.service import ServiceRunner
 from crm_runtime.settings import Settings
-from services.customers.events import StageChanged
-from services.loyalty.events import DiscountIssued
 from tests.support.kafka import create_topics, produce_envelopes, read_topic, wait_for
 
 

@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from crm_runtime import topics
-from crm_runtime.cli import EMBEDDED_BROKER_ENV, available_services
+from crm_app.cli import EMBEDDED_BROKER_ENV, available_services
+from crm_contracts import topics
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.settings import SERVICES
 from crm_runtime.stack import TansuBroker

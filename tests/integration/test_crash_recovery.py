@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from crm_runtime.cli import EMBEDDED_BROKER_ENV
+from crm_app.cli import EMBEDDED_BROKER_ENV
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
 from crm_runtime.settings import Settings

@@ -1,4 +1,4 @@
-"""Run the real ``crm`` command (``python -m crm_runtime``) as a subprocess:
+"""Run the real ``crm`` command (``python -m crm_app``) as a subprocess:
 one-shot commands, and ``crm up`` as a long-running job whose output a test
 reads with deadlines and which it stops with Ctrl-C (SIGINT)."""
 
@@ -21,7 +21,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the dev dependencie
 from crm_runtime.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-CRM = (sys.executable, "-m", "crm_runtime")
+CRM = (sys.executable, "-m", "crm_app")
 _CONNECTIONS = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
+from crm_contracts.interactions import InteractionRecorded
+from crm_contracts.topics import CUSTOMERS
 from crm_runtime.events import Envelope
-from crm_runtime.topics import CUSTOMERS
-from services.interactions.events import InteractionRecorded
 from tests.support.kafka import Record, read_topic, wait_for
 from tests.support.services import Running
 

@@ -11,9 +11,7 @@ from typing import Any
 
 from crm.loyalty.v1 import loyalty_pb2 as pb
 from crm.loyalty.v1 import loyalty_pb2_grpc
-from crm_runtime.events import Envelope, EventPayload
-from crm_runtime.topics import LOYALTY
-from services.customers.events import (
+from crm_contracts.customers import (
     ConsentChanged,
     CustomerAtRisk,
     CustomerErased,
@@ -23,7 +21,9 @@ from services.customers.events import (
     PurchaseRecorded,
     StageChanged,
 )
-from services.interactions.events import CaseBreached, CaseResolved
+from crm_contracts.interactions import CaseBreached, CaseResolved
+from crm_contracts.topics import LOYALTY
+from crm_runtime.events import Envelope, EventPayload
 from tests.support.kafka import produce_envelopes, read_topic, wait_for
 from tests.support.services import Running
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-from crm_runtime.cli import create_topics
+from crm_app.cli import create_topics
 from crm_runtime.clock import ManualClock
 from crm_runtime.service import ServiceRunner, ServiceSpec
 from crm_runtime.settings import Settings

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crm_runtime import events, logs
+from crm_contracts import base
+from crm_runtime import logs
 from crm_runtime.events import (
     SPECVERSION,
     Envelope,
@@ -30,7 +31,7 @@ from tests.unit.sample_events import UNIT_TOPIC, SomethingHappened, SomethingRep
 @pytest.fixture
 def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests that register more types do so in a copy of the registry."""
-    monkeypatch.setattr(events, "_REGISTRY", dict(events._REGISTRY))
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
 
 
 def make_envelope(*, time: datetime = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC),
@@ -178,7 +179,7 @@ def test_envelope_defaults_give_unique_ids_and_aware_utc_time() -> None:
 def test_body_is_the_payloads_pydantic_json() -> None:
     """The body is serialised without model_dump_json's str round trip; the
     bytes are the same, datetimes, defaults and None included."""
-    from services.interactions.events import InteractionRecorded
+    from crm_contracts.interactions import InteractionRecorded
 
     payloads = [SomethingHappened(customer_id="c-1", points=1),
                 SomethingHappened(customer_id="c-ü", points=-3, note="née \u2603"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_runtime.cli import EMBEDDED_BROKER_ENV
+from crm_app.cli import EMBEDDED_BROKER_ENV
 from crm_runtime.settings import (
     ApiToken,
     Settings,

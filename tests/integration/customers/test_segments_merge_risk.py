@@ -11,9 +11,9 @@ import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
 from crm.customers.v1 import customers_pb2 as pb
+from crm_contracts.interactions import DissatisfactionSignal, SurveyResponseRecorded
 from crm_runtime.events import Envelope
 from services.customers.segments import matches
-from services.interactions.events import DissatisfactionSignal, SurveyResponseRecorded
 from tests.support.customers import (
     customer_events,
     customer_records,

@@ -15,10 +15,10 @@ from crm.customers.v1 import customers_pb2 as cpb
 from crm.customers.v1 import customers_pb2_grpc
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm.interactions.v1 import interactions_pb2_grpc
+from crm_contracts.interactions import ContactReceived
+from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
-from crm_runtime.topics import INTERACTIONS, INTERACTIONS_INGEST
-from services.interactions.events import ContactReceived
 from tests.integration.interactions.conftest import Pair
 from tests.support.kafka import produce, produce_envelopes, read_topic, wait_for
 
@@ -307,7 +307,7 @@ async def _purchase_through_both(pair: Pair, traceparent: str) -> tuple[str, Any
     """A purchase on the ingest topic carrying ``traceparent``; returns the
     customer, the ``interaction.recorded`` and the ``customer.stage_changed``
     it caused, as read from the topics."""
-    from crm_runtime.topics import CUSTOMERS
+    from crm_contracts.topics import CUSTOMERS
 
     cid = await new_customer(pair)
     env = Envelope(data=ContactReceived(

@@ -20,7 +20,7 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event, to_
 from cloudevents.core.v1.event import CloudEvent
 from confluent_kafka import Consumer, Producer
 
-from crm_runtime.topics import INTERACTIONS, INTERACTIONS_INGEST
+from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 from tests.integration.interactions.conftest import Pair
 from tests.integration.interactions.test_interactions_service import new_customer
 

@@ -21,11 +21,11 @@ from crm.customers.v1 import customers_pb2 as cpb
 from crm.customers.v1 import customers_pb2_grpc
 from crm.interactions.v1 import interactions_pb2 as ipb
 from crm.interactions.v1 import interactions_pb2_grpc
+from crm_contracts.interactions import ContactReceived
 from crm_runtime.events import Envelope
 from crm_runtime.stack import TansuBroker
 from services.customers.app import SPEC as CUSTOMERS
 from services.interactions.app import SPEC as INTERACTIONS
-from services.interactions.events import ContactReceived
 from tests.integration.loyalty.conftest import loyalty_settings
 from tests.support.loyalty import loyalty_events, of_type, produce, profile_when
 from tests.support.node import GRPC_PACKAGES, ensure_packages, node_binary

@@ -24,9 +24,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from crm_runtime.cli import EMBEDDED_BROKER_ENV, create_topics
+from crm_app.cli import EMBEDDED_BROKER_ENV, create_topics
+from crm_contracts.topics import LOYALTY
 from crm_runtime.stack import TansuBroker, free_port
-from crm_runtime.topics import LOYALTY
 from tests.integration.loyalty.conftest import loyalty_settings
 from tests.support.kafka import produce_envelopes, read_topic, wait_for
 from tests.support.loyalty import consent, registered, stage_changed
@@ -65,7 +65,7 @@ class Service:
 
     def start(self, failpoints: str = "") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crm_runtime", "serve", "loyalty"], cwd=ROOT,
+            [sys.executable, "-m", "crm_app", "serve", "loyalty"], cwd=ROOT,
             env={**self.env, "CRM_FAILPOINTS": failpoints}, stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT)
 

@@ -638,8 +638,8 @@ async def test_a_due_follow_up_continues_the_trace_of_its_trigger(svc: Running) 
     scheduler, and its ``loyalty.followup_due`` is in the breach's trace."""
     from dataclasses import replace
 
+    from crm_contracts.topics import LOYALTY
     from crm_runtime.logs import new_traceparent, trace_id
-    from crm_runtime.topics import LOYALTY
     from tests.support.kafka import read_topic, wait_for
 
     cid = await _customer(svc)

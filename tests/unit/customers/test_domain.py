@@ -8,15 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crm_contracts.contact_points import normalise_email, normalise_phone
+from crm_contracts.vocabulary import Stage
 from crm_runtime.errors import InvalidArgument
 from services.customers.domain import (
     Identity,
-    Stage,
     StageCause,
     age_band,
-    normalise_email,
     normalise_external_id,
-    normalise_phone,
     normalise_referral_code,
     stage_after_churn,
     stage_after_closing,

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from crm_runtime.events import EventPayload, event
-from crm_runtime.topics import CUSTOMERS
+from crm_contracts.base import EventPayload, event
+from crm_contracts.topics import CUSTOMERS
 
 
 @event("customer.registered", topic=CUSTOMERS)

@@ -1,5 +1,5 @@
 """Every Kafka topic of the product. Topics are versioned by name; the event
-types on each are registered in the services' ``events.py`` modules."""
+types on each are in the payload modules beside this one."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ import typer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from crm_contracts import topics as topic_names
 from crm_runtime import logs
-from crm_runtime import topics as topic_names
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.service import ServiceRunner, ServiceSpec, migrate_service, open_pool, run_forever
 from crm_runtime.settings import SERVICES, Settings, SettingsError, env_name, load_settings
@@ -177,7 +177,7 @@ def demo(stack: Annotated[Path | None, typer.Option(
         help="stack description written by `crm up` (default <data dir>/stack.json)")] = None,
          ) -> None:
     """Play one customer's story against the running stack (`make run` first)."""
-    from services.demo import Demo, DemoFailed, load_targets
+    from crm_app.demo import Demo, DemoFailed, load_targets
 
     settings = _settings()
     path = stack or settings.data_dir / "stack.json"
@@ -236,7 +236,7 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
             extra.setdefault("CRM_DEV_CLOCK_CONTROL", os.environ.get("CRM_DEV_CLOCK_CONTROL",
                                                                      "true"))
         env = child_env(infra, extra)
-        children = {name: subprocess.Popen([sys.executable, "-m", "crm_runtime", "serve", name],
+        children = {name: subprocess.Popen([sys.executable, "-m", "crm_app", "serve", name],
                                            env=env) for name in chosen}
         _wait_until_serving({n: f"{settings.grpc_host}:{settings.grpc_port(n)}" for n in chosen},
                             children)
@@ -260,7 +260,7 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
                         for n in chosen}}, indent=2))
         if play_demo:
             children["demo"] = subprocess.Popen(
-                [sys.executable, "-m", "crm_runtime", "demo", "--stack", str(info)], env=env)
+                [sys.executable, "-m", "crm_app", "demo", "--stack", str(info)], env=env)
         try:
             code = _supervise(children, settings.shutdown_grace_s)
         finally:

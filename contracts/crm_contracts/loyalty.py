@@ -8,8 +8,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from crm_runtime.events import EventPayload, event
-from crm_runtime.topics import LOYALTY
+from crm_contracts.base import EventPayload, event
+from crm_contracts.topics import LOYALTY
 
 _CUSTOMER = Field(description="Customer id (UUID) the action is for.",
                   examples=["1b4e28ba-2fa1-11d2-883f-0016d3cca427"])

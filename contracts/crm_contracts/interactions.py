@@ -1,7 +1,7 @@
 """Events the interactions service publishes on ``crm.interactions.v1``.
 
-The contract comes first: the customers and loyalty services consume these
-payloads, so they live here, owned by the service that publishes them."""
+The customers and loyalty services consume these payloads; the ingest
+topic's ``contact.received`` is written by other systems (channels)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from crm_runtime.events import EventPayload, StrictEventPayload, event
-from crm_runtime.topics import INTERACTIONS, INTERACTIONS_INGEST
+from crm_contracts.base import EventPayload, StrictEventPayload, event
+from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 
 
 @event("interaction.recorded", topic=INTERACTIONS)

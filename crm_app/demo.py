@@ -34,7 +34,7 @@ from crm.interactions.v1 import interactions_pb2_grpc
 from crm.loyalty.v1 import loyalty_pb2 as lpb
 from crm.loyalty.v1 import loyalty_pb2_grpc
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
-from crm_runtime.topics import CUSTOMERS, INTERACTIONS, LOYALTY
+from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 
 #: The dashboard numbers the demo watches (name, labels that must match).
 WATCHED = (

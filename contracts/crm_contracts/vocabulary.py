@@ -1,0 +1,51 @@
+"""The words both sides of an event use: where a payload field holds one of
+a fixed set of values, the set is here, once."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+#: Channels a contact with the company happens on (``interaction.recorded``,
+#: ``contact.received``, cases, surveys).
+CONTACT_CHANNELS = ("in_person", "phone", "email", "web", "chat")
+#: Channels loyalty's actions reach a customer on (follow-ups, newsletters).
+ACTION_CHANNELS = ("email", "phone", "sms", "in_person", "web", "chat", "post")
+#: Who started a contact.
+DIRECTIONS = ("reactive", "proactive")
+#: Kinds of contact.
+KINDS = ("inquiry", "suggestion", "doubt", "complaint", "purchase", "support",
+         "callback_request", "survey_response", "follow_up")
+#: How a contact went for the customer (a negative one is a bad moment of truth).
+OUTCOMES = ("positive", "neutral", "negative")
+#: Kinds of contact that open a case when recorded.
+CASE_KINDS = ("complaint", "support", "callback_request", "inquiry", "doubt")
+#: Kinds that open a case on their own when recorded as an interaction.
+AUTO_CASE_KINDS = ("complaint", "support", "callback_request")
+
+
+class Stage(StrEnum):
+    """Relationship stage (tipo de relación)."""
+
+    POTENTIAL = "potential"  # known to us, has not bought yet
+    ONE_TIME = "one_time"  # exactly one purchase
+    REPEAT = "repeat"  # two or more purchases
+    FORMER = "former"  # stopped buying, or closed the relationship
+
+
+#: The stages, in their order.
+STAGES = tuple(s.value for s in Stage)
+
+
+class ConsentPurpose(StrEnum):
+    """What a customer may consent to be contacted for
+    (``customer.consent_changed``'s ``purpose``, beside ``do_not_contact``)."""
+
+    NEWSLETTER = "newsletter"
+    PROMOTIONAL_OFFERS = "promotional_offers"
+    SURVEYS = "surveys"
+
+
+#: The consent purposes, in their order.
+CONSENT_PURPOSES = tuple(p.value for p in ConsentPurpose)
+#: ``customer.consent_changed``'s purpose for the do-not-contact flag.
+DO_NOT_CONTACT = "do_not_contact"

@@ -1,3 +1,0 @@
-from crm_runtime.cli import main
-
-main()
