@@ -48,7 +48,7 @@ def purchase_envelopes(customers: list[uuid.UUID], count: int) -> list[Envelope]
                          "twice each")
     start = datetime.now(UTC) - timedelta(days=30)
     order = [*customers, *customers[:count - len(customers)]]
-    envelopes = []
+    envelopes: list[Envelope] = []
     for i, cid in enumerate(order):
         subject = str(cid)
         envelopes.append(Envelope(data=InteractionRecorded(

@@ -35,7 +35,7 @@ class KafkaRecord:
 
 def make_envelopes(count: int, topic: str) -> list[Envelope]:
     """``count`` events for ``topic``, keyed over :data:`CUSTOMERS` customers."""
-    envelopes = []
+    envelopes: list[Envelope] = []
     for i in range(count):
         customer = f"c{i % CUSTOMERS:04d}"
         envelopes.append(Envelope(data=EntryRecorded(customer_id=customer, amount=i),

@@ -433,7 +433,7 @@ class EventConsumer:
             await self._apply(items, isolate=True)
 
     async def _apply(self, items: list[_Item], *, isolate: bool) -> None:
-        async with uow.transaction(self._pool) as conn:
+        async with self._pool.acquire() as conn, uow.unit_on(conn) as unit:
             good = [i for i in items if i.envelope is not None]
             fresh = await self._claim(conn, good)
             dead: list[tuple[_Item, str, str]] = [
@@ -449,13 +449,13 @@ class EventConsumer:
             for item in fresh.values():
                 handler = self._handlers[_type(item)]
                 if run and handler is not run_handler:
-                    dead += await self._handle_run(conn, run, isolate=isolate)
+                    dead += await self._handle_run(unit, run, isolate=isolate)
                     run = []
                 run_handler = handler
                 run.append(item)
             if run:
-                dead += await self._handle_run(conn, run, isolate=isolate)
-            await self._dead_letter(conn, dead)
+                dead += await self._handle_run(unit, run, isolate=isolate)
+            await self._dead_letter(unit, dead)
         self._count(items, fresh)
 
     async def _claim(self, conn: Conn, good: list[_Item]) -> dict[str, _Item]:
@@ -480,8 +480,9 @@ class EventConsumer:
                 first[event_id] = item
         return first
 
-    async def _handle_run(self, conn: Conn, run: list[_Item], *,
+    async def _handle_run(self, unit: uow.UnitOfWork, run: list[_Item], *,
                           isolate: bool) -> list[tuple[_Item, str, str]]:
+        conn = unit.conn
         handler = self._handlers[_type(run[0])]
         envelopes = [i.envelope for i in run if i.envelope is not None]
         started = time.perf_counter()
@@ -491,7 +492,7 @@ class EventConsumer:
             return []
         dead = []
         for item, env in zip(run, envelopes, strict=True):
-            hooks = uow.mark(conn)
+            hooks = unit.mark()
             try:
                 async with conn.transaction():  # a savepoint per record
                     with logs.context(event_id=env.id, customer_id=env.subject,
@@ -499,7 +500,7 @@ class EventConsumer:
                                       span=f"process {env.type}", kind="consumer"):
                         await handler(conn, [env])
             except Exception as exc:
-                uow.rollback_to(conn, hooks)
+                unit.rollback_to(hooks)
                 if is_transient(exc):
                     raise
                 kind = exc.kind if isinstance(exc, PoisonMessage) else "handler_error"
@@ -511,10 +512,11 @@ class EventConsumer:
         self._observe(run[0], started)
         return dead
 
-    async def _dead_letter(self, conn: Conn,
+    async def _dead_letter(self, unit: uow.UnitOfWork,
                            dead: list[tuple[_Item, str, str]]) -> None:
         if not dead:
             return
+        conn = unit.conn
         # A dead letter is not processed: forget its event id, so that a replay
         # of it (crm dlq replay) is handled instead of dropped as a duplicate.
         await conn.execute(
@@ -545,7 +547,7 @@ class EventConsumer:
                        ("dlq_consumer_group", self._group.encode())]
             records.append((f"{r.topic}:{r.partition}:{r.offset}", dlq_topic(r.topic), r.key,
                             headers, r.value, "dead_letter"))
-            uow.on_commit(conn, metrics.DEAD_LETTERED.labels(self._service, r.topic, kind).inc)
+            unit.on_commit(metrics.DEAD_LETTERED.labels(self._service, r.topic, kind).inc)
         await outbox.add_raw(conn, records, lanes=self._lanes)
 
     def _observe(self, item: _Item, started: float) -> None:

@@ -24,9 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Generic
 
 from pydantic import ValidationError
 from pydantic_core import to_json
+from typing_extensions import TypeVar
 
 from crm_contracts.base import (
     EventPayload,
@@ -58,8 +60,12 @@ class PoisonMessage(Exception):
         self.reason = reason
 
 
+#: An envelope's payload class; a bare ``Envelope`` holds any payload.
+P = TypeVar("P", bound=EventPayload, default=EventPayload, covariant=True)
+
+
 @dataclass
-class Envelope:
+class Envelope(Generic[P]):
     """One event: the CloudEvents context attributes plus the typed payload.
 
     Treat it as immutable (``dataclasses.replace`` makes a changed copy). It
@@ -67,7 +73,7 @@ class Envelope:
     every hot path, and a frozen dataclass's ``__init__`` sets each field
     through ``object.__setattr__``: 1.8 µs more an envelope (measured)."""
 
-    data: EventPayload
+    data: P
     subject: str
     source: str
     id: str = field(default_factory=ids.uuid4_text)

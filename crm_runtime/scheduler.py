@@ -125,7 +125,7 @@ class Scheduler:
         """Run every item due now (one batch); returns how many ran."""
         now = self._clock.now()
         ran = 0
-        async with uow.transaction(self._pool) as conn:
+        async with self._pool.acquire() as conn, uow.unit_on(conn) as unit:
             rows = await conn.fetch(
                 """SELECT id, kind, item_key, due_at, payload, attempts, traceparent
                      FROM scheduled_work
@@ -136,7 +136,7 @@ class Scheduler:
             for row in rows:
                 work = DueWork(row["kind"], row["item_key"], row["due_at"], row["payload"],
                                row["attempts"])
-                hooks = uow.mark(conn)
+                hooks = unit.mark()
                 try:
                     # A savepoint: one bad item stays alone. The work runs in
                     # the trace of what scheduled it (a span when tracing is on).
@@ -146,10 +146,10 @@ class Scheduler:
                             await self._handlers[work.kind](conn, work)
                         await conn.execute("DELETE FROM scheduled_work WHERE id = $1", row["id"])
                     ran += 1
-                    uow.on_commit(conn, metrics.SCHEDULED_FIRED.labels(self._service,
-                                                                       work.kind).inc)
+                    unit.on_commit(metrics.SCHEDULED_FIRED.labels(self._service,
+                                                                  work.kind).inc)
                 except Exception as exc:
-                    uow.rollback_to(conn, hooks)
+                    unit.rollback_to(hooks)
                     if is_transient(exc):
                         raise
                     log.error("scheduled %s/%s failed (%s: %s); retrying later", work.kind,

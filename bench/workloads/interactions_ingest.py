@@ -86,7 +86,7 @@ def contact_envelopes(count: int) -> list[Envelope]:
     """``count`` ``contact.received`` events, each of a new customer; kind,
     channel, direction and outcome vary independently."""
     start = datetime.now(UTC) - timedelta(days=1)
-    envelopes = []
+    envelopes: list[Envelope] = []
     for i in range(count):
         customer = str(uuid.uuid4())
         kind = KINDS[i % len(KINDS)]

@@ -108,7 +108,7 @@ DISCOUNT_ISSUED = DiscountIssued.event_type
 def known_customer_envelopes(ids: list[str]) -> list[Envelope]:
     """What the customers service tells loyalty about a new customer who
     consented to offers: ``customer.registered``, ``customer.consent_changed``."""
-    out = []
+    out: list[Envelope] = []
     for cid in ids:
         out.append(Envelope(data=CustomerRegistered(
             customer_id=cid, stage="potential", preferred_channel="email", has_email=True,

@@ -75,10 +75,6 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         self._pool = pool
         self._ctx = ctx
 
-    async def _tx(self, work: Callable[[Conn], Awaitable[T]]) -> T:
-        async with uow.transaction(self._pool) as conn:
-            return await work(conn)
-
     async def _read(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Single-statement reads need no explicit transaction (one round trip)."""
         async with self._pool.acquire() as conn:
@@ -94,7 +90,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         profile = profile_from_pb(request.profile)
         referrer = (parse_uuid(request.referred_by_customer_id, "referred_by_customer_id")
                     if request.referred_by_customer_id else None)
-        rec, created = await self._tx(lambda c: commands.register(
+        rec, created = await uow.run(self._pool, lambda c: commands.register(
             c, self._ctx, display_name=request.display_name, identity=identity, profile=profile,
             source=request.source, referred_by=referrer, referral_code=request.referral_code))
         return pb.RegisterCustomerResponse(customer=self._out(rec), created=created)
@@ -117,7 +113,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         async def find(conn: Conn) -> list[store.CustomerRecord]:
             return await store.load_many(conn, await store.find_by_identity(conn, identity))
 
-        found = await self._tx(find)
+        found = await uow.run(self._pool, find)
         return pb.FindCustomersResponse(customers=[self._out(r) for r in found])
 
     async def UpdateCustomer(self, request: pb.UpdateCustomerRequest,
@@ -128,7 +124,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         add = Identity.parse(list(request.add_emails), list(request.add_phones),
                              list(request.add_external_ids))
         profile = profile_from_pb(request.profile) if request.HasField("profile") else None
-        rec = await self._tx(lambda c: commands.update(
+        rec = await uow.run(self._pool, lambda c: commands.update(
             c, self._ctx, customer_id, expected_version=request.expected_version,
             display_name=request.display_name or None, profile=profile, add=add))
         return self._out(rec)
@@ -142,7 +138,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         async def page(conn: Conn) -> list[store.CustomerRecord]:
             return await store.load_many(conn, await store.list_page(conn, stage, after, size))
 
-        found = await self._tx(page)
+        found = await uow.run(self._pool, page)
         token = _encode_token(found[-1].customer_id) if len(found) == size else ""
         return pb.ListCustomersResponse(customers=[self._out(r) for r in found],
                                         next_page_token=token)
@@ -161,12 +157,12 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                 occurred_at=occurred, causing_event_id=f"grpc:purchase:{request.purchase_id}")
             return await store.load(conn, counted_for)
 
-        return self._out(await self._tx(purchase))
+        return self._out(await uow.run(self._pool, purchase))
 
     async def SetConsent(self, request: pb.SetConsentRequest,
                          context: grpc.aio.ServicerContext) -> pb.Customer:
         customer_id = parse_uuid(request.customer_id)
-        rec = await self._tx(lambda c: commands.set_consent(
+        rec = await uow.run(self._pool, lambda c: commands.set_consent(
             c, self._ctx, customer_id, purpose=request.purpose, granted=request.granted,
             source=request.source))
         return self._out(rec)
@@ -174,7 +170,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
     async def CloseRelationship(self, request: pb.CloseRelationshipRequest,
                                 context: grpc.aio.ServicerContext) -> pb.Customer:
         customer_id = parse_uuid(request.customer_id)
-        rec = await self._tx(lambda c: commands.close_relationship(
+        rec = await uow.run(self._pool, lambda c: commands.close_relationship(
             c, self._ctx, customer_id, request.reason, f"grpc:close:{uuid.uuid4()}"))
         return self._out(rec)
 
@@ -183,7 +179,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         requester = parse_uuid(request.requester_customer_id, "requester_customer_id")
         decider = parse_uuid(request.decision_maker_customer_id,
                                  "decision_maker_customer_id")
-        rec = await self._tx(lambda c: commands.link(c, self._ctx, requester, decider,
+        rec = await uow.run(self._pool, lambda c: commands.link(c, self._ctx, requester, decider,
                                                      request.role))
         return self._out(rec)
 
@@ -191,7 +187,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                              context: grpc.aio.ServicerContext) -> pb.Customer:
         survivor = parse_uuid(request.survivor_customer_id, "survivor_customer_id")
         merged = parse_uuid(request.merged_customer_id, "merged_customer_id")
-        rec = await self._tx(lambda c: commands.merge(c, self._ctx, survivor, merged,
+        rec = await uow.run(self._pool, lambda c: commands.merge(c, self._ctx, survivor, merged,
                                                       f"grpc:merge:{merged}"))
         return self._out(rec)
 
@@ -204,14 +200,14 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                 churn_window_days=request.churn_window_days or None)
             return await store.get_segment(conn, request.name)
 
-        return segment_to_pb(await self._tx(define))
+        return segment_to_pb(await uow.run(self._pool, define))
 
     async def ListSegmentMembers(self, request: pb.ListSegmentMembersRequest,
                                  context: grpc.aio.ServicerContext
                                  ) -> pb.ListSegmentMembersResponse:
         size = page_size(request.page_size)
         after = _decode_token(request.page_token) if request.page_token else None
-        seg, found = await self._tx(lambda c: commands.segment_members(
+        seg, found = await uow.run(self._pool, lambda c: commands.segment_members(
             c, self._ctx, request.name, after, size))
         token = _encode_token(found[-1].customer_id) if len(found) == size else ""
         return pb.ListSegmentMembersResponse(segment=segment_to_pb(seg),
@@ -226,7 +222,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
             await store.load(conn, customer_id)  # NOT_FOUND for unknown ids
             return await store.stage_history(conn, customer_id)
 
-        rows = await self._tx(history)
+        rows = await uow.run(self._pool, history)
         return pb.GetStageHistoryResponse(transitions=[pb.StageTransition(
             from_stage=_STAGE_TO_PB[Stage(r["from_stage"])],
             to_stage=_STAGE_TO_PB[Stage(r["to_stage"])], cause=r["cause"],
@@ -236,12 +232,12 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                              context: grpc.aio.ServicerContext) -> pb.ExportCustomerResponse:
         customer_id = parse_uuid(request.customer_id)
         return pb.ExportCustomerResponse(
-            json=await self._tx(lambda c: commands.export(c, self._ctx, customer_id)))
+            json=await uow.run(self._pool, lambda c: commands.export(c, self._ctx, customer_id)))
 
     async def EraseCustomer(self, request: pb.EraseCustomerRequest,
                             context: grpc.aio.ServicerContext) -> pb.EraseCustomerResponse:
         customer_id = parse_uuid(request.customer_id)
-        await self._tx(lambda c: commands.erase(c, self._ctx, customer_id))
+        await uow.run(self._pool, lambda c: commands.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
 
 

@@ -30,8 +30,7 @@ from crm_contracts.customers import (
     StageChanged,
 )
 from crm_contracts.vocabulary import ConsentPurpose, Stage
-from crm_runtime import logs, outbox, scheduler, uow
-from crm_runtime.clock import Clock
+from crm_runtime import logs, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import (
     AlreadyExists,
@@ -40,8 +39,9 @@ from crm_runtime.errors import (
     InvalidArgument,
     NotFound,
 )
-from crm_runtime.events import Envelope, EventPayload
+from crm_runtime.events import EventPayload
 from crm_runtime.ids import read_uuid
+from crm_runtime.uow import CommandContext
 from services.customers import domain, metrics, segments, store
 from services.customers.domain import Identity, StageCause, StageChange
 
@@ -74,11 +74,10 @@ class SegmentCache:
 
 
 @dataclass(frozen=True)
-class Context:
+class Context(CommandContext):
     """What every command needs besides the connection."""
 
-    clock: Clock
-    lanes: int
+    source = SOURCE
     churn_window: timedelta = domain.DEFAULT_CHURN_WINDOW
     segments: SegmentCache = field(default_factory=SegmentCache)
 
@@ -113,9 +112,7 @@ async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
 async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
                 *payloads: EventPayload) -> None:
     payloads = tuple(await _name_segments(conn, ctx, list(payloads)))
-    now = ctx.clock.now()
-    await outbox.add(conn, [Envelope(data=p, subject=str(customer_id), source=SOURCE, time=now)
-                            for p in payloads], lanes=ctx.lanes)
+    await ctx.events.emit(conn, customer_id, payloads, time=ctx.clock.now())
 
 
 def check_profile(profile: dict[str, Any]) -> dict[str, Any]:
@@ -302,10 +299,9 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
                                {cid: trace for cid, _, trace in pending})
     named = await _name_segments(conn, ctx, [e for _, events, _ in pending for e in events])
     in_order = iter(named)
-    envelopes = [Envelope(data=next(in_order), subject=str(cid), source=SOURCE, time=now,
-                          traceparent=traceparent)
-                 for cid, events, traceparent in pending for _ in events]
-    await outbox.add(conn, envelopes, lanes=ctx.lanes)
+    await ctx.events.write(conn, [ctx.events.envelope(cid, next(in_order), time=now,
+                                                      traceparent=traceparent)
+                                  for cid, events, traceparent in pending for _ in events])
     return [targets[p.customer_id] for p in purchases]
 
 
@@ -349,7 +345,7 @@ def _stage_changed(conn: Conn, rec: store.CustomerRecord, change: StageChange,
                    causing_event_id: str) -> list[EventPayload]:
     """Apply a stage change to the record; the events it causes (no I/O)."""
     rec.stage = change.to_stage
-    uow.on_commit(conn, metrics.STAGE_CHANGES.labels(
+    uow.on_commit(metrics.STAGE_CHANGES.labels(
         "customers", change.from_stage.value, change.to_stage.value).inc)
     events: list[EventPayload] = [StageChanged(
         customer_id=str(rec.customer_id), from_stage=change.from_stage.value,
@@ -562,7 +558,7 @@ async def define_segment(conn: Conn, ctx: Context, *, name: str, description: st
         raise InvalidArgument("churn_window_days", "must be between 1 and 3650")
     version = await store.upsert_segment(conn, name, description, definition,
                                          churn_window_days, ctx.clock.now())
-    uow.on_commit(conn, ctx.segments.invalidate)
+    uow.on_commit(ctx.segments.invalidate)
     return version
 
 

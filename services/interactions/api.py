@@ -77,10 +77,6 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         self._ctx = ctx
         self._directory = directory
 
-    async def _tx(self, work: Callable[[Conn], Awaitable[T]]) -> T:
-        async with uow.transaction(self._pool) as conn:
-            return await work(conn)
-
     def _when(self, ts: Timestamp, present: bool) -> datetime:
         now = self._ctx.clock.now()
         return ts.ToDatetime(tzinfo=now.tzinfo) if present else now
@@ -111,14 +107,14 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             await commands.record_contacts(conn, self._ctx, [contact])
             return await commands.interaction_by_key(conn, contact.idempotency_key)
 
-        return interaction_to_pb(await self._tx(record))
+        return interaction_to_pb(await uow.run(self._pool, record))
 
     async def GetTimeline(self, request: pb.GetTimelineRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTimelineResponse:
         customer_id = parse_uuid(request.customer_id, "customer_id")
         size = page_size(request.page_size)
         after = _decode_cursor(request.page_token) if request.page_token else None
-        rows = await self._tx(lambda c: commands.timeline(
+        rows = await uow.run(self._pool, lambda c: commands.timeline(
             c, customer_id, list(request.channels), list(request.kinds), after, size))
         token = (_encode_cursor(rows[-1]["occurred_at"], rows[-1]["interaction_id"])
                  if len(rows) == size else "")
@@ -137,7 +133,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                 interaction_id=interaction_id, idempotency_key=request.idempotency_key)
             return await self._case_reply(conn, case_id)
 
-        return await self._tx(open_)
+        return await uow.run(self._pool, open_)
 
     async def RequestCallback(self, request: pb.RequestCallbackRequest,
                               context: grpc.aio.ServicerContext) -> pb.Case:
@@ -152,7 +148,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                 idempotency_key=request.idempotency_key, callback_phone=phone)
             return await self._case_reply(conn, case_id)
 
-        return await self._tx(open_)
+        return await uow.run(self._pool, open_)
 
     async def _case_command(self, case_id_text: str,
                             run: Callable[[Conn, uuid.UUID], Awaitable[None]]) -> pb.Case:
@@ -162,7 +158,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             await run(conn, case_id)
             return await self._case_reply(conn, case_id)
 
-        return await self._tx(work)
+        return await uow.run(self._pool, work)
 
     async def AcknowledgeCase(self, request: pb.AcknowledgeCaseRequest,
                               context: grpc.aio.ServicerContext) -> pb.Case:
@@ -196,7 +192,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                                              after=after, limit=size)
             return [case_to_pb(r, await commands.transfers(conn, r["case_id"])) for r in rows]
 
-        cases = await self._tx(list_)
+        cases = await uow.run(self._pool, list_)
         token = _encode_token(cases[-1].case_id) if len(cases) == size else ""
         return pb.ListCasesResponse(cases=cases, next_page_token=token)
 
@@ -205,7 +201,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         customer_id = parse_uuid(request.customer_id, "customer_id")
         answers = [{"question": a.question, "csat": a.csat, "nps": a.nps, "comment": a.comment}
                    for a in request.answers]
-        row = await self._tx(lambda c: commands.record_survey(
+        row = await uow.run(self._pool, lambda c: commands.record_survey(
             c, self._ctx, idempotency_key=request.idempotency_key, customer_id=customer_id,
             touchpoint=request.touchpoint, channel=request.channel, unit=request.unit,
             interaction_id=_uuid_or_none(request.interaction_id, "interaction_id"),
@@ -222,13 +218,14 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         moments = [{"touchpoint": m.touchpoint.strip(), "requirements": list(m.requirements),
                     "action_plans": list(m.action_plans), "priority": m.priority or 1}
                    for m in request.moments]
-        row = await self._tx(lambda c: commands.define_service_cycle(
+        row = await uow.run(self._pool, lambda c: commands.define_service_cycle(
             c, self._ctx, request.name, moments))
         return _cycle_to_pb(row)
 
     async def GetServiceCycle(self, request: pb.GetServiceCycleRequest,
                               context: grpc.aio.ServicerContext) -> pb.ServiceCycle:
-        return _cycle_to_pb(await self._tx(lambda c: commands.get_service_cycle(c, request.name)))
+        return _cycle_to_pb(await uow.run(
+            self._pool, lambda c: commands.get_service_cycle(c, request.name)))
 
     async def GetSatisfactionReport(self, request: pb.GetSatisfactionReportRequest,
                                     context: grpc.aio.ServicerContext) -> pb.SatisfactionReport:
@@ -238,7 +235,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                  if request.HasField("from") else until - timedelta(days=30))
         if since >= until:
             raise InvalidArgument("from", "must be before 'to'")
-        rows = await self._tx(lambda c: commands.satisfaction_report(
+        rows = await uow.run(self._pool, lambda c: commands.satisfaction_report(
             c, since=since, until=until, group_by=request.group_by))
         return pb.SatisfactionReport(rows=[pb.SatisfactionRow(**r) for r in rows])
 
@@ -252,7 +249,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                                timedelta(seconds=request.min_seconds),
                                timedelta(seconds=request.max_seconds),
                                timedelta(seconds=request.warn_before_seconds))
-        await self._tx(lambda c: commands.set_policy(c, policy))
+        await uow.run(self._pool, lambda c: commands.set_policy(c, policy))
         return request
 
 

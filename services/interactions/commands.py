@@ -30,12 +30,12 @@ from crm_contracts.interactions import (
     SurveyRequested,
     SurveyResponseRecorded,
 )
-from crm_runtime import db, ids, logs, outbox, scheduler, uow
-from crm_runtime.clock import Clock
+from crm_runtime import db, ids, logs, scheduler, uow
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from crm_runtime.events import Envelope, EventPayload
+from crm_runtime.uow import CommandContext
 from services.interactions import domain, metrics
 from services.interactions.domain import Policy
 
@@ -46,15 +46,8 @@ BREACH = "cases.breach"
 
 
 @dataclass(frozen=True)
-class Context:
-    clock: Clock
-    lanes: int
-
-
-async def _emit(conn: Conn, ctx: Context, events: list[EventPayload]) -> None:
-    now = ctx.clock.now()
-    await outbox.add(conn, [Envelope(data=e, subject=str(e.customer_id),  # type: ignore[attr-defined]
-                                     source=SOURCE, time=now) for e in events], lanes=ctx.lanes)
+class Context(CommandContext):
+    source = SOURCE
 
 
 # --- contacts ---------------------------------------------------------------
@@ -176,17 +169,16 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         if fresh:
             recorded[c.channel, c.kind] += 1
             customer = str(c.customer_id)
-            events.append(Envelope(data=InteractionRecorded(
+            events.append(ctx.events.envelope(customer, InteractionRecorded(
                 interaction_id=str(c.interaction_id), customer_id=customer,
                 channel=c.channel, direction=c.direction, kind=c.kind,
                 occurred_at=c.occurred_at, outcome=c.outcome, touchpoint=c.touchpoint,
                 unit=c.unit, amount_minor=c.amount_minor, currency=c.currency),
-                subject=customer, source=SOURCE, time=now,
-                traceparent=c.traceparent))
+                time=now, traceparent=c.traceparent))
     for (channel, kind), count in recorded.items():
-        uow.on_commit(conn, partial(metrics.INTERACTIONS.labels(SERVICE, channel, kind).inc,
+        uow.on_commit(partial(metrics.INTERACTIONS.labels(SERVICE, channel, kind).inc,
                                     count))
-    await outbox.add(conn, events, lanes=ctx.lanes)
+    await ctx.events.write(conn, events)
     for c, fresh in result:
         if fresh and c.kind in domain.AUTO_CASE_KINDS:
             case_id = await _open_case(conn, ctx, customer_id=c.customer_id, kind=c.kind,
@@ -284,7 +276,7 @@ async def _open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: 
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
         case_id, idempotency_key, customer_id, kind, channel, unit, summary, interaction_id, now,
         promise.earliest_at, promise.deadline, promise.warn_at, callback_phone)
-    uow.on_commit(conn, metrics.CASES_OPENED.labels(SERVICE, kind, channel).inc)
+    uow.on_commit(metrics.CASES_OPENED.labels(SERVICE, kind, channel).inc)
     await scheduler.schedule(conn, WARN, str(case_id), promise.warn_at)
     await scheduler.schedule(conn, BREACH, str(case_id), promise.deadline)
     events: list[EventPayload] = [CaseOpened(
@@ -300,7 +292,7 @@ async def _open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: 
             events.append(DissatisfactionSignal(
                 customer_id=str(customer_id), reason="repeated_complaint", occurred_at=now,
                 case_id=str(case_id)))
-    await _emit(conn, ctx, events)
+    await ctx.events.emit(conn, customer_id, events, time=ctx.clock.now())
     return case_id
 
 
@@ -326,7 +318,8 @@ async def acknowledge(conn: Conn, ctx: Context, case_id: uuid.UUID, agent: str) 
     now = ctx.clock.now()
     await conn.execute("UPDATE cases SET status = 'acknowledged', acknowledged_at = $2 "
                        "WHERE case_id = $1", case_id, now)
-    await _emit(conn, ctx, [CaseAcknowledged(**_base(row), acknowledged_at=now, agent=agent)])
+    await ctx.events.emit(conn, row["customer_id"], [
+        CaseAcknowledged(**_base(row), acknowledged_at=now, agent=agent)], time=now)
 
 
 async def transfer(conn: Conn, ctx: Context, case_id: uuid.UUID, to_unit: str,
@@ -345,9 +338,9 @@ async def transfer(conn: Conn, ctx: Context, case_id: uuid.UUID, to_unit: str,
     await conn.execute("UPDATE cases SET unit = $2 WHERE case_id = $1", case_id, to_unit)
     await conn.execute("INSERT INTO case_transfers VALUES ($1, $2, $3, $4, $5)",
                        case_id, row["unit"], to_unit, reason, now)
-    await _emit(conn, ctx, [CaseTransferred(**{**_base(row), "unit": to_unit},
-                                            from_unit=row["unit"], reason=reason,
-                                            promised_by=row["promised_by"])])
+    await ctx.events.emit(conn, row["customer_id"], [
+        CaseTransferred(**{**_base(row), "unit": to_unit}, from_unit=row["unit"], reason=reason,
+                        promised_by=row["promised_by"])], time=now)
 
 
 async def resolve(conn: Conn, ctx: Context, case_id: uuid.UUID, resolution: str) -> None:
@@ -390,7 +383,7 @@ async def resolve(conn: Conn, ctx: Context, case_id: uuid.UUID, resolution: str)
         events.append(SurveyRequested(customer_id=str(row["customer_id"]),
                                       case_id=str(case_id), channel=row["channel"],
                                       unit=row["unit"]))
-    await _emit(conn, ctx, events)
+    await ctx.events.emit(conn, row["customer_id"], events, time=ctx.clock.now())
 
 
 async def reopen(conn: Conn, ctx: Context, case_id: uuid.UUID, reason: str) -> None:
@@ -407,15 +400,17 @@ async def reopen(conn: Conn, ctx: Context, case_id: uuid.UUID, reason: str) -> N
         await scheduler.schedule(conn, BREACH, str(case_id), row["promised_by"])
     elif not row["breached"]:
         await scheduler.schedule(conn, BREACH, str(case_id), now)  # already past: breach now
-    await _emit(conn, ctx, [CaseReopened(**_base(row), reopened_at=now, reason=reason,
-                                         promised_by=row["promised_by"])])
+    await ctx.events.emit(conn, row["customer_id"], [
+        CaseReopened(**_base(row), reopened_at=now, reason=reason,
+                     promised_by=row["promised_by"])], time=now)
 
 
 async def warn_breach(conn: Conn, ctx: Context, case_id: uuid.UUID) -> None:
     row = await load_case(conn, case_id, lock=True)
     if row["status"] != "resolved":
-        await _emit(conn, ctx, [CaseBreachWarning(**_base(row),
-                                                  promised_by=row["promised_by"])])
+        await ctx.events.emit(conn, row["customer_id"], [
+            CaseBreachWarning(**_base(row), promised_by=row["promised_by"])],
+            time=ctx.clock.now())
 
 
 async def breach(conn: Conn, ctx: Context, case_id: uuid.UUID) -> None:
@@ -424,14 +419,15 @@ async def breach(conn: Conn, ctx: Context, case_id: uuid.UUID) -> None:
     if row["status"] == "resolved" or row["breached"]:
         return
     await conn.execute("UPDATE cases SET breached = true WHERE case_id = $1", case_id)
-    await _emit(conn, ctx, _record_breach(conn, ctx, row))
+    await ctx.events.emit(conn, row["customer_id"], _record_breach(conn, ctx, row),
+                          time=ctx.clock.now())
 
 
 def _record_breach(conn: Conn, ctx: Context, row: Any) -> list[EventPayload]:
     """What a breach publishes and counts, whoever records it (the scheduler,
     or a late resolution the scheduler did not get to). The caller holds the
     case's lock, has checked it is not breached yet and marks it breached."""
-    uow.on_commit(conn, metrics.CASES_BREACHED.labels(SERVICE, row["kind"], row["channel"]).inc)
+    uow.on_commit(metrics.CASES_BREACHED.labels(SERVICE, row["kind"], row["channel"]).inc)
     return [CaseBreached(**_base(row), promised_by=row["promised_by"]),
             DissatisfactionSignal(customer_id=str(row["customer_id"]), reason="breached_promise",
                                   occurred_at=ctx.clock.now(), case_id=str(row["case_id"]))]
@@ -518,16 +514,16 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
             customer_id=str(customer_id), reason=reason, occurred_at=occurred_at,
             score=min(csat_scores) if reason == "low_csat" else nps_score,
             interaction_id=str(interaction_id or ""), case_id=str(case_id or "")))
-    await _emit(conn, ctx, events)
+    await ctx.events.emit(conn, customer_id, events, time=ctx.clock.now())
     return row
 
 
 def _count_survey(conn: Conn, channel: str, csat: float | None, nps_score: int | None) -> None:
     if csat is not None:
-        uow.on_commit(conn, metrics.CSAT_RESPONSES.labels(SERVICE, channel).inc)
-        uow.on_commit(conn, lambda: metrics.CSAT_SCORE.labels(SERVICE, channel).observe(csat))
+        uow.on_commit(metrics.CSAT_RESPONSES.labels(SERVICE, channel).inc)
+        uow.on_commit(lambda: metrics.CSAT_SCORE.labels(SERVICE, channel).observe(csat))
     if nps_score is not None:
-        uow.on_commit(conn, metrics.NPS_RESPONSES.labels(
+        uow.on_commit(metrics.NPS_RESPONSES.labels(
             SERVICE, channel, metrics.nps_category(nps_score)).inc)
 
 

@@ -72,8 +72,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
 
     async def _tx(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         await self._ctx.rules.sync_file(self._pool, self._ctx.clock.now())
-        async with uow.transaction(self._pool) as conn:
-            return await work(conn)
+        return await uow.run(self._pool, work)
 
     async def _read(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Reads of several tables from one snapshot (repeatable read), so a

@@ -33,11 +33,11 @@ from crm_contracts.loyalty import (
     NewsletterUnsubscribed,
     ReferralRewarded,
 )
-from crm_runtime import ids, logs, outbox, scheduler, uow
-from crm_runtime.clock import Clock
+from crm_runtime import ids, logs, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from crm_runtime.events import Envelope, EventPayload, PoisonMessage
+from crm_runtime.uow import CommandContext
 from services.loyalty import domain, metrics, store
 from services.loyalty.domain import (
     Action,
@@ -63,11 +63,10 @@ DISCOUNT_EXPIRING = "loyalty.discount_expiring"
 
 
 @dataclass(frozen=True)
-class Context:
+class Context(CommandContext):
     """What every command needs besides the connection."""
 
-    clock: Clock
-    lanes: int
+    source = SOURCE
     rules: RuleBook
     policy: TrustPolicy = field(default_factory=TrustPolicy)
     expiry_notice: timedelta = timedelta(days=3)
@@ -164,8 +163,8 @@ class Unit:
 
     def _envelope(self, customer_id: uuid.UUID, payload: EventPayload,
                   traceparent: str) -> Envelope:
-        return Envelope(data=payload, subject=str(customer_id), source=SOURCE, time=self.now,
-                        traceparent=traceparent)
+        return self.ctx.events.envelope(customer_id, payload, time=self.now,
+                                        traceparent=traceparent)
 
     async def promotional_times(self, customer_id: uuid.UUID) -> list[datetime]:
         """Times of promotional contacts in the cap's window (loaded for every
@@ -203,7 +202,7 @@ class Unit:
         self.done_actions.add(row[0])
         self._actions.append(row)
         labels = (SERVICE, row[2], row[5], row[9], row[10])
-        uow.on_commit(self.conn, lambda: metrics.ACTIONS.labels(*labels).inc())
+        uow.on_commit(lambda: metrics.ACTIONS.labels(*labels).inc())
 
     def add_follow_up(self, row: store.FollowUpRow) -> None:
         self._follow_ups.append(row)
@@ -240,7 +239,7 @@ class Unit:
                                views=list(self._dirty.values()), now=self.now)
         if self._moot:
             await self._cancel_moot()
-        await outbox.add(self.conn, self._envelopes, lanes=self.ctx.lanes)
+        await self.ctx.events.write(self.conn, self._envelopes)
         self._actions, self._discounts, self._follow_ups = [], [], []
         self._schedules, self._envelopes, self._dirty = [], [], {}
 
@@ -794,7 +793,7 @@ async def redeem_discount(conn: Conn, ctx: Context, code: str, *, order_id: str,
         metrics.REDEMPTIONS.labels(SERVICE, "refused").inc()
         reason = domain.redeem_refusal(discount_state(fresh), unit.now, order_minor, currency)
         raise FailedPrecondition(f"discount code {code}: {reason or 'cannot be redeemed'}")
-    uow.on_commit(conn, lambda: metrics.REDEMPTIONS.labels(SERVICE, "redeemed").inc())
+    uow.on_commit(lambda: metrics.REDEMPTIONS.labels(SERVICE, "redeemed").inc())
     await scheduler.cancel(conn, DISCOUNT_EXPIRING, str(won["discount_id"]))
     unit.emit(won["customer_id"], DiscountRedeemed(
         discount_id=str(won["discount_id"]), customer_id=str(won["customer_id"]),
