@@ -61,6 +61,12 @@ from crm_runtime.retry import Backoff
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Conn, list[Envelope]], Awaitable[None]]
+#: Work a batch needs done before its transaction opens (calls to other
+#: services, say): it sees every decoded event of the batch, redeliveries
+#: included, and keeps what it learns for the handlers. It raises only what
+#: is worth retrying (the batch waits and runs again); a problem of one event
+#: is for the handler to report, so that record alone is dead-lettered.
+Prepare = Callable[[list[Envelope]], Awaitable[None]]
 Handler = Callable[[Conn, Envelope], Awaitable[None]]
 
 DLQ_SUFFIX = ".dlq"
@@ -133,8 +139,10 @@ class EventConsumer:
         consumer_options: Mapping[str, Any] | None = None,
         concurrency: int = 1,
         commit_interval_ms: int = 0,
+        prepare: Prepare | None = None,
     ) -> None:
         self._pool = pool
+        self._prepare = prepare
         self._group = group
         self._topics = list(topics)
         self._handlers = dict(handlers)
@@ -307,6 +315,7 @@ class EventConsumer:
         while items:
             try:
                 started = time.perf_counter()
+                await self._prepared(items)
                 await self.process(items)
                 metrics.BATCH_SECONDS.labels(self._service, self._group).observe(
                     time.perf_counter() - started)
@@ -388,6 +397,23 @@ class EventConsumer:
             # The effects are committed; a redelivery is absorbed by the inbox.
             log.warning("consumer %s: offset commit failed (%s); records may be redelivered",
                         self._group, exc)
+
+    async def _prepared(self, items: list[_Item]) -> None:
+        """The subscription's :data:`Prepare` step, outside any transaction."""
+        if self._prepare is None:
+            return
+        envelopes = [i.envelope for i in items if i.envelope is not None]
+        if not envelopes:
+            return
+        try:
+            await self._prepare(envelopes)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # Not worth retrying: the handlers meet the problem again, record
+            # by record, and dead-letter what they cannot apply.
+            log.warning("consumer %s: preparing a batch failed (%s: %s); applying it anyway",
+                        self._group, type(exc).__name__, exc)
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Item:
         try:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from crm_runtime import ids, tracing
 
@@ -87,7 +87,11 @@ def context(*, event_id: str = "", customer_id: str = "", traceparent: str = "",
             _event_id.reset(tokens[0])
 
 
-def each(events: Iterable[Envelope]) -> Iterator[Envelope]:
+#: Envelopes of one payload class (the events a typed handler gets).
+E = TypeVar("E", bound="Envelope[Any]")
+
+
+def each(events: Iterable[E]) -> Iterator[E]:
     """Iterate events with the log and trace context (and span) of each one."""
     if tracing.enabled():
         for env in events:

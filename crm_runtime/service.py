@@ -16,9 +16,10 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar, cast
 
 import asyncpg
 import uvloop
@@ -27,7 +28,9 @@ from aiokafka import AIOKafkaProducer
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
 from crm_runtime import db, logs, metrics, tracing
 from crm_runtime.clock import Clock, OffsetClock, SystemClock
-from crm_runtime.consumer import BatchHandler, EventConsumer
+from crm_runtime.consumer import BatchHandler, EventConsumer, Prepare
+from crm_runtime.db import Conn
+from crm_runtime.events import Envelope, EventPayload
 from crm_runtime.grpc_server import ServiceRegistration, build_server, set_serving
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.ops import OperationsServicer
@@ -39,13 +42,50 @@ from crm_runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 
+Q = TypeVar("Q", bound=EventPayload)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One handler and the payload classes it is declared for; made by :func:`on`."""
+
+    payloads: tuple[type[EventPayload], ...]
+    handler: BatchHandler
+
+
+def on(payloads: type[Q] | tuple[type[Q], ...],
+       handler: Callable[[Conn, list[Envelope[Q]]], Awaitable[None]]) -> Route:
+    """Route events of ``payloads`` (one class, or several that one handler
+    takes together) to ``handler``, which receives them typed: the consumer
+    hands a handler only the events of the types it is routed, so no handler
+    checks or casts what it gets. A run of consecutive events routed to the
+    same handler reaches it as one list, in order."""
+    classes = payloads if isinstance(payloads, tuple) else (payloads,)
+    return Route(classes, cast(BatchHandler, handler))
+
+
 @dataclass(frozen=True)
 class Subscription:
-    """Topics one consumer group reads and the handlers by event type."""
+    """Topics one consumer group reads and the handlers of its event types:
+    typed :class:`Route` s, or (for a raw consumer) handlers by CloudEvents
+    type. ``prepare`` runs before each batch's transaction (see
+    :data:`crm_runtime.consumer.Prepare`)."""
 
     topics: Sequence[str]
-    handlers: Mapping[str, BatchHandler]
+    routes: Sequence[Route] = ()
+    handlers: Mapping[str, BatchHandler] = field(default_factory=dict)
     group_suffix: str = ""
+    prepare: Prepare | None = None
+
+    def by_type(self) -> dict[str, BatchHandler]:
+        """Every handler by the CloudEvents type it handles."""
+        handlers = dict(self.handlers)
+        for route in self.routes:
+            for payload in route.payloads:
+                if payload.event_type in handlers:
+                    raise ValueError(f"{payload.event_type} is routed twice")
+                handlers[payload.event_type] = route.handler
+        return handlers
 
 
 @dataclass
@@ -157,12 +197,12 @@ class ServiceRunner:
                 consumer = EventConsumer(
                     pool, bootstrap_servers=s.kafka_bootstrap_servers,
                     group=f"crm-{self.spec.name}{sub.group_suffix}", topics=sub.topics,
-                    handlers=sub.handlers, service=self.spec.name, lanes=s.relay_lanes,
+                    handlers=sub.by_type(), service=self.spec.name, lanes=s.relay_lanes,
                     batch_size=s.consumer_batch_size, batch_wait_ms=s.consumer_batch_wait_ms,
                     backoff=Backoff(s.retry_initial_s, s.retry_max_s),
                     failpoints=s.failpoint_set, consumer_options=s.consumer_options(),
                     concurrency=s.consumer_concurrency,
-                    commit_interval_ms=s.consumer_commit_interval_ms)
+                    commit_interval_ms=s.consumer_commit_interval_ms, prepare=sub.prepare)
                 tasks.append(asyncio.create_task(consumer.run(), name=f"{self.spec.name}-consumer"))
                 stoppers.append(consumer.stop)
             if parts.scheduled:

@@ -65,7 +65,7 @@ def postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
 #: is idle, and also the clock by which a consumer that keeps up collects its
 #: next batch. 50 ms rather than 20: fewer, larger batches for the same
 #: records, so less CPU and, on two cores, lower latency under load (see
-#: docs/architecture.md, "Short consumer timings on the embedded broker").
+#: docs/decisions/0014-fetch-wait-50-ms.md).
 #: The ``Settings`` defaults suit a real Kafka, which answers at once.
 EMBEDDED_BROKER_SETTINGS: dict[str, Any] = {
     "consumer_session_timeout_ms": 3000,

@@ -18,10 +18,9 @@ def build(svc: ServiceContext) -> ServiceParts:
     return ServiceParts(
         subscriptions=[Subscription(
             topics=[INTERACTIONS],
-            handlers={
-                "interaction.recorded": handlers.on_interaction_recorded(ctx),
-                "customer.dissatisfaction_signal": handlers.on_dissatisfaction_signal(ctx),
-                "survey.response_recorded": handlers.on_survey_response(ctx)})],
+            routes=[handlers.on_interaction_recorded(ctx),
+                    handlers.on_dissatisfaction_signal(ctx),
+                    handlers.on_survey_response(ctx)])],
         scheduled={commands.CHURN: handlers.on_churn_due(ctx),
                    commands.RISK_REVIEW: handlers.on_risk_review(ctx)},
         registrations=[ServiceRegistration(

@@ -12,25 +12,24 @@ from crm_contracts.interactions import (
     SurveyResponseRecorded,
 )
 from crm_runtime import logs
-from crm_runtime.consumer import BatchHandler
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
+from crm_runtime.service import Route, on
 from services.customers import commands
 
 
-def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
+def on_interaction_recorded(ctx: commands.Context) -> Route:
     """Purchases of the whole batch are counted together (one statement per
     step); a bad one makes the runtime re-run the batch record by record. Each
     purchase is read in its event's log and trace context (its span, when
     tracing is on), and the events it causes continue that span."""
 
-    async def handle(conn: Conn, events: list[Envelope]) -> None:
+    async def handle(conn: Conn, events: list[Envelope[InteractionRecorded]]) -> None:
         purchases = []
         for env in logs.each(events):
             data = env.data
-            assert isinstance(data, InteractionRecorded)
             if data.kind != "purchase":
                 continue
             if not data.currency:
@@ -44,31 +43,29 @@ def on_interaction_recorded(ctx: commands.Context) -> BatchHandler:
         if purchases:
             await commands.record_purchases(conn, ctx, purchases)
 
-    return handle
+    return on(InteractionRecorded, handle)
 
 
-def on_dissatisfaction_signal(ctx: commands.Context) -> BatchHandler:
-    async def handle(conn: Conn, events: list[Envelope]) -> None:
+def on_dissatisfaction_signal(ctx: commands.Context) -> Route:
+    async def handle(conn: Conn, events: list[Envelope[DissatisfactionSignal]]) -> None:
         for env in logs.each(events):
             data = env.data
-            assert isinstance(data, DissatisfactionSignal)
             await commands.record_dissatisfaction(
                 conn, ctx, parse_uuid(data.customer_id), reason=data.reason,
                 occurred_at=data.occurred_at, event_id=env.id)
 
-    return handle
+    return on(DissatisfactionSignal, handle)
 
 
-def on_survey_response(ctx: commands.Context) -> BatchHandler:
-    async def handle(conn: Conn, events: list[Envelope]) -> None:
+def on_survey_response(ctx: commands.Context) -> Route:
+    async def handle(conn: Conn, events: list[Envelope[SurveyResponseRecorded]]) -> None:
         for env in logs.each(events):
             data = env.data
-            assert isinstance(data, SurveyResponseRecorded)
             await commands.record_survey(
                 conn, ctx, parse_uuid(data.customer_id), csat=data.csat, nps=data.nps,
                 occurred_at=data.occurred_at, event_id=env.id)
 
-    return handle
+    return on(SurveyResponseRecorded, handle)
 
 
 def on_churn_due(ctx: commands.Context) -> WorkHandler:
