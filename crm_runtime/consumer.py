@@ -1,6 +1,8 @@
-"""Batched, idempotent Kafka consumer with dead letters.
+"""The Kafka side of consuming: fetching, partition holding, offset commits.
 
-One batch of records is processed in one PostgreSQL transaction:
+:class:`EventConsumer` reads its topics as one consumer group and hands each
+batch to the database side, :class:`crm_runtime.inbox.Inbox`, which applies
+it in one PostgreSQL transaction:
 
 1. every record is decoded; records that cannot be read are poison. A
    record of a known type this consumer has no handler for is skipped on its
@@ -9,24 +11,21 @@ One batch of records is processed in one PostgreSQL transaction:
    opens no transaction (the interactions service reads every customer event
    for the two it acts on); a record in structured content mode carries its
    type in the value, so it is skipped once decoded, before the inbox;
-2. the event ids are inserted into ``inbox`` in one statement (a large batch
-   by ``COPY`` first, falling back to the statement when an id was seen
-   before), and only the ids that were new reach the handlers (a redelivered
-   event changes nothing);
-3. poison records are written to ``dead_letters`` and queued in the outbox for
-   ``<topic>.dlq`` with headers naming the error and the original topic,
-   partition and offset; the consumer goes on with the next record;
-4. the transaction commits, and only then are the offsets committed (while
-   the next batch is fetched and processed; one offset commit in flight at a
-   time, at most one every ``commit_interval_ms`` while records
-   keep coming, and at once when they stop; see :meth:`EventConsumer.run`).
+2. the subscription's :data:`Prepare` step, if any, sees the decoded events,
+   outside any transaction;
+3. the inbox applies the batch in one unit of work: the event ids that are
+   new reach the handlers (a redelivered event changes nothing), poison
+   records and records a handler could not apply are dead-lettered, and the
+   transaction commits (see :mod:`crm_runtime.inbox`);
+4. only then are the offsets committed (while the next batch is fetched and
+   processed; one offset commit in flight at a time, at most one every
+   ``commit_interval_ms`` while records keep coming, and at once when they
+   stop; see :meth:`EventConsumer.run`).
 
 A crash anywhere before step 4's offset commit redelivers the batch, and the
 inbox makes the second pass a no-op. A transient failure (the database is down,
 a serialisation conflict) rolls back and retries the same batch, held in
-memory, with backoff; it never dead-letters. A handler that raises anything else on
-one record makes the batch run again with a savepoint per record, so only the
-failing record is dead-lettered.
+memory, with backoff; it never dead-letters.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -47,8 +45,8 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import IllegalStateError
 
-from crm_runtime import db, faults, logs, metrics, outbox, uow
-from crm_runtime.db import Conn, is_transient
+from crm_runtime import faults, metrics
+from crm_runtime.db import is_transient
 from crm_runtime.events import (
     Envelope,
     PoisonMessage,
@@ -56,28 +54,34 @@ from crm_runtime.events import (
     payload_class,
     read_attributes,
 )
+from crm_runtime.inbox import (
+    DLQ_SUFFIX,
+    INBOX_COPY_FROM,
+    BatchHandler,
+    Handler,
+    Inbox,
+    Item,
+    dlq_topic,
+    per_event,
+)
 from crm_runtime.retry import Backoff
+
+#: The database side's names stay importable from here, where handlers,
+#: dead-letter topics and the inbox's COPY threshold were always found.
+__all__ = ["ASSIGNORS", "BUSY_FETCH_WAIT_MS", "COMMIT_DONE_S", "DLQ_SUFFIX", "INBOX_COPY_FROM",
+           "BatchHandler", "EventConsumer", "Handler", "Prepare", "dlq_topic", "per_event"]
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[[Conn, list[Envelope]], Awaitable[None]]
 #: Work a batch needs done before its transaction opens (calls to other
 #: services, say): it sees every decoded event of the batch, redeliveries
 #: included, and keeps what it learns for the handlers. It raises only what
 #: is worth retrying (the batch waits and runs again); a problem of one event
 #: is for the handler to report, so that record alone is dead-lettered.
 Prepare = Callable[[list[Envelope]], Awaitable[None]]
-Handler = Callable[[Conn, Envelope], Awaitable[None]]
 
-DLQ_SUFFIX = ".dlq"
 #: Longest wait for the offset commits before a rebalance or a stop.
 COMMIT_DONE_S = 1.0
-#: From this many events a batch's ids go into the inbox by ``COPY`` (in a
-#: savepoint, falling back to the ``ON CONFLICT`` statement when an id was
-#: seen before): the database's work for a batch of 500 ids is about 2 µs an
-#: id less (measured: 6.7 µs an id against 8.7, with the commit).
-INBOX_COPY_FROM = 50
-_INBOX_COLUMNS = ("consumer_group", "event_id")
 #: How long a worker waits for records while another one is busy (it
 #: fetches only from the partitions the busy one does not hold).
 BUSY_FETCH_WAIT_MS = 5
@@ -94,33 +98,11 @@ BUSY_FETCH_WAIT_MS = 5
 ASSIGNORS = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 
 
-def dlq_topic(topic: str) -> str:
-    return topic + DLQ_SUFFIX
-
-
-def per_event(handler: Handler) -> BatchHandler:
-    """Adapt a one-event handler to the batch interface (still one transaction)."""
-
-    async def run(conn: Conn, events: list[Envelope]) -> None:
-        for env in logs.each(events):
-            await handler(conn, env)
-
-    return run
-
-
-@dataclass(slots=True)
-class _Item:
-    record: ConsumerRecord[bytes, bytes]
-    envelope: Envelope | None = None
-    poison: PoisonMessage | None = None
-    #: The type of a record skipped undecoded (a known type without a handler).
-    skipped: str | None = None
-
-
 class EventConsumer:
     """Consumes ``topics`` as consumer group ``group`` and applies ``handlers``
-    (by CloudEvents type) to the service's database. Registered types without a
-    handler are skipped; unknown types are dead letters."""
+    (by CloudEvents type) to the service's database through an :class:`Inbox`.
+    Registered types without a handler are skipped; unknown types are dead
+    letters."""
 
     def __init__(
         self,
@@ -141,13 +123,13 @@ class EventConsumer:
         commit_interval_ms: int = 0,
         prepare: Prepare | None = None,
     ) -> None:
-        self._pool = pool
+        self._inbox = Inbox(pool, group=group, handlers=handlers, service=service, lanes=lanes)
         self._prepare = prepare
         self._group = group
         self._topics = list(topics)
-        self._handlers = dict(handlers)
+        #: The CloudEvents types the inbox has a handler for.
+        self._handled = frozenset(handlers)
         self._service = service
-        self._lanes = lanes
         self._batch_size = batch_size
         self._batch_wait_ms = batch_wait_ms
         self._backoff = backoff or Backoff()
@@ -311,7 +293,7 @@ class EventConsumer:
         now_ms = time.time() * 1000
         for r in batch:
             age.observe(max(0.0, now_ms - r.timestamp) / 1000)
-        items = self._count_skipped([self._decode(r) for r in batch])
+        items = self._decoded(batch)
         while items:
             try:
                 started = time.perf_counter()
@@ -398,7 +380,7 @@ class EventConsumer:
             log.warning("consumer %s: offset commit failed (%s); records may be redelivered",
                         self._group, exc)
 
-    async def _prepared(self, items: list[_Item]) -> None:
+    async def _prepared(self, items: list[Item]) -> None:
         """The subscription's :data:`Prepare` step, outside any transaction."""
         if self._prepare is None:
             return
@@ -415,24 +397,40 @@ class EventConsumer:
             log.warning("consumer %s: preparing a batch failed (%s: %s); applying it anyway",
                         self._group, type(exc).__name__, exc)
 
-    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Item:
+    def _decoded(self, batch: list[ConsumerRecord[bytes, bytes]]) -> list[Item]:
+        """The batch's records to apply, decoded; the skipped ones are counted
+        as consumed."""
+        items: list[Item] = []
+        skipped: Counter[tuple[str, str]] = Counter()
+        for record in batch:
+            decoded = self._decode(record)
+            if isinstance(decoded, Item):
+                items.append(decoded)
+            else:
+                skipped[record.topic, decoded] += 1
+        for (topic, event_type), count in skipped.items():
+            metrics.CONSUMED.labels(self._service, topic, event_type).inc(count)
+        return items
+
+    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> Item | str:
+        """The record as an item to apply (its event, or why it is poison), or
+        the type it is skipped as."""
         try:
             attrs = read_attributes(record.headers)
         except PoisonMessage as poison:
             # A header is not UTF-8: still skipped if its type is one this
             # consumer ignores (the consumer that handles it dead-letters it).
-            skipped = self._skipped_type(_raw_type(record.headers))
-            return _Item(record, skipped=skipped) if skipped else _Item(record, poison=poison)
+            return self._skipped_type(_raw_type(record.headers)) or Item(record, poison=poison)
         skipped = self._skipped_type(attrs.get("ce_type"))
         if skipped is not None:
-            return _Item(record, skipped=skipped)
+            return skipped
         try:
             envelope = decode_attributes(attrs, record.value)
         except PoisonMessage as poison:
-            return _Item(record, poison=poison)
-        if envelope.type not in self._handlers:  # structured mode: the type was in the body
-            return _Item(record, skipped=envelope.type)
-        return _Item(record, envelope=envelope)
+            return Item(record, poison=poison)
+        if envelope.type not in self._handled:  # structured mode: the type was in the body
+            return envelope.type
+        return Item(record, envelope=envelope)
 
     def _skipped_type(self, event_type: str | None) -> str | None:
         """The record's type if it is a known one this consumer does not handle."""
@@ -443,164 +441,12 @@ class EventConsumer:
             if payload_class(event_type) is None:
                 return None  # unknown: a dead letter (not remembered: any text may come)
             known = self._skips[event_type] = (
-                "" if event_type in self._handlers else event_type)
+                "" if event_type in self._handled else event_type)
         return known or None
 
-    async def process(self, items: list[_Item]) -> None:
-        """Apply one batch in one transaction (fast path); if a handler fails
-        for a non-transient reason, apply it again isolating each record."""
-        try:
-            await self._apply(items, isolate=False)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            log.warning("consumer %s: a handler failed (%s: %s); isolating records",
-                        self._group, type(exc).__name__, exc)
-            await self._apply(items, isolate=True)
-
-    async def _apply(self, items: list[_Item], *, isolate: bool) -> None:
-        async with self._pool.acquire() as conn, uow.unit_on(conn) as unit:
-            good = [i for i in items if i.envelope is not None]
-            fresh = await self._claim(conn, good)
-            dead: list[tuple[_Item, str, str]] = [
-                (i, i.poison.kind, i.poison.reason) for i in items if i.poison is not None
-            ]
-            # Each event once (the same event twice in one batch runs once, in
-            # the first one's place; fresh keeps the batch's order); the known
-            # events it ignores were skipped before decoding (_skipped_type).
-            # A handler sees the longest runs of consecutive records it handles, in
-            # order: a service with one handler for many types gets the whole batch.
-            run: list[_Item] = []
-            run_handler: BatchHandler | None = None
-            for item in fresh.values():
-                handler = self._handlers[_type(item)]
-                if run and handler is not run_handler:
-                    dead += await self._handle_run(unit, run, isolate=isolate)
-                    run = []
-                run_handler = handler
-                run.append(item)
-            if run:
-                dead += await self._handle_run(unit, run, isolate=isolate)
-            await self._dead_letter(unit, dead)
-        self._count(items, fresh)
-
-    async def _claim(self, conn: Conn, good: list[_Item]) -> dict[str, _Item]:
-        """Record the batch's event ids in the inbox; returns the new ones, each
-        with its first item, in the batch's order."""
-        if not good:
-            return {}
-        event_ids = [_id(i) for i in good]
-        if len(event_ids) >= INBOX_COPY_FROM and await db.copy_unless_taken(
-                conn, "inbox", _INBOX_COLUMNS, [(self._group, e) for e in event_ids]):
-            # Every id went in, so none was seen before or repeats in the batch.
-            return dict(zip(event_ids, good, strict=True))
-        rows = await conn.fetch(
-            """INSERT INTO inbox (consumer_group, event_id)
-               SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id""",
-            self._group, event_ids,
-        )
-        new = {r["event_id"] for r in rows}
-        first: dict[str, _Item] = {}
-        for event_id, item in zip(event_ids, good, strict=True):
-            if event_id in new and event_id not in first:
-                first[event_id] = item
-        return first
-
-    async def _handle_run(self, unit: uow.UnitOfWork, run: list[_Item], *,
-                          isolate: bool) -> list[tuple[_Item, str, str]]:
-        conn = unit.conn
-        handler = self._handlers[_type(run[0])]
-        envelopes = [i.envelope for i in run if i.envelope is not None]
-        started = time.perf_counter()
-        if not isolate:
-            await handler(conn, envelopes)
-            self._observe(run[0], started)
-            return []
-        dead = []
-        for item, env in zip(run, envelopes, strict=True):
-            hooks = unit.mark()
-            try:
-                async with conn.transaction():  # a savepoint per record
-                    with logs.context(event_id=env.id, customer_id=env.subject,
-                                      traceparent=env.traceparent,
-                                      span=f"process {env.type}", kind="consumer"):
-                        await handler(conn, [env])
-            except Exception as exc:
-                unit.rollback_to(hooks)
-                if is_transient(exc):
-                    raise
-                kind = exc.kind if isinstance(exc, PoisonMessage) else "handler_error"
-                reason = exc.reason if isinstance(exc, PoisonMessage) else (
-                    f"{type(exc).__name__}: {exc}")
-                log.error("consumer %s: dead-lettering event %s (%s) of %s: %s", self._group,
-                          env.id, env.type, env.subject, reason)
-                dead.append((item, kind, reason))
-        self._observe(run[0], started)
-        return dead
-
-    async def _dead_letter(self, unit: uow.UnitOfWork,
-                           dead: list[tuple[_Item, str, str]]) -> None:
-        if not dead:
-            return
-        conn = unit.conn
-        # A dead letter is not processed: forget its event id, so that a replay
-        # of it (crm dlq replay) is handled instead of dropped as a duplicate.
-        await conn.execute(
-            "DELETE FROM inbox WHERE consumer_group = $1 AND event_id = ANY($2::text[])",
-            self._group, [d[0].envelope.id for d in dead if d[0].envelope is not None])
-        rows = await conn.fetch(
-            """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset,
-                                         error_kind, error_reason)
-               SELECT $1, * FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[],
-                                        $6::text[])
-               ON CONFLICT DO NOTHING RETURNING topic, kafka_partition, kafka_offset""",
-            self._group,
-            [d[0].record.topic for d in dead], [d[0].record.partition for d in dead],
-            [d[0].record.offset for d in dead], [d[1] for d in dead], [d[2] for d in dead],
-        )
-        new = {(r["topic"], r["kafka_partition"], r["kafka_offset"]) for r in rows}
-        records: list[outbox.RawRecord] = []
-        for item, kind, reason in dead:
-            r = item.record
-            if (r.topic, r.partition, r.offset) not in new:
-                continue
-            headers = [*(r.headers or ()),
-                       ("dlq_error_kind", kind.encode()),
-                       ("dlq_error_reason", reason.encode()[:4000]),
-                       ("dlq_original_topic", r.topic.encode()),
-                       ("dlq_original_partition", str(r.partition).encode()),
-                       ("dlq_original_offset", str(r.offset).encode()),
-                       ("dlq_consumer_group", self._group.encode())]
-            records.append((f"{r.topic}:{r.partition}:{r.offset}", dlq_topic(r.topic), r.key,
-                            headers, r.value, "dead_letter"))
-            unit.on_commit(metrics.DEAD_LETTERED.labels(self._service, r.topic, kind).inc)
-        await outbox.add_raw(conn, records, lanes=self._lanes)
-
-    def _observe(self, item: _Item, started: float) -> None:
-        metrics.HANDLER_SECONDS.labels(self._service, item.record.topic, _type(item)).observe(
-            time.perf_counter() - started)
-
-    def _count_skipped(self, items: list[_Item]) -> list[_Item]:
-        """Count the skipped records as consumed; returns the others."""
-        skipped = Counter((i.record.topic, i.skipped) for i in items if i.skipped is not None)
-        for (topic, event_type), count in skipped.items():
-            metrics.CONSUMED.labels(self._service, topic, event_type).inc(count)
-        return [i for i in items if i.skipped is None] if skipped else items
-
-    def _count(self, items: list[_Item], fresh: dict[str, _Item]) -> None:
-        consumed: Counter[tuple[str, str]] = Counter()
-        duplicates: Counter[str] = Counter()
-        for item in items:
-            if item.envelope is None:
-                continue
-            if fresh.get(item.envelope.id) is item:
-                consumed[item.record.topic, item.envelope.type] += 1
-            else:
-                duplicates[item.record.topic] += 1
-        for (topic, event_type), count in consumed.items():
-            metrics.CONSUMED.labels(self._service, topic, event_type).inc(count)
-        for topic, count in duplicates.items():
-            metrics.DUPLICATES.labels(self._service, topic).inc(count)
+    async def process(self, items: list[Item]) -> None:
+        """Apply one batch in one transaction (see :meth:`Inbox.apply`)."""
+        await self._inbox.apply(items)
 
     def _observe_lag(self) -> None:
         assigned = self._kafka.assignment()
@@ -642,12 +488,3 @@ def _raw_type(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
     except (UnicodeDecodeError, AttributeError):
         return None  # read_attributes() named the problem
 
-
-def _id(item: _Item) -> str:
-    assert item.envelope is not None
-    return item.envelope.id
-
-
-def _type(item: _Item) -> str:
-    assert item.envelope is not None
-    return item.envelope.type
