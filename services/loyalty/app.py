@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Imported for their side effect: they register the event types loyalty consumes.
-import crm_contracts.customers
-import crm_contracts.interactions  # noqa: F401
 from crm.loyalty.v1 import loyalty_pb2, loyalty_pb2_grpc
 from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 from crm_runtime.grpc_server import ServiceRegistration
@@ -25,12 +22,9 @@ def build(svc: ServiceContext) -> ServiceParts:
     ctx = commands.Context(clock=svc.clock, lanes=svc.lanes,
                            rules=RuleBook(load_file(conf.rules_file)), policy=conf.policy(),
                            expiry_notice=conf.expiry_notice)
-    on_events = handlers.on_events(ctx, svc.pool)
     return ServiceParts(
-        subscriptions=[Subscription(
-            topics=[CUSTOMERS, INTERACTIONS],
-            handlers={t: on_events for t in (*handlers.CUSTOMER_EVENTS,
-                                             *handlers.INTERACTION_EVENTS)})],
+        subscriptions=[Subscription(topics=[CUSTOMERS, INTERACTIONS],
+                                    routes=[handlers.on_events(ctx, svc.pool)])],
         scheduled={commands.FOLLOW_UP_DUE: handlers.on_follow_up_due(ctx),
                    commands.DISCOUNT_EXPIRING: handlers.on_discount_expiring(ctx)},
         registrations=[ServiceRegistration(

@@ -1,8 +1,12 @@
 """Event and scheduled-work handlers of the loyalty service (consumer group
 ``crm-loyalty``, reading ``crm.customers.v1`` and ``crm.interactions.v1``).
 
-Each run of consumed events goes through :func:`commands.on_events`, one
-unit of work in the batch's transaction; the runtime's inbox drops
+One handler is routed every payload class loyalty consumes
+(:data:`commands.CONSUMED`, the classes of :data:`commands.LoyaltyInput`), so
+the consumer hands it each batch's run of those events whole: one batch of
+loyalty's state (:class:`services.loyalty.unit.Batch`) and one flush per
+run, in the batch's transaction; :func:`commands.on_events` gives each event
+to the function of its payload class. The runtime's inbox drops
 redeliveries. Before the first event the process applies the rules file (once
 per process start).
 """
@@ -11,28 +15,21 @@ from __future__ import annotations
 
 import asyncpg
 
-from crm_runtime.consumer import BatchHandler
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope
 from crm_runtime.scheduler import DueWork, WorkHandler
+from crm_runtime.service import Route, on
 from services.loyalty import commands
-
-#: Event types loyalty reacts to (customers' and interactions' contracts).
-CUSTOMER_EVENTS = ("customer.registered", "customer.stage_changed", "customer.won_back",
-                   "customer.purchase_recorded", "customer.consent_changed",
-                   "customer.erased", "customer.merged", "customer.at_risk",
-                   "customer.risk_cleared")
-INTERACTION_EVENTS = ("interaction.recorded", "case.breached", "case.resolved",
-                      "survey.response_recorded", "customer.dissatisfaction_signal")
+from services.loyalty.commands import LoyaltyInput
 
 
-def on_events(ctx: commands.Context, pool: asyncpg.Pool) -> BatchHandler:
-    async def handle(conn: Conn, events: list[Envelope]) -> None:
+def on_events(ctx: commands.Context, pool: asyncpg.Pool) -> Route:
+    async def handle(conn: Conn, events: list[Envelope[LoyaltyInput]]) -> None:
         await ctx.rules.sync_file(pool, ctx.clock.now())
         await commands.on_events(conn, ctx, events)
 
-    return handle
+    return on(commands.CONSUMED, handle)
 
 
 def on_follow_up_due(ctx: commands.Context) -> WorkHandler:

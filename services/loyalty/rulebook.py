@@ -33,7 +33,7 @@ import yaml
 from crm_runtime.db import Conn
 from crm_runtime.errors import Conflict, InvalidArgument, NotFound
 from services.loyalty import store
-from services.loyalty.domain import Rule, parse_rule, parse_rule_file
+from services.loyalty.rules import Rule, parse_rule, parse_rule_file
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ class RuleBook:
             if self._synced:
                 return
             async with pool.acquire() as conn, conn.transaction():
-                # Replicas starting together apply the file one after the other.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('loyalty.rules'))")
+                await store.lock_rules_file(conn)
                 for rule in self.file_rules:
                     await self._apply_file_rule(conn, rule, now)
             self._synced = True

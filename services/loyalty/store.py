@@ -1,49 +1,29 @@
 """SQL for the loyalty schema. Every function runs on the caller's
-connection, inside the caller's transaction; none commits."""
+connection, inside the caller's transaction; none commits.
+
+Rows come back as asyncpg records, except the customer view
+(:class:`services.loyalty.domain.View`) and a discount's state
+(:func:`discount_state`), which the domain's rules take.
+
+Why over 500 lines: every statement of the schema is here, and a batch's two
+(:func:`lock_views`, :func:`write_unit`) are long, with the reasons for their
+shape beside them."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from crm_runtime import db
 from crm_runtime.db import Conn
 from crm_runtime.errors import NotFound
-from services.loyalty.domain import ContactState
+from services.loyalty.domain import DiscountState
+from services.loyalty.domain import View as View  # re-exported: views are read here
 
 # --- the customer view --------------------------------------------------------
-
-
-@dataclass
-class View:
-    """Loyalty's view of one customer (table ``customer_view``)."""
-
-    customer_id: uuid.UUID
-    stage: str = "potential"
-    purchase_count: int = 0
-    last_purchase_at: datetime | None = None
-    segments: list[str] = field(default_factory=list)
-    preferred_channel: str = ""
-    time_zone: str = ""
-    referred_by: uuid.UUID | None = None
-    referral_code: str | None = None
-    newsletter_consent: bool = False
-    newsletter_consent_at: datetime | None = None
-    promotional_consent: bool = False
-    promotional_consent_at: datetime | None = None
-    do_not_contact: bool = False
-    at_risk: bool = False
-    erased_at: datetime | None = None
-    merged_into: uuid.UUID | None = None
-
-    def contact_state(self) -> ContactState:
-        return ContactState(erased=self.erased_at is not None, do_not_contact=self.do_not_contact,
-                            newsletter_consent=self.newsletter_consent,
-                            promotional_consent=self.promotional_consent)
-
 
 _VIEW_COLUMNS = ("customer_id", "stage", "purchase_count", "last_purchase_at", "segments",
                  "preferred_channel", "time_zone", "referred_by", "referral_code",
@@ -122,6 +102,12 @@ async def point_aliases(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> N
 async def rules_revision(conn: Conn) -> int:
     revision: int = await conn.fetchval("SELECT revision FROM rules_revision")
     return revision
+
+
+async def lock_rules_file(conn: Conn) -> None:
+    """Until the transaction ends, the only one applying the rules file:
+    replicas starting together apply it one after the other."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('loyalty.rules'))")
 
 
 async def all_rules(conn: Conn) -> list[Any]:
@@ -312,6 +298,15 @@ async def discount_by_code(conn: Conn, code: str) -> Any:
     return row
 
 
+def discount_state(row: Any) -> DiscountState:
+    """What the domain's discount rules need of a ``discounts`` row."""
+    return DiscountState(
+        kind=row["kind"], percent=row["percent"], amount_minor=row["amount_minor"],
+        currency=row["currency"], min_purchase_minor=row["min_purchase_minor"],
+        expires_at=row["expires_at"], redeemed_at=row["redeemed_at"],
+        voided_at=row["voided_at"])
+
+
 async def discount_by_id(conn: Conn, discount_id: uuid.UUID) -> Any:
     return await conn.fetchrow(
         f"SELECT {_DISCOUNT_COLUMNS} FROM discounts WHERE discount_id = $1", discount_id)
@@ -408,7 +403,8 @@ async def move_records(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> No
 
 @dataclass
 class Locked:
-    """What a unit of work loads in its first statement."""
+    """What a batch (:class:`services.loyalty.unit.Batch`) loads in its first
+    statement."""
 
     views: list[View]
     revision: int
@@ -416,7 +412,7 @@ class Locked:
     promotional: dict[uuid.UUID, list[datetime]]
     #: Event types that may make an open follow-up moot, per customer.
     cancellable: dict[uuid.UUID, set[str]]
-    #: Actions already recorded for the unit's trigger events.
+    #: Actions already recorded for the batch's trigger events.
     done_actions: set[uuid.UUID]
 
 
@@ -519,7 +515,7 @@ _SEP = "\x1f"  # joins a row's text[] values: unnest() cannot take arrays of arr
 #: The service's schema (and name: ``commands.SERVICE``).
 SCHEMA = "loyalty"
 
-#: A unit of work's buffered rows, one batch per table (arrays or COPY, by
+#: A batch's buffered rows, one set per table (arrays or COPY, by
 #: size: :class:`db.Rows`).
 _ACTION_ROWS = db.Rows("loyalty_action_batch", [
     ("action_id", "uuid"), ("customer_id", "uuid"), ("rule_id", "text"),
@@ -600,7 +596,7 @@ async def write_unit(conn: Conn, *, actions: list[ActionRow], discounts: list[Di
                      follow_ups: list[FollowUpRow],
                      schedules: list[tuple[str, str, datetime, str]],
                      views: list[View], now: datetime) -> None:
-    """Write a unit of work's buffered rows in one statement: actions,
+    """Write a batch's buffered rows in one statement: actions,
     discounts, follow-ups, scheduled work (the same upsert as
     ``crm_runtime.scheduler.schedule``) and the changed views. A second
     record of an action (a replay that bypassed the inbox) or a clash of

@@ -4,8 +4,8 @@ is applied as a new version, an operator's change over gRPC is kept."""
 from __future__ import annotations
 
 from crm.loyalty.v1 import loyalty_pb2 as pb
-from services.loyalty.domain import parse_rule
 from services.loyalty.rulebook import RuleBook
+from services.loyalty.rules import parse_rule
 from tests.support.loyalty import stub
 from tests.support.services import Running
 

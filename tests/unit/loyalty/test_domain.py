@@ -21,9 +21,7 @@ from services.loyalty.domain import (
     Purpose,
     Suppression,
     TrustPolicy,
-    action_id,
     discount_amount,
-    evaluate,
     expiring_notice_at,
     in_quiet_hours,
     new_code,
@@ -31,14 +29,12 @@ from services.loyalty.domain import (
     new_referral_code,
     normalise_code,
     outside_quiet_hours,
-    parse_duration,
-    parse_rule,
-    parse_rule_file,
     redeem_refusal,
     trust_decision,
     within_cap,
 )
 from services.loyalty.rulebook import load_file
+from services.loyalty.rules import action_id, evaluate, parse_duration, parse_rule, parse_rule_file
 from services.loyalty.settings import DEFAULT_RULES_FILE
 
 T0 = datetime(2031, 3, 1, 12, tzinfo=UTC)
@@ -315,7 +311,7 @@ def test_expiry_notice_only_when_validity_is_longer() -> None:
 
 
 def test_fact_values_are_type_checked() -> None:
-    from services.loyalty.domain import fact_value_ok
+    from services.loyalty.rules import fact_value_ok
 
     assert fact_value_ok("int", 3) and not fact_value_ok("int", True)
     assert not fact_value_ok("int", "3") and fact_value_ok("int", None)
@@ -340,7 +336,7 @@ FACTS = st.fixed_dictionaries({
 @given(RULES, FACTS, st.booleans())
 def test_fast_match_agrees_with_the_explaining_evaluation(
         when: dict[str, object], facts: dict[str, object], enabled: bool) -> None:
-    from services.loyalty.domain import matches
+    from services.loyalty.rules import matches
 
     rule = parse_rule(_rule(when=when, enabled=enabled))
     result = evaluate(rule, facts)
