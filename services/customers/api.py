@@ -29,6 +29,9 @@ _STAGE_TO_PB = {Stage.POTENTIAL: pb.STAGE_POTENTIAL, Stage.ONE_TIME: pb.STAGE_ON
                 Stage.REPEAT: pb.STAGE_REPEAT, Stage.FORMER: pb.STAGE_FORMER}
 _PB_TO_STAGE = {v: k for k, v in _STAGE_TO_PB.items()}
 
+#: Most registrations one RegisterCustomers call takes (customers.proto).
+MAX_REGISTRATIONS = 1000
+
 _PROFILE_FIELDS = ("birth_year", "sex", "buyer_type", "company_name", "socio_economic_band",
                    "personality_notes", "prior_experience_notes", "product_knowledge",
                    "preferred_channel", "time_zone")
@@ -40,6 +43,25 @@ def profile_from_pb(p: pb.Profile) -> dict[str, Any]:
     out["concomitant_needs"] = sorted({n.strip().lower() for n in p.concomitant_needs
                                        if n.strip()})
     return out
+
+
+def registration_from_pb(request: pb.RegisterCustomerRequest) -> commands.Registration:
+    """The registration a request asks for, its fields parsed (InvalidArgument
+    names the first bad one)."""
+    identity = Identity.parse(list(request.emails), list(request.phones),
+                              list(request.external_ids))
+    profile = profile_from_pb(request.profile)
+    referrer = (parse_uuid(request.referred_by_customer_id, "referred_by_customer_id")
+                if request.referred_by_customer_id else None)
+    return commands.Registration(display_name=request.display_name, identity=identity,
+                                 profile=profile, source=request.source, referred_by=referrer,
+                                 referral_code=request.referral_code)
+
+
+def _refused(index: int, field: str, problem: str) -> pb.RegisterCustomersResult:
+    """The result of item ``index`` of a RegisterCustomers call, refused."""
+    where = f"customers[{index}].{field}" if field else f"customers[{index}]"
+    return pb.RegisterCustomersResult(error=pb.FieldViolation(field=where, description=problem))
 
 
 def customer_to_pb(rec: store.CustomerRecord, this_year: int) -> pb.Customer:
@@ -85,15 +107,37 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
 
     async def RegisterCustomer(self, request: pb.RegisterCustomerRequest,
                                context: grpc.aio.ServicerContext) -> pb.RegisterCustomerResponse:
-        identity = Identity.parse(list(request.emails), list(request.phones),
-                                  list(request.external_ids))
-        profile = profile_from_pb(request.profile)
-        referrer = (parse_uuid(request.referred_by_customer_id, "referred_by_customer_id")
-                    if request.referred_by_customer_id else None)
+        r = registration_from_pb(request)
         rec, created = await uow.run(self._pool, lambda c: commands.register(
-            c, self._ctx, display_name=request.display_name, identity=identity, profile=profile,
-            source=request.source, referred_by=referrer, referral_code=request.referral_code))
+            c, self._ctx, display_name=r.display_name, identity=r.identity, profile=r.profile,
+            source=r.source, referred_by=r.referred_by, referral_code=r.referral_code))
         return pb.RegisterCustomerResponse(customer=self._out(rec), created=created)
+
+    async def RegisterCustomers(self, request: pb.RegisterCustomersRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> pb.RegisterCustomersResponse:
+        count = len(request.customers)
+        if count > MAX_REGISTRATIONS:
+            raise InvalidArgument("customers", f"at most {MAX_REGISTRATIONS} per call, "
+                                               f"got {count}")
+        results: dict[int, pb.RegisterCustomersResult] = {}
+        parsed: list[tuple[int, commands.Registration]] = []
+        for i, item in enumerate(request.customers):
+            try:
+                parsed.append((i, registration_from_pb(item)))
+            except InvalidArgument as exc:
+                results[i] = _refused(i, exc.field, exc.problem)
+        outcomes = await uow.run(self._pool, lambda c: commands.register_many(
+            c, self._ctx, [r for _, r in parsed])) if parsed else []
+        for (i, _), outcome in zip(parsed, outcomes, strict=True):
+            if isinstance(outcome, InvalidArgument):
+                results[i] = _refused(i, outcome.field, outcome.problem)
+            elif isinstance(outcome, Exception):  # the item as a whole: a referrer, say
+                results[i] = _refused(i, "", str(outcome))
+            else:
+                rec, created = outcome
+                results[i] = pb.RegisterCustomersResult(customer=self._out(rec), created=created)
+        return pb.RegisterCustomersResponse(results=[results[i] for i in range(count)])
 
     async def GetCustomer(self, request: pb.GetCustomerRequest,
                           context: grpc.aio.ServicerContext) -> pb.Customer:

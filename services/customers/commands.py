@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +36,7 @@ from crm_runtime.db import Conn
 from crm_runtime.errors import (
     AlreadyExists,
     Conflict,
+    DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -184,6 +186,50 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
         has_email=bool(identity.emails), has_phone=bool(identity.phones), source=source,
         referred_by=str(referred_by or ""), referral_code=referral_code))
     return await store.load(conn, customer_id), True
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One customer to register: :func:`register`'s arguments."""
+
+    display_name: str
+    identity: Identity
+    profile: dict[str, Any]
+    source: str
+    referred_by: uuid.UUID | None = None
+    referral_code: str = ""
+
+
+async def register_many(conn: Conn, ctx: Context, registrations: Sequence[Registration]
+                        ) -> list[tuple[store.CustomerRecord, bool] | InvalidArgument
+                                  | DomainError]:
+    """:func:`register` each, in order, in the caller's transaction: each in
+    a savepoint, so one refused (its error in its place) leaves nothing
+    behind and the others registered. Two with the same identifier get the
+    same customer (the second finds the first's)."""
+    # Lock every identifier of the call first, in the order register() takes
+    # them, so two calls (or a call and a register()) cannot deadlock.
+    keys: list[tuple[str, str]] = sorted(set().union(*(r.identity.keys()
+                                                       for r in registrations)))
+    if keys:
+        # A function scan yields the array's elements in order.
+        await conn.execute("SELECT count(pg_advisory_xact_lock(hashtext(k))) "
+                           "FROM unnest($1::text[]) AS k", [f"{k}:{v}" for k, v in keys])
+    unit = uow.current()
+    results: list[tuple[store.CustomerRecord, bool] | InvalidArgument | DomainError] = []
+    for r in registrations:
+        hooks = unit.mark() if unit is not None else 0
+        try:
+            async with conn.transaction():
+                results.append(await register(
+                    conn, ctx, display_name=r.display_name, identity=r.identity,
+                    profile=r.profile, source=r.source, referred_by=r.referred_by,
+                    referral_code=r.referral_code))
+        except (InvalidArgument, DomainError) as exc:
+            if unit is not None:
+                unit.rollback_to(hooks)
+            results.append(exc)
+    return results
 
 
 def _require_active(rec: store.CustomerRecord) -> None:

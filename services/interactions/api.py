@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import grpc
@@ -22,14 +22,11 @@ from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.interactions import commands, domain
+from services.interactions import commands, domain, store
 from services.interactions.directory import CustomerDirectory
-
-T = TypeVar("T")
 
 #: The longest time a promise policy may name (10 years).
 _MAX_PROMISE_SECONDS = 10 * 365 * 24 * 3600
-
 
 
 def _uuid_or_none(value: str, field: str) -> uuid.UUID | None:
@@ -69,7 +66,6 @@ def _cycle_to_pb(row: Any) -> pb.ServiceCycle:
                          survey_questions=m["survey_questions"]) for m in row["moments"]])
 
 
-
 class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
     def __init__(self, pool: asyncpg.Pool, ctx: commands.Context,
                  directory: CustomerDirectory) -> None:
@@ -82,14 +78,14 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         return ts.ToDatetime(tzinfo=now.tzinfo) if present else now
 
     async def _case_reply(self, conn: Conn, case_id: uuid.UUID) -> pb.Case:
-        return case_to_pb(await commands.load_case(conn, case_id),
-                          await commands.transfers(conn, case_id))
+        return case_to_pb(await store.load_case(conn, case_id),
+                          await store.transfers(conn, case_id))
 
     async def RecordInteraction(self, request: pb.RecordInteractionRequest,
                                 context: grpc.aio.ServicerContext) -> pb.Interaction:
         if request.customer_id:
             customer_id = parse_uuid(request.customer_id, "customer_id")
-        else:
+        else:  # asked before the transaction opens: no transaction waits on customers
             customer_id = await self._directory.identify(request.contact_email,
                                                          request.contact_phone)
         contact = commands.check_contact(
@@ -105,7 +101,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
         async def record(conn: Conn) -> Any:
             await commands.record_contacts(conn, self._ctx, [contact])
-            return await commands.interaction_by_key(conn, contact.idempotency_key)
+            return await store.interaction_by_key(conn, contact.idempotency_key)
 
         return interaction_to_pb(await uow.run(self._pool, record))
 
@@ -190,7 +186,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             rows = await commands.list_cases(conn, self._ctx, which=request.filter,
                                              unit=request.unit, customer_id=customer_id,
                                              after=after, limit=size)
-            return [case_to_pb(r, await commands.transfers(conn, r["case_id"])) for r in rows]
+            return [case_to_pb(r, await store.transfers(conn, r["case_id"])) for r in rows]
 
         cases = await uow.run(self._pool, list_)
         token = _encode_token(cases[-1].case_id) if len(cases) == size else ""
@@ -225,7 +221,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
     async def GetServiceCycle(self, request: pb.GetServiceCycleRequest,
                               context: grpc.aio.ServicerContext) -> pb.ServiceCycle:
         return _cycle_to_pb(await uow.run(
-            self._pool, lambda c: commands.get_service_cycle(c, request.name)))
+            self._pool, lambda c: store.service_cycle(c, request.name)))
 
     async def GetSatisfactionReport(self, request: pb.GetSatisfactionReportRequest,
                                     context: grpc.aio.ServicerContext) -> pb.SatisfactionReport:

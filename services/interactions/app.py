@@ -19,12 +19,14 @@ def build(svc: ServiceContext) -> ServiceParts:
     directory = CustomerDirectory(s.customers_target(), s.service_token or s.dev_token)
     return ServiceParts(
         subscriptions=[
+            # Unknown contacts are registered with customers before each
+            # batch's transaction opens, in one call (directory.prepare).
             Subscription(topics=[INTERACTIONS_INGEST],
-                         handlers={"contact.received": handlers.on_contacts(ctx, directory)},
-                         group_suffix="-ingest"),
+                         routes=[handlers.on_contacts(ctx, directory)],
+                         group_suffix="-ingest", prepare=directory.prepare),
             Subscription(topics=[CUSTOMERS],
-                         handlers={"customer.erased": handlers.on_customer_erased(),
-                                   "customer.merged": handlers.on_customers_merged()}),
+                         routes=[handlers.on_customer_erased(),
+                                 handlers.on_customers_merged()]),
         ],
         scheduled={commands.WARN: handlers.on_breach_warning(ctx),
                    commands.BREACH: handlers.on_breach(ctx)},

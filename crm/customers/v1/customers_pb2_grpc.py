@@ -39,6 +39,11 @@ class CustomersStub:
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomerRequest.SerializeToString,
                 response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomerResponse.FromString,
                 _registered_method=True)
+        self.RegisterCustomers = channel.unary_unary(
+                '/crm.customers.v1.Customers/RegisterCustomers',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomersRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomersResponse.FromString,
+                _registered_method=True)
         self.GetCustomer = channel.unary_unary(
                 '/crm.customers.v1.Customers/GetCustomer',
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetCustomerRequest.SerializeToString,
@@ -116,6 +121,17 @@ class CustomersServicer:
 
     def RegisterCustomer(self, request, context):
         """Idempotent: the same email, phone or external id returns the existing customer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterCustomers(self, request, context):
+        """Many registrations in one call and one transaction, each exactly as
+        RegisterCustomer (idempotent; two items with the same email, phone or
+        external id get the same customer). At most 1000 items: more is
+        INVALID_ARGUMENT for the whole call. An item that is refused gets its error
+        in its result (nothing of it is stored) and the others are registered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +237,11 @@ def add_CustomersServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomerRequest.FromString,
                     response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomerResponse.SerializeToString,
             ),
+            'RegisterCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterCustomers,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomersRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomersResponse.SerializeToString,
+            ),
             'GetCustomer': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCustomer,
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetCustomerRequest.FromString,
@@ -319,6 +340,33 @@ class Customers:
             '/crm.customers.v1.Customers/RegisterCustomer',
             crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomerRequest.SerializeToString,
             crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.Customers/RegisterCustomers',
+            crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomersRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.RegisterCustomersResponse.FromString,
             options,
             channel_credentials,
             insecure,

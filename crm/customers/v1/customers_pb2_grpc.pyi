@@ -35,6 +35,13 @@ class CustomersStub:
     def __new__(cls, channel: _aio.Channel) -> CustomersAsyncStub: ...
     RegisterCustomer: _grpc.UnaryUnaryMultiCallable[_customers_pb2.RegisterCustomerRequest, _customers_pb2.RegisterCustomerResponse]
     """Idempotent: the same email, phone or external id returns the existing customer."""
+    RegisterCustomers: _grpc.UnaryUnaryMultiCallable[_customers_pb2.RegisterCustomersRequest, _customers_pb2.RegisterCustomersResponse]
+    """Many registrations in one call and one transaction, each exactly as
+    RegisterCustomer (idempotent; two items with the same email, phone or
+    external id get the same customer). At most 1000 items: more is
+    INVALID_ARGUMENT for the whole call. An item that is refused gets its error
+    in its result (nothing of it is stored) and the others are registered.
+    """
     GetCustomer: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetCustomerRequest, _customers_pb2.Customer]
     FindCustomers: _grpc.UnaryUnaryMultiCallable[_customers_pb2.FindCustomersRequest, _customers_pb2.FindCustomersResponse]
     """Exact lookup by one normalised identifier."""
@@ -63,6 +70,13 @@ class CustomersAsyncStub(CustomersStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterCustomer: _aio.UnaryUnaryMultiCallable[_customers_pb2.RegisterCustomerRequest, _customers_pb2.RegisterCustomerResponse]  # type: ignore[assignment]
     """Idempotent: the same email, phone or external id returns the existing customer."""
+    RegisterCustomers: _aio.UnaryUnaryMultiCallable[_customers_pb2.RegisterCustomersRequest, _customers_pb2.RegisterCustomersResponse]  # type: ignore[assignment]
+    """Many registrations in one call and one transaction, each exactly as
+    RegisterCustomer (idempotent; two items with the same email, phone or
+    external id get the same customer). At most 1000 items: more is
+    INVALID_ARGUMENT for the whole call. An item that is refused gets its error
+    in its result (nothing of it is stored) and the others are registered.
+    """
     GetCustomer: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetCustomerRequest, _customers_pb2.Customer]  # type: ignore[assignment]
     FindCustomers: _aio.UnaryUnaryMultiCallable[_customers_pb2.FindCustomersRequest, _customers_pb2.FindCustomersResponse]  # type: ignore[assignment]
     """Exact lookup by one normalised identifier."""
@@ -94,6 +108,19 @@ class CustomersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.RegisterCustomerResponse, _abc.Awaitable[_customers_pb2.RegisterCustomerResponse]]:
         """Idempotent: the same email, phone or external id returns the existing customer."""
+
+    @_abc_1.abstractmethod
+    def RegisterCustomers(
+        self,
+        request: _customers_pb2.RegisterCustomersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.RegisterCustomersResponse, _abc.Awaitable[_customers_pb2.RegisterCustomersResponse]]:
+        """Many registrations in one call and one transaction, each exactly as
+        RegisterCustomer (idempotent; two items with the same email, phone or
+        external id get the same customer). At most 1000 items: more is
+        INVALID_ARGUMENT for the whole call. An item that is refused gets its error
+        in its result (nothing of it is stored) and the others are registered.
+        """
 
     @_abc_1.abstractmethod
     def GetCustomer(

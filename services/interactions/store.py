@@ -1,0 +1,334 @@
+"""SQL for the interactions schema. Every function runs on the caller's
+connection, inside the caller's transaction; none commits.
+
+Contacts go in as a batch (:func:`insert_contacts`: one statement, or a
+straight ``COPY`` for a large batch of new keys); the rest is one small
+statement per function, rows returned as asyncpg records.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from crm_runtime import db
+from crm_runtime.db import Conn
+from crm_runtime.errors import NotFound
+
+SERVICE = "interactions"
+
+#: The columns of a contact as :func:`insert_contacts` takes it, in order.
+CONTACT_COLUMNS = [
+    ("interaction_id", "uuid"), ("idempotency_key", "text"), ("customer_id", "uuid"),
+    ("channel", "text"), ("direction", "text"), ("kind", "text"), ("attention", "text"),
+    ("requester_id", "uuid"), ("decision_maker_id", "uuid"), ("touchpoint", "text"),
+    ("agent", "text"), ("unit", "text"), ("occurred_at", "timestamptz"), ("outcome", "text"),
+    ("notes", "text"), ("amount_minor", "bigint"), ("currency", "text"),
+    ("recorded_at", "timestamptz")]
+
+#: A batch of contacts as rows (arrays or COPY, by size: :class:`db.Rows`).
+_CONTACT_ROWS = db.Rows("interactions_batch", CONTACT_COLUMNS, schema=SERVICE)
+
+_INSERT_CONTACTS = """
+    WITH batch AS ({interactions_batch})
+    INSERT INTO interactions (interaction_id, idempotency_key, customer_id, channel, direction,
+                              kind, attention, requester_id, decision_maker_id, touchpoint, agent,
+                              unit, occurred_at, outcome, notes, amount_minor, currency,
+                              recorded_at)
+    SELECT * FROM batch
+    ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"""
+
+
+# --- contacts ---------------------------------------------------------------
+
+async def insert_contacts(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+    """Store contacts (rows of :data:`CONTACT_COLUMNS`) once per idempotency
+    key; returns the keys stored now (a key stored before, or repeated in the
+    batch, keeps its first row)."""
+    if await _CONTACT_ROWS.copy_unless_taken(conn, "interactions", rows):
+        return {r[1] for r in rows}
+    # A small batch, or a key seen before: the statement keeps the first.
+    return {r["idempotency_key"] for r in await _CONTACT_ROWS.fetch(conn, _INSERT_CONTACTS, rows)}
+
+
+async def set_case_of_interaction(conn: Conn, interaction_id: uuid.UUID,
+                                  case_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE interactions SET case_id = $1 WHERE interaction_id = $2",
+                       case_id, interaction_id)
+
+
+async def interaction_by_key(conn: Conn, key: str) -> Any:
+    return await conn.fetchrow("SELECT * FROM interactions WHERE idempotency_key = $1", key)
+
+
+async def timeline(conn: Conn, customer_id: uuid.UUID, channels: list[str], kinds: list[str],
+                   after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Any]:
+    """The customer's contacts, newest first, optionally of some channels and
+    kinds only (empty: all), after a (occurred_at, interaction_id) cursor."""
+    return list(await conn.fetch(
+        """SELECT * FROM interactions
+            WHERE customer_id = $1
+              AND (cardinality($2::text[]) = 0 OR channel = ANY($2))
+              AND (cardinality($3::text[]) = 0 OR kind = ANY($3))
+              AND ($4::timestamptz IS NULL OR (occurred_at, interaction_id) < ($4, $5::uuid))
+            ORDER BY occurred_at DESC, interaction_id DESC LIMIT $6""",
+        customer_id, channels, kinds, after[0] if after else None,
+        after[1] if after else None, limit))
+
+
+# --- promise policies -------------------------------------------------------
+
+async def policies(conn: Conn) -> list[Any]:
+    """The stored policies (the defaults are the domain's)."""
+    return list(await conn.fetch("SELECT * FROM promise_policies"))
+
+
+async def upsert_policy(conn: Conn, kind: str, channel: str, min_seconds: int,
+                        max_seconds: int, warn_before_seconds: int) -> None:
+    await conn.execute(
+        """INSERT INTO promise_policies (kind, channel, min_seconds, max_seconds,
+                                         warn_before_seconds) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (kind, channel) DO UPDATE SET min_seconds = EXCLUDED.min_seconds,
+               max_seconds = EXCLUDED.max_seconds,
+               warn_before_seconds = EXCLUDED.warn_before_seconds""",
+        kind, channel, min_seconds, max_seconds, warn_before_seconds)
+
+
+# --- cases ------------------------------------------------------------------
+
+async def case_id_by_key(conn: Conn, idempotency_key: str) -> uuid.UUID | None:
+    existing = await conn.fetchval("SELECT case_id FROM cases WHERE idempotency_key = $1",
+                                   idempotency_key)
+    return uuid.UUID(str(existing)) if existing else None
+
+
+async def insert_case(conn: Conn, case_id: uuid.UUID, idempotency_key: str,
+                      customer_id: uuid.UUID, kind: str, channel: str, unit: str, summary: str,
+                      interaction_id: uuid.UUID | None, opened_at: datetime,
+                      promised_earliest_at: datetime, promised_by: datetime, warn_at: datetime,
+                      callback_phone: str) -> None:
+    await conn.execute(
+        """INSERT INTO cases (case_id, idempotency_key, customer_id, kind, channel, unit, summary,
+                              interaction_id, opened_at, promised_earliest_at, promised_by,
+                              warn_at, callback_phone)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
+        case_id, idempotency_key, customer_id, kind, channel, unit, summary, interaction_id,
+        opened_at, promised_earliest_at, promised_by, warn_at, callback_phone)
+
+
+async def other_complaints_opened_at(conn: Conn, customer_id: uuid.UUID,
+                                     case_id: uuid.UUID) -> list[datetime]:
+    """When the customer's complaints other than ``case_id`` were opened."""
+    rows = await conn.fetch(
+        """SELECT opened_at FROM cases WHERE customer_id = $1 AND kind = 'complaint'
+              AND case_id <> $2""", customer_id, case_id)
+    return [r["opened_at"] for r in rows]
+
+
+async def load_case(conn: Conn, case_id: uuid.UUID, *, lock: bool = False) -> Any:
+    """The case's row (``lock``: for update); NotFound if unknown."""
+    row = await conn.fetchrow("SELECT * FROM cases WHERE case_id = $1"
+                              + (" FOR UPDATE" if lock else ""), case_id)
+    if row is None:
+        raise NotFound("case", str(case_id))
+    return row
+
+
+async def acknowledge_case(conn: Conn, case_id: uuid.UUID, at: datetime) -> None:
+    await conn.execute("UPDATE cases SET status = 'acknowledged', acknowledged_at = $2 "
+                       "WHERE case_id = $1", case_id, at)
+
+
+async def transfer_case(conn: Conn, case_id: uuid.UUID, from_unit: str, to_unit: str,
+                        reason: str, at: datetime) -> None:
+    """Move the case to ``to_unit`` and record the transfer."""
+    await conn.execute("UPDATE cases SET unit = $2 WHERE case_id = $1", case_id, to_unit)
+    await conn.execute("INSERT INTO case_transfers VALUES ($1, $2, $3, $4, $5)",
+                       case_id, from_unit, to_unit, reason, at)
+
+
+async def mark_breached(conn: Conn, case_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE cases SET breached = true WHERE case_id = $1", case_id)
+
+
+async def resolve_case(conn: Conn, case_id: uuid.UUID, at: datetime, resolution: str,
+                       late: bool) -> None:
+    await conn.execute(
+        """UPDATE cases SET status = 'resolved', resolved_at = $2, resolution = $3,
+                  resolved_late = $4 WHERE case_id = $1""", case_id, at, resolution, late)
+
+
+async def open_complaints(conn: Conn, customer_id: uuid.UUID) -> int:
+    """How many of the customer's complaints are not resolved."""
+    count: int = await conn.fetchval(
+        """SELECT count(*) FROM cases WHERE customer_id = $1 AND kind = 'complaint'
+              AND status <> 'resolved'""", customer_id)
+    return count
+
+
+async def reopen_case(conn: Conn, case_id: uuid.UUID) -> None:
+    await conn.execute(
+        """UPDATE cases SET status = 'open', resolved_at = NULL, resolution = '',
+                  resolved_late = false WHERE case_id = $1""", case_id)
+
+
+async def list_cases(conn: Conn, which: str, now: datetime, unit: str,
+                     customer_id: uuid.UUID | None, after: uuid.UUID | None,
+                     limit: int) -> list[Any]:
+    """A page of cases by ``case_id``: ``which`` is one of open, breaching
+    (unresolved, not breached, past the warning at ``now``), breached,
+    resolved or all; ``unit`` '' and ``customer_id`` None mean any."""
+    return list(await conn.fetch(
+        """SELECT * FROM cases c
+            WHERE ($1 = 'all'
+                   OR ($1 = 'open' AND status <> 'resolved')
+                   OR ($1 = 'resolved' AND status = 'resolved')
+                   OR ($1 = 'breached' AND breached)
+                   OR ($1 = 'breaching' AND status <> 'resolved' AND NOT breached
+                       AND warn_at <= $2))
+              AND ($3 = '' OR unit = $3)
+              AND ($4::uuid IS NULL OR customer_id = $4)
+              AND ($5::uuid IS NULL OR case_id > $5)
+            ORDER BY case_id LIMIT $6""",
+        which, now, unit, customer_id, after, limit))
+
+
+async def transfers(conn: Conn, case_id: uuid.UUID) -> list[Any]:
+    return list(await conn.fetch(
+        "SELECT from_unit, to_unit, reason, at FROM case_transfers WHERE case_id = $1"
+        " ORDER BY at", case_id))
+
+
+# --- satisfaction -----------------------------------------------------------
+
+async def survey_by_key(conn: Conn, idempotency_key: str) -> Any:
+    return await conn.fetchrow("SELECT * FROM survey_responses WHERE idempotency_key = $1",
+                               idempotency_key)
+
+
+async def insert_survey(conn: Conn, survey_response_id: uuid.UUID, idempotency_key: str,
+                        customer_id: uuid.UUID, touchpoint: str, channel: str, unit: str,
+                        interaction_id: uuid.UUID | None, case_id: uuid.UUID | None,
+                        csat: float | None, nps: int | None, answers: list[dict[str, Any]],
+                        occurred_at: datetime) -> Any:
+    """Store a survey response; returns its row."""
+    return await conn.fetchrow(
+        """INSERT INTO survey_responses (survey_response_id, idempotency_key, customer_id,
+               touchpoint, channel, unit, interaction_id, case_id, csat, nps, answers,
+               occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+           RETURNING *""",
+        survey_response_id, idempotency_key, customer_id, touchpoint, channel, unit,
+        interaction_id, case_id, csat, nps, answers, occurred_at)
+
+
+#: The keys a satisfaction report may be grouped by (column names).
+REPORT_GROUPS = ("touchpoint", "channel", "unit")
+
+
+async def survey_tallies(conn: Conn, group_by: str, since: datetime,
+                         until: datetime) -> list[Any]:
+    """Per ``group_by`` key (one of :data:`REPORT_GROUPS`), the window's
+    responses, CSAT sum and answers, NPS answers, promoters and detractors."""
+    # The column name comes from the fixed list, never from the caller.
+    column = _report_column(group_by)
+    return list(await conn.fetch(
+        f"""SELECT {column} AS key, count(*) AS responses,
+                   coalesce(sum(csat), 0)::float8 AS csat_sum, count(csat) AS csat_answers,
+                   count(nps) AS nps_answers, count(*) FILTER (WHERE nps >= 9) AS promoters,
+                   count(*) FILTER (WHERE nps <= 6) AS detractors
+              FROM survey_responses WHERE occurred_at >= $1 AND occurred_at <= $2
+             GROUP BY 1""", since, until))
+
+
+async def case_tallies(conn: Conn, group_by: str, since: datetime,
+                       until: datetime) -> list[Any]:
+    """Per ``group_by`` key, the cases opened in the window, those resolved in
+    time and those breached (a case's touchpoint is its contact's)."""
+    column = _report_column(group_by)
+    case_key = "coalesce(i.touchpoint, '')" if column == "touchpoint" else f"c.{column}"
+    return list(await conn.fetch(
+        f"""SELECT {case_key} AS key, count(*) AS opened,
+                   count(*) FILTER (WHERE c.status = 'resolved' AND NOT c.resolved_late)
+                     AS resolved_in_time,
+                   count(*) FILTER (WHERE c.breached) AS breached
+              FROM cases c LEFT JOIN interactions i ON i.interaction_id = c.interaction_id
+             WHERE c.opened_at >= $1 AND c.opened_at <= $2 GROUP BY 1""", since, until))
+
+
+def _report_column(group_by: str) -> str:
+    if group_by not in REPORT_GROUPS:
+        raise ValueError(f"group_by {group_by!r} is not one of {REPORT_GROUPS}")
+    return group_by
+
+
+# --- service cycle ------------------------------------------------------------
+
+async def upsert_service_cycle(conn: Conn, name: str, moments: list[dict[str, Any]],
+                               at: datetime) -> Any:
+    """Store the cycle (a new version of it when it exists); returns name,
+    version and moments."""
+    return await conn.fetchrow(
+        """INSERT INTO service_cycles (name, version, moments, updated_at)
+           VALUES ($1, 1, $2, $3)
+           ON CONFLICT (name) DO UPDATE SET version = service_cycles.version + 1,
+               moments = EXCLUDED.moments, updated_at = EXCLUDED.updated_at
+           RETURNING name, version, moments""", name, moments, at)
+
+
+async def service_cycle(conn: Conn, name: str) -> Any:
+    """The cycle's name, version and moments; NotFound if unknown."""
+    row = await conn.fetchrow("SELECT name, version, moments FROM service_cycles WHERE name = $1",
+                              name)
+    if row is None:
+        raise NotFound("service cycle", name)
+    return row
+
+
+# --- customers: erasure and merges ---------------------------------------------
+
+async def scrub_customer(conn: Conn, customer_id: uuid.UUID) -> None:
+    """Erasure: notes and contact details go; counts and scores stay."""
+    await conn.execute("UPDATE interactions SET notes = '' WHERE customer_id = $1", customer_id)
+    await conn.execute(
+        "UPDATE cases SET summary = '', resolution = '', callback_phone = '' "
+        "WHERE customer_id = $1", customer_id)
+    rows = await conn.fetch(
+        "SELECT survey_response_id, answers FROM survey_responses WHERE customer_id = $1",
+        customer_id)
+    for r in rows:
+        answers = [{**a, "comment": ""} for a in r["answers"]]
+        await conn.execute("UPDATE survey_responses SET answers = $2 WHERE survey_response_id = $1",
+                           r["survey_response_id"], answers)
+
+
+async def survivors(conn: Conn, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """The survivor of each id the customers service merged away (ids not
+    merged are absent): one statement for a whole batch."""
+    rows = await conn.fetch(
+        """SELECT merged_customer_id, survivor_customer_id FROM customer_aliases
+            WHERE merged_customer_id = ANY($1::uuid[])""", list(set(ids)))
+    return {r["merged_customer_id"]: r["survivor_customer_id"] for r in rows}
+
+
+async def survivor(conn: Conn, customer_id: uuid.UUID) -> uuid.UUID:
+    """The customer's survivor, or the customer when not merged away."""
+    return (await survivors(conn, [customer_id])).get(customer_id, customer_id)
+
+
+async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
+    """Move the merged customer's records to the survivor and remember the
+    alias, so records that arrive later under the merged id follow too."""
+    await conn.execute(
+        """INSERT INTO customer_aliases (merged_customer_id, survivor_customer_id)
+           VALUES ($1, $2) ON CONFLICT (merged_customer_id)
+           DO UPDATE SET survivor_customer_id = EXCLUDED.survivor_customer_id""",
+        merged, survivor)
+    # Ids merged into the merged one earlier now resolve to the survivor too.
+    await conn.execute(
+        "UPDATE customer_aliases SET survivor_customer_id = $1 WHERE survivor_customer_id = $2",
+        survivor, merged)
+    for table in ("interactions", "cases", "survey_responses"):
+        await conn.execute(f"UPDATE {table} SET customer_id = $1 WHERE customer_id = $2",
+                           survivor, merged)

@@ -1,0 +1,220 @@
+"""Contacts of someone unknown (an email or a phone, no customer id): the
+ingest consumer registers a batch's worth with the customers service in one
+RegisterCustomers call, before the batch's transaction opens. Calls are
+counted with the customers gRPC server's own request counter."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import uuid
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
+
+from crm.customers.v1 import customers_pb2 as cpb
+from crm_contracts.contact_points import normalise_phone
+from crm_contracts.errors import InvalidArgument
+from crm_contracts.interactions import ContactReceived
+from crm_contracts.topics import INTERACTIONS_INGEST
+from crm_runtime.consumer import dlq_topic
+from crm_runtime.events import Envelope
+from crm_runtime.settings import Settings
+from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
+from services.customers.app import SPEC as CUSTOMERS
+from services.interactions.app import SPEC as INTERACTIONS
+from services.interactions.directory import CustomerDirectory
+from tests.integration.interactions.conftest import Pair
+from tests.integration.interactions.test_interactions_service import customers, record
+from tests.support.customers import START
+from tests.support.kafka import read_topic, wait_for
+from tests.support.proxy import ToggleProxy
+from tests.support.services import DEV_TOKEN, running
+
+
+def calls(method: str) -> float:
+    """Calls of a customers method the customers gRPC server answered, any code."""
+    total = 0.0
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            if (s.name == "crm_grpc_requests_total" and s.labels["service"] == "customers"
+                    and s.labels["method"] == method):
+                total += s.value
+    return total
+
+
+class Calls:
+    """RegisterCustomer and RegisterCustomers calls since it was made."""
+
+    def __init__(self) -> None:
+        self._single, self._many = calls("RegisterCustomer"), calls("RegisterCustomers")
+
+    @property
+    def single(self) -> float:
+        return calls("RegisterCustomer") - self._single
+
+    @property
+    def many(self) -> float:
+        return calls("RegisterCustomers") - self._many
+
+
+def contact(key: str, *, email: str = "", phone: str = "", at: datetime = START,
+            kind: str = "inquiry") -> Envelope[ContactReceived]:
+    return Envelope(data=ContactReceived(
+        idempotency_key=key, contact_email=email, contact_phone=phone, channel="web",
+        kind=kind, occurred_at=at), subject=email or phone, source="/test/chat")
+
+
+async def produce_as_one_batch(bootstrap: str, key: bytes,
+                               envelopes: list[Envelope[ContactReceived]]) -> None:
+    """One partition (one key) and one produce request (the producer lingers
+    until all are queued), so the consumer gets them as one batch."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1000,
+                                max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(INTERACTIONS_INGEST, key=key, value=e.body(),
+                                       headers=e.headers()) for e in envelopes]
+        await producer.flush()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def stored(pool: asyncpg.Pool, prefix: str) -> dict[str, uuid.UUID]:
+    rows = await pool.fetch("SELECT idempotency_key, customer_id FROM interactions "
+                            "WHERE idempotency_key LIKE $1", f"{prefix}%")
+    return {r["idempotency_key"]: r["customer_id"] for r in rows}
+
+
+def phone_problem(value: str) -> str:
+    with pytest.raises(InvalidArgument) as err:
+        normalise_phone(value, "phone")
+    return err.value.problem
+
+
+async def test_a_batch_of_unknown_contacts_is_one_registration_call(pair: Pair) -> None:
+    pool = pair.interactions.runner.pool
+    assert pool is not None
+    bootstrap = pair.interactions.runner.settings.kafka_bootstrap_servers or ""
+    run = uuid.uuid4().hex[:8]
+    emails = [f"batch-{run}-{i}@example.com" for i in range(20)]
+    batch = [contact(f"{run}-{i}", email=e) for i, e in enumerate(emails)]
+    batch += [contact(f"{run}-again", email=emails[3].upper()),  # the same person again
+              contact(f"{run}-phone", phone="+34 600 111 222"),
+              contact(f"{run}-bad", phone="123")]
+    counted = Calls()
+    await produce_as_one_batch(bootstrap, f"chat-{run}".encode(), batch)
+
+    async def all_stored() -> bool:
+        return len(await stored(pool, run)) == len(batch) - 1
+
+    await wait_for(all_stored, what="the good contacts recorded")
+    dead: list[Any] = []
+
+    async def dead_lettered() -> bool:
+        dead[:] = [r for r in await read_topic(bootstrap, dlq_topic(INTERACTIONS_INGEST),
+                                               expect=0, timeout=5, settle=0.2)
+                   if dict(r.headers)["ce_id"] == batch[-1].id.encode()]
+        return bool(dead)
+
+    await wait_for(dead_lettered, what="the bad phone dead-lettered")
+    headers = dict(dead[0].headers)
+    assert headers["dlq_error_kind"] == b"invalid_contact"
+    assert headers["dlq_error_reason"].decode() == f"contact_phone: {phone_problem('123')}"
+    # One call for the batch, even though the bad contact made the consumer
+    # apply it again record by record; none of the one-at-a-time call.
+    assert (counted.many, counted.single) == (1, 0)
+    by_key = await stored(pool, run)
+    assert by_key[f"{run}-again"] == by_key[f"{run}-3"]
+    assert len(set(by_key.values())) == len(emails) + 1
+    for i in (0, 19):
+        found = await customers(pair).FindCustomers(cpb.FindCustomersRequest(email=emails[i]),
+                                                    metadata=pair.customers.metadata)
+        assert [c.customer_id for c in found.customers] == [str(by_key[f"{run}-{i}"])]
+        assert found.customers[0].stage == cpb.STAGE_POTENTIAL
+
+
+async def test_record_interaction_registers_with_one_call_before_its_transaction(
+        pair: Pair) -> None:
+    counted = Calls()
+    email = f"grpc-{uuid.uuid4().hex[:8]}@example.com"
+    first = await record(pair, contact_email=email)
+    assert (counted.many, counted.single) == (1, 0)
+    found = await customers(pair).FindCustomers(cpb.FindCustomersRequest(email=email),
+                                                metadata=pair.customers.metadata)
+    assert [c.customer_id for c in found.customers] == [first.customer_id]
+
+
+@pytest.fixture
+def directory(pair: Pair) -> Iterator[CustomerDirectory]:
+    target = f"127.0.0.1:{pair.customers.runner.bound_grpc_port}"
+    yield CustomerDirectory(target, DEV_TOKEN)
+
+
+async def test_an_event_prepare_did_not_see_is_registered_alone(
+        pair: Pair, directory: CustomerDirectory) -> None:
+    run = uuid.uuid4().hex[:8]
+    prepared = [contact(f"{run}-{i}", email=f"prep-{run}-{i}@example.com") for i in range(3)]
+    counted = Calls()
+    await directory.prepare(list(prepared))
+    ids = [await directory.customer_of(env) for env in prepared]
+    assert (counted.many, counted.single) == (1, 0)
+    await directory.prepare(list(prepared))  # a retried batch: already resolved
+    assert counted.many == 1
+    unseen = contact(f"{run}-late", email=f"prep-{run}-0@example.com")
+    assert await directory.customer_of(unseen) == ids[0]
+    assert counted.many == 2
+    bad = contact(f"{run}-bad", email="not an email")
+    with pytest.raises(InvalidArgument) as err:
+        await directory.customer_of(bad)
+    assert err.value.field == "contact_email"
+    # What prepare remembers goes with the batch's envelopes.
+    del prepared, unseen, bad
+    gc.collect()
+    assert not directory._resolved
+    await directory.close()
+
+
+async def test_contacts_wait_while_customers_is_away_and_are_recorded_once_it_is_back(
+        own_database: str, own_broker: TansuBroker) -> None:
+    """Not lost, not dead-lettered: the batch is retried until the
+    RegisterCustomers call goes through."""
+    settings = Settings(database_url=own_database,
+                        kafka_bootstrap_servers=own_broker.bootstrap_servers,
+                        retry_initial_s=0.05, retry_max_s=0.5, consumer_batch_wait_ms=20,
+                        **EMBEDDED_BROKER_SETTINGS)
+    async with AsyncExitStack() as stack:
+        crm = await stack.enter_async_context(running(CUSTOMERS, settings, START))
+        proxy = ToggleProxy(f"postgresql://grpc@127.0.0.1:{crm.runner.bound_grpc_port}/c")
+        await proxy.up()
+        stack.push_async_callback(proxy.down)
+        via_proxy = settings.model_copy(
+            update={"customers_grpc_target": f"127.0.0.1:{proxy.port}"})
+        interactions = await stack.enter_async_context(
+            running(INTERACTIONS, via_proxy, clock=crm.clock))
+        pool = interactions.runner.pool
+        assert pool is not None
+        run = uuid.uuid4().hex[:8]
+        batch = [contact(f"{run}-{i}", email=f"away-{run}-{i}@example.com") for i in range(3)]
+        await proxy.down()
+        counted = Calls()
+        await produce_as_one_batch(own_broker.bootstrap_servers, b"away", batch)
+        await asyncio.sleep(2)
+        assert await stored(pool, run) == {}
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+        assert counted.many == 0  # customers never saw a call
+        await proxy.up()
+
+        async def recorded() -> bool:
+            return len(await stored(pool, run)) == len(batch)
+
+        await wait_for(recorded, timeout=60, what="the contacts recorded once customers is back")
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+        assert counted.single == 0
