@@ -164,15 +164,13 @@ class Inbox:
             return []
         dead = []
         for item, env in zip(run, envelopes, strict=True):
-            hooks = unit.mark()
             try:
-                async with conn.transaction():  # a savepoint per record
+                async with uow.savepoint(conn):  # a savepoint per record
                     with logs.context(event_id=env.id, customer_id=env.subject,
                                       traceparent=env.traceparent,
                                       span=f"process {env.type}", kind="consumer"):
                         await handler(conn, [env])
             except Exception as exc:
-                unit.rollback_to(hooks)
                 if is_transient(exc):
                     raise
                 kind = exc.kind if isinstance(exc, PoisonMessage) else "handler_error"

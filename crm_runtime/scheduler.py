@@ -136,11 +136,10 @@ class Scheduler:
             for row in rows:
                 work = DueWork(row["kind"], row["item_key"], row["due_at"], row["payload"],
                                row["attempts"])
-                hooks = unit.mark()
                 try:
                     # A savepoint: one bad item stays alone. The work runs in
                     # the trace of what scheduled it (a span when tracing is on).
-                    async with conn.transaction():
+                    async with uow.savepoint(conn):
                         with logs.context(traceparent=row["traceparent"],
                                           span=f"run {work.kind}"):
                             await self._handlers[work.kind](conn, work)
@@ -149,7 +148,6 @@ class Scheduler:
                     unit.on_commit(metrics.SCHEDULED_FIRED.labels(self._service,
                                                                   work.kind).inc)
                 except Exception as exc:
-                    unit.rollback_to(hooks)
                     if is_transient(exc):
                         raise
                     log.error("scheduled %s/%s failed (%s: %s); retrying later", work.kind,

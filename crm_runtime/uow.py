@@ -12,7 +12,7 @@ batch, the scheduler for due work) and current for the code that runs in it
   not belong in the database (incrementing a Prometheus counter is the
   common one). They run after the commit and are dropped on rollback; a
   savepoint that rolls back drops the hooks registered inside it
-  (:meth:`UnitOfWork.mark`, :meth:`UnitOfWork.rollback_to`).
+  (:func:`savepoint`).
 
 An :class:`Emitter` writes a service's events into the outbox of the
 transaction at hand, bound once to the service's CloudEvents ``source`` and
@@ -93,6 +93,22 @@ async def unit_on(conn: Conn) -> AsyncIterator[UnitOfWork]:
     finally:
         _CURRENT.reset(token)
     unit._committed()
+
+
+@asynccontextmanager
+async def savepoint(conn: Conn) -> AsyncIterator[None]:
+    """A savepoint in the current transaction (one item of a batch that must
+    fail alone): when it rolls back, the hooks registered inside it are
+    dropped with it."""
+    unit = _CURRENT.get()
+    position = unit.mark() if unit is not None else 0
+    try:
+        async with conn.transaction():
+            yield
+    except BaseException:
+        if unit is not None:
+            unit.rollback_to(position)
+        raise
 
 
 @asynccontextmanager

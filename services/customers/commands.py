@@ -5,6 +5,13 @@ batch), applies the pure rules from :mod:`domain`, writes through
 :mod:`store`, and queues the events it causes in the outbox, so state and
 events commit together. The gRPC API and the event handlers only translate
 their inputs and call these.
+
+Why over 500 lines: the customers service's use cases are many and small
+(registration, profile edits, purchases and stages, churn, consent, erasure
+and export, segments, links, merges, risk); each is a few lines of
+orchestration over :mod:`domain` and :mod:`store`, and splitting them by
+theme would scatter the shared steps (the events' segment names, the churn
+schedule) across modules.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from crm_contracts.customers import (
     PurchaseRecorded,
     StageChanged,
 )
-from crm_contracts.vocabulary import ConsentPurpose, Stage
+from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose, Stage
 from crm_runtime import logs, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import (
@@ -117,32 +124,6 @@ async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
     await ctx.events.emit(conn, customer_id, payloads, time=ctx.clock.now())
 
 
-def check_profile(profile: dict[str, Any]) -> dict[str, Any]:
-    """Validate the segmentation attributes; returns the stored form."""
-    out = {k: v for k, v in profile.items() if v not in ("", 0, None, [])}
-    out.pop("age_band", None)  # derived, never stored
-    year = out.get("birth_year")
-    if year is not None and not 1900 <= int(year) <= datetime.now().year:
-        raise InvalidArgument("profile.birth_year", f"{year} is not a plausible birth year")
-    for key, allowed in (("buyer_type", [b.value for b in domain.BuyerType]),
-                         ("product_knowledge", [k.value for k in domain.ProductKnowledge]),
-                         ("preferred_channel", list(domain.CHANNELS))):
-        if key in out and out[key] not in allowed:
-            raise InvalidArgument(f"profile.{key}", f"{out[key]!r} is not one of {allowed}")
-    if out.get("buyer_type") == "company" and not out.get("company_name"):
-        raise InvalidArgument("profile.company_name", "required when buyer_type is 'company'")
-    tz = out.get("time_zone")
-    if tz:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise InvalidArgument("profile.time_zone",
-                                  f"{tz!r} is not an IANA time zone") from None
-    return out
-
-
 async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Identity,
                    profile: dict[str, Any], source: str,
                    referred_by: uuid.UUID | None = None,
@@ -162,7 +143,7 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
         referral_code = domain.normalise_referral_code(referral_code)
     else:
         referral_code = ""
-    profile = check_profile(profile)
+    profile = domain.check_profile(profile)
     if referred_by is not None:
         referrer = await store.load(conn, referred_by, full=False)
         if referrer.erased_at is not None:
@@ -170,8 +151,7 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
         referred_by = referrer.customer_id  # a merged referrer counts as the survivor
     # Serialise registrations of the same identifiers so two concurrent calls
     # cannot both create a customer.
-    for kind, value in sorted(identity.keys()):
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{kind}:{value}")
+    await store.lock_identifiers(conn, identity.keys())
     existing = await store.find_by_identity(conn, identity)
     if existing:
         return await store.load(conn, existing[0]), False
@@ -209,25 +189,16 @@ async def register_many(conn: Conn, ctx: Context, registrations: Sequence[Regist
     same customer (the second finds the first's)."""
     # Lock every identifier of the call first, in the order register() takes
     # them, so two calls (or a call and a register()) cannot deadlock.
-    keys: list[tuple[str, str]] = sorted(set().union(*(r.identity.keys()
-                                                       for r in registrations)))
-    if keys:
-        # A function scan yields the array's elements in order.
-        await conn.execute("SELECT count(pg_advisory_xact_lock(hashtext(k))) "
-                           "FROM unnest($1::text[]) AS k", [f"{k}:{v}" for k, v in keys])
-    unit = uow.current()
+    await store.lock_identifiers(conn, set().union(*(r.identity.keys() for r in registrations)))
     results: list[tuple[store.CustomerRecord, bool] | InvalidArgument | DomainError] = []
     for r in registrations:
-        hooks = unit.mark() if unit is not None else 0
         try:
-            async with conn.transaction():
+            async with uow.savepoint(conn):
                 results.append(await register(
                     conn, ctx, display_name=r.display_name, identity=r.identity,
                     profile=r.profile, source=r.source, referred_by=r.referred_by,
                     referral_code=r.referral_code))
         except (InvalidArgument, DomainError) as exc:
-            if unit is not None:
-                unit.rollback_to(hooks)
             results.append(exc)
     return results
 
@@ -250,7 +221,7 @@ async def update(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, expected_v
         rec.display_name = display_name.strip()
         changed.append("display_name")
     if profile is not None:
-        checked = check_profile(profile)
+        checked = domain.check_profile(profile)
         if checked != rec.profile:
             rec.profile = checked
             changed.append("profile")
@@ -442,9 +413,6 @@ async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, r
     return await store.load(conn, customer_id)
 
 
-DO_NOT_CONTACT = "do_not_contact"
-
-
 async def set_consent(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, purpose: str,
                       granted: bool, source: str) -> store.CustomerRecord:
     allowed = [p.value for p in ConsentPurpose] + [DO_NOT_CONTACT]
@@ -486,57 +454,9 @@ async def erase(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> None:
     await _emit(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
 
 
-#: Where each column of the customers schema appears in the export (a path in
-#: the document: ``key``, ``key[]`` an entry of a list, ``key[].field`` a
-#: field of its entries). ``tests/unit/customers/test_export.py`` fails when a
-#: migration adds a column that is not listed here, so nothing held about a
-#: customer can be left out of a data-subject export by accident.
-EXPORT_COLUMNS: dict[str, dict[str, str]] = {
-    "customers": {
-        "customer_id": "customer_id", "display_name": "display_name", "profile": "profile",
-        "stage": "stage", "purchase_count": "purchase_count",
-        "first_purchase_at": "first_purchase_at", "last_purchase_at": "last_purchase_at",
-        "do_not_contact": "do_not_contact", "version": "version", "created_at": "created_at",
-        "updated_at": "updated_at", "closed_at": "closed_at", "erased_at": "erased_at",
-        "merged_into": "merged_aliases[]",  # the ids whose merged_into is this customer
-        "at_risk": "at_risk", "risk_reasons": "risk_reasons", "last_csat": "last_csat",
-        "last_nps": "last_nps", "last_survey_at": "last_survey_at",
-    },
-    "customer_identifiers": {"kind": "emails", "value": "emails[]",
-                             "customer_id": "customer_id", "position": "emails[]"},
-    "purchases": {"customer_id": "customer_id", "purchase_id": "purchases[].purchase_id",
-                  "amount_minor": "purchases[].amount_minor",
-                  "currency": "purchases[].currency", "occurred_at": "purchases[].occurred_at",
-                  "causing_event_id": "purchases[].causing_event_id"},
-    "customer_spend": {"customer_id": "customer_id", "currency": "total_spent[].currency",
-                       "total_minor": "total_spent[].amount_minor"},
-    "consents": {"customer_id": "customer_id", "purpose": "consents[].purpose",
-                 "granted": "consents[].granted", "at": "consents[].at",
-                 "source": "consents[].source"},
-    "stage_history": {"id": "stage_history[]", "customer_id": "customer_id",
-                      "from_stage": "stage_history[].from", "to_stage": "stage_history[].to",
-                      "cause": "stage_history[].cause",
-                      "causing_event_id": "stage_history[].causing_event_id",
-                      "at": "stage_history[].at"},
-    "customer_links": {"requester_id": "links[].other_customer_id",
-                       "decision_maker_id": "links[].other_customer_id",
-                       "role": "links[].role", "created_at": "links[].created_at"},
-    "risk_signals": {"customer_id": "customer_id", "event_id": "risk_signals[].event_id",
-                     "reason": "risk_signals[].reason",
-                     "occurred_at": "risk_signals[].occurred_at"},
-}
-#: Tables of the schema that hold nothing about a particular customer.
-NOT_CUSTOMER_DATA = {"segments": "segment definitions (membership is exported as segments)",
-                     "segment_versions": "earlier segment definitions"}
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 async def export(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> str:
     """Everything held about the customer, as JSON (data-subject access):
-    every column of :data:`EXPORT_COLUMNS`, plus the segments the customer
+    every column of :data:`store.EXPORT_COLUMNS`, plus the segments the customer
     is in now. A merged id exports its survivor."""
     rec = await store.load(conn, customer_id)
     cid = rec.customer_id
@@ -547,39 +467,9 @@ async def export(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> str:
     aliases = await store.aliases(conn, cid)
     member_of = ([] if rec.erased_at is not None
                  else (await segment_keys_for(conn, ctx, [cid]))[cid])
-    document = {
-        "customer_id": str(cid), "display_name": rec.display_name,
-        "emails": rec.emails, "phones": rec.phones, "external_ids": rec.external_ids,
-        "profile": rec.profile, "stage": rec.stage.value, "purchase_count": rec.purchase_count,
-        "first_purchase_at": _iso(rec.first_purchase_at),
-        "last_purchase_at": _iso(rec.last_purchase_at),
-        "total_spent": [{"currency": c, "amount_minor": a} for c, a in rec.spend.items()],
-        "do_not_contact": rec.do_not_contact,
-        "consents": [{"purpose": c.purpose, "granted": c.granted, "at": _iso(c.at),
-                      "source": c.source} for c in rec.consents],
-        "purchases": [{"purchase_id": p["purchase_id"], "amount_minor": p["amount_minor"],
-                       "currency": p["currency"], "occurred_at": _iso(p["occurred_at"]),
-                       "causing_event_id": p["causing_event_id"]} for p in bought],
-        "stage_history": [{"from": h["from_stage"], "to": h["to_stage"], "cause": h["cause"],
-                           "causing_event_id": h["causing_event_id"], "at": _iso(h["at"])}
-                          for h in history],
-        "links": [{"as": "requester" if link["requester_id"] == cid else "decision_maker",
-                   "other_customer_id": str(link["decision_maker_id"]
-                                            if link["requester_id"] == cid
-                                            else link["requester_id"]),
-                   "role": link["role"], "created_at": _iso(link["created_at"])}
-                  for link in links],
-        "merged_aliases": [str(a) for a in aliases],
-        "at_risk": rec.at_risk, "risk_reasons": rec.risk_reasons,
-        "risk_signals": [{"reason": r["reason"], "occurred_at": _iso(r["occurred_at"]),
-                          "event_id": r["event_id"]} for r in signals],
-        "last_csat": rec.last_csat, "last_nps": rec.last_nps,
-        "last_survey_at": _iso(rec.last_survey_at),
-        "segments": member_of,
-        "created_at": _iso(rec.created_at), "updated_at": _iso(rec.updated_at),
-        "closed_at": _iso(rec.closed_at), "erased_at": _iso(rec.erased_at),
-        "version": rec.version,
-    }
+    document = domain.export_document(rec, history=history, purchases=bought, links=links,
+                                      risk_signals=signals, aliases=aliases,
+                                      segments=member_of)
     return json.dumps(document, indent=2, sort_keys=True)
 
 

@@ -10,9 +10,13 @@ publishes it in the same transaction.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_contracts.contact_points import normalise_email, normalise_phone
 from crm_contracts.vocabulary import CONTACT_CHANNELS, Stage
@@ -203,3 +207,116 @@ def check_money(amount_minor: int, currency: str) -> str:
     if not re.fullmatch(r"[A-Z]{3}", code):
         raise InvalidArgument("amount.currency", f"{currency!r} is not an ISO 4217 code like 'EUR'")
     return code
+
+
+# --- profile ----------------------------------------------------------------
+
+def check_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """Validate the segmentation attributes; returns the stored form."""
+    out = {k: v for k, v in profile.items() if v not in ("", 0, None, [])}
+    out.pop("age_band", None)  # derived, never stored
+    year = out.get("birth_year")
+    if year is not None and not 1900 <= int(year) <= datetime.now().year:
+        raise InvalidArgument("profile.birth_year", f"{year} is not a plausible birth year")
+    for key, allowed in (("buyer_type", [b.value for b in BuyerType]),
+                         ("product_knowledge", [k.value for k in ProductKnowledge]),
+                         ("preferred_channel", list(CHANNELS))):
+        if key in out and out[key] not in allowed:
+            raise InvalidArgument(f"profile.{key}", f"{out[key]!r} is not one of {allowed}")
+    if out.get("buyer_type") == "company" and not out.get("company_name"):
+        raise InvalidArgument("profile.company_name", "required when buyer_type is 'company'")
+    tz = out.get("time_zone")
+    if tz:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidArgument("profile.time_zone",
+                                  f"{tz!r} is not an IANA time zone") from None
+    return out
+
+
+# --- what is held about a customer ---------------------------------------------
+
+@dataclass
+class ConsentRecord:
+    purpose: str
+    granted: bool
+    at: datetime
+    source: str
+
+
+@dataclass
+class CustomerRecord:
+    customer_id: uuid.UUID
+    display_name: str
+    profile: dict[str, Any]
+    stage: Stage
+    purchase_count: int
+    first_purchase_at: datetime | None
+    last_purchase_at: datetime | None
+    do_not_contact: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+    erased_at: datetime | None
+    merged_into: uuid.UUID | None = None
+    at_risk: bool = False
+    risk_reasons: list[str] = field(default_factory=list)
+    last_csat: int | None = None
+    last_nps: int | None = None
+    last_survey_at: datetime | None = None
+    emails: list[str] = field(default_factory=list)
+    phones: list[str] = field(default_factory=list)
+    external_ids: list[str] = field(default_factory=list)
+    spend: dict[str, int] = field(default_factory=dict)
+    consents: list[ConsentRecord] = field(default_factory=list)
+    links: list[tuple[str, uuid.UUID, str]] = field(default_factory=list)  # (as, other, role)
+
+
+Row = Mapping[str, Any]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def export_document(rec: CustomerRecord, *, history: Sequence[Row], purchases: Sequence[Row],
+                    links: Sequence[Row], risk_signals: Sequence[Row],
+                    aliases: Sequence[uuid.UUID], segments: Sequence[str]) -> dict[str, Any]:
+    """The data-subject export of a customer: their record and the rows held
+    about them (as the store reads them), one JSON-ready document."""
+    cid = rec.customer_id
+    return {
+        "customer_id": str(cid), "display_name": rec.display_name,
+        "emails": rec.emails, "phones": rec.phones, "external_ids": rec.external_ids,
+        "profile": rec.profile, "stage": rec.stage.value, "purchase_count": rec.purchase_count,
+        "first_purchase_at": _iso(rec.first_purchase_at),
+        "last_purchase_at": _iso(rec.last_purchase_at),
+        "total_spent": [{"currency": c, "amount_minor": a} for c, a in rec.spend.items()],
+        "do_not_contact": rec.do_not_contact,
+        "consents": [{"purpose": c.purpose, "granted": c.granted, "at": _iso(c.at),
+                      "source": c.source} for c in rec.consents],
+        "purchases": [{"purchase_id": p["purchase_id"], "amount_minor": p["amount_minor"],
+                       "currency": p["currency"], "occurred_at": _iso(p["occurred_at"]),
+                       "causing_event_id": p["causing_event_id"]} for p in purchases],
+        "stage_history": [{"from": h["from_stage"], "to": h["to_stage"], "cause": h["cause"],
+                           "causing_event_id": h["causing_event_id"], "at": _iso(h["at"])}
+                          for h in history],
+        "links": [{"as": "requester" if link["requester_id"] == cid else "decision_maker",
+                   "other_customer_id": str(link["decision_maker_id"]
+                                            if link["requester_id"] == cid
+                                            else link["requester_id"]),
+                   "role": link["role"], "created_at": _iso(link["created_at"])}
+                  for link in links],
+        "merged_aliases": [str(a) for a in aliases],
+        "at_risk": rec.at_risk, "risk_reasons": rec.risk_reasons,
+        "risk_signals": [{"reason": r["reason"], "occurred_at": _iso(r["occurred_at"]),
+                          "event_id": r["event_id"]} for r in risk_signals],
+        "last_csat": rec.last_csat, "last_nps": rec.last_nps,
+        "last_survey_at": _iso(rec.last_survey_at),
+        "segments": list(segments),
+        "created_at": _iso(rec.created_at), "updated_at": _iso(rec.updated_at),
+        "closed_at": _iso(rec.closed_at), "erased_at": _iso(rec.erased_at),
+        "version": rec.version,
+    }

@@ -4,52 +4,16 @@ connection, inside the caller's transaction; none commits."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from crm_contracts.vocabulary import Stage
 from crm_runtime.db import Conn
 from crm_runtime.errors import NotFound
+from services.customers.domain import ConsentRecord as ConsentRecord
+from services.customers.domain import CustomerRecord as CustomerRecord
 from services.customers.domain import Identity
-
-
-@dataclass
-class ConsentRecord:
-    purpose: str
-    granted: bool
-    at: datetime
-    source: str
-
-
-@dataclass
-class CustomerRecord:
-    customer_id: uuid.UUID
-    display_name: str
-    profile: dict[str, Any]
-    stage: Stage
-    purchase_count: int
-    first_purchase_at: datetime | None
-    last_purchase_at: datetime | None
-    do_not_contact: bool
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    closed_at: datetime | None
-    erased_at: datetime | None
-    merged_into: uuid.UUID | None = None
-    at_risk: bool = False
-    risk_reasons: list[str] = field(default_factory=list)
-    last_csat: int | None = None
-    last_nps: int | None = None
-    last_survey_at: datetime | None = None
-    emails: list[str] = field(default_factory=list)
-    phones: list[str] = field(default_factory=list)
-    external_ids: list[str] = field(default_factory=list)
-    spend: dict[str, int] = field(default_factory=dict)
-    consents: list[ConsentRecord] = field(default_factory=list)
-    links: list[tuple[str, uuid.UUID, str]] = field(default_factory=list)  # (as, other, role)
-
 
 _COLUMNS = """c.customer_id, display_name, profile, stage, purchase_count, first_purchase_at,
               last_purchase_at, do_not_contact, version, created_at, updated_at, closed_at,
@@ -490,3 +454,58 @@ async def matching_ids(conn: Conn, ids: list[uuid.UUID], where_sql: str,
         f"SELECT c.customer_id FROM customers c WHERE c.customer_id = ANY(${n + 1}::uuid[])"
         f" AND {where_sql}", *params, ids)
     return {r["customer_id"] for r in rows}
+
+
+async def lock_identifiers(conn: Conn, keys: Iterable[tuple[str, str]]) -> None:
+    """Serialise registrations of the same identifiers (``(kind, value)``),
+    so two concurrent calls cannot both create a customer: transaction-level
+    advisory locks, taken in sorted order so that no two callers deadlock."""
+    ordered = [f"{kind}:{value}" for kind, value in sorted(keys)]
+    if ordered:
+        # A function scan yields the array's elements in order.
+        await conn.execute("SELECT count(pg_advisory_xact_lock(hashtext(k))) "
+                           "FROM unnest($1::text[]) AS k", ordered)
+
+
+#: Where each column of the customers schema appears in the export (a path in
+#: the document: ``key``, ``key[]`` an entry of a list, ``key[].field`` a
+#: field of its entries). ``tests/unit/customers/test_export.py`` fails when a
+#: migration adds a column that is not listed here, so nothing held about a
+#: customer can be left out of a data-subject export by accident.
+EXPORT_COLUMNS: dict[str, dict[str, str]] = {
+    "customers": {
+        "customer_id": "customer_id", "display_name": "display_name", "profile": "profile",
+        "stage": "stage", "purchase_count": "purchase_count",
+        "first_purchase_at": "first_purchase_at", "last_purchase_at": "last_purchase_at",
+        "do_not_contact": "do_not_contact", "version": "version", "created_at": "created_at",
+        "updated_at": "updated_at", "closed_at": "closed_at", "erased_at": "erased_at",
+        "merged_into": "merged_aliases[]",  # the ids whose merged_into is this customer
+        "at_risk": "at_risk", "risk_reasons": "risk_reasons", "last_csat": "last_csat",
+        "last_nps": "last_nps", "last_survey_at": "last_survey_at",
+    },
+    "customer_identifiers": {"kind": "emails", "value": "emails[]",
+                             "customer_id": "customer_id", "position": "emails[]"},
+    "purchases": {"customer_id": "customer_id", "purchase_id": "purchases[].purchase_id",
+                  "amount_minor": "purchases[].amount_minor",
+                  "currency": "purchases[].currency", "occurred_at": "purchases[].occurred_at",
+                  "causing_event_id": "purchases[].causing_event_id"},
+    "customer_spend": {"customer_id": "customer_id", "currency": "total_spent[].currency",
+                       "total_minor": "total_spent[].amount_minor"},
+    "consents": {"customer_id": "customer_id", "purpose": "consents[].purpose",
+                 "granted": "consents[].granted", "at": "consents[].at",
+                 "source": "consents[].source"},
+    "stage_history": {"id": "stage_history[]", "customer_id": "customer_id",
+                      "from_stage": "stage_history[].from", "to_stage": "stage_history[].to",
+                      "cause": "stage_history[].cause",
+                      "causing_event_id": "stage_history[].causing_event_id",
+                      "at": "stage_history[].at"},
+    "customer_links": {"requester_id": "links[].other_customer_id",
+                       "decision_maker_id": "links[].other_customer_id",
+                       "role": "links[].role", "created_at": "links[].created_at"},
+    "risk_signals": {"customer_id": "customer_id", "event_id": "risk_signals[].event_id",
+                     "reason": "risk_signals[].reason",
+                     "occurred_at": "risk_signals[].occurred_at"},
+}
+#: Tables of the schema that hold nothing about a particular customer.
+NOT_CUSTOMER_DATA = {"segments": "segment definitions (membership is exported as segments)",
+                     "segment_versions": "earlier segment definitions"}

@@ -10,7 +10,7 @@ from typing import Any
 from crm.customers.v1 import customers_pb2 as pb
 from crm_contracts.interactions import DissatisfactionSignal, SurveyResponseRecorded
 from crm_runtime.events import Envelope
-from services.customers.commands import EXPORT_COLUMNS
+from services.customers.store import EXPORT_COLUMNS
 from tests.support.customers import get, register, stub
 from tests.support.kafka import produce_envelopes, wait_for
 from tests.support.services import Running

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from services.customers.app import SPEC
-from services.customers.commands import EXPORT_COLUMNS, NOT_CUSTOMER_DATA
+from services.customers.store import EXPORT_COLUMNS, NOT_CUSTOMER_DATA
 
 _NOT_COLUMNS = {"PRIMARY", "UNIQUE", "CHECK", "FOREIGN", "CONSTRAINT", "EXCLUDE"}
 
