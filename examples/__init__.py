@@ -1,0 +1,1 @@
+"""Examples of systems outside the CRM that use its contracts (see README.md)."""
