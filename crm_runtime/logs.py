@@ -19,12 +19,9 @@ import re
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from crm_runtime import ids, tracing
-
-if TYPE_CHECKING:
-    from crm_runtime.events import Envelope
 
 _service: ContextVar[str] = ContextVar("crm_service", default="")
 _event_id: ContextVar[str] = ContextVar("crm_event_id", default="")
@@ -87,8 +84,21 @@ def context(*, event_id: str = "", customer_id: str = "", traceparent: str = "",
             _event_id.reset(tokens[0])
 
 
-#: Envelopes of one payload class (the events a typed handler gets).
-E = TypeVar("E", bound="Envelope[Any]")
+class TracedEvent(Protocol):
+    """What :func:`each` reads of an event (an :class:`crm_runtime.events.Envelope`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def traceparent(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+
+
+#: Events of one payload class (the envelopes a typed handler gets).
+E = TypeVar("E", bound=TracedEvent)
 
 
 def each(events: Iterable[E]) -> Iterator[E]:

@@ -29,8 +29,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any, TypeAlias, get_args
 
 from crm_contracts.customers import (
@@ -62,10 +61,9 @@ from crm_runtime import ids, logs, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument
 from crm_runtime.events import Envelope, EventPayload, PoisonMessage
-from crm_runtime.uow import CommandContext
 from services.loyalty import actions, domain, metrics, store
-from services.loyalty.domain import Decision, Outcome, Purpose, Suppression, TrustPolicy, View
-from services.loyalty.rulebook import RuleBook, StoredRule
+from services.loyalty.domain import Decision, Outcome, Purpose, Suppression, View
+from services.loyalty.rulebook import StoredRule
 from services.loyalty.rules import (
     TRIGGERS,
     Evaluation,
@@ -81,21 +79,11 @@ from services.loyalty.rules import (
 from services.loyalty.unit import DISCOUNT_EXPIRING as DISCOUNT_EXPIRING
 from services.loyalty.unit import FOLLOW_UP_DUE as FOLLOW_UP_DUE
 from services.loyalty.unit import Batch
+from services.loyalty.unit import Context as Context
 
 log = logging.getLogger(__name__)
 
-SOURCE = "/crm/loyalty"
 SERVICE = store.SCHEMA
-
-
-@dataclass(frozen=True)
-class Context(CommandContext):
-    """What every command needs besides the connection."""
-
-    source = SOURCE
-    rules: RuleBook
-    policy: TrustPolicy = field(default_factory=TrustPolicy)
-    expiry_notice: timedelta = timedelta(days=3)
 
 
 # --- consuming events -----------------------------------------------------------

@@ -1,6 +1,7 @@
 """The batch state of one loyalty transaction, on top of the runtime's unit of work.
 
-The runtime's unit of work (:mod:`crm_runtime.uow`) is the transaction: its
+:class:`Context` is what every use case needs besides the connection. The
+runtime's unit of work (:mod:`crm_runtime.uow`) is the transaction: its
 connection and its after-commit hooks, opened by the consumer for a batch of
 events, by the scheduler for a due item and by :func:`crm_runtime.uow.run`
 for a gRPC call. A :class:`Batch` is what loyalty's use cases keep while they
@@ -27,20 +28,31 @@ write and the outbox keeps the order events were caused in.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from crm_contracts.loyalty import FollowUpCancelled
 from crm_runtime import logs, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, EventPayload
+from crm_runtime.uow import CommandContext
 from services.loyalty import domain, metrics, store
-from services.loyalty.domain import View
-from services.loyalty.rulebook import StoredRule
+from services.loyalty.domain import TrustPolicy, View
+from services.loyalty.rulebook import RuleBook, StoredRule
 
-if TYPE_CHECKING:
-    from services.loyalty.commands import Context
+SOURCE = "/crm/loyalty"
+
+
+@dataclass(frozen=True)
+class Context(CommandContext):
+    """What every command needs besides the connection."""
+
+    source = SOURCE
+    rules: RuleBook
+    policy: TrustPolicy = field(default_factory=TrustPolicy)
+    expiry_notice: timedelta = timedelta(days=3)
+
 
 #: Kinds of the scheduled work loyalty's transactions write.
 FOLLOW_UP_DUE = "loyalty.followup_due"
