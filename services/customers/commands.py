@@ -118,8 +118,9 @@ async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
             for p, c in zip(payloads, changed, strict=True)]
 
 
-async def _emit(conn: Conn, ctx: Context, customer_id: uuid.UUID,
-                *payloads: EventPayload) -> None:
+async def _emit_named(conn: Conn, ctx: Context, customer_id: uuid.UUID,
+                      *payloads: EventPayload) -> None:
+    """Queue the customer's events, stage changes with their segments named."""
     payloads = tuple(await _name_segments(conn, ctx, list(payloads)))
     await ctx.events.emit(conn, customer_id, payloads, time=ctx.clock.now())
 
@@ -159,7 +160,7 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
     customer_id = uuid.uuid4()
     await store.insert(conn, customer_id, display_name.strip(), profile, now)
     await store.add_identifiers(conn, customer_id, identity)
-    await _emit(conn, ctx, customer_id, CustomerRegistered(
+    await _emit_named(conn, ctx, customer_id, CustomerRegistered(
         customer_id=str(customer_id), stage=Stage.POTENTIAL.value,
         preferred_channel=profile.get("preferred_channel", ""),
         time_zone=profile.get("time_zone", ""),
@@ -233,7 +234,7 @@ async def update(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, expected_v
     if not changed:
         return rec
     version = await store.save_core(conn, rec, ctx.clock.now())
-    await _emit(conn, ctx, customer_id, CustomerUpdated(
+    await _emit_named(conn, ctx, customer_id, CustomerUpdated(
         customer_id=str(customer_id), version=version, changed=changed))
     return await store.load(conn, customer_id)
 
@@ -395,7 +396,7 @@ async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str,
         return
     events = await _change_stage(conn, ctx, rec, change, f"churn:{work_key}")
     await store.save_core(conn, rec, ctx.clock.now())
-    await _emit(conn, ctx, customer_id, *events)
+    await _emit_named(conn, ctx, customer_id, *events)
 
 
 async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, reason: str,
@@ -409,7 +410,7 @@ async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, r
     events = await _change_stage(conn, ctx, rec, change, request_id)
     await store.save_core(conn, rec, ctx.clock.now())
     await scheduler.cancel(conn, CHURN, str(customer_id))
-    await _emit(conn, ctx, customer_id, *events)
+    await _emit_named(conn, ctx, customer_id, *events)
     return await store.load(conn, customer_id)
 
 
@@ -432,7 +433,7 @@ async def set_consent(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, purpo
             return rec
         await store.set_consent(conn, customer_id, purpose, granted, now, source)
         await store.save_core(conn, rec, now)
-    await _emit(conn, ctx, customer_id, ConsentChanged(
+    await _emit_named(conn, ctx, customer_id, ConsentChanged(
         customer_id=str(customer_id), purpose=purpose, granted=granted, source=source))
     return await store.load(conn, customer_id)
 
@@ -451,7 +452,7 @@ async def erase(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> None:
     rec.erased_at = now
     await store.save_core(conn, rec, now)
     await scheduler.cancel(conn, CHURN, str(customer_id))
-    await _emit(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
+    await _emit_named(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
 
 
 async def export(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> str:
@@ -521,7 +522,7 @@ async def link(conn: Conn, ctx: Context, requester_id: uuid.UUID, decision_maker
     _require_active(decider)
     if await store.insert_link(conn, requester.customer_id, decider.customer_id, role,
                                ctx.clock.now()):
-        await _emit(conn, ctx, requester.customer_id, CustomersLinked(
+        await _emit_named(conn, ctx, requester.customer_id, CustomersLinked(
             customer_id=str(requester.customer_id),
             decision_maker_id=str(decider.customer_id), role=role))
     return await store.load(conn, requester.customer_id)
@@ -572,7 +573,7 @@ async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uui
     events.append(CustomersMerged(
         customer_id=str(survivor.customer_id), merged_customer_id=str(merged.customer_id),
         stage=survivor.stage.value, purchase_count=survivor.purchase_count))
-    await _emit(conn, ctx, survivor.customer_id, *events)
+    await _emit_named(conn, ctx, survivor.customer_id, *events)
     await _reassess_risk(conn, ctx, survivor.customer_id, request_id)
     return await store.load(conn, survivor.customer_id)
 
@@ -617,13 +618,13 @@ async def _reassess_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID,
     rec.at_risk, rec.risk_reasons = bool(reasons), reasons
     await store.save_core(conn, rec, now)
     if reasons:
-        await _emit(conn, ctx, customer_id, CustomerAtRisk(
+        await _emit_named(conn, ctx, customer_id, CustomerAtRisk(
             customer_id=str(customer_id), reasons=reasons, causing_event_id=causing_event_id))
         live = [at for _, at in signals if now - at < domain.RISK_WINDOW]
         await scheduler.schedule(conn, RISK_REVIEW, str(customer_id),
                                  min(live) + domain.RISK_WINDOW)
     elif was_at_risk:
-        await _emit(conn, ctx, customer_id, CustomerRiskCleared(
+        await _emit_named(conn, ctx, customer_id, CustomerRiskCleared(
             customer_id=str(customer_id), causing_event_id=causing_event_id))
         await scheduler.cancel(conn, RISK_REVIEW, str(customer_id))
 
