@@ -69,16 +69,23 @@ from crm_runtime.retry import Backoff
 #: The database side's names stay importable from here, where handlers,
 #: dead-letter topics and the inbox's COPY threshold were always found.
 __all__ = ["ASSIGNORS", "BUSY_FETCH_WAIT_MS", "COMMIT_DONE_S", "DLQ_SUFFIX", "INBOX_COPY_FROM",
-           "BatchHandler", "EventConsumer", "Handler", "Prepare", "dlq_topic", "per_event"]
+           "BatchHandler", "EventConsumer", "Handler", "Prepare", "Seen", "dlq_topic",
+           "per_event"]
 
 log = logging.getLogger(__name__)
 
+#: Of the events given, the ids the consumer group's inbox has taken already
+#: (redeliveries of events applied before; one query).
+Seen = Callable[[list[Envelope]], Awaitable[set[str]]]
 #: Work a batch needs done before its transaction opens (calls to other
-#: services, say): it sees every decoded event of the batch, redeliveries
-#: included, and keeps what it learns for the handlers. It raises only what
-#: is worth retrying (the batch waits and runs again); a problem of one event
-#: is for the handler to report, so that record alone is dead-lettered.
-Prepare = Callable[[list[Envelope]], Awaitable[None]]
+#: services, say): it gets every decoded event of the batch and a
+#: :data:`Seen` to leave out the redeliveries among those it would act on
+#: (the inbox drops them inside the transaction, so their effects must not
+#: happen outside it), and keeps what it learns for the handlers. It raises
+#: only what is worth retrying (the batch waits and runs again); a problem of
+#: one event is for the handler to report, so that record alone is
+#: dead-lettered.
+Prepare = Callable[[list[Envelope], Seen], Awaitable[None]]
 
 #: Longest wait for the offset commits before a rebalance or a stop.
 COMMIT_DONE_S = 1.0
@@ -388,7 +395,7 @@ class EventConsumer:
         if not envelopes:
             return
         try:
-            await self._prepare(envelopes)
+            await self._prepare(envelopes, self._inbox.seen)
         except Exception as exc:
             if is_transient(exc):
                 raise

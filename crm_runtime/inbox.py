@@ -92,6 +92,15 @@ class Inbox:
         self._service = service
         self._lanes = lanes
 
+    async def seen(self, envelopes: list[Envelope]) -> set[str]:
+        """Of these events, the ids this group's inbox has taken already."""
+        if not envelopes:
+            return set()
+        rows = await self._pool.fetch(
+            "SELECT event_id FROM inbox WHERE consumer_group = $1 AND event_id = ANY($2::text[])",
+            self._group, [e.id for e in envelopes])
+        return {r["event_id"] for r in rows}
+
     async def apply(self, items: list[Item]) -> None:
         """Apply one batch in one transaction (fast path); if a handler fails
         for a non-transient reason, apply it again isolating each record."""

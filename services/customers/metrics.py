@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 
 from crm_runtime.metrics import DbGauge
+from services.customers import store
 
 STAGE_CHANGES = Counter("crm_stage_changes", "Relationship stage changes",
                         ["service", "from_stage", "to_stage"])
@@ -12,8 +13,7 @@ STAGE_CHANGES = Counter("crm_stage_changes", "Relationship stage changes",
 GAUGES = [
     DbGauge("crm_customers_by_stage", "Customers by relationship stage (erased and merged "
             "customers excluded)", ("stage",),
-            """SELECT stage, count(*) FROM customers
-                WHERE erased_at IS NULL AND merged_into IS NULL GROUP BY stage"""),
+            store.CUSTOMERS_BY_STAGE_SQL),
     DbGauge("crm_customers_at_risk", "Customers marked at risk by satisfaction signals", (),
-            "SELECT count(*) FROM customers WHERE at_risk"),
+            store.CUSTOMERS_AT_RISK_SQL),
 ]

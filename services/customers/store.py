@@ -1,5 +1,10 @@
 """SQL for the customers schema. Every function runs on the caller's
-connection, inside the caller's transaction; none commits."""
+connection, inside the caller's transaction; none commits.
+
+Why over 500 lines: all SQL of the schema is here (the customer record and
+its related rows read in one round trip, purchases by batch, consent,
+segments, links, merges, risk, the export's column map and the state gauges'
+queries), each a small function."""
 
 from __future__ import annotations
 
@@ -509,3 +514,14 @@ EXPORT_COLUMNS: dict[str, dict[str, str]] = {
 #: Tables of the schema that hold nothing about a particular customer.
 NOT_CUSTOMER_DATA = {"segments": "segment definitions (membership is exported as segments)",
                      "segment_versions": "earlier segment definitions"}
+
+
+# --- state gauges (the queries of metrics.GAUGES) --------------------
+
+#: ``crm_customers_by_stage``.
+CUSTOMERS_BY_STAGE_SQL = """
+    SELECT stage, count(*) FROM customers WHERE erased_at IS NULL AND merged_into IS
+    NULL GROUP BY stage"""
+
+#: ``crm_customers_at_risk``.
+CUSTOMERS_AT_RISK_SQL = "SELECT count(*) FROM customers WHERE at_risk"

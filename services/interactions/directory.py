@@ -23,6 +23,7 @@ import grpc
 from crm.customers.v1 import customers_pb2, customers_pb2_grpc
 from crm_contracts.interactions import ContactReceived
 from crm_runtime import logs
+from crm_runtime.consumer import Seen
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope
 
@@ -66,21 +67,25 @@ class CustomerDirectory:
             self._channel = grpc.aio.insecure_channel(self._target)
         return customers_pb2_grpc.CustomersStub(self._channel)
 
-    async def prepare(self, envelopes: list[Envelope]) -> None:
+    async def prepare(self, envelopes: list[Envelope], seen: Seen) -> None:
         """Register the unknown contacts of a consumed batch (each distinct
         email and phone once) before its transaction opens, and remember each
         event's customer, or the refusal of its email or phone, for
         :meth:`customer_of`. Events resolved by an earlier attempt at the same
-        batch are not asked for again. Raises ConnectionError while the
-        customers service cannot be reached or does not answer (the batch
-        waits and is retried)."""
+        batch are not asked for again, nor redeliveries of events applied
+        before (``seen``: the inbox drops them, and registering their contact
+        again could bring back a customer erased since). Raises
+        ConnectionError while the customers service cannot be reached or does
+        not answer (the batch waits and is retried)."""
+        unknown = [(env, (data.contact_email, data.contact_phone)) for env in envelopes
+                   if isinstance(data := env.data, ContactReceived) and not data.customer_id
+                   and (data.contact_email or data.contact_phone)
+                   and env.id not in self._resolved]
+        applied = await seen([env for env, _ in unknown]) if unknown else set()
         pending: dict[ContactPoint, list[Envelope]] = {}
-        for env in envelopes:
-            data = env.data
-            if (isinstance(data, ContactReceived) and not data.customer_id
-                    and (data.contact_email or data.contact_phone)
-                    and env.id not in self._resolved):
-                pending.setdefault((data.contact_email, data.contact_phone), []).append(env)
+        for env, point in unknown:
+            if env.id not in applied:
+                pending.setdefault(point, []).append(env)
         points = list(pending)
         for start in range(0, len(points), MAX_PER_CALL):
             chunk = points[start:start + MAX_PER_CALL]
@@ -128,6 +133,11 @@ class CustomerDirectory:
             reply = await self._stub().RegisterCustomers(request, metadata=metadata,
                                                          timeout=TIMEOUT_S)
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # A customers release from before RegisterCustomers (a rolling
+                # upgrade): one RegisterCustomer call a point, still before
+                # any transaction.
+                return [await self._register_one(point, metadata) for point in points]
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 # The request as a whole (not one contact): retrying cannot
                 # help. The consumer applies the batch anyway, event by event.
@@ -141,6 +151,26 @@ class CustomerDirectory:
             raise ConnectionError(f"customers service at {self._target} answered "
                                   f"{len(reply.results)} results for {len(points)} contacts")
         return [_resolution(r) for r in reply.results]
+
+    async def _register_one(self, point: ContactPoint,
+                            metadata: list[tuple[str, str]]) -> Resolution:
+        """One ``RegisterCustomer`` call (customers releases without
+        ``RegisterCustomers``)."""
+        email, phone = point
+        request = customers_pb2.RegisterCustomerRequest(
+            emails=[email] if email else [], phones=[phone] if phone else [],
+            source="interactions")
+        try:
+            reply = await self._stub().RegisterCustomer(request, metadata=metadata,
+                                                        timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                details = err.details() or ""
+                return Refused("contact_phone" if details.startswith("phones")
+                               else "contact_email", details.split(": ", 1)[-1])
+            raise ConnectionError(f"customers service at {self._target}: {err.code().name} "
+                                  f"{err.details()}") from None
+        return uuid.UUID(reply.customer.customer_id)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Summary
 
 from crm_runtime.metrics import DbGauge
+from services.interactions import store
 
 INTERACTIONS = Counter("crm_interactions", "Contacts recorded (each once)",
                        ["service", "channel", "kind"])
@@ -19,9 +20,9 @@ NPS_RESPONSES = Counter("crm_nps_responses", "NPS answers by category",
 
 GAUGES = [
     DbGauge("crm_cases_open", "Cases not resolved yet", (),
-            "SELECT count(*) FROM cases WHERE status <> 'resolved'"),
+            store.CASES_OPEN_SQL),
     DbGauge("crm_cases_overdue", "Unresolved cases past their promised deadline", (),
-            "SELECT count(*) FROM cases WHERE status <> 'resolved' AND breached"),
+            store.CASES_OVERDUE_SQL),
 ]
 
 

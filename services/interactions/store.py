@@ -332,3 +332,12 @@ async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -
     for table in ("interactions", "cases", "survey_responses"):
         await conn.execute(f"UPDATE {table} SET customer_id = $1 WHERE customer_id = $2",
                            survivor, merged)
+
+
+# --- state gauges (the queries of metrics.GAUGES) --------------------
+
+#: ``crm_cases_open``.
+CASES_OPEN_SQL = "SELECT count(*) FROM cases WHERE status <> 'resolved'"
+
+#: ``crm_cases_overdue``.
+CASES_OVERDUE_SQL = "SELECT count(*) FROM cases WHERE status <> 'resolved' AND breached"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 
 from crm_runtime.metrics import DbGauge
+from services.loyalty import store
 
 ACTIONS = Counter("crm_loyalty_actions", "Actions rules asked for, by outcome "
                   "(performed, suppressed with the reason, skipped)",
@@ -18,20 +19,13 @@ REDEMPTIONS = Counter("crm_loyalty_redemptions", "RedeemDiscount calls by result
 
 GAUGES = [
     DbGauge("crm_loyalty_follow_ups", "Follow-ups by status (scheduled, due)", ("status",),
-            "SELECT status, count(*) FROM follow_ups WHERE status IN ('scheduled', 'due')"
-            " GROUP BY status"),
+            store.LOYALTY_FOLLOW_UPS_SQL),
     DbGauge("crm_loyalty_active_discounts", "Discount codes issued, not redeemed, withdrawn "
-            "or expired", (), "SELECT count(*) FROM discounts WHERE redeemed_at IS NULL"
-            " AND voided_at IS NULL AND expires_at > $1::timestamptz"),
+            "or expired", (), store.LOYALTY_ACTIVE_DISCOUNTS_SQL),
     DbGauge("crm_loyalty_discounts", "Discount codes ever issued, by state (active, redeemed, "
             "expired, withdrawn)", ("state",),
-            """SELECT CASE WHEN redeemed_at IS NOT NULL THEN 'redeemed'
-                           WHEN voided_at IS NOT NULL THEN 'withdrawn'
-                           WHEN expires_at <= $1::timestamptz THEN 'expired'
-                           ELSE 'active' END,
-                      count(*) FROM discounts GROUP BY 1"""),
+            store.LOYALTY_DISCOUNTS_SQL),
     DbGauge("crm_loyalty_follow_ups_overdue", "Follow-ups due for more than a day and not "
             "completed or cancelled", (),
-            "SELECT count(*) FROM follow_ups WHERE status = 'due'"
-            " AND due_at < $1::timestamptz - interval '1 day'"),
+            store.LOYALTY_FOLLOW_UPS_OVERDUE_SQL),
 ]

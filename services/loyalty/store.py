@@ -621,3 +621,27 @@ def _unit_batches(actions: list[ActionRow], discounts: list[DiscountRow],
                       x.referral_code, x.newsletter_consent, x.newsletter_consent_at,
                       x.promotional_consent, x.promotional_consent_at, x.do_not_contact,
                       x.at_risk, x.erased_at, x.merged_into, now) for x in views]}
+
+
+# --- state gauges (the queries of metrics.GAUGES) --------------------
+
+#: ``crm_loyalty_follow_ups``.
+LOYALTY_FOLLOW_UPS_SQL = """
+    SELECT status, count(*) FROM follow_ups WHERE status IN ('scheduled', 'due') GROUP
+    BY status"""
+
+#: ``crm_loyalty_active_discounts``.
+LOYALTY_ACTIVE_DISCOUNTS_SQL = """
+    SELECT count(*) FROM discounts WHERE redeemed_at IS NULL AND voided_at IS NULL AND
+    expires_at > $1::timestamptz"""
+
+#: ``crm_loyalty_discounts``.
+LOYALTY_DISCOUNTS_SQL = """
+    SELECT CASE WHEN redeemed_at IS NOT NULL THEN 'redeemed' WHEN voided_at IS NOT NULL
+    THEN 'withdrawn' WHEN expires_at <= $1::timestamptz THEN 'expired' ELSE 'active'
+    END, count(*) FROM discounts GROUP BY 1"""
+
+#: ``crm_loyalty_follow_ups_overdue``.
+LOYALTY_FOLLOW_UPS_OVERDUE_SQL = """
+    SELECT count(*) FROM follow_ups WHERE status = 'due' AND due_at < $1::timestamptz -
+    interval '1 day'"""

@@ -14,20 +14,25 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from crm.customers.v1 import customers_pb2 as cpb
+from crm.customers.v1 import customers_pb2_grpc
 from crm_contracts.contact_points import normalise_phone
 from crm_contracts.errors import InvalidArgument
 from crm_contracts.interactions import ContactReceived
 from crm_contracts.topics import INTERACTIONS_INGEST
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
+from crm_runtime.grpc_server import ServiceRegistration, build_server
 from crm_runtime.settings import Settings
 from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
+from services.customers.api import CustomersServicer
 from services.customers.app import SPEC as CUSTOMERS
+from services.customers.commands import Context as CustomersContext
 from services.interactions.app import SPEC as INTERACTIONS
 from services.interactions.directory import CustomerDirectory
 from tests.integration.interactions.conftest import Pair
@@ -152,6 +157,71 @@ async def test_record_interaction_registers_with_one_call_before_its_transaction
     assert [c.customer_id for c in found.customers] == [first.customer_id]
 
 
+async def nothing_seen(envelopes: list[Envelope]) -> set[str]:
+    return set()
+
+
+async def test_prepare_leaves_out_what_the_inbox_has_taken(
+        pair: Pair, directory: CustomerDirectory) -> None:
+    """Only the events the inbox has not taken are registered: the others are
+    redeliveries the inbox drops, whose contacts must not be registered again."""
+    run = uuid.uuid4().hex[:8]
+    taken = contact(f"{run}-taken", email=f"taken-{run}@example.com")
+    new = contact(f"{run}-new", email=f"new-{run}@example.com")
+    asked: list[list[str]] = []
+
+    async def seen(envelopes: list[Envelope]) -> set[str]:
+        asked.append([e.id for e in envelopes])
+        return {taken.id}
+
+    counted = Calls()
+    await directory.prepare([taken, new], seen)
+    assert asked == [[taken.id, new.id]]
+    assert counted.many == 1
+    assert taken.id not in directory._resolved and new.id in directory._resolved
+    for email, expected in ((f"taken-{run}@example.com", 0), (f"new-{run}@example.com", 1)):
+        found = await customers(pair).FindCustomers(cpb.FindCustomersRequest(email=email),
+                                                    metadata=pair.customers.metadata)
+        assert len(found.customers) == expected, email
+    # A batch with no unknown contact does not ask the inbox at all.
+    await directory.prepare([], seen)
+    assert len(asked) == 1
+    await directory.close()
+
+
+async def test_a_redelivered_contact_does_not_bring_back_an_erased_customer(pair: Pair) -> None:
+    """A contact of an unknown email registers its customer; the customer is
+    erased; the same event comes again (a redelivery): the inbox drops it, and
+    the customer is not registered again."""
+    pool = pair.interactions.runner.pool
+    assert pool is not None
+    bootstrap = pair.interactions.runner.settings.kafka_bootstrap_servers or ""
+    run = uuid.uuid4().hex[:8]
+    email = f"erased-{run}@example.com"
+    event = contact(f"{run}-once", email=email)
+    await produce_as_one_batch(bootstrap, f"chat-{run}".encode(), [event])
+
+    async def recorded() -> bool:
+        return len(await stored(pool, run)) == 1
+
+    await wait_for(recorded, what="the contact recorded")
+    cid = (await stored(pool, run))[f"{run}-once"]
+    await customers(pair).EraseCustomer(cpb.EraseCustomerRequest(customer_id=str(cid)),
+                                        metadata=pair.customers.metadata)
+    counted = Calls()
+    marker = contact(f"{run}-after", email=f"after-{run}@example.com")
+    await produce_as_one_batch(bootstrap, f"chat-{run}".encode(), [event, marker])
+
+    async def marker_recorded() -> bool:
+        return f"{run}-after" in await stored(pool, run)
+
+    await wait_for(marker_recorded, what="the contact after the redelivery recorded")
+    found = await customers(pair).FindCustomers(cpb.FindCustomersRequest(email=email),
+                                                metadata=pair.customers.metadata)
+    assert list(found.customers) == []
+    assert counted.many == 1  # the marker's contact alone
+
+
 @pytest.fixture
 def directory(pair: Pair) -> Iterator[CustomerDirectory]:
     target = f"127.0.0.1:{pair.customers.runner.bound_grpc_port}"
@@ -163,10 +233,10 @@ async def test_an_event_prepare_did_not_see_is_registered_alone(
     run = uuid.uuid4().hex[:8]
     prepared = [contact(f"{run}-{i}", email=f"prep-{run}-{i}@example.com") for i in range(3)]
     counted = Calls()
-    await directory.prepare(list(prepared))
+    await directory.prepare(list(prepared), nothing_seen)
     ids = [await directory.customer_of(env) for env in prepared]
     assert (counted.many, counted.single) == (1, 0)
-    await directory.prepare(list(prepared))  # a retried batch: already resolved
+    await directory.prepare(list(prepared), nothing_seen)  # a retried batch: already resolved
     assert counted.many == 1
     unseen = contact(f"{run}-late", email=f"prep-{run}-0@example.com")
     assert await directory.customer_of(unseen) == ids[0]
@@ -218,3 +288,46 @@ async def test_contacts_wait_while_customers_is_away_and_are_recorded_once_it_is
         await wait_for(recorded, timeout=60, what="the contacts recorded once customers is back")
         assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
         assert counted.single == 0
+
+
+class CustomersBeforeBatches(CustomersServicer):
+    """The customers service as released before RegisterCustomers."""
+
+    async def RegisterCustomers(self, request: cpb.RegisterCustomersRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> cpb.RegisterCustomersResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        raise AssertionError("abort raises")
+
+
+async def test_an_older_customers_release_is_asked_one_contact_at_a_time(pair: Pair) -> None:
+    """During a rolling upgrade, customers may not serve RegisterCustomers
+    yet: the directory falls back to RegisterCustomer, a contact point a
+    call, still before any transaction, and a refusal still names the field."""
+    pool = pair.customers.runner.pool
+    assert pool is not None
+    servicer = CustomersBeforeBatches(
+        pool, CustomersContext(clock=pair.customers.runner.clock, lanes=4))
+    server, _, port = build_server(
+        service="customers", tokens=pair.customers.runner.settings.token_table(),
+        address="127.0.0.1:0", registrations=[ServiceRegistration(
+            customers_pb2_grpc.add_CustomersServicer_to_server, servicer,
+            cpb.DESCRIPTOR.services_by_name["Customers"])])
+    await server.start()
+    directory = CustomerDirectory(f"127.0.0.1:{port}", DEV_TOKEN)
+    try:
+        run = uuid.uuid4().hex[:8]
+        email = f"older-{run}@example.com"
+        known, bad = contact(f"{run}-a", email=email), contact(f"{run}-b", phone="123")
+        await directory.prepare([known, bad], nothing_seen)
+        customer_id = await directory.customer_of(known)
+        with pytest.raises(InvalidArgument) as err:
+            await directory.customer_of(bad)
+        assert err.value.field == "contact_phone"
+        assert await directory.identify(email.upper(), "") == customer_id
+        found = await customers(pair).FindCustomers(cpb.FindCustomersRequest(email=email),
+                                                    metadata=pair.customers.metadata)
+        assert [c.customer_id for c in found.customers] == [str(customer_id)]
+    finally:
+        await directory.close()
+        await server.stop(0)
