@@ -20,7 +20,7 @@ from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.customers import commands, domain, store
+from services.customers import commands, domain, privacy, store
 from services.customers.domain import Identity
 
 T = TypeVar("T")
@@ -206,7 +206,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
     async def SetConsent(self, request: pb.SetConsentRequest,
                          context: grpc.aio.ServicerContext) -> pb.Customer:
         customer_id = parse_uuid(request.customer_id)
-        rec = await uow.run(self._pool, lambda c: commands.set_consent(
+        rec = await uow.run(self._pool, lambda c: privacy.set_consent(
             c, self._ctx, customer_id, purpose=request.purpose, granted=request.granted,
             source=request.source))
         return self._out(rec)
@@ -276,12 +276,12 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                              context: grpc.aio.ServicerContext) -> pb.ExportCustomerResponse:
         customer_id = parse_uuid(request.customer_id)
         return pb.ExportCustomerResponse(
-            json=await uow.run(self._pool, lambda c: commands.export(c, self._ctx, customer_id)))
+            json=await uow.run(self._pool, lambda c: privacy.export(c, self._ctx, customer_id)))
 
     async def EraseCustomer(self, request: pb.EraseCustomerRequest,
                             context: grpc.aio.ServicerContext) -> pb.EraseCustomerResponse:
         customer_id = parse_uuid(request.customer_id)
-        await uow.run(self._pool, lambda c: commands.erase(c, self._ctx, customer_id))
+        await uow.run(self._pool, lambda c: privacy.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
 
 

@@ -6,12 +6,13 @@ batch), applies the pure rules from :mod:`domain`, writes through
 events commit together. The gRPC API and the event handlers only translate
 their inputs and call these.
 
-Why over 500 lines: the customers service's use cases are many and small
-(registration, profile edits, purchases and stages, churn, consent, erasure
-and export, segments, links, merges, risk); each is a few lines of
-orchestration over :mod:`domain` and :mod:`store`, and splitting them by
-theme would scatter the shared steps (the events' segment names, the churn
-schedule) across modules.
+Consent, erasure and the data-subject export are in :mod:`privacy`.
+
+Why over 500 lines: the rest of the use cases are many and small
+(registration, profile edits, purchases and stages, churn, segments, links,
+merges, risk); each is a few lines of orchestration over :mod:`domain` and
+:mod:`store`, and they share steps (the events' segment names, the churn
+schedule) that splitting them further would scatter.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from crm_contracts.customers import (
-    ConsentChanged,
     CustomerAtRisk,
-    CustomerErased,
     CustomerRegistered,
     CustomerRiskCleared,
     CustomersLinked,
@@ -37,7 +36,7 @@ from crm_contracts.customers import (
     PurchaseRecorded,
     StageChanged,
 )
-from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose, Stage
+from crm_contracts.vocabulary import Stage
 from crm_runtime import logs, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import (
@@ -118,7 +117,7 @@ async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
             for p, c in zip(payloads, changed, strict=True)]
 
 
-async def _emit_named(conn: Conn, ctx: Context, customer_id: uuid.UUID,
+async def emit_named(conn: Conn, ctx: Context, customer_id: uuid.UUID,
                       *payloads: EventPayload) -> None:
     """Queue the customer's events, stage changes with their segments named."""
     payloads = tuple(await _name_segments(conn, ctx, list(payloads)))
@@ -160,7 +159,7 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
     customer_id = uuid.uuid4()
     await store.insert(conn, customer_id, display_name.strip(), profile, now)
     await store.add_identifiers(conn, customer_id, identity)
-    await _emit_named(conn, ctx, customer_id, CustomerRegistered(
+    await emit_named(conn, ctx, customer_id, CustomerRegistered(
         customer_id=str(customer_id), stage=Stage.POTENTIAL.value,
         preferred_channel=profile.get("preferred_channel", ""),
         time_zone=profile.get("time_zone", ""),
@@ -204,7 +203,7 @@ async def register_many(conn: Conn, ctx: Context, registrations: Sequence[Regist
     return results
 
 
-def _require_active(rec: store.CustomerRecord) -> None:
+def require_active(rec: store.CustomerRecord) -> None:
     if rec.erased_at is not None:
         raise FailedPrecondition(f"customer {rec.customer_id} was erased")
 
@@ -213,7 +212,7 @@ async def update(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, expected_v
                  display_name: str | None, profile: dict[str, Any] | None,
                  add: Identity) -> store.CustomerRecord:
     rec = await store.load(conn, customer_id, lock=True)
-    _require_active(rec)
+    require_active(rec)
     if expected_version != rec.version:
         raise Conflict(f"customer {customer_id} is at version {rec.version}, "
                        f"not {expected_version}; reload and retry")
@@ -234,7 +233,7 @@ async def update(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, expected_v
     if not changed:
         return rec
     version = await store.save_core(conn, rec, ctx.clock.now())
-    await _emit_named(conn, ctx, customer_id, CustomerUpdated(
+    await emit_named(conn, ctx, customer_id, CustomerUpdated(
         customer_id=str(customer_id), version=version, changed=changed))
     return await store.load(conn, customer_id)
 
@@ -396,13 +395,13 @@ async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str,
         return
     events = await _change_stage(conn, ctx, rec, change, f"churn:{work_key}")
     await store.save_core(conn, rec, ctx.clock.now())
-    await _emit_named(conn, ctx, customer_id, *events)
+    await emit_named(conn, ctx, customer_id, *events)
 
 
 async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, reason: str,
                              request_id: str) -> store.CustomerRecord:
     rec = await store.load(conn, customer_id, lock=True)
-    _require_active(rec)
+    require_active(rec)
     change = domain.stage_after_closing(rec.stage)
     if change is None:
         return rec
@@ -410,68 +409,8 @@ async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, r
     events = await _change_stage(conn, ctx, rec, change, request_id)
     await store.save_core(conn, rec, ctx.clock.now())
     await scheduler.cancel(conn, CHURN, str(customer_id))
-    await _emit_named(conn, ctx, customer_id, *events)
+    await emit_named(conn, ctx, customer_id, *events)
     return await store.load(conn, customer_id)
-
-
-async def set_consent(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, purpose: str,
-                      granted: bool, source: str) -> store.CustomerRecord:
-    allowed = [p.value for p in ConsentPurpose] + [DO_NOT_CONTACT]
-    if purpose not in allowed:
-        raise InvalidArgument("purpose", f"{purpose!r} is not one of {allowed}")
-    rec = await store.load(conn, customer_id, lock=True)
-    _require_active(rec)
-    now = ctx.clock.now()
-    if purpose == DO_NOT_CONTACT:
-        if rec.do_not_contact == granted:
-            return rec
-        rec.do_not_contact = granted
-        await store.save_core(conn, rec, now)
-    else:
-        current = next((c for c in rec.consents if c.purpose == purpose), None)
-        if current is not None and current.granted == granted:
-            return rec
-        await store.set_consent(conn, customer_id, purpose, granted, now, source)
-        await store.save_core(conn, rec, now)
-    await _emit_named(conn, ctx, customer_id, ConsentChanged(
-        customer_id=str(customer_id), purpose=purpose, granted=granted, source=source))
-    return await store.load(conn, customer_id)
-
-
-async def erase(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> None:
-    """Remove personal data; the id, stage and counts stay for integrity.
-    Erasing twice is a no-op (no second event)."""
-    rec = await store.load(conn, customer_id, lock=True, full=False)
-    if rec.erased_at is not None:
-        return
-    now = ctx.clock.now()
-    await store.scrub(conn, customer_id)
-    rec.display_name = ""
-    rec.profile = {}
-    rec.do_not_contact = True
-    rec.erased_at = now
-    await store.save_core(conn, rec, now)
-    await scheduler.cancel(conn, CHURN, str(customer_id))
-    await _emit_named(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
-
-
-async def export(conn: Conn, ctx: Context, customer_id: uuid.UUID) -> str:
-    """Everything held about the customer, as JSON (data-subject access):
-    every column of :data:`store.EXPORT_COLUMNS`, plus the segments the customer
-    is in now. A merged id exports its survivor."""
-    rec = await store.load(conn, customer_id)
-    cid = rec.customer_id
-    history = await store.stage_history(conn, cid)
-    bought = await store.purchases(conn, cid)
-    links = await store.links(conn, cid)
-    signals = await store.risk_signal_rows(conn, cid)
-    aliases = await store.aliases(conn, cid)
-    member_of = ([] if rec.erased_at is not None
-                 else (await segment_keys_for(conn, ctx, [cid]))[cid])
-    document = domain.export_document(rec, history=history, purchases=bought, links=links,
-                                      risk_signals=signals, aliases=aliases,
-                                      segments=member_of)
-    return json.dumps(document, indent=2, sort_keys=True)
 
 
 # --- segments ---------------------------------------------------------------
@@ -518,11 +457,11 @@ async def link(conn: Conn, ctx: Context, requester_id: uuid.UUID, decision_maker
     decider = await store.load(conn, decision_maker_id)
     if requester.customer_id == decider.customer_id:
         raise InvalidArgument("decision_maker_id", "must be a different customer")
-    _require_active(requester)
-    _require_active(decider)
+    require_active(requester)
+    require_active(decider)
     if await store.insert_link(conn, requester.customer_id, decider.customer_id, role,
                                ctx.clock.now()):
-        await _emit_named(conn, ctx, requester.customer_id, CustomersLinked(
+        await emit_named(conn, ctx, requester.customer_id, CustomersLinked(
             customer_id=str(requester.customer_id),
             decision_maker_id=str(decider.customer_id), role=role))
     return await store.load(conn, requester.customer_id)
@@ -547,8 +486,8 @@ async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uui
     if merged.merged_into is not None:
         raise FailedPrecondition(f"customer {merged_id} is already merged into "
                                  f"{merged.merged_into}")
-    _require_active(survivor)
-    _require_active(merged)
+    require_active(survivor)
+    require_active(merged)
     await store.move_records(conn, survivor.customer_id, merged.customer_id)
     await store.recompute_purchases(conn, survivor)
     survivor.do_not_contact = survivor.do_not_contact or merged.do_not_contact
@@ -573,7 +512,7 @@ async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uui
     events.append(CustomersMerged(
         customer_id=str(survivor.customer_id), merged_customer_id=str(merged.customer_id),
         stage=survivor.stage.value, purchase_count=survivor.purchase_count))
-    await _emit_named(conn, ctx, survivor.customer_id, *events)
+    await emit_named(conn, ctx, survivor.customer_id, *events)
     await _reassess_risk(conn, ctx, survivor.customer_id, request_id)
     return await store.load(conn, survivor.customer_id)
 
@@ -618,13 +557,13 @@ async def _reassess_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID,
     rec.at_risk, rec.risk_reasons = bool(reasons), reasons
     await store.save_core(conn, rec, now)
     if reasons:
-        await _emit_named(conn, ctx, customer_id, CustomerAtRisk(
+        await emit_named(conn, ctx, customer_id, CustomerAtRisk(
             customer_id=str(customer_id), reasons=reasons, causing_event_id=causing_event_id))
         live = [at for _, at in signals if now - at < domain.RISK_WINDOW]
         await scheduler.schedule(conn, RISK_REVIEW, str(customer_id),
                                  min(live) + domain.RISK_WINDOW)
     elif was_at_risk:
-        await _emit_named(conn, ctx, customer_id, CustomerRiskCleared(
+        await emit_named(conn, ctx, customer_id, CustomerRiskCleared(
             customer_id=str(customer_id), causing_event_id=causing_event_id))
         await scheduler.cancel(conn, RISK_REVIEW, str(customer_id))
 

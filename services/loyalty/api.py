@@ -20,7 +20,7 @@ from crm_runtime.convert import parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.loyalty import commands, domain, rulebook, store
+from services.loyalty import commands, discounts, domain, rulebook, store
 from services.loyalty.rulebook import StoredRule
 
 T = TypeVar("T")
@@ -185,7 +185,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
         if not request.HasField("order_amount"):
             raise InvalidArgument("order_amount", "required")
         customer_id = self._optional_customer(request.customer_id)
-        row, amount, refusal = await self._read(lambda c: commands.validate_discount(
+        row, amount, refusal = await self._read(lambda c: discounts.validate_discount(
             c, self._ctx, request.code, customer_id, request.order_amount.amount_minor,
             request.order_amount.currency))
         return pb.ValidateDiscountResponse(
@@ -198,7 +198,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
         if not request.HasField("order_amount"):
             raise InvalidArgument("order_amount", "required")
         customer_id = self._optional_customer(request.customer_id)
-        row = await self._tx(lambda c: commands.redeem_discount(
+        row = await self._tx(lambda c: discounts.redeem_discount(
             c, self._ctx, request.code, order_id=request.order_id, customer_id=customer_id,
             order_minor=request.order_amount.amount_minor,
             currency=request.order_amount.currency))

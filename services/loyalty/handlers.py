@@ -20,7 +20,7 @@ from crm_runtime.db import Conn
 from crm_runtime.events import Envelope
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.loyalty import commands
+from services.loyalty import commands, discounts
 from services.loyalty.commands import LoyaltyInput
 
 
@@ -41,6 +41,6 @@ def on_follow_up_due(ctx: commands.Context) -> WorkHandler:
 
 def on_discount_expiring(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.discount_expiring(conn, ctx, parse_uuid(work.key, "discount_id"))
+        await discounts.discount_expiring(conn, ctx, parse_uuid(work.key, "discount_id"))
 
     return run

@@ -1,0 +1,76 @@
+"""The customer's rights over their data: consent per purpose and
+do-not-contact, erasure of personal data, and the data-subject export of
+everything held. Each runs in the caller's transaction and emits what it
+changes, like every use case in :mod:`commands`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from crm_contracts.customers import ConsentChanged, CustomerErased
+from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
+from crm_runtime import scheduler
+from crm_runtime.db import Conn
+from crm_runtime.errors import InvalidArgument
+from services.customers import commands, domain, store
+
+
+async def set_consent(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID, *, purpose: str,
+                      granted: bool, source: str) -> store.CustomerRecord:
+    allowed = [p.value for p in ConsentPurpose] + [DO_NOT_CONTACT]
+    if purpose not in allowed:
+        raise InvalidArgument("purpose", f"{purpose!r} is not one of {allowed}")
+    rec = await store.load(conn, customer_id, lock=True)
+    commands.require_active(rec)
+    now = ctx.clock.now()
+    if purpose == DO_NOT_CONTACT:
+        if rec.do_not_contact == granted:
+            return rec
+        rec.do_not_contact = granted
+        await store.save_core(conn, rec, now)
+    else:
+        current = next((c for c in rec.consents if c.purpose == purpose), None)
+        if current is not None and current.granted == granted:
+            return rec
+        await store.set_consent(conn, customer_id, purpose, granted, now, source)
+        await store.save_core(conn, rec, now)
+    await commands.emit_named(conn, ctx, customer_id, ConsentChanged(
+        customer_id=str(customer_id), purpose=purpose, granted=granted, source=source))
+    return await store.load(conn, customer_id)
+
+
+async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> None:
+    """Remove personal data; the id, stage and counts stay for integrity.
+    Erasing twice is a no-op (no second event)."""
+    rec = await store.load(conn, customer_id, lock=True, full=False)
+    if rec.erased_at is not None:
+        return
+    now = ctx.clock.now()
+    await store.scrub(conn, customer_id)
+    rec.display_name = ""
+    rec.profile = {}
+    rec.do_not_contact = True
+    rec.erased_at = now
+    await store.save_core(conn, rec, now)
+    await scheduler.cancel(conn, commands.CHURN, str(customer_id))
+    await commands.emit_named(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
+
+
+async def export(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> str:
+    """Everything held about the customer, as JSON (data-subject access):
+    every column of :data:`store.EXPORT_COLUMNS`, plus the segments the customer
+    is in now. A merged id exports its survivor."""
+    rec = await store.load(conn, customer_id)
+    cid = rec.customer_id
+    history = await store.stage_history(conn, cid)
+    bought = await store.purchases(conn, cid)
+    links = await store.links(conn, cid)
+    signals = await store.risk_signal_rows(conn, cid)
+    aliases = await store.aliases(conn, cid)
+    member_of = ([] if rec.erased_at is not None
+                 else (await commands.segment_keys_for(conn, ctx, [cid]))[cid])
+    document = domain.export_document(rec, history=history, purchases=bought, links=links,
+                                      risk_signals=signals, aliases=aliases,
+                                      segments=member_of)
+    return json.dumps(document, indent=2, sort_keys=True)
