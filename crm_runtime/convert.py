@@ -8,7 +8,7 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm_runtime import ids
-from crm_runtime.errors import InvalidArgument
+from crm_runtime.errors import InvalidArgument, quote
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -24,11 +24,11 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 
 def page_size(requested: int, field: str = "page_size") -> int:
-    """The page size to use: 0 means the default; out of range is refused."""
-    size = requested or DEFAULT_PAGE_SIZE
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise InvalidArgument(field, f"must be between 1 and {MAX_PAGE_SIZE}, got {size}")
-    return size
+    """The page size to use: 0 means the default, more than the maximum is the
+    maximum (as Google's API guidelines ask); a negative size is refused."""
+    if requested < 0:
+        raise InvalidArgument(field, f"must not be negative, got {requested}")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def parse_uuid(value: str, field: str = "customer_id") -> uuid.UUID:
@@ -36,4 +36,4 @@ def parse_uuid(value: str, field: str = "customer_id") -> uuid.UUID:
     try:
         return ids.read_uuid(value)
     except (ValueError, AttributeError, TypeError):
-        raise InvalidArgument(field, f"{value!r} is not a UUID") from None
+        raise InvalidArgument(field, f"{quote(value)} is not a UUID") from None

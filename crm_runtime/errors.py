@@ -8,10 +8,10 @@ contact points raises it too."""
 
 from __future__ import annotations
 
-from crm_contracts.errors import InvalidArgument
+from crm_contracts.errors import InvalidArgument, quote
 
 __all__ = ["AlreadyExists", "Conflict", "DomainError", "FailedPrecondition", "InvalidArgument",
-           "NotFound"]
+           "NotFound", "quote"]
 
 
 class DomainError(Exception):
@@ -22,7 +22,7 @@ class NotFound(DomainError):
     """An id that does not exist (``NOT_FOUND``)."""
 
     def __init__(self, what: str, ident: str) -> None:
-        super().__init__(f"{what} {ident!r} not found")
+        super().__init__(f"{what} {quote(ident)} not found")
         self.what = what
         self.ident = ident
 

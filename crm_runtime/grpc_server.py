@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 from pydantic import ValidationError
 
 from crm.common.v1 import options_pb2
-from crm_runtime import logs, metrics
+from crm_runtime import limits, logs, metrics
 from crm_runtime.db import is_transient
 from crm_runtime.errors import (
     AlreadyExists,
@@ -101,14 +101,16 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         if handler.unary_unary is not None:
             inner = handler.unary_unary
+            decode = handler.request_deserializer
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(body: bytes, context: grpc.aio.ServicerContext) -> Any:
                 metadata = dict(context.invocation_metadata() or ())
-                return await self._call(method, metadata, context, inner, request)
+                return await self._call(method, metadata, context, inner, decode, body)
 
+            # No request_deserializer: grpc hands over the raw body, which is
+            # decoded only after the caller is authenticated.
             wrapped = grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                unary_unary, response_serializer=handler.response_serializer)
         else:
             # Streaming methods are not part of the CRM contracts; refuse rather
             # than serve them unauthenticated.
@@ -136,32 +138,33 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _call(self, method: str, metadata: Mapping[str, Any],
                     context: grpc.aio.ServicerContext,
                     inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-                    request: Any) -> Any:
+                    decode: Callable[[bytes], Any], body: bytes) -> Any:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             self._authorise(method, metadata)
+            request = _decode(decode, body)
+            bad = limits.violations(request)
+            if bad:
+                raise _Invalid(bad)
             with logs.context(traceparent=str(metadata.get("traceparent", "")),
                               span=method.lstrip("/"), kind="server"):
                 return await inner(request, context)
         except _Refused as refused:
             code = refused.code
+            log.info("%s refused: %s %s", method, code.name, refused.message)
             await context.abort(refused.code, refused.message)
-        except InvalidArgument as exc:
+        except (_Invalid, InvalidArgument, ValidationError) as exc:
             code = grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort_with_status(rpc_status.to_status(_bad_request(
-                [(exc.field, exc.problem)])))
-        except ValidationError as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            violations = [(".".join(str(p) for p in e["loc"]) or "request", e["msg"])
-                          for e in exc.errors()]
-            await context.abort_with_status(rpc_status.to_status(_bad_request(violations)))
+            status = _bad_request(_violations(exc))
+            log.info("%s refused: INVALID_ARGUMENT %s", method, status.message)
+            await context.abort_with_status(rpc_status.to_status(status))
         except DomainError as exc:
             code = _CODES.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION)
             for cls, mapped in _CODES.items():
                 if isinstance(exc, cls):
                     code = mapped
-            await context.abort(code, str(exc))
+            await context.abort(code, _bounded(str(exc), MAX_MESSAGE))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the caller gave up or its deadline passed
             raise
@@ -185,6 +188,45 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 time.perf_counter() - started)
 
 
+class _Invalid(Exception):
+    """A request outside its fields' limits (:mod:`crm_runtime.limits`)."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {p}" for f, p in violations))
+        self.violations = violations
+
+
+def _decode(decode: Callable[[bytes], Any], body: bytes) -> Any:
+    """The request message of ``body``; a body that is not one is the caller's
+    error (INVALID_ARGUMENT), not the server's."""
+    try:
+        return decode(body)
+    except Exception as exc:  # protobuf raises DecodeError, or ValueError on bad UTF-8
+        raise _Invalid([("request", f"the body is not a valid request message "
+                                    f"({type(exc).__name__}: {_bounded(str(exc), 100)})")]
+                       ) from None
+
+
+def _violations(exc: Exception) -> list[tuple[str, str]]:
+    if isinstance(exc, _Invalid):
+        return exc.violations
+    if isinstance(exc, InvalidArgument):
+        return [(exc.field, exc.problem)]
+    assert isinstance(exc, ValidationError)
+    return [(".".join(str(p) for p in e["loc"]) or "request", e["msg"]) for e in exc.errors()]
+
+
+#: Bounds of what an error carries back, far below grpcio's 16 KiB metadata
+#: limit (a longer trailer would reach the caller as RESOURCE_EXHAUSTED).
+MAX_MESSAGE = 1000
+MAX_VIOLATIONS = 20
+MAX_DESCRIPTION = 300
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 _CODES: dict[type[DomainError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
@@ -195,13 +237,18 @@ _CODES: dict[type[DomainError], grpc.StatusCode] = {
 
 def _bad_request(violations: list[tuple[str, str]]) -> status_pb2.Status:
     """A ``google.rpc.Status`` with ``BadRequest`` field violations, which
-    clients in any language can read; the message names every field too."""
+    clients in any language can read; the message names every field too.
+    Bounded: at most :data:`MAX_VIOLATIONS` violations, each description at
+    most :data:`MAX_DESCRIPTION` characters, whatever the caller sent."""
+    shown = [(_bounded(f, 200), _bounded(d, MAX_DESCRIPTION))
+             for f, d in violations[:MAX_VIOLATIONS]]
+    if len(violations) > MAX_VIOLATIONS:
+        shown.append(("request", f"{len(violations) - MAX_VIOLATIONS} more violations"))
     detail = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-        for f, d in violations
+        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in shown
     ])
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT,
-                               message="; ".join(f"{f}: {d}" for f, d in violations))
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=_bounded(
+        "; ".join(f"{f}: {d}" for f, d in shown), MAX_MESSAGE))
     status.details.add().Pack(detail)
     return status
 
@@ -211,8 +258,18 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMe
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served")
 
     return grpc.unary_unary_rpc_method_handler(
-        refuse, request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer)
+        refuse, response_serializer=handler.response_serializer)
+
+
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
+    """The standard health service with ``List`` answered: the reference
+    servicer leaves it UNIMPLEMENTED although reflection advertises it."""
+
+    async def List(self, request: health_pb2.HealthListRequest,
+                   context: grpc.aio.ServicerContext) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()})
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -244,7 +301,7 @@ def build_server(*, service: str, registrations: list[ServiceRegistration],
     server = grpc.aio.server(interceptors=[interceptor])
     for reg in registrations:
         reg.add(reg.servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [r.descriptor.full_name for r in registrations]
     _serve_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])

@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
+from crm_contracts import times
 from crm_runtime.clock import Clock, ManualClock, OffsetClock
 from crm_runtime.errors import FailedPrecondition, InvalidArgument
 from crm_runtime.version import VERSION
@@ -30,7 +31,11 @@ class OperationsServicer(ops_pb2_grpc.OperationsServicer):
                                      "and demos (CRM_DEV_CLOCK_CONTROL=true)")
         if request.seconds <= 0:
             raise InvalidArgument("seconds", f"must be positive, got {request.seconds}")
-        self._clock.advance(timedelta(seconds=request.seconds))
+        step = timedelta(seconds=request.seconds)
+        if self._clock.now() + step >= times.LATEST:
+            raise InvalidArgument("seconds", f"would move the clock past {times.LATEST:%Y-%m-%d}, "
+                                             "the latest time the product accepts")
+        self._clock.advance(step)
         now = Timestamp()
         now.FromDatetime(self._clock.now())
         return ops_pb2.AdvanceClockResponse(now=now)

@@ -9,14 +9,15 @@ from __future__ import annotations
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from crm_contracts.errors import InvalidArgument
+from crm_contracts.errors import InvalidArgument, quote
 
 
 def normalise_email(value: str, field: str = "emails") -> str:
     try:
         return validate_email(value.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
-        raise InvalidArgument(field, f"{value!r} is not a valid email address: {exc}") from None
+        raise InvalidArgument(
+            field, f"{quote(value)} is not a valid email address: {exc}") from None
 
 
 def normalise_phone(value: str, field: str = "phones") -> str:
@@ -24,8 +25,8 @@ def normalise_phone(value: str, field: str = "phones") -> str:
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidArgument(field, f"{value!r} is not a phone number in international format "
-                                  f"(+<country code><number>): {exc}") from None
+        raise InvalidArgument(field, f"{quote(value)} is not a phone number in international "
+                                     f"format (+<country code><number>): {exc}") from None
     if not phonenumbers.is_valid_number(number):
-        raise InvalidArgument(field, f"{value!r} is not a valid phone number")
+        raise InvalidArgument(field, f"{quote(value)} is not a valid phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

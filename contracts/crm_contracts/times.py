@@ -25,7 +25,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator
 
-from crm_contracts.errors import InvalidArgument
+from crm_contracts.errors import InvalidArgument, quote
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
@@ -49,7 +49,7 @@ def parse_rfc3339(value: object) -> datetime:
                          f"not a {type(value).__name__}")
     match = _RFC3339.fullmatch(value.strip())
     if match is None:
-        raise ValueError(f"{_quote(value)} is not RFC 3339 with an offset ({_EXAMPLE}); "
+        raise ValueError(f"{quote(value)} is not RFC 3339 with an offset ({_EXAMPLE}); "
                          "numbers, bare dates and times without an offset are refused")
     day, clock, fraction, offset = match.groups()
     micro = (fraction or "")[:7]  # a dot and at most 6 digits: Python keeps microseconds
@@ -57,7 +57,7 @@ def parse_rfc3339(value: object) -> datetime:
     try:
         parsed = datetime.fromisoformat(f"{day}T{clock}{micro}{zone}")
     except ValueError as exc:
-        raise ValueError(f"{_quote(value)} is not a valid time ({exc})") from None
+        raise ValueError(f"{quote(value)} is not a valid time ({exc})") from None
     return _in_range(parsed)
 
 
@@ -87,12 +87,6 @@ def check_event_time(value: datetime, now: datetime, field: str = "occurred_at")
                                      f"{int(FUTURE_TOLERANCE.total_seconds() // 60)} minutes "
                                      f"after the service's time {now.isoformat()})")
     return value
-
-
-def _quote(value: str, limit: int = 40) -> str:
-    """A bad value quoted for an error: at most ``limit`` characters of it."""
-    shown = value if len(value) <= limit else value[:limit] + "…"
-    return repr(shown)
 
 
 #: A pydantic field type for times other systems write.

@@ -16,7 +16,7 @@ import grpc
 from crm.loyalty.v1 import loyalty_pb2 as pb
 from crm.loyalty.v1 import loyalty_pb2_grpc
 from crm_runtime import uow
-from crm_runtime.convert import parse_uuid
+from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
@@ -232,9 +232,7 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
     async def ListDueFollowUps(self, request: pb.ListDueFollowUpsRequest,
                                context: grpc.aio.ServicerContext
                                ) -> pb.ListDueFollowUpsResponse:
-        size = request.page_size or 50
-        if not 1 <= size <= 500:
-            raise InvalidArgument("page_size", f"must be between 1 and 500, got {size}")
+        size = page_size(request.page_size)
         if request.channel and request.channel not in domain.CHANNELS:
             raise InvalidArgument("channel", f"{request.channel!r} is not one of "
                                              f"{list(domain.CHANNELS)}")

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -99,3 +100,45 @@ async def test_reflection_v1_lists_and_describes_services(service: ServiceRunner
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"crm.ops.v1.Operations", "grpc.reflection.v1.ServerReflection"} <= names
     assert replies[1].file_descriptor_response.file_descriptor_proto  # the .proto, serialised
+
+
+# --- refusals before any work -------------------------------------------------------------------
+
+GARBAGE = b"\x0a\x05ab"  # field 1, length 5, two bytes: not a message of any type
+
+
+def _requests(runner: ServiceRunner, code: str) -> float:
+    value = REGISTRY.get_sample_value("crm_grpc_requests_total", {
+        "service": runner.spec.name, "method": "GetStatus", "code": code})
+    return value or 0.0
+
+
+async def _raw(runner: ServiceRunner, body: bytes, token: str | None) -> grpc.StatusCode:
+    async with _channel(runner) as channel:
+        call = channel.unary_unary("/crm.ops.v1.Operations/GetStatus")
+        metadata = [("authorization", f"Bearer {token}")] if token else []
+        try:
+            await call(body, metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+        return grpc.StatusCode.OK
+
+
+async def test_an_undecodable_body_is_refused_after_the_token_check(
+        service: ServiceRunner, caplog: pytest.LogCaptureFixture) -> None:
+    before = {code: _requests(service, code) for code in ("UNAUTHENTICATED", "INVALID_ARGUMENT")}
+    with caplog.at_level("INFO"):
+        assert await _raw(service, GARBAGE, None) == grpc.StatusCode.UNAUTHENTICATED
+        assert await _raw(service, GARBAGE, OPS_TOKEN) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _requests(service, "UNAUTHENTICATED") == before["UNAUTHENTICATED"] + 1
+    assert _requests(service, "INVALID_ARGUMENT") == before["INVALID_ARGUMENT"] + 1
+    assert "Traceback" not in caplog.text
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2 and all(r.exc_info is None for r in refusals)
+
+
+async def test_health_lists_every_service(service: ServiceRunner) -> None:
+    async with _channel(service) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest())
+    assert reply.statuses["crm.ops.v1.Operations"].status == health_pb2.HealthCheckResponse.SERVING
+    assert reply.statuses[""].status == health_pb2.HealthCheckResponse.SERVING

@@ -5,13 +5,78 @@ Options shared by every CRM gRPC contract."""
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.protobuf import message as _message
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 10):
+    from typing import TypeAlias as _TypeAlias
+else:
+    from typing_extensions import TypeAlias as _TypeAlias
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+@_typing.final
+class FieldLimits(_message.Message):
+    """The limits of one request field, checked before a method does any work
+    (INVALID_ARGUMENT with a field violation otherwise). A field without them
+    has its type's defaults (docs/integration.md, "Limits"): a string at most
+    200 characters and no NUL; an integer 0 to 2147483647; a repeated field
+    at most 100 items; a timestamp from 1970-01-01 to 2100-01-01 (UTC);
+    a double finite; an enum one of its values.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    max_length: _builtins.int
+    """strings: characters"""
+    min: _builtins.int
+    """integers: least value"""
+    max: _builtins.int
+    """integers: greatest value"""
+    max_items: _builtins.int
+    """repeated fields: most items"""
+    def __init__(
+        self,
+        *,
+        max_length: _builtins.int | None = ...,
+        min: _builtins.int | None = ...,
+        max: _builtins.int | None = ...,
+        max_items: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_max_items", b"_max_items", "_max_length", b"_max_length", "_min", b"_min", "max", b"max", "max_items", b"max_items", "max_length", b"max_length", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_max_items", b"_max_items", "_max_length", b"_max_length", "_min", b"_min", "max", b"max", "max_items", b"max_items", "max_length", b"max_length", "min", b"min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__max_items: _TypeAlias = _typing.Literal["max_items"]  # noqa: Y015
+    _WhichOneofArgType__max_items: _TypeAlias = _typing.Literal["_max_items", b"_max_items"]  # noqa: Y015
+    _WhichOneofReturnType__max_length: _TypeAlias = _typing.Literal["max_length"]  # noqa: Y015
+    _WhichOneofArgType__max_length: _TypeAlias = _typing.Literal["_max_length", b"_max_length"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_items) -> _WhichOneofReturnType__max_items | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_length) -> _WhichOneofReturnType__max_length | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+
+Global___FieldLimits: _TypeAlias = FieldLimits  # noqa: Y015
+
 REQUIRED_SCOPE_FIELD_NUMBER: _builtins.int
+LIMITS_FIELD_NUMBER: _builtins.int
 required_scope: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.str]
 """The scope a caller's bearer token must carry to call this method,
 e.g. "customers:read". Methods without it are refused.
 """
+limits: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldLimits]

@@ -26,25 +26,27 @@ from crm.common.v1 import options_pb2 as crm_dot_common_dot_v1_dot_options__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63rm/ops/v1/ops.proto\x12\ncrm.ops.v1\x1a\x1b\x63rm/common/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x13\x41\x64vanceClockRequest\x12\x0f\n\x07seconds\x18\x01 \x01(\x03\"?\n\x14\x41\x64vanceClockResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10GetStatusRequest\"\xf0\x01\n\x11GetStatusResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06schema\x18\x03 \x01(\t\x12\x16\n\x0eoutbox_backlog\x18\x04 \x01(\x03\x12!\n\x19outbox_oldest_age_seconds\x18\x05 \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x06 \x01(\x03\x12\x16\n\x0escheduled_work\x18\x07 \x01(\x03\x12,\n\x08next_due\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmigrations\x18\t \x03(\t2\xc6\x01\n\nOperations\x12V\n\tGetStatus\x12\x1c.crm.ops.v1.GetStatusRequest\x1a\x1d.crm.ops.v1.GetStatusResponse\"\x0c\xca\xf3\x18\x08ops:read\x12`\n\x0c\x41\x64vanceClock\x12\x1f.crm.ops.v1.AdvanceClockRequest\x1a .crm.ops.v1.AdvanceClockResponse\"\r\xca\xf3\x18\tops:clockb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63rm/ops/v1/ops.proto\x12\ncrm.ops.v1\x1a\x1b\x63rm/common/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x13\x41\x64vanceClockRequest\x12\x1d\n\x07seconds\x18\x01 \x01(\x03\x42\x0c\xd2\xf3\x18\x08\x10\x01\x18\x80\x86\xb0\x96\x01\"?\n\x14\x41\x64vanceClockResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10GetStatusRequest\"\xf0\x01\n\x11GetStatusResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06schema\x18\x03 \x01(\t\x12\x16\n\x0eoutbox_backlog\x18\x04 \x01(\x03\x12!\n\x19outbox_oldest_age_seconds\x18\x05 \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x06 \x01(\x03\x12\x16\n\x0escheduled_work\x18\x07 \x01(\x03\x12,\n\x08next_due\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmigrations\x18\t \x03(\t2\xc6\x01\n\nOperations\x12V\n\tGetStatus\x12\x1c.crm.ops.v1.GetStatusRequest\x1a\x1d.crm.ops.v1.GetStatusResponse\"\x0c\xca\xf3\x18\x08ops:read\x12`\n\x0c\x41\x64vanceClock\x12\x1f.crm.ops.v1.AdvanceClockRequest\x1a .crm.ops.v1.AdvanceClockResponse\"\r\xca\xf3\x18\tops:clockb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.ops.v1.ops_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ADVANCECLOCKREQUEST'].fields_by_name['seconds']._loaded_options = None
+  _globals['_ADVANCECLOCKREQUEST'].fields_by_name['seconds']._serialized_options = b'\322\363\030\010\020\001\030\200\206\260\226\001'
   _globals['_OPERATIONS'].methods_by_name['GetStatus']._loaded_options = None
   _globals['_OPERATIONS'].methods_by_name['GetStatus']._serialized_options = b'\312\363\030\010ops:read'
   _globals['_OPERATIONS'].methods_by_name['AdvanceClock']._loaded_options = None
   _globals['_OPERATIONS'].methods_by_name['AdvanceClock']._serialized_options = b'\312\363\030\tops:clock'
   _globals['_ADVANCECLOCKREQUEST']._serialized_start=98
-  _globals['_ADVANCECLOCKREQUEST']._serialized_end=136
-  _globals['_ADVANCECLOCKRESPONSE']._serialized_start=138
-  _globals['_ADVANCECLOCKRESPONSE']._serialized_end=201
-  _globals['_GETSTATUSREQUEST']._serialized_start=203
-  _globals['_GETSTATUSREQUEST']._serialized_end=221
-  _globals['_GETSTATUSRESPONSE']._serialized_start=224
-  _globals['_GETSTATUSRESPONSE']._serialized_end=464
-  _globals['_OPERATIONS']._serialized_start=467
-  _globals['_OPERATIONS']._serialized_end=665
+  _globals['_ADVANCECLOCKREQUEST']._serialized_end=150
+  _globals['_ADVANCECLOCKRESPONSE']._serialized_start=152
+  _globals['_ADVANCECLOCKRESPONSE']._serialized_end=215
+  _globals['_GETSTATUSREQUEST']._serialized_start=217
+  _globals['_GETSTATUSREQUEST']._serialized_end=235
+  _globals['_GETSTATUSRESPONSE']._serialized_start=238
+  _globals['_GETSTATUSRESPONSE']._serialized_end=478
+  _globals['_OPERATIONS']._serialized_start=481
+  _globals['_OPERATIONS']._serialized_end=679
 # @@protoc_insertion_point(module_scope)

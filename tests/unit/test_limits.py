@@ -1,0 +1,83 @@
+"""The request limits (crm_runtime.limits): proto options over type defaults."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+
+from crm.customers.v1 import customers_pb2 as cpb
+from crm.interactions.v1 import interactions_pb2 as ipb
+from crm.ops.v1 import ops_pb2
+from crm_runtime import limits
+from crm_runtime.grpc_server import MAX_DESCRIPTION, MAX_MESSAGE, _bad_request
+
+
+def _year_10000() -> ipb.RecordInteractionRequest:
+    request = ipb.RecordInteractionRequest(idempotency_key="k")
+    request.occurred_at.seconds = 253402300800  # 10000-01-01
+    return request
+
+
+def _negative_nanos() -> ipb.GetSatisfactionReportRequest:
+    request = ipb.GetSatisfactionReportRequest()
+    getattr(request, "from").seconds = 1_700_000_000
+    getattr(request, "from").nanos = -1
+    return request
+
+
+@pytest.mark.parametrize(("request_", "field", "words"), [
+    (_year_10000(), "occurred_at", "2100-01-01"),
+    (_negative_nanos(), "from", "nanos"),
+    (ipb.RecordInteractionRequest(notes="a\x00b"), "notes", "NUL"),
+    (ipb.RecordInteractionRequest(idempotency_key="k" * 201), "idempotency_key", "at most 200"),
+    (ipb.RecordInteractionRequest(notes="n" * 10_001), "notes", "at most 10000"),
+    (cpb.RecordPurchaseRequest(amount=cpb.Money(amount_minor=10**13 + 1)),
+     "amount.amount_minor", "between 0 and 10000000000000"),
+    (cpb.RecordPurchaseRequest(amount=cpb.Money(amount_minor=-1)), "amount.amount_minor",
+     "between"),
+    (ops_pb2.AdvanceClockRequest(seconds=2**62), "seconds", "between 1 and 315360000"),
+    (ipb.PromisePolicy(min_seconds=-5), "min_seconds", "between 0"),
+    (ipb.RecordSurveyResponseRequest(answers=[ipb.SurveyAnswer(nps=11)]), "answers[0].nps",
+     "between -1 and 10"),
+    (ipb.RecordSurveyResponseRequest(answers=[ipb.SurveyAnswer()] * 51), "answers",
+     "at most 50 items"),
+    (ipb.GetTimelineRequest(page_size=-1), "page_size", "between 0"),
+    (cpb.ListCustomersRequest(stage=42), "stage", "not one of"),  # type: ignore[arg-type]
+    (cpb.UpdateCustomerRequest(profile=cpb.Profile(company_name="c\x00")),
+     "profile.company_name", "NUL"),
+    (ipb.ServiceCycle(name="n", moments=[ipb.MomentOfTruth(requirements=["r" * 501])]),
+     "moments[0].requirements[0]", "at most 500"),
+])
+def test_a_value_outside_its_limits_is_named(request_: Message, field: str, words: str) -> None:
+    [(named, problem)] = limits.violations(request_)
+    assert named == field
+    assert words in problem
+
+
+@pytest.mark.parametrize("request_", [
+    ipb.RecordInteractionRequest(idempotency_key="k" * 200, notes="n" * 10_000,
+                                 amount=ipb.Money(amount_minor=10**13)),
+    ipb.RecordSurveyResponseRequest(answers=[ipb.SurveyAnswer(nps=-1, csat=5)]),
+    ops_pb2.AdvanceClockRequest(seconds=86_400),
+    cpb.RegisterCustomersRequest(customers=[cpb.RegisterCustomerRequest()] * 1000),
+    cpb.ListCustomersRequest(stage=cpb.STAGE_FORMER, page_size=10_000),
+])
+def test_values_inside_their_limits_pass(request_: Message) -> None:
+    assert limits.violations(request_) == []
+
+
+def test_a_bad_value_is_quoted_by_a_short_prefix_only() -> None:
+    [(_, problem)] = limits.violations(ipb.RecordInteractionRequest(notes="x\x00" + "y" * 9000))
+    assert len(problem) < 100
+
+
+def test_an_error_status_stays_far_below_grpcs_trailer_limit() -> None:
+    status = _bad_request([(f"f{i}", "z" * 10_000) for i in range(1000)])
+    assert len(status.SerializeToString()) < 16 * 1024 // 2
+    assert len(status.message) <= MAX_MESSAGE
+    detail = error_details_pb2.BadRequest()
+    status.details[0].Unpack(detail)
+    assert len(detail.field_violations) == 21  # 20 and one saying how many more
+    assert detail.field_violations[-1].description == "980 more violations"
+    assert all(len(v.description) <= MAX_DESCRIPTION for v in detail.field_violations)
