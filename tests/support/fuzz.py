@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import descriptor as _d
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
@@ -32,7 +33,7 @@ WORDS = sorted({*vocabulary.CONTACT_CHANNELS, *vocabulary.KINDS, *vocabulary.DIR
                 *vocabulary.OUTCOMES, *vocabulary.CONSENT_PURPOSES, "EUR", "USD", "direct",
                 "indirect", "touchpoint", "all", "open", "newsletter", "welcome", "*"})
 
-_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=30)
 _EDGE_TEXT = st.sampled_from(["", " ", "\x00", "a\x00b", "x" * 201, "y" * 10_001, "é" * 300,
                               "'; DROP TABLE customers; --", "{}", "[]", "null", "🙂" * 50,
                               "1970-01-01T00:00:00Z", "-1", "9" * 40])
@@ -51,7 +52,8 @@ def requests(message: type[Message], customer_ids: Sequence[str]) -> st.SearchSt
     calls reach the database), each one adversarial now and then (one in
     :data:`ADVERSARIAL_ONE_IN`); fields ending in ``customer_id`` often name
     one of ``customer_ids``."""
-    return _message(message.DESCRIPTOR, message, customer_ids, depth=0)
+    desc: Any = message.DESCRIPTOR
+    return _message(desc, message, customer_ids, depth=0)
 
 
 #: How often a field's value is drawn from the adversarial classes.
@@ -134,9 +136,10 @@ def _scalar(field: _d.FieldDescriptor, ids: Sequence[str], depth: int) -> st.Sea
         return _mix(st.sampled_from([v.number for v in field.enum_type.values]),
                     st.integers(-(2**31), 2**31 - 1))
     assert field.message_type is not None
+    cls = message_factory.GetMessageClass(field.message_type)
     if depth >= 3:
-        return st.just(field.message_type._concrete_class())
-    return _message(field.message_type, field.message_type._concrete_class, ids, depth + 1)
+        return st.just(cls())
+    return _message(field.message_type, cls, ids, depth + 1)
 
 
 #: Timestamps around now (protobuf seconds): the last year and the next hour.
