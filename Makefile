@@ -5,11 +5,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: asyncapi run demo test test-fast lint typecheck proto bench clean
 
+# Each step says what it does, and pip shows what it collects and installs (a
+# first install downloads a few hundred MB and takes a minute or two).
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@if test -x $(PY); then echo "==> [1/3] $(VENV) exists"; \
+	 else echo "==> [1/3] creating the virtualenv $(VENV)"; python3 -m venv $(VENV); fi
+	@echo "==> [2/3] upgrading pip"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "==> [3/3] installing the project and its dev tools, pinned by constraints.txt"
+	@$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+	@echo "==> installed; it runs again only when pyproject.toml or constraints.txt change"
 
 ## Start the embedded stack (or the configured servers) and every service; Ctrl-C stops all.
 ## `make run DEMO=1` also plays the demo story once everything is up.

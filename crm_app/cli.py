@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,13 @@ from crm_runtime import logs
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.service import ServiceRunner, ServiceSpec, migrate_service, open_pool, run_forever
 from crm_runtime.settings import SERVICES, Settings, SettingsError, env_name, load_settings
-from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, child_env, infrastructure
+from crm_runtime.stack import (
+    EMBEDDED_BROKER_SETTINGS,
+    Infrastructure,
+    child_env,
+    infrastructure,
+    port_problem,
+)
 from crm_runtime.version import VERSION
 
 app = typer.Typer(help="Event-driven CRM: customers, interactions and loyalty services.",
@@ -218,76 +225,171 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
     if unknown:
         typer.echo(f"services: unknown {unknown}; expected some of {list(specs)}", err=True)
         raise typer.Exit(2)
+    _check_ports(settings, chosen)  # before anything starts
+    # One line per migration is detail for `crm migrate`; `up` prints a sum.
+    logging.getLogger("crm_runtime.migrations").setLevel(logging.WARNING)
     token = _dev_token(settings)
-    with infrastructure(settings.database_url, settings.kafka_bootstrap_servers,
-                        settings.data_dir) as infra:
-        settings = settings.model_copy(update={"database_url": infra.database_url,
-                                               "kafka_bootstrap_servers":
-                                                   infra.kafka_bootstrap_servers})
-        asyncio.run(_migrate_all(settings, {n: specs[n] for n in chosen}))
-        asyncio.run(create_topics(settings))
-        extra = {"CRM_DEV_TOKEN": token} if token else {}
-        broker_note = ""
-        if not settings_given("KAFKA_BOOTSTRAP_SERVERS"):
-            broker_note = " (embedded Tansu, in memory)"
-            extra |= {k: v for k, v in EMBEDDED_BROKER_ENV.items() if k not in os.environ}
-        if not settings_given("DATABASE_URL") and not settings_given("KAFKA_BOOTSTRAP_SERVERS"):
-            # The all-embedded stack is a development stack: the demo moves its clock.
-            extra.setdefault("CRM_DEV_CLOCK_CONTROL", os.environ.get("CRM_DEV_CLOCK_CONTROL",
-                                                                     "true"))
-        env = child_env(infra, extra)
-        children = {name: subprocess.Popen([sys.executable, "-m", "crm_app", "serve", name],
-                                           env=env) for name in chosen}
-        _wait_until_serving({n: f"{settings.grpc_host}:{settings.grpc_port(n)}" for n in chosen},
-                            children)
-        typer.echo("")
-        typer.echo(f"CRM {VERSION} is up")
-        typer.echo(f"  broker    {infra.kafka_bootstrap_servers}{broker_note}")
-        typer.echo(f"  database  {infra.database_url}")
-        for name in chosen:
-            typer.echo(f"  {name:<12} gRPC {settings.grpc_host}:{settings.grpc_port(name)}"
-                       f"  metrics http://{settings.grpc_host}:{settings.metrics_port(name)}/metrics")
-        if token:
-            typer.echo(f"  dev token  {token}   (metadata 'authorization: Bearer <token>')")
-        if not chosen:
-            typer.echo("  no services exist yet under services/")
-        typer.echo("Ctrl-C stops everything.")
-        info = settings.data_dir / "stack.json"
-        info.write_text(json.dumps({
-            "broker": infra.kafka_bootstrap_servers, "token": token or "",
-            "grpc": {n: f"{settings.grpc_host}:{settings.grpc_port(n)}" for n in chosen},
-            "metrics": {n: f"http://{settings.grpc_host}:{settings.metrics_port(n)}/metrics"
-                        for n in chosen}}, indent=2))
-        if play_demo:
-            children["demo"] = subprocess.Popen(
-                [sys.executable, "-m", "crm_app", "demo", "--stack", str(info)], env=env)
-        try:
-            code = _supervise(children, settings.shutdown_grace_s)
-        finally:
-            info.unlink(missing_ok=True)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        with infrastructure(settings.database_url, settings.kafka_bootstrap_servers,
+                            settings.data_dir) as infra:
+            code = _run_stack(settings, specs, chosen, infra, token, children, play_demo)
+    except KeyboardInterrupt:  # Ctrl-C before the stack was up
+        _stop_children(children, settings.shutdown_grace_s)
+        typer.echo("stopped")
+        raise typer.Exit(130) from None
     if code:
         raise typer.Exit(code)
 
 
-def _wait_until_serving(addresses: dict[str, str],
-                        children: dict[str, subprocess.Popen[bytes]],
-                        timeout: float = 120.0) -> None:
-    """Block until every service answers its gRPC health check with SERVING
-    (or one of them exits, which the supervisor then reports)."""
+def _run_stack(settings: Settings, specs: dict[str, ServiceSpec], chosen: list[str],
+               infra: Infrastructure, token: str | None,
+               children: dict[str, subprocess.Popen[bytes]], play_demo: bool) -> int:
+    """Migrate, create the topics, start the services (into ``children``),
+    print the banner once they all serve, then supervise them; the exit code."""
+    settings = settings.model_copy(update={"database_url": infra.database_url,
+                                           "kafka_bootstrap_servers":
+                                               infra.kafka_bootstrap_servers})
+    asyncio.run(_migrate_all(settings, {n: specs[n] for n in chosen}))
+    asyncio.run(create_topics(settings))
+    extra = {"CRM_DEV_TOKEN": token} if token else {}
+    broker_note = ""
+    if not settings_given("KAFKA_BOOTSTRAP_SERVERS"):
+        broker_note = " (embedded Tansu, in memory)"
+        extra |= {k: v for k, v in EMBEDDED_BROKER_ENV.items() if k not in os.environ}
+    if not settings_given("DATABASE_URL") and not settings_given("KAFKA_BOOTSTRAP_SERVERS"):
+        # The all-embedded stack is a development stack: the demo moves its clock.
+        extra.setdefault("CRM_DEV_CLOCK_CONTROL", os.environ.get("CRM_DEV_CLOCK_CONTROL",
+                                                                 "true"))
+    env = child_env(infra, extra)
+    grpc_at = {n: f"{settings.grpc_host}:{settings.grpc_port(n)}" for n in chosen}
+    metrics_at = {n: f"http://{settings.grpc_host}:{settings.metrics_port(n)}/metrics"
+                  for n in chosen}
+    if chosen:
+        typer.echo(f"starting {', '.join(chosen)} ...")
+    for name in chosen:
+        children[name] = subprocess.Popen([sys.executable, "-m", "crm_app", "serve", name],
+                                          env=env)
+    failed = _wait_until_ready({n: (grpc_at[n], metrics_at[n]) for n in chosen}, children)
+    if failed:
+        name, problem = failed
+        typer.echo(f"crm up: {name} {problem}; its log is above. Stopping.", err=True)
+        _stop_children(children, settings.shutdown_grace_s)
+        typer.echo("stopped")
+        return 1
+    typer.echo("")
+    typer.echo(f"CRM {VERSION} is up")
+    typer.echo(f"  broker    {infra.kafka_bootstrap_servers}{broker_note}")
+    typer.echo(f"  database  {infra.database_url}")
+    for name in chosen:
+        typer.echo(f"  {name:<12} gRPC {grpc_at[name]}  metrics {metrics_at[name]}")
+    if token:
+        typer.echo(f"  dev token  {token}   (metadata 'authorization: Bearer <token>')")
+    if not chosen:
+        typer.echo("  no services exist yet under services/")
+    typer.echo("Ctrl-C stops everything.")
+    info = settings.data_dir / "stack.json"
+    info.write_text(json.dumps({
+        "broker": infra.kafka_bootstrap_servers, "token": token or "",
+        "grpc": grpc_at, "metrics": metrics_at}, indent=2))
+    if play_demo:
+        children["demo"] = subprocess.Popen(
+            [sys.executable, "-m", "crm_app", "demo", "--stack", str(info)], env=env)
+    try:
+        return _supervise(children, settings.shutdown_grace_s)
+    finally:
+        info.unlink(missing_ok=True)
+
+
+#: The variable that moves each kind of port ``crm up`` listens on.
+_PORT_SETTINGS = {"gRPC": "CRM_GRPC_BASE_PORT", "metrics": "CRM_METRICS_BASE_PORT"}
+
+
+def _check_ports(settings: Settings, chosen: list[str]) -> None:
+    """Exit with one line naming each port ``crm up`` would listen on that is
+    taken (or planned twice), before anything starts."""
+    planned: dict[int, list[tuple[str, str]]] = {}
+    for name in chosen:
+        planned.setdefault(settings.grpc_port(name), []).append((name, "gRPC"))
+        planned.setdefault(settings.metrics_port(name), []).append((name, "metrics"))
+    problems: list[str] = []
+    variables: set[str] = set()
+    clash = False
+    for port, users in sorted(planned.items()):
+        uses = " and ".join(f"{name} {kind}" for name, kind in users)
+        if len(users) > 1:
+            problems.append(f"port {port} is planned for both {uses}")
+            clash = True
+        elif why := port_problem(settings.grpc_host, port):
+            problems.append(f"port {port} ({uses}) {why}")
+        else:
+            continue
+        variables |= {_PORT_SETTINGS[kind] for _, kind in users}
+    if problems:
+        free = "" if clash else f"free {'it' if len(problems) == 1 else 'them'} or "
+        now = {"CRM_GRPC_BASE_PORT": settings.grpc_base_port,
+               "CRM_METRICS_BASE_PORT": settings.metrics_base_port}
+        moves = " or ".join(f"{v} (now {now[v]})" for v in sorted(variables))
+        typer.echo(f"crm up: {'; '.join(problems)}; {free}set {moves} "
+                   "to another base port", err=True)
+        raise typer.Exit(1)
+
+
+def _wait_until_ready(targets: dict[str, tuple[str, str]],
+                      children: dict[str, subprocess.Popen[bytes]],
+                      timeout: float = 120.0) -> tuple[str, str] | None:
+    """Block until every service (gRPC address, metrics URL) answers its gRPC
+    health check with SERVING and serves its metrics: None then, else the
+    first service that exited or did not make it in time, and what happened."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    for name, address in addresses.items():
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while children[name].poll() is None and time.monotonic() < deadline:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
+    channels = {name: grpc.insecure_channel(grpc_at) for name, (grpc_at, _) in targets.items()}
+    pending, serving = set(targets), set()
+    try:
+        while pending:
+            for name in sorted(pending):
+                code = children[name].poll()
+                if code is not None:
+                    return name, f"{_exit_text(code)} while starting"
+                if name not in serving:
+                    try:
+                        reply = health_pb2_grpc.HealthStub(channels[name]).Check(
+                            health_pb2.HealthCheckRequest(), timeout=1)
+                    except grpc.RpcError:
+                        continue
+                    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                        continue
+                    serving.add(name)
+                if _answers(targets[name][1]):
+                    pending.discard(name)
+            if pending and time.monotonic() > deadline:
+                name = min(pending)
+                what = "metrics" if name in serving else "gRPC health check"
+                return name, f"did not answer its {what} within {timeout:.0f} s"
+            if pending:
                 time.sleep(0.2)
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return None
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 #: ``EMBEDDED_BROKER_SETTINGS`` as the services' environment variables.
@@ -324,17 +426,23 @@ def _supervise(children: dict[str, subprocess.Popen[bytes]], grace: float) -> in
                 stopping = crashed = True
             time.sleep(0.2)
     finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace + 5
-        for child in children.values():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
+        _stop_children(children, grace)
         typer.echo("stopped")
     return 1 if crashed else 0
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM every child still running, wait up to ``grace`` + 5 s, then kill."""
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace + 5
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def main() -> None:

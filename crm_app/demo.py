@@ -4,7 +4,9 @@ A potential customer asks by phone, buys on the web, complains in person; the
 case breaches its promise and a service-recovery discount is issued; they
 redeem it on a second purchase and become a repeat customer; a year passes on
 the clock and they become former; a win-back offer goes out. Each step prints
-the events it caused on the three topics and the dashboard numbers that moved.
+the events it caused on the three topics, what changed for the customer (read
+from the services' APIs) and the dashboard counters that moved (read once the
+step's effects are counted).
 
 The same :class:`Demo` runs in the end-to-end test, which asserts every step.
 Time moves with ``Operations/AdvanceClock`` (the stack must allow it:
@@ -14,13 +16,17 @@ Time moves with ``Operations/AdvanceClock`` (the stack must allow it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
+import textwrap
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -36,13 +42,17 @@ from crm.loyalty.v1 import loyalty_pb2_grpc
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
 from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 
-#: The dashboard numbers the demo watches (name, labels that must match).
+#: The dashboard counters the demo watches. They count for the whole stack;
+#: what concerns the demo's customer alone (stage, risk, cases, discounts,
+#: follow-ups) the demo reads from the services' APIs instead of the gauges
+#: that sum it over every customer.
 WATCHED = (
-    "crm_customers_by_stage", "crm_stage_changes_total", "crm_interactions_total",
-    "crm_cases_open", "crm_cases_breached_total", "crm_customers_at_risk",
-    "crm_messages_published_total", "crm_loyalty_actions_total",
-    "crm_loyalty_redemptions_total", "crm_loyalty_discounts", "crm_loyalty_follow_ups",
+    "crm_stage_changes_total", "crm_interactions_total", "crm_cases_breached_total",
+    "crm_loyalty_actions_total", "crm_loyalty_redemptions_total",
 )
+
+#: Line width of the demo's output; longer lines wrap at word boundaries.
+WIDTH = 100
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,14 @@ class Targets:
 class Step:
     title: str
     expect: tuple[str, ...]
+    #: Counters (name and label fragments) the step must move; the demo reads
+    #: the counters once these moved and the rest stopped moving.
+    counters: tuple[tuple[str, dict[str, str]], ...] = ()
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #: Counters that moved, by series (``name{label=value,...}``): (before, after).
     moved: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: What changed for the demo's customer (stage, at risk, ...): (before, after).
+    changed: dict[str, tuple[str, str]] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,39 +128,91 @@ class Demo:
                                       headers.get("ce_type", b"?").decode(),
                                       json.loads(r.value or b"{}")))
 
-    async def _step(self, title: str, expect: tuple[str, ...], action: Callable[[], Any]) -> Step:
-        step = Step(title, expect)
-        self.out(f"\n== {len(self.steps) + 1}. {title}")
-        before_metrics = self._scrape()
+    def _mine(self, mark: int) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(t, ty, d) for t, key, ty, d in self.seen[mark:] if key == self.customer_id]
+
+    async def _step(self, title: str, expect: tuple[str, ...], action: Callable[[], Any],
+                    counters: tuple[tuple[str, dict[str, str]], ...] = ()) -> Step:
+        step = Step(title, expect, counters)
+        self._print(f"== {len(self.steps) + 1}. {title}", before="\n")
+        before_metrics = await self._scrape()
+        before_state = await self._customer_state()
         mark = len(self.seen)
         step.facts = await action() or {}
         for k, v in step.facts.items():
-            self.out(f"   {k}: {v}")
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            mine = [(t, ty, d) for t, key, ty, d in self.seen[mark:]
-                    if key == self.customer_id]
-            types = [ty for _, ty, _ in mine]
-            missing = [e for e in expect if e not in types]
-            if not missing:
-                break
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"step {title!r}: no {missing} after {self.wait_s}s; saw {types}")
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(1.0)  # let the rest of the reactions land
-        step.events = [(t, ty, d) for t, key, ty, d in self.seen[mark:]
-                       if key == self.customer_id]
+            self._print(f"{k}: {_human(k, v)}", indent=3)
+        await self._wait_for_events(step, mark)
+        step.events = self._mine(mark)
         for topic, etype, data in step.events:
-            self.out(f"   event  {topic:<22} {etype:<32} {_brief(data)}")
-        after_metrics = self._scrape()
+            self._print(f"event  {topic:<22} {etype}", indent=3)
+            if details := _brief(data):
+                self._print(details, indent=10)
+        after_metrics = await self._wait_for_counters(step, before_metrics)
         step.moved = {k: (before_metrics.get(k, 0.0), v) for k, v in after_metrics.items()
                       if v != before_metrics.get(k, 0.0)}
-        for name, (old, new) in sorted(step.moved.items()):
-            self.out(f"   metric {name}: {old:g} -> {new:g}")
+        after_state = await self._customer_state()
+        step.changed = {k: (before_state.get(k, ""), v) for k, v in after_state.items()
+                        if v != before_state.get(k, "")}
+        for what, (was, now) in step.changed.items():
+            self._print(f"customer  {what}: {f'{was} -> ' if was else ''}{now}", indent=3)
+        for series, (old, new) in sorted(step.moved.items()):
+            self._print(f"metric  {_series(series)}: {old:g} -> {new:g}", indent=3)
         self.steps.append(step)
         return step
 
-    def _scrape(self) -> dict[str, float]:
+    def _print(self, text: str, indent: int = 0, before: str = "") -> None:
+        """One output line, wrapped at word boundaries (never inside a word)."""
+        lines = textwrap.wrap(text, WIDTH, initial_indent=" " * indent,
+                              subsequent_indent=" " * (indent + 2), break_long_words=False,
+                              break_on_hyphens=False) or [""]
+        self.out(before + "\n".join(lines))
+
+    async def _wait_for_events(self, step: Step, mark: int) -> None:
+        """Until every expected event of the customer arrived, then until its
+        events stop coming (the reactions to the reactions) for a second."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            types = [ty for _, ty, _ in self._mine(mark)]
+            missing = [e for e in step.expect if e not in types]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"step {step.title!r}: no {missing} after {self.wait_s}s; "
+                                 f"saw {types}")
+            await asyncio.sleep(0.2)
+        quiet_until = time.monotonic() + 1.0
+        count = len(self._mine(mark))
+        while time.monotonic() < min(quiet_until, deadline):
+            await asyncio.sleep(0.2)
+            if len(self._mine(mark)) != count:
+                count, quiet_until = len(self._mine(mark)), time.monotonic() + 1.0
+
+    async def _wait_for_counters(self, step: Step, before: dict[str, float]
+                                 ) -> dict[str, float]:
+        """The counters once the step's own moved (each service counts its
+        part when it commits it; at the deadline, as they are) and then two
+        reads a moment apart agree (on a busy stack, at most a few reads)."""
+        deadline = time.monotonic() + self.wait_s
+        now = await self._scrape()
+        while missing := [name for name, labels in step.counters
+                          if not _moved(name, labels, before, now)]:
+            if time.monotonic() > deadline:
+                self._print(f"(no change of {', '.join(missing)} within {self.wait_s:g} s)",
+                            indent=3)
+                return now
+            await asyncio.sleep(0.2)
+            now = await self._scrape()
+        for _ in range(5):
+            await asyncio.sleep(0.3)
+            previous, now = now, await self._scrape()
+            if now == previous:
+                break
+        return now
+
+    async def _scrape(self) -> dict[str, float]:
+        return await asyncio.to_thread(self._scrape_now)
+
+    def _scrape_now(self) -> dict[str, float]:
         values: dict[str, float] = {}
         for url in sorted(set(self.t.metrics.values())):
             try:
@@ -158,6 +226,28 @@ class Demo:
                         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                         values[f"{s.name}{{{labels}}}"] = s.value
         return values
+
+    async def _customer_state(self) -> dict[str, str]:
+        """What the demo's customer looks like to the three services now."""
+        if not self.customer_id:
+            return {}
+        customer = await self.customers.GetCustomer(cpb.GetCustomerRequest(
+            customer_id=self.customer_id), metadata=self.md)
+        cases = await self.interactions.ListCases(ipb.ListCasesRequest(
+            customer_id=self.customer_id), metadata=self.md)
+        profile = await self.loyalty.GetLoyaltyProfile(lpb.GetLoyaltyProfileRequest(
+            customer_id=self.customer_id), metadata=self.md)
+        risk = "no"
+        if customer.at_risk:
+            risk = f"yes ({_words(', '.join(customer.risk_reasons))})"
+        return {
+            "stage": _stage(customer.stage),
+            "purchases": str(customer.purchase_count),
+            "at risk": risk,
+            "cases": _tally(c.status for c in cases.cases),
+            "discounts": _tally(d.status for d in profile.discounts),
+            "follow-ups": _tally(f.status for f in profile.follow_ups),
+        }
 
     async def _advance(self, delta: timedelta) -> None:
         for channel in self.channels.values():
@@ -184,7 +274,8 @@ class Demo:
         await self._step("A potential customer asks by phone",
                          ("interaction.recorded", "customer.registered",
                           "customer.consent_changed", "loyalty.followup_scheduled"),
-                         asks_by_phone)
+                         asks_by_phone,
+                         (("crm_interactions_total", {"channel": "phone", "kind": "inquiry"}),))
 
         async def buys_on_the_web() -> dict[str, Any]:
             await self.interactions.RecordInteraction(ipb.RecordInteractionRequest(
@@ -193,7 +284,10 @@ class Demo:
                 idempotency_key=f"demo-{run}-order-1"), metadata=self.md)
             return {"order": "899.00 EUR on the web shop"}
 
-        await self._step("They buy on the web", ("customer.stage_changed",), buys_on_the_web)
+        await self._step("They buy on the web", ("customer.stage_changed",), buys_on_the_web,
+                         (("crm_interactions_total", {"channel": "web", "kind": "purchase"}),
+                          ("crm_stage_changes_total", {"from_stage": "potential",
+                                                       "to_stage": "one_time"})))
 
         case_id = ""
 
@@ -208,9 +302,11 @@ class Demo:
             case = await self.interactions.ListCases(ipb.ListCasesRequest(
                 customer_id=self.customer_id), metadata=self.md)
             promised = case.cases[0].promised_by.ToDatetime() - case.cases[0].opened_at.ToDatetime()
-            return {"case": case_id, "promised within": str(promised)}
+            return {"case": case_id, "promised within": promised}
 
-        await self._step("They complain in person", ("case.opened",), complains_in_person)
+        await self._step("They complain in person", ("case.opened",), complains_in_person,
+                         (("crm_interactions_total", {"channel": "in_person",
+                                                      "kind": "complaint"}),))
 
         async def promise_breaks() -> dict[str, Any]:
             await self._advance(timedelta(hours=25))
@@ -218,7 +314,10 @@ class Demo:
 
         await self._step("Nobody resolves it: the case breaches its promise",
                          ("case.breached", "customer.dissatisfaction_signal",
-                          "customer.at_risk", "loyalty.discount_issued"), promise_breaks)
+                          "customer.at_risk", "loyalty.discount_issued"), promise_breaks,
+                         (("crm_cases_breached_total", {}),
+                          ("crm_loyalty_actions_total", {"action_type": "discount",
+                                                         "outcome": "performed"})))
 
         async def redeems_and_buys_again() -> dict[str, Any]:
             await self.interactions.ResolveCase(ipb.ResolveCaseRequest(
@@ -245,7 +344,10 @@ class Demo:
 
         await self._step("They redeem the discount on a second purchase and become a repeat "
                          "customer", ("case.resolved", "loyalty.discount_redeemed",
-                                      "customer.stage_changed"), redeems_and_buys_again)
+                                      "customer.stage_changed"), redeems_and_buys_again,
+                         (("crm_loyalty_redemptions_total", {"result": "redeemed"}),
+                          ("crm_stage_changes_total", {"from_stage": "one_time",
+                                                       "to_stage": "repeat"})))
 
         async def a_year_passes() -> dict[str, Any]:
             await self._advance(timedelta(days=366))
@@ -253,18 +355,100 @@ class Demo:
 
         await self._step("A year passes without a purchase: they become former, and a "
                          "win-back offer goes out", ("customer.stage_changed",
-                                                     "loyalty.discount_issued"), a_year_passes)
+                                                     "loyalty.discount_issued"), a_year_passes,
+                         (("crm_stage_changes_total", {"from_stage": "repeat",
+                                                       "to_stage": "former"}),
+                          ("crm_loyalty_actions_total", {"rule": "win-back-offer",
+                                                         "outcome": "performed"})))
         final = await self.customers.GetCustomer(cpb.GetCustomerRequest(
             customer_id=self.customer_id), metadata=self.md)
-        self.out(f"\nThe customer is now {cpb.Stage.Name(final.stage)} after "
-                 f"{final.purchase_count} purchases.")
+        self._print(f"The customer is now {_stage(final.stage)} after "
+                    f"{final.purchase_count} purchases.", before="\n")
+
+
+#: Event fields the demo shows, in this order.
+_SHOWN = ("from_stage", "to_stage", "cause", "kind", "channel", "reason", "reasons",
+          "promised_by", "due_at", "expires_at", "code", "template", "purpose", "list", "late")
+#: Fields whose values are codes with underscores (``one_time``, ``breached_promise``).
+_CODES = {"from_stage", "to_stage", "cause", "kind", "channel", "reason", "reasons",
+          "purpose"}
 
 
 def _brief(data: dict[str, Any]) -> str:
-    keys = ("from_stage", "to_stage", "cause", "kind", "channel", "reason", "reasons",
-            "promised_by", "code", "template", "purpose", "list", "late")
-    parts = [f"{k}={data[k]}" for k in keys if k in data and data[k] not in ("", None)]
-    return " ".join(parts)[:110]
+    """The fields of an event worth a look, in words: ``from stage: one time;
+    to stage: repeat; cause: purchase``."""
+    return "; ".join(f"{k.replace('_', ' ')}: {_human(k, data[k])}" for k in _SHOWN
+                     if k in data and data[k] not in ("", None, []))
+
+
+def _human(key: str, value: Any) -> str:
+    """A value as a person reads it: no Python lists, enum names, booleans or
+    ``timedelta``/ISO-timestamp forms."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, timedelta):
+        return _duration(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(_human(key, v) for v in value)
+    text = str(value)
+    if key.endswith("_at") or key == "promised_by":
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(
+                UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if text.startswith("moot:"):  # a follow-up an event made pointless
+        return f"moot after {text.removeprefix('moot:')}"
+    return _words(text) if key in _CODES else text
+
+
+def _words(code: str) -> str:
+    """``breached_promise`` -> ``breached promise``; anything but a plain
+    code (an event type, a sentence) stays as it is."""
+    return code.replace("_", " ") if re.fullmatch(r"[a-z][a-z0-9_]*", code) else code
+
+
+def _stage(stage: cpb.Stage.ValueType) -> str:
+    """``STAGE_ONE_TIME`` -> ``one time``."""
+    return _words(cpb.Stage.Name(stage).removeprefix("STAGE_").lower())
+
+
+def _duration(delta: timedelta) -> str:
+    """``1 day``, ``2 days``, ``25 h``, ``1 h 30 min``, ``45 min``."""
+    minutes = int(delta.total_seconds() // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    if days and not rest:
+        return f"{days} day{'s' if days > 1 else ''}"
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else ""]
+    return " ".join(p for p in parts if p) or f"{delta.total_seconds():g} s"
+
+
+def _tally(statuses: Iterable[str]) -> str:
+    """``2 scheduled, 1 due`` (``none`` for nothing)."""
+    counts = Counter(statuses)
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+
+
+def _labels(series: str) -> dict[str, str]:
+    inside = series.partition("{")[2].rstrip("}")
+    return dict(part.split("=", 1) for part in inside.split(",") if "=" in part)
+
+
+def _moved(name: str, labels: dict[str, str], before: dict[str, float],
+           now: dict[str, float]) -> bool:
+    """Some series of counter ``name`` whose labels include ``labels`` grew."""
+    return any(series.startswith(name + "{") and value > before.get(series, 0.0)
+               and labels.items() <= _labels(series).items()
+               for series, value in now.items())
+
+
+def _series(series: str) -> str:
+    """``crm_loyalty_actions_total{action_type=discount,reason=,service=loyalty}`` ->
+    ``crm_loyalty_actions_total (action type discount)``: empty labels and the
+    service (the metric's prefix names it) left out."""
+    name = series.partition("{")[0]
+    shown = [f"{k.replace('_', ' ')} {_words(v)}" for k, v in _labels(series).items()
+             if v and k != "service"]
+    return f"{name} ({', '.join(shown)})" if shown else name
 
 
 def load_targets(path: str) -> Targets:

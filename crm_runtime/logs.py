@@ -1,11 +1,14 @@
 """Structured logs and the trace context they carry.
 
-Every log line is one JSON object (``CRM_LOG_FORMAT=json``, the default; ``text``
-for a terminal) with the service, and, when known, the event id, customer id
-and W3C trace id of the work in progress. The context lives in contextvars:
-the consumer sets it for each event it hands to a handler (:func:`each`), the
-gRPC interceptor for each call, and events written meanwhile carry the same
-``traceparent`` (CloudEvents distributed-tracing extension, header
+Log lines are JSON objects when stderr is not a terminal (a container, a file,
+a pipe) and short human lines when it is, the usual convention;
+``CRM_LOG_FORMAT=json`` or ``human`` forces one (``auto``, the default, picks;
+``text`` is an old name of ``human``). A JSON line carries the service, and,
+when known, the event id, customer id and W3C trace id of the work in
+progress; a human line the same ids that are set, after the message. The
+context lives in contextvars: the consumer sets it for each event it hands to
+a handler (:func:`each`), the gRPC interceptor for each call, and events
+written meanwhile carry the same ``traceparent`` (CloudEvents distributed-tracing extension, header
 ``ce_traceparent``), so one customer's story can be followed across the Kafka
 hops and gRPC calls by its trace id.
 """
@@ -16,10 +19,11 @@ import contextlib
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 from crm_runtime import ids, tracing
 
@@ -139,11 +143,56 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+class HumanFormatter(logging.Formatter):
+    """``12:03:04 WARNING customers crm_runtime.consumer: message (customer=...)``:
+    local time, then the ids of the work in progress that are set."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        service = _service.get()
+        context = [f"{name}={value}" for name, value in (
+            ("event", _event_id.get()), ("customer", _customer_id.get()),
+            ("trace", trace_id(_traceparent.get()))) if value]
+        line = (f"{when} {record.levelname:<7} {service + ' ' if service else ''}"
+                f"{record.name}: {record.getMessage()}")
+        if context:
+            line += f"  ({' '.join(context)})"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+#: ``CRM_LOG_FORMAT`` values: ``auto`` picks by the stream, ``text`` is the
+#: old name of ``human``.
+FORMATS = ("auto", "json", "human", "text")
+
+
+def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
+    """``json`` or ``human``: the one asked for, or for ``auto`` human when
+    ``stream`` (default stderr) is a terminal and JSON otherwise."""
+    if fmt == "text":
+        return "human"
+    if fmt in ("json", "human"):
+        return fmt
+    if fmt != "auto":
+        raise ValueError(f"log format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    stream = sys.stderr if stream is None else stream
+    try:
+        return "human" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return "json"
+
+
+def configure(level: str, fmt: str = "auto", stream: TextIO | None = None) -> str:
+    """Send every log record to ``stream`` (default stderr) in ``fmt``;
+    returns the format chosen (``json`` or ``human``)."""
+    chosen = resolve_format(fmt, stream)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if chosen == "json" else HumanFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    # pgserver logs every initdb/pg_ctl command with its whole output at INFO.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    return chosen

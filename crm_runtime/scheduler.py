@@ -2,11 +2,16 @@
 
 Work lives in the service schema's ``scheduled_work`` table; (kind, item_key)
 is unique, so scheduling the same item again moves its due time instead of
-adding a second one. Any number of replicas poll it: each takes due rows with
-``FOR UPDATE SKIP LOCKED`` and runs the handler for the row's kind in the same
-transaction that deletes the row, so the work's effects (state and outbox
+adding a second one. Any number of replicas poll it: each takes a due row
+with ``FOR UPDATE SKIP LOCKED`` and runs the handler for the row's kind in the
+same transaction that deletes the row, so the work's effects (state and outbox
 rows) and its removal commit together: it happens once, even when a replica
 dies mid-way (its lock is released and another replica takes the row).
+
+Lock order: a runner locks one work row, then what its handler locks, and
+commits before it claims the next row. Code that cancels or moves an item and
+also locks the state the item's handler locks should delete the work row
+first, in the same order (as ``ResolveCase`` does).
 
 Time comes from an injectable :class:`~crm_runtime.clock.Clock`.
 """
@@ -122,38 +127,63 @@ class Scheduler:
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
     async def run_due(self) -> int:
-        """Run every item due now (one batch); returns how many ran."""
+        """Run the items due now, at most one batch; returns how many ran.
+
+        Each item is claimed, run and removed in a transaction of its own,
+        so a runner holds the locks of one item at a time: its work row
+        first (claimed ``FOR UPDATE SKIP LOCKED`` in ``(due_at, id)`` order,
+        so it never waits for another runner's row), then whatever the
+        handler locks. Holding a whole batch of claimed rows while the
+        handlers lock their customers, cases or views one after another
+        (in no common order) deadlocked when a clock jump made many items
+        due at once: two runners, or a runner and a consumer cancelling an
+        item of the batch, each waited for a row the other held.
+        """
         now = self._clock.now()
+        kinds = list(self._handlers)
         ran = 0
-        async with self._pool.acquire() as conn, uow.unit_on(conn) as unit:
-            rows = await conn.fetch(
+        async with self._pool.acquire() as conn:
+            for _ in range(self._batch):
+                claimed = await self._run_one(conn, now, kinds)
+                if claimed is None:
+                    break
+                ran += claimed
+        return ran
+
+    async def _run_one(self, conn: Conn, now: datetime, kinds: list[str]) -> int | None:
+        """Claim the first due item no other runner holds and run it in one
+        transaction: 1 if it ran, 0 if it failed (and moved), None if none
+        was due."""
+        async with uow.unit_on(conn) as unit:
+            row = await conn.fetchrow(
                 """SELECT id, kind, item_key, due_at, payload, attempts, traceparent
                      FROM scheduled_work
                     WHERE due_at <= $1 AND kind = ANY($2::text[])
-                    ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED""",
-                now, list(self._handlers), self._batch,
+                    ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED""",
+                now, kinds,
             )
-            for row in rows:
-                work = DueWork(row["kind"], row["item_key"], row["due_at"], row["payload"],
-                               row["attempts"])
-                try:
-                    # A savepoint: one bad item stays alone. The work runs in
-                    # the trace of what scheduled it (a span when tracing is on).
-                    async with uow.savepoint(conn):
-                        with logs.context(traceparent=row["traceparent"],
-                                          span=f"run {work.kind}"):
-                            await self._handlers[work.kind](conn, work)
-                        await conn.execute("DELETE FROM scheduled_work WHERE id = $1", row["id"])
-                    ran += 1
-                    unit.on_commit(metrics.SCHEDULED_FIRED.labels(self._service,
-                                                                  work.kind).inc)
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise
-                    log.error("scheduled %s/%s failed (%s: %s); retrying later", work.kind,
-                              work.key, type(exc).__name__, exc)
-                    await conn.execute(
-                        """UPDATE scheduled_work SET attempts = attempts + 1, last_error = $2,
-                                  due_at = $3 WHERE id = $1""",
-                        row["id"], f"{type(exc).__name__}: {exc}", now + self._retry_after)
-        return ran
+            if row is None:
+                return None
+            work = DueWork(row["kind"], row["item_key"], row["due_at"], row["payload"],
+                           row["attempts"])
+            try:
+                # A savepoint: a failing item is moved, not lost. The work
+                # runs in the trace of what scheduled it (a span when tracing
+                # is on).
+                async with uow.savepoint(conn):
+                    with logs.context(traceparent=row["traceparent"],
+                                      span=f"run {work.kind}"):
+                        await self._handlers[work.kind](conn, work)
+                    await conn.execute("DELETE FROM scheduled_work WHERE id = $1", row["id"])
+                unit.on_commit(metrics.SCHEDULED_FIRED.labels(self._service, work.kind).inc)
+                return 1
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error("scheduled %s/%s failed (%s: %s); retrying later", work.kind,
+                          work.key, type(exc).__name__, exc)
+                await conn.execute(
+                    """UPDATE scheduled_work SET attempts = attempts + 1, last_error = $2,
+                              due_at = $3 WHERE id = $1""",
+                    row["id"], f"{type(exc).__name__}: {exc}", now + self._retry_after)
+                return 0

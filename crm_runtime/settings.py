@@ -168,9 +168,11 @@ class Settings(BaseSettings):
     otel_exporter: str = Field(
         default="none", pattern=r"^(none|console|otlp)$",
         description="OpenTelemetry spans: none, console, or otlp (to OTEL_EXPORTER_OTLP_ENDPOINT).")
-    log_format: str = Field(default="json", pattern=r"^(json|text)$",
-                            description="json: one object per line with event, customer and "
-                                        "trace ids; text: for a terminal.")
+    log_format: str = Field(
+        default="auto", pattern=r"^(auto|json|human|text)$",
+        description="json: one object per line with event, customer and trace ids; human: "
+                    "short lines for a terminal (text is an old name of it); auto: human when "
+                    "stderr is a terminal, else json.")
 
     @field_validator("database_url")
     @classmethod

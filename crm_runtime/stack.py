@@ -13,11 +13,15 @@ is configured.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +48,23 @@ def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
             time.sleep(0.05)
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now (``"is in use"``,
+    or the system's reason), or None when it could. Binds the way the gRPC
+    and metrics servers do (``SO_REUSEADDR``: connections of an earlier run
+    still in TIME_WAIT do not count), then lets go at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "is in use"
+            return f"cannot be used ({exc.strerror or exc})"
+    return None
 
 
 def postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
@@ -134,6 +155,46 @@ class TansuBroker:
             self._proc.wait()
 
 
+def _private_dir(path: Path) -> bool:
+    """A directory (not a symlink) of this user that no one else may enter,
+    as the XDG base directory spec wants ``XDG_RUNTIME_DIR``."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & 0o077)
+
+
+def ensure_runtime_dir() -> Path | None:
+    """Give this process (and its children) an ``XDG_RUNTIME_DIR`` fit for
+    it, and return it (None where the platform has another convention).
+
+    pgserver reads the user runtime directory through platformdirs as soon as
+    it is imported (its lock file is there), and platformdirs warns on stderr
+    when ``XDG_RUNTIME_DIR`` is unset (a container, ``su``, an SSH session
+    without systemd-logind) or is not a private directory, before falling
+    back to ``/run/user/<uid>`` or ``<tmp>/runtime-<uid>``. This makes that
+    fallback the setting: the same directory, so the same lock file as
+    before, without the warning. A valid setting is left alone.
+    """
+    current = os.environ.get("XDG_RUNTIME_DIR")
+    if current and _private_dir(Path(current)):
+        return Path(current)
+    if not current and not sys.platform.startswith("linux"):
+        return None  # macOS and the BSDs have their own default, with no warning
+    uid = os.geteuid()
+    candidates = [Path(f"/run/user/{uid}"), Path(tempfile.gettempdir()) / f"runtime-{uid}"]
+    for path in candidates:
+        if not path.exists() and path.parent == Path(tempfile.gettempdir()):
+            with contextlib.suppress(OSError):
+                path.mkdir(mode=0o700)
+        if _private_dir(path):
+            os.environ["XDG_RUNTIME_DIR"] = str(path)
+            return path
+    return None  # nothing fit: platformdirs warns and finds its own way
+
+
 class EmbeddedPostgres:
     """PostgreSQL from the pgserver wheel, data kept in ``data_dir``."""
 
@@ -142,6 +203,7 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> EmbeddedPostgres:
+        ensure_runtime_dir()  # before pgserver is imported: it reads it then
         from pgserver.postgres_server import get_server
 
         self._data_dir.mkdir(parents=True, exist_ok=True)

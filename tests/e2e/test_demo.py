@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from crm_app.demo import Demo, Targets
+from crm_app.demo import WIDTH, Demo, Targets, _human
 from crm_runtime import metrics
 from crm_runtime.settings import Settings
 from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker, free_port
@@ -59,13 +59,52 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
     assert len(win_back) == 1
     assert win_back[0]["reason"] == "We miss you", win_back
     assert recovery[0]["reason"] == "Compensation for a broken promise", recovery
-    assert any(k.startswith("crm_cases_breached_total") for k in breach.moved)
+    # Counters are read once the step's effects are counted: each moves in
+    # its own step, not in the next one.
+    moved = [{k.partition("{")[0] + _kv(k) for k in s.moved} for s in steps]
+    assert any(k.startswith("crm_interactions_total") and "channel=phone" in k
+               for k in moved[0]), moved[0]
+    assert any("from_stage=potential" in k and "to_stage=one_time" in k
+               for k in moved[1]), moved[1]
+    assert any(k.startswith("crm_cases_breached_total") for k in breach.moved), breach.moved
+    assert not any(k.startswith("crm_cases_breached_total") for s in steps[4:] for k in s.moved)
     assert any(k.startswith("crm_loyalty_actions_total") and "outcome=performed" in k
-               for k in breach.moved), breach.moved
+               and "rule=service-recovery-breach" in k for k in breach.moved), breach.moved
     redeemed = steps[4]
     assert "Compensation for a broken promise" in str(redeemed.facts["discount"]), \
         redeemed.facts  # the service-recovery discount is the one redeemed
     assert any(k.startswith("crm_loyalty_redemptions_total") and "result=redeemed" in k
                for k in redeemed.moved), redeemed.moved
-    assert any("stage=former" in k for k in steps[5].moved)
-    assert lines[-1].strip().startswith("The customer is now STAGE_FORMER after 2 purchases")
+    assert any("from_stage=one_time" in k and "to_stage=repeat" in k for k in redeemed.moved)
+    assert not any("to_stage=former" in k for s in steps[:5] for k in s.moved)
+    assert any("from_stage=repeat" in k and "to_stage=former" in k for k in steps[5].moved)
+    assert any("rule=win-back-offer" in k for k in steps[5].moved), steps[5].moved
+
+    # What changed for the demo's own customer, read from the services (the
+    # gauges sum every customer of the stack), in the step that changed it.
+    stages = [s.changed.get("stage") for s in steps]
+    assert stages == [("", "potential"), ("potential", "one time"), None, None,
+                      ("one time", "repeat"), ("repeat", "former")], stages
+    assert steps[3].changed["at risk"] == ("no", "yes (breached promise)"), steps[3].changed
+    assert steps[2].changed["cases"] == ("none", "1 open"), steps[2].changed
+    assert steps[4].changed["discounts"][1].count("redeemed") == 1, steps[4].changed
+    assert "purchases" not in steps[3].changed and steps[4].changed["purchases"] == ("1", "2")
+
+    # Human values: no enum names, Python lists or timedelta, no cut words.
+    text = "\n".join(lines)
+    for raw in ("STAGE_", "['", "[]", "0:00:00", "day,", "True", "False", "None"):
+        assert raw not in text, f"{raw!r} in the demo output:\n{text}"
+    assert "promised within: 1 day" in text or "promised within: 24 h" in text, text
+    assert "reasons: breached promise" in text, text
+    assert all(len(line) <= WIDTH for line in text.splitlines()), text
+    flowing = " ".join(text.split())
+    for step in steps:  # every value shown is whole, at most wrapped between words
+        for _, _, data in step.events:
+            for key in ("reason", "template", "code"):
+                if data.get(key):
+                    assert f"{key}: {_human(key, data[key])}" in flowing, (key, data[key])
+    assert lines[-1].strip() == "The customer is now former after 2 purchases."
+
+
+def _kv(series: str) -> str:
+    return "{" + series.partition("{")[2]

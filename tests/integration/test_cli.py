@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -332,6 +333,60 @@ async def test_up_again_keeps_the_database_and_the_dev_token(
     await stop_cleanly(second)
 
 
+@pytest.mark.parametrize(("kind", "variable"), [("metrics", "CRM_METRICS_BASE_PORT"),
+                                                 ("gRPC", "CRM_GRPC_BASE_PORT")])
+async def test_up_names_a_busy_port_before_starting_anything(
+        tmp_path: Path, kind: str, variable: str) -> None:
+    """Another program listens on a port a service would take: `crm up` says
+    which port and what for in one line and exits, without a traceback, a
+    banner, or anything started (no embedded database, no dev token)."""
+    grpc_base = free_port_block(len(SERVICES))
+    metrics_base = free_port_block(len(SERVICES), frozenset(range(grpc_base, grpc_base + 3)))
+    second = SERVICES[1]
+    busy = (metrics_base if kind == "metrics" else grpc_base) + 1
+    data_dir = tmp_path / "data"
+    env = crm_env(data_dir, CRM_GRPC_BASE_PORT=str(grpc_base),
+                  CRM_METRICS_BASE_PORT=str(metrics_base))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", busy))
+        taken.listen()
+        result = await run_crm("up", env=env, timeout=60)
+    assert result.returncode != 0, result
+    output = result.stdout + result.stderr
+    assert f"port {busy} ({second} {kind}) is in use" in result.stderr, result
+    assert variable in result.stderr, result
+    assert len(result.stderr.strip().splitlines()) == 1, result
+    assert "Traceback" not in output, result
+    assert "is up" not in output, result
+    assert not data_dir.exists(), "nothing may start before the ports are checked"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PRESENT, reason="no service under services/ to fail")
+async def test_up_names_a_service_that_dies_while_starting_and_prints_no_banner(
+        tmp_path: Path, crm_up: Callable[[Path], Awaitable[CrmUp]]) -> None:
+    """A service dies before it serves: `crm up` names it in one line, prints
+    no banner, stops the rest and exits non-zero."""
+    job = await crm_up(tmp_path / "data")
+    name = PRESENT[0]
+
+    async def services_started() -> bool:
+        if job.proc.returncode is not None:
+            raise AssertionError(f"crm up ended early\n{job.output()}")
+        return any(line.startswith("starting ") for line in job.lines)
+
+    await wait_for(services_started, timeout=START_TIMEOUT, what="the services to start")
+    job.stack_processes()
+    job.service_process(name).send_signal(signal.SIGKILL)  # long before it can serve
+    code = await job.wait_exit(STOP_TIMEOUT, after="after a service died while starting")
+    assert code != 0, job.output()
+    assert f"crm up: {name} was killed by SIGKILL while starting" in job.stderr.read_text(), \
+        job.output()
+    assert not any("is up" in line for line in job.lines), job.output()
+    assert job.lines[-1] == "stopped", job.output()
+    assert job.leftovers() == [], job.output()
+
+
 async def crash_a_service(job: CrmUp) -> str:
     """SIGKILL the first service once it serves; its name."""
     name = PRESENT[0]
@@ -362,3 +417,27 @@ async def test_up_exits_non_zero_when_a_service_dies(
     job = await crm_up(tmp_path / "data")
     await crash_a_service(job)
     assert await job.wait_exit(STOP_TIMEOUT, after="after a service died") != 0
+
+
+# --- no warnings from libraries ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime_dir", ["unset", "not-private", "missing"])
+async def test_commands_print_no_runtime_dir_warning(tmp_path: Path, runtime_dir: str) -> None:
+    """pgserver (the embedded PostgreSQL) reads the user runtime directory
+    through platformdirs when it is imported, which warned on stderr when
+    XDG_RUNTIME_DIR was unset or unfit; no command prints that."""
+    env = crm_env(tmp_path / "data", CRM_LOG_LEVEL="WARNING")
+    env.pop("XDG_RUNTIME_DIR", None)
+    if runtime_dir == "not-private":
+        shared = tmp_path / "run"
+        shared.mkdir(mode=0o755)
+        shared.chmod(0o755)
+        env["XDG_RUNTIME_DIR"] = str(shared)
+    elif runtime_dir == "missing":
+        env["XDG_RUNTIME_DIR"] = str(tmp_path / "no" / "such" / "dir")
+    for args in (["--help"], ["version"], ["migrate"]):  # migrate: embedded PostgreSQL
+        result = await run_crm(*args, env=env, timeout=120)
+        assert result.returncode == 0, result
+        assert result.stderr == "", result
+    assert (tmp_path / "data" / "postgres").is_dir()

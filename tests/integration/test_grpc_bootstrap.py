@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
 from crm_runtime.migrations import migrations_for

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -142,3 +143,54 @@ async def test_due_work_runs_in_the_trace_that_scheduled_it(settings: Settings,
             spans[format(span.context.trace_id, "032x")] = format(span.parent.span_id, "016x")
     assert spans == {logs.trace_id(parent): parent.split("-")[2],
                      logs.trace_id(other): other.split("-")[2]}
+
+
+async def test_many_items_due_at_once_on_two_runners_run_once_without_deadlock(
+        settings: Settings, uid: str) -> None:
+    """A clock jump makes hundreds of items due at once; each handler locks
+    the row of the customer it concerns, as the services' handlers do, and
+    the items of one customer are spread over both runners. Neither runner
+    may hold one item's locks while waiting for another's, so no deadlock."""
+    pool = await _setup(settings, f"sched_jump_{uid}")
+    clock = ManualClock(START)
+    customers = 8
+
+    def handler(replica: int):  # type: ignore[no-untyped-def]
+        async def run(conn: Conn, work: DueWork) -> None:
+            await conn.execute("SELECT 1 FROM customer WHERE id = $1 FOR UPDATE",
+                               work.payload["customer"])
+            await asyncio.sleep(0.002)  # the work between the lock and the commit
+            await conn.execute("UPDATE customer SET n = n + 1 WHERE id = $1",
+                               work.payload["customer"])
+            await conn.execute("INSERT INTO fired VALUES ($1, $2)", work.key, replica)
+
+        return run
+
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("CREATE TABLE customer (id int PRIMARY KEY, n int NOT NULL)")
+            await conn.execute("INSERT INTO customer SELECT i, 0 FROM generate_series(0, $1) i",
+                               customers - 1)
+            shuffled = random.Random(7)
+            for i in range(240):  # all due at the same instant, customers in no order
+                await schedule(conn, "churn", f"c{i}", START + timedelta(hours=1),
+                               {"customer": shuffled.randrange(customers)})
+        runners = [Scheduler(pool, clock, {"churn": handler(n)}, service="t", batch_size=40)
+                   for n in range(2)]
+        clock.advance(timedelta(days=366))
+
+        async def drain(runner: Scheduler) -> None:
+            # run_due raises what the run loop would only log and retry.
+            while await runner.run_due():
+                pass
+
+        await asyncio.wait_for(asyncio.gather(*(drain(r) for r in runners)), 60)
+        rows = await pool.fetch("SELECT item_key, count(*) AS n FROM fired GROUP BY item_key")
+        assert {r["item_key"] for r in rows} == {f"c{i}" for i in range(240)}
+        assert all(r["n"] == 1 for r in rows), [r for r in rows if r["n"] != 1]
+        assert await pool.fetchval("SELECT sum(n) FROM customer") == 240
+        assert await pool.fetchval("SELECT count(*) FROM scheduled_work") == 0
+        replicas = {r["replica"] for r in await pool.fetch("SELECT replica FROM fired")}
+        assert replicas == {0, 1}, "both runners took part"
+    finally:
+        await pool.close()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
+from crm.common.v1 import options_pb2
 from crm.customers.v1 import customers_pb2 as cpb
 from crm.interactions.v1 import interactions_pb2 as ipb
+from crm.loyalty.v1 import loyalty_pb2 as lpb
 from crm.ops.v1 import ops_pb2
 from crm_runtime import limits
 from crm_runtime.grpc_server import MAX_DESCRIPTION, MAX_MESSAGE, _bad_request
@@ -81,3 +85,39 @@ def test_an_error_status_stays_far_below_grpcs_trailer_limit() -> None:
     assert len(detail.field_violations) == 21  # 20 and one saying how many more
     assert detail.field_violations[-1].description == "980 more violations"
     assert all(len(v.description) <= MAX_DESCRIPTION for v in detail.field_violations)
+
+
+def _own_limits_table() -> list[str]:
+    """The doc's rows for every request field with its own limits, from the contracts."""
+    rows = []
+    for module in (cpb, ipb, lpb, ops_pb2):
+        for message in module.DESCRIPTOR.message_types_by_name.values():
+            for field in message.fields:
+                if not field.GetOptions().HasExtension(options_pb2.limits):
+                    continue
+                own = field.GetOptions().Extensions[options_pb2.limits]
+                parts = []
+                if own.HasField("max_length"):
+                    parts.append(f"at most {own.max_length} characters")
+                if own.HasField("min") or own.HasField("max"):
+                    parts.append(f"{limits.limits_of(field).min} to {limits.limits_of(field).max}")
+                if own.HasField("max_items"):
+                    parts.append(f"at most {own.max_items} items")
+                rows.append(f"| `{message.full_name}.{field.name}` | {', '.join(parts)} |")
+    return rows
+
+
+def test_the_integration_guide_lists_every_field_with_its_own_limits() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "integration.md").read_text()
+    table = text.split("<!-- limits:begin -->")[1].split("<!-- limits:end -->")[0]
+    documented = table.strip().splitlines()[2:]
+    expected = _own_limits_table()
+    assert documented == expected, "docs/integration.md (Limits) should read:\n" + "\n".join(
+        expected)
+
+
+def test_the_documented_defaults_are_the_codes() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "integration.md").read_text()
+    assert f"at most {limits.MAX_STRING} characters, no NUL" in text
+    assert f"| integer | {limits.INT_MIN} to {limits.INT_MAX} " in text
+    assert f"| repeated field | at most {limits.MAX_ITEMS} items |" in text
