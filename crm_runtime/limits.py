@@ -49,6 +49,8 @@ class Limits:
     min: int = INT_MIN
     max: int = INT_MAX
     max_items: int = MAX_ITEMS
+    #: Only the count is checked with the request: the method checks each item.
+    items_checked_alone: bool = False
 
 
 @cache
@@ -62,7 +64,8 @@ def limits_of(field: _d.FieldDescriptor) -> Limits:
         max_length=own.max_length if own.HasField("max_length") else default.max_length,
         min=own.min if own.HasField("min") else default.min,
         max=own.max if own.HasField("max") else default.max,
-        max_items=own.max_items if own.HasField("max_items") else default.max_items)
+        max_items=own.max_items if own.HasField("max_items") else default.max_items,
+        items_checked_alone=own.items_checked_alone)
 
 
 def violations(message: Message, prefix: str = "") -> list[tuple[str, str]]:
@@ -85,6 +88,8 @@ def _walk(message: Message, prefix: str) -> Iterator[tuple[str, str]]:
         if field.is_repeated:
             if len(value) > limits.max_items:
                 yield path, f"at most {limits.max_items} items, got {len(value)}"
+                continue
+            if limits.items_checked_alone:
                 continue
             for i, item in enumerate(value):
                 yield from _value(field, limits, item, f"{path}[{i}]")

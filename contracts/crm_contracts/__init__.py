@@ -14,6 +14,7 @@ else of the CRM: the services and the runtime import it.
 - :mod:`crm_contracts.customers`, :mod:`crm_contracts.interactions`,
   :mod:`crm_contracts.loyalty`: the payloads of each service's topic;
 - :mod:`crm_contracts.vocabulary`: channels, kinds, stages, purposes;
+- :mod:`crm_contracts.money`: the bounds of an amount and of a total;
 - :mod:`crm_contracts.contact_points`: phone and e-mail normalisation.
 """
 

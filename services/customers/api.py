@@ -7,15 +7,18 @@ import base64
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
+from crm_contracts.times import check_event_time
 from crm_contracts.vocabulary import Stage
-from crm_runtime import uow
+from crm_runtime import limits, uow
 from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
@@ -28,9 +31,6 @@ T = TypeVar("T")
 _STAGE_TO_PB = {Stage.POTENTIAL: pb.STAGE_POTENTIAL, Stage.ONE_TIME: pb.STAGE_ONE_TIME,
                 Stage.REPEAT: pb.STAGE_REPEAT, Stage.FORMER: pb.STAGE_FORMER}
 _PB_TO_STAGE = {v: k for k, v in _STAGE_TO_PB.items()}
-
-#: Most registrations one RegisterCustomers call takes (customers.proto).
-MAX_REGISTRATIONS = 1000
 
 _PROFILE_FIELDS = ("birth_year", "sex", "buyer_type", "company_name", "socio_economic_band",
                    "personality_notes", "prior_experience_notes", "product_knowledge",
@@ -116,13 +116,16 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
     async def RegisterCustomers(self, request: pb.RegisterCustomersRequest,
                                 context: grpc.aio.ServicerContext
                                 ) -> pb.RegisterCustomersResponse:
+        # The count is checked with the request (customers.proto); each item's
+        # own limits here, so one bad item is refused alone.
         count = len(request.customers)
-        if count > MAX_REGISTRATIONS:
-            raise InvalidArgument("customers", f"at most {MAX_REGISTRATIONS} per call, "
-                                               f"got {count}")
         results: dict[int, pb.RegisterCustomersResult] = {}
         parsed: list[tuple[int, commands.Registration]] = []
         for i, item in enumerate(request.customers):
+            bad = limits.violations(item)
+            if bad:
+                results[i] = _refused(i, *bad[0])
+                continue
             try:
                 parsed.append((i, registration_from_pb(item)))
             except InvalidArgument as exc:
@@ -192,13 +195,17 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         customer_id = parse_uuid(request.customer_id)
         if not request.HasField("amount"):
             raise InvalidArgument("amount", "required")
-        occurred = (request.occurred_at.ToDatetime(tzinfo=self._ctx.clock.now().tzinfo)
-                    if request.HasField("occurred_at") else self._ctx.clock.now())
+        now = self._ctx.clock.now()
+        given = request.HasField("occurred_at")
+        occurred = check_event_time(event_time(request.occurred_at, "occurred_at"), now,
+                                    "occurred_at") if given else now
+
         async def purchase(conn: Conn) -> store.CustomerRecord:
             counted_for = await commands.record_purchase(
                 conn, self._ctx, customer_id, purchase_id=request.purchase_id,
                 amount_minor=request.amount.amount_minor, currency=request.amount.currency,
-                occurred_at=occurred, causing_event_id=f"grpc:purchase:{request.purchase_id}")
+                occurred_at=occurred, causing_event_id=f"grpc:purchase:{request.purchase_id}",
+                time_given=given)
             return await store.load(conn, counted_for)
 
         return self._out(await uow.run(self._pool, purchase))
@@ -284,6 +291,15 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         await uow.run(self._pool, lambda c: privacy.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
 
+
+
+def event_time(value: Timestamp, field: str) -> datetime:
+    """A request's Timestamp as an aware datetime; ``InvalidArgument`` naming
+    ``field`` when the calendar cannot hold it (seconds beyond year 9999)."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise InvalidArgument(field, f"{value.seconds} seconds is not a time ({exc})") from None
 
 
 def _stage_filter(value: pb.Stage.ValueType) -> str | None:

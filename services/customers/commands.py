@@ -18,6 +18,7 @@ schedule) that splitting them further would scatter.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from crm_contracts.customers import (
     PurchaseRecorded,
     StageChanged,
 )
+from crm_contracts.money import total_overflow
+from crm_contracts.times import check_event_time
 from crm_contracts.vocabulary import Stage
 from crm_runtime import logs, scheduler, uow
 from crm_runtime.db import Conn
@@ -52,6 +55,8 @@ from crm_runtime.ids import read_uuid
 from crm_runtime.uow import CommandContext
 from services.customers import domain, metrics, segments, store
 from services.customers.domain import Identity, StageCause, StageChange
+
+log = logging.getLogger(__name__)
 
 SOURCE = "/crm/customers"
 CHURN = "customers.churn"
@@ -97,10 +102,23 @@ async def segment_keys_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
     if not ids:
         return keys
     for seg in await ctx.segments.get(conn):
-        compiled = segments.compile_sql(seg["definition"], ctx.clock.now())
+        compiled = _compiled(seg, ctx.clock.now())
+        if compiled is None:
+            continue
         for cid in await store.matching_ids(conn, ids, compiled.sql, compiled.params):
             keys[cid].append(seg["name"])
     return {cid: sorted(names) for cid, names in keys.items()}
+
+
+def _compiled(seg: Any, now: datetime) -> segments.Compiled | None:
+    """A stored segment's filter as SQL; None (and a warning) for one that no
+    longer validates (stored before a check was added, e.g. a number beyond
+    ``bigint``): it matches no one rather than failing every purchase."""
+    try:
+        return segments.compile_sql(seg["definition"], now)
+    except InvalidArgument as exc:
+        log.warning("segment %s is skipped: its filter is invalid (%s)", seg["name"], exc)
+        return None
 
 
 async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
@@ -240,7 +258,11 @@ async def update(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, expected_v
 
 @dataclass(frozen=True)
 class Purchase:
-    """A sale to count for a customer, from an event or a gRPC call."""
+    """A sale to count for a customer, from an event or a gRPC call.
+
+    ``time_given``: whether the caller said when the sale happened (a gRPC
+    call may leave it out, meaning now); only a given time must match when
+    the same purchase id comes again."""
 
     customer_id: uuid.UUID
     purchase_id: str
@@ -249,15 +271,18 @@ class Purchase:
     occurred_at: datetime
     causing_event_id: str
     traceparent: str = ""
+    time_given: bool = True
 
 
 async def record_purchase(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
                           purchase_id: str, amount_minor: int, currency: str,
-                          occurred_at: datetime, causing_event_id: str) -> uuid.UUID:
+                          occurred_at: datetime, causing_event_id: str,
+                          time_given: bool = True) -> uuid.UUID:
     """Count one purchase (see :func:`record_purchases`); returns the id it
     counted for (a merged id's survivor)."""
     [counted_for] = await record_purchases(conn, ctx, [Purchase(
-        customer_id, purchase_id, amount_minor, currency, occurred_at, causing_event_id)])
+        customer_id, purchase_id, amount_minor, currency, occurred_at, causing_event_id,
+        time_given=time_given)])
     return counted_for
 
 
@@ -267,11 +292,22 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
     the events, for a whole batch with one statement per step (so a consumed
     batch costs a handful of round trips, not a handful per purchase).
     Purchases of one customer apply in the order given. Erased customers are
-    skipped: a late purchase event must not bring their data back."""
+    skipped: a late purchase event must not bring their data back.
+
+    Refused (nothing of the call or batch is written): an amount beyond the
+    per-purchase maximum or a time outside the event window
+    (``InvalidArgument``; :class:`~crm_contracts.money.OutOfRange` for
+    amounts), a purchase that would take the customer's total in its
+    currency past what a 64-bit integer holds (``OutOfRange``), and a
+    purchase id the customer used before for another amount, currency or
+    time (``AlreadyExists``). A purchase id is the customer's own: another
+    customer's sale with the same id is a different sale."""
+    now = ctx.clock.now()
     checked = []
     for p in purchases:
         if not p.purchase_id:
             raise InvalidArgument("purchase_id", "required (the selling system's id of the sale)")
+        check_event_time(p.occurred_at, now, "occurred_at")
         checked.append((p, domain.check_money(p.amount_minor, p.currency)))
     targets = await store.resolve_many(conn, sorted({p.customer_id for p in purchases}))
     for p in purchases:
@@ -282,7 +318,7 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
     new = await store.insert_purchases(conn, [
         (targets[p.customer_id], p.purchase_id, p.amount_minor, cur, p.occurred_at,
          p.causing_event_id) for p, cur in live])
-    now = ctx.clock.now()
+    await _same_sales(conn, [(targets[p.customer_id], p, cur) for p, cur in live], new)
     pending: list[tuple[uuid.UUID, list[EventPayload], str]] = []
     spend: dict[tuple[uuid.UUID, str], int] = {}
     history: list[tuple[uuid.UUID, str, str, str, str, datetime]] = []
@@ -309,7 +345,10 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
                             change.cause.value, p.causing_event_id, now))
         pending.append((cid, payloads, p.traceparent or logs.current_traceparent()))
         changed[cid] = rec
-    await store.add_spend_many(conn, spend)
+    refused = await store.add_spend_many(conn, spend)
+    if refused:
+        cid, cur = refused[0]
+        raise total_overflow(cur, f"customer {cid}")
     await store.add_stage_history_many(conn, history)
     await store.save_purchase_state_many(conn, list(changed.values()), now)
     await _schedule_churn_many(conn, ctx, list(changed.values()),
@@ -322,6 +361,38 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
     return [targets[p.customer_id] for p in purchases]
 
 
+async def _same_sales(conn: Conn, purchases: list[tuple[uuid.UUID, Purchase, str]],
+                      new: set[tuple[uuid.UUID, str]]) -> None:
+    """``AlreadyExists`` naming the purchase id when a purchase repeats one
+    of its customer's purchase ids (counted before, or earlier in the batch)
+    with another amount, currency or (given) time: a retry must send the same
+    sale. Reads only when a purchase id was seen before."""
+    first: dict[tuple[uuid.UUID, str], tuple[int, str, datetime]] = {}
+    repeated: list[tuple[uuid.UUID, Purchase, str]] = []
+    for cid, p, cur in purchases:
+        key = (cid, p.purchase_id)
+        if key in new and key not in first:
+            first[key] = (p.amount_minor, cur, p.occurred_at)
+        else:
+            repeated.append((cid, p, cur))
+    if not repeated:
+        return
+    stored = await store.purchases_by_id(conn, sorted({(cid, p.purchase_id)
+                                                      for cid, p, _ in repeated
+                                                      if (cid, p.purchase_id) not in first}))
+    for cid, p, cur in repeated:
+        key = (cid, p.purchase_id)
+        amount, currency, at = first.get(key) or stored[key]
+        if (amount, currency.strip()) != (p.amount_minor, cur) or (
+                p.time_given and at != p.occurred_at):
+            raise AlreadyExists(
+                f"purchase_id {p.purchase_id!r} of customer {cid} was recorded with "
+                f"{amount} {currency.strip()} at {at.isoformat()}; this one says "
+                f"{p.amount_minor} {cur}" + (f" at {p.occurred_at.isoformat()}"
+                                              if p.time_given else "")
+                + ": a retry sends the same sale, another sale needs another purchase_id")
+
+
 async def churn_windows_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
                             ) -> dict[uuid.UUID, timedelta]:
     """The churn window of each customer: the shortest of the segments (with an
@@ -331,7 +402,9 @@ async def churn_windows_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
     for seg in await ctx.segments.get(conn):  # shortest window first
         if not pending or seg["churn_window_days"] is None:
             break
-        compiled = segments.compile_sql(seg["definition"], ctx.clock.now())
+        compiled = _compiled(seg, ctx.clock.now())
+        if compiled is None:
+            continue
         for cid in await store.matching_ids(conn, sorted(pending), compiled.sql,
                                             compiled.params):
             windows[cid] = timedelta(days=seg["churn_window_days"])
@@ -347,10 +420,12 @@ async def _schedule_churn_many(conn: Conn, ctx: Context, recs: list[store.Custom
     if not recs:
         return
     windows = await churn_windows_for(conn, ctx, [r.customer_id for r in recs])
+    due = {r.customer_id: domain.churn_due(r.last_purchase_at, windows[r.customer_id])
+           for r in recs if r.last_purchase_at is not None}
+    recs = [r for r in recs if due.get(r.customer_id) is not None]
     await scheduler.schedule_many(conn, CHURN, [
-        (str(r.customer_id), domain.churn_due(r.last_purchase_at, windows[r.customer_id]),
-         {"window_days": windows[r.customer_id].days})
-        for r in recs if r.last_purchase_at is not None],
+        (str(r.customer_id), due_at, {"window_days": windows[r.customer_id].days})
+        for r in recs if (due_at := due[r.customer_id]) is not None],
         traceparents=[(traces or {}).get(r.customer_id, "") for r in recs])
 
 
@@ -560,8 +635,9 @@ async def _reassess_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID,
         await emit_named(conn, ctx, customer_id, CustomerAtRisk(
             customer_id=str(customer_id), reasons=reasons, causing_event_id=causing_event_id))
         live = [at for _, at in signals if now - at < domain.RISK_WINDOW]
-        await scheduler.schedule(conn, RISK_REVIEW, str(customer_id),
-                                 min(live) + domain.RISK_WINDOW)
+        review_at = domain.plus(min(live), domain.RISK_WINDOW)
+        if review_at is not None:
+            await scheduler.schedule(conn, RISK_REVIEW, str(customer_id), review_at)
     elif was_at_risk:
         await emit_named(conn, ctx, customer_id, CustomerRiskCleared(
             customer_id=str(customer_id), causing_event_id=causing_event_id))

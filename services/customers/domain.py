@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_contracts.contact_points import normalise_email, normalise_phone
+from crm_contracts.money import check_amount_minor
 from crm_contracts.vocabulary import CONTACT_CHANNELS, Stage
 from crm_runtime.errors import InvalidArgument
 
@@ -114,8 +115,19 @@ def is_recovery(csat: int | None, nps: int | None) -> bool:
     return (csat is None or csat >= 4) and (nps is None or nps >= 7)
 
 
-def churn_due(last_purchase_at: datetime, window: timedelta) -> datetime:
-    return last_purchase_at + window
+def churn_due(last_purchase_at: datetime, window: timedelta) -> datetime | None:
+    """When the churn window of a customer ends; None when the calendar
+    cannot hold it (a last purchase stored as ``infinity`` before event times
+    were checked): such a customer never churns."""
+    return plus(last_purchase_at, window)
+
+
+def plus(at: datetime, delta: timedelta) -> datetime | None:
+    """``at + delta``, or None past the end of the calendar."""
+    try:
+        return at + delta
+    except OverflowError:
+        return None
 
 
 def age_band(birth_year: int | None, today_year: int) -> str:
@@ -200,12 +212,15 @@ def _unique(values: object) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def check_money(amount_minor: int, currency: str) -> str:
-    if amount_minor < 0:
-        raise InvalidArgument("amount.amount_minor", f"must not be negative, got {amount_minor}")
+def check_money(amount_minor: int, currency: str, field: str = "amount") -> str:
+    """The currency's code, once the amount is 0 to the per-purchase maximum
+    (:data:`crm_contracts.money.MAX_PURCHASE_MINOR`); ``InvalidArgument``
+    (:class:`~crm_contracts.money.OutOfRange` for the amount) otherwise."""
+    check_amount_minor(amount_minor, f"{field}.amount_minor" if field else "amount_minor")
     code = currency.strip().upper()
     if not re.fullmatch(r"[A-Z]{3}", code):
-        raise InvalidArgument("amount.currency", f"{currency!r} is not an ISO 4217 code like 'EUR'")
+        raise InvalidArgument(f"{field}.currency" if field else "currency",
+                              f"{currency!r} is not an ISO 4217 code like 'EUR'")
     return code
 
 

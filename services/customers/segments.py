@@ -41,8 +41,11 @@ class FieldSpec:
 _FIELDS: dict[str, FieldSpec] = {
     "stage": FieldSpec("text", _TEXT_OPS, "c.stage", STAGES),
     "purchase_count": FieldSpec("int", _NUMERIC_OPS, "c.purchase_count"),
+    # isfinite: a time stored as -infinity (before event times were checked)
+    # is unknown here, not an error of every query that meets it.
     "days_since_last_purchase": FieldSpec(
-        "int", _NUMERIC_OPS, "extract(day FROM {now} - c.last_purchase_at)::int"),
+        "int", _NUMERIC_OPS, "CASE WHEN isfinite(c.last_purchase_at) THEN "
+                             "extract(day FROM {now} - c.last_purchase_at)::int END"),
     "days_since_registered": FieldSpec(
         "int", _NUMERIC_OPS, "extract(day FROM {now} - c.created_at)::int"),
     "do_not_contact": FieldSpec("bool", _BOOL_OPS, "c.do_not_contact"),
@@ -65,6 +68,9 @@ _FIELDS: dict[str, FieldSpec] = {
 _MONEY = re.compile(r"^total_spent\.([A-Z]{3})$")
 _CONSENT = re.compile(r"^consent\.([a-z_]+)$")
 MAX_NODES = 50
+#: The integers a comparison may hold: what PostgreSQL's ``bigint`` holds
+#: (spend totals are ``bigint``; every other number is smaller).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -131,6 +137,9 @@ def _check_value(spec: FieldSpec, op: str, value: Any, path: str) -> None:
     if spec.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidArgument(path, f"must be an integer, got {value!r}")
+        if not INT_MIN <= value <= INT_MAX:
+            raise InvalidArgument(path, f"{value} is out of range: integers are "
+                                        f"{INT_MIN} to {INT_MAX}")
     elif spec.kind == "bool":
         if not isinstance(value, bool):
             raise InvalidArgument(path, f"must be true or false, got {value!r}")
@@ -177,7 +186,8 @@ def compile_sql(node: Any, now: datetime, params: list[Any] | None = None) -> Co
         op, value = n["op"], n["value"]
         if spec.kind == "list":
             return f"coalesce({expr} ? {bind(value, 'text')}, false)"
-        cast = {"int": "int", "bool": "boolean", "text": "text"}[spec.kind]
+        # bigint: totals are (and every other number fits in one).
+        cast = {"int": "bigint", "bool": "boolean", "text": "text"}[spec.kind]
         if op == "in":
             return f"({expr} = ANY({bind(value, 'text[]')}))"
         sql_op = "<>" if op == "!=" else op

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from crm_contracts.money import MAX_TOTAL_MINOR
 from crm_contracts.vocabulary import Stage
 from crm_runtime.db import Conn
-from crm_runtime.errors import NotFound
+from crm_runtime.errors import FailedPrecondition, NotFound
 from services.customers.domain import ConsentRecord as ConsentRecord
 from services.customers.domain import CustomerRecord as CustomerRecord
 from services.customers.domain import Identity
@@ -68,8 +69,18 @@ async def load_many(conn: Conn, ids: list[uuid.UUID]) -> list[CustomerRecord]:
     return [_record(by_id[i]) for i in ids if i in by_id]
 
 
+def aware(value: datetime) -> datetime:
+    """A ``timestamptz`` as read, always with its offset: asyncpg reads
+    PostgreSQL's ``infinity`` and ``-infinity`` (rows written before event
+    times were checked: a year-1 time is stored as ``-infinity``) as naive
+    ``datetime.max`` and ``datetime.min``; they become the same instants in
+    UTC, so they compare with aware times and are written back unchanged."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def _record(row: Any) -> CustomerRecord:
-    values = dict(row)
+    values: dict[str, Any] = {k: aware(v) if isinstance(v, datetime) else v
+                              for k, v in dict(row).items()}
     related = {k: values.pop(k) for k in _LISTS if k in values}
     rec = CustomerRecord(**{**values, "stage": Stage(row["stage"]),
                             "risk_reasons": list(row["risk_reasons"])})
@@ -135,28 +146,6 @@ async def save_core(conn: Conn, rec: CustomerRecord, now: datetime) -> int:
     rec.version = version
     rec.updated_at = now
     return version
-
-
-async def insert_purchase(conn: Conn, customer_id: uuid.UUID, purchase_id: str,
-                          amount_minor: int, currency: str, occurred_at: datetime,
-                          causing_event_id: str) -> bool:
-    """Record a purchase once; False when this purchase id was counted before."""
-    # One round trip: the spend moves only if the purchase was new.
-    counted = await conn.fetchval(
-        """WITH p AS (
-               INSERT INTO purchases (customer_id, purchase_id, amount_minor, currency,
-                                      occurred_at, causing_event_id)
-               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
-               RETURNING customer_id, currency, amount_minor),
-           s AS (
-               INSERT INTO customer_spend (customer_id, currency, total_minor)
-               SELECT * FROM p
-               ON CONFLICT (customer_id, currency)
-               DO UPDATE SET total_minor = customer_spend.total_minor + EXCLUDED.total_minor
-               RETURNING 1)
-           SELECT count(*) FROM s""",
-        customer_id, purchase_id, amount_minor, currency, occurred_at, causing_event_id)
-    return bool(counted)
 
 
 async def set_consent(conn: Conn, customer_id: uuid.UUID, purpose: str, granted: bool,
@@ -292,8 +281,16 @@ async def recompute_purchases(conn: Conn, rec: CustomerRecord) -> None:
         """SELECT count(*) AS n, min(occurred_at) AS first, max(occurred_at) AS last
              FROM purchases WHERE customer_id = $1""", rec.customer_id)
     assert row is not None
-    rec.purchase_count, rec.first_purchase_at, rec.last_purchase_at = (
-        row["n"], row["first"], row["last"])
+    rec.purchase_count = row["n"]
+    rec.first_purchase_at = aware(row["first"]) if row["first"] is not None else None
+    rec.last_purchase_at = aware(row["last"]) if row["last"] is not None else None
+    over = await conn.fetchval(
+        """SELECT min(currency) FROM (SELECT currency FROM purchases WHERE customer_id = $1
+                                        GROUP BY currency HAVING sum(amount_minor) > $2) o""",
+        rec.customer_id, MAX_TOTAL_MINOR)
+    if over is not None:
+        raise FailedPrecondition(f"the purchases of both customers add up to more in {over} "
+                                 f"than a total can hold ({MAX_TOTAL_MINOR} minor units)")
     await conn.execute("DELETE FROM customer_spend WHERE customer_id = $1", rec.customer_id)
     await conn.execute(
         """INSERT INTO customer_spend (customer_id, currency, total_minor)
@@ -365,7 +362,7 @@ async def add_risk_signal(conn: Conn, customer_id: uuid.UUID, event_id: str, rea
 async def risk_signals(conn: Conn, customer_id: uuid.UUID) -> list[tuple[str, datetime]]:
     rows = await conn.fetch(
         "SELECT reason, occurred_at FROM risk_signals WHERE customer_id = $1", customer_id)
-    return [(r["reason"], r["occurred_at"]) for r in rows]
+    return [(r["reason"], aware(r["occurred_at"])) for r in rows]
 
 
 async def clear_risk_signals(conn: Conn, customer_id: uuid.UUID, up_to: datetime) -> None:
@@ -406,16 +403,45 @@ async def insert_purchases(conn: Conn, rows: list[tuple[uuid.UUID, str, int, str
     return {(r["customer_id"], r["purchase_id"]) for r in got}
 
 
-async def add_spend_many(conn: Conn, deltas: dict[tuple[uuid.UUID, str], int]) -> None:
+async def add_spend_many(conn: Conn, deltas: dict[tuple[uuid.UUID, str], int]
+                         ) -> list[tuple[uuid.UUID, str]]:
+    """Add to the customers' totals, in one statement; returns the (customer,
+    currency) totals that would pass :data:`MAX_TOTAL_MINOR` and were left
+    as they were (the caller refuses the purchase; the sum is taken in
+    ``numeric``, so it never overflows the ``bigint`` column on the way)."""
     if not deltas:
-        return
-    keys = list(deltas)
-    await conn.execute(
-        """INSERT INTO customer_spend (customer_id, currency, total_minor)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
-           ON CONFLICT (customer_id, currency)
-           DO UPDATE SET total_minor = customer_spend.total_minor + EXCLUDED.total_minor""",
-        [k[0] for k in keys], [k[1] for k in keys], [deltas[k] for k in keys])
+        return []
+    over = [k for k, delta in deltas.items() if delta > MAX_TOTAL_MINOR]
+    keys = [k for k in deltas if deltas[k] <= MAX_TOTAL_MINOR]
+    rows = await conn.fetch(
+        """WITH d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
+                          AS d(customer_id, currency, delta)),
+           added AS (
+               INSERT INTO customer_spend (customer_id, currency, total_minor)
+               SELECT customer_id, currency, delta FROM d
+               ON CONFLICT (customer_id, currency)
+               DO UPDATE SET total_minor = customer_spend.total_minor + EXCLUDED.total_minor
+                WHERE customer_spend.total_minor::numeric + EXCLUDED.total_minor <= $4
+               RETURNING customer_id, currency)
+           SELECT d.customer_id, d.currency FROM d
+            WHERE NOT EXISTS (SELECT 1 FROM added a WHERE a.customer_id = d.customer_id
+                                 AND a.currency = d.currency)""",
+        [k[0] for k in keys], [k[1] for k in keys], [deltas[k] for k in keys], MAX_TOTAL_MINOR)
+    return over + [(r["customer_id"], r["currency"]) for r in rows]
+
+
+async def purchases_by_id(conn: Conn, keys: list[tuple[uuid.UUID, str]]
+                          ) -> dict[tuple[uuid.UUID, str], tuple[int, str, datetime]]:
+    """(amount, currency, time) of these (customer, purchase id) purchases."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """SELECT p.customer_id, p.purchase_id, p.amount_minor, p.currency, p.occurred_at
+             FROM purchases p, unnest($1::uuid[], $2::text[]) AS k(customer_id, purchase_id)
+            WHERE p.customer_id = k.customer_id AND p.purchase_id = k.purchase_id""",
+        [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["customer_id"], r["purchase_id"]): (r["amount_minor"], r["currency"],
+                                                   aware(r["occurred_at"])) for r in rows}
 
 
 async def add_stage_history_many(conn: Conn, rows: list[tuple[uuid.UUID, str, str, str, str,

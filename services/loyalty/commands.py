@@ -31,6 +31,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeAlias, get_args
 
 from crm_contracts.customers import (
@@ -56,6 +57,7 @@ from crm_contracts.loyalty import (
     FollowUpDue,
     NewsletterUnsubscribed,
 )
+from crm_contracts.times import check_event_time
 from crm_runtime import ids, logs, scheduler
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument
@@ -122,6 +124,30 @@ def _read_uuid(raw: str, name: str) -> uuid.UUID:
         return ids.read_uuid(raw)
     except (ValueError, TypeError, AttributeError):
         raise PoisonMessage("invalid_payload", f"{name}: {raw!r} is not a UUID") from None
+
+
+#: The most purchases a view counts (its ``integer`` column).
+MAX_COUNT = 2**31 - 1
+
+
+def _count(value: int, name: str = "purchase_count") -> int:
+    """A count from an event, if the view's column holds it; a
+    ``PoisonMessage`` (``out_of_range``) naming the field otherwise."""
+    if not 0 <= value <= MAX_COUNT:
+        raise PoisonMessage("out_of_range", f"{name}: {value} is not 0 to {MAX_COUNT}")
+    return value
+
+
+def _event_time(value: datetime, now: datetime) -> datetime | None:
+    """When something happened, if it can be (with an offset, from 2000 to a
+    little ahead of ``now``: :func:`crm_contracts.times.check_event_time`);
+    None otherwise, so an implausible time (a naive one, a year-1 one that
+    PostgreSQL stores as ``-infinity``) never meets the aware times of the
+    view."""
+    try:
+        return check_event_time(value, now, "occurred_at")
+    except InvalidArgument:
+        return None
 
 
 @functools.singledispatch
@@ -209,7 +235,7 @@ async def _stage_changed(data: StageChanged, batch: Batch, env: Envelope,
     if view is None:
         return
     view.stage = data.to_stage
-    view.purchase_count = data.purchase_count
+    view.purchase_count = _count(data.purchase_count)
     view.segments = list(data.segment_keys)
     batch.save(view)
     await _react(batch, view, env, rules)
@@ -221,8 +247,14 @@ async def _purchase_recorded(data: PurchaseRecorded, batch: Batch, env: Envelope
     view = await _live_view(batch, data.customer_id)
     if view is None:
         return
-    view.purchase_count = max(view.purchase_count, data.purchase_count)
-    view.last_purchase_at = max(filter(None, [view.last_purchase_at, data.occurred_at]))
+    view.purchase_count = max(view.purchase_count, _count(data.purchase_count))
+    occurred_at = _event_time(data.occurred_at, batch.now)
+    if occurred_at is None:
+        log.warning("customer %s: purchase %s has an implausible time (%s); the last "
+                    "purchase stays %s", view.customer_id, data.purchase_id,
+                    data.occurred_at.isoformat(), view.last_purchase_at)
+    else:
+        view.last_purchase_at = max(filter(None, [view.last_purchase_at, occurred_at]))
     batch.save(view)
     await _react(batch, view, env, rules)
 
@@ -297,7 +329,7 @@ async def _merged(data: CustomersMerged, batch: Batch, env: Envelope,
                   rules: list[StoredRule]) -> None:
     await merge(batch, _read_uuid(data.customer_id, "customer_id"),
                 _read_uuid(data.merged_customer_id, "merged_customer_id"),
-                stage=data.stage, purchase_count=data.purchase_count)
+                stage=data.stage, purchase_count=_count(data.purchase_count))
 
 
 @_apply.register

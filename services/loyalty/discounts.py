@@ -10,9 +10,10 @@ import uuid
 from typing import Any
 
 from crm_contracts.loyalty import DiscountExpiring, DiscountRedeemed
+from crm_contracts.money import check_amount_minor
 from crm_runtime import scheduler, uow
 from crm_runtime.db import Conn
-from crm_runtime.errors import FailedPrecondition, InvalidArgument
+from crm_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from services.loyalty import domain, metrics, store
 from services.loyalty.domain import Purpose
 from services.loyalty.unit import DISCOUNT_EXPIRING, Batch, Context
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def check_order(order_minor: int, currency: str) -> str:
-    if order_minor < 0:
-        raise InvalidArgument("order_amount.amount_minor", f"must not be negative, got "
-                                                           f"{order_minor}")
+    """The order's currency code, once its amount is 0 to the most one
+    amount may be (:data:`crm_contracts.money.MAX_AMOUNT_MINOR`, so a
+    percentage of it never overflows); ``InvalidArgument`` otherwise."""
+    check_amount_minor(order_minor, "order_amount.amount_minor")
     code = currency.strip().upper()
     if len(code) != 3 or not code.isalpha():
         raise InvalidArgument("order_amount.currency", f"{currency!r} is not an ISO 4217 code "
@@ -54,7 +56,11 @@ async def redeem_discount(conn: Conn, ctx: Context, code: str, *, order_id: str,
                           currency: str) -> Any:
     """Use a code once. Of concurrent calls exactly one wins (one UPDATE whose
     WHERE holds only while the code is unused); a retry with the same order id
-    returns the same redemption; others fail with the reason."""
+    and order (amount, currency) returns the same redemption, the same order
+    id with another order is ``AlreadyExists``; others fail with the reason.
+    A code issued to someone other than ``customer_id`` (when given) is
+    refused before anything, so a redemption is never answered to another
+    customer."""
     order_id = order_id.strip()
     if not order_id:
         raise InvalidArgument("order_id", "required: the checkout's id of the order")
@@ -69,6 +75,7 @@ async def redeem_discount(conn: Conn, ctx: Context, code: str, *, order_id: str,
     if won is None:
         fresh = await store.discount_by_code(conn, code)
         if fresh["redeemed_at"] is not None and fresh["order_id"] == order_id:
+            _same_order(fresh, order_minor, currency)
             return fresh
         metrics.REDEMPTIONS.labels(store.SCHEMA, "refused").inc()
         reason = domain.redeem_refusal(store.discount_state(fresh), batch.now, order_minor,
@@ -82,6 +89,24 @@ async def redeem_discount(conn: Conn, ctx: Context, code: str, *, order_id: str,
         redeemed_at=batch.now))
     await batch.flush()
     return won
+
+
+def _same_order(row: Any, order_minor: int, currency: str) -> None:
+    """A retry with the order id of the code's redemption must be that order
+    (amount and currency); ``AlreadyExists`` naming the order id otherwise,
+    never the earlier redemption as if it were this one. Redemptions stored
+    before the order amount was kept are compared by what came off."""
+    if row["order_minor"] is not None:
+        same = (row["order_minor"], row["currency"].strip()) == (order_minor, currency)
+    else:
+        same = row["currency"].strip() == currency and row["discount_minor"] == (
+            domain.discount_amount(store.discount_state(row), order_minor))
+    if not same:
+        raise AlreadyExists(
+            f"discount code {row['code']} was redeemed for order_id {row['order_id']!r} with "
+            + (f"an order of {row['order_minor']} {row['currency'].strip()}"
+               if row["order_minor"] is not None else "another order")
+            + f", not {order_minor} {currency}: a retry sends the same order")
 
 
 async def discount_expiring(conn: Conn, ctx: Context, discount_id: uuid.UUID) -> None:

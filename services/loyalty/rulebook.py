@@ -125,9 +125,9 @@ class RuleBook:
             revision = await store.rules_revision(conn)
         if revision != self._revision:
             rows = await store.all_rules(conn)
-            self._rules = [StoredRule(parse_rule(dict(r["definition"])), r["version"],
-                                      r["origin"], r["updated_at"], r["updated_by"])
-                           for r in rows]
+            self._rules = [StoredRule(rule, r["version"], r["origin"], r["updated_at"],
+                                      r["updated_by"])
+                           for r in rows if (rule := _stored_rule(r)) is not None]
             self.cancel_types = frozenset(await store.cancel_types(conn))
             self._revision = revision
         return self._rules
@@ -141,6 +141,19 @@ class RuleBook:
             if stored.rule.id == rule_id:
                 return stored
         raise NotFound("rule", rule_id)
+
+
+def _stored_rule(row: Any) -> Rule | None:
+    """A stored rule; None (and an error logged) for one that no longer
+    validates (stored before a check was added, e.g. a delay or an amount
+    beyond the limits): it does nothing until UpsertRule replaces it, rather
+    than failing every event."""
+    try:
+        return parse_rule(dict(row["definition"]), f"rule {row['rule_id']}")
+    except InvalidArgument as exc:
+        log.error("rule %s (version %s) is ignored: %s; replace it with UpsertRule",
+                  row["rule_id"], row["version"], exc)
+        return None
 
 
 async def upsert(conn: Conn, rule: Rule, *, expected_version: int, actor: str, note: str,

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from crm_contracts.base import EventPayload
+from crm_contracts.money import MAX_AMOUNT_MINOR
 from crm_contracts.vocabulary import STAGES
 from crm_runtime import ids
 from crm_runtime.errors import InvalidArgument
@@ -242,15 +243,28 @@ _SLUG = r"^[a-z][a-z0-9_-]{0,62}$"
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
 
 
+#: The longest delay a follow-up may have (two years, as a discount's
+#: validity): a due time must stay a date the calendar and PostgreSQL hold.
+MAX_DELAY = timedelta(days=730)
+
+
 @functools.lru_cache(maxsize=256)
 def parse_duration(text: str) -> timedelta:
-    """``3d``, ``12h``, ``1d12h``, ``30m``, ``0m`` (remembered: a follow-up
-    rule's delay is read on every event that triggers it)."""
+    """``3d``, ``12h``, ``1d12h``, ``30m``, ``0m``, at most :data:`MAX_DELAY`
+    (remembered: a follow-up rule's delay is read on every event that
+    triggers it)."""
     match = _DURATION.match(text.strip())
     if not text.strip() or match is None:
         raise ValueError(f"{text!r} is not a duration like '3d', '12h', '1d6h' or '30m'")
     days, hours, minutes = (int(g or 0) for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes)
+    try:
+        duration = timedelta(days=days, hours=hours, minutes=minutes)
+    except OverflowError:
+        duration = MAX_DELAY + timedelta(days=1)
+    if duration > MAX_DELAY:
+        raise ValueError(f"{text.strip()!r} is longer than the longest delay "
+                         f"({MAX_DELAY.days}d)")
+    return duration
 
 
 class _Strict(BaseModel):
@@ -261,9 +275,10 @@ class DiscountTerms(_Strict):
     """What a discount is worth and when it can be used."""
 
     percent: int | None = Field(default=None, ge=1, le=100, description="Percent off.")
-    amount_minor: int | None = Field(default=None, gt=0, description="Fixed amount off.")
+    amount_minor: int | None = Field(default=None, gt=0, le=MAX_AMOUNT_MINOR,
+                                     description="Fixed amount off.")
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
-    min_purchase_minor: int = Field(default=0, ge=0)
+    min_purchase_minor: int = Field(default=0, ge=0, le=MAX_AMOUNT_MINOR)
     valid_days: int = Field(default=30, ge=1, le=730)
     purpose: Literal["promotional", "service"] = "promotional"
     reason: str = Field(default="", max_length=200)
@@ -396,14 +411,15 @@ def parse_rule(data: Any, where: str = "rule") -> Rule:
 
 def _loc(loc: Sequence[int | str]) -> str:
     out = ""
+    after_index = False
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("follow_up", "discount", "newsletter", "referral_reward") and out.endswith(
-                "]"):
-            continue  # the discriminator tag pydantic adds to the path
+        elif after_index and part in ("follow_up", "discount", "newsletter", "referral_reward"):
+            pass  # the discriminator tag pydantic adds to the path (not a field named so)
         else:
             out += f".{part}" if out else str(part)
+        after_index = isinstance(part, int)
     return out
 
 

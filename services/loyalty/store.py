@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from crm_runtime import db
@@ -33,8 +33,19 @@ _VIEW_COLUMNS = ("customer_id", "stage", "purchase_count", "last_purchase_at", "
 _VIEW_SELECT = ", ".join(_VIEW_COLUMNS)
 
 
+def aware(value: datetime) -> datetime:
+    """A ``timestamptz`` as read, always with its offset: asyncpg reads
+    PostgreSQL's ``infinity`` and ``-infinity`` (a year-1 time is stored as
+    ``-infinity``) as naive ``datetime.max`` and ``datetime.min``; they
+    become the same instants in UTC, so they never meet an aware time naive
+    (and are written back unchanged)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def _view(row: Any) -> View:
-    return View(**{**dict(row), "segments": list(row["segments"])})
+    values: dict[str, Any] = {k: aware(v) if isinstance(v, datetime) else v
+                              for k, v in dict(row).items()}
+    return View(**{**values, "segments": list(row["segments"])})
 
 
 async def cancel_types(conn: Conn) -> set[str]:
@@ -288,7 +299,8 @@ async def enrolments(conn: Conn, customer_id: uuid.UUID) -> list[Any]:
 
 _DISCOUNT_COLUMNS = """discount_id, code, customer_id, rule_id, kind, percent, amount_minor,
                        currency, min_purchase_minor, purpose, reason, issued_at, expires_at,
-                       redeemed_at, order_id, discount_minor, voided_at, void_reason"""
+                       redeemed_at, order_id, order_minor, discount_minor, voided_at,
+                       void_reason"""
 
 
 async def discount_by_code(conn: Conn, code: str) -> Any:
@@ -317,7 +329,7 @@ async def redeem(conn: Conn, code: str, *, order_id: str, order_minor: int, curr
     """Redeem atomically: one UPDATE whose WHERE holds only for an unused,
     unexpired, valid code; of concurrent callers exactly one gets the row."""
     return await conn.fetchrow(
-        f"""UPDATE discounts SET redeemed_at = $2, order_id = $3,
+        f"""UPDATE discounts SET redeemed_at = $2, order_id = $3, order_minor = $4,
                    discount_minor = CASE WHEN kind = 'percent' THEN $4 * percent / 100
                                          ELSE least(amount_minor, $4) END
              WHERE code = $1 AND redeemed_at IS NULL AND voided_at IS NULL

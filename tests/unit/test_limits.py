@@ -13,7 +13,8 @@ from crm.customers.v1 import customers_pb2 as cpb
 from crm.interactions.v1 import interactions_pb2 as ipb
 from crm.loyalty.v1 import loyalty_pb2 as lpb
 from crm.ops.v1 import ops_pb2
-from crm_runtime import limits
+from crm_runtime import convert, limits
+from crm_runtime.errors import InvalidArgument
 from crm_runtime.grpc_server import MAX_DESCRIPTION, MAX_MESSAGE, _bad_request
 
 
@@ -121,3 +122,11 @@ def test_the_documented_defaults_are_the_codes() -> None:
     assert f"at most {limits.MAX_STRING} characters, no NUL" in text
     assert f"| integer | {limits.INT_MIN} to {limits.INT_MAX} " in text
     assert f"| repeated field | at most {limits.MAX_ITEMS} items |" in text
+
+
+def test_page_sizes_default_and_are_cut_to_the_maximum() -> None:
+    assert convert.page_size(0) == convert.DEFAULT_PAGE_SIZE
+    assert convert.page_size(7) == 7
+    assert convert.page_size(10**6) == convert.MAX_PAGE_SIZE
+    with pytest.raises(InvalidArgument, match="must not be negative"):
+        convert.page_size(-1)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63rm/common/v1/options.proto\x12\rcrm.common.v1\x1a google/protobuf/descriptor.proto\"\x8f\x01\n\x0b\x46ieldLimits\x12\x17\n\nmax_length\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x03min\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x10\n\x03max\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\tmax_items\x18\x04 \x01(\rH\x03\x88\x01\x01\x42\r\n\x0b_max_lengthB\x06\n\x04_minB\x06\n\x04_maxB\x0c\n\n_max_items:8\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\t:K\n\x06limits\x12\x1d.google.protobuf.FieldOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1a.crm.common.v1.FieldLimitsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63rm/common/v1/options.proto\x12\rcrm.common.v1\x1a google/protobuf/descriptor.proto\"\xc9\x01\n\x0b\x46ieldLimits\x12\x17\n\nmax_length\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x03min\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x10\n\x03max\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\tmax_items\x18\x04 \x01(\rH\x03\x88\x01\x01\x12 \n\x13items_checked_alone\x18\x05 \x01(\x08H\x04\x88\x01\x01\x42\r\n\x0b_max_lengthB\x06\n\x04_minB\x06\n\x04_maxB\x0c\n\n_max_itemsB\x16\n\x14_items_checked_alone:8\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\t:K\n\x06limits\x12\x1d.google.protobuf.FieldOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1a.crm.common.v1.FieldLimitsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.common.v1.options_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FIELDLIMITS']._serialized_start=81
-  _globals['_FIELDLIMITS']._serialized_end=224
+  _globals['_FIELDLIMITS']._serialized_end=282
 # @@protoc_insertion_point(module_scope)

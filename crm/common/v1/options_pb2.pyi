@@ -34,6 +34,7 @@ class FieldLimits(_message.Message):
     MIN_FIELD_NUMBER: _builtins.int
     MAX_FIELD_NUMBER: _builtins.int
     MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    ITEMS_CHECKED_ALONE_FIELD_NUMBER: _builtins.int
     max_length: _builtins.int
     """strings: characters"""
     min: _builtins.int
@@ -42,6 +43,11 @@ class FieldLimits(_message.Message):
     """integers: greatest value"""
     max_items: _builtins.int
     """repeated fields: most items"""
+    items_checked_alone: _builtins.bool
+    """Repeated messages: only the count is checked with the request; the
+    method checks each item alone and answers per item (a batch in which one
+    bad item must not fail the others).
+    """
     def __init__(
         self,
         *,
@@ -49,11 +55,14 @@ class FieldLimits(_message.Message):
         min: _builtins.int | None = ...,
         max: _builtins.int | None = ...,
         max_items: _builtins.int | None = ...,
+        items_checked_alone: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_max_items", b"_max_items", "_max_length", b"_max_length", "_min", b"_min", "max", b"max", "max_items", b"max_items", "max_length", b"max_length", "min", b"min"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_items_checked_alone", b"_items_checked_alone", "_max", b"_max", "_max_items", b"_max_items", "_max_length", b"_max_length", "_min", b"_min", "items_checked_alone", b"items_checked_alone", "max", b"max", "max_items", b"max_items", "max_length", b"max_length", "min", b"min"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_max_items", b"_max_items", "_max_length", b"_max_length", "_min", b"_min", "max", b"max", "max_items", b"max_items", "max_length", b"max_length", "min", b"min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_items_checked_alone", b"_items_checked_alone", "_max", b"_max", "_max_items", b"_max_items", "_max_length", b"_max_length", "_min", b"_min", "items_checked_alone", b"items_checked_alone", "max", b"max", "max_items", b"max_items", "max_length", b"max_length", "min", b"min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__items_checked_alone: _TypeAlias = _typing.Literal["items_checked_alone"]  # noqa: Y015
+    _WhichOneofArgType__items_checked_alone: _TypeAlias = _typing.Literal["_items_checked_alone", b"_items_checked_alone"]  # noqa: Y015
     _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
     _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
     _WhichOneofReturnType__max_items: _TypeAlias = _typing.Literal["max_items"]  # noqa: Y015
@@ -62,6 +71,8 @@ class FieldLimits(_message.Message):
     _WhichOneofArgType__max_length: _TypeAlias = _typing.Literal["_max_length", b"_max_length"]  # noqa: Y015
     _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
     _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__items_checked_alone) -> _WhichOneofReturnType__items_checked_alone | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
     @_typing.overload

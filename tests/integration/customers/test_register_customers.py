@@ -13,13 +13,16 @@ from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
 from crm_contracts.contact_points import normalise_phone
 from crm_contracts.errors import InvalidArgument
+from crm_runtime import limits
 from crm_runtime.grpc_server import ServiceRegistration, build_server
 from crm_runtime.settings import ApiToken
 from services.customers import commands
-from services.customers.api import MAX_REGISTRATIONS, CustomersServicer
+from services.customers.api import CustomersServicer
 from tests.support.customers import register, stub
 from tests.support.services import Running
 
+MAX_REGISTRATIONS = limits.limits_of(
+    pb.RegisterCustomersRequest.DESCRIPTOR.fields_by_name["customers"]).max_items
 READ_TOKEN = "read-only-token-0123456789"
 WRITE_TOKEN = "write-token-0123456789abc"
 
@@ -62,10 +65,17 @@ async def test_each_item_gets_its_own_result_in_order(svc: Running) -> None:
         _item(emails=[new.upper()], display_name="the same one again"),
         _item(emails=[refused], profile=pb.Profile(birth_year=1200)),
         _item(emails=[other], phones=["+34 600 000 001"]),
+        _item(emails=[f"nul-{run}@example.com"], display_name="Ana\x00"),
+        _item(emails=["x" * 300 + "@example.com"]),
     ])
     assert [r.WhichOneof("result") for r in results] == [
-        "customer", "customer", "error", "customer", "error", "customer"]
-    first, again_known, bad_phone, same, bad_profile, last = results
+        "customer", "customer", "error", "customer", "error", "customer", "error", "error"]
+    first, again_known, bad_phone, same, bad_profile, last, nul, long_email = results
+    # Limits of the contract, per item: the other items are not refused with them.
+    assert nul.error.field == "customers[6].display_name"
+    assert "NUL" in nul.error.description
+    assert long_email.error.field == "customers[7].emails[0]"
+    assert "at most 200 characters" in long_email.error.description
     assert first.created and list(first.customer.emails) == [new]
     assert first.customer.stage == pb.STAGE_POTENTIAL
     assert not again_known.created
@@ -112,7 +122,7 @@ async def test_more_than_the_maximum_fails_the_whole_call(svc: Running) -> None:
         await _register_many(svc, items)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith(
-        f"customers: at most {MAX_REGISTRATIONS} per call, got {MAX_REGISTRATIONS + 1}")
+        f"customers: at most {MAX_REGISTRATIONS} items, got {MAX_REGISTRATIONS + 1}")
     found = await stub(svc).FindCustomers(
         pb.FindCustomersRequest(email=f"many-{run}-0@example.com"), metadata=svc.metadata)
     assert not found.customers

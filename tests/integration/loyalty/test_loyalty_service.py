@@ -449,7 +449,7 @@ async def test_rules_are_versioned_validated_and_dry_run(svc: Running) -> None:
                                      metadata=m), "order_amount"),
     (lambda s, m: s.CompleteFollowUp(pb.CompleteFollowUpRequest(
         follow_up_id=new_id(), outcome=""), metadata=m), "outcome"),
-    (lambda s, m: s.ListDueFollowUps(pb.ListDueFollowUpsRequest(page_size=9999), metadata=m),
+    (lambda s, m: s.ListDueFollowUps(pb.ListDueFollowUpsRequest(page_size=-1), metadata=m),
      "page_size"),
 ])
 async def test_bad_input_is_invalid_argument_naming_the_field(

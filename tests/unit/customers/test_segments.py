@@ -30,6 +30,9 @@ VIP = {"all": [
     ({"not": {"field": "consent.marketing", "op": "=", "value": True}}, "filter.not.field"),
     ({"field": "stage", "op": "in", "value": "repeat"}, "filter.value"),
     ([], "filter"),
+    # A number PostgreSQL's bigint cannot hold would fail every query of the segment.
+    ({"field": "total_spent.EUR", "op": ">=", "value": 2**63}, "filter.value"),
+    ({"field": "purchase_count", "op": ">", "value": -(2**63) - 1}, "filter.value"),
 ])
 def test_validation_names_the_path_of_the_problem(node: Any, path: str) -> None:
     with pytest.raises(InvalidArgument) as err:
@@ -55,3 +58,11 @@ def test_python_evaluation() -> None:
     assert not matches(VIP, {**base, "total_spent.EUR": None}, NOW)
     # No consent recorded means not granted, as in SQL.
     assert not matches(VIP, {**base, "consent.newsletter": None}, NOW)
+
+
+def test_numbers_are_bound_as_bigint() -> None:
+    """Spend totals pass int32 (30 million euros is 3e9 cents): every number
+    is bound as bigint, up to its largest value."""
+    compiled = compile_sql({"field": "total_spent.EUR", "op": ">=", "value": 2**63 - 1}, NOW)
+    assert compiled.params[-1] == 2**63 - 1 and "::bigint" in compiled.sql
+    assert "::int)" not in compiled.sql.replace(" ", "")

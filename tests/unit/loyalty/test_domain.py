@@ -133,6 +133,11 @@ def test_durations() -> None:
     for bad in ("", "3", "h", "3 days", "-1d"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    # At most two years: a due time stays a date the calendar holds.
+    assert parse_duration("730d") == timedelta(days=730)
+    for too_long in ("731d", "730d1m", "1000000d", "99999999999999999999d", "9999999999h"):
+        with pytest.raises(ValueError, match="longest delay"):
+            parse_duration(too_long)
 
 
 def test_action_ids_are_deterministic_per_rule_trigger_and_index() -> None:
