@@ -19,8 +19,6 @@ from crm_contracts.errors import InvalidArgument
 
 #: The largest single amount, in minor units (10^13).
 MAX_AMOUNT_MINOR = 10**13
-#: The same bound under the name the purchase paths use.
-MAX_PURCHASE_MINOR = MAX_AMOUNT_MINOR
 #: The largest total a 64-bit integer holds (PostgreSQL ``bigint``, ``int64``).
 MAX_TOTAL_MINOR = 2**63 - 1
 

@@ -214,7 +214,7 @@ def _unique(values: object) -> tuple[str, ...]:
 
 def check_money(amount_minor: int, currency: str, field: str = "amount") -> str:
     """The currency's code, once the amount is 0 to the per-purchase maximum
-    (:data:`crm_contracts.money.MAX_PURCHASE_MINOR`); ``InvalidArgument``
+    (:data:`crm_contracts.money.MAX_AMOUNT_MINOR`); ``InvalidArgument``
     (:class:`~crm_contracts.money.OutOfRange` for the amount) otherwise."""
     check_amount_minor(amount_minor, f"{field}.amount_minor" if field else "amount_minor")
     code = currency.strip().upper()

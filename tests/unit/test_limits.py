@@ -13,6 +13,7 @@ from crm.customers.v1 import customers_pb2 as cpb
 from crm.interactions.v1 import interactions_pb2 as ipb
 from crm.loyalty.v1 import loyalty_pb2 as lpb
 from crm.ops.v1 import ops_pb2
+from crm_contracts.money import MAX_AMOUNT_MINOR
 from crm_runtime import convert, limits
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.grpc_server import MAX_DESCRIPTION, MAX_MESSAGE, _bad_request
@@ -130,3 +131,9 @@ def test_page_sizes_default_and_are_cut_to_the_maximum() -> None:
     assert convert.page_size(10**6) == convert.MAX_PAGE_SIZE
     with pytest.raises(InvalidArgument, match="must not be negative"):
         convert.page_size(-1)
+
+
+@pytest.mark.parametrize("money", [cpb.Money, ipb.Money, lpb.Money])
+def test_every_money_in_the_contracts_has_the_one_maximum(money: type[Message]) -> None:
+    field = money.DESCRIPTOR.fields_by_name["amount_minor"]
+    assert (limits.limits_of(field).min, limits.limits_of(field).max) == (0, MAX_AMOUNT_MINOR)

@@ -7,7 +7,6 @@ import pytest
 from crm_contracts.errors import InvalidArgument
 from crm_contracts.money import (
     MAX_AMOUNT_MINOR,
-    MAX_PURCHASE_MINOR,
     MAX_TOTAL_MINOR,
     OutOfRange,
     check_amount_minor,
@@ -16,7 +15,7 @@ from crm_contracts.money import (
 
 
 def test_the_bounds() -> None:
-    assert MAX_AMOUNT_MINOR == MAX_PURCHASE_MINOR == 10**13
+    assert MAX_AMOUNT_MINOR == 10**13
     assert MAX_TOTAL_MINOR == 2**63 - 1
     # A total holds over 900,000 purchases of the most one may be.
     assert 900_000 * MAX_AMOUNT_MINOR < MAX_TOTAL_MINOR < 1_000_000 * MAX_AMOUNT_MINOR

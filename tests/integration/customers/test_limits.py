@@ -15,7 +15,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.customers.v1 import customers_pb2 as pb
-from crm_contracts.money import MAX_PURCHASE_MINOR, MAX_TOTAL_MINOR
+from crm_contracts.money import MAX_AMOUNT_MINOR, MAX_TOTAL_MINOR
 from crm_contracts.topics import INTERACTIONS
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
@@ -92,7 +92,7 @@ async def _set_total(svc: Running, customer_id: str, currency: str, total: int) 
 # --- money --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("amount", [MAX_PURCHASE_MINOR + 1, 2**62, 2**63 - 1, -1])
+@pytest.mark.parametrize("amount", [MAX_AMOUNT_MINOR + 1, 2**62, 2**63 - 1, -1])
 async def test_an_amount_beyond_the_per_purchase_maximum_is_refused(
         svc: Running, amount: int) -> None:
     c = (await register(svc)).customer
@@ -104,16 +104,16 @@ async def test_an_amount_beyond_the_per_purchase_maximum_is_refused(
 
 async def test_the_largest_purchase_is_counted(svc: Running) -> None:
     c = (await register(svc)).customer
-    after = await _purchase(svc, c.customer_id, MAX_PURCHASE_MINOR)
+    after = await _purchase(svc, c.customer_id, MAX_AMOUNT_MINOR)
     assert [(m.currency, m.amount_minor) for m in after.total_spent] == [
-        ("EUR", MAX_PURCHASE_MINOR)]
+        ("EUR", MAX_AMOUNT_MINOR)]
 
 
 async def test_a_purchase_that_would_overflow_the_total_is_refused(svc: Running) -> None:
     c = (await register(svc)).customer
     await _purchase(svc, c.customer_id, 1000)
     await _set_total(svc, c.customer_id, "EUR", MAX_TOTAL_MINOR - 500)
-    details = await _refused(_purchase(svc, c.customer_id, MAX_PURCHASE_MINOR))
+    details = await _refused(_purchase(svc, c.customer_id, MAX_AMOUNT_MINOR))
     assert details.startswith("amount.amount_minor:") and "total" in details, details
     after = await get(svc, c.customer_id)
     assert after.purchase_count == 1
@@ -134,7 +134,7 @@ async def test_events_with_absurd_amounts_are_dead_lettered_as_out_of_range(
     fine = (await register(svc)).customer
     await _set_total(svc, full.customer_id, "EUR", MAX_TOTAL_MINOR - 10)
     now = svc.clock.now()
-    too_big = purchase_event(huge.customer_id, MAX_PURCHASE_MINOR + 1, now)
+    too_big = purchase_event(huge.customer_id, MAX_AMOUNT_MINOR + 1, now)
     overflow = purchase_event(full.customer_id, 11, now)
     good = purchase_event(fine.customer_id, 1234, now)
     await produce_envelopes(_bootstrap(svc), [too_big, overflow, good])
