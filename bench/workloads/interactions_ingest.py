@@ -5,7 +5,9 @@ against a plain consumer plus COPY and a plain producer.
 Set-up (untimed), per round: a fresh database and broker (see
 :mod:`bench.service`), the service's migrations, and N ``contact.received``
 events on ``crm.interactions.ingest.v1``, each with a customer id of its own
-(a random UUID, so the service never calls the customers service) and a mix of
+(a random UUID, written into the service's ``known_customers`` beforehand as
+``customer.registered`` events would have, so the service never calls the
+customers service) and a mix of
 channels, directions, outcomes and kinds that do not open cases (inquiry,
 suggestion, doubt, purchase with an amount in EUR, follow_up).
 
@@ -157,6 +159,10 @@ class InteractionsIngest(Workload):
         contacts = contact_envelopes(self.events)
         self.keys = {e.data.idempotency_key for e in contacts
                      if isinstance(e.data, ContactReceived)}
+        # Customers the service knows (customer.registered would have told it).
+        await conn.execute(
+            f"INSERT INTO {SCHEMA}.known_customers (customer_id) SELECT unnest($1::uuid[])",
+            [e.data.customer_id for e in contacts if isinstance(e.data, ContactReceived)])
         bootstrap = self.stack.bootstrap_servers
         await kafka.produce(bootstrap, INTERACTIONS_INGEST, [encode(e) for e in contacts])
         self.raw_records = recorded_records(contacts)

@@ -8,9 +8,12 @@ topic it belongs to. Importing a payload module registers its types;
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from datetime import date, datetime
+from operator import itemgetter
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 
 class EventPayload(BaseModel):
@@ -28,9 +31,80 @@ class EventPayload(BaseModel):
 
 class StrictEventPayload(EventPayload):
     """A payload other systems write: an unknown field is refused (a dead
-    letter naming it), so a channel's typo is caught, not silently dropped."""
+    letter naming it), so a channel's typo is caught, not silently dropped;
+    so is a NUL character (``\\x00``) in any text field (see
+    :func:`refuse_nul`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The values of the fields declared ``str``, from a model's ``__dict__``
+    #: (set per class).
+    _texts: ClassVar[Callable[[dict[str, Any]], tuple[str, ...]]] = staticmethod(
+        lambda values: ())
+    #: The names of the fields that may hold texts otherwise (a list of them).
+    _others: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        fields = cls.model_fields
+        cls._texts = staticmethod(_values_of([n for n, f in fields.items() if f.annotation is str]))
+        cls._others = tuple(n for n, f in fields.items()
+                            if f.annotation not in (str, *_NO_TEXT))
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> StrictEventPayload:
+        values = self.__dict__
+        # One search of all the texts at once (the common case: no NUL).
+        if "\x00" in "".join(type(self)._texts(values)):
+            refuse_nul(self)
+        for name in self._others:
+            _refuse_nul_in(self, name, values[name])
+        return self
+
+
+#: Field types that hold no text.
+_NO_TEXT = (int, float, bool, datetime, date)
+
+
+def _values_of(names: list[str]) -> Callable[[dict[str, Any]], tuple[str, ...]]:
+    """A function giving the values of ``names`` from a dict, as a tuple
+    (``itemgetter``: one C call, for two names or more)."""
+    if len(names) > 1:
+        return itemgetter(*names)
+    if names:
+        name = names[0]
+        return lambda values: (values[name],)
+    return lambda values: ()
+
+
+#: The error type of a text field holding a NUL character.
+NUL_ERROR = "nul_character"
+
+
+def refuse_nul(model: BaseModel) -> None:
+    """Refuse a NUL character (``\\x00``) in any text field of ``model``
+    (strings, and strings in lists): no database text column stores one, and
+    no channel means one. The validation error names the field, as any other
+    does (``notes: contains a NUL character (\\x00)``)."""
+    for name, value in model.__dict__.items():
+        _refuse_nul_in(model, name, value)
+
+
+def _refuse_nul_in(model: BaseModel, name: str, value: object) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            _nul_error(model, (name,), value)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if isinstance(item, str) and "\x00" in item:
+                _nul_error(model, (name, i), item)
+
+
+def _nul_error(model: BaseModel, loc: tuple[str | int, ...], value: str) -> None:
+    raise ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
+        type=PydanticCustomError(NUL_ERROR, "contains a NUL character (\\x00)"),
+        loc=loc, input=value)])
 
 
 P = TypeVar("P", bound=EventPayload)

@@ -10,6 +10,7 @@ from datetime import datetime
 from pydantic import Field
 
 from crm_contracts.base import EventPayload, StrictEventPayload, event
+from crm_contracts.times import Rfc3339
 from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 
 
@@ -158,7 +159,9 @@ class ContactReceived(StrictEventPayload):
     touchpoint: str = ""
     agent: str = ""
     unit: str = ""
-    occurred_at: datetime
+    occurred_at: Rfc3339 = Field(
+        description="When the contact happened: RFC 3339 with an offset (Z or +hh:mm), "
+                    "from 2000-01-01 to at most 15 minutes after the CRM's time.")
     outcome: str = "neutral"
     notes: str = ""
     amount_minor: int = 0

@@ -6,9 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
@@ -21,12 +22,21 @@ from crm_runtime import uow
 from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
-from crm_runtime.errors import InvalidArgument
+from crm_runtime.errors import InvalidArgument, NotFound
 from services.interactions import commands, domain, store
 from services.interactions.directory import CustomerDirectory
 
 #: The longest time a promise policy may name (10 years).
 _MAX_PROMISE_SECONDS = 10 * 365 * 24 * 3600
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Unknown:
+    """Customer ids a request states that this service does not know (yet)."""
+
+    ids: frozenset[uuid.UUID]
 
 
 def _uuid_or_none(value: str, field: str) -> uuid.UUID | None:
@@ -77,22 +87,64 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         now = self._ctx.clock.now()
         return ts.ToDatetime(tzinfo=now.tzinfo) if present else now
 
+    @staticmethod
+    def _stated(ts: Timestamp, present: bool, field: str) -> datetime | None:
+        """The time a request states, or None when it states none."""
+        if not present:
+            return None
+        try:
+            return ts.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            raise InvalidArgument(field, "is not a valid timestamp") from None
+
+    async def _for_customers(self, ids: Sequence[uuid.UUID | None],
+                             work: Callable[[Conn], Awaitable[T]]) -> T:
+        """``work`` in a unit of work of its own once every id of ``ids`` (None
+        ones skipped) is a customer: known here, or else looked up with the
+        customers service between two transactions (no transaction waits on
+        it) and remembered. NotFound names the first id that is none;
+        customers unreachable is a ConnectionError (``UNAVAILABLE``)."""
+        wanted = [i for i in ids if i is not None]
+        found: set[uuid.UUID] = set()
+
+        async def attempt(conn: Conn) -> T | _Unknown:
+            if found:
+                await store.remember_customers(conn, found)
+            missing = await store.unknown_customers(conn, wanted) if wanted else set()
+            if missing:
+                return _Unknown(frozenset(missing))
+            return await work(conn)
+
+        result = await uow.run(self._pool, attempt)
+        if isinstance(result, _Unknown):
+            found |= await self._directory.lookup(result.ids)
+            for customer_id in wanted:
+                if customer_id in result.ids and customer_id not in found:
+                    raise NotFound("customer", str(customer_id))
+            result = await uow.run(self._pool, attempt)
+            if isinstance(result, _Unknown):  # erased meanwhile
+                raise NotFound("customer", str(min(result.ids)))
+        return result
+
     async def _case_reply(self, conn: Conn, case_id: uuid.UUID) -> pb.Case:
         return case_to_pb(await store.load_case(conn, case_id),
                           await store.transfers(conn, case_id))
 
     async def RecordInteraction(self, request: pb.RecordInteractionRequest,
                                 context: grpc.aio.ServicerContext) -> pb.Interaction:
+        stated: list[uuid.UUID | None] = []
         if request.customer_id:
             customer_id = parse_uuid(request.customer_id, "customer_id")
+            stated.append(customer_id)
         else:  # asked before the transaction opens: no transaction waits on customers
             customer_id = await self._directory.identify(request.contact_email,
                                                          request.contact_phone)
         contact = commands.check_contact(
             idempotency_key=request.idempotency_key, customer_id=customer_id,
             channel=request.channel, direction=request.direction, kind=request.kind,
-            occurred_at=self._when(request.occurred_at, request.HasField("occurred_at")),
-            attention=request.attention.mode,
+            occurred_at=self._stated(request.occurred_at, request.HasField("occurred_at"),
+                                     "occurred_at"),
+            now=self._ctx.clock.now(), attention=request.attention.mode,
             requester_id=request.attention.requester_customer_id,
             decision_maker_id=request.attention.decision_maker_customer_id,
             touchpoint=request.touchpoint, agent=request.agent, unit=request.unit,
@@ -100,10 +152,13 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             amount_minor=request.amount.amount_minor, currency=request.amount.currency)
 
         async def record(conn: Conn) -> Any:
-            await commands.record_contacts(conn, self._ctx, [contact])
-            return await store.interaction_by_key(conn, contact.idempotency_key)
+            [(recorded, _)] = await commands.record_contacts(conn, self._ctx, [contact])
+            # The customer's own contact of the key (theirs or, merged, their survivor's).
+            return await store.interaction_by_key(conn, recorded.customer_id,
+                                                  recorded.idempotency_key)
 
-        return interaction_to_pb(await uow.run(self._pool, record))
+        stated += [contact.requester_id, contact.decision_maker_id]
+        return interaction_to_pb(await self._for_customers(stated, record))
 
     async def GetTimeline(self, request: pb.GetTimelineRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTimelineResponse:
@@ -129,7 +184,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                 interaction_id=interaction_id, idempotency_key=request.idempotency_key)
             return await self._case_reply(conn, case_id)
 
-        return await uow.run(self._pool, open_)
+        return await self._for_customers([customer_id], open_)
 
     async def RequestCallback(self, request: pb.RequestCallbackRequest,
                               context: grpc.aio.ServicerContext) -> pb.Case:
@@ -144,7 +199,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                 idempotency_key=request.idempotency_key, callback_phone=phone)
             return await self._case_reply(conn, case_id)
 
-        return await uow.run(self._pool, open_)
+        return await self._for_customers([customer_id], open_)
 
     async def _case_command(self, case_id_text: str,
                             run: Callable[[Conn, uuid.UUID], Awaitable[None]]) -> pb.Case:
@@ -197,12 +252,15 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         customer_id = parse_uuid(request.customer_id, "customer_id")
         answers = [{"question": a.question, "csat": a.csat, "nps": a.nps, "comment": a.comment}
                    for a in request.answers]
-        row = await uow.run(self._pool, lambda c: commands.record_survey(
+        interaction_id = _uuid_or_none(request.interaction_id, "interaction_id")
+        case_id = _uuid_or_none(request.case_id, "case_id")
+        occurred_at = self._stated(request.occurred_at, request.HasField("occurred_at"),
+                                   "occurred_at")
+        row = await self._for_customers([customer_id], lambda c: commands.record_survey(
             c, self._ctx, idempotency_key=request.idempotency_key, customer_id=customer_id,
             touchpoint=request.touchpoint, channel=request.channel, unit=request.unit,
-            interaction_id=_uuid_or_none(request.interaction_id, "interaction_id"),
-            case_id=_uuid_or_none(request.case_id, "case_id"), answers=answers,
-            occurred_at=self._when(request.occurred_at, request.HasField("occurred_at"))))
+            interaction_id=interaction_id, case_id=case_id, answers=answers,
+            occurred_at=occurred_at))
         return pb.SurveyResponse(
             survey_response_id=str(row["survey_response_id"]),
             customer_id=str(row["customer_id"]), touchpoint=row["touchpoint"],

@@ -16,16 +16,19 @@ from services.interactions.directory import CustomerDirectory
 def build(svc: ServiceContext) -> ServiceParts:
     ctx = commands.Context(clock=svc.clock, lanes=svc.lanes)
     s = svc.settings
-    directory = CustomerDirectory(s.customers_target(), s.service_token or s.dev_token)
+    directory = CustomerDirectory(s.customers_target(), s.service_token or s.dev_token,
+                                  pool=svc.pool)
     return ServiceParts(
         subscriptions=[
-            # Unknown contacts are registered with customers before each
-            # batch's transaction opens, in one call (directory.prepare).
+            # Unknown contacts are registered with customers, and the
+            # customer ids contacts state checked, before each batch's
+            # transaction opens, in one pass (directory.prepare).
             Subscription(topics=[INTERACTIONS_INGEST],
                          routes=[handlers.on_contacts(ctx, directory)],
                          group_suffix="-ingest", prepare=directory.prepare),
             Subscription(topics=[CUSTOMERS],
-                         routes=[handlers.on_customer_erased(),
+                         routes=[handlers.on_customers_registered(),
+                                 handlers.on_customer_erased(),
                                  handlers.on_customers_merged()]),
         ],
         scheduled={commands.WARN: handlers.on_breach_warning(ctx),

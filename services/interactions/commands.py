@@ -9,8 +9,11 @@ which is what lets channels publish thousands of contacts per second.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -29,10 +32,11 @@ from crm_contracts.interactions import (
     SurveyRequested,
     SurveyResponseRecorded,
 )
+from crm_contracts.times import check_event_time
 from crm_runtime import ids, logs, scheduler, uow
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
-from crm_runtime.errors import FailedPrecondition, InvalidArgument
+from crm_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from crm_runtime.events import Envelope, EventPayload
 from crm_runtime.uow import CommandContext
 from services.interactions import domain, metrics, store
@@ -74,17 +78,62 @@ class Contact:
     interaction_id: uuid.UUID = field(default_factory=ids.uuid4)
     #: The trace this contact arrived in; its events continue it.
     traceparent: str = field(default_factory=logs.current_traceparent)
+    #: What the request stated (:func:`contact_digest`); None matches any.
+    request_digest: bytes | None = None
+    #: False when ``occurred_at`` was not given and is the time it was recorded.
+    time_stated: bool = True
+
+
+#: The fields of a contact its digest covers besides ``occurred_at``, in
+#: order; they are columns of ``interactions`` too.
+CONTACT_FIELDS = ("channel", "direction", "kind", "attention", "requester_id",
+                  "decision_maker_id", "touchpoint", "agent", "unit", "outcome", "notes",
+                  "amount_minor", "currency")
+#: The version of the digests' layout, part of every digest: a layout that
+#: changes must change it (and then treat digests of the old one as matching).
+DIGEST_VERSION = "1"
+
+
+def contact_digest(contact: Contact) -> bytes:
+    """The digest of what a contact's request stated, after normalisation:
+    the :data:`CONTACT_FIELDS` and ``occurred_at`` (as an instant, whatever its
+    offset; left out when the request did not state it, so a retry recorded
+    at another moment is still the same request). Not the customer nor the
+    key: they are the key's scope. 16 bytes of BLAKE2b over the values joined
+    by NUL, which no text of a contact may hold (:func:`check_contact`)."""
+    parts = [DIGEST_VERSION]
+    for name in CONTACT_FIELDS:
+        value = getattr(contact, name)
+        parts.append("" if value is None else str(value))
+    parts.append(repr(contact.occurred_at.timestamp()) if contact.time_stated else "")
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).digest()
+
+
+def _refuse_nul(**texts: str) -> None:
+    """InvalidArgument naming the first of ``texts`` that holds a NUL
+    character, which no text column stores."""
+    for name, value in texts.items():
+        if "\x00" in value:
+            raise InvalidArgument(name, "contains a NUL character (\\x00)")
 
 
 def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
-                  direction: str, kind: str, occurred_at: datetime, attention: str = "",
-                  requester_id: str = "", decision_maker_id: str = "", touchpoint: str = "",
-                  agent: str = "", unit: str = "", outcome: str = "", notes: str = "",
-                  amount_minor: int = 0, currency: str = "") -> Contact:
-    """Validate a contact's fields, naming the first bad one."""
+                  direction: str, kind: str, occurred_at: datetime | None, now: datetime,
+                  attention: str = "", requester_id: str = "", decision_maker_id: str = "",
+                  touchpoint: str = "", agent: str = "", unit: str = "", outcome: str = "",
+                  notes: str = "", amount_minor: int = 0, currency: str = "") -> Contact:
+    """Validate a contact's fields, naming the first bad one. ``occurred_at``
+    None (not given) is ``now``, the service's time; a given one must be an
+    event time (``crm_contracts.times.check_event_time``: not before 2000,
+    at most 15 minutes after ``now``)."""
     key = idempotency_key.strip()
     if not key or len(key) > 200:
         raise InvalidArgument("idempotency_key", "required, at most 200 characters")
+    if "\x00" in f"{key}{touchpoint}{agent}{unit}{notes}":  # one search, then which
+        _refuse_nul(idempotency_key=key, touchpoint=touchpoint, agent=agent, unit=unit,
+                    notes=notes)
+    stated = occurred_at is not None
+    when = check_event_time(occurred_at, now) if occurred_at is not None else now
     mode = domain.check_choice("attention.mode", attention, ("direct", "indirect"), "direct")
     requester = decider = None
     if mode == "indirect":
@@ -104,24 +153,52 @@ def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
         raise InvalidArgument("amount", "only purchases carry an amount")
     if len(notes) > 10_000:
         raise InvalidArgument("notes", "at most 10000 characters")
-    return Contact(
+    contact = Contact(
         idempotency_key=key, customer_id=customer_id,
         channel=domain.check_choice("channel", channel, domain.CHANNELS),
         direction=domain.check_choice("direction", direction, domain.DIRECTIONS, "reactive"),
-        kind=kind, occurred_at=occurred_at, attention=mode, requester_id=requester,
+        kind=kind, occurred_at=when, attention=mode, requester_id=requester,
         decision_maker_id=decider, touchpoint=touchpoint.strip(), agent=agent.strip(),
         unit=unit.strip(), outcome=domain.check_choice("outcome", outcome, domain.OUTCOMES,
                                                        "neutral"),
         notes=notes, amount_minor=amount_minor if kind == "purchase" else 0,
-        currency=code if kind == "purchase" else "")
+        currency=code if kind == "purchase" else "", time_stated=stated)
+    contact.request_digest = contact_digest(contact)
+    return contact
+
+
+def _conflict(key: str, what: str, differing: Sequence[str]) -> AlreadyExists:
+    """The refusal of a key the customer used for a different request."""
+    detail = ""
+    if differing:
+        detail = f" ({', '.join(differing)} {'differs' if len(differing) == 1 else 'differ'})"
+    return AlreadyExists(f"idempotency_key {key!r}: already used for a different {what} of "
+                         f"this customer{detail}")
+
+
+def _check_contact_repeat(contact: Contact, stored: Any) -> None:
+    """AlreadyExists unless ``stored`` (the customer's contact of the same
+    key) was recorded from the same request, or before digests were kept."""
+    if stored["request_digest"] is None or stored["request_digest"] == contact.request_digest:
+        return
+    differing = [name for name in CONTACT_FIELDS if stored[name] != getattr(contact, name)]
+    if contact.time_stated and stored["occurred_at"] != contact.occurred_at:
+        differing.append("occurred_at")
+    if not differing and not contact.time_stated:
+        differing.append("occurred_at")  # stated in one request, not in the other
+    raise _conflict(contact.idempotency_key, "contact", differing)
 
 
 async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
                           ) -> list[tuple[Contact, bool]]:
-    """Store contacts once per idempotency key (one INSERT for the batch);
-    publish ``interaction.recorded`` for the new ones and open cases for the
-    kinds that need one. Returns each contact with ``True`` if it was new;
-    a known key returns the stored contact."""
+    """Store contacts once per customer and idempotency key (one INSERT for
+    the batch), each under its customer or, when merged away, their
+    survivor; publish ``interaction.recorded`` for the new ones and open
+    cases for the kinds that need one. Returns each contact (its customer
+    resolved) with ``True`` if it was new. A key the customer used before
+    (or earlier in the batch) for the same request stores nothing; for a
+    different request it raises AlreadyExists naming the key and the fields
+    that differ. Keys are never compared across customers."""
     if not contacts:
         return []
     merged = await store.survivors(conn, [c.customer_id for c in contacts])
@@ -132,16 +209,18 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
     # In the order of store.CONTACT_COLUMNS.
     rows = [(c.interaction_id, c.idempotency_key, c.customer_id, c.channel, c.direction, c.kind,
              c.attention, c.requester_id, c.decision_maker_id, c.touchpoint, c.agent, c.unit,
-             c.occurred_at, c.outcome, c.notes, c.amount_minor, c.currency, now)
+             c.occurred_at, c.outcome, c.notes, c.amount_minor, c.currency, now,
+             c.request_digest)
             for c in contacts]
     new_keys = await store.insert_contacts(conn, rows)
     result: list[tuple[Contact, bool]] = []
     events: list[Envelope] = []
-    seen: set[str] = set()
+    seen: set[store.ScopedKey] = set()
     recorded: Counter[tuple[str, str]] = Counter()
     for c in contacts:
-        fresh = c.idempotency_key in new_keys and c.idempotency_key not in seen
-        seen.add(c.idempotency_key)
+        scoped = (c.customer_id, c.idempotency_key)
+        fresh = scoped in new_keys and scoped not in seen
+        seen.add(scoped)
         result.append((c, fresh))
         if fresh:
             recorded[c.channel, c.kind] += 1
@@ -152,15 +231,23 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
                 occurred_at=c.occurred_at, outcome=c.outcome, touchpoint=c.touchpoint,
                 unit=c.unit, amount_minor=c.amount_minor, currency=c.currency),
                 time=now, traceparent=c.traceparent))
+    repeats = [c for c, fresh in result if not fresh]
+    if repeats:  # retries, redeliveries with a new event id: rare
+        stored = await store.contacts_by_keys(
+            conn, [(c.customer_id, c.idempotency_key) for c in repeats])
+        for c in repeats:
+            _check_contact_repeat(c, stored[c.customer_id, c.idempotency_key])
     for (channel, kind), count in recorded.items():
         uow.on_commit(partial(metrics.INTERACTIONS.labels(SERVICE, channel, kind).inc, count))
     await ctx.events.write(conn, events)
     for c, fresh in result:
         if fresh and c.kind in domain.AUTO_CASE_KINDS:
+            # Scoped as the contact's key: cases' keys are unique per customer.
             case_id = await _open_case(conn, ctx, customer_id=c.customer_id, kind=c.kind,
                                        channel=c.channel, unit=c.unit, summary=c.notes[:500],
                                        interaction_id=c.interaction_id,
-                                       idempotency_key=f"interaction:{c.idempotency_key}")
+                                       idempotency_key=f"interaction:{c.idempotency_key}",
+                                       compare=False)
             await store.set_case_of_interaction(conn, c.interaction_id, case_id)
     return result
 
@@ -205,33 +292,67 @@ async def open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: s
                     channel: str, unit: str, summary: str, interaction_id: uuid.UUID | None,
                     idempotency_key: str, callback_phone: str = "") -> uuid.UUID:
     """Open a case with the promise of its policy, for the customer or, when
-    they were merged away, their survivor; the same key returns the existing
-    case. Schedules the breach warning and the breach."""
+    they were merged away, their survivor; the customer's same key with the
+    same request returns the existing case, with a different one raises
+    AlreadyExists. Schedules the breach warning and the breach."""
     return await _open_case(conn, ctx, customer_id=await store.survivor(conn, customer_id),
                             kind=kind, channel=channel, unit=unit, summary=summary,
                             interaction_id=interaction_id, idempotency_key=idempotency_key,
                             callback_phone=callback_phone)
 
 
+#: The fields of a case its digest covers (columns of ``cases``).
+CASE_FIELDS = ("kind", "channel", "unit", "summary", "interaction_id", "callback_phone")
+
+
+def _json_digest(values: Sequence[object]) -> bytes:
+    """The digest of a request's stated values (JSON, so any text goes)."""
+    text = json.dumps([DIGEST_VERSION, *values], default=str, sort_keys=True,
+                      separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 async def _open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: str,
                      channel: str, unit: str, summary: str, interaction_id: uuid.UUID | None,
-                     idempotency_key: str, callback_phone: str = "") -> uuid.UUID:
+                     idempotency_key: str, callback_phone: str = "",
+                     compare: bool = True) -> uuid.UUID:
     """:func:`open_case` for a customer id already resolved to its survivor
-    (the contacts of a batch are resolved together)."""
+    (the contacts of a batch are resolved together). ``compare`` False (a
+    case a contact opens, keyed by the contact's key, which was compared):
+    no digest is kept and an existing case of the key is returned as is."""
     kind = domain.check_choice("kind", kind, domain.CASE_KINDS)
     channel = domain.check_choice("channel", channel, domain.CHANNELS)
     if not idempotency_key.strip():
         raise InvalidArgument("idempotency_key", "required")
-    existing = await store.case_id_by_key(conn, idempotency_key)
-    if existing:
-        return existing
-    policy = domain.choose_policy(await policies(conn), kind, channel)
-    now = ctx.clock.now()
-    promise = domain.promise_for(policy, now)
-    case_id = ids.uuid4()
-    await store.insert_case(conn, case_id, idempotency_key, customer_id, kind, channel, unit,
-                            summary, interaction_id, now, promise.earliest_at, promise.deadline,
-                            promise.warn_at, callback_phone)
+    _refuse_nul(idempotency_key=idempotency_key, unit=unit, summary=summary)
+    values = {"kind": kind, "channel": channel, "unit": unit, "summary": summary,
+              "interaction_id": interaction_id, "callback_phone": callback_phone}
+    digest = _json_digest([values[f] for f in CASE_FIELDS]) if compare else None
+    existing = await store.case_by_key(conn, customer_id, idempotency_key)
+    if existing is None:
+        policy = domain.choose_policy(await policies(conn), kind, channel)
+        now = ctx.clock.now()
+        promise = domain.promise_for(policy, now)
+        case_id = ids.uuid4()
+        if await store.insert_case(conn, case_id, idempotency_key, customer_id, kind, channel,
+                                   unit, summary, interaction_id, now, promise.earliest_at,
+                                   promise.deadline, promise.warn_at, callback_phone, digest):
+            await _opened(conn, ctx, case_id, customer_id, kind, channel, unit, interaction_id,
+                          now, promise, callback_phone)
+            return case_id
+        # A concurrent request of the same key committed first.
+        existing = await store.case_by_key(conn, customer_id, idempotency_key)
+    if digest is not None and existing["request_digest"] not in (None, digest):
+        raise _conflict(idempotency_key, "case",
+                        [f for f in CASE_FIELDS if existing[f] != values[f]])
+    return uuid.UUID(str(existing["case_id"]))
+
+
+async def _opened(conn: Conn, ctx: Context, case_id: uuid.UUID, customer_id: uuid.UUID,
+                  kind: str, channel: str, unit: str, interaction_id: uuid.UUID | None,
+                  now: datetime, promise: domain.Promise, callback_phone: str) -> None:
+    """What a new case does: count, schedule, publish ``case.opened`` (and a
+    repeated complaint's signal)."""
     uow.on_commit(metrics.CASES_OPENED.labels(SERVICE, kind, channel).inc)
     await scheduler.schedule(conn, WARN, str(case_id), promise.warn_at)
     await scheduler.schedule(conn, BREACH, str(case_id), promise.deadline)
@@ -247,7 +368,6 @@ async def _open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: 
                 customer_id=str(customer_id), reason="repeated_complaint", occurred_at=now,
                 case_id=str(case_id)))
     await ctx.events.emit(conn, customer_id, events, time=ctx.clock.now())
-    return case_id
 
 
 def _base(row: Any, **extra: Any) -> dict[str, Any]:
@@ -384,16 +504,31 @@ async def list_cases(conn: Conn, ctx: Context, *, which: str, unit: str,
 
 # --- satisfaction -----------------------------------------------------------
 
+#: The fields of a survey response its digest covers besides ``occurred_at``
+#: (columns of ``survey_responses``).
+SURVEY_FIELDS = ("touchpoint", "channel", "unit", "interaction_id", "case_id", "answers")
+
+
 async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
                         customer_id: uuid.UUID, touchpoint: str, channel: str, unit: str,
                         interaction_id: uuid.UUID | None, case_id: uuid.UUID | None,
-                        answers: list[dict[str, Any]], occurred_at: datetime) -> Any:
+                        answers: list[dict[str, Any]], occurred_at: datetime | None) -> Any:
+    """Store a survey response of the customer or, when merged away, their
+    survivor (``occurred_at`` None: now; a given one must be an event time).
+    The customer's same key with the same request returns the stored
+    response, with a different one raises AlreadyExists."""
     if not idempotency_key.strip():
         raise InvalidArgument("idempotency_key", "required")
     if not answers:
         raise InvalidArgument("answers", "at least one answer")
+    _refuse_nul(idempotency_key=idempotency_key, touchpoint=touchpoint, unit=unit)
+    now = ctx.clock.now()
+    stated = occurred_at is not None
+    when = check_event_time(occurred_at, now) if occurred_at is not None else now
     csat_scores, nps_score = [], None
     for i, a in enumerate(answers):
+        _refuse_nul(**{f"answers[{i}].question": a["question"],
+                       f"answers[{i}].comment": a["comment"]})
         if a["csat"]:
             if not 1 <= a["csat"] <= 5:
                 raise InvalidArgument(f"answers[{i}].csat", f"must be 1-5, got {a['csat']}")
@@ -406,19 +541,41 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
             nps_score = a["nps"]
     if channel:
         channel = domain.check_choice("channel", channel, domain.CHANNELS)
-    existing = await store.survey_by_key(conn, idempotency_key)
-    if existing:
-        return existing
+    values = {"touchpoint": touchpoint, "channel": channel, "unit": unit,
+              "interaction_id": interaction_id, "case_id": case_id, "answers": answers}
+    digest = _json_digest([*(values[f] for f in SURVEY_FIELDS),
+                           when.timestamp() if stated else None])
     customer_id = await store.survivor(conn, customer_id)
-    response_id = ids.uuid4()
-    csat = domain.csat_mean(csat_scores)
-    _count_survey(conn, channel, csat, nps_score)
-    row = await store.insert_survey(conn, response_id, idempotency_key, customer_id, touchpoint,
-                                    channel, unit, interaction_id, case_id, csat, nps_score,
-                                    answers, occurred_at)
+    existing = await store.survey_by_key(conn, customer_id, idempotency_key)
+    if existing is None:
+        response_id = ids.uuid4()
+        csat = domain.csat_mean(csat_scores)
+        row = await store.insert_survey(conn, response_id, idempotency_key, customer_id,
+                                        touchpoint, channel, unit, interaction_id, case_id,
+                                        csat, nps_score, answers, when, digest)
+        if row is not None:
+            _count_survey(conn, channel, csat, nps_score)
+            await _survey_recorded(conn, ctx, row, csat_scores, csat, nps_score)
+            return row
+        # A concurrent request of the same key committed first.
+        existing = await store.survey_by_key(conn, customer_id, idempotency_key)
+    if existing["request_digest"] not in (None, digest):
+        differing = [f for f in SURVEY_FIELDS if existing[f] != values[f]]
+        if stated and existing["occurred_at"] != when:
+            differing.append("occurred_at")
+        raise _conflict(idempotency_key, "survey response", differing or ["occurred_at"])
+    return existing
+
+
+async def _survey_recorded(conn: Conn, ctx: Context, row: Any, csat_scores: list[int],
+                           csat: float | None, nps_score: int | None) -> None:
+    """Publish a new survey response and the dissatisfaction it signals."""
+    customer_id = row["customer_id"]
+    interaction_id, case_id = row["interaction_id"], row["case_id"]
+    occurred_at = row["occurred_at"]
     events: list[EventPayload] = [SurveyResponseRecorded(
-        survey_response_id=str(response_id), customer_id=str(customer_id),
-        touchpoint=touchpoint, channel=channel,
+        survey_response_id=str(row["survey_response_id"]), customer_id=str(customer_id),
+        touchpoint=row["touchpoint"], channel=row["channel"],
         csat=round(csat) if csat is not None else None, nps=nps_score,
         occurred_at=occurred_at, interaction_id=str(interaction_id or ""),
         case_id=str(case_id or ""))]
@@ -428,7 +585,6 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
             score=min(csat_scores) if reason == "low_csat" else nps_score,
             interaction_id=str(interaction_id or ""), case_id=str(case_id or "")))
     await ctx.events.emit(conn, customer_id, events, time=ctx.clock.now())
-    return row
 
 
 def _count_survey(conn: Conn, channel: str, csat: float | None, nps_score: int | None) -> None:
@@ -475,12 +631,21 @@ async def define_service_cycle(conn: Conn, ctx: Context, name: str,
 
 # --- customers: erasure and merges ------------------------------------------
 
+async def customers_registered(conn: Conn, customer_ids: list[uuid.UUID]) -> None:
+    """``customer.registered``: these customers exist (one statement for a batch)."""
+    await store.remember_customers(conn, customer_ids)
+
+
 async def scrub_customer(conn: Conn, customer_id: uuid.UUID) -> None:
-    """``customer.erased``: notes and contact details go; counts and scores stay."""
+    """``customer.erased``: notes and contact details go; counts and scores
+    stay. The id is no known customer any more: new records of it are refused."""
     await store.scrub_customer(conn, customer_id)
+    await store.forget_customer(conn, customer_id)
 
 
 async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
     """``customer.merged``: the merged customer's records move to the
-    survivor, and records that arrive later under the merged id follow."""
+    survivor, and records that arrive later under the merged id follow; a
+    key both used is kept twice, the merged one's renamed
+    (:func:`store.repoint_customer`)."""
     await store.repoint_customer(conn, survivor, merged)

@@ -1,31 +1,47 @@
-"""Who is this contact? Unknown contacts (an email or a phone, no customer id)
-are registered through the customers service, which returns the existing
-customer when it already knows the email or phone (registration is
-idempotent there), or a new potential customer.
+"""Who is this contact, and is this customer one? Interactions does not own
+customers: the customers service does.
+
+* Unknown contacts (an email or a phone, no customer id) are registered
+  through the customers service, which returns the existing customer when it
+  already knows the email or phone (registration is idempotent there), or a
+  new potential customer.
+* A customer id a request states (the contact's customer, the requester and
+  decision-maker of indirect attention, the customer of a case or survey)
+  must be a customer: ``known_customers`` (fed by ``customer.registered``,
+  emptied of erased customers, merged ids known through their alias) holds
+  the ones this service knows; an id not in it is looked up with
+  ``GetCustomer`` (:meth:`CustomerDirectory.lookup`) and remembered when the
+  customers service has it. Not found, or erased: unknown.
 
 The ingest consumer asks once per batch, before the batch's transaction
 opens (:meth:`CustomerDirectory.prepare`, the subscription's prepare step):
 one ``RegisterCustomers`` call for up to :data:`MAX_PER_CALL` contact points,
-so no transaction waits on the network and a batch of unknown contacts costs
-one round trip, not one each. See docs/decisions/0008.
+and one query of ``known_customers`` for the batch's stated ids (then a
+``GetCustomer`` call per id it does not know, a few at a time), so no
+transaction waits on the network and a batch of unknown contacts costs one
+round trip, not one each. See docs/decisions/0008 and 0038.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
+import asyncpg
 import grpc
 
 from crm.customers.v1 import customers_pb2, customers_pb2_grpc
 from crm_contracts.interactions import ContactReceived
-from crm_runtime import logs
+from crm_runtime import ids, logs
 from crm_runtime.consumer import Seen
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope
+from services.interactions import store
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +50,18 @@ log = logging.getLogger(__name__)
 MAX_PER_CALL = 1000
 #: Deadline of one call; a thousand registrations take about a second.
 TIMEOUT_S = 30.0
+#: Deadline of one ``GetCustomer`` call.
+LOOKUP_TIMEOUT_S = 10.0
+#: ``GetCustomer`` calls in flight at once (the customers service has no
+#: call that looks up many ids).
+LOOKUPS_AT_ONCE = 16
+#: Events whose stated customers :meth:`CustomerDirectory.prepare` checked,
+#: kept for the handlers: the latest this many (about the consumer's batches
+#: in flight, ten times over). An event that fell out is checked again by
+#: its handler, in its transaction.
+CHECKED_KEPT = 20_000
+#: Stated customers of an event that are all customers (shared).
+_NONE_UNKNOWN: frozenset[uuid.UUID] = frozenset()
 
 #: An email and a phone, either of them possibly empty.
 ContactPoint = tuple[str, str]
@@ -52,15 +80,42 @@ class Refused:
 Resolution = uuid.UUID | Refused
 
 
+def stated_customers(data: ContactReceived) -> list[tuple[str, uuid.UUID]]:
+    """The customer ids a contact states, each with its field: its
+    ``customer_id`` and, for indirect attention, the requester and the
+    decision-maker. An id that is not a UUID is left out (the contact's
+    validation names it)."""
+    stated = [("customer_id", data.customer_id)]
+    if data.attention != "direct" and data.attention.strip().lower() == "indirect":
+        stated += [("requester_customer_id", data.requester_customer_id),
+                   ("decision_maker_customer_id", data.decision_maker_customer_id)]
+    found = []
+    for name, text in stated:
+        if text:
+            try:
+                found.append((name, ids.read_uuid(text)))
+            except ValueError:
+                continue
+    return found
+
+
 class CustomerDirectory:
-    def __init__(self, target: str, token: str | None) -> None:
+    def __init__(self, target: str, token: str | None,
+                 pool: asyncpg.Pool | None = None) -> None:
+        """``pool``: the service's, where the customers it knows are kept;
+        without one (a directory that only registers), nothing is
+        remembered and :meth:`prepare` checks no stated customer."""
         self._target = target
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self._channel: grpc.aio.Channel | None = None
+        self._pool = pool
         #: By event id, what :meth:`prepare` resolved; an entry goes when its
         #: envelope does (the consumer holds a batch's envelopes until the
         #: batch is applied, retries included).
         self._resolved: dict[str, Resolution] = {}
+        #: By event id, the stated customers :meth:`prepare` found unknown
+        #: (empty: all are customers); the latest :data:`CHECKED_KEPT`.
+        self._checked: dict[str, frozenset[uuid.UUID]] = {}
 
     def _stub(self) -> customers_pb2_grpc.CustomersStub:
         if self._channel is None:
@@ -74,7 +129,9 @@ class CustomerDirectory:
         :meth:`customer_of`. Events resolved by an earlier attempt at the same
         batch are not asked for again, nor redeliveries of events applied
         before (``seen``: the inbox drops them, and registering their contact
-        again could bring back a customer erased since). Raises
+        again could bring back a customer erased since); the customers they
+        get are known from then on. Then check the customer ids the contacts
+        state (:meth:`_check_stated`, for :meth:`unknown_of`). Raises
         ConnectionError while the customers service cannot be reached or does
         not answer (the batch waits and is retried)."""
         unknown = [(env, (data.contact_email, data.contact_phone)) for env in envelopes
@@ -87,14 +144,96 @@ class CustomerDirectory:
             if env.id not in applied:
                 pending.setdefault(point, []).append(env)
         points = list(pending)
+        registered: list[uuid.UUID] = []
         for start in range(0, len(points), MAX_PER_CALL):
             chunk = points[start:start + MAX_PER_CALL]
             for point, resolution in zip(chunk, await self._register(chunk), strict=True):
+                if isinstance(resolution, uuid.UUID):
+                    registered.append(resolution)
                 for env in pending[point]:
                     self._remember(env, resolution)
         if points:
+            await self.remember_customers(registered)
             log.debug("registered %d unknown contact points of %d events", len(points),
                       sum(len(e) for e in pending.values()))
+        await self._check_stated(envelopes)
+
+    async def _check_stated(self, envelopes: list[Envelope]) -> None:
+        """Check the customers the batch's contacts state, for
+        :meth:`unknown_of`: one query for the ids not known here, a
+        ``GetCustomer`` call for each of those. Events checked before (an
+        earlier attempt at the batch) are left out, unless an id of theirs was
+        unknown then (it may exist now)."""
+        if self._pool is None:
+            return
+        stated: dict[str, frozenset[uuid.UUID]] = {}
+        for env in envelopes:
+            if (isinstance(data := env.data, ContactReceived)
+                    and self._checked.get(env.id) != _NONE_UNKNOWN):
+                customers = frozenset(i for _, i in stated_customers(data))
+                if customers:
+                    stated[env.id] = customers
+        if not stated:
+            return
+        async with self._pool.acquire() as conn:
+            missing = await store.unknown_customers(conn, frozenset().union(*stated.values()))
+        absent: set[uuid.UUID] = set()
+        if missing:
+            found = await self.lookup(missing)
+            await self.remember_customers(found)
+            absent = missing - found
+        for event_id, customers in stated.items():
+            self._checked[event_id] = customers & absent if absent else _NONE_UNKNOWN
+        excess = len(self._checked) - CHECKED_KEPT
+        if excess > 0:
+            for event_id in list(islice(self._checked, excess)):
+                del self._checked[event_id]
+
+    def unknown_of(self, env: Envelope[ContactReceived]) -> frozenset[uuid.UUID] | None:
+        """Of the customers the contact states, those :meth:`prepare` found
+        to be none (empty: all are customers); None if it did not check them."""
+        return self._checked.get(env.id)
+
+    async def lookup(self, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Of ``ids``, those the customers service has as customers (a merged
+        id counts: it answers with the survivor; an erased customer does
+        not): a ``GetCustomer`` call per id, :data:`LOOKUPS_AT_ONCE` at a
+        time. Raises ConnectionError while the customers service cannot be
+        reached or does not answer."""
+        if not ids:
+            return set()
+        gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+        metadata = [*self._metadata, ("traceparent", logs.current_traceparent())]
+
+        async def exists(customer_id: uuid.UUID) -> bool:
+            async with gate:
+                return await self._exists(customer_id, metadata)
+
+        asked = list(ids)
+        answers = await asyncio.gather(*(exists(i) for i in asked))
+        return {i for i, known in zip(asked, answers, strict=True) if known}
+
+    async def _exists(self, customer_id: uuid.UUID, metadata: list[tuple[str, str]]) -> bool:
+        try:
+            reply = await self._stub().GetCustomer(
+                customers_pb2.GetCustomerRequest(customer_id=str(customer_id)),
+                metadata=metadata, timeout=LOOKUP_TIMEOUT_S)
+        except grpc.aio.AioRpcError as err:
+            if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return False
+            # Unavailable, deadline, auth (the token needs customers:read):
+            # retry later rather than refuse a customer who may exist.
+            raise ConnectionError(f"customers service at {self._target}: {err.code().name} "
+                                  f"{err.details()}") from None
+        return not reply.erased
+
+    async def remember_customers(self, customer_ids: Iterable[uuid.UUID]) -> None:
+        """Keep these ids as known customers (the customers service gave
+        them), in a statement of their own."""
+        known = set(customer_ids)
+        if self._pool is not None and known:
+            async with self._pool.acquire() as conn:
+                await store.remember_customers(conn, known)
 
     def _remember(self, env: Envelope, resolution: Resolution) -> None:
         if env.id in self._resolved:  # the same event twice in the batch
@@ -111,13 +250,17 @@ class CustomerDirectory:
         resolution = self._resolved.get(env.id)
         if resolution is None:
             [resolution] = await self._register([(data.contact_email, data.contact_phone)])
+            await self.remember_customers([resolution] if isinstance(resolution, uuid.UUID) else [])
         return _customer(resolution)
 
     async def identify(self, email: str, phone: str) -> uuid.UUID:
-        """The customer of an email or phone, registered if new (one call)."""
+        """The customer of an email or phone, registered if new (one call),
+        and known from then on."""
         _require_a_point(email, phone)
         [resolution] = await self._register([(email, phone)])
-        return _customer(resolution)
+        customer_id = _customer(resolution)
+        await self.remember_customers([customer_id])
+        return customer_id
 
     async def _register(self, points: Sequence[ContactPoint]) -> list[Resolution]:
         """One ``RegisterCustomers`` call; a resolution per point, in order."""

@@ -2,12 +2,17 @@
 
 * ``contact.received`` on the ingest topic: a whole consumed batch becomes one
   bulk insert (:func:`commands.record_contacts`); a contact that fails
-  validation is dead-lettered with the field and the problem. Contacts of
-  someone unknown were registered with the customers service before the
+  validation is dead-lettered with the field and the problem
+  (``invalid_contact``), one stating a customer id that is no customer as
+  ``unknown_customer`` (replayable once the customer exists), one repeating
+  a key its customer used for a different contact as
+  ``idempotency_conflict``. Contacts of someone unknown were registered with
+  the customers service, and the stated customer ids checked, before the
   batch's transaction opened (:meth:`CustomerDirectory.prepare`, the
-  subscription's prepare step); the handler reads the customer id it got.
-* ``customer.erased`` / ``customer.merged`` on ``crm.customers.v1``: scrub or
-  re-point this service's records.
+  subscription's prepare step); the handler reads what it found.
+* ``customer.registered`` / ``customer.erased`` / ``customer.merged`` on
+  ``crm.customers.v1``: know the customer; scrub this service's records and
+  forget the customer; re-point the records.
 * Scheduled work: breach warnings and breaches of case promises.
 """
 
@@ -15,21 +20,26 @@ from __future__ import annotations
 
 import uuid
 
-from crm_contracts.customers import CustomerErased, CustomersMerged
+from crm_contracts.customers import CustomerErased, CustomerRegistered, CustomersMerged
 from crm_contracts.interactions import ContactReceived
 from crm_runtime import logs
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
-from crm_runtime.errors import InvalidArgument
+from crm_runtime.errors import AlreadyExists, InvalidArgument
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.interactions import commands
-from services.interactions.directory import CustomerDirectory
+from services.interactions import commands, store
+from services.interactions.directory import CustomerDirectory, stated_customers
+
+#: Dead-letter kinds of contacts, besides the runtime's.
+INVALID_CONTACT = "invalid_contact"
+UNKNOWN_CUSTOMER = "unknown_customer"
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 
 
-async def to_contact(env: Envelope[ContactReceived],
-                     directory: CustomerDirectory) -> commands.Contact:
+async def to_contact(env: Envelope[ContactReceived], directory: CustomerDirectory,
+                     ctx: commands.Context) -> commands.Contact:
     """The contact of an ingested event, its customer identified."""
     data = env.data
     if data.customer_id:
@@ -39,24 +49,67 @@ async def to_contact(env: Envelope[ContactReceived],
     return commands.check_contact(
         idempotency_key=data.idempotency_key, customer_id=customer_id, channel=data.channel,
         direction=data.direction, kind=data.kind, occurred_at=data.occurred_at,
-        attention=data.attention, requester_id=data.requester_customer_id,
+        now=ctx.clock.now(), attention=data.attention,
+        requester_id=data.requester_customer_id,
         decision_maker_id=data.decision_maker_customer_id, touchpoint=data.touchpoint,
         agent=data.agent, unit=data.unit, outcome=data.outcome, notes=data.notes,
         amount_minor=data.amount_minor, currency=data.currency)
 
 
+async def require_customers(conn: Conn, directory: CustomerDirectory,
+                            events: list[Envelope[ContactReceived]]) -> None:
+    """PoisonMessage (``unknown_customer``, naming the field and the id) for
+    the first contact stating a customer id that is no customer. What
+    :meth:`CustomerDirectory.prepare` checked is taken from it; the ids of
+    events it did not check are checked here (one query, and a
+    ``GetCustomer`` call for each id not known here)."""
+    unchecked: list[tuple[str, uuid.UUID]] = []
+    for env in events:
+        unknown = directory.unknown_of(env)
+        if unknown is None:
+            unchecked += stated_customers(env.data)
+            continue
+        for field, customer_id in stated_customers(env.data) if unknown else ():
+            if customer_id in unknown:
+                raise PoisonMessage(UNKNOWN_CUSTOMER, f"{field}: customer '{customer_id}' "
+                                                      "not found")
+    if not unchecked:
+        return
+    missing = await store.unknown_customers(conn, (i for _, i in unchecked))
+    if missing:
+        found = await directory.lookup(missing)
+        await store.remember_customers(conn, found)
+        for field, customer_id in unchecked:
+            if customer_id in missing and customer_id not in found:
+                raise PoisonMessage(UNKNOWN_CUSTOMER, f"{field}: customer '{customer_id}' "
+                                                      "not found")
+
+
 def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> Route:
     async def handle(conn: Conn, events: list[Envelope[ContactReceived]]) -> None:
+        # A record raising PoisonMessage makes the runtime re-run the batch
+        # record by record and dead-letter that one alone.
         contacts = []
         for env in logs.each(events):
             try:
-                contacts.append(await to_contact(env, directory))
+                contacts.append(await to_contact(env, directory, ctx))
             except InvalidArgument as exc:
-                # The runtime re-runs the batch record by record and dead-letters this one.
-                raise PoisonMessage("invalid_contact", str(exc)) from None
-        await commands.record_contacts(conn, ctx, contacts)
+                raise PoisonMessage(INVALID_CONTACT, str(exc)) from None
+        await require_customers(conn, directory, events)
+        try:
+            await commands.record_contacts(conn, ctx, contacts)
+        except AlreadyExists as exc:
+            raise PoisonMessage(IDEMPOTENCY_CONFLICT, str(exc)) from None
 
     return on(ContactReceived, handle)
+
+
+def on_customers_registered() -> Route:
+    async def handle(conn: Conn, events: list[Envelope[CustomerRegistered]]) -> None:
+        await commands.customers_registered(
+            conn, [uuid.UUID(env.data.customer_id) for env in events])
+
+    return on(CustomerRegistered, handle)
 
 
 def on_customer_erased() -> Route:

@@ -26,7 +26,7 @@ CONTACT_COLUMNS = [
     ("requester_id", "uuid"), ("decision_maker_id", "uuid"), ("touchpoint", "text"),
     ("agent", "text"), ("unit", "text"), ("occurred_at", "timestamptz"), ("outcome", "text"),
     ("notes", "text"), ("amount_minor", "bigint"), ("currency", "text"),
-    ("recorded_at", "timestamptz")]
+    ("recorded_at", "timestamptz"), ("request_digest", "bytea")]
 
 #: A batch of contacts as rows (arrays or COPY, by size: :class:`db.Rows`).
 _CONTACT_ROWS = db.Rows("interactions_batch", CONTACT_COLUMNS, schema=SERVICE)
@@ -36,21 +36,35 @@ _INSERT_CONTACTS = """
     INSERT INTO interactions (interaction_id, idempotency_key, customer_id, channel, direction,
                               kind, attention, requester_id, decision_maker_id, touchpoint, agent,
                               unit, occurred_at, outcome, notes, amount_minor, currency,
-                              recorded_at)
+                              recorded_at, request_digest)
     SELECT * FROM batch
-    ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"""
+    ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING customer_id, idempotency_key"""
+
+#: A customer's idempotency key.
+ScopedKey = tuple[uuid.UUID, str]
 
 
 # --- contacts ---------------------------------------------------------------
 
-async def insert_contacts(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> set[str]:
-    """Store contacts (rows of :data:`CONTACT_COLUMNS`) once per idempotency
-    key; returns the keys stored now (a key stored before, or repeated in the
-    batch, keeps its first row)."""
+async def insert_contacts(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> set[ScopedKey]:
+    """Store contacts (rows of :data:`CONTACT_COLUMNS`) once per customer and
+    idempotency key; returns the (customer, key) pairs stored now (a pair
+    stored before, or repeated in the batch, keeps its first row)."""
     if await _CONTACT_ROWS.copy_unless_taken(conn, "interactions", rows):
-        return {r[1] for r in rows}
+        return {(r[2], r[1]) for r in rows}
     # A small batch, or a key seen before: the statement keeps the first.
-    return {r["idempotency_key"] for r in await _CONTACT_ROWS.fetch(conn, _INSERT_CONTACTS, rows)}
+    return {(r["customer_id"], r["idempotency_key"])
+            for r in await _CONTACT_ROWS.fetch(conn, _INSERT_CONTACTS, rows)}
+
+
+async def contacts_by_keys(conn: Conn, keys: Iterable[ScopedKey]) -> dict[ScopedKey, Any]:
+    """The stored contacts of these (customer, key) pairs, by pair."""
+    pairs = list(set(keys))
+    rows = await conn.fetch(
+        """SELECT i.* FROM unnest($1::uuid[], $2::text[]) AS k(customer_id, idempotency_key)
+             JOIN interactions i USING (customer_id, idempotency_key)""",
+        [p[0] for p in pairs], [p[1] for p in pairs])
+    return {(r["customer_id"], r["idempotency_key"]): r for r in rows}
 
 
 async def set_case_of_interaction(conn: Conn, interaction_id: uuid.UUID,
@@ -59,8 +73,11 @@ async def set_case_of_interaction(conn: Conn, interaction_id: uuid.UUID,
                        case_id, interaction_id)
 
 
-async def interaction_by_key(conn: Conn, key: str) -> Any:
-    return await conn.fetchrow("SELECT * FROM interactions WHERE idempotency_key = $1", key)
+async def interaction_by_key(conn: Conn, customer_id: uuid.UUID, key: str) -> Any:
+    """The customer's contact stored under ``key``, if any."""
+    return await conn.fetchrow(
+        "SELECT * FROM interactions WHERE customer_id = $1 AND idempotency_key = $2",
+        customer_id, key)
 
 
 async def timeline(conn: Conn, customer_id: uuid.UUID, channels: list[str], kinds: list[str],
@@ -98,24 +115,29 @@ async def upsert_policy(conn: Conn, kind: str, channel: str, min_seconds: int,
 
 # --- cases ------------------------------------------------------------------
 
-async def case_id_by_key(conn: Conn, idempotency_key: str) -> uuid.UUID | None:
-    existing = await conn.fetchval("SELECT case_id FROM cases WHERE idempotency_key = $1",
-                                   idempotency_key)
-    return uuid.UUID(str(existing)) if existing else None
+async def case_by_key(conn: Conn, customer_id: uuid.UUID, idempotency_key: str) -> Any:
+    """The customer's case opened under ``idempotency_key``, if any."""
+    return await conn.fetchrow(
+        "SELECT * FROM cases WHERE customer_id = $1 AND idempotency_key = $2",
+        customer_id, idempotency_key)
 
 
 async def insert_case(conn: Conn, case_id: uuid.UUID, idempotency_key: str,
                       customer_id: uuid.UUID, kind: str, channel: str, unit: str, summary: str,
                       interaction_id: uuid.UUID | None, opened_at: datetime,
                       promised_earliest_at: datetime, promised_by: datetime, warn_at: datetime,
-                      callback_phone: str) -> None:
-    await conn.execute(
+                      callback_phone: str, request_digest: bytes | None) -> bool:
+    """Store the case; False (nothing stored) when the customer has a case
+    of that key already (a concurrent request with the same key committed)."""
+    inserted = await conn.fetchval(
         """INSERT INTO cases (case_id, idempotency_key, customer_id, kind, channel, unit, summary,
                               interaction_id, opened_at, promised_earliest_at, promised_by,
-                              warn_at, callback_phone)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
+                              warn_at, callback_phone, request_digest)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+           ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING true""",
         case_id, idempotency_key, customer_id, kind, channel, unit, summary, interaction_id,
-        opened_at, promised_earliest_at, promised_by, warn_at, callback_phone)
+        opened_at, promised_earliest_at, promised_by, warn_at, callback_phone, request_digest)
+    return bool(inserted)
 
 
 async def other_complaints_opened_at(conn: Conn, customer_id: uuid.UUID,
@@ -203,24 +225,29 @@ async def transfers(conn: Conn, case_id: uuid.UUID) -> list[Any]:
 
 # --- satisfaction -----------------------------------------------------------
 
-async def survey_by_key(conn: Conn, idempotency_key: str) -> Any:
-    return await conn.fetchrow("SELECT * FROM survey_responses WHERE idempotency_key = $1",
-                               idempotency_key)
+async def survey_by_key(conn: Conn, customer_id: uuid.UUID, idempotency_key: str) -> Any:
+    """The customer's survey response stored under ``idempotency_key``, if any."""
+    return await conn.fetchrow(
+        "SELECT * FROM survey_responses WHERE customer_id = $1 AND idempotency_key = $2",
+        customer_id, idempotency_key)
 
 
 async def insert_survey(conn: Conn, survey_response_id: uuid.UUID, idempotency_key: str,
                         customer_id: uuid.UUID, touchpoint: str, channel: str, unit: str,
                         interaction_id: uuid.UUID | None, case_id: uuid.UUID | None,
                         csat: float | None, nps: int | None, answers: list[dict[str, Any]],
-                        occurred_at: datetime) -> Any:
-    """Store a survey response; returns its row."""
+                        occurred_at: datetime, request_digest: bytes | None) -> Any:
+    """Store a survey response; returns its row, or None (nothing stored)
+    when the customer has a response of that key already (a concurrent
+    request with the same key committed)."""
     return await conn.fetchrow(
         """INSERT INTO survey_responses (survey_response_id, idempotency_key, customer_id,
                touchpoint, channel, unit, interaction_id, case_id, csat, nps, answers,
-               occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-           RETURNING *""",
+               occurred_at, request_digest)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+           ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING *""",
         survey_response_id, idempotency_key, customer_id, touchpoint, channel, unit,
-        interaction_id, case_id, csat, nps, answers, occurred_at)
+        interaction_id, case_id, csat, nps, answers, occurred_at, request_digest)
 
 
 #: The keys a satisfaction report may be grouped by (column names).
@@ -317,9 +344,20 @@ async def survivor(conn: Conn, customer_id: uuid.UUID) -> uuid.UUID:
     return (await survivors(conn, [customer_id])).get(customer_id, customer_id)
 
 
+#: What a merged customer's idempotency key becomes when the survivor has a
+#: record of the same key: ``merged:<merged customer id>:<key>``.
+MERGED_KEY_PREFIX = "merged:"
+
+
 async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
     """Move the merged customer's records to the survivor and remember the
-    alias, so records that arrive later under the merged id follow too."""
+    alias, so records that arrive later under the merged id follow too.
+
+    Keys are unique per customer: a merged record whose key the survivor
+    has used too keeps both records, the moved one under
+    ``merged:<merged id>:<key>`` (:data:`MERGED_KEY_PREFIX`), so the merge
+    never fails on a key. The survivor is known from now on; the merged id
+    is known through its alias."""
     await conn.execute(
         """INSERT INTO customer_aliases (merged_customer_id, survivor_customer_id)
            VALUES ($1, $2) ON CONFLICT (merged_customer_id)
@@ -330,8 +368,47 @@ async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -
         "UPDATE customer_aliases SET survivor_customer_id = $1 WHERE survivor_customer_id = $2",
         survivor, merged)
     for table in ("interactions", "cases", "survey_responses"):
-        await conn.execute(f"UPDATE {table} SET customer_id = $1 WHERE customer_id = $2",
-                           survivor, merged)
+        await conn.execute(
+            f"""UPDATE {table} AS m SET customer_id = $1,
+                       idempotency_key = CASE WHEN EXISTS (
+                           SELECT 1 FROM {table} AS s
+                            WHERE s.customer_id = $1 AND s.idempotency_key = m.idempotency_key)
+                         THEN $3 || $2::text || ':' || m.idempotency_key
+                         ELSE m.idempotency_key END
+                 WHERE m.customer_id = $2""",
+            survivor, merged, MERGED_KEY_PREFIX)
+    await remember_customers(conn, [survivor])
+    await conn.execute("DELETE FROM known_customers WHERE customer_id = $1", merged)
+
+
+# --- known customers ----------------------------------------------------------
+
+async def unknown_customers(conn: Conn, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """Of ``ids``, those this service does not know as customers: neither in
+    ``known_customers`` nor merged into a customer that is (one statement)."""
+    wanted = list(set(ids))
+    if not wanted:
+        return set()
+    rows = await conn.fetch(
+        """SELECT i.id FROM unnest($1::uuid[]) AS i(id)
+             LEFT JOIN customer_aliases a ON a.merged_customer_id = i.id
+            WHERE NOT EXISTS (SELECT 1 FROM known_customers k
+                               WHERE k.customer_id = coalesce(a.survivor_customer_id, i.id))""",
+        wanted)
+    return {r["id"] for r in rows}
+
+
+async def remember_customers(conn: Conn, ids: Iterable[uuid.UUID]) -> None:
+    """Know these ids as customers (the customers service said so)."""
+    known = list(set(ids))
+    if known:
+        await conn.execute("INSERT INTO known_customers (customer_id) "
+                           "SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING", known)
+
+
+async def forget_customer(conn: Conn, customer_id: uuid.UUID) -> None:
+    """``customer.erased``: the id is no customer any more."""
+    await conn.execute("DELETE FROM known_customers WHERE customer_id = $1", customer_id)
 
 
 # --- state gauges (the queries of metrics.GAUGES) --------------------

@@ -63,11 +63,15 @@ async def events_of(pair: Pair, customer_id: str, expect: int,
 
 async def test_the_same_contact_twice_is_stored_once(pair: Pair) -> None:
     cid = await new_customer(pair)
-    first = await record(pair, customer_id=cid, idempotency_key="web-1-" + cid, notes="hi")
-    again = await record(pair, customer_id=cid, idempotency_key="web-1-" + cid, notes="hi")
+    at = pair.clock.now()
+    first = await record(pair, customer_id=cid, idempotency_key="web-1-" + cid, notes="hi",
+                         occurred_at=_ts(at))
+    again = await record(pair, customer_id=cid, idempotency_key="web-1-" + cid, notes="hi",
+                         occurred_at=_ts(at))
     assert first.interaction_id == again.interaction_id
+    # The same contact from the ingest topic: the same request, so the same record.
     ingest = ContactReceived(idempotency_key="web-1-" + cid, customer_id=cid, channel="web",
-                             kind="inquiry", occurred_at=pair.clock.now())
+                             kind="inquiry", occurred_at=at, notes="hi")
     env = Envelope(data=ingest, subject=cid, source="/shop")
     await produce_envelopes(pair.interactions.runner.settings.kafka_bootstrap_servers or "",
                             [env, env])

@@ -88,9 +88,19 @@ async def test_open_case_stores_and_returns_the_promise_of_its_policy(pair: Pair
     # Stored: reading the case back gives the same promise.
     [stored] = await _cases(pair, cid)
     assert stored == case
-    # The same idempotency key returns the same case, not a second one.
-    again = await _open(pair, cid, kind="support", channel="email", idempotency_key=key)
+    # The same request again (the same idempotency key) returns the same case,
+    # not a second one; the key with another request is refused.
+    again = await _open(pair, cid, kind="support", channel="email", unit="returns",
+                        summary="the app crashes at checkout",
+                        interaction_id=contact.interaction_id, idempotency_key=key)
     assert again.case_id == case.case_id and len(await _cases(pair, cid)) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _open(pair, cid, kind="support", channel="email", idempotency_key=key)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert err.value.details() == (
+        f"idempotency_key {key!r}: already used for a different case of this customer "
+        "(unit, summary, interaction_id differ)")
+    assert len(await _cases(pair, cid)) == 1
 
     found = await events_of(pair, cid, 2)  # interaction.recorded, case.opened
     [event] = _of(found, "case.opened")
