@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date, datetime
 from operator import itemgetter
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 
@@ -27,6 +27,14 @@ class EventPayload(BaseModel):
 
     event_type: ClassVar[str]
     topic: ClassVar[str]
+
+
+#: The longest text other systems may write in a field without a limit of its
+#: own: the same default as every gRPC request field (docs/integration.md,
+#: "Limits").
+MAX_TEXT = 200
+#: A text field of a payload other systems write.
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
 
 
 class StrictEventPayload(EventPayload):

@@ -9,7 +9,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from crm_contracts.base import EventPayload, StrictEventPayload, event
+from crm_contracts.base import EventPayload, StrictEventPayload, Text, event
+from crm_contracts.money import MAX_AMOUNT_MINOR
 from crm_contracts.times import Rfc3339
 from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 
@@ -150,22 +151,22 @@ class ContactReceived(StrictEventPayload):
 
     idempotency_key: str = Field(min_length=1, max_length=200,
                                  description="The channel's id of this contact.")
-    customer_id: str = ""
-    contact_email: str = ""
-    contact_phone: str = ""
-    channel: str = Field(examples=["web"])
-    direction: str = "reactive"
-    kind: str = Field(examples=["purchase", "complaint", "inquiry"])
-    touchpoint: str = ""
-    agent: str = ""
-    unit: str = ""
+    customer_id: Text = ""
+    contact_email: Text = ""
+    contact_phone: Text = ""
+    channel: Text = Field(examples=["web"])
+    direction: Text = "reactive"
+    kind: Text = Field(examples=["purchase", "complaint", "inquiry"])
+    touchpoint: Text = ""
+    agent: Text = ""
+    unit: Text = ""
     occurred_at: Rfc3339 = Field(
         description="When the contact happened: RFC 3339 with an offset (Z or +hh:mm), "
                     "from 2000-01-01 to at most 15 minutes after the CRM's time.")
-    outcome: str = "neutral"
-    notes: str = ""
-    amount_minor: int = 0
-    currency: str = ""
-    attention: str = "direct"
-    requester_customer_id: str = ""
-    decision_maker_customer_id: str = ""
+    outcome: Text = "neutral"
+    notes: str = Field("", max_length=10_000)
+    amount_minor: int = Field(0, ge=0, le=MAX_AMOUNT_MINOR)
+    currency: Text = ""
+    attention: Text = "direct"
+    requester_customer_id: Text = ""
+    decision_maker_customer_id: Text = ""

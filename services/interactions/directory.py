@@ -37,7 +37,7 @@ import grpc
 
 from crm.customers.v1 import customers_pb2, customers_pb2_grpc
 from crm_contracts.interactions import ContactReceived
-from crm_runtime import ids, logs
+from crm_runtime import ids, limits, logs
 from crm_runtime.consumer import Seen
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope
@@ -45,9 +45,10 @@ from services.interactions import store
 
 log = logging.getLogger(__name__)
 
-#: Most registrations in one ``RegisterCustomers`` call (the customers
-#: service refuses more: customers.proto).
-MAX_PER_CALL = 1000
+#: Most registrations in one ``RegisterCustomers`` call: the limit the
+#: customers service's contract states (customers.proto).
+MAX_PER_CALL = limits.limits_of(
+    customers_pb2.RegisterCustomersRequest.DESCRIPTOR.fields_by_name["customers"]).max_items
 #: Deadline of one call; a thousand registrations take about a second.
 TIMEOUT_S = 30.0
 #: Deadline of one ``GetCustomer`` call.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
@@ -13,6 +15,7 @@ from crm.customers.v1 import customers_pb2 as cpb
 from crm.interactions.v1 import interactions_pb2 as ipb
 from crm.loyalty.v1 import loyalty_pb2 as lpb
 from crm.ops.v1 import ops_pb2
+from crm_contracts.interactions import ContactReceived
 from crm_contracts.money import MAX_AMOUNT_MINOR
 from crm_runtime import convert, limits
 from crm_runtime.errors import InvalidArgument
@@ -137,3 +140,31 @@ def test_page_sizes_default_and_are_cut_to_the_maximum() -> None:
 def test_every_money_in_the_contracts_has_the_one_maximum(money: type[Message]) -> None:
     field = money.DESCRIPTOR.fields_by_name["amount_minor"]
     assert (limits.limits_of(field).min, limits.limits_of(field).max) == (0, MAX_AMOUNT_MINOR)
+
+
+#: ContactReceived's fields and their gRPC twins in RecordInteractionRequest.
+_TWINS = {"amount_minor": "amount.amount_minor", "currency": "amount.currency",
+          "attention": "attention.mode",
+          "requester_customer_id": "attention.requester_customer_id",
+          "decision_maker_customer_id": "attention.decision_maker_customer_id"}
+
+
+def _proto_field(path: str) -> FieldDescriptor:
+    desc: Any = ipb.RecordInteractionRequest.DESCRIPTOR
+    *parents, name = path.split(".")
+    for parent in parents:
+        desc = desc.fields_by_name[parent].message_type
+    field: FieldDescriptor = desc.fields_by_name[name]
+    return field
+
+
+@pytest.mark.parametrize("name", sorted(set(ContactReceived.model_fields) - {"occurred_at"}))
+def test_the_ingest_topic_has_the_limits_of_record_interaction(name: str) -> None:
+    """The same contact is bounded the same way on both ways in."""
+    own = limits.limits_of(_proto_field(_TWINS.get(name, name)))
+    metadata = ContactReceived.model_fields[name].metadata
+    bounds = {type(m).__name__: m for m in metadata}
+    if name == "amount_minor":
+        assert (bounds["Ge"].ge, bounds["Le"].le) == (own.min, own.max)
+    else:
+        assert bounds["MaxLen"].max_length == own.max_length
