@@ -393,3 +393,21 @@ async def test_absurd_versions_and_page_sizes_are_refused_not_internal(svc: Runn
     # Too large a page is the largest page (clamped), not an error.
     await stub(svc).ListCustomers(pb.ListCustomersRequest(page_size=2**31 - 1),
                                   metadata=svc.metadata)
+
+
+@pytest.mark.parametrize("field", ["emails", "display_name", "external_ids"])
+async def test_a_huge_value_is_refused_with_a_short_error(svc: Running, field: str) -> None:
+    """A 10,000-character value: INVALID_ARGUMENT naming the field, with an
+    error far below grpcio's 16 KiB trailer limit (never RESOURCE_EXHAUSTED,
+    which a client would retry)."""
+    huge = "x" * 10_000
+    value: Any = [huge] if field != "display_name" else huge
+    request = pb.RegisterCustomerRequest(emails=["huge@example.com"])
+    if field == "display_name":
+        request.display_name = value
+    else:
+        getattr(request, field)[:] = value
+    details = await _refused(stub(svc).RegisterCustomer(request, metadata=svc.metadata))
+    assert details.startswith(f"{field}")
+    assert "at most 200 characters" in details
+    assert len(details) < 300
