@@ -23,7 +23,7 @@ from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.customers import commands, domain, privacy, store
+from services.customers import commands, domain, merges, privacy, store
 from services.customers.domain import Identity
 
 T = TypeVar("T")
@@ -230,7 +230,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         requester = parse_uuid(request.requester_customer_id, "requester_customer_id")
         decider = parse_uuid(request.decision_maker_customer_id,
                                  "decision_maker_customer_id")
-        rec = await uow.run(self._pool, lambda c: commands.link(c, self._ctx, requester, decider,
+        rec = await uow.run(self._pool, lambda c: merges.link(c, self._ctx, requester, decider,
                                                      request.role))
         return self._out(rec)
 
@@ -238,7 +238,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
                              context: grpc.aio.ServicerContext) -> pb.Customer:
         survivor = parse_uuid(request.survivor_customer_id, "survivor_customer_id")
         merged = parse_uuid(request.merged_customer_id, "merged_customer_id")
-        rec = await uow.run(self._pool, lambda c: commands.merge(c, self._ctx, survivor, merged,
+        rec = await uow.run(self._pool, lambda c: merges.merge(c, self._ctx, survivor, merged,
                                                       f"grpc:merge:{merged}"))
         return self._out(rec)
 

@@ -8,7 +8,7 @@ from crm.customers.v1 import customers_pb2, customers_pb2_grpc
 from crm_contracts.topics import CUSTOMERS, INTERACTIONS
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
-from services.customers import commands, handlers, metrics
+from services.customers import commands, handlers, metrics, risk
 from services.customers.api import CustomersServicer
 
 
@@ -22,7 +22,7 @@ def build(svc: ServiceContext) -> ServiceParts:
                     handlers.on_dissatisfaction_signal(ctx),
                     handlers.on_survey_response(ctx)])],
         scheduled={commands.CHURN: handlers.on_churn_due(ctx),
-                   commands.RISK_REVIEW: handlers.on_risk_review(ctx)},
+                   risk.RISK_REVIEW: handlers.on_risk_review(ctx)},
         registrations=[ServiceRegistration(
             customers_pb2_grpc.add_CustomersServicer_to_server,
             CustomersServicer(svc.pool, ctx),

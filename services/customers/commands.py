@@ -6,13 +6,14 @@ batch), applies the pure rules from :mod:`domain`, writes through
 events commit together. The gRPC API and the event handlers only translate
 their inputs and call these.
 
-Consent, erasure and the data-subject export are in :mod:`privacy`.
+Consent, erasure and the data-subject export are in :mod:`privacy`; links
+and merges in :mod:`merges`; the at-risk state in :mod:`risk`.
 
 Why over 500 lines: the rest of the use cases are many and small
-(registration, profile edits, purchases and stages, churn, segments, links,
-merges, risk); each is a few lines of orchestration over :mod:`domain` and
-:mod:`store`, and they share steps (the events' segment names, the churn
-schedule) that splitting them further would scatter.
+(registration, profile edits, purchases and stages, churn, segments); each is
+a few lines of orchestration over :mod:`domain` and :mod:`store`, and they
+share steps (the events' segment names, the churn schedule) that splitting
+them further would scatter.
 """
 
 from __future__ import annotations
@@ -27,11 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from crm_contracts.customers import (
-    CustomerAtRisk,
     CustomerRegistered,
-    CustomerRiskCleared,
-    CustomersLinked,
-    CustomersMerged,
     CustomerUpdated,
     CustomerWonBack,
     PurchaseRecorded,
@@ -54,13 +51,12 @@ from crm_runtime.events import EventPayload
 from crm_runtime.ids import read_uuid
 from crm_runtime.uow import CommandContext
 from services.customers import domain, metrics, segments, store
-from services.customers.domain import Identity, StageCause, StageChange
+from services.customers.domain import Identity, StageChange
 
 log = logging.getLogger(__name__)
 
 SOURCE = "/crm/customers"
 CHURN = "customers.churn"
-RISK_REVIEW = "customers.risk_review"
 
 
 class SegmentCache:
@@ -429,7 +425,7 @@ async def _schedule_churn_many(conn: Conn, ctx: Context, recs: list[store.Custom
         traceparents=[(traces or {}).get(r.customer_id, "") for r in recs])
 
 
-async def _schedule_churn(conn: Conn, ctx: Context, rec: store.CustomerRecord) -> None:
+async def schedule_churn(conn: Conn, ctx: Context, rec: store.CustomerRecord) -> None:
     await _schedule_churn_many(conn, ctx, [rec])
 
 
@@ -449,7 +445,7 @@ def _stage_changed(conn: Conn, rec: store.CustomerRecord, change: StageChange,
     return events
 
 
-async def _change_stage(conn: Conn, ctx: Context, rec: store.CustomerRecord, change: StageChange,
+async def change_stage(conn: Conn, ctx: Context, rec: store.CustomerRecord, change: StageChange,
                         causing_event_id: str) -> list[EventPayload]:
     """Apply a stage change and record it in the history."""
     await store.add_stage_history(conn, rec.customer_id, change.from_stage.value,
@@ -468,7 +464,7 @@ async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str,
     change = domain.stage_after_churn(rec.stage, rec.last_purchase_at, ctx.clock.now(), window)
     if change is None:
         return
-    events = await _change_stage(conn, ctx, rec, change, f"churn:{work_key}")
+    events = await change_stage(conn, ctx, rec, change, f"churn:{work_key}")
     await store.save_core(conn, rec, ctx.clock.now())
     await emit_named(conn, ctx, customer_id, *events)
 
@@ -481,7 +477,7 @@ async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, r
     if change is None:
         return rec
     rec.closed_at = ctx.clock.now()
-    events = await _change_stage(conn, ctx, rec, change, request_id)
+    events = await change_stage(conn, ctx, rec, change, request_id)
     await store.save_core(conn, rec, ctx.clock.now())
     await scheduler.cancel(conn, CHURN, str(customer_id))
     await emit_named(conn, ctx, customer_id, *events)
@@ -519,133 +515,3 @@ async def segment_members(conn: Conn, ctx: Context, name: str, after: uuid.UUID 
     compiled = segments.compile_sql(seg["definition"], ctx.clock.now())
     ids = await store.segment_members(conn, compiled.sql, compiled.params, after, limit)
     return seg, await store.load_many(conn, ids)
-
-
-# --- links and merge --------------------------------------------------------
-
-async def link(conn: Conn, ctx: Context, requester_id: uuid.UUID, decision_maker_id: uuid.UUID,
-               role: str) -> store.CustomerRecord:
-    role = role.strip().lower()
-    if not role:
-        raise InvalidArgument("role", "required, e.g. 'employee_of' or 'buys_for'")
-    requester = await store.load(conn, requester_id)
-    decider = await store.load(conn, decision_maker_id)
-    if requester.customer_id == decider.customer_id:
-        raise InvalidArgument("decision_maker_id", "must be a different customer")
-    require_active(requester)
-    require_active(decider)
-    if await store.insert_link(conn, requester.customer_id, decider.customer_id, role,
-                               ctx.clock.now()):
-        await emit_named(conn, ctx, requester.customer_id, CustomersLinked(
-            customer_id=str(requester.customer_id),
-            decision_maker_id=str(decider.customer_id), role=role))
-    return await store.load(conn, requester.customer_id)
-
-
-async def merge(conn: Conn, ctx: Context, survivor_id: uuid.UUID, merged_id: uuid.UUID,
-                request_id: str) -> store.CustomerRecord:
-    """The survivor keeps both histories and identifiers; the other id becomes
-    an alias of it. Merging an alias again is a no-op."""
-    if survivor_id == merged_id:
-        raise InvalidArgument("merged_customer_id", "must differ from survivor_customer_id")
-    # Lock both rows in a fixed order so concurrent merges cannot deadlock.
-    for cid in sorted([survivor_id, merged_id]):
-        await store.load(conn, cid, lock=True, follow_alias=False)
-    survivor = await store.load(conn, survivor_id, follow_alias=False)
-    merged = await store.load(conn, merged_id, follow_alias=False)
-    if merged.merged_into == survivor.customer_id:
-        return survivor  # already merged: a retried call
-    if survivor.merged_into is not None:
-        raise FailedPrecondition(f"survivor {survivor_id} is itself merged into "
-                                 f"{survivor.merged_into}")
-    if merged.merged_into is not None:
-        raise FailedPrecondition(f"customer {merged_id} is already merged into "
-                                 f"{merged.merged_into}")
-    require_active(survivor)
-    require_active(merged)
-    await store.move_records(conn, survivor.customer_id, merged.customer_id)
-    await store.recompute_purchases(conn, survivor)
-    survivor.do_not_contact = survivor.do_not_contact or merged.do_not_contact
-    for key, value in merged.profile.items():
-        survivor.profile.setdefault(key, value)
-    if not survivor.display_name:
-        survivor.display_name = merged.display_name
-    events: list[EventPayload] = []
-    target = domain.stage_after_merge(survivor.stage, merged.stage, survivor.purchase_count)
-    if target != survivor.stage:
-        events += await _change_stage(
-            conn, ctx, survivor, StageChange(survivor.stage, target, StageCause.MERGED),
-            request_id)
-    now = ctx.clock.now()
-    merged.merged_into = survivor.customer_id
-    merged.display_name, merged.profile = "", {}
-    await store.save_core(conn, merged, now)
-    await store.save_core(conn, survivor, now)
-    await scheduler.cancel(conn, CHURN, str(merged.customer_id))
-    await scheduler.cancel(conn, RISK_REVIEW, str(merged.customer_id))
-    await _schedule_churn(conn, ctx, survivor)
-    events.append(CustomersMerged(
-        customer_id=str(survivor.customer_id), merged_customer_id=str(merged.customer_id),
-        stage=survivor.stage.value, purchase_count=survivor.purchase_count))
-    await emit_named(conn, ctx, survivor.customer_id, *events)
-    await _reassess_risk(conn, ctx, survivor.customer_id, request_id)
-    return await store.load(conn, survivor.customer_id)
-
-
-# --- satisfaction risk ------------------------------------------------------
-
-async def record_dissatisfaction(conn: Conn, ctx: Context, customer_id: uuid.UUID, *,
-                                 reason: str, occurred_at: datetime, event_id: str) -> None:
-    rec = await store.load(conn, customer_id, lock=True, full=False)
-    if rec.erased_at is not None:
-        return
-    await store.add_risk_signal(conn, rec.customer_id, event_id, reason, occurred_at)
-    await _reassess_risk(conn, ctx, rec.customer_id, event_id)
-
-
-async def record_survey(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, csat: int | None,
-                        nps: int | None, occurred_at: datetime, event_id: str) -> None:
-    rec = await store.load(conn, customer_id, lock=True, full=False)
-    if rec.erased_at is not None:
-        return
-    if rec.last_survey_at is None or occurred_at >= rec.last_survey_at:
-        rec.last_csat = csat if csat is not None else rec.last_csat
-        rec.last_nps = nps if nps is not None else rec.last_nps
-        rec.last_survey_at = occurred_at
-        await store.save_core(conn, rec, ctx.clock.now())
-    if domain.is_recovery(csat, nps):
-        await store.clear_risk_signals(conn, rec.customer_id, occurred_at)
-    await _reassess_risk(conn, ctx, rec.customer_id, event_id)
-
-
-async def _reassess_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID,
-                         causing_event_id: str) -> None:
-    """Set at-risk from the live signals; publish only when it changes, and
-    schedule a review for when the oldest live signal expires."""
-    rec = await store.load(conn, customer_id, lock=True, follow_alias=False, full=False)
-    now = ctx.clock.now()
-    signals = await store.risk_signals(conn, customer_id)
-    reasons = list(domain.risk_reasons(signals, now))
-    if reasons == rec.risk_reasons and rec.at_risk == bool(reasons):
-        return
-    was_at_risk = rec.at_risk
-    rec.at_risk, rec.risk_reasons = bool(reasons), reasons
-    await store.save_core(conn, rec, now)
-    if reasons:
-        await emit_named(conn, ctx, customer_id, CustomerAtRisk(
-            customer_id=str(customer_id), reasons=reasons, causing_event_id=causing_event_id))
-        live = [at for _, at in signals if now - at < domain.RISK_WINDOW]
-        review_at = domain.plus(min(live), domain.RISK_WINDOW)
-        if review_at is not None:
-            await scheduler.schedule(conn, RISK_REVIEW, str(customer_id), review_at)
-    elif was_at_risk:
-        await emit_named(conn, ctx, customer_id, CustomerRiskCleared(
-            customer_id=str(customer_id), causing_event_id=causing_event_id))
-        await scheduler.cancel(conn, RISK_REVIEW, str(customer_id))
-
-
-async def review_risk(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str) -> None:
-    """Signals expired (run by the scheduler): re-evaluate."""
-    rec = await store.load(conn, customer_id, follow_alias=False, full=False)
-    if rec.erased_at is None and rec.merged_into is None:
-        await _reassess_risk(conn, ctx, customer_id, f"risk_review:{work_key}")

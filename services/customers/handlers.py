@@ -28,7 +28,7 @@ from crm_runtime.errors import AlreadyExists, InvalidArgument
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.customers import commands
+from services.customers import commands, risk
 
 
 def on_interaction_recorded(ctx: commands.Context) -> Route:
@@ -69,7 +69,7 @@ def on_dissatisfaction_signal(ctx: commands.Context) -> Route:
             data = env.data
             with refusals():
                 occurred_at = checked_time(data.occurred_at, ctx.clock.now())
-            await commands.record_dissatisfaction(
+            await risk.record_dissatisfaction(
                 conn, ctx, parse_uuid(data.customer_id), reason=data.reason,
                 occurred_at=occurred_at, event_id=env.id)
 
@@ -82,7 +82,7 @@ def on_survey_response(ctx: commands.Context) -> Route:
             data = env.data
             with refusals():
                 occurred_at = checked_time(data.occurred_at, ctx.clock.now())
-            await commands.record_survey(
+            await risk.record_survey(
                 conn, ctx, parse_uuid(data.customer_id), csat=data.csat, nps=data.nps,
                 occurred_at=occurred_at, event_id=env.id)
 
@@ -129,6 +129,6 @@ def on_churn_due(ctx: commands.Context) -> WorkHandler:
 
 def on_risk_review(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.review_risk(conn, ctx, parse_uuid(work.key), work.key)
+        await risk.review_risk(conn, ctx, parse_uuid(work.key), work.key)
 
     return run
