@@ -23,7 +23,7 @@ from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument, NotFound
-from services.interactions import commands, domain, store
+from services.interactions import commands, contacts, domain, store
 from services.interactions.directory import CustomerDirectory
 
 #: The longest time a promise policy may name (10 years).
@@ -139,7 +139,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         else:  # asked before the transaction opens: no transaction waits on customers
             customer_id = await self._directory.identify(request.contact_email,
                                                          request.contact_phone)
-        contact = commands.check_contact(
+        contact = contacts.check_contact(
             idempotency_key=request.idempotency_key, customer_id=customer_id,
             channel=request.channel, direction=request.direction, kind=request.kind,
             occurred_at=self._stated(request.occurred_at, request.HasField("occurred_at"),
@@ -152,7 +152,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             amount_minor=request.amount.amount_minor, currency=request.amount.currency)
 
         async def record(conn: Conn) -> Any:
-            [(recorded, _)] = await commands.record_contacts(conn, self._ctx, [contact])
+            [(recorded, _)] = await contacts.record_contacts(conn, self._ctx, [contact])
             # The customer's own contact of the key (theirs or, merged, their survivor's).
             return await store.interaction_by_key(conn, recorded.customer_id,
                                                   recorded.idempotency_key)
@@ -165,7 +165,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         customer_id = parse_uuid(request.customer_id, "customer_id")
         size = page_size(request.page_size)
         after = _decode_cursor(request.page_token) if request.page_token else None
-        rows = await uow.run(self._pool, lambda c: commands.timeline(
+        rows = await uow.run(self._pool, lambda c: contacts.timeline(
             c, customer_id, list(request.channels), list(request.kinds), after, size))
         token = (_encode_cursor(rows[-1]["occurred_at"], rows[-1]["interaction_id"])
                  if len(rows) == size else "")

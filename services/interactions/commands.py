@@ -2,9 +2,10 @@
 
 Every function runs in the caller's transaction, validates, applies the pure
 rules of :mod:`domain`, writes through :mod:`store` and queues its events in
-the outbox. Contacts are recorded in bulk (:func:`record_contacts`): the gRPC
-call records one, the ingest consumer records a whole batch with one INSERT,
-which is what lets channels publish thousands of contacts per second.
+the outbox. Contacts (recording them, the timeline) are in :mod:`contacts`,
+which builds on this module: its :class:`Context`, the case a contact opens
+(:func:`open_resolved_case`) and the helpers shared by every idempotent
+command (:data:`DIGEST_VERSION`, :func:`refuse_nul`, :func:`key_conflict`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from crm_contracts.interactions import (
@@ -28,16 +27,14 @@ from crm_contracts.interactions import (
     CaseResolved,
     CaseTransferred,
     DissatisfactionSignal,
-    InteractionRecorded,
     SurveyRequested,
     SurveyResponseRecorded,
 )
 from crm_contracts.times import check_event_time
-from crm_runtime import ids, logs, scheduler, uow
-from crm_runtime.convert import parse_uuid
+from crm_runtime import ids, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from crm_runtime.events import Envelope, EventPayload
+from crm_runtime.events import EventPayload
 from crm_runtime.uow import CommandContext
 from services.interactions import domain, metrics, store
 from services.interactions.domain import Policy
@@ -53,63 +50,14 @@ class Context(CommandContext):
     source = SOURCE
 
 
-# --- contacts ---------------------------------------------------------------
+# --- shared by the use cases (contacts too) ---------------------------------
 
-@dataclass
-class Contact:
-    """A validated contact, ready to store. ``customer_id`` is resolved."""
-
-    idempotency_key: str
-    customer_id: uuid.UUID
-    channel: str
-    direction: str
-    kind: str
-    occurred_at: datetime
-    attention: str = "direct"
-    requester_id: uuid.UUID | None = None
-    decision_maker_id: uuid.UUID | None = None
-    touchpoint: str = ""
-    agent: str = ""
-    unit: str = ""
-    outcome: str = "neutral"
-    notes: str = ""
-    amount_minor: int = 0
-    currency: str = ""
-    interaction_id: uuid.UUID = field(default_factory=ids.uuid4)
-    #: The trace this contact arrived in; its events continue it.
-    traceparent: str = field(default_factory=logs.current_traceparent)
-    #: What the request stated (:func:`contact_digest`); None matches any.
-    request_digest: bytes | None = None
-    #: False when ``occurred_at`` was not given and is the time it was recorded.
-    time_stated: bool = True
-
-
-#: The fields of a contact its digest covers besides ``occurred_at``, in
-#: order; they are columns of ``interactions`` too.
-CONTACT_FIELDS = ("channel", "direction", "kind", "attention", "requester_id",
-                  "decision_maker_id", "touchpoint", "agent", "unit", "outcome", "notes",
-                  "amount_minor", "currency")
 #: The version of the digests' layout, part of every digest: a layout that
 #: changes must change it (and then treat digests of the old one as matching).
 DIGEST_VERSION = "1"
 
 
-def contact_digest(contact: Contact) -> bytes:
-    """The digest of what a contact's request stated, after normalisation:
-    the :data:`CONTACT_FIELDS` and ``occurred_at`` (as an instant, whatever its
-    offset; left out when the request did not state it, so a retry recorded
-    at another moment is still the same request). Not the customer nor the
-    key: they are the key's scope. 16 bytes of BLAKE2b over the values joined
-    by NUL, which no text of a contact may hold (:func:`check_contact`)."""
-    parts = [DIGEST_VERSION]
-    for name in CONTACT_FIELDS:
-        value = getattr(contact, name)
-        parts.append("" if value is None else str(value))
-    parts.append(repr(contact.occurred_at.timestamp()) if contact.time_stated else "")
-    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).digest()
-
-
-def _refuse_nul(**texts: str) -> None:
+def refuse_nul(**texts: str) -> None:
     """InvalidArgument naming the first of ``texts`` that holds a NUL
     character, which no text column stores."""
     for name, value in texts.items():
@@ -117,150 +65,13 @@ def _refuse_nul(**texts: str) -> None:
             raise InvalidArgument(name, "contains a NUL character (\\x00)")
 
 
-def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
-                  direction: str, kind: str, occurred_at: datetime | None, now: datetime,
-                  attention: str = "", requester_id: str = "", decision_maker_id: str = "",
-                  touchpoint: str = "", agent: str = "", unit: str = "", outcome: str = "",
-                  notes: str = "", amount_minor: int = 0, currency: str = "") -> Contact:
-    """Validate a contact's fields, naming the first bad one. ``occurred_at``
-    None (not given) is ``now``, the service's time; a given one must be an
-    event time (``crm_contracts.times.check_event_time``: not before 2000,
-    at most 15 minutes after ``now``)."""
-    key = idempotency_key.strip()
-    if not key or len(key) > 200:
-        raise InvalidArgument("idempotency_key", "required, at most 200 characters")
-    if "\x00" in f"{key}{touchpoint}{agent}{unit}{notes}":  # one search, then which
-        _refuse_nul(idempotency_key=key, touchpoint=touchpoint, agent=agent, unit=unit,
-                    notes=notes)
-    stated = occurred_at is not None
-    when = check_event_time(occurred_at, now) if occurred_at is not None else now
-    mode = domain.check_choice("attention.mode", attention, ("direct", "indirect"), "direct")
-    requester = decider = None
-    if mode == "indirect":
-        if not requester_id or not decision_maker_id:
-            raise InvalidArgument("attention", "indirect attention needs requester and "
-                                               "decision-maker customer ids")
-        requester = parse_uuid(requester_id, "attention.requester_customer_id")
-        decider = parse_uuid(decision_maker_id, "attention.decision_maker_customer_id")
-    kind = domain.check_choice("kind", kind, domain.KINDS)
-    code = currency.strip().upper()
-    if kind == "purchase":
-        if amount_minor < 0:
-            raise InvalidArgument("amount.amount_minor", "must not be negative")
-        if len(code) != 3 or not code.isalpha():
-            raise InvalidArgument("amount.currency", f"{currency!r} is not an ISO 4217 code")
-    elif amount_minor:
-        raise InvalidArgument("amount", "only purchases carry an amount")
-    if len(notes) > 10_000:
-        raise InvalidArgument("notes", "at most 10000 characters")
-    contact = Contact(
-        idempotency_key=key, customer_id=customer_id,
-        channel=domain.check_choice("channel", channel, domain.CHANNELS),
-        direction=domain.check_choice("direction", direction, domain.DIRECTIONS, "reactive"),
-        kind=kind, occurred_at=when, attention=mode, requester_id=requester,
-        decision_maker_id=decider, touchpoint=touchpoint.strip(), agent=agent.strip(),
-        unit=unit.strip(), outcome=domain.check_choice("outcome", outcome, domain.OUTCOMES,
-                                                       "neutral"),
-        notes=notes, amount_minor=amount_minor if kind == "purchase" else 0,
-        currency=code if kind == "purchase" else "", time_stated=stated)
-    contact.request_digest = contact_digest(contact)
-    return contact
-
-
-def _conflict(key: str, what: str, differing: Sequence[str]) -> AlreadyExists:
+def key_conflict(key: str, what: str, differing: Sequence[str]) -> AlreadyExists:
     """The refusal of a key the customer used for a different request."""
     detail = ""
     if differing:
         detail = f" ({', '.join(differing)} {'differs' if len(differing) == 1 else 'differ'})"
     return AlreadyExists(f"idempotency_key {key!r}: already used for a different {what} of "
                          f"this customer{detail}")
-
-
-def _check_contact_repeat(contact: Contact, stored: Any) -> None:
-    """AlreadyExists unless ``stored`` (the customer's contact of the same
-    key) was recorded from the same request, or before digests were kept."""
-    if stored["request_digest"] is None or stored["request_digest"] == contact.request_digest:
-        return
-    differing = [name for name in CONTACT_FIELDS if stored[name] != getattr(contact, name)]
-    if contact.time_stated and stored["occurred_at"] != contact.occurred_at:
-        differing.append("occurred_at")
-    if not differing and not contact.time_stated:
-        differing.append("occurred_at")  # stated in one request, not in the other
-    raise _conflict(contact.idempotency_key, "contact", differing)
-
-
-async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
-                          ) -> list[tuple[Contact, bool]]:
-    """Store contacts once per customer and idempotency key (one INSERT for
-    the batch), each under its customer or, when merged away, their
-    survivor; publish ``interaction.recorded`` for the new ones and open
-    cases for the kinds that need one. Returns each contact (its customer
-    resolved) with ``True`` if it was new. A key the customer used before
-    (or earlier in the batch) for the same request stores nothing; for a
-    different request it raises AlreadyExists naming the key and the fields
-    that differ. Keys are never compared across customers."""
-    if not contacts:
-        return []
-    merged = await store.survivors(conn, [c.customer_id for c in contacts])
-    if merged:
-        contacts = [replace(c, customer_id=merged.get(c.customer_id, c.customer_id))
-                    for c in contacts]
-    now = ctx.clock.now()
-    # In the order of store.CONTACT_COLUMNS.
-    rows = [(c.interaction_id, c.idempotency_key, c.customer_id, c.channel, c.direction, c.kind,
-             c.attention, c.requester_id, c.decision_maker_id, c.touchpoint, c.agent, c.unit,
-             c.occurred_at, c.outcome, c.notes, c.amount_minor, c.currency, now,
-             c.request_digest)
-            for c in contacts]
-    new_keys = await store.insert_contacts(conn, rows)
-    result: list[tuple[Contact, bool]] = []
-    events: list[Envelope] = []
-    seen: set[store.ScopedKey] = set()
-    recorded: Counter[tuple[str, str]] = Counter()
-    for c in contacts:
-        scoped = (c.customer_id, c.idempotency_key)
-        fresh = scoped in new_keys and scoped not in seen
-        seen.add(scoped)
-        result.append((c, fresh))
-        if fresh:
-            recorded[c.channel, c.kind] += 1
-            customer = str(c.customer_id)
-            events.append(ctx.events.envelope(customer, InteractionRecorded(
-                interaction_id=str(c.interaction_id), customer_id=customer,
-                channel=c.channel, direction=c.direction, kind=c.kind,
-                occurred_at=c.occurred_at, outcome=c.outcome, touchpoint=c.touchpoint,
-                unit=c.unit, amount_minor=c.amount_minor, currency=c.currency),
-                time=now, traceparent=c.traceparent))
-    repeats = [c for c, fresh in result if not fresh]
-    if repeats:  # retries, redeliveries with a new event id: rare
-        stored = await store.contacts_by_keys(
-            conn, [(c.customer_id, c.idempotency_key) for c in repeats])
-        for c in repeats:
-            _check_contact_repeat(c, stored[c.customer_id, c.idempotency_key])
-    for (channel, kind), count in recorded.items():
-        uow.on_commit(partial(metrics.INTERACTIONS.labels(SERVICE, channel, kind).inc, count))
-    await ctx.events.write(conn, events)
-    for c, fresh in result:
-        if fresh and c.kind in domain.AUTO_CASE_KINDS:
-            # Scoped as the contact's key: cases' keys are unique per customer.
-            case_id = await _open_case(conn, ctx, customer_id=c.customer_id, kind=c.kind,
-                                       channel=c.channel, unit=c.unit, summary=c.notes[:500],
-                                       interaction_id=c.interaction_id,
-                                       idempotency_key=f"interaction:{c.idempotency_key}",
-                                       compare=False)
-            await store.set_case_of_interaction(conn, c.interaction_id, case_id)
-    return result
-
-
-async def timeline(conn: Conn, customer_id: uuid.UUID, channels: list[str], kinds: list[str],
-                   after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Any]:
-    """The customer's contacts (a merged-away id reads its survivor's)."""
-    for i, ch in enumerate(channels):
-        domain.check_choice(f"channels[{i}]", ch, domain.CHANNELS)
-    for i, k in enumerate(kinds):
-        domain.check_choice(f"kinds[{i}]", k, domain.KINDS)
-    return await store.timeline(conn, await store.survivor(conn, customer_id), channels, kinds,
-                                after, limit)
 
 
 # --- promise policies -------------------------------------------------------
@@ -295,10 +106,12 @@ async def open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: s
     they were merged away, their survivor; the customer's same key with the
     same request returns the existing case, with a different one raises
     AlreadyExists. Schedules the breach warning and the breach."""
-    return await _open_case(conn, ctx, customer_id=await store.survivor(conn, customer_id),
-                            kind=kind, channel=channel, unit=unit, summary=summary,
-                            interaction_id=interaction_id, idempotency_key=idempotency_key,
-                            callback_phone=callback_phone)
+    return await open_resolved_case(conn, ctx,
+                                    customer_id=await store.survivor(conn, customer_id),
+                                    kind=kind, channel=channel, unit=unit, summary=summary,
+                                    interaction_id=interaction_id,
+                                    idempotency_key=idempotency_key,
+                                    callback_phone=callback_phone)
 
 
 #: The fields of a case its digest covers (columns of ``cases``).
@@ -312,19 +125,20 @@ def _json_digest(values: Sequence[object]) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-async def _open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: str,
-                     channel: str, unit: str, summary: str, interaction_id: uuid.UUID | None,
-                     idempotency_key: str, callback_phone: str = "",
-                     compare: bool = True) -> uuid.UUID:
+async def open_resolved_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID,
+                             kind: str, channel: str, unit: str, summary: str,
+                             interaction_id: uuid.UUID | None, idempotency_key: str,
+                             callback_phone: str = "", compare: bool = True) -> uuid.UUID:
     """:func:`open_case` for a customer id already resolved to its survivor
-    (the contacts of a batch are resolved together). ``compare`` False (a
-    case a contact opens, keyed by the contact's key, which was compared):
-    no digest is kept and an existing case of the key is returned as is."""
+    (the contacts of a batch are resolved together,
+    :func:`contacts.record_contacts`). ``compare`` False (a case a contact
+    opens, keyed by the contact's key, which was compared): no digest is
+    kept and an existing case of the key is returned as is."""
     kind = domain.check_choice("kind", kind, domain.CASE_KINDS)
     channel = domain.check_choice("channel", channel, domain.CHANNELS)
     if not idempotency_key.strip():
         raise InvalidArgument("idempotency_key", "required")
-    _refuse_nul(idempotency_key=idempotency_key, unit=unit, summary=summary)
+    refuse_nul(idempotency_key=idempotency_key, unit=unit, summary=summary)
     values = {"kind": kind, "channel": channel, "unit": unit, "summary": summary,
               "interaction_id": interaction_id, "callback_phone": callback_phone}
     digest = _json_digest([values[f] for f in CASE_FIELDS]) if compare else None
@@ -343,7 +157,7 @@ async def _open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: 
         # A concurrent request of the same key committed first.
         existing = await store.case_by_key(conn, customer_id, idempotency_key)
     if digest is not None and existing["request_digest"] not in (None, digest):
-        raise _conflict(idempotency_key, "case",
+        raise key_conflict(idempotency_key, "case",
                         [f for f in CASE_FIELDS if existing[f] != values[f]])
     return uuid.UUID(str(existing["case_id"]))
 
@@ -521,13 +335,13 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
         raise InvalidArgument("idempotency_key", "required")
     if not answers:
         raise InvalidArgument("answers", "at least one answer")
-    _refuse_nul(idempotency_key=idempotency_key, touchpoint=touchpoint, unit=unit)
+    refuse_nul(idempotency_key=idempotency_key, touchpoint=touchpoint, unit=unit)
     now = ctx.clock.now()
     stated = occurred_at is not None
     when = check_event_time(occurred_at, now) if occurred_at is not None else now
     csat_scores, nps_score = [], None
     for i, a in enumerate(answers):
-        _refuse_nul(**{f"answers[{i}].question": a["question"],
+        refuse_nul(**{f"answers[{i}].question": a["question"],
                        f"answers[{i}].comment": a["comment"]})
         if a["csat"]:
             if not 1 <= a["csat"] <= 5:
@@ -563,7 +377,7 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
         differing = [f for f in SURVEY_FIELDS if existing[f] != values[f]]
         if stated and existing["occurred_at"] != when:
             differing.append("occurred_at")
-        raise _conflict(idempotency_key, "survey response", differing or ["occurred_at"])
+        raise key_conflict(idempotency_key, "survey response", differing or ["occurred_at"])
     return existing
 
 

@@ -1,7 +1,7 @@
 """Event handlers of the interactions service.
 
 * ``contact.received`` on the ingest topic: a whole consumed batch becomes one
-  bulk insert (:func:`commands.record_contacts`); a contact that fails
+  bulk insert (:func:`contacts.record_contacts`); a contact that fails
   validation is dead-lettered with the field and the problem
   (``invalid_contact``), one stating a customer id that is no customer as
   ``unknown_customer`` (replayable once the customer exists), one repeating
@@ -29,7 +29,7 @@ from crm_runtime.errors import AlreadyExists, InvalidArgument
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.interactions import commands, store
+from services.interactions import commands, contacts, store
 from services.interactions.directory import CustomerDirectory, stated_customers
 
 #: Dead-letter kinds of contacts, besides the runtime's.
@@ -39,14 +39,14 @@ IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 
 
 async def to_contact(env: Envelope[ContactReceived], directory: CustomerDirectory,
-                     ctx: commands.Context) -> commands.Contact:
+                     ctx: commands.Context) -> contacts.Contact:
     """The contact of an ingested event, its customer identified."""
     data = env.data
     if data.customer_id:
         customer_id = parse_uuid(data.customer_id, "customer_id")
     else:
         customer_id = await directory.customer_of(env)
-    return commands.check_contact(
+    return contacts.check_contact(
         idempotency_key=data.idempotency_key, customer_id=customer_id, channel=data.channel,
         direction=data.direction, kind=data.kind, occurred_at=data.occurred_at,
         now=ctx.clock.now(), attention=data.attention,
@@ -89,15 +89,15 @@ def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> Route:
     async def handle(conn: Conn, events: list[Envelope[ContactReceived]]) -> None:
         # A record raising PoisonMessage makes the runtime re-run the batch
         # record by record and dead-letter that one alone.
-        contacts = []
+        batch = []
         for env in logs.each(events):
             try:
-                contacts.append(await to_contact(env, directory, ctx))
+                batch.append(await to_contact(env, directory, ctx))
             except InvalidArgument as exc:
                 raise PoisonMessage(INVALID_CONTACT, str(exc)) from None
         await require_customers(conn, directory, events)
         try:
-            await commands.record_contacts(conn, ctx, contacts)
+            await contacts.record_contacts(conn, ctx, batch)
         except AlreadyExists as exc:
             raise PoisonMessage(IDEMPOTENCY_CONFLICT, str(exc)) from None
 

@@ -11,15 +11,15 @@ import pytest
 
 from crm_runtime import uow
 from crm_runtime.db import Conn, Rows
-from services.interactions import commands
+from services.interactions import commands, contacts
 from tests.integration.interactions.conftest import Pair
 
 
 def _contacts(pair: Pair, keys: list[str],
-              customer: uuid.UUID | None = None) -> list[commands.Contact]:
+              customer: uuid.UUID | None = None) -> list[contacts.Contact]:
     """Contacts of one customer (a new one unless given), a key each."""
     customer = customer or uuid.uuid4()
-    return [commands.check_contact(idempotency_key=key, customer_id=customer, channel="web",
+    return [contacts.check_contact(idempotency_key=key, customer_id=customer, channel="web",
                                    direction="reactive", kind="inquiry",
                                    occurred_at=pair.clock.now(), now=pair.clock.now(),
                                    notes=f"note {key}")
@@ -39,14 +39,14 @@ async def test_a_batch_stores_each_key_once(pair: Pair, size: int) -> None:
     keys = [f"{run}-{i}" for i in range(size)]
     customer = uuid.uuid4()
     async with uow.transaction(_pool(pair)) as conn:
-        await commands.record_contacts(conn, ctx, _contacts(pair, keys[: size // 2], customer))
+        await contacts.record_contacts(conn, ctx, _contacts(pair, keys[: size // 2], customer))
     # Half the keys are known, and the batch repeats its last key.
     batch = _contacts(pair, [*keys, keys[-1]], customer)
     async with uow.transaction(_pool(pair)) as conn:
-        result = await commands.record_contacts(conn, ctx, batch)
+        result = await contacts.record_contacts(conn, ctx, batch)
         # A second batch in the same transaction (the consumer's isolating
         # re-run does this) sees nothing of the first one's rows.
-        again = await commands.record_contacts(conn, ctx, batch)
+        again = await contacts.record_contacts(conn, ctx, batch)
     fresh = [c.idempotency_key for c, new in result if new]
     assert fresh == keys[size // 2:]
     assert not any(new for _, new in again)
@@ -71,7 +71,7 @@ async def test_copied_rows_leave_nothing_behind(pair: Pair) -> None:
     async with _pool(pair).acquire() as conn:
         for attempt in range(3):
             async with conn.transaction():
-                await commands.record_contacts(conn, ctx, _contacts(
+                await contacts.record_contacts(conn, ctx, _contacts(
                     pair, [f"{run}-{attempt}-{i}" for i in range(size)]))
                 assert await conn.fetchval("SELECT count(*) FROM pg_temp.interactions_batch") == 0
             assert await conn.fetchval(
@@ -110,7 +110,7 @@ async def test_a_batch_of_new_keys_is_copied_straight_into_the_table(pair: Pair)
                 "'pg_temp.interactions_batch'::regclass), 0) FROM pg_stat_xact_user_tables")
     async with uow.transaction(_pool(pair)) as conn:
         before = await conn.fetchrow(inserted)
-        result = await commands.record_contacts(
+        result = await contacts.record_contacts(
             conn, ctx, _contacts(pair, [f"{run}-{i}" for i in range(size)]))
         after = await conn.fetchrow(inserted)
     assert before is not None and after is not None
@@ -132,7 +132,7 @@ async def test_a_key_a_concurrent_transaction_commits_is_stored_once(pair: Pair)
     async with _pool(pair).acquire() as first, _pool(pair).acquire() as second:
         tx = first.transaction()
         await tx.start()
-        await commands.record_contacts(first, ctx, _contacts(pair, keys[:1], customer))
+        await contacts.record_contacts(first, ctx, _contacts(pair, keys[:1], customer))
         batch = asyncio.create_task(_record_in_transaction(
             second, ctx, _contacts(pair, keys, customer)))
         await asyncio.sleep(0.3)
@@ -146,7 +146,7 @@ async def test_a_key_a_concurrent_transaction_commits_is_stored_once(pair: Pair)
 
 
 async def _record_in_transaction(conn: Conn, ctx: commands.Context,
-                                 contacts: list[commands.Contact]
-                                 ) -> list[tuple[commands.Contact, bool]]:
+                                 batch: list[contacts.Contact]
+                                 ) -> list[tuple[contacts.Contact, bool]]:
     async with conn.transaction():
-        return await commands.record_contacts(conn, ctx, contacts)
+        return await contacts.record_contacts(conn, ctx, batch)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from crm_contracts.interactions import ContactReceived
 from crm_runtime.errors import InvalidArgument
-from services.interactions.commands import Contact, check_contact
+from services.interactions.contacts import Contact, check_contact
 
 NOW = datetime(2031, 3, 1, 12, tzinfo=UTC)
 CUSTOMER = uuid.uuid4()
