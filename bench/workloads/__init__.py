@@ -12,7 +12,8 @@ from bench.workloads import (
     loyalty_actions,
     loyalty_latency,
     publish,
+    scheduler_drain,
 )
 
 __all__ = ["consume", "customers_get", "customers_purchases", "interactions_ingest",
-           "loyalty_actions", "loyalty_latency", "publish"]
+           "loyalty_actions", "loyalty_latency", "publish", "scheduler_drain"]
