@@ -5,7 +5,7 @@ rules of :mod:`domain`, writes through :mod:`store` and queues its events in
 the outbox. Contacts (recording them, the timeline) are in :mod:`contacts`,
 which builds on this module: its :class:`Context`, the case a contact opens
 (:func:`open_resolved_case`) and the helpers shared by every idempotent
-command (:data:`DIGEST_VERSION`, :func:`refuse_nul`, :func:`key_conflict`).
+command (:data:`DIGEST_VERSION`, :func:`key_conflict`).
 """
 
 from __future__ import annotations
@@ -55,14 +55,6 @@ class Context(CommandContext):
 #: The version of the digests' layout, part of every digest: a layout that
 #: changes must change it (and then treat digests of the old one as matching).
 DIGEST_VERSION = "1"
-
-
-def refuse_nul(**texts: str) -> None:
-    """InvalidArgument naming the first of ``texts`` that holds a NUL
-    character, which no text column stores."""
-    for name, value in texts.items():
-        if "\x00" in value:
-            raise InvalidArgument(name, "contains a NUL character (\\x00)")
 
 
 def key_conflict(key: str, what: str, differing: Sequence[str]) -> AlreadyExists:
@@ -138,7 +130,6 @@ async def open_resolved_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID
     channel = domain.check_choice("channel", channel, domain.CHANNELS)
     if not idempotency_key.strip():
         raise InvalidArgument("idempotency_key", "required")
-    refuse_nul(idempotency_key=idempotency_key, unit=unit, summary=summary)
     values = {"kind": kind, "channel": channel, "unit": unit, "summary": summary,
               "interaction_id": interaction_id, "callback_phone": callback_phone}
     digest = _json_digest([values[f] for f in CASE_FIELDS]) if compare else None
@@ -335,14 +326,11 @@ async def record_survey(conn: Conn, ctx: Context, *, idempotency_key: str,
         raise InvalidArgument("idempotency_key", "required")
     if not answers:
         raise InvalidArgument("answers", "at least one answer")
-    refuse_nul(idempotency_key=idempotency_key, touchpoint=touchpoint, unit=unit)
     now = ctx.clock.now()
     stated = occurred_at is not None
     when = check_event_time(occurred_at, now) if occurred_at is not None else now
     csat_scores, nps_score = [], None
     for i, a in enumerate(answers):
-        refuse_nul(**{f"answers[{i}].question": a["question"],
-                       f"answers[{i}].comment": a["comment"]})
         if a["csat"]:
             if not 1 <= a["csat"] <= 5:
                 raise InvalidArgument(f"answers[{i}].csat", f"must be 1-5, got {a['csat']}")

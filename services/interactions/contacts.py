@@ -36,7 +36,6 @@ from services.interactions.commands import (
     Context,
     key_conflict,
     open_resolved_case,
-    refuse_nul,
 )
 from services.interactions.store import SERVICE
 
@@ -101,12 +100,11 @@ def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
     None (not given) is ``now``, the service's time; a given one must be an
     event time (``crm_contracts.times.check_event_time``: not before 2000,
     at most 15 minutes after ``now``)."""
+    # Lengths and NUL characters were refused at the edge: the request's
+    # limits (gRPC) or the payload's (the ingest topic), written once each.
     key = idempotency_key.strip()
-    if not key or len(key) > 200:
-        raise InvalidArgument("idempotency_key", "required, at most 200 characters")
-    if "\x00" in f"{key}{touchpoint}{agent}{unit}{notes}":  # one search, then which
-        refuse_nul(idempotency_key=key, touchpoint=touchpoint, agent=agent, unit=unit,
-                   notes=notes)
+    if not key:
+        raise InvalidArgument("idempotency_key", "required")
     stated = occurred_at is not None
     when = check_event_time(occurred_at, now) if occurred_at is not None else now
     mode = domain.check_choice("attention.mode", attention, ("direct", "indirect"), "direct")
@@ -126,8 +124,6 @@ def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
             raise InvalidArgument("amount.currency", f"{currency!r} is not an ISO 4217 code")
     elif amount_minor:
         raise InvalidArgument("amount", "only purchases carry an amount")
-    if len(notes) > 10_000:
-        raise InvalidArgument("notes", "at most 10000 characters")
     contact = Contact(
         idempotency_key=key, customer_id=customer_id,
         channel=domain.check_choice("channel", channel, domain.CHANNELS),

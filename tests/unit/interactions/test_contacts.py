@@ -78,13 +78,6 @@ def test_an_event_time_outside_the_window_is_refused(when: datetime, problem: st
         NOW + timedelta(minutes=15))
 
 
-@pytest.mark.parametrize("field", ["idempotency_key", "touchpoint", "agent", "unit", "notes"])
-def test_a_nul_character_is_refused_naming_the_field(field: str) -> None:
-    with pytest.raises(InvalidArgument) as err:
-        contact(**{field: "a\x00b"})
-    assert err.value.field == field
-
-
 # --- the ingest payload -----------------------------------------------------------
 
 def payload(**fields: Any) -> dict[str, Any]:
