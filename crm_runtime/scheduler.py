@@ -172,39 +172,39 @@ class Scheduler:
         return sum(r for r in results if isinstance(r, int))
 
     async def _run_one(self, conn: Conn, now: datetime, kinds: list[str]) -> int | None:
-        """Claim the first due item no other runner holds and run it in one
-        transaction: 1 if it ran, 0 if it failed (and moved), None if none
+        """Claim the first due item no other runner holds, run it and remove it
+        in one transaction (the claim is the ``DELETE``: four round trips):
+        1 if it ran, 0 if it failed (rolled back, then moved), None if none
         was due."""
-        async with uow.unit_on(conn) as unit:
-            row = await conn.fetchrow(
-                """SELECT id, kind, item_key, due_at, payload, attempts, traceparent
-                     FROM scheduled_work
-                    WHERE due_at <= $1 AND kind = ANY($2::text[])
-                    ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED""",
-                now, kinds,
-            )
-            if row is None:
-                return None
-            work = DueWork(row["kind"], row["item_key"], row["due_at"], row["payload"],
-                           row["attempts"])
-            try:
-                # A savepoint: a failing item is moved, not lost. The work
-                # runs in the trace of what scheduled it (a span when tracing
-                # is on).
-                async with uow.savepoint(conn):
-                    with logs.context(traceparent=row["traceparent"],
-                                      span=f"run {work.kind}"):
-                        await self._handlers[work.kind](conn, work)
-                    await conn.execute("DELETE FROM scheduled_work WHERE id = $1", row["id"])
+        row = None
+        try:
+            async with uow.unit_on(conn) as unit:
+                row = await conn.fetchrow(
+                    """DELETE FROM scheduled_work
+                        WHERE id = (SELECT id FROM scheduled_work
+                                     WHERE due_at <= $1 AND kind = ANY($2::text[])
+                                     ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                    RETURNING id, kind, item_key, due_at, payload, attempts, traceparent""",
+                    now, kinds,
+                )
+                if row is None:
+                    return None
+                work = DueWork(row["kind"], row["item_key"], row["due_at"], row["payload"],
+                               row["attempts"])
+                # The work runs in the trace of what scheduled it (a span when
+                # tracing is on).
+                with logs.context(traceparent=row["traceparent"], span=f"run {work.kind}"):
+                    await self._handlers[work.kind](conn, work)
                 unit.on_commit(metrics.SCHEDULED_FIRED.labels(self._service, work.kind).inc)
                 return 1
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                log.error("scheduled %s/%s failed (%s: %s); retrying later", work.kind,
-                          work.key, type(exc).__name__, exc)
-                await conn.execute(
-                    """UPDATE scheduled_work SET attempts = attempts + 1, last_error = $2,
-                              due_at = $3 WHERE id = $1""",
-                    row["id"], f"{type(exc).__name__}: {exc}", now + self._retry_after)
-                return 0
+        except Exception as exc:
+            if row is None or is_transient(exc):
+                raise
+            # Rolled back, the item is back; it is moved, not lost.
+            log.error("scheduled %s/%s failed (%s: %s); retrying later", row["kind"],
+                      row["item_key"], type(exc).__name__, exc)
+            await conn.execute(
+                """UPDATE scheduled_work SET attempts = attempts + 1, last_error = $2,
+                          due_at = $3 WHERE id = $1""",
+                row["id"], f"{type(exc).__name__}: {exc}", now + self._retry_after)
+            return 0
