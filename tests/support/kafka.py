@@ -79,3 +79,24 @@ async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = 30.
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def dead_letter(bootstrap: str, dlq: str, event_id: str, *,
+                      timeout: float = 30.0) -> Record:
+    """The record of event ``event_id`` on the dead-letter topic ``dlq``, once
+    it is there."""
+    found: list[Record] = []
+
+    async def there() -> bool:
+        found[:] = [r for r in await read_topic(bootstrap, dlq, expect=0, timeout=5, settle=0.2)
+                    if dict(r.headers).get("ce_id") == event_id.encode()]
+        return bool(found)
+
+    await wait_for(there, timeout=timeout, what=f"the dead letter of {event_id}")
+    return found[0]
+
+
+def dlq_error(record: Record) -> tuple[str, str]:
+    """(error kind, reason) a dead letter's headers give."""
+    headers = dict(record.headers)
+    return headers["dlq_error_kind"].decode(), headers["dlq_error_reason"].decode()

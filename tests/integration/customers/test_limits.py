@@ -20,7 +20,7 @@ from crm_contracts.topics import INTERACTIONS
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
 from tests.support.customers import get, purchase_event, register, stub
-from tests.support.kafka import produce_envelopes, read_topic, wait_for
+from tests.support.kafka import dead_letter, dlq_error, produce_envelopes, wait_for
 from tests.support.services import Running
 
 
@@ -52,21 +52,9 @@ def _bootstrap(svc: Running) -> str:
 
 async def _dead_letter(svc: Running, env: Envelope) -> tuple[str, str]:
     """(error kind, reason) of the dead letter of ``env`` on the DLQ topic."""
-    found: list[tuple[str, str]] = []
-
-    async def there() -> bool:
-        records = await read_topic(_bootstrap(svc), dlq_topic(INTERACTIONS), expect=0,
-                                   timeout=5, settle=0.2)
-        for r in records:
-            headers = dict(r.headers)
-            if headers.get("ce_id") == env.id.encode():
-                found.append((headers["dlq_error_kind"].decode(),
-                              headers["dlq_error_reason"].decode()))
-                return True
-        return False
-
-    await wait_for(there, timeout=30, what=f"the dead letter of {env.id}")
-    return found[0]
+    bootstrap = svc.runner.settings.kafka_bootstrap_servers
+    assert bootstrap
+    return dlq_error(await dead_letter(bootstrap, dlq_topic(INTERACTIONS), env.id))
 
 
 async def _consumed(svc: Running, env: Envelope) -> None:

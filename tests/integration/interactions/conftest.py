@@ -4,8 +4,10 @@ contacts are registered there), sharing one manual clock."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 import pytest
 
 from crm_runtime.clock import ManualClock
@@ -14,6 +16,7 @@ from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
 from services.customers.app import SPEC as CUSTOMERS
 from services.interactions.app import SPEC as INTERACTIONS
 from tests.support.customers import START
+from tests.support.proxy import ToggleProxy
 from tests.support.services import Running, running
 
 
@@ -37,3 +40,36 @@ async def pair(database_url: str, broker: TansuBroker) -> AsyncIterator[Pair]:
         with_target = settings.model_copy(update={"customers_grpc_target": target})
         async with running(INTERACTIONS, with_target, clock=clock) as interactions:
             yield Pair(customers, interactions, clock)
+
+
+@dataclass
+class ProxiedPair:
+    """Customers and interactions, interactions reaching customers through a
+    proxy the test can take down and bring back."""
+
+    customers: Running
+    interactions: Running
+    proxy: ToggleProxy
+    pool: asyncpg.Pool  # the interactions service's
+
+
+@asynccontextmanager
+async def customers_behind_a_proxy(database_url: str,
+                                   broker: TansuBroker) -> AsyncIterator[ProxiedPair]:
+    """The two services on a database and a broker of the test's own (a test
+    that takes customers away must not stall the package's pair)."""
+    settings = Settings(database_url=database_url,
+                        kafka_bootstrap_servers=broker.bootstrap_servers,
+                        retry_initial_s=0.05, retry_max_s=0.5, consumer_batch_wait_ms=20,
+                        **EMBEDDED_BROKER_SETTINGS)
+    async with AsyncExitStack() as stack:
+        crm = await stack.enter_async_context(running(CUSTOMERS, settings, START))
+        proxy = ToggleProxy(f"postgresql://grpc@127.0.0.1:{crm.runner.bound_grpc_port}/c")
+        await proxy.up()
+        stack.push_async_callback(proxy.down)
+        via_proxy = settings.model_copy(
+            update={"customers_grpc_target": f"127.0.0.1:{proxy.port}"})
+        interactions = await stack.enter_async_context(
+            running(INTERACTIONS, via_proxy, clock=crm.clock))
+        assert interactions.runner.pool is not None
+        yield ProxiedPair(crm, interactions, proxy, interactions.runner.pool)

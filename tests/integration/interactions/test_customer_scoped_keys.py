@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
 
@@ -22,11 +21,8 @@ from crm_contracts.interactions import ContactReceived
 from crm_contracts.topics import INTERACTIONS_INGEST
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
-from crm_runtime.settings import Settings
-from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
-from services.customers.app import SPEC as CUSTOMERS
-from services.interactions.app import SPEC as INTERACTIONS
-from tests.integration.interactions.conftest import Pair
+from crm_runtime.stack import TansuBroker
+from tests.integration.interactions.conftest import Pair, customers_behind_a_proxy
 from tests.integration.interactions.test_interactions_service import (
     _ts,
     api,
@@ -34,10 +30,9 @@ from tests.integration.interactions.test_interactions_service import (
     new_customer,
     record,
 )
-from tests.support.customers import START, register
-from tests.support.kafka import Record, produce, produce_envelopes, read_topic, wait_for
-from tests.support.proxy import ToggleProxy
-from tests.support.services import running
+from tests.support import kafka
+from tests.support.customers import register
+from tests.support.kafka import Record, dlq_error, produce, produce_envelopes, wait_for
 
 
 def _pool(pair: Pair) -> asyncpg.Pool:
@@ -56,23 +51,9 @@ async def _timeline(pair: Pair, customer_id: str) -> list[pb.Interaction]:
     return list(reply.interactions)
 
 
-async def dead_letter(pair: Pair, event_id: str, timeout: float = 30.0) -> Record:
+async def dead_letter(pair: Pair, event_id: str) -> Record:
     """The dead letter of the ingest event ``event_id``, once it is there."""
-    found: list[Record] = []
-
-    async def there() -> bool:
-        found[:] = [r for r in await read_topic(_bootstrap(pair), dlq_topic(INTERACTIONS_INGEST),
-                                                expect=0, timeout=5, settle=0.2)
-                    if dict(r.headers)["ce_id"] == event_id.encode()]
-        return bool(found)
-
-    await wait_for(there, timeout=timeout, what=f"the dead letter of {event_id}")
-    return found[0]
-
-
-def dlq_error(record: Record) -> tuple[str, str]:
-    headers = dict(record.headers)
-    return headers["dlq_error_kind"].decode(), headers["dlq_error_reason"].decode()
+    return await kafka.dead_letter(_bootstrap(pair), dlq_topic(INTERACTIONS_INGEST), event_id)
 
 
 async def consumed(pair: Pair, event_id: str) -> None:
@@ -377,21 +358,9 @@ async def test_while_customers_is_away_an_unknown_id_waits_and_is_not_dead_lette
     service cannot be reached: over gRPC UNAVAILABLE (retry), on the ingest
     topic the batch waits and is retried, not dead-lettered; once customers
     is back both go through."""
-    settings = Settings(database_url=own_database,
-                        kafka_bootstrap_servers=own_broker.bootstrap_servers,
-                        retry_initial_s=0.05, retry_max_s=0.5, consumer_batch_wait_ms=20,
-                        **EMBEDDED_BROKER_SETTINGS)
-    async with AsyncExitStack() as stack:
-        crm = await stack.enter_async_context(running(CUSTOMERS, settings, START))
-        proxy = ToggleProxy(f"postgresql://grpc@127.0.0.1:{crm.runner.bound_grpc_port}/c")
-        await proxy.up()
-        stack.push_async_callback(proxy.down)
-        via_proxy = settings.model_copy(
-            update={"customers_grpc_target": f"127.0.0.1:{proxy.port}"})
-        interactions = await stack.enter_async_context(
-            running(INTERACTIONS, via_proxy, clock=crm.clock))
-        pool = interactions.runner.pool
-        assert pool is not None
+    async with customers_behind_a_proxy(own_database, own_broker) as both:
+        crm, interactions, proxy, pool = (both.customers, both.interactions, both.proxy,
+                                          both.pool)
         reply = await register(crm)
         cid = reply.customer.customer_id
 

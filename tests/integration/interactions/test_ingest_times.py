@@ -25,7 +25,6 @@ from tests.integration.interactions.test_customer_scoped_keys import (
     _pool,
     consumed,
     dead_letter,
-    dlq_error,
 )
 from tests.integration.interactions.test_interactions_service import (
     _ts,
@@ -34,7 +33,7 @@ from tests.integration.interactions.test_interactions_service import (
     new_customer,
     record,
 )
-from tests.support.kafka import produce, wait_for
+from tests.support.kafka import dlq_error, produce, wait_for
 
 #: occurred_at as channels have got it wrong, and the dead letter's kind.
 BAD_TIMES: list[tuple[Any, str]] = [

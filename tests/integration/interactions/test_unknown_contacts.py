@@ -9,7 +9,6 @@ import asyncio
 import gc
 import uuid
 from collections.abc import Iterator
-from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
@@ -28,19 +27,15 @@ from crm_contracts.topics import INTERACTIONS_INGEST
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
 from crm_runtime.grpc_server import ServiceRegistration, build_server
-from crm_runtime.settings import Settings
-from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
+from crm_runtime.stack import TansuBroker
 from services.customers.api import CustomersServicer
-from services.customers.app import SPEC as CUSTOMERS
 from services.customers.commands import Context as CustomersContext
-from services.interactions.app import SPEC as INTERACTIONS
 from services.interactions.directory import CustomerDirectory
-from tests.integration.interactions.conftest import Pair
+from tests.integration.interactions.conftest import Pair, customers_behind_a_proxy
 from tests.integration.interactions.test_interactions_service import customers, record
 from tests.support.customers import START
 from tests.support.kafka import read_topic, wait_for
-from tests.support.proxy import ToggleProxy
-from tests.support.services import DEV_TOKEN, running
+from tests.support.services import DEV_TOKEN
 
 
 def calls(method: str) -> float:
@@ -256,21 +251,8 @@ async def test_contacts_wait_while_customers_is_away_and_are_recorded_once_it_is
         own_database: str, own_broker: TansuBroker) -> None:
     """Not lost, not dead-lettered: the batch is retried until the
     RegisterCustomers call goes through."""
-    settings = Settings(database_url=own_database,
-                        kafka_bootstrap_servers=own_broker.bootstrap_servers,
-                        retry_initial_s=0.05, retry_max_s=0.5, consumer_batch_wait_ms=20,
-                        **EMBEDDED_BROKER_SETTINGS)
-    async with AsyncExitStack() as stack:
-        crm = await stack.enter_async_context(running(CUSTOMERS, settings, START))
-        proxy = ToggleProxy(f"postgresql://grpc@127.0.0.1:{crm.runner.bound_grpc_port}/c")
-        await proxy.up()
-        stack.push_async_callback(proxy.down)
-        via_proxy = settings.model_copy(
-            update={"customers_grpc_target": f"127.0.0.1:{proxy.port}"})
-        interactions = await stack.enter_async_context(
-            running(INTERACTIONS, via_proxy, clock=crm.clock))
-        pool = interactions.runner.pool
-        assert pool is not None
+    async with customers_behind_a_proxy(own_database, own_broker) as both:
+        proxy, pool = both.proxy, both.pool
         run = uuid.uuid4().hex[:8]
         batch = [contact(f"{run}-{i}", email=f"away-{run}-{i}@example.com") for i in range(3)]
         await proxy.down()

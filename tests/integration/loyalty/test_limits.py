@@ -20,7 +20,7 @@ from crm_contracts.money import MAX_AMOUNT_MINOR
 from crm_contracts.topics import CUSTOMERS
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
-from tests.support.kafka import read_topic, wait_for
+from tests.support.kafka import dead_letter, dlq_error, wait_for
 from tests.support.loyalty import (
     consent,
     envelope,
@@ -63,20 +63,7 @@ async def _dead_letter(svc: Running, env: Envelope) -> tuple[str, str]:
     """(error kind, reason) of the dead letter of ``env`` on the DLQ topic."""
     bootstrap = svc.runner.settings.kafka_bootstrap_servers
     assert bootstrap
-    found: list[tuple[str, str]] = []
-
-    async def there() -> bool:
-        for r in await read_topic(bootstrap, dlq_topic(CUSTOMERS), expect=0, timeout=5,
-                                  settle=0.2):
-            headers = dict(r.headers)
-            if headers.get("ce_id") == env.id.encode():
-                found.append((headers["dlq_error_kind"].decode(),
-                              headers["dlq_error_reason"].decode()))
-                return True
-        return False
-
-    await wait_for(there, timeout=30, what=f"the dead letter of {env.id}")
-    return found[0]
+    return dlq_error(await dead_letter(bootstrap, dlq_topic(CUSTOMERS), env.id))
 
 
 async def _refused(call: Any, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> str:
