@@ -13,7 +13,7 @@ few per event (a scheduled item or a gRPC call is a batch of one):
   rules and moot follow-ups consult about them;
 - **buffered writes**: the rows of the common path (actions, discounts,
   follow-ups, scheduled work, changed views), written at :meth:`Batch.flush`
-  in one statement (:func:`services.loyalty.store.write_unit`);
+  in one statement (:func:`services.loyalty.batch_store.write_unit`);
 - **events**, buffered in the order they were caused and written at
   :meth:`Batch.flush` through the service's emitter (``ctx.events``), so the
   outbox keeps that order;
@@ -37,7 +37,7 @@ from crm_runtime import logs, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, EventPayload
 from crm_runtime.uow import CommandContext
-from services.loyalty import domain, metrics, store
+from services.loyalty import batch_store, domain, metrics, store
 from services.loyalty.domain import TrustPolicy, View
 from services.loyalty.rulebook import RuleBook, StoredRule
 
@@ -77,9 +77,9 @@ class Batch:
         self._views: dict[uuid.UUID, View] = {}
         self._dirty: dict[uuid.UUID, View] = {}
         self._envelopes: list[Envelope] = []
-        self._actions: list[store.ActionRow] = []
-        self._discounts: list[store.DiscountRow] = []
-        self._follow_ups: list[store.FollowUpRow] = []
+        self._actions: list[batch_store.ActionRow] = []
+        self._discounts: list[batch_store.DiscountRow] = []
+        self._follow_ups: list[batch_store.FollowUpRow] = []
         #: (kind, key, due, traceparent): the work runs in the trace of the
         #: trigger that scheduled it.
         self._schedules: list[tuple[str, str, datetime, str]] = []
@@ -101,11 +101,11 @@ class Batch:
         """Lock and load a run's customers and what the run will consult, in
         one round trip; returns the current rules."""
         since = self.now - self.ctx.policy.window
-        locked = await store.lock_views(self.conn, customer_ids, self.now, since,
+        locked = await batch_store.lock_views(self.conn, customer_ids, self.now, since,
                                         trigger_event_ids)
         survivors = [v.merged_into for v in locked.views if v.merged_into is not None]
         if survivors:
-            more = await store.lock_views(self.conn, survivors, self.now, since, [])
+            more = await batch_store.lock_views(self.conn, survivors, self.now, since, [])
             locked.views += more.views
             locked.promotional.update(more.promotional)
             locked.cancellable.update(more.cancellable)
@@ -140,7 +140,7 @@ class Batch:
         customer of the batch at the first need)."""
         if customer_id not in self._promo:
             ids = list({customer_id, *self._views})
-            self._promo.update(await store.promotional_times_many(
+            self._promo.update(await batch_store.promotional_times_many(
                 self.conn, ids, self.now - self.ctx.policy.window))
         return self._promo[customer_id]
 
@@ -148,7 +148,7 @@ class Batch:
         """The second guard of exactly-once: actions already recorded for the
         batch's trigger events (loaded once, at the first action)."""
         if not self._guard_loaded:
-            self.done_actions |= await store.actions_of_triggers(self.conn, self._trigger_ids)
+            self.done_actions |= await batch_store.actions_of_triggers(self.conn, self._trigger_ids)
             self._guard_loaded = True
         return action_id in self.done_actions
 
@@ -164,14 +164,14 @@ class Batch:
         return self.ctx.events.envelope(customer_id, payload, time=self.now,
                                         traceparent=traceparent)
 
-    def record_action(self, row: store.ActionRow) -> None:
+    def record_action(self, row: batch_store.ActionRow) -> None:
         """Record what a rule's action came to (counted once committed)."""
         self.done_actions.add(row[0])
         self._actions.append(row)
         labels = (store.SCHEMA, row[2], row[5], row[9], row[10])
         uow.on_commit(lambda: metrics.ACTIONS.labels(*labels).inc())
 
-    def add_follow_up(self, row: store.FollowUpRow) -> None:
+    def add_follow_up(self, row: batch_store.FollowUpRow) -> None:
         """A new follow-up, and its due work."""
         self._follow_ups.append(row)
         self._scheduled[row[0]] = len(self._scheduled)
@@ -187,7 +187,7 @@ class Batch:
             self._codes = domain.new_codes(64)
         return self._codes.pop()
 
-    def add_discount(self, row: store.DiscountRow, notice_at: datetime | None) -> None:
+    def add_discount(self, row: batch_store.DiscountRow, notice_at: datetime | None) -> None:
         """A new discount, and the reminder of its expiry when there is one."""
         self._discounts.append(row)
         if notice_at is not None:
@@ -197,7 +197,7 @@ class Batch:
     async def flush(self) -> None:
         """Write what is buffered: one statement for the rows, the moot
         follow-ups' cancellation when there are any, then the outbox."""
-        await store.write_unit(self.conn, actions=self._actions, discounts=self._discounts,
+        await batch_store.write_unit(self.conn, actions=self._actions, discounts=self._discounts,
                                follow_ups=self._follow_ups, schedules=self._schedules,
                                views=list(self._dirty.values()), now=self.now)
         if self._moot:
@@ -233,7 +233,7 @@ class Batch:
         if self._cancellable is None:
             ids = list(self._views)
             self._cancellable = {cid: set() for cid in ids}
-            self._cancellable.update(await store.cancellable_types(self.conn, ids))
+            self._cancellable.update(await batch_store.cancellable_types(self.conn, ids))
         if customer_id not in self._cancellable:
             return True  # not covered by the hint: ask the database
         return (event_type in self._cancellable[customer_id]

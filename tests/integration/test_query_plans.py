@@ -11,7 +11,7 @@ import asyncpg
 from crm_runtime.db import Rows, connect, load_rows
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.outbox import MARK_AND_READ, PRUNE_SENT
-from services.loyalty import store
+from services.loyalty import batch_store, store
 from services.loyalty.app import SPEC as LOYALTY
 
 START = datetime(2031, 3, 3, 12, tzinfo=UTC)
@@ -44,7 +44,7 @@ async def test_the_trigger_guard_probes_the_index_in_a_generic_plan(own_database
                       'service', md5(i::text), 'customer.stage_changed', 'performed', now()
                  FROM generate_series(1, 300) AS i""")
         await conn.execute("ANALYZE actions")
-        plan = await _plan(conn, store._ACTIONS_OF_TRIGGERS.format(ids="$1"), "text[]",
+        plan = await _plan(conn, batch_store._ACTIONS_OF_TRIGGERS.format(ids="$1"), "text[]",
                            "'{a,b}'")
         assert "Seq Scan on actions" not in plan, plan
         assert "actions_trigger_event_id_rule_id_action_index_key" in plan, plan
@@ -109,8 +109,9 @@ async def test_a_large_batch_of_views_is_updated_through_the_index(own_database:
         views = [store.View(customer_id=r["customer_id"], stage="repeat")
                  for r in ids[: 10 * Rows.COPY_FROM]]
         async with conn.transaction():
-            sql, params = await load_rows(conn, store._WRITE_UNIT,
-                                          store._unit_batches([], [], [], [], views, now=START))
+            sql, params = await load_rows(
+                conn, batch_store._WRITE_UNIT,
+                batch_store._unit_batches([], [], [], [], views, now=START))
             await conn.execute(f"PREPARE probe AS {sql}")  # types from the casts
             args = f"({', '.join(['NULL'] * len(params))})" if params else ""
             rows = await conn.fetch(f"EXPLAIN EXECUTE probe{args}")

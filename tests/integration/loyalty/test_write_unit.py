@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from crm_runtime.db import Rows
-from services.loyalty import store
+from services.loyalty import batch_store, store
 from tests.integration.loyalty.conftest import START
 from tests.support.services import Running
 
@@ -58,7 +58,7 @@ async def test_write_unit_stores_every_batch(svc: Running, n_actions: int, n_dis
                         referral_code=f"REF-{run}-{i}")
              for i in range(n_views)]
     async with pool.acquire() as conn, conn.transaction():
-        await store.write_unit(conn, actions=actions, discounts=discounts,
+        await batch_store.write_unit(conn, actions=actions, discounts=discounts,
                                follow_ups=follow_ups, schedules=schedules, views=views,
                                now=later)
 
@@ -109,11 +109,11 @@ async def test_an_action_recorded_twice_fails_the_unit(svc: Running, size: int) 
                for i in range(size)]
     pool = _pool(svc)
     async with pool.acquire() as conn, conn.transaction():
-        await store.write_unit(conn, actions=actions[:1], discounts=[], follow_ups=[],
+        await batch_store.write_unit(conn, actions=actions[:1], discounts=[], follow_ups=[],
                                schedules=[], views=[], now=START)
     with pytest.raises(asyncpg.UniqueViolationError):
         async with pool.acquire() as conn, conn.transaction():
-            await store.write_unit(conn, actions=actions[1:] + actions[:1], discounts=[],
+            await batch_store.write_unit(conn, actions=actions[1:] + actions[:1], discounts=[],
                                    follow_ups=[], schedules=[("unit.test", f"{run}-x", START, "")],
                                    views=[], now=START)
     assert await pool.fetchval("SELECT count(*) FROM actions WHERE rule_id = $1",
