@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     customers_grpc_target: str | None = Field(
         default=None, description="host:port of the customers service, for services that "
                                   "register unknown contacts; default its local port.")
+    interactions_grpc_target: str | None = Field(
+        default=None, description="host:port of the interactions service, for the customers "
+                                  "service's data-subject export; default its local port.")
+    loyalty_grpc_target: str | None = Field(
+        default=None, description="host:port of the loyalty service, for the customers "
+                                  "service's data-subject export; default its local port.")
     service_token: str | None = Field(
         default=None, min_length=16,
         description="Bearer token this service presents to other services; default the "
@@ -204,7 +210,13 @@ class Settings(BaseSettings):
         return value
 
     def customers_target(self) -> str:
-        return self.customers_grpc_target or f"{self.grpc_host}:{self.grpc_port('customers')}"
+        return self.service_target("customers")
+
+    def service_target(self, service: str) -> str:
+        """host:port another service of the product answers gRPC on: its
+        ``CRM_<SERVICE>_GRPC_TARGET``, else its local port."""
+        configured: str | None = getattr(self, f"{service}_grpc_target")
+        return configured or f"{self.grpc_host}:{self.grpc_port(service)}"
 
     def churn_window(self) -> timedelta:
         return timedelta(days=self.churn_window_days)

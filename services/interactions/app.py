@@ -17,7 +17,7 @@ def build(svc: ServiceContext) -> ServiceParts:
     ctx = commands.Context(clock=svc.clock, lanes=svc.lanes)
     s = svc.settings
     directory = CustomerDirectory(s.customers_target(), s.service_token or s.dev_token,
-                                  pool=svc.pool)
+                                  pool=svc.pool, settings=s)
     return ServiceParts(
         subscriptions=[
             # Unknown contacts are registered with customers, and the

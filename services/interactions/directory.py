@@ -41,6 +41,8 @@ from crm_runtime import ids, limits, logs
 from crm_runtime.consumer import Seen
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope
+from crm_runtime.grpc_client import open_channel
+from crm_runtime.settings import Settings
 from services.interactions import store
 
 log = logging.getLogger(__name__)
@@ -102,11 +104,12 @@ def stated_customers(data: ContactReceived) -> list[tuple[str, uuid.UUID]]:
 
 class CustomerDirectory:
     def __init__(self, target: str, token: str | None,
-                 pool: asyncpg.Pool | None = None) -> None:
+                 pool: asyncpg.Pool | None = None, settings: Settings | None = None) -> None:
         """``pool``: the service's, where the customers it knows are kept;
         without one (a directory that only registers), nothing is
         remembered and :meth:`prepare` checks no stated customer."""
         self._target = target
+        self._settings = settings
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self._channel: grpc.aio.Channel | None = None
         self._pool = pool
@@ -120,7 +123,7 @@ class CustomerDirectory:
 
     def _stub(self) -> customers_pb2_grpc.CustomersStub:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._target)
+            self._channel = open_channel(self._target, self._settings)
         return customers_pb2_grpc.CustomersStub(self._channel)
 
     async def prepare(self, envelopes: list[Envelope], seen: Seen) -> None:
