@@ -72,10 +72,23 @@ class CustomerWonBack(EventPayload):
 
 @event("customer.consent_changed", topic=CUSTOMERS)
 class ConsentChanged(EventPayload):
+    """The customer's decision on one purpose changed (the customers service
+    is its one source of truth; an unsubscribe made through loyalty arrives
+    here as ``loyalty.consent_withdrawn`` first). Consumers keep the decision
+    with the latest ``changed_at`` per purpose: an older one never overrides a
+    newer one, so a withdrawal is undone only by a newer grant."""
+
     customer_id: str
-    purpose: str = Field(examples=["newsletter", "do_not_contact"])
-    granted: bool
-    source: str = ""
+    purpose: str = Field(examples=["newsletter", "promotional_offers", "surveys",
+                                   "do_not_contact"],
+                         description="A consent purpose, or do_not_contact (granted: the "
+                                     "customer must not be contacted at all).")
+    granted: bool = Field(description="The state: granted (true) or withdrawn (false).")
+    source: str = Field(default="", examples=["web_form", "loyalty:unsubscribe"],
+                        description="Where the decision was made.")
+    changed_at: datetime | None = Field(
+        default=None, description="When the customer decided; absent in events published "
+                                  "before it existed (the event's time then).")
 
 
 @event("customer.erased", topic=CUSTOMERS)

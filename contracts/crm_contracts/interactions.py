@@ -170,3 +170,22 @@ class ContactReceived(StrictEventPayload):
     attention: Text = "direct"
     requester_customer_id: Text = ""
     decision_maker_customer_id: Text = ""
+
+
+@event("contact.suppressed", topic=INTERACTIONS)
+class ContactSuppressed(EventPayload):
+    """A proactive contact the trust rules stopped (erased, do-not-contact, no
+    consent for its purpose, the contact cap, quiet hours): recorded and
+    published, never silently dropped (loyalty's own actions have
+    ``loyalty.action_suppressed``)."""
+
+    contact_id: str = Field(description="Stable id of the contact that was stopped.")
+    customer_id: str
+    contact_type: str = Field(examples=["survey_request", "proactive_contact"])
+    purpose: str = Field(examples=["surveys", "service"],
+                         description="The consent purpose it needed (service: none beyond "
+                                     "do-not-contact).")
+    reason: str = Field(examples=["do_not_contact", "no_surveys_consent", "erased",
+                                  "frequency_cap", "quiet_hours"])
+    case_id: str = ""
+    interaction_id: str = ""

@@ -83,6 +83,19 @@ class NewsletterUnsubscribed(EventPayload):
                                   "erased"])
 
 
+@event("loyalty.consent_withdrawn", topic=LOYALTY)
+class ConsentWithdrawn(EventPayload):
+    """The customer withdrew a consent through loyalty (an unsubscribe from
+    every newsletter list). Loyalty honoured it at once; the customers
+    service, which owns consent, records it and publishes
+    ``customer.consent_changed`` unless the customer granted it again later."""
+
+    customer_id: str = _CUSTOMER
+    purpose: str = Field(examples=["newsletter"])
+    source: str = Field(examples=["loyalty:unsubscribe"])
+    withdrawn_at: datetime = Field(description="When the customer asked.")
+
+
 @event("loyalty.discount_issued", topic=LOYALTY)
 class DiscountIssued(EventPayload):
     """A single-use discount code for the customer."""

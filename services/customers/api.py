@@ -13,17 +13,18 @@ from typing import Any, TypeVar
 import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_status import rpc_status
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
 from crm_contracts.times import check_event_time
-from crm_contracts.vocabulary import Stage
+from crm_contracts.vocabulary import DO_NOT_CONTACT, Stage
 from crm_runtime import limits, uow
 from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.customers import commands, domain, merges, privacy, store
+from services.customers import commands, domain, exports, merges, privacy, store
 from services.customers.domain import Identity
 
 T = TypeVar("T")
@@ -76,7 +77,7 @@ def customer_to_pb(rec: store.CustomerRecord, this_year: int) -> pb.Customer:
         first_purchase_at=ts(rec.first_purchase_at), last_purchase_at=ts(rec.last_purchase_at),
         total_spent=[pb.Money(amount_minor=a, currency=c) for c, a in rec.spend.items()],
         consents=[pb.Consent(purpose=c.purpose, granted=c.granted, at=ts(c.at), source=c.source)
-                  for c in rec.consents],
+                  for c in rec.consents if c.purpose != DO_NOT_CONTACT],
         do_not_contact=rec.do_not_contact, version=rec.version, created_at=ts(rec.created_at),
         updated_at=ts(rec.updated_at), erased=rec.erased_at is not None, at_risk=rec.at_risk,
         risk_reasons=rec.risk_reasons, last_csat=rec.last_csat or 0,
@@ -93,9 +94,10 @@ def segment_to_pb(row: Any) -> pb.Segment:
 
 
 class CustomersServicer(customers_pb2_grpc.CustomersServicer):
-    def __init__(self, pool: asyncpg.Pool, ctx: commands.Context) -> None:
+    def __init__(self, pool: asyncpg.Pool, ctx: commands.Context, peers: exports.Peers) -> None:
         self._pool = pool
         self._ctx = ctx
+        self._peers = peers
 
     async def _read(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Single-statement reads need no explicit transaction (one round trip)."""
@@ -282,8 +284,11 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
     async def ExportCustomer(self, request: pb.ExportCustomerRequest,
                              context: grpc.aio.ServicerContext) -> pb.ExportCustomerResponse:
         customer_id = parse_uuid(request.customer_id)
-        return pb.ExportCustomerResponse(
-            json=await uow.run(self._pool, lambda c: privacy.export(c, self._ctx, customer_id)))
+        try:
+            document = await exports.export(self._pool, self._ctx, self._peers, customer_id)
+        except exports.PartMissing as missing:
+            await context.abort_with_status(rpc_status.to_status(missing.status()))
+        return pb.ExportCustomerResponse(json=document)
 
     async def EraseCustomer(self, request: pb.EraseCustomerRequest,
                             context: grpc.aio.ServicerContext) -> pb.EraseCustomerResponse:

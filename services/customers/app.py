@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from crm.customers.v1 import customers_pb2, customers_pb2_grpc
-from crm_contracts.topics import CUSTOMERS, INTERACTIONS
+from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
-from services.customers import commands, handlers, metrics, risk
+from services.customers import commands, exports, handlers, metrics, risk
 from services.customers.api import CustomersServicer
 
 
@@ -20,16 +20,20 @@ def build(svc: ServiceContext) -> ServiceParts:
             topics=[INTERACTIONS],
             routes=[handlers.on_interaction_recorded(ctx),
                     handlers.on_dissatisfaction_signal(ctx),
-                    handlers.on_survey_response(ctx)])],
+                    handlers.on_survey_response(ctx)]),
+            # Consent withdrawn through loyalty (its own group: loyalty's
+            # topic is busy with actions customers never reads).
+            Subscription(topics=[LOYALTY], routes=[handlers.on_consent_withdrawn(ctx)],
+                         group_suffix="-consent")],
         scheduled={commands.CHURN: handlers.on_churn_due(ctx),
                    risk.RISK_REVIEW: handlers.on_risk_review(ctx)},
         registrations=[ServiceRegistration(
             customers_pb2_grpc.add_CustomersServicer_to_server,
-            CustomersServicer(svc.pool, ctx),
+            CustomersServicer(svc.pool, ctx, exports.Peers(svc.settings)),
             customers_pb2.DESCRIPTOR.services_by_name["Customers"])],
         gauges=metrics.GAUGES,
     )
 
 
 SPEC = ServiceSpec(name="customers", migrations=Path(__file__).parent / "migrations",
-                   build=build, publishes=[CUSTOMERS], consumes=[INTERACTIONS])
+                   build=build, publishes=[CUSTOMERS], consumes=[INTERACTIONS, LOYALTY])

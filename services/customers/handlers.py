@@ -19,16 +19,17 @@ from crm_contracts.interactions import (
     InteractionRecorded,
     SurveyResponseRecorded,
 )
+from crm_contracts.loyalty import ConsentWithdrawn
 from crm_contracts.money import OutOfRange, check_amount_minor
 from crm_contracts.times import check_event_time
 from crm_runtime import logs
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
-from crm_runtime.errors import AlreadyExists, InvalidArgument
+from crm_runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.customers import commands, risk
+from services.customers import commands, privacy, risk, store
 
 
 def on_interaction_recorded(ctx: commands.Context) -> Route:
@@ -87,6 +88,33 @@ def on_survey_response(ctx: commands.Context) -> Route:
                 occurred_at=occurred_at, event_id=env.id)
 
     return on(SurveyResponseRecorded, handle)
+
+
+def on_consent_withdrawn(ctx: commands.Context) -> Route:
+    """A customer withdrew a consent through another service (an unsubscribe
+    in loyalty): recorded as the customer's decision at the time they made
+    it, so a grant made later is kept (:func:`privacy.set_consent`). For an
+    id that is no customer: the dead letter ``unknown_customer``; for an
+    erased customer there is nothing left to withdraw."""
+
+    async def handle(conn: Conn, events: list[Envelope[ConsentWithdrawn]]) -> None:
+        for env in logs.each(events):
+            data = env.data
+            customer_id = parse_uuid(data.customer_id)
+            with refusals():
+                at = checked_time(data.withdrawn_at, ctx.clock.now(), "withdrawn_at")
+            try:
+                rec = await store.load(conn, customer_id, full=False)
+            except NotFound:
+                raise PoisonMessage("unknown_customer",
+                                    f"customer_id: no customer {customer_id}") from None
+            if rec.erased_at is not None:
+                continue
+            with refusals():
+                await privacy.set_consent(conn, ctx, customer_id, purpose=data.purpose,
+                                          granted=False, source=data.source, at=at)
+
+    return on(ConsentWithdrawn, handle)
 
 
 def checked_time(value: datetime, now: datetime, field: str = "occurred_at") -> datetime:

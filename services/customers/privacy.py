@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 
 from crm_contracts.customers import ConsentChanged, CustomerErased
 from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
@@ -17,27 +18,35 @@ from services.customers import commands, domain, store
 
 
 async def set_consent(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID, *, purpose: str,
-                      granted: bool, source: str) -> store.CustomerRecord:
+                      granted: bool, source: str,
+                      at: datetime | None = None) -> store.CustomerRecord:
+    """Record the customer's decision on ``purpose`` (a consent purpose, or
+    ``do_not_contact``) made at ``at`` (default now) and publish it as one
+    ``customer.consent_changed``. The latest decision wins: one older than
+    the decision held (a withdrawal relayed late, a replayed event) changes
+    nothing, so a withdrawal is undone only by a newer grant. Do-not-contact
+    is kept as the customer's flag and, with its time and source, beside the
+    consents."""
     allowed = [p.value for p in ConsentPurpose] + [DO_NOT_CONTACT]
     if purpose not in allowed:
         raise InvalidArgument("purpose", f"{purpose!r} is not one of {allowed}")
     rec = await store.load(conn, customer_id, lock=True)
     commands.require_active(rec)
     now = ctx.clock.now()
+    at = at or now
+    held = next((c for c in rec.consents if c.purpose == purpose), None)
+    if held is not None and (at < held.at or held.granted == granted):
+        return rec  # a newer decision is held, or nothing changes
+    if held is None and purpose == DO_NOT_CONTACT and rec.do_not_contact == granted:
+        return rec
     if purpose == DO_NOT_CONTACT:
-        if rec.do_not_contact == granted:
-            return rec
         rec.do_not_contact = granted
-        await store.save_core(conn, rec, now)
-    else:
-        current = next((c for c in rec.consents if c.purpose == purpose), None)
-        if current is not None and current.granted == granted:
-            return rec
-        await store.set_consent(conn, customer_id, purpose, granted, now, source)
-        await store.save_core(conn, rec, now)
-    await commands.emit_named(conn, ctx, customer_id, ConsentChanged(
-        customer_id=str(customer_id), purpose=purpose, granted=granted, source=source))
-    return await store.load(conn, customer_id)
+    await store.set_consent(conn, rec.customer_id, purpose, granted, at, source)
+    await store.save_core(conn, rec, now)
+    await commands.emit_named(conn, ctx, rec.customer_id, ConsentChanged(
+        customer_id=str(rec.customer_id), purpose=purpose, granted=granted, source=source,
+        changed_at=at))
+    return await store.load(conn, rec.customer_id)
 
 
 async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> None:

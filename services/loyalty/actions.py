@@ -26,7 +26,7 @@ from crm_runtime.db import Conn
 from crm_runtime.errors import NotFound
 from crm_runtime.events import Envelope
 from services.loyalty import domain, store
-from services.loyalty.domain import Decision, Outcome, Purpose, View
+from services.loyalty.domain import Decision, Outcome, Purpose, Suppression, View
 from services.loyalty.rulebook import StoredRule
 from services.loyalty.rules import (
     Action,
@@ -70,6 +70,10 @@ async def decide(batch: Batch, view: View, action: Action, *, dry_run: bool = Fa
         row = await store.enrolment(conn, target.customer_id, action.list)
         if row is not None and row["status"] == "enrolled":
             return Decision(action.type, purpose, target, Outcome.SKIPPED, "already_enrolled")
+        if row is not None and not domain.may_enrol_again(row["unsubscribed_at"],
+                                                          target.newsletter_consent_at):
+            return Decision(action.type, purpose, target, Outcome.SUPPRESSED,
+                            Suppression.UNSUBSCRIBED.value)
     return Decision(action.type, purpose, target, Outcome.PERFORMED)
 
 

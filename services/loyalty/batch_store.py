@@ -160,7 +160,8 @@ _VIEW_ROWS = db.Rows("loyalty_view_batch", [
     ("time_zone", "text"), ("referred_by", "uuid"), ("referral_code", "text"),
     ("newsletter_consent", "bool"), ("newsletter_consent_at", "timestamptz"),
     ("promotional_consent", "bool"), ("promotional_consent_at", "timestamptz"),
-    ("do_not_contact", "bool"), ("at_risk", "bool"), ("erased_at", "timestamptz"),
+    ("do_not_contact", "bool"), ("do_not_contact_at", "timestamptz"), ("at_risk", "bool"),
+    ("erased_at", "timestamptz"),
     ("merged_into", "uuid"), ("updated_at", "timestamptz")], schema=SCHEMA, copy_from=None)
 
 _WRITE_UNIT = """
@@ -203,7 +204,8 @@ _WRITE_UNIT = """
            newsletter_consent_at = v.newsletter_consent_at,
            promotional_consent = v.promotional_consent,
            promotional_consent_at = v.promotional_consent_at,
-           do_not_contact = v.do_not_contact, at_risk = v.at_risk,
+           do_not_contact = v.do_not_contact, do_not_contact_at = v.do_not_contact_at,
+           at_risk = v.at_risk,
            erased_at = v.erased_at, merged_into = v.merged_into, updated_at = v.updated_at
       FROM v
      WHERE c.customer_id = v.customer_id""".replace("{sep}", f"chr({ord(_SEP)})")
@@ -237,4 +239,5 @@ def _unit_batches(actions: list[ActionRow], discounts: list[DiscountRow],
                       _SEP.join(x.segments), x.preferred_channel, x.time_zone, x.referred_by,
                       x.referral_code, x.newsletter_consent, x.newsletter_consent_at,
                       x.promotional_consent, x.promotional_consent_at, x.do_not_contact,
-                      x.at_risk, x.erased_at, x.merged_into, now) for x in views]}
+                      x.do_not_contact_at, x.at_risk, x.erased_at, x.merged_into, now)
+                     for x in views]}

@@ -53,11 +53,13 @@ from crm_contracts.interactions import (
     SurveyResponseRecorded,
 )
 from crm_contracts.loyalty import (
+    ConsentWithdrawn,
     FollowUpCompleted,
     FollowUpDue,
     NewsletterUnsubscribed,
 )
 from crm_contracts.times import check_event_time
+from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
 from crm_runtime import ids, logs, scheduler
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument
@@ -262,34 +264,50 @@ async def _purchase_recorded(data: PurchaseRecorded, batch: Batch, env: Envelope
 @_apply.register
 async def _consent_changed(data: ConsentChanged, batch: Batch, env: Envelope,
                            rules: list[StoredRule]) -> None:
-    """Withdrawn consent takes effect at once: pending contacts it covered are
-    cancelled, and newsletter lists are left."""
+    """The customer's decision, as the customers service holds it. The
+    latest decision per purpose wins (an older one, relayed late or
+    replayed, changes nothing and triggers no rule), so a withdrawal is
+    undone only by a newer grant. Withdrawn consent takes effect at once:
+    pending contacts it covered are cancelled, and newsletter lists are left."""
     view = await _live_view(batch, data.customer_id)
     if view is None:
         return
-    cid, granted = view.customer_id, data.granted
-    if data.purpose == "do_not_contact":
-        view.do_not_contact = granted
+    cid, granted, at = view.customer_id, data.granted, data.changed_at or env.time
+    if data.purpose == DO_NOT_CONTACT:
+        if not domain.decided_before(view.do_not_contact_at, at):
+            return
+        view.do_not_contact, view.do_not_contact_at = granted, at
         if granted:
             await batch.flush()
             await batch.cancel_follow_ups(await store.open_follow_ups(batch.conn, cid),
                                           "do_not_contact")
             await _leave_lists(batch, cid, None, "do_not_contact")
-    elif data.purpose == "newsletter":
-        view.newsletter_consent, view.newsletter_consent_at = granted, env.time
+    elif data.purpose == ConsentPurpose.NEWSLETTER:
+        if not domain.decided_before(view.newsletter_consent_at, at):
+            return
+        view.newsletter_consent, view.newsletter_consent_at = granted, at
         if not granted:
-            await batch.flush()
-            await batch.cancel_follow_ups(await store.open_follow_ups(
-                batch.conn, cid, purposes=[Purpose.NEWSLETTER.value]), "consent_withdrawn")
-            await _leave_lists(batch, cid, None, "consent_withdrawn")
-    elif data.purpose == "promotional_offers":
-        view.promotional_consent, view.promotional_consent_at = granted, env.time
+            await _withdraw_newsletter(batch, cid, "consent_withdrawn", at)
+    elif data.purpose == ConsentPurpose.PROMOTIONAL_OFFERS:
+        if not domain.decided_before(view.promotional_consent_at, at):
+            return
+        view.promotional_consent, view.promotional_consent_at = granted, at
         if not granted:
             await batch.flush()
             await batch.cancel_follow_ups(await store.open_follow_ups(
                 batch.conn, cid, purposes=[Purpose.PROMOTIONAL.value]), "consent_withdrawn")
     batch.save(view)
     await _react(batch, view, env, rules)
+
+
+async def _withdraw_newsletter(batch: Batch, customer_id: uuid.UUID, reason: str,
+                               at: datetime) -> None:
+    """Newsletter consent was withdrawn at ``at``: cancel the pending sends
+    and leave every list."""
+    await batch.flush()
+    await batch.cancel_follow_ups(await store.open_follow_ups(
+        batch.conn, customer_id, purposes=[Purpose.NEWSLETTER.value]), reason)
+    await _leave_lists(batch, customer_id, None, reason, at)
 
 
 @_apply.register
@@ -457,8 +475,10 @@ async def cancel_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID,
 
 
 async def _leave_lists(batch: Batch, customer_id: uuid.UUID, list_name: str | None,
-                       reason: str) -> list[str]:
-    lists = await store.unsubscribe(batch.conn, customer_id, list_name, batch.now)
+                       reason: str, at: datetime | None = None) -> list[str]:
+    """Leave one list or all, as of ``at`` (the customer's decision; default
+    now)."""
+    lists = await store.unsubscribe(batch.conn, customer_id, list_name, at or batch.now)
     batch.emit(customer_id, *[NewsletterUnsubscribed(
         customer_id=str(customer_id), list=name, reason=reason) for name in lists])
     return lists
@@ -466,12 +486,25 @@ async def _leave_lists(batch: Batch, customer_id: uuid.UUID, list_name: str | No
 
 async def unsubscribe(conn: Conn, ctx: Context, customer_id: uuid.UUID,
                       list_name: str) -> tuple[list[str], int]:
-    """Leave one list (or every list when empty) at once, and cancel the
-    pending newsletter sends it covered. Returns (lists left, sends cancelled)."""
+    """Leave one list, or every list when ``list_name`` is empty, at once,
+    and cancel the pending newsletter sends it covered. Returns (lists left,
+    sends cancelled).
+
+    Leaving every list is withdrawing the newsletter consent: honoured here
+    at once, and published as ``loyalty.consent_withdrawn`` for the customers
+    service, which owns consent, to record (it need not be up now). One list
+    is a list preference loyalty keeps: that list is not enrolled again
+    until the customer grants newsletter consent anew."""
     batch = Batch(conn, ctx)
     await store.get_view(conn, customer_id)  # NOT_FOUND for customers loyalty never saw
     view = await batch.view(customer_id)
     only = list_name.strip() or None
+    if only is None and view.erased_at is None:
+        view.newsletter_consent, view.newsletter_consent_at = False, batch.now
+        batch.save(view)
+        batch.emit(view.customer_id, ConsentWithdrawn(
+            customer_id=str(view.customer_id), purpose=ConsentPurpose.NEWSLETTER.value,
+            source="loyalty:unsubscribe", withdrawn_at=batch.now))
     lists = await _leave_lists(batch, view.customer_id, only, "customer_request")
     pending = await store.open_follow_ups(conn, view.customer_id,
                                           purposes=[Purpose.NEWSLETTER.value], list_name=only)

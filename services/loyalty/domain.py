@@ -94,6 +94,7 @@ class View:
     promotional_consent: bool = False
     promotional_consent_at: datetime | None = None
     do_not_contact: bool = False
+    do_not_contact_at: datetime | None = None
     at_risk: bool = False
     erased_at: datetime | None = None
     merged_into: uuid.UUID | None = None
@@ -124,6 +125,8 @@ class View:
         known. ``merged`` keeps its own referral code."""
         self.stage, self.purchase_count = stage, purchase_count
         self.do_not_contact = self.do_not_contact or merged.do_not_contact
+        self.do_not_contact_at = max(filter(None, [self.do_not_contact_at,
+                                                   merged.do_not_contact_at]), default=None)
         self.at_risk = self.at_risk or merged.at_risk
         if _later(merged.newsletter_consent_at, self.newsletter_consent_at):
             self.newsletter_consent = merged.newsletter_consent
@@ -139,6 +142,19 @@ class View:
         self.time_zone = self.time_zone or merged.time_zone
         self.preferred_channel = self.preferred_channel or merged.preferred_channel
         merged.merged_into = self.customer_id
+
+
+def decided_before(held_at: datetime | None, at: datetime) -> bool:
+    """Whether a consent decision made at ``at`` may replace the one held
+    (made at ``held_at``): not when the held one is newer."""
+    return held_at is None or held_at <= at
+
+
+def may_enrol_again(unsubscribed_at: datetime | None, consent_at: datetime | None) -> bool:
+    """Whether a list the customer left may enrol them again: only after a
+    newsletter consent they granted later than they left it; no rule,
+    campaign or replay does it otherwise."""
+    return unsubscribed_at is None or (consent_at is not None and consent_at > unsubscribed_at)
 
 
 def _later(a: datetime | None, b: datetime | None) -> bool:

@@ -28,8 +28,8 @@ SCHEMA = "loyalty"
 VIEW_COLUMNS = ("customer_id", "stage", "purchase_count", "last_purchase_at", "segments",
                  "preferred_channel", "time_zone", "referred_by", "referral_code",
                  "newsletter_consent", "newsletter_consent_at", "promotional_consent",
-                 "promotional_consent_at", "do_not_contact", "at_risk", "erased_at",
-                 "merged_into")
+                 "promotional_consent_at", "do_not_contact", "do_not_contact_at", "at_risk",
+                 "erased_at", "merged_into")
 VIEW_SELECT = ", ".join(VIEW_COLUMNS)
 
 
@@ -262,7 +262,7 @@ async def scrub_follow_up_notes(conn: Conn, customer_id: uuid.UUID) -> None:
 
 async def enrolment(conn: Conn, customer_id: uuid.UUID, list_name: str) -> Any:
     return await conn.fetchrow(
-        "SELECT status FROM enrolments WHERE customer_id = $1 AND list = $2",
+        "SELECT status, unsubscribed_at FROM enrolments WHERE customer_id = $1 AND list = $2",
         customer_id, list_name)
 
 
@@ -409,6 +409,52 @@ async def move_records(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> No
             WHERE referred_customer_id = $2 AND NOT EXISTS (
                   SELECT 1 FROM referral_rewards WHERE referred_customer_id = $1)""",
         survivor, merged)
+
+
+# --- data-subject export (privacy.export) ------------------------------------------
+# Every column of a customer's rows, as services.loyalty.privacy.EXPORT_COLUMNS maps them.
+
+async def export_views(conn: Conn, survivor: uuid.UUID, ids: list[uuid.UUID]) -> list[Any]:
+    """The views of ``ids`` and of every id merged into ``survivor``."""
+    return list(await conn.fetch(
+        f"""SELECT {VIEW_SELECT}, updated_at FROM customer_view
+             WHERE customer_id = ANY($2::uuid[]) OR merged_into = $1
+             ORDER BY customer_id""", survivor, ids))
+
+
+async def export_actions(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT action_id, customer_id, rule_id, rule_version, action_index, action_type,
+                  purpose, trigger_event_id, trigger_type, outcome, reason, at
+             FROM actions WHERE customer_id = ANY($1::uuid[]) ORDER BY at, action_id""", ids))
+
+
+async def export_follow_ups(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
+    return list(await conn.fetch(
+        f"""SELECT {_FOLLOW_UP_COLUMNS} FROM follow_ups WHERE customer_id = ANY($1::uuid[])
+             ORDER BY created_at, follow_up_id""", ids))
+
+
+async def export_enrolments(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT customer_id, list, status, rule_id, enrolled_at, unsubscribed_at
+             FROM enrolments WHERE customer_id = ANY($1::uuid[]) ORDER BY list, customer_id""",
+        ids))
+
+
+async def export_discounts(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
+    return list(await conn.fetch(
+        f"""SELECT {_DISCOUNT_COLUMNS} FROM discounts WHERE customer_id = ANY($1::uuid[])
+             ORDER BY issued_at, discount_id""", ids))
+
+
+async def export_referrals(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
+    """Referral rewards where one of ``ids`` is the referrer or the referred."""
+    return list(await conn.fetch(
+        """SELECT referred_customer_id, referrer_id, discount_id, rule_id, at
+             FROM referral_rewards
+            WHERE referrer_id = ANY($1::uuid[]) OR referred_customer_id = ANY($1::uuid[])
+            ORDER BY at, referred_customer_id""", ids))
 
 
 # --- state gauges (the queries of metrics.GAUGES) --------------------

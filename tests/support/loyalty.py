@@ -46,9 +46,12 @@ def registered(customer_id: str, at: datetime, *, referred_by: str = "",
                     customer_id, at)
 
 
-def consent(customer_id: str, purpose: str, granted: bool, at: datetime) -> Envelope:
+def consent(customer_id: str, purpose: str, granted: bool, at: datetime, *,
+            changed_at: datetime | None = None) -> Envelope:
+    """The customer's decision, published at ``at`` and made at ``changed_at``
+    (default ``at``)."""
     return envelope(ConsentChanged(customer_id=customer_id, purpose=purpose, granted=granted,
-                                   source="test"), customer_id, at)
+                                   source="test", changed_at=changed_at or at), customer_id, at)
 
 
 def stage_changed(customer_id: str, from_stage: str, to_stage: str, count: int,

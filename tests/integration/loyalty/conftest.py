@@ -1,15 +1,20 @@
 """Fixtures of the loyalty service tests: one running service per package,
-on a ManualClock that starts at noon UTC (outside the default quiet hours)."""
+on a ManualClock that starts at noon UTC (outside the default quiet hours),
+and, for a test module that asks for ``trio``, customers and interactions
+beside it on the same clock."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
 
 from crm_runtime.settings import Settings
 from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
+from services.customers.app import SPEC as CUSTOMERS
+from services.interactions.app import SPEC as INTERACTIONS
 from services.loyalty.app import SPEC
 from tests.support.services import Running, running
 
@@ -27,3 +32,20 @@ def loyalty_settings(database_url: str, broker: TansuBroker) -> Settings:
 async def svc(database_url: str, broker: TansuBroker) -> AsyncIterator[Running]:
     async with running(SPEC, loyalty_settings(database_url, broker), START) as r:
         yield r
+
+
+@dataclass
+class Trio:
+    interactions: Running
+    customers: Running
+    loyalty: Running
+
+
+@pytest.fixture(scope="module")
+async def trio(svc: Running, database_url: str, broker: TansuBroker) -> AsyncIterator[Trio]:
+    settings = loyalty_settings(database_url, broker)
+    async with running(CUSTOMERS, settings, clock=svc.clock) as customers:
+        target = f"127.0.0.1:{customers.runner.bound_grpc_port}"
+        with_target = settings.model_copy(update={"customers_grpc_target": target})
+        async with running(INTERACTIONS, with_target, clock=svc.clock) as interactions:
+            yield Trio(interactions, customers, svc)

@@ -10,8 +10,6 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,32 +21,12 @@ from crm.interactions.v1 import interactions_pb2 as ipb
 from crm.interactions.v1 import interactions_pb2_grpc
 from crm_contracts.interactions import ContactReceived
 from crm_runtime.events import Envelope
-from crm_runtime.stack import TansuBroker
-from services.customers.app import SPEC as CUSTOMERS
-from services.interactions.app import SPEC as INTERACTIONS
-from tests.integration.loyalty.conftest import loyalty_settings
+from tests.integration.loyalty.conftest import Trio
 from tests.support.loyalty import loyalty_events, of_type, produce, profile_when
 from tests.support.node import GRPC_PACKAGES, ensure_packages, node_binary
-from tests.support.services import DEV_TOKEN, Running, running
+from tests.support.services import DEV_TOKEN
 
 NODE_CLIENT = Path(__file__).resolve().parents[2] / "support" / "node" / "reflection_client.cjs"
-
-
-@dataclass
-class Trio:
-    interactions: Running
-    customers: Running
-    loyalty: Running
-
-
-@pytest.fixture(scope="module")
-async def trio(svc: Running, database_url: str, broker: TansuBroker) -> AsyncIterator[Trio]:
-    settings = loyalty_settings(database_url, broker)
-    async with running(CUSTOMERS, settings, clock=svc.clock) as customers:
-        target = f"127.0.0.1:{customers.runner.bound_grpc_port}"
-        with_target = settings.model_copy(update={"customers_grpc_target": target})
-        async with running(INTERACTIONS, with_target, clock=svc.clock) as interactions:
-            yield Trio(interactions, customers, svc)
 
 
 def _purchase(trio: Trio, customer_id: str, key: str, amount: int) -> Envelope:
