@@ -21,10 +21,10 @@ def build(svc: ServiceContext) -> ServiceParts:
             routes=[handlers.on_interaction_recorded(ctx),
                     handlers.on_dissatisfaction_signal(ctx),
                     handlers.on_survey_response(ctx)]),
-            # Consent withdrawn through loyalty (its own group: loyalty's
-            # topic is busy with actions customers never reads).
+            # What loyalty tells customers (its own group: loyalty's topic is
+            # busy with actions customers never reads).
             Subscription(topics=[LOYALTY], routes=[handlers.on_consent_withdrawn(ctx)],
-                         group_suffix="-consent")],
+                         group_suffix="-loyalty")],
         scheduled={commands.CHURN: handlers.on_churn_due(ctx),
                    risk.RISK_REVIEW: handlers.on_risk_review(ctx)},
         registrations=[ServiceRegistration(
