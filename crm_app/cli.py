@@ -22,8 +22,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from crm_contracts import topics as topic_names
-from crm_runtime import logs
+from crm_runtime import logs, tls
 from crm_runtime.consumer import dlq_topic
+from crm_runtime.grpc_client import open_blocking_channel
 from crm_runtime.service import ServiceRunner, ServiceSpec, migrate_service, open_pool, run_forever
 from crm_runtime.settings import SERVICES, Settings, SettingsError, env_name, load_settings
 from crm_runtime.stack import (
@@ -48,6 +49,16 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
     logs.configure(settings.log_level, settings.log_format)
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """Exit naming the TLS variable and file that cannot be used, before
+    anything starts."""
+    try:
+        tls.check(settings)
+    except SettingsError as exc:
+        typer.echo(f"invalid settings:\n  {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def available_services() -> dict[str, ServiceSpec]:
@@ -79,6 +90,24 @@ _EXPECTED = {"DATABASE_URL": "postgresql://user@host:port/database",
 
 
 @app.command()
+def health(service: Annotated[str | None, typer.Argument(
+               help="customers, interactions or loyalty: localhost at its port")] = None,
+           target: Annotated[str | None, typer.Option(help="host:port to check instead")] = None,
+           timeout: Annotated[float, typer.Option(help="seconds")] = 3.0) -> None:
+    """One gRPC health check (TLS as configured); exit code 0 when SERVING."""
+    from crm_app.health import probe
+
+    settings = _settings()
+    if service is not None and service not in SERVICES:
+        typer.echo(f"service: unknown {service!r}; expected one of {', '.join(SERVICES)}",
+                   err=True)
+        raise typer.Exit(2)
+    code, line = probe(settings, service=service, target=target, timeout=timeout)
+    typer.echo(line, err=code != 0)
+    raise typer.Exit(code)
+
+
+@app.command()
 def version() -> None:
     """Print the product version."""
     typer.echo(VERSION)
@@ -95,6 +124,7 @@ def serve(service: Annotated[str, typer.Argument(help="customers, interactions o
                    f"{', '.join(specs) or '(no service exists yet under services/)'}", err=True)
         raise typer.Exit(2)
     _require(settings, "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
+    _check_tls(settings)
     run_forever(ServiceRunner(specs[service], settings))
 
 
@@ -163,8 +193,9 @@ app.add_typer(dlq_app, name="dlq")
 def dlq_replay(topic: Annotated[str, typer.Argument(help="e.g. crm.interactions.ingest.v1")],
                limit: Annotated[int | None, typer.Option(min=1, help="at most this many")] = None
                ) -> None:
-    """Republish dead letters of TOPIC (from TOPIC.dlq) for processing again."""
-    from crm_runtime.dlq import replay
+    """Republish dead letters of TOPIC (from TOPIC.dlq) for processing again
+    (their sealed values opened with the keys in DATABASE_URL)."""
+    from crm_runtime.dlq import SealedWithoutDatabase, replay
 
     settings = _settings()
     _require(settings, "KAFKA_BOOTSTRAP_SERVERS")
@@ -173,7 +204,12 @@ def dlq_replay(topic: Annotated[str, typer.Argument(help="e.g. crm.interactions.
                    err=True)
         raise typer.Exit(2)
     assert settings.kafka_bootstrap_servers
-    result = asyncio.run(replay(settings.kafka_bootstrap_servers, topic, limit=limit))
+    try:
+        result = asyncio.run(replay(settings.kafka_bootstrap_servers, topic, limit=limit,
+                                    database_url=settings.database_url))
+    except SealedWithoutDatabase as exc:
+        typer.echo(f"DATABASE_URL: {exc}", err=True)
+        raise typer.Exit(2) from None
     by_reason = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items())) or "none"
     typer.echo(f"replayed {result.replayed} record(s) from {dlq_topic(topic)} to {topic} "
                f"({by_reason})")
@@ -191,8 +227,14 @@ def demo(stack: Annotated[Path | None, typer.Option(
     if not path.exists():
         typer.echo(f"stack: {path} not found; start the stack with `make run` first", err=True)
         raise typer.Exit(2)
+    _check_tls(settings)
+    targets = load_targets(str(path))
+    if targets.grpc_tls != "plaintext" and not tls.client_enabled(settings):
+        typer.echo(f"demo: the stack serves gRPC over {targets.grpc_tls}; set the "
+                   "CRM_GRPC_TLS_* variables `crm up` was given", err=True)
+        raise typer.Exit(2)
     try:
-        asyncio.run(Demo(load_targets(str(path)), out=typer.echo).run())
+        asyncio.run(Demo(targets, out=typer.echo, settings=settings).run())
     except DemoFailed as exc:
         typer.echo(f"demo failed: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -226,6 +268,7 @@ def up(services: Annotated[list[str] | None, typer.Argument(help="default: all")
         typer.echo(f"services: unknown {unknown}; expected some of {list(specs)}", err=True)
         raise typer.Exit(2)
     _check_ports(settings, chosen)  # before anything starts
+    _check_tls(settings)
     # One line per migration is detail for `crm migrate`; `up` prints a sum.
     logging.getLogger("crm_runtime.migrations").setLevel(logging.WARNING)
     token = _dev_token(settings)
@@ -270,7 +313,8 @@ def _run_stack(settings: Settings, specs: dict[str, ServiceSpec], chosen: list[s
     for name in chosen:
         children[name] = subprocess.Popen([sys.executable, "-m", "crm_app", "serve", name],
                                           env=env)
-    failed = _wait_until_ready({n: (grpc_at[n], metrics_at[n]) for n in chosen}, children)
+    failed = _wait_until_ready({n: (grpc_at[n], metrics_at[n]) for n in chosen}, children,
+                               settings)
     if failed:
         name, problem = failed
         typer.echo(f"crm up: {name} {problem}; its log is above. Stopping.", err=True)
@@ -281,6 +325,7 @@ def _run_stack(settings: Settings, specs: dict[str, ServiceSpec], chosen: list[s
     typer.echo(f"CRM {VERSION} is up")
     typer.echo(f"  broker    {infra.kafka_bootstrap_servers}{broker_note}")
     typer.echo(f"  database  {infra.database_url}")
+    typer.echo(f"  gRPC      {tls.summary(settings)}")
     for name in chosen:
         typer.echo(f"  {name:<12} gRPC {grpc_at[name]}  metrics {metrics_at[name]}")
     if token:
@@ -291,7 +336,7 @@ def _run_stack(settings: Settings, specs: dict[str, ServiceSpec], chosen: list[s
     info = settings.data_dir / "stack.json"
     info.write_text(json.dumps({
         "broker": infra.kafka_bootstrap_servers, "token": token or "",
-        "grpc": grpc_at, "metrics": metrics_at}, indent=2))
+        "grpc": grpc_at, "metrics": metrics_at, "grpc_tls": tls.mode(settings)}, indent=2))
     if play_demo:
         children["demo"] = subprocess.Popen(
             [sys.executable, "-m", "crm_app", "demo", "--stack", str(info)], env=env)
@@ -336,7 +381,7 @@ def _check_ports(settings: Settings, chosen: list[str]) -> None:
 
 
 def _wait_until_ready(targets: dict[str, tuple[str, str]],
-                      children: dict[str, subprocess.Popen[bytes]],
+                      children: dict[str, subprocess.Popen[bytes]], settings: Settings,
                       timeout: float = 120.0) -> tuple[str, str] | None:
     """Block until every service (gRPC address, metrics URL) answers its gRPC
     health check with SERVING and serves its metrics: None then, else the
@@ -344,7 +389,8 @@ def _wait_until_ready(targets: dict[str, tuple[str, str]],
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    channels = {name: grpc.insecure_channel(grpc_at) for name, (grpc_at, _) in targets.items()}
+    channels = {name: open_blocking_channel(grpc_at, settings)
+                for name, (grpc_at, _) in targets.items()}
     pending, serving = set(targets), set()
     try:
         while pending:

@@ -41,6 +41,8 @@ from crm.loyalty.v1 import loyalty_pb2 as lpb
 from crm.loyalty.v1 import loyalty_pb2_grpc
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
 from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
+from crm_runtime.grpc_client import open_channel
+from crm_runtime.settings import Settings
 
 #: The dashboard counters the demo watches. They count for the whole stack;
 #: what concerns the demo's customer alone (stage, risk, cases, discounts,
@@ -63,6 +65,8 @@ class Targets:
     metrics: dict[str, str]
     bootstrap: str
     token: str
+    #: What the services' gRPC speaks: plaintext, TLS or mutual TLS.
+    grpc_tls: str = "plaintext"
 
 
 @dataclass
@@ -86,8 +90,11 @@ class DemoFailed(RuntimeError):
 
 class Demo:
     def __init__(self, targets: Targets, out: Callable[[str], None] = print,
-                 wait_s: float = 60.0) -> None:
+                 wait_s: float = 60.0, settings: Settings | None = None) -> None:
+        """``settings``: the transport settings (TLS) the channels follow;
+        None: plaintext."""
         self.t = targets
+        self.settings = settings
         self.out = out
         self.wait_s = wait_s
         self.md = [("authorization", f"Bearer {targets.token}")]
@@ -98,7 +105,7 @@ class Demo:
 
     async def run(self) -> list[Step]:
         # Channels belong to the running event loop, so they are made here.
-        self.channels = {n: grpc.aio.insecure_channel(a) for n, a in self.t.grpc.items()}
+        self.channels = {n: open_channel(a, self.settings) for n, a in self.t.grpc.items()}
         self.customers = customers_pb2_grpc.CustomersStub(self.channels["customers"])
         self.interactions = interactions_pb2_grpc.InteractionsStub(self.channels["interactions"])
         self.loyalty = loyalty_pb2_grpc.LoyaltyStub(self.channels["loyalty"])
@@ -455,4 +462,4 @@ def load_targets(path: str) -> Targets:
     with open(path) as f:
         raw = json.load(f)
     return Targets(grpc=raw["grpc"], metrics=raw["metrics"], bootstrap=raw["broker"],
-                   token=raw["token"])
+                   token=raw["token"], grpc_tls=raw.get("grpc_tls", "plaintext"))

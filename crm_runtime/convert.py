@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -29,6 +30,19 @@ def page_size(requested: int, field: str = "page_size") -> int:
     if requested < 0:
         raise InvalidArgument(field, f"must not be negative, got {requested}")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def json_default(value: object) -> object:
+    """``json.dumps(..., default=json_default)`` of database values: ids as
+    text, times in ISO 8601, numerics as numbers (a data-subject export of
+    rows as read)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def parse_uuid(value: str, field: str = "customer_id") -> uuid.UUID:

@@ -54,10 +54,15 @@ class PoisonMessage(Exception):
     """A record that can never be processed: not CloudEvents, not JSON, an
     unknown type or a payload that fails validation. It goes to the DLQ."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: str, reason: str, subject: str | None = None) -> None:
+        """``subject``: the customer the record is about, when the handler
+        found out (an ingested contact identified by its email); the dead
+        letter is filed under it, so erasing that customer destroys its key
+        (:mod:`crm_runtime.sealing`). Default: the record's ``ce_subject``."""
         super().__init__(f"{kind}: {reason}")
         self.kind = kind
         self.reason = reason
+        self.subject = subject
 
 
 #: An envelope's payload class; a bare ``Envelope`` holds any payload.

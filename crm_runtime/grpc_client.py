@@ -1,15 +1,27 @@
 """Channels from one service of the product to another (interactions to
-customers, customers to interactions and loyalty): one place decides how a
-service reaches another, so every client follows the same transport settings."""
+customers, customers to interactions and loyalty), and from the ``crm``
+tools to the services: one place decides how a process reaches a service,
+so every client follows the same transport settings (TLS when configured,
+see :mod:`crm_runtime.tls`; plaintext otherwise)."""
 
 from __future__ import annotations
 
 import grpc
 
+from crm_runtime import tls
 from crm_runtime.settings import Settings
 
 
 def open_channel(target: str, settings: Settings | None = None) -> grpc.aio.Channel:
-    """A channel to ``target`` (host:port)."""
-    del settings  # the transport settings (TLS) are read here
-    return grpc.aio.insecure_channel(target)
+    """An asyncio channel to ``target`` (host:port): secure when ``settings``
+    configure TLS, plaintext without settings or TLS settings."""
+    if settings is None or (credentials := tls.channel_credentials(settings)) is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, credentials, options=tls.channel_options(settings))
+
+
+def open_blocking_channel(target: str, settings: Settings | None = None) -> grpc.Channel:
+    """The same as :func:`open_channel`, for synchronous callers."""
+    if settings is None or (credentials := tls.channel_credentials(settings)) is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, credentials, options=tls.channel_options(settings))

@@ -4,7 +4,9 @@
 servicers, the standard health and reflection services, and one interceptor
 that (1) authenticates the caller's bearer token and checks the scope the
 method declares in its proto (``option (crm.common.v1.required_scope)``),
-(2) maps domain errors to status codes, and (3) records metrics.
+(2) maps domain errors to status codes, and (3) records metrics. The port is
+plaintext or TLS (mutual TLS too) as the credentials given say; health and
+reflection are served the same way as the APIs.
 """
 
 from __future__ import annotations
@@ -293,9 +295,11 @@ def _serve_reflection(server: grpc.aio.Server, names: list[str]) -> None:
 
 def build_server(*, service: str, registrations: list[ServiceRegistration],
                  tokens: Mapping[str, ApiToken], address: str,
+                 credentials: grpc.ServerCredentials | None = None,
                  ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """A server with the service's APIs, health and reflection, bound to
-    ``address``; returns the server, its health servicer and the bound port."""
+    ``address`` (TLS with ``credentials``, see :func:`crm_runtime.tls.server_credentials`;
+    plaintext without); returns the server, its health servicer and the bound port."""
     interceptor = ApiInterceptor(service=service, tokens=tokens,
                                  scopes=required_scopes(r.descriptor for r in registrations))
     server = grpc.aio.server(interceptors=[interceptor])
@@ -305,7 +309,11 @@ def build_server(*, service: str, registrations: list[ServiceRegistration],
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [r.descriptor.full_name for r in registrations]
     _serve_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
-    port = server.add_insecure_port(address)
+    try:
+        port = (server.add_insecure_port(address) if credentials is None
+                else server.add_secure_port(address, credentials))
+    except RuntimeError:  # grpcio's "Failed to bind"; its log line says why
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     return server, health_servicer, port

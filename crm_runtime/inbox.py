@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka import ConsumerRecord
 
-from crm_runtime import db, logs, metrics, outbox, uow
+from crm_runtime import db, logs, metrics, outbox, sealing, uow
 from crm_runtime.db import Conn, is_transient
 from crm_runtime.events import Envelope, PoisonMessage
 
@@ -75,7 +75,8 @@ class Item:
 
 
 #: A dead record, its error kind and the reason.
-_Dead = tuple[Item, str, str]
+#: A record to dead-letter: its item, error kind, reason and subject.
+_Dead = tuple[Item, str, str, str | None]
 
 
 class Inbox:
@@ -118,7 +119,8 @@ class Inbox:
             good = [i for i in items if i.envelope is not None]
             fresh = await self._claim(conn, good)
             dead: list[_Dead] = [
-                (i, i.poison.kind, i.poison.reason) for i in items if i.poison is not None
+                (i, i.poison.kind, i.poison.reason, i.poison.subject) for i in items
+                if i.poison is not None
             ]
             # Each event once (the same event twice in one batch runs once, in
             # the first one's place; fresh keeps the batch's order); the known
@@ -187,7 +189,8 @@ class Inbox:
                     f"{type(exc).__name__}: {exc}")
                 log.error("consumer %s: dead-lettering event %s (%s) of %s: %s", self._group,
                           env.id, env.type, env.subject, reason)
-                dead.append((item, kind, reason))
+                subject = exc.subject if isinstance(exc, PoisonMessage) else None
+                dead.append((item, kind, reason, subject or env.subject or None))
         self._observe(run[0], started)
         return dead
 
@@ -200,23 +203,29 @@ class Inbox:
         await conn.execute(
             "DELETE FROM inbox WHERE consumer_group = $1 AND event_id = ANY($2::text[])",
             self._group, [d[0].envelope.id for d in dead if d[0].envelope is not None])
+        # Each value goes out sealed with a key of its own, kept only in its
+        # row (crm_runtime.sealing): erasure or retention destroys the key.
+        sealed = [sealing.seal(d[0].record.value) if d[0].record.value is not None else None
+                  for d in dead]
         rows = await conn.fetch(
             """INSERT INTO dead_letters (consumer_group, topic, kafka_partition, kafka_offset,
-                                         error_kind, error_reason)
+                                         error_kind, error_reason, subject, value_key)
                SELECT $1, * FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[],
-                                        $6::text[])
+                                        $6::text[], $7::text[], $8::bytea[])
                ON CONFLICT DO NOTHING RETURNING topic, kafka_partition, kafka_offset""",
             self._group,
             [d[0].record.topic for d in dead], [d[0].record.partition for d in dead],
             [d[0].record.offset for d in dead], [d[1] for d in dead], [d[2] for d in dead],
+            [d[3] for d in dead], [s[0] if s else None for s in sealed],
         )
         new = {(r["topic"], r["kafka_partition"], r["kafka_offset"]) for r in rows}
         records: list[outbox.RawRecord] = []
-        for item, kind, reason in dead:
+        for (item, kind, reason, _), seal in zip(dead, sealed, strict=True):
             r = item.record
             if (r.topic, r.partition, r.offset) not in new:
                 continue
             headers = [*(r.headers or ()),
+                       *([(sealing.SEALED_HEADER, sealing.CIPHER)] if seal else []),
                        ("dlq_error_kind", kind.encode()),
                        ("dlq_error_reason", reason.encode()[:4000]),
                        ("dlq_original_topic", r.topic.encode()),
@@ -224,7 +233,7 @@ class Inbox:
                        ("dlq_original_offset", str(r.offset).encode()),
                        ("dlq_consumer_group", self._group.encode())]
             records.append((f"{r.topic}:{r.partition}:{r.offset}", dlq_topic(r.topic), r.key,
-                            headers, r.value, "dead_letter"))
+                            headers, seal[1] if seal else None, "dead_letter"))
             unit.on_commit(metrics.DEAD_LETTERED.labels(self._service, r.topic, kind).inc)
         await outbox.add_raw(conn, records, lanes=self._lanes)
 

@@ -31,7 +31,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from murmurhash2 import murmurhash2
 
-from crm_runtime import metrics
+from crm_runtime import metrics, sealing
 from crm_runtime.db import Conn, is_transient
 from crm_runtime.events import Envelope, cloudevent_headers, header_time
 from crm_runtime.retry import Backoff
@@ -180,8 +180,8 @@ class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, *, service: str,
                  schema: str, lanes: int, batch_size: int = 500, poll_interval: float = 1.0,
                  publish_timeout: float = 15.0, retention_hours: int = 168,
-                 inbox_retention_days: int = 30, backoff: Backoff | None = None,
-                 concurrency: int = 1) -> None:
+                 inbox_retention_days: int = 30, key_retention_days: int = 30,
+                 backoff: Backoff | None = None, concurrency: int = 1) -> None:
         self._pool = pool
         self._producer = producer
         self._service = service
@@ -191,6 +191,7 @@ class OutboxRelay:
         self._retention_hours = retention_hours
         self._publish_timeout = publish_timeout
         self._inbox_retention_days = inbox_retention_days
+        self._key_retention_days = key_retention_days
         self._schema = schema
         self._wakeup = asyncio.Event()
         self._channel = wakeup_channel(schema)
@@ -346,8 +347,9 @@ class OutboxRelay:
         await asyncio.gather(*futures)
 
     async def _maintain(self) -> None:
-        """Refresh the outbox gauges and trim sent outbox rows and old inbox ids
-        (the relay is the one periodic loop every service process has)."""
+        """Refresh the outbox gauges, trim sent outbox rows and old inbox ids,
+        and destroy the keys of old dead letters (the relay is the one
+        periodic loop every service process has)."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 """SELECT count(*) AS backlog,
@@ -361,6 +363,7 @@ class OutboxRelay:
             await conn.execute(
                 "DELETE FROM inbox WHERE processed_at < now() - make_interval(days => $1)",
                 self._inbox_retention_days)
+            await conn.execute(sealing.EXPIRE_KEYS, self._key_retention_days)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep until the timeout, a NOTIFY from a committing writer, or stop."""

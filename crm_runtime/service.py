@@ -26,7 +26,7 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
-from crm_runtime import db, logs, metrics, tracing
+from crm_runtime import db, logs, metrics, tls, tracing
 from crm_runtime.clock import Clock, OffsetClock, SystemClock
 from crm_runtime.consumer import BatchHandler, EventConsumer, Prepare
 from crm_runtime.db import Conn
@@ -168,6 +168,7 @@ class ServiceRunner:
     async def run(self) -> None:
         s = self.settings
         assert s.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS must be resolved"
+        tls.check(s)  # a bad certificate stops the service before it starts anything
         logs.set_service(self.spec.name)
         tracing.configure(s.otel_exporter, self.spec.name)
         pool = self.pool = await open_pool(s, self.spec.schema)
@@ -189,6 +190,7 @@ class ServiceRunner:
                                 poll_interval=s.relay_poll_interval_s,
                                 retention_hours=s.outbox_retention_hours,
                                 inbox_retention_days=s.inbox_retention_days,
+                                key_retention_days=s.dead_letter_key_retention_days,
                                 backoff=Backoff(s.retry_initial_s, s.retry_max_s),
                                 concurrency=s.relay_concurrency)
             tasks.append(asyncio.create_task(relay.run(), name=f"{self.spec.name}-relay"))
@@ -223,11 +225,12 @@ class ServiceRunner:
             registrations = [*parts.registrations, ops]
             server, health, self.bound_grpc_port = build_server(
                 service=self.spec.name, registrations=registrations, tokens=s.token_table(),
-                address=f"{s.grpc_host}:{self._grpc_port}")
+                address=f"{s.grpc_host}:{self._grpc_port}",
+                credentials=tls.server_credentials(s))
             await server.start()
             await set_serving(health, [r.descriptor.full_name for r in registrations], True)
-            log.info("%s: serving gRPC on %s:%d", self.spec.name, s.grpc_host,
-                     self.bound_grpc_port)
+            log.info("%s: serving gRPC on %s:%d (%s)", self.spec.name, s.grpc_host,
+                     self.bound_grpc_port, tls.summary(s))
             self.ready.set()
             await self._wait(tasks)
             await set_serving(health, [r.descriptor.full_name for r in registrations], False)

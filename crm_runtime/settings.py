@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -133,6 +134,11 @@ class Settings(BaseSettings):
         default=30, ge=1,
         description="Processed event ids are kept this long; keep it above the topics' "
                     "retention so a replayed event is still recognised.")
+    dead_letter_key_retention_days: int = Field(
+        default=30, ge=1, le=3650,
+        description="A dead letter's key (its record goes to the dead-letter topic sealed) is "
+                    "destroyed after this many days, or at once when its customer is erased: "
+                    "replay dead letters within it.")
     scheduler_poll_interval_s: float = Field(default=0.2, gt=0, le=60)
     scheduler_batch_size: int = Field(default=100, ge=1, le=10000)
     retry_initial_s: float = Field(default=0.2, gt=0)
@@ -149,6 +155,10 @@ class Settings(BaseSettings):
     churn_window_days: int = Field(
         default=365, ge=1, le=3650,
         description="Days without a purchase after which a customer becomes former.")
+    erasure_ack_timeout_s: float = Field(
+        default=3600.0, gt=0, le=30 * 86400,
+        description="How long the services keeping customer data have to acknowledge an "
+                    "erasure before it counts as overdue (crm_erasures_overdue).")
     customers_grpc_target: str | None = Field(
         default=None, description="host:port of the customers service, for services that "
                                   "register unknown contacts; default its local port.")
@@ -162,6 +172,32 @@ class Settings(BaseSettings):
         default=None, min_length=16,
         description="Bearer token this service presents to other services; default the "
                     "dev token.")
+    export_timeout_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="How long the customers service waits for each other service's part of "
+                    "a data-subject export (ExportCustomer) before the call fails naming it.")
+    grpc_tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain) the gRPC server presents; with "
+                                  "CRM_GRPC_TLS_KEY_FILE it turns TLS on. Unset: plaintext.")
+    grpc_tls_key_file: Path | None = Field(
+        default=None, validate_default=True,
+        description="PEM private key (unencrypted) of CRM_GRPC_TLS_CERT_FILE.")
+    grpc_tls_client_ca_file: Path | None = Field(
+        default=None, description="PEM CA certificate(s): set, the server requires client "
+                                  "certificates signed by them (mutual TLS).")
+    grpc_tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA certificate(s) this process trusts for the servers "
+                                  "it calls; unset: gRPC's default roots.")
+    grpc_tls_client_cert_file: Path | None = Field(
+        default=None, description="PEM certificate this process presents when it calls a "
+                                  "service; default CRM_GRPC_TLS_CERT_FILE.")
+    grpc_tls_client_key_file: Path | None = Field(
+        default=None, validate_default=True,
+        description="PEM private key of CRM_GRPC_TLS_CLIENT_CERT_FILE; default "
+                    "CRM_GRPC_TLS_KEY_FILE.")
+    grpc_tls_server_name: str | None = Field(
+        default=None, description="Name checked against the certificate of a service this "
+                                  "process calls, instead of the target's host.")
     dev_clock_control: bool = Field(
         default=False,
         description="Development only: let Operations/AdvanceClock move the service's clock "
@@ -207,6 +243,33 @@ class Settings(BaseSettings):
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port], got {server!r}")
+        return value
+
+    @field_validator("grpc_tls_cert_file", "grpc_tls_key_file", "grpc_tls_client_ca_file",
+                     "grpc_tls_ca_file", "grpc_tls_client_cert_file", "grpc_tls_client_key_file",
+                     "grpc_tls_server_name", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("grpc_tls_key_file", "grpc_tls_client_key_file")
+    @classmethod
+    def _check_tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """A certificate and its key go together (checked on the key, which
+        comes after its certificate)."""
+        cert = "grpc_tls_cert_file" if info.field_name == "grpc_tls_key_file" \
+            else "grpc_tls_client_cert_file"
+        if cert in info.data and (info.data[cert] is None) != (value is None):
+            raise ValueError(f"{env_name(cert)} and {env_name(str(info.field_name))} go "
+                             "together: set both, or neither")
+        return value
+
+    @field_validator("grpc_tls_client_ca_file")
+    @classmethod
+    def _check_mutual_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("grpc_tls_cert_file") is None:
+            raise ValueError("mutual TLS needs TLS: set CRM_GRPC_TLS_CERT_FILE and "
+                             "CRM_GRPC_TLS_KEY_FILE too")
         return value
 
     def customers_target(self) -> str:

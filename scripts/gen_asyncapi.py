@@ -28,7 +28,7 @@ from crm_runtime.events import EventPayload, registered_types  # noqa: E402
 from crm_runtime.version import VERSION  # noqa: E402
 
 EVENT_MODULES = ("crm_contracts.customers", "crm_contracts.interactions",
-                 "crm_contracts.loyalty")
+                 "crm_contracts.loyalty", "crm_contracts.privacy")
 OUTPUT = ROOT / "docs" / "asyncapi.yaml"
 
 #: Which service writes each topic (channels name it in their description).

@@ -1,7 +1,13 @@
 """Events the interactions service publishes on ``crm.interactions.v1``.
 
 The customers and loyalty services consume these payloads; the ingest
-topic's ``contact.received`` is written by other systems (channels)."""
+topic's ``contact.received`` is written by other systems (channels).
+
+No event the product publishes carries personal data: no contact detail
+(email, phone, callback number), no name and no free text an agent or a
+customer wrote (notes, resolutions, reasons); a consumer reads those over
+gRPC, where erasure and scopes apply. A topic read from its start can
+therefore never rebuild an erased customer's details."""
 
 from __future__ import annotations
 
@@ -76,7 +82,6 @@ class CaseOpened(_CaseEvent):
     opened_at: datetime
     promised_earliest_at: datetime = Field(description="Minimum time the request takes.")
     promised_by: datetime = Field(description="Deadline: the maximum time promised.")
-    callback_phone: str = Field(default="", description="Callback requests: number to call.")
 
 
 @event("case.acknowledged", topic=INTERACTIONS)
@@ -87,17 +92,18 @@ class CaseAcknowledged(_CaseEvent):
 
 @event("case.transferred", topic=INTERACTIONS)
 class CaseTransferred(_CaseEvent):
-    """Routed to another unit; the promise and its clock are kept."""
+    """Routed to another unit; the promise and its clock are kept (the
+    reason given is read with ``GetCase``)."""
 
     from_unit: str
-    reason: str
     promised_by: datetime
 
 
 @event("case.resolved", topic=INTERACTIONS)
 class CaseResolved(_CaseEvent):
+    """The case is resolved (what was done is read with ``GetCase``)."""
+
     resolved_at: datetime
-    resolution: str = ""
     promised_by: datetime
     late: bool = Field(description="Resolved after the promised deadline.")
 
@@ -105,7 +111,6 @@ class CaseResolved(_CaseEvent):
 @event("case.reopened", topic=INTERACTIONS)
 class CaseReopened(_CaseEvent):
     reopened_at: datetime
-    reason: str = ""
     promised_by: datetime
 
 

@@ -24,7 +24,7 @@ from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.customers import commands, domain, exports, merges, privacy, store
+from services.customers import commands, domain, erasures, exports, merges, privacy, store
 from services.customers.domain import Identity
 
 T = TypeVar("T")
@@ -85,6 +85,16 @@ def customer_to_pb(rec: store.CustomerRecord, this_year: int) -> pb.Customer:
         links=[pb.Link(other_customer_id=str(other), role=role, **{"as": side})
                for side, other, role in rec.links])
     return msg
+
+
+def erasure_status_to_pb(status: erasures.ErasureStatus) -> pb.GetErasureStatusResponse:
+    return pb.GetErasureStatusResponse(
+        customer_id=str(status.customer_id), erased=status.erased,
+        requested_at=ts(status.requested_at), complete=status.complete,
+        services=[pb.ServiceErasure(
+            name=p.service, completed_at=ts(p.completed_at),
+            state=pb.ERASURE_STATE_COMPLETE if p.complete else pb.ERASURE_STATE_PENDING)
+            for p in status.parts])
 
 
 def segment_to_pb(row: Any) -> pb.Segment:
@@ -295,6 +305,13 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         customer_id = parse_uuid(request.customer_id)
         await uow.run(self._pool, lambda c: privacy.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
+
+    async def GetErasureStatus(self, request: pb.GetErasureStatusRequest,
+                               context: grpc.aio.ServicerContext
+                               ) -> pb.GetErasureStatusResponse:
+        customer_id = parse_uuid(request.customer_id)
+        found = await uow.run(self._pool, lambda c: erasures.status(c, customer_id))
+        return erasure_status_to_pb(found)
 
 
 

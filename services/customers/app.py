@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from crm.customers.v1 import customers_pb2, customers_pb2_grpc
+from crm_contracts.privacy import InteractionsErasureCompleted, LoyaltyErasureCompleted
 from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
@@ -13,17 +15,21 @@ from services.customers.api import CustomersServicer
 
 
 def build(svc: ServiceContext) -> ServiceParts:
-    ctx = commands.Context(clock=svc.clock, lanes=svc.lanes,
-                           churn_window=svc.settings.churn_window())
+    ctx = commands.Context(
+        clock=svc.clock, lanes=svc.lanes, churn_window=svc.settings.churn_window(),
+        erasure_ack_timeout=timedelta(seconds=svc.settings.erasure_ack_timeout_s))
     return ServiceParts(
         subscriptions=[Subscription(
             topics=[INTERACTIONS],
             routes=[handlers.on_interaction_recorded(ctx),
                     handlers.on_dissatisfaction_signal(ctx),
-                    handlers.on_survey_response(ctx)]),
+                    handlers.on_survey_response(ctx),
+                    handlers.on_erasure_completed(ctx, InteractionsErasureCompleted)]),
             # What loyalty tells customers (its own group: loyalty's topic is
             # busy with actions customers never reads).
-            Subscription(topics=[LOYALTY], routes=[handlers.on_consent_withdrawn(ctx)],
+            Subscription(topics=[LOYALTY],
+                         routes=[handlers.on_consent_withdrawn(ctx),
+                                 handlers.on_erasure_completed(ctx, LoyaltyErasureCompleted)],
                          group_suffix="-loyalty")],
         scheduled={commands.CHURN: handlers.on_churn_due(ctx),
                    risk.RISK_REVIEW: handlers.on_risk_review(ctx)},

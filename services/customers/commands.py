@@ -89,6 +89,8 @@ class Context(CommandContext):
     source = SOURCE
     churn_window: timedelta = domain.DEFAULT_CHURN_WINDOW
     segments: SegmentCache = field(default_factory=SegmentCache)
+    #: How long the other services have to acknowledge an erasure.
+    erasure_ack_timeout: timedelta = timedelta(hours=1)
 
 
 async def segment_keys_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]

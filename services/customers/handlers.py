@@ -6,7 +6,9 @@ interaction id, is unique per customer as a second guard). An event that
 can never be applied (an amount beyond the per-purchase maximum or past
 what the customer's total holds, a time outside the event window, an
 interaction counted before with another amount) is dead-lettered with a
-reason kind naming why (:func:`refusals`)."""
+reason kind naming why (:func:`refusals`). The other services'
+acknowledgements of an erasure (``<service>.erasure_completed``, on their
+topics) complete its parts (:func:`on_erasure_completed`)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from crm_contracts.interactions import (
 )
 from crm_contracts.loyalty import ConsentWithdrawn
 from crm_contracts.money import OutOfRange, check_amount_minor
+from crm_contracts.privacy import ErasureCompleted
 from crm_contracts.times import check_event_time
 from crm_runtime import logs
 from crm_runtime.convert import parse_uuid
@@ -29,7 +32,7 @@ from crm_runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.customers import commands, privacy, risk, store
+from services.customers import commands, erasures, privacy, risk, store
 
 
 def on_interaction_recorded(ctx: commands.Context) -> Route:
@@ -115,6 +118,22 @@ def on_consent_withdrawn(ctx: commands.Context) -> Route:
                                           granted=False, source=data.source, at=at)
 
     return on(ConsentWithdrawn, handle)
+
+
+def on_erasure_completed(ctx: commands.Context, payload: type[ErasureCompleted]) -> Route:
+    """A service scrubbed an erased customer's data (``payload``: its
+    ``<service>.erasure_completed``): its part of the erasure is complete
+    (:func:`erasures.acknowledge`; one for an erasure never requested here
+    is logged and ignored)."""
+
+    async def handle(conn: Conn, events: list[Envelope[ErasureCompleted]]) -> None:
+        for env in logs.each(events):
+            data = env.data
+            with refusals():
+                at = checked_time(data.erased_at, ctx.clock.now(), "erased_at")
+            await erasures.acknowledge(conn, parse_uuid(data.customer_id), data.service, at)
+
+    return on(payload, handle)
 
 
 def checked_time(value: datetime, now: datetime, field: str = "occurred_at") -> datetime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 
 from crm_runtime.metrics import DbGauge
-from services.customers import store
+from services.customers import erasures, store
 
 STAGE_CHANGES = Counter("crm_stage_changes", "Relationship stage changes",
                         ["service", "from_stage", "to_stage"])
@@ -16,4 +16,7 @@ GAUGES = [
             store.CUSTOMERS_BY_STAGE_SQL),
     DbGauge("crm_customers_at_risk", "Customers marked at risk by satisfaction signals", (),
             store.CUSTOMERS_AT_RISK_SQL),
+    DbGauge("crm_erasures_overdue", "Erasures a service has not acknowledged within "
+            "CRM_ERASURE_ACK_TIMEOUT_S of the request, by the service awaited", ("awaiting",),
+            erasures.OVERDUE_SQL),
 ]

@@ -14,7 +14,7 @@ from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
 from crm_runtime import scheduler
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.customers import commands, domain, store
+from services.customers import commands, domain, erasures, store
 
 
 async def set_consent(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID, *, purpose: str,
@@ -51,7 +51,8 @@ async def set_consent(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID,
 
 async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> None:
     """Remove personal data; the id, stage and counts stay for integrity.
-    Erasing twice is a no-op (no second event)."""
+    Erasing twice is a no-op (no second event). The other services'
+    acknowledgements are awaited from now (:func:`erasures.request`)."""
     rec = await store.load(conn, customer_id, lock=True, full=False)
     if rec.erased_at is not None:
         return
@@ -63,6 +64,7 @@ async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> No
     rec.erased_at = now
     await store.save_core(conn, rec, now)
     await scheduler.cancel(conn, commands.CHURN, str(customer_id))
+    await erasures.request(conn, customer_id, now, ctx.erasure_ack_timeout)
     await commands.emit_named(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
 
 

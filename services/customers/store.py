@@ -500,9 +500,9 @@ async def lock_identifiers(conn: Conn, keys: Iterable[tuple[str, str]]) -> None:
 
 #: Where each column of the customers schema appears in the export (a path in
 #: the document: ``key``, ``key[]`` an entry of a list, ``key[].field`` a
-#: field of its entries). ``tests/unit/customers/test_export.py`` fails when a
-#: migration adds a column that is not listed here, so nothing held about a
-#: customer can be left out of a data-subject export by accident.
+#: field of its entries). ``tests/integration/test_export_coverage.py`` fails
+#: when a migration adds a column that is not listed here, so nothing held about
+#: a customer can be left out of a data-subject export by accident.
 EXPORT_COLUMNS: dict[str, dict[str, str]] = {
     "customers": {
         "customer_id": "customer_id", "display_name": "display_name", "profile": "profile",
@@ -539,7 +539,9 @@ EXPORT_COLUMNS: dict[str, dict[str, str]] = {
 }
 #: Tables of the schema that hold nothing about a particular customer.
 NOT_CUSTOMER_DATA = {"segments": "segment definitions (membership is exported as segments)",
-                     "segment_versions": "earlier segment definitions"}
+                     "segment_versions": "earlier segment definitions",
+                     "erasures": "an erasure's progress through the services (ids and "
+                                 "times, no personal data): GetErasureStatus answers it"}
 
 
 # --- state gauges (the queries of metrics.GAUGES) --------------------

@@ -22,8 +22,8 @@ from crm_runtime import uow
 from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
-from crm_runtime.errors import InvalidArgument, NotFound
-from services.interactions import commands, contacts, domain, store
+from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.interactions import commands, contacts, domain, privacy, store, trust
 from services.interactions.directory import CustomerDirectory
 
 #: The longest time a promise policy may name (10 years).
@@ -152,13 +152,20 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             amount_minor=request.amount.amount_minor, currency=request.amount.currency)
 
         async def record(conn: Conn) -> Any:
-            [(recorded, _)] = await contacts.record_contacts(conn, self._ctx, [contact])
+            allowed, refused = await contacts.screen(conn, self._ctx, [contact])
+            if refused:  # committed with the call's unit of work, then refused
+                return refused[0]
+            [(recorded, _)] = await contacts.record_contacts(conn, self._ctx, allowed)
             # The customer's own contact of the key (theirs or, merged, their survivor's).
             return await store.interaction_by_key(conn, recorded.customer_id,
                                                   recorded.idempotency_key)
 
         stated += [contact.requester_id, contact.decision_maker_id]
-        return interaction_to_pb(await self._for_customers(stated, record))
+        result = await self._for_customers(stated, record)
+        if isinstance(result, trust.Suppression):
+            raise FailedPrecondition(f"customer {result.customer_id} may not be contacted "
+                                     f"proactively: {result.reason}")
+        return interaction_to_pb(result)
 
     async def GetTimeline(self, request: pb.GetTimelineRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTimelineResponse:
@@ -305,6 +312,18 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
                                timedelta(seconds=request.warn_before_seconds))
         await uow.run(self._pool, lambda c: commands.set_policy(c, policy))
         return request
+
+    async def ExportCustomerData(self, request: pb.ExportCustomerDataRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> pb.ExportCustomerDataResponse:
+        customer_id = parse_uuid(request.customer_id, "customer_id")
+        merged = [parse_uuid(m, f"merged_customer_ids[{i}]")
+                  for i, m in enumerate(request.merged_customer_ids)]
+        # One snapshot, so the part never shows a case without its contact.
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                 readonly=True):
+            part = await privacy.export(conn, customer_id, merged)
+        return pb.ExportCustomerDataResponse(service=privacy.SERVICE, json=part)
 
 
 def _encode_cursor(at: datetime, ident: uuid.UUID) -> str:

@@ -5,7 +5,8 @@ rules of :mod:`domain`, writes through :mod:`store` and queues its events in
 the outbox. Contacts (recording them, the timeline) are in :mod:`contacts`,
 which builds on this module: its :class:`Context`, the case a contact opens
 (:func:`open_resolved_case`) and the helpers shared by every idempotent
-command (:data:`DIGEST_VERSION`, :func:`key_conflict`).
+command (:data:`DIGEST_VERSION`, :func:`key_conflict`). The consent view
+and the contacts it stops are in :mod:`trust`.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from crm_contracts.interactions import (
     CaseResolved,
     CaseTransferred,
     DissatisfactionSignal,
-    SurveyRequested,
     SurveyResponseRecorded,
 )
+from crm_contracts.privacy import InteractionsErasureCompleted
 from crm_contracts.times import check_event_time
 from crm_runtime import ids, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from crm_runtime.events import EventPayload
 from crm_runtime.uow import CommandContext
-from services.interactions import domain, metrics, store
+from services.interactions import domain, metrics, store, trust
 from services.interactions.domain import Policy
 from services.interactions.store import SERVICE
 
@@ -164,8 +165,7 @@ async def _opened(conn: Conn, ctx: Context, case_id: uuid.UUID, customer_id: uui
     events: list[EventPayload] = [CaseOpened(
         case_id=str(case_id), customer_id=str(customer_id), kind=kind, channel=channel,
         unit=unit, interaction_id=str(interaction_id or ""), opened_at=now,
-        promised_earliest_at=promise.earliest_at, promised_by=promise.deadline,
-        callback_phone=callback_phone)]
+        promised_earliest_at=promise.earliest_at, promised_by=promise.deadline)]
     if kind == "complaint":
         earlier = await store.other_complaints_opened_at(conn, customer_id, case_id)
         if domain.is_repeated_complaint(earlier, now):
@@ -207,7 +207,7 @@ async def transfer(conn: Conn, ctx: Context, case_id: uuid.UUID, to_unit: str,
     now = ctx.clock.now()
     await store.transfer_case(conn, case_id, row["unit"], to_unit, reason, now)
     await ctx.events.emit(conn, row["customer_id"], [
-        CaseTransferred(**{**_base(row), "unit": to_unit}, from_unit=row["unit"], reason=reason,
+        CaseTransferred(**{**_base(row), "unit": to_unit}, from_unit=row["unit"],
                         promised_by=row["promised_by"])], time=now)
 
 
@@ -238,14 +238,14 @@ async def resolve(conn: Conn, ctx: Context, case_id: uuid.UUID, resolution: str)
         events += _record_breach(conn, ctx, row)
         await store.mark_breached(conn, case_id)
     await store.resolve_case(conn, case_id, now, resolution, late)
-    events.append(CaseResolved(**_base(row), resolved_at=now,
-                               resolution=resolution, promised_by=row["promised_by"],
+    events.append(CaseResolved(**_base(row), resolved_at=now, promised_by=row["promised_by"],
                                late=late))
-    # Ask how it went, unless a complaint of this customer is still open.
+    # Ask how it went, unless a complaint of this customer is still open,
+    # and only if their consent allows it (else the request is suppressed).
     if not await store.open_complaints(conn, row["customer_id"]):
-        events.append(SurveyRequested(customer_id=str(row["customer_id"]),
-                                      case_id=str(case_id), channel=row["channel"],
-                                      unit=row["unit"]))
+        survey = await trust.survey_request(conn, row, now)
+        if survey is not None:
+            events.append(survey)
     await ctx.events.emit(conn, row["customer_id"], events, time=ctx.clock.now())
 
 
@@ -254,7 +254,7 @@ async def reopen(conn: Conn, ctx: Context, case_id: uuid.UUID, reason: str) -> N
     if row["status"] != "resolved":
         raise FailedPrecondition(f"case {case_id} is not resolved")
     now = ctx.clock.now()
-    await store.reopen_case(conn, case_id)
+    await store.reopen_case(conn, case_id, reason)
     if not row["breached"] and row["promised_by"] > now:
         if row["warn_at"] > now:  # the warning comes again ahead of the same deadline
             await scheduler.schedule(conn, WARN, str(case_id), row["warn_at"])
@@ -262,8 +262,7 @@ async def reopen(conn: Conn, ctx: Context, case_id: uuid.UUID, reason: str) -> N
     elif not row["breached"]:
         await scheduler.schedule(conn, BREACH, str(case_id), now)  # already past: breach now
     await ctx.events.emit(conn, row["customer_id"], [
-        CaseReopened(**_base(row), reopened_at=now, reason=reason,
-                     promised_by=row["promised_by"])], time=now)
+        CaseReopened(**_base(row), reopened_at=now, promised_by=row["promised_by"])], time=now)
 
 
 async def warn_breach(conn: Conn, ctx: Context, case_id: uuid.UUID) -> None:
@@ -433,21 +432,32 @@ async def define_service_cycle(conn: Conn, ctx: Context, name: str,
 
 # --- customers: erasure and merges ------------------------------------------
 
-async def customers_registered(conn: Conn, customer_ids: list[uuid.UUID]) -> None:
-    """``customer.registered``: these customers exist (one statement for a batch)."""
-    await store.remember_customers(conn, customer_ids)
+async def customers_registered(conn: Conn,
+                               customers: Sequence[tuple[uuid.UUID, str]]) -> None:
+    """``customer.registered``: these (customer, time zone) exist (one
+    statement for a batch)."""
+    await store.register_customers(conn, customers)
 
 
-async def scrub_customer(conn: Conn, customer_id: uuid.UUID) -> None:
-    """``customer.erased``: notes and contact details go; counts and scores
-    stay. The id is no known customer any more: new records of it are refused."""
+async def scrub_customer(conn: Conn, ctx: Context, customer_id: uuid.UUID,
+                         at: datetime) -> None:
+    """``customer.erased`` at ``at``: notes and contact details go; counts
+    and scores stay. The id is no known customer any more: new records of it
+    are refused, and it is never contacted (:func:`trust.erase`). Acknowledged
+    with ``interactions.erasure_completed`` in the same transaction, whatever
+    was held (the inbox makes it once per erasure)."""
     await store.scrub_customer(conn, customer_id)
-    await store.forget_customer(conn, customer_id)
+    await trust.erase(conn, customer_id, at)
+    now = ctx.clock.now()
+    await ctx.events.emit(conn, customer_id, [InteractionsErasureCompleted(
+        customer_id=str(customer_id), service=SERVICE, erased_at=now)], time=now)
 
 
 async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> None:
     """``customer.merged``: the merged customer's records move to the
     survivor, and records that arrive later under the merged id follow; a
     key both used is kept twice, the merged one's renamed
-    (:func:`store.repoint_customer`)."""
+    (:func:`store.repoint_customer`). The survivor keeps do-not-contact
+    from either and the newer surveys decision (:func:`trust.merge`)."""
+    await trust.merge(conn, survivor, merged)
     await store.repoint_customer(conn, survivor, merged)

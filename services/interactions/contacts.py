@@ -5,7 +5,9 @@ Contacts are recorded in bulk (:func:`record_contacts`): the gRPC call
 records one, the ingest consumer records a whole batch with one INSERT,
 which is what lets channels publish thousands of contacts per second. Each
 is stored once per customer and idempotency key; a repeat is compared on the
-digest of its request (:func:`contact_digest`).
+digest of its request (:func:`contact_digest`). Before that, :func:`screen`
+stops the proactive contacts the customer's trust forbids (do-not-contact,
+erased): they are recorded as suppressed, not stored.
 
 Separate from :mod:`commands` because it is the service's hot path and its
 largest use case, readable on its own. It builds on :mod:`commands` (its
@@ -30,7 +32,7 @@ from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope
-from services.interactions import domain, metrics, store
+from services.interactions import domain, metrics, store, trust
 from services.interactions.commands import (
     DIGEST_VERSION,
     Context,
@@ -151,6 +153,44 @@ def _check_contact_repeat(contact: Contact, stored: Any) -> None:
     raise key_conflict(contact.idempotency_key, "contact", differing)
 
 
+async def screen(conn: Conn, ctx: Context, contacts: list[Contact]
+                 ) -> tuple[list[Contact], list[trust.Suppression]]:
+    """The contacts that may be recorded, and the suppressions of those that
+    may not: a proactive contact of a customer (or, merged away, their
+    survivor) with do-not-contact, or erased (:func:`domain.proactive_refusal`),
+    is recorded in ``suppressed_contacts`` and published as
+    ``contact.suppressed``, once per customer and idempotency key. A contact
+    the customer started is never stopped, nor a repeat of a key stored
+    before (it answers with the stored contact). Costs nothing for a batch
+    without proactive contacts."""
+    proactive = [c for c in contacts if c.direction == "proactive"]
+    if not proactive:
+        return contacts, []
+    merged = await store.survivors(conn, [c.customer_id for c in proactive])
+    held = await trust.views(conn, {merged.get(c.customer_id, c.customer_id) for c in proactive})
+    refused: dict[int, trust.Suppression] = {}
+    for c in proactive:
+        customer_id = merged.get(c.customer_id, c.customer_id)
+        reason = domain.proactive_refusal(held.get(customer_id))
+        if reason is not None:
+            refused[id(c)] = trust.Suppression(
+                contact_id=trust.contact_id(trust.PROACTIVE_CONTACT, customer_id,
+                                            c.idempotency_key),
+                customer_id=customer_id, contact_type=trust.PROACTIVE_CONTACT,
+                purpose=trust.SERVICE_PURPOSE, reason=reason)
+    if not refused:
+        return contacts, []
+    stored = await store.contacts_by_keys(
+        conn, [(s.customer_id, c.idempotency_key) for c in proactive
+               if (s := refused.get(id(c))) is not None])
+    for c in proactive:
+        s = refused.get(id(c))
+        if s is not None and (s.customer_id, c.idempotency_key) in stored:
+            del refused[id(c)]
+    await trust.suppress(conn, ctx, list(refused.values()))
+    return [c for c in contacts if id(c) not in refused], list(refused.values())
+
+
 async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
                           ) -> list[tuple[Contact, bool]]:
     """Store contacts once per customer and idempotency key (one INSERT for
@@ -160,7 +200,8 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
     resolved) with ``True`` if it was new. A key the customer used before
     (or earlier in the batch) for the same request stores nothing; for a
     different request it raises AlreadyExists naming the key and the fields
-    that differ. Keys are never compared across customers."""
+    that differ. Keys are never compared across customers. Contacts are
+    screened first (:func:`screen`)."""
     if not contacts:
         return []
     merged = await store.survivors(conn, [c.customer_id for c in contacts])

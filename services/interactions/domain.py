@@ -6,13 +6,16 @@
   transfers; a breach warning is raised ahead of the deadline.
 * Satisfaction: CSAT mean, NPS (% promoters - % detractors), and the
   dissatisfaction signals that mark an unhappy customer who did not complain.
+* Trust: the customer's consent as this service knows it (the latest
+  decision per purpose wins, whatever order the decisions arrive in), and
+  which contacts it forbids (a survey request, a proactive contact).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from crm_contracts.vocabulary import (
@@ -20,12 +23,15 @@ from crm_contracts.vocabulary import (
     CASE_KINDS,
     CONTACT_CHANNELS,
     DIRECTIONS,
+    DO_NOT_CONTACT,
     KINDS,
     OUTCOMES,
+    ConsentPurpose,
 )
 from crm_runtime.errors import InvalidArgument
 
-__all__ = ["AUTO_CASE_KINDS", "CASE_KINDS", "CHANNELS", "DIRECTIONS", "KINDS", "OUTCOMES"]
+__all__ = ["AUTO_CASE_KINDS", "CASE_KINDS", "CHANNELS", "DIRECTIONS", "DO_NOT_CONTACT", "KINDS",
+           "OUTCOMES"]
 
 CHANNELS = CONTACT_CHANNELS
 
@@ -214,3 +220,108 @@ def is_repeated_complaint(previous_complaints: Iterable[datetime], now: datetime
 def survey_questions(requirements: Iterable[str]) -> list[str]:
     """Survey questions of a touchpoint, one per requirement of the matrix."""
     return [f"How satisfied were you with: {r.strip()}?" for r in requirements if r.strip()]
+
+
+# --- trust: consent and the contacts it forbids -------------------------------
+
+#: The consent purpose of a survey request.
+SURVEYS = ConsentPurpose.SURVEYS.value
+#: The purposes of ``customer.consent_changed`` this service keeps (the others,
+#: newsletter and promotional offers, are loyalty's business).
+KEPT_PURPOSES = (DO_NOT_CONTACT, SURVEYS)
+
+#: Why a contact was suppressed (``contact.suppressed``'s reason).
+ERASED = "erased"
+NO_SURVEYS_CONSENT = "no_surveys_consent"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The customer's decision on one purpose: granted or not, made at
+    ``at`` (None: no decision heard of, which grants nothing)."""
+
+    granted: bool = False
+    at: datetime | None = None
+
+
+def _rank(purpose: str, decision: Decision) -> tuple[datetime, bool]:
+    """The order of decisions on a purpose: by time, and at the same instant
+    the one that contacts less (do-not-contact set, a consent withdrawn)."""
+    assert decision.at is not None
+    cautious = decision.granted if purpose == DO_NOT_CONTACT else not decision.granted
+    return decision.at, cautious
+
+
+def prevails(purpose: str, new: Decision, held: Decision) -> bool:
+    """Whether ``new`` replaces ``held``: it was made at the same time or
+    later. An older decision (relayed late, a replayed dead letter) never
+    replaces a newer one, so a withdrawal is undone only by a newer grant;
+    two different decisions at the same instant resolve to the cautious one
+    whichever comes first, so the view never depends on arrival order."""
+    if held.at is None:
+        return True
+    return new.at is not None and _rank(purpose, new) >= _rank(purpose, held)
+
+
+@dataclass(frozen=True)
+class ConsentView:
+    """What this service knows of a customer's consent. A customer whose
+    consent was never announced has neither do-not-contact nor surveys
+    consent. An erased customer is never contacted, whatever comes later."""
+
+    do_not_contact: Decision = field(default_factory=Decision)
+    surveys: Decision = field(default_factory=Decision)
+    erased: bool = False
+
+
+def apply_consent(view: ConsentView, purpose: str, decision: Decision) -> ConsentView:
+    """The view after one ``customer.consent_changed``: its decision when it
+    prevails over the one held (:func:`prevails`); purposes not in
+    :data:`KEPT_PURPOSES`, and any decision on an erased customer, change
+    nothing."""
+    if view.erased or purpose not in KEPT_PURPOSES:
+        return view
+    if purpose == DO_NOT_CONTACT:
+        if prevails(purpose, decision, view.do_not_contact):
+            return replace(view, do_not_contact=decision)
+    elif prevails(purpose, decision, view.surveys):
+        return replace(view, surveys=decision)
+    return view
+
+
+def merge_views(survivor: ConsentView, merged: ConsentView) -> ConsentView:
+    """The survivor's view after a merge: do-not-contact if either had it
+    (as of the later of their two decisions), and for surveys the decision
+    that prevails of the two."""
+    dnc = (survivor.do_not_contact, merged.do_not_contact)
+    times = [d.at for d in dnc if d.at is not None]
+    surveys = (merged.surveys if merged.surveys.at is not None
+               and prevails(SURVEYS, merged.surveys, survivor.surveys) else survivor.surveys)
+    return ConsentView(do_not_contact=Decision(any(d.granted for d in dnc),
+                                               max(times) if times else None),
+                       surveys=surveys, erased=survivor.erased or merged.erased)
+
+
+def survey_refusal(view: ConsentView | None) -> str | None:
+    """Why the customer may not be asked for a survey (None: they may be).
+    ``view`` None: a customer this service holds no consent of (never
+    announced, or forgotten), who has not consented."""
+    if view is None:
+        return NO_SURVEYS_CONSENT
+    if view.erased:
+        return ERASED
+    if view.do_not_contact.granted:
+        return DO_NOT_CONTACT
+    return None if view.surveys.granted else NO_SURVEYS_CONSENT
+
+
+def proactive_refusal(view: ConsentView | None) -> str | None:
+    """Why the company may not contact the customer on its own initiative
+    (None: it may; a contact the customer started is never refused). A
+    proactive contact for service needs no consent beyond the absence of
+    do-not-contact."""
+    if view is None:
+        return None
+    if view.erased:
+        return ERASED
+    return DO_NOT_CONTACT if view.do_not_contact.granted else None

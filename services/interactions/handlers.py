@@ -9,10 +9,18 @@
   ``idempotency_conflict``. Contacts of someone unknown were registered with
   the customers service, and the stated customer ids checked, before the
   batch's transaction opened (:meth:`CustomerDirectory.prepare`, the
-  subscription's prepare step); the handler reads what it found.
+  subscription's prepare step); the handler reads what it found. A
+  proactive contact the customer's trust forbids is not dead-lettered: it
+  is recorded as suppressed and published (``contact.suppressed``), a
+  decision and not bad input, and the batch goes on.
 * ``customer.registered`` / ``customer.erased`` / ``customer.merged`` on
-  ``crm.customers.v1``: know the customer; scrub this service's records and
-  forget the customer; re-point the records.
+  ``crm.customers.v1``: know the customer (and their time zone); scrub this
+  service's records and forget the customer, keeping them as never to be
+  contacted, and acknowledge it (``interactions.erasure_completed``);
+  re-point the records and merge the consent.
+* ``customer.consent_changed`` on ``crm.customers.v1``: the consent view
+  (:func:`trust.consent_changed`); a customer not heard of yet is stored
+  with the decision, not dead-lettered (their registration may be late).
 * Scheduled work: breach warnings and breaches of case promises.
 """
 
@@ -20,7 +28,12 @@ from __future__ import annotations
 
 import uuid
 
-from crm_contracts.customers import CustomerErased, CustomerRegistered, CustomersMerged
+from crm_contracts.customers import (
+    ConsentChanged,
+    CustomerErased,
+    CustomerRegistered,
+    CustomersMerged,
+)
 from crm_contracts.interactions import ContactReceived
 from crm_runtime import logs
 from crm_runtime.convert import parse_uuid
@@ -29,8 +42,9 @@ from crm_runtime.errors import AlreadyExists, InvalidArgument
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.interactions import commands, contacts, store
+from services.interactions import commands, contacts, store, trust
 from services.interactions.directory import CustomerDirectory, stated_customers
+from services.interactions.domain import Decision
 
 #: Dead-letter kinds of contacts, besides the runtime's.
 INVALID_CONTACT = "invalid_contact"
@@ -96,6 +110,7 @@ def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> Route:
             except InvalidArgument as exc:
                 raise PoisonMessage(INVALID_CONTACT, str(exc)) from None
         await require_customers(conn, directory, events)
+        batch, _ = await contacts.screen(conn, ctx, batch)
         try:
             await contacts.record_contacts(conn, ctx, batch)
         except AlreadyExists as exc:
@@ -107,15 +122,15 @@ def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> Route:
 def on_customers_registered() -> Route:
     async def handle(conn: Conn, events: list[Envelope[CustomerRegistered]]) -> None:
         await commands.customers_registered(
-            conn, [uuid.UUID(env.data.customer_id) for env in events])
+            conn, [(uuid.UUID(env.data.customer_id), env.data.time_zone) for env in events])
 
     return on(CustomerRegistered, handle)
 
 
-def on_customer_erased() -> Route:
+def on_customer_erased(ctx: commands.Context) -> Route:
     async def handle(conn: Conn, events: list[Envelope[CustomerErased]]) -> None:
         for env in logs.each(events):
-            await commands.scrub_customer(conn, uuid.UUID(env.data.customer_id))
+            await commands.scrub_customer(conn, ctx, uuid.UUID(env.data.customer_id), env.time)
 
     return on(CustomerErased, handle)
 
@@ -127,6 +142,16 @@ def on_customers_merged() -> Route:
                                             uuid.UUID(env.data.merged_customer_id))
 
     return on(CustomersMerged, handle)
+
+
+def on_consent_changed() -> Route:
+    async def handle(conn: Conn, events: list[Envelope[ConsentChanged]]) -> None:
+        # Events from before changed_at existed were published when decided.
+        await trust.consent_changed(conn, [
+            (uuid.UUID(env.data.customer_id), env.data.purpose,
+             Decision(env.data.granted, env.data.changed_at or env.time)) for env in events])
+
+    return on(ConsentChanged, handle)
 
 
 def on_breach_warning(ctx: commands.Context) -> WorkHandler:

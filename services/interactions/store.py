@@ -190,10 +190,11 @@ async def open_complaints(conn: Conn, customer_id: uuid.UUID) -> int:
     return count
 
 
-async def reopen_case(conn: Conn, case_id: uuid.UUID) -> None:
+async def reopen_case(conn: Conn, case_id: uuid.UUID, reason: str) -> None:
     await conn.execute(
         """UPDATE cases SET status = 'open', resolved_at = NULL, resolution = '',
-                  resolved_late = false WHERE case_id = $1""", case_id)
+                  resolved_late = false, reopen_reason = $2 WHERE case_id = $1""",
+        case_id, reason)
 
 
 async def list_cases(conn: Conn, which: str, now: datetime, unit: str,
@@ -316,11 +317,15 @@ async def service_cycle(conn: Conn, name: str) -> Any:
 # --- customers: erasure and merges ---------------------------------------------
 
 async def scrub_customer(conn: Conn, customer_id: uuid.UUID) -> None:
-    """Erasure: notes and contact details go; counts and scores stay."""
+    """Erasure: notes, people's free text and contact details go; counts and
+    scores stay."""
     await conn.execute("UPDATE interactions SET notes = '' WHERE customer_id = $1", customer_id)
     await conn.execute(
-        "UPDATE cases SET summary = '', resolution = '', callback_phone = '' "
+        "UPDATE cases SET summary = '', resolution = '', callback_phone = '', reopen_reason = '' "
         "WHERE customer_id = $1", customer_id)
+    await conn.execute(
+        """UPDATE case_transfers t SET reason = '' FROM cases c
+            WHERE c.case_id = t.case_id AND c.customer_id = $1""", customer_id)
     rows = await conn.fetch(
         "SELECT survey_response_id, answers FROM survey_responses WHERE customer_id = $1",
         customer_id)
@@ -377,7 +382,14 @@ async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -
                          ELSE m.idempotency_key END
                  WHERE m.customer_id = $2""",
             survivor, merged, MERGED_KEY_PREFIX)
+    await conn.execute("UPDATE suppressed_contacts SET customer_id = $1 WHERE customer_id = $2",
+                       survivor, merged)
     await remember_customers(conn, [survivor])
+    # The survivor's time zone, or else the merged one's.
+    await conn.execute(
+        """UPDATE known_customers s SET time_zone = m.time_zone FROM known_customers m
+            WHERE s.customer_id = $1 AND m.customer_id = $2 AND s.time_zone = ''""",
+        survivor, merged)
     await conn.execute("DELETE FROM known_customers WHERE customer_id = $1", merged)
 
 
@@ -385,7 +397,8 @@ async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -
 
 async def unknown_customers(conn: Conn, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
     """Of ``ids``, those this service does not know as customers: neither in
-    ``known_customers`` nor merged into a customer that is (one statement)."""
+    ``known_customers`` (and not erased) nor merged into a customer that is
+    (one statement)."""
     wanted = list(set(ids))
     if not wanted:
         return set()
@@ -393,22 +406,95 @@ async def unknown_customers(conn: Conn, ids: Iterable[uuid.UUID]) -> set[uuid.UU
         """SELECT i.id FROM unnest($1::uuid[]) AS i(id)
              LEFT JOIN customer_aliases a ON a.merged_customer_id = i.id
             WHERE NOT EXISTS (SELECT 1 FROM known_customers k
-                               WHERE k.customer_id = coalesce(a.survivor_customer_id, i.id))""",
+                               WHERE k.customer_id = coalesce(a.survivor_customer_id, i.id)
+                                 AND k.erased_at IS NULL)""",
         wanted)
     return {r["id"] for r in rows}
 
 
 async def remember_customers(conn: Conn, ids: Iterable[uuid.UUID]) -> None:
-    """Know these ids as customers (the customers service said so)."""
+    """Know these ids as customers (the customers service said so); an
+    erased one stays erased."""
     known = list(set(ids))
     if known:
         await conn.execute("INSERT INTO known_customers (customer_id) "
                            "SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING", known)
 
 
-async def forget_customer(conn: Conn, customer_id: uuid.UUID) -> None:
-    """``customer.erased``: the id is no customer any more."""
-    await conn.execute("DELETE FROM known_customers WHERE customer_id = $1", customer_id)
+async def register_customers(conn: Conn, customers: Sequence[tuple[uuid.UUID, str]]) -> None:
+    """``customer.registered``: know these (customer id, time zone) pairs; a
+    time zone given replaces the one held (an erased customer keeps none)."""
+    if customers:
+        await conn.execute(
+            """INSERT INTO known_customers (customer_id, time_zone)
+               SELECT * FROM unnest($1::uuid[], $2::text[])
+               ON CONFLICT (customer_id) DO UPDATE SET time_zone = EXCLUDED.time_zone
+                WHERE known_customers.erased_at IS NULL AND EXCLUDED.time_zone <> ''""",
+            [c for c, _ in customers], [tz for _, tz in customers])
+
+
+async def forget_customer(conn: Conn, customer_id: uuid.UUID, at: datetime) -> None:
+    """``customer.erased`` at ``at``: the id is no customer any more. Its row
+    stays as a tombstone (do-not-contact on, no consent, no time zone), so
+    that nothing heard later makes it a customer again or lets anyone
+    contact it."""
+    await conn.execute(
+        """INSERT INTO known_customers (customer_id, do_not_contact, do_not_contact_at,
+                                        surveys_consent, surveys_consent_at, erased_at)
+           VALUES ($1, true, $2, false, $2, $2)
+           ON CONFLICT (customer_id) DO UPDATE SET do_not_contact = true,
+               do_not_contact_at = $2, surveys_consent = false, surveys_consent_at = $2,
+               time_zone = '', erased_at = coalesce(known_customers.erased_at, $2)""",
+        customer_id, at)
+
+
+# --- consent view and suppressed contacts ---------------------------------------
+
+async def consent_rows(conn: Conn, ids: Iterable[uuid.UUID], *, lock: bool) -> list[Any]:
+    """The consent columns of these customers' rows (those that have one);
+    ``lock``: for update, when the caller writes them back."""
+    return list(await conn.fetch(
+        """SELECT customer_id, do_not_contact, do_not_contact_at, surveys_consent,
+                  surveys_consent_at, erased_at
+             FROM known_customers WHERE customer_id = ANY($1::uuid[])
+            ORDER BY customer_id""" + (" FOR UPDATE" if lock else ""), list(set(ids))))
+
+
+async def save_consent(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write these customers' consent, rows of (customer_id, do_not_contact,
+    do_not_contact_at, surveys_consent, surveys_consent_at), knowing the ones
+    without a row (an erased customer's row is kept as is)."""
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
+    await conn.execute(
+        """INSERT INTO known_customers (customer_id, do_not_contact, do_not_contact_at,
+                                        surveys_consent, surveys_consent_at)
+           SELECT * FROM unnest($1::uuid[], $2::boolean[], $3::timestamptz[], $4::boolean[],
+                                $5::timestamptz[])
+           ON CONFLICT (customer_id) DO UPDATE SET do_not_contact = EXCLUDED.do_not_contact,
+               do_not_contact_at = EXCLUDED.do_not_contact_at,
+               surveys_consent = EXCLUDED.surveys_consent,
+               surveys_consent_at = EXCLUDED.surveys_consent_at
+            WHERE known_customers.erased_at IS NULL""",
+        *(list(c) for c in columns))
+
+
+async def insert_suppressed(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> set[uuid.UUID]:
+    """Record suppressed contacts, rows of the columns of
+    ``suppressed_contacts`` in order, once per contact id; returns the ids
+    recorded now."""
+    if not rows:
+        return set()
+    columns = list(zip(*rows, strict=True))
+    inserted = await conn.fetch(
+        """INSERT INTO suppressed_contacts (contact_id, customer_id, contact_type, purpose,
+                                            reason, case_id, interaction_id, at)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                $6::uuid[], $7::uuid[], $8::timestamptz[])
+           ON CONFLICT (contact_id) DO NOTHING RETURNING contact_id""",
+        *(list(c) for c in columns))
+    return {r["contact_id"] for r in inserted}
 
 
 # --- state gauges (the queries of metrics.GAUGES) --------------------

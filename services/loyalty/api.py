@@ -20,7 +20,7 @@ from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.loyalty import commands, discounts, domain, rulebook, store
+from services.loyalty import commands, discounts, domain, privacy, rulebook, store
 from services.loyalty.rulebook import StoredRule
 
 T = TypeVar("T")
@@ -243,6 +243,15 @@ class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
             if len(rows) == size else ""
         return pb.ListDueFollowUpsResponse(follow_ups=[follow_up_to_pb(r) for r in rows],
                                            next_page_token=token)
+
+    async def ExportCustomerData(self, request: pb.ExportCustomerDataRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> pb.ExportCustomerDataResponse:
+        customer_id = parse_uuid(request.customer_id)
+        merged = [parse_uuid(m, f"merged_customer_ids[{i}]")
+                  for i, m in enumerate(request.merged_customer_ids)]
+        part = await self._read(lambda c: privacy.export(c, customer_id, merged))
+        return pb.ExportCustomerDataResponse(service=privacy.SERVICE, json=part)
 
 
 def _encode_token(due_at: datetime, follow_up_id: uuid.UUID) -> str:

@@ -58,6 +58,7 @@ from crm_contracts.loyalty import (
     FollowUpDue,
     NewsletterUnsubscribed,
 )
+from crm_contracts.privacy import LoyaltyErasureCompleted
 from crm_contracts.times import check_event_time
 from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
 from crm_runtime import ids, logs, scheduler
@@ -336,10 +337,14 @@ async def _risk_cleared(data: CustomerRiskCleared, batch: Batch, env: Envelope,
 @_apply.register
 async def _erased(data: CustomerErased, batch: Batch, env: Envelope,
                   rules: list[StoredRule]) -> None:
-    """Nothing more happens for an erased customer: no rule runs."""
-    view = await _live_view(batch, data.customer_id)
-    if view is not None:
+    """Nothing more happens for an erased customer: no rule runs. Every
+    erasure is acknowledged (``loyalty.erasure_completed``), held data or not."""
+    customer_id = _read_uuid(data.customer_id, "customer_id")
+    view = await batch.view(customer_id)
+    if view.erased_at is None:
         await erase(batch, view)
+    batch.emit(customer_id, LoyaltyErasureCompleted(
+        customer_id=str(customer_id), service=store.SCHEMA, erased_at=view.erased_at or batch.now))
 
 
 @_apply.register
@@ -466,7 +471,8 @@ async def cancel_follow_up(conn: Conn, ctx: Context, follow_up_id: uuid.UUID,
         return row
     if row["status"] == domain.FollowUpStatus.COMPLETED.value:
         raise FailedPrecondition(f"follow-up {follow_up_id} was completed already")
-    await batch.cancel_follow_ups([row], reason.strip() or "cancelled_by_user")
+    await batch.cancel_follow_ups([row], reason.strip() or "cancelled_by_user",
+                                  published="cancelled_by_user")
     await batch.flush()
     return await store.get_follow_up(conn, follow_up_id)
 

@@ -208,14 +208,16 @@ class Batch:
 
     # --- cancelling follow-ups ------------------------------------------------------
 
-    async def cancel_follow_ups(self, rows: list[Any], reason: str) -> int:
+    async def cancel_follow_ups(self, rows: list[Any], reason: str,
+                                published: str | None = None) -> int:
         """Cancel follow-ups read after a :meth:`flush` (two statements); returns
-        how many."""
+        how many. ``published``: the reason the events give, when ``reason``
+        is a person's text (events carry no free text)."""
         await self._close_cancelled([(row["follow_up_id"], reason) for row in rows])
         for row in rows:
             self.emit(row["customer_id"], FollowUpCancelled(
                 follow_up_id=str(row["follow_up_id"]), customer_id=str(row["customer_id"]),
-                reason=reason))
+                reason=published or reason))
         return len(rows)
 
     async def _close_cancelled(self, closing: list[tuple[uuid.UUID, str]]) -> None:

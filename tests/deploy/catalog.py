@@ -20,6 +20,7 @@ DOMAIN: dict[str, frozenset[str]] = {
     "crm_csat_score_sum": frozenset({"channel"}),
     "crm_nps_responses_total": frozenset({"channel", "category"}),
     "crm_customers_at_risk": frozenset(),
+    "crm_erasures_overdue": frozenset({"awaiting"}),
     "crm_cases_overdue": frozenset(),
     "crm_loyalty_actions_total": frozenset({"rule", "action_type", "outcome", "reason"}),
     "crm_loyalty_redemptions_total": frozenset({"result"}),

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from crm_runtime import tls
 from crm_runtime.settings import SERVICES, Settings
 from tests.deploy.conftest import ROOT
 from tests.deploy.settings_env import known_variables, settings_from
@@ -109,8 +110,9 @@ def test_crm_services_serve_their_ports_with_a_grpc_health_check() -> None:
         port = DEFAULTS.grpc_port(name)
         assert service["command"] == ["serve", name]
         assert service["ports"] == [f"{port}:{port}"]
-        check = " ".join(service["healthcheck"]["test"])
-        assert f"127.0.0.1:{port}" in check and "HealthStub" in check
+        # crm health: localhost at the service's port, TLS as the settings say.
+        assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "crm_app.health",
+                                                  name]
 
 
 def test_settings_are_known_variables_and_load() -> None:
@@ -124,6 +126,48 @@ def test_settings_are_known_variables_and_load() -> None:
         assert settings.kafka_bootstrap_servers == "kafka:9092"
         assert settings.database_url and "@postgres:5432/" in settings.database_url
         assert settings.customers_target() == f"customers:{DEFAULTS.grpc_port('customers')}"
+        assert tls.mode(settings) == "TLS" and tls.client_enabled(settings)
+        assert tls.mode(settings_from({**env, "CRM_GRPC_TLS_CLIENT_CA_FILE": "/x/ca.crt"})) == \
+            "mutual TLS"
+
+
+def test_the_services_get_the_certificates_their_settings_name() -> None:
+    """./certs is mounted read-only where the CRM_GRPC_TLS_* files are, and
+    holds nothing in git (make-certs.sh or the operator fills it)."""
+    services = compose()["services"]
+    for name in SERVICES:
+        env = service_env(services[name])
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        for variable in ("CRM_GRPC_TLS_CERT_FILE", "CRM_GRPC_TLS_KEY_FILE",
+                         "CRM_GRPC_TLS_CA_FILE"):
+            folder = str(Path(env[variable]).parent)
+            assert mounts.get(folder) == "./certs", f"{name}: {variable} is not in ./certs"
+        assert "./certs:/etc/crm/tls:ro" in services[name]["volumes"]
+    ignored = (COMPOSE_DIR / "certs" / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "*" in ignored
+
+
+def test_make_certs_makes_what_the_services_serve_and_call_with(tmp_path: Path) -> None:
+    """deploy/compose/make-certs.sh: the files load as the compose settings
+    name them (key matching its certificate, CA), and name the services and
+    localhost for the health checks."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    subprocess.run(["sh", str(COMPOSE_DIR / "make-certs.sh"), str(tmp_path)], check=True,
+                   capture_output=True, timeout=60)
+    settings = Settings(grpc_tls_cert_file=tmp_path / "tls.crt",
+                        grpc_tls_key_file=tmp_path / "tls.key",
+                        grpc_tls_ca_file=tmp_path / "ca.crt",
+                        grpc_tls_client_ca_file=tmp_path / "ca.crt")
+    tls.check(settings)
+    text = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "tls.crt"), "-noout",
+                           "-ext", "subjectAltName,extendedKeyUsage"], check=True,
+                          capture_output=True, text=True, timeout=30).stdout
+    for name in (*SERVICES, "localhost"):
+        assert f"DNS:{name}" in text
+    assert "TLS Web Server Authentication" in text and "TLS Web Client Authentication" in text
+    subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"),
+                    str(tmp_path / "tls.crt")], check=True, capture_output=True, timeout=30)
 
 
 def test_kafka_cluster_id_is_a_base64url_uuid() -> None:

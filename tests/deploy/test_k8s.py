@@ -14,6 +14,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from crm_runtime import tls
 from crm_runtime.settings import SERVICES, Settings
 from tests.deploy import kustomize
 from tests.deploy.kustomize import Manifest
@@ -23,8 +24,8 @@ K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "example"
 TREES = {"base": BASE, "overlay": OVERLAY}
-#: Oldest Kubernetes the manifests target (gRPC probes are GA since 1.27) and
-#: the newest kubernetes-validate knows.
+#: Oldest Kubernetes the manifests target and the newest kubernetes-validate
+#: knows.
 K8S_VERSIONS = ["1.27", kubernetes_validate.utils.latest_version()]
 DEFAULTS = Settings()
 
@@ -116,7 +117,7 @@ def test_each_service_has_deployment_service_autoscaler_and_disruption_budget(
     assert [c["args"] for c in spec["containers"]] == [["topics"]]
 
 
-def test_containers_use_the_service_ports_and_grpc_health_probes(
+def test_containers_use_the_service_ports_and_grpc_health_probes_over_tls(
         rendered: tuple[str, list[Manifest]]) -> None:
     _, objects = rendered
     for name in SERVICES:
@@ -127,8 +128,11 @@ def test_containers_use_the_service_ports_and_grpc_health_probes(
         assert container["args"] == ["serve", name]
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == \
             {"grpc": grpc_port, "metrics": metrics_port}
+        # crm health at localhost:<grpc port>, TLS as the settings say (the
+        # kubelet's gRPC probe cannot speak TLS).
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"] == {"port": grpc_port}, f"{name} {probe}"
+            assert container[probe]["exec"] == {
+                "command": ["python", "-m", "crm_app.health", name]}, f"{name} {probe}"
         assert template["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
         service = one(objects, "Service", name)
         assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == \
@@ -170,6 +174,29 @@ def test_settings_are_known_variables_and_load(rendered: tuple[str, list[Manifes
             for source in container.get("envFrom", []):
                 ref = source.get("configMapRef") or source["secretRef"]
                 one(objects, "ConfigMap" if "configMapRef" in source else "Secret", ref["name"])
+
+
+def test_service_pods_mount_the_tls_secret_where_the_settings_point(
+        rendered: tuple[str, list[Manifest]]) -> None:
+    _, objects = rendered
+    settings = settings_from(env_of(objects))
+    assert tls.mode(settings) == "TLS" and tls.client_enabled(settings)
+    files = [settings.grpc_tls_cert_file, settings.grpc_tls_key_file, settings.grpc_tls_ca_file]
+    assert [f.name for f in files if f] == ["tls.crt", "tls.key", "ca.crt"]  # the Secret's keys
+    for name in SERVICES:
+        spec = one(objects, "Deployment", name)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (container,) = spec["containers"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        for path in files:
+            assert path is not None
+            mount = mounts.get(str(path.parent))
+            assert mount and mount.get("readOnly") is True, f"{name}: {path} not mounted"
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == "crm-grpc-tls"
+            # Readable by the pod's group only (fsGroup), not by everyone.
+            assert secret["defaultMode"] == 0o440
+            assert spec["securityContext"]["fsGroup"] == 10001
 
 
 def test_autoscalers_stay_within_the_topic_partitions(

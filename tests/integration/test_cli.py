@@ -295,6 +295,8 @@ async def test_up_runs_the_embedded_stack_until_ctrl_c(
     job = await crm_up(data_dir)
     banner = await job.wait_ready(START_TIMEOUT)
     assert f"CRM {VERSION} is up" in banner.lines
+    assert ("  gRPC      plaintext on loopback; set CRM_GRPC_TLS_CERT_FILE and "
+            "CRM_GRPC_TLS_KEY_FILE for TLS") in banner.lines
     assert banner.dev_token, "no dev token printed"
     token_file = data_dir / "dev-token"
     assert token_file.read_text().strip() == banner.dev_token

@@ -119,10 +119,12 @@ class CrmUp:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, env: Mapping[str, str], data_dir: Path, stderr: Path) -> CrmUp:
+    async def start(cls, env: Mapping[str, str], data_dir: Path, stderr: Path,
+                    *services: str) -> CrmUp:
+        """``crm up [services...]`` (default: all)."""
         with stderr.open("ab") as err:
             proc = await asyncio.create_subprocess_exec(
-                *CRM, "up", cwd=ROOT, env=dict(env), stdout=asyncio.subprocess.PIPE,
+                *CRM, "up", *services, cwd=ROOT, env=dict(env), stdout=asyncio.subprocess.PIPE,
                 stderr=err, start_new_session=True)
         return cls(proc, data_dir, stderr)
 

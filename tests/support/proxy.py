@@ -1,5 +1,6 @@
 """A TCP proxy that a test can take down and bring back, to simulate a
-database outage for the processes that connect through it."""
+database outage for the processes that connect through it (or a service's
+outage, for gRPC clients), or stall: connections accepted, never answered."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ class ToggleProxy:
         self.dsn = urlunsplit(("postgresql", f"{user}@127.0.0.1:{self.port}", parts.path, "", ""))
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        #: Hold new connections open without forwarding a byte (a server that
+        #: accepts and never answers).
+        self.stalled = False
+
+    def retarget(self, port: int, host: str = "127.0.0.1") -> None:
+        """Forward new connections to ``host:port`` (a server started after
+        the proxy, whose clients needed the proxy's port first)."""
+        self._unix, self._host, self._port = None, host, port
 
     async def up(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -36,6 +45,14 @@ class ToggleProxy:
         self._writers.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.stalled:
+            self._writers.add(writer)
+            with contextlib.suppress(ConnectionError, OSError):
+                while await reader.read(65536):
+                    pass  # swallowed: the client waits for an answer that never comes
+            self._writers.discard(writer)
+            writer.close()
+            return
         try:
             if self._unix:
                 up_reader, up_writer = await asyncio.open_unix_connection(self._unix)

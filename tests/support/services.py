@@ -13,6 +13,7 @@ import grpc
 
 from crm_app.cli import create_topics
 from crm_runtime.clock import ManualClock
+from crm_runtime.grpc_client import open_channel
 from crm_runtime.service import ServiceRunner, ServiceSpec
 from crm_runtime.settings import Settings
 
@@ -45,7 +46,8 @@ async def running(spec: ServiceSpec, settings: Settings, start: datetime | None 
     if task in done:
         task.result()  # start-up failed: raise its error
     assert ready in done, "service did not become ready in 60s"
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{runner.bound_grpc_port}")
+    # TLS when the settings configure it, as the services' own clients do.
+    channel = open_channel(f"127.0.0.1:{runner.bound_grpc_port}", settings)
     try:
         yield Running(runner, clock, channel)
     finally:

@@ -114,6 +114,11 @@ class CustomersStub:
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.EraseCustomerRequest.SerializeToString,
                 response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.EraseCustomerResponse.FromString,
                 _registered_method=True)
+        self.GetErasureStatus = channel.unary_unary(
+                '/crm.customers.v1.Customers/GetErasureStatus',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusResponse.FromString,
+                _registered_method=True)
 
 
 class CustomersServicer:
@@ -216,7 +221,11 @@ class CustomersServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportCustomer(self, request, context):
-        """Data-subject access: everything held about the customer, as JSON.
+        """Data-subject access: everything every service holds about the customer,
+        as one JSON document (this service's part and those of interactions and
+        loyalty, asked over gRPC). A service that fails or does not answer within
+        CRM_EXPORT_TIMEOUT_S fails the call (UNAVAILABLE or DEADLINE_EXCEEDED
+        naming it): never a partial document.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,6 +233,16 @@ class CustomersServicer:
 
     def EraseCustomer(self, request, context):
         """Removes personal data; the id stays for integrity. Irreversible.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetErasureStatus(self, request, context):
+        """Where an erasure stands: this service erased the customer at once, and
+        each other service that keeps customer data (interactions, loyalty)
+        acknowledges when it has scrubbed its part. NOT_FOUND for an unknown id;
+        a customer never erased answers erased = false. No personal data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,6 +330,11 @@ def add_CustomersServicer_to_server(servicer, server):
                     servicer.EraseCustomer,
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.EraseCustomerRequest.FromString,
                     response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.EraseCustomerResponse.SerializeToString,
+            ),
+            'GetErasureStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetErasureStatus,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -745,6 +769,33 @@ class Customers:
             '/crm.customers.v1.Customers/EraseCustomer',
             crm_dot_customers_dot_v1_dot_customers__pb2.EraseCustomerRequest.SerializeToString,
             crm_dot_customers_dot_v1_dot_customers__pb2.EraseCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetErasureStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.Customers/GetErasureStatus',
+            crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

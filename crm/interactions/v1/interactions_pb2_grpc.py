@@ -104,6 +104,11 @@ class InteractionsStub:
                 request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.SerializeToString,
                 response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.FromString,
                 _registered_method=True)
+        self.ExportCustomerData = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/ExportCustomerData',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ExportCustomerDataRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ExportCustomerDataResponse.FromString,
+                _registered_method=True)
 
 
 class InteractionsServicer:
@@ -197,6 +202,17 @@ class InteractionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportCustomerData(self, request, context):
+        """Data-subject access: everything this service holds about a customer (a
+        merged id: its survivor's, with the records of the ids merged into it),
+        as JSON. An id it holds nothing for answers an empty part, not
+        NOT_FOUND: the customers service decides who is a customer
+        (Customers/ExportCustomer assembles every service's part).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InteractionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +285,11 @@ def add_InteractionsServicer_to_server(servicer, server):
                     servicer.SetPromisePolicy,
                     request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.FromString,
                     response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.SerializeToString,
+            ),
+            'ExportCustomerData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportCustomerData,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ExportCustomerDataRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ExportCustomerDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -649,6 +670,33 @@ class Interactions:
             '/crm.interactions.v1.Interactions/SetPromisePolicy',
             crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.SerializeToString,
             crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCustomerData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/ExportCustomerData',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ExportCustomerDataRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ExportCustomerDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

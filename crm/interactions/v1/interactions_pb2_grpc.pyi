@@ -3,7 +3,7 @@
 isort:skip_file
 Interactions service: every contact with a customer (a moment of truth),
 cases with promised times, callbacks and satisfaction.
-Scopes: interactions:read, interactions:write.
+Scopes: interactions:read, interactions:write, privacy:export.
 """
 
 from collections import abc as _abc
@@ -53,6 +53,13 @@ class InteractionsStub:
     GetServiceCycle: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetServiceCycleRequest, _interactions_pb2.ServiceCycle]
     GetSatisfactionReport: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetSatisfactionReportRequest, _interactions_pb2.SatisfactionReport]
     SetPromisePolicy: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.PromisePolicy, _interactions_pb2.PromisePolicy]
+    ExportCustomerData: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ExportCustomerDataRequest, _interactions_pb2.ExportCustomerDataResponse]
+    """Data-subject access: everything this service holds about a customer (a
+    merged id: its survivor's, with the records of the ids merged into it),
+    as JSON. An id it holds nothing for answers an empty part, not
+    NOT_FOUND: the customers service decides who is a customer
+    (Customers/ExportCustomer assembles every service's part).
+    """
 
 @_typing.type_check_only
 class InteractionsAsyncStub(InteractionsStub):
@@ -76,6 +83,13 @@ class InteractionsAsyncStub(InteractionsStub):
     GetServiceCycle: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetServiceCycleRequest, _interactions_pb2.ServiceCycle]  # type: ignore[assignment]
     GetSatisfactionReport: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetSatisfactionReportRequest, _interactions_pb2.SatisfactionReport]  # type: ignore[assignment]
     SetPromisePolicy: _aio.UnaryUnaryMultiCallable[_interactions_pb2.PromisePolicy, _interactions_pb2.PromisePolicy]  # type: ignore[assignment]
+    ExportCustomerData: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ExportCustomerDataRequest, _interactions_pb2.ExportCustomerDataResponse]  # type: ignore[assignment]
+    """Data-subject access: everything this service holds about a customer (a
+    merged id: its survivor's, with the records of the ids merged into it),
+    as JSON. An id it holds nothing for answers an empty part, not
+    NOT_FOUND: the customers service decides who is a customer
+    (Customers/ExportCustomer assembles every service's part).
+    """
 
 class InteractionsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -180,5 +194,18 @@ class InteractionsServicer(metaclass=_abc_1.ABCMeta):
         request: _interactions_pb2.PromisePolicy,
         context: _ServicerContext,
     ) -> _typing.Union[_interactions_pb2.PromisePolicy, _abc.Awaitable[_interactions_pb2.PromisePolicy]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportCustomerData(
+        self,
+        request: _interactions_pb2.ExportCustomerDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ExportCustomerDataResponse, _abc.Awaitable[_interactions_pb2.ExportCustomerDataResponse]]:
+        """Data-subject access: everything this service holds about a customer (a
+        merged id: its survivor's, with the records of the ids merged into it),
+        as JSON. An id it holds nothing for answers an empty part, not
+        NOT_FOUND: the customers service decides who is a customer
+        (Customers/ExportCustomer assembles every service's part).
+        """
 
 def add_InteractionsServicer_to_server(servicer: InteractionsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

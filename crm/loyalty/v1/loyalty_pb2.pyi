@@ -3,7 +3,7 @@
 isort:skip_file
 Loyalty service: post-sale rules and the follow-ups, newsletter enrolments,
 discount codes and referral rewards they cause. Scopes: loyalty:read,
-loyalty:write, loyalty:redeem (the checkout system).
+loyalty:write, loyalty:redeem (the checkout system), privacy:export.
 """
 
 from collections import abc as _abc
@@ -857,3 +857,54 @@ class ListDueFollowUpsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDueFollowUpsResponse: _TypeAlias = ListDueFollowUpsResponse  # noqa: Y015
+
+@_typing.final
+class ExportCustomerDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    MERGED_CUSTOMER_IDS_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    @_builtins.property
+    def merged_customer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids the customers service merged into customer_id, as it knows them: their
+        records are exported too, even before this service has seen the merge.
+        """
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        merged_customer_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "merged_customer_ids", b"merged_customer_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCustomerDataRequest: _TypeAlias = ExportCustomerDataRequest  # noqa: Y015
+
+@_typing.final
+class ExportCustomerDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    JSON_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """"loyalty" """
+    json: _builtins.str
+    """this service's part of the export (docs/integration.md)"""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json", b"json", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCustomerDataResponse: _TypeAlias = ExportCustomerDataResponse  # noqa: Y015

@@ -89,6 +89,11 @@ class LoyaltyStub:
                 request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListDueFollowUpsRequest.SerializeToString,
                 response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListDueFollowUpsResponse.FromString,
                 _registered_method=True)
+        self.ExportCustomerData = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/ExportCustomerData',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataResponse.FromString,
+                _registered_method=True)
 
 
 class LoyaltyServicer:
@@ -170,6 +175,17 @@ class LoyaltyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportCustomerData(self, request, context):
+        """Data-subject access: everything this service holds about a customer (a
+        merged id: its survivor's, with the records of the ids merged into it),
+        as JSON. An id it holds nothing for answers an empty part, not
+        NOT_FOUND: the customers service decides who is a customer
+        (Customers/ExportCustomer assembles every service's part).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoyaltyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +243,11 @@ def add_LoyaltyServicer_to_server(servicer, server):
                     servicer.ListDueFollowUps,
                     request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListDueFollowUpsRequest.FromString,
                     response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListDueFollowUpsResponse.SerializeToString,
+            ),
+            'ExportCustomerData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportCustomerData,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +547,33 @@ class Loyalty:
             '/crm.loyalty.v1.Loyalty/ListDueFollowUps',
             crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListDueFollowUpsRequest.SerializeToString,
             crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListDueFollowUpsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCustomerData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/ExportCustomerData',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 isort:skip_file
 Loyalty service: post-sale rules and the follow-ups, newsletter enrolments,
 discount codes and referral rewards they cause. Scopes: loyalty:read,
-loyalty:write, loyalty:redeem (the checkout system).
+loyalty:write, loyalty:redeem (the checkout system), privacy:export.
 """
 
 from collections import abc as _abc
@@ -56,6 +56,13 @@ class LoyaltyStub:
     """Takes effect at once and cancels pending newsletter sends."""
     ListDueFollowUps: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.ListDueFollowUpsRequest, _loyalty_pb2.ListDueFollowUpsResponse]
     """Follow-ups that are due and not done yet, oldest first."""
+    ExportCustomerData: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.ExportCustomerDataRequest, _loyalty_pb2.ExportCustomerDataResponse]
+    """Data-subject access: everything this service holds about a customer (a
+    merged id: its survivor's, with the records of the ids merged into it),
+    as JSON. An id it holds nothing for answers an empty part, not
+    NOT_FOUND: the customers service decides who is a customer
+    (Customers/ExportCustomer assembles every service's part).
+    """
 
 @_typing.type_check_only
 class LoyaltyAsyncStub(LoyaltyStub):
@@ -82,6 +89,13 @@ class LoyaltyAsyncStub(LoyaltyStub):
     """Takes effect at once and cancels pending newsletter sends."""
     ListDueFollowUps: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.ListDueFollowUpsRequest, _loyalty_pb2.ListDueFollowUpsResponse]  # type: ignore[assignment]
     """Follow-ups that are due and not done yet, oldest first."""
+    ExportCustomerData: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.ExportCustomerDataRequest, _loyalty_pb2.ExportCustomerDataResponse]  # type: ignore[assignment]
+    """Data-subject access: everything this service holds about a customer (a
+    merged id: its survivor's, with the records of the ids merged into it),
+    as JSON. An id it holds nothing for answers an empty part, not
+    NOT_FOUND: the customers service decides who is a customer
+    (Customers/ExportCustomer assembles every service's part).
+    """
 
 class LoyaltyServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -171,5 +185,18 @@ class LoyaltyServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_loyalty_pb2.ListDueFollowUpsResponse, _abc.Awaitable[_loyalty_pb2.ListDueFollowUpsResponse]]:
         """Follow-ups that are due and not done yet, oldest first."""
+
+    @_abc_1.abstractmethod
+    def ExportCustomerData(
+        self,
+        request: _loyalty_pb2.ExportCustomerDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.ExportCustomerDataResponse, _abc.Awaitable[_loyalty_pb2.ExportCustomerDataResponse]]:
+        """Data-subject access: everything this service holds about a customer (a
+        merged id: its survivor's, with the records of the ids merged into it),
+        as JSON. An id it holds nothing for answers an empty part, not
+        NOT_FOUND: the customers service decides who is a customer
+        (Customers/ExportCustomer assembles every service's part).
+        """
 
 def add_LoyaltyServicer_to_server(servicer: LoyaltyServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

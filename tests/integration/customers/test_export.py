@@ -17,9 +17,13 @@ from tests.support.services import Running
 
 
 async def _export(svc: Running, customer_id: str) -> tuple[dict[str, Any], str]:
+    """The customers part of the export, and the whole document's text."""
     reply = await stub(svc).ExportCustomer(pb.ExportCustomerRequest(customer_id=customer_id),
                                            metadata=svc.metadata)
-    return json.loads(reply.json), reply.json
+    doc = json.loads(reply.json)
+    assert set(doc["services"]) == {"customers", "interactions", "loyalty"}
+    assert doc["customer_id"] == doc["services"]["customers"]["customer_id"]
+    return doc["services"]["customers"], reply.json
 
 
 async def _buy(svc: Running, customer_id: str, amount: int) -> str:

@@ -16,7 +16,7 @@ from crm_contracts.errors import InvalidArgument
 from crm_runtime import limits
 from crm_runtime.grpc_server import ServiceRegistration, build_server
 from crm_runtime.settings import ApiToken
-from services.customers import commands
+from services.customers import commands, exports
 from services.customers.api import CustomersServicer
 from tests.support.customers import register, stub
 from tests.support.services import Running
@@ -140,7 +140,7 @@ async def scoped(svc: Running) -> AsyncIterator[customers_pb2_grpc.CustomersStub
         service="customers-scoped", tokens={t.digest(): t for t in tokens},
         address="127.0.0.1:0", registrations=[ServiceRegistration(
             customers_pb2_grpc.add_CustomersServicer_to_server,
-            CustomersServicer(svc.runner.pool, ctx),
+            CustomersServicer(svc.runner.pool, ctx, exports.Peers(svc.runner.settings)),
             pb.DESCRIPTOR.services_by_name["Customers"])])
     await server.start()
     try:

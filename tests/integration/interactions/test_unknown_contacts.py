@@ -30,6 +30,7 @@ from crm_runtime.grpc_server import ServiceRegistration, build_server
 from crm_runtime.stack import TansuBroker
 from services.customers.api import CustomersServicer
 from services.customers.commands import Context as CustomersContext
+from services.customers.exports import Peers
 from services.interactions.directory import CustomerDirectory
 from tests.integration.interactions.conftest import Pair, customers_behind_a_proxy
 from tests.integration.interactions.test_interactions_service import customers, record
@@ -289,7 +290,8 @@ async def test_an_older_customers_release_is_asked_one_contact_at_a_time(pair: P
     pool = pair.customers.runner.pool
     assert pool is not None
     servicer = CustomersBeforeBatches(
-        pool, CustomersContext(clock=pair.customers.runner.clock, lanes=4))
+        pool, CustomersContext(clock=pair.customers.runner.clock, lanes=4),
+        Peers(pair.customers.runner.settings))
     server, _, port = build_server(
         service="customers", tokens=pair.customers.runner.settings.token_table(),
         address="127.0.0.1:0", registrations=[ServiceRegistration(
