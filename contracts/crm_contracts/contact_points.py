@@ -2,6 +2,10 @@
 the one that looks the customer up compare the same text: e-mail addresses
 in lower case, phone numbers in E.164 (``+34911234567``).
 
+A refusal names the field and the problem but never echoes the value: a
+contact point is personal data, and refusals end in logs and dead letters
+that erasure cannot reach.
+
 Needs the ``normalise`` extra (phonenumbers, email-validator)."""
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from crm_contracts.errors import InvalidArgument, quote
+from crm_contracts.errors import InvalidArgument
 
 
 def normalise_email(value: str, field: str = "emails") -> str:
@@ -17,7 +21,7 @@ def normalise_email(value: str, field: str = "emails") -> str:
         return validate_email(value.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
         raise InvalidArgument(
-            field, f"{quote(value)} is not a valid email address: {exc}") from None
+            field, f"is not a valid email address: {exc}") from None
 
 
 def normalise_phone(value: str, field: str = "phones") -> str:
@@ -25,8 +29,8 @@ def normalise_phone(value: str, field: str = "phones") -> str:
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidArgument(field, f"{quote(value)} is not a phone number in international "
-                                     f"format (+<country code><number>): {exc}") from None
+        raise InvalidArgument(field, "is not a phone number in international format "
+                                     f"(+<country code><number>): {exc}") from None
     if not phonenumbers.is_valid_number(number):
-        raise InvalidArgument(field, f"{quote(value)} is not a valid phone number")
+        raise InvalidArgument(field, "is not a valid phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

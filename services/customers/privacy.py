@@ -11,7 +11,7 @@ from datetime import datetime
 
 from crm_contracts.customers import ConsentChanged, CustomerErased
 from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
-from crm_runtime import scheduler
+from crm_runtime import scheduler, sealing
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.customers import commands, domain, erasures, store
@@ -58,6 +58,7 @@ async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> No
         return
     now = ctx.clock.now()
     await store.scrub(conn, customer_id)
+    await sealing.forget(conn, str(customer_id))
     rec.display_name = ""
     rec.profile = {}
     rec.do_not_contact = True

@@ -32,7 +32,7 @@ from crm_contracts.interactions import (
 )
 from crm_contracts.privacy import InteractionsErasureCompleted
 from crm_contracts.times import check_event_time
-from crm_runtime import ids, scheduler, uow
+from crm_runtime import ids, scheduler, sealing, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from crm_runtime.events import EventPayload
@@ -447,6 +447,7 @@ async def scrub_customer(conn: Conn, ctx: Context, customer_id: uuid.UUID,
     with ``interactions.erasure_completed`` in the same transaction, whatever
     was held (the inbox makes it once per erasure)."""
     await store.scrub_customer(conn, customer_id)
+    await sealing.forget(conn, str(customer_id))
     await trust.erase(conn, customer_id, at)
     now = ctx.clock.now()
     await ctx.events.emit(conn, customer_id, [InteractionsErasureCompleted(

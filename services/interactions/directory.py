@@ -245,6 +245,15 @@ class CustomerDirectory:
         self._resolved[env.id] = resolution
         weakref.finalize(env, self._resolved.pop, env.id, None)
 
+    def known_subject(self, env: Envelope[ContactReceived]) -> str | None:
+        """The customer a contact is about as far as known without asking
+        anyone (its stated id, or the one :meth:`prepare` resolved): what its
+        dead letter is filed under, so erasing the customer destroys its key."""
+        if env.data.customer_id:
+            return env.data.customer_id
+        resolution = self._resolved.get(env.id)
+        return str(resolution) if isinstance(resolution, uuid.UUID) else None
+
     async def customer_of(self, env: Envelope[ContactReceived]) -> uuid.UUID:
         """The customer of a contact without a customer id: the one
         :meth:`prepare` resolved, else (an event it did not see) registered

@@ -108,13 +108,16 @@ def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> Route:
             try:
                 batch.append(await to_contact(env, directory, ctx))
             except InvalidArgument as exc:
-                raise PoisonMessage(INVALID_CONTACT, str(exc)) from None
+                raise PoisonMessage(INVALID_CONTACT, str(exc),
+                                    subject=directory.known_subject(env)) from None
         await require_customers(conn, directory, events)
         batch, _ = await contacts.screen(conn, ctx, batch)
         try:
             await contacts.record_contacts(conn, ctx, batch)
         except AlreadyExists as exc:
-            raise PoisonMessage(IDEMPOTENCY_CONFLICT, str(exc)) from None
+            # Refused alone (the runtime re-runs the batch record by record).
+            about = str(batch[0].customer_id) if len(batch) == 1 else None
+            raise PoisonMessage(IDEMPOTENCY_CONFLICT, str(exc), subject=about) from None
 
     return on(ContactReceived, handle)
 

@@ -61,7 +61,7 @@ from crm_contracts.loyalty import (
 from crm_contracts.privacy import LoyaltyErasureCompleted
 from crm_contracts.times import check_event_time
 from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
-from crm_runtime import ids, logs, scheduler
+from crm_runtime import ids, logs, scheduler, sealing
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument
 from crm_runtime.events import Envelope, EventPayload, PoisonMessage
@@ -533,6 +533,7 @@ async def erase(batch: Batch, view: View) -> None:
         str(discount_id) for discount_id in await store.void_discounts(conn, cid, "erased", now)])
     await store.scrub_follow_up_notes(conn, cid)
     await store.scrub_order_ids(conn, cid)
+    await sealing.forget(conn, str(cid))
     view.erase(now)
     batch.save(view)
 

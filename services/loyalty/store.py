@@ -254,7 +254,12 @@ async def due_follow_ups(conn: Conn, channel: str | None, after: tuple[datetime,
 
 
 async def scrub_follow_up_notes(conn: Conn, customer_id: uuid.UUID) -> None:
-    await conn.execute("UPDATE follow_ups SET note = '' WHERE customer_id = $1", customer_id)
+    """Erasure: notes go, and outcomes that are people's text (a reason
+    typed when cancelling); outcome codes (``contacted``, ``moot:...``) stay."""
+    await conn.execute(
+        r"""UPDATE follow_ups SET note = '',
+                  outcome = CASE WHEN outcome ~ '^[a-z_]+(:[a-z_.]+)?$' THEN outcome ELSE '' END
+            WHERE customer_id = $1""", customer_id)
 
 
 # --- newsletters ----------------------------------------------------------------
