@@ -27,7 +27,10 @@ def _payload(event_type: str) -> type[EventPayload]:
 
 def _published() -> list[str]:
     assert crm_contracts.customers and crm_contracts.interactions and crm_contracts.loyalty
-    return sorted(t for t in registered_types() if _payload(t).topic != INTERACTIONS_INGEST)
+    # The contracts' own types (tests register payloads of their own too).
+    return sorted(t for t in registered_types()
+                  if _payload(t).__module__.startswith("crm_contracts.")
+                  and _payload(t).topic != INTERACTIONS_INGEST)
 
 
 def test_published_events_have_no_personal_fields() -> None:
