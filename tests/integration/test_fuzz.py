@@ -42,6 +42,7 @@ from services.interactions.app import SPEC as INTERACTIONS
 from services.loyalty.app import SPEC as LOYALTY
 from tests.conftest import fresh_database
 from tests.support.fuzz import requests
+from tests.support.proxy import ToggleProxy
 from tests.support.services import DEV_TOKEN, running
 
 #: Answers a client would retry: none may come from a request's content.
@@ -105,7 +106,13 @@ class Stack:
                             scheduler_poll_interval_s=0.1, relay_poll_interval_s=0.1,
                             shutdown_grace_s=1.0, **EMBEDDED_BROKER_SETTINGS)
             clock = ManualClock(datetime.now(UTC))
-            async with running(CUSTOMERS, base, clock=clock) as customers:
+            # Customers calls the others for ExportCustomer; their ports are
+            # known only once they run, so it calls them through relays.
+            relays = {name: ToggleProxy("postgresql://grpc@127.0.0.1:1/relay")
+                      for name in ("interactions", "loyalty")}
+            peers = base.model_copy(update={f"{name}_grpc_target": f"127.0.0.1:{relay.port}"
+                                            for name, relay in relays.items()})
+            async with running(CUSTOMERS, peers, clock=clock) as customers:
                 target = f"127.0.0.1:{customers.runner.bound_grpc_port}"
                 with_target = base.model_copy(update={"customers_grpc_target": target})
                 async with running(INTERACTIONS, with_target, clock=clock) as interactions, \
@@ -113,8 +120,15 @@ class Stack:
                     self.ports = {"customers": customers.runner.bound_grpc_port,
                                   "interactions": interactions.runner.bound_grpc_port,
                                   "loyalty": loyalty.runner.bound_grpc_port}
-                    self._ready.set()
-                    await self._stop.wait()
+                    for name, relay in relays.items():
+                        relay.retarget(self.ports[name])
+                        await relay.up()
+                    try:
+                        self._ready.set()
+                        await self._stop.wait()
+                    finally:
+                        for relay in relays.values():
+                            await relay.down()
 
 
 @pytest.fixture(scope="module")

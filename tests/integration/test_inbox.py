@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 
-from crm_runtime import metrics
+from crm_runtime import metrics, sealing
 from crm_runtime.db import Conn, create_pool
 from crm_runtime.events import Envelope, PoisonMessage, decode
 from crm_runtime.inbox import BatchHandler, Inbox, Item, dlq_topic
@@ -98,7 +98,11 @@ async def test_a_batch_applies_new_events_once_and_dead_letters_the_rest(
         "WHERE topic = $1 ORDER BY id", dlq_topic(TOPIC))
     assert [r["event_id"] for r in queued] == [f"{TOPIC}:0:2", f"{TOPIC}:0:5"]
     poison_headers = dict(zip(queued[0]["header_keys"], queued[0]["header_values"], strict=True))
-    assert queued[0]["message_key"] == b"c1" and queued[0]["body"] == b"{not json"
+    # The value leaves sealed with the key its dead_letters row keeps.
+    assert queued[0]["message_key"] == b"c1" and queued[0]["body"] != b"{not json"
+    key = await pool.fetchval("SELECT value_key FROM dead_letters WHERE kafka_offset = 2")
+    assert sealing.unseal(key, queued[0]["body"]) == b"{not json"
+    assert poison_headers[sealing.SEALED_HEADER] == sealing.CIPHER
     assert {k: poison_headers[k] for k in poison_headers if k.startswith("dlq_")} == {
         "dlq_error_kind": b"not_json", "dlq_error_reason": dead[0][2].encode(),
         "dlq_original_topic": TOPIC.encode(), "dlq_original_partition": b"0",
