@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -19,10 +20,12 @@ _PROFILE = json.dumps({"preferred_channel": "email", "birth_year": 1984,
                        "buyer_type": "individual"})
 
 
-async def seed_customers(conn: asyncpg.Connection, count: int) -> list[uuid.UUID]:
-    """Store ``count`` customers (stage potential, one email each) with COPY,
-    as registration would have left them, then ANALYZE the tables; returns
-    their ids. ``conn`` is a plain connection (no runtime codecs)."""
+async def seed_customers(conn: asyncpg.Connection, count: int,
+                         consents: Sequence[str] = ()) -> list[uuid.UUID]:
+    """Store ``count`` customers (stage potential, one email each, each
+    having granted ``consents``) with COPY, as registration and ``SetConsent``
+    would have left them, then ANALYZE the tables; returns their ids.
+    ``conn`` is a plain connection (no runtime codecs)."""
     ids = [uuid.uuid4() for _ in range(count)]
     now = datetime.now(UTC)
     async with conn.transaction():
@@ -35,7 +38,12 @@ async def seed_customers(conn: asyncpg.Connection, count: int) -> list[uuid.UUID
             columns=("kind", "value", "customer_id", "position"),
             records=(("email", f"customer{i}@bench.example.com", cid, 1)
                      for i, cid in enumerate(ids)))
-    await conn.execute(f"ANALYZE {SCHEMA}.customers, {SCHEMA}.customer_identifiers")
+        await conn.copy_records_to_table(
+            "consents", schema_name=SCHEMA,
+            columns=("customer_id", "purpose", "granted", "at", "source"),
+            records=((cid, purpose, True, now, "bench") for cid in ids for purpose in consents))
+    await conn.execute(
+        f"ANALYZE {SCHEMA}.customers, {SCHEMA}.customer_identifiers, {SCHEMA}.consents")
     return ids
 
 

@@ -8,7 +8,7 @@ was expected, instead of a traceback from deep inside a client library.
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import time, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,11 +25,16 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from crm_runtime import quiet_hours
+
 SERVICES = ("customers", "interactions", "loyalty")
 
 #: Default first ports; service ``n`` in :data:`SERVICES` gets ``base + n``.
 GRPC_BASE_PORT = 50051
 METRICS_BASE_PORT = 9101
+
+#: Default limits of the contact gate, per purpose (``CRM_CONTACT_CAPS``).
+DEFAULT_CONTACT_CAPS = {"service": 6, "surveys": 2, "newsletter": 4, "promotional_offers": 3}
 
 
 class SettingsError(RuntimeError):
@@ -159,6 +164,20 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, le=30 * 86400,
         description="How long the services keeping customer data have to acknowledge an "
                     "erasure before it counts as overdue (crm_erasures_overdue).")
+    contact_caps: dict[str, Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=lambda: dict(DEFAULT_CONTACT_CAPS),
+        description="JSON object, per contact purpose: a proactive contact of that purpose is "
+                    "allowed while the customer has fewer contacts (of every purpose) in the "
+                    "window; purposes left out keep their default (the contact gate, customers "
+                    "service).")
+    contact_cap_window_days: int = Field(
+        default=7, ge=1, le=365, description="The window of CRM_CONTACT_CAPS, in days.")
+    quiet_hours_start: str = Field(
+        default="21:00", description="Start of quiet hours, the customer's local time (HH:MM).")
+    quiet_hours_end: str = Field(
+        default="08:00", description="End of quiet hours (HH:MM); equal to the start: none.")
+    default_time_zone: str = Field(
+        default="UTC", description="IANA zone of customers whose zone is unknown.")
     customers_grpc_target: str | None = Field(
         default=None, description="host:port of the customers service, for services that "
                                   "register unknown contacts; default its local port.")
@@ -234,6 +253,28 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown topic(s) {unknown}; expected some of {sorted(known)}")
         return value
 
+    @field_validator("contact_caps")
+    @classmethod
+    def _check_caps(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(DEFAULT_CONTACT_CAPS))
+        if unknown:
+            raise ValueError(f"unknown purpose(s) {unknown}; expected some of "
+                             f"{list(DEFAULT_CONTACT_CAPS)}")
+        return {**DEFAULT_CONTACT_CAPS, **value}
+
+    @field_validator("quiet_hours_start", "quiet_hours_end")
+    @classmethod
+    def _check_clock_time(cls, value: str) -> str:
+        quiet_hours.parse_clock_time(value)
+        return value
+
+    @field_validator("default_time_zone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        if not quiet_hours.is_time_zone(value):
+            raise ValueError(f"{value!r} is not an IANA time zone, e.g. 'Europe/Madrid'")
+        return value
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, value: str | None) -> str | None:
@@ -283,6 +324,11 @@ class Settings(BaseSettings):
 
     def churn_window(self) -> timedelta:
         return timedelta(days=self.churn_window_days)
+
+    def quiet_hours(self) -> tuple[time, time]:
+        """Quiet hours' start and end, local times of day."""
+        return (quiet_hours.parse_clock_time(self.quiet_hours_start),
+                quiet_hours.parse_clock_time(self.quiet_hours_end))
 
     def consumer_options(self) -> dict[str, int]:
         """Group-membership timings handed to aiokafka."""

@@ -5,8 +5,10 @@ promotional) into a discount published on ``crm.loyalty.v1``, against a plain
 consumer plus COPY plus a plain producer.
 
 Set-up (untimed), per round: a fresh database and broker (see
-:mod:`bench.service`); N customers made known to loyalty the way the
-customers service would: a ``customer.registered`` and a
+:mod:`bench.service`); N customers stored in the customers service's tables
+with COPY, each having granted ``promotional_offers`` (its contact gate
+decides every discount), and made known to loyalty the way the customers
+service would: a ``customer.registered`` and a
 ``customer.consent_changed`` (``promotional_offers`` granted) each on
 ``crm.customers.v1``, consumed by the loyalty service run once in set-up
 until its ``customer_view`` holds all N with promotional consent and its
@@ -17,15 +19,19 @@ N trigger events are produced on ``crm.customers.v1``, one per customer.
 
 * product: the loyalty service as deployed, ``--replicas`` processes (default
   one) of ``crm serve loyalty``, started again (consumer, outbox relay,
-  scheduler and gRPC server all running), from the start of its consumer's
+  scheduler and gRPC server all running), beside one process of the
+  customers service (``crm serve customers``, started first: loyalty asks
+  its contact gate, ``ReserveContacts``, for each discount), from the start
+  of its consumer's
   first transaction (the group join is a note; both ends on the database's
   clock) until ``loyalty.discounts`` holds N rows and no outbox row is
   unsent (each discount's ``loyalty.discount_issued`` commits with it, and
   ``sent_at`` is set once the broker acknowledged it), polled at the pace of
   the progress (:mod:`bench.pacing`, every 10 ms near the end).
   Each consumed run is one unit of work: lock and load the customers' views
-  and what the trust rules consult, match the rules, record the action, store
-  the discount with a random code, schedule its expiry notice, one outbox row;
+  and what the trust rules consult, match the rules, ask the contact gate
+  (one call per discount, in the transaction), record the action, store the
+  discount with a random code, schedule its expiry notice, one outbox row;
 * baseline: the same N trigger records on a topic of its own, read by an
   ``AIOKafkaConsumer`` without a group; per batch ``copy_records_to_table`` of
   ``(event_id, customer_id, purchase_count)`` into a plain table of the same
@@ -44,7 +50,8 @@ N trigger events are produced on ``crm.customers.v1``, one per customer.
 
 Each of the three also prints its CPU per event: its client process(es),
 the database's backends and the broker (on two cores, half their sum is a
-bound on the wall time per event that no overlap gets under).
+bound on the wall time per event that no overlap gets under); the product
+also the customers process's (the contact gate's calls).
 
 The check: exactly one discount per customer (of that rule, its action
 performed, nothing suppressed, no dead letter), and ``crm.loyalty.v1`` holds
@@ -68,6 +75,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from bench import floor, kafka
+from bench.customers import seed_customers
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
 from bench.service import (
@@ -86,6 +94,7 @@ from crm_contracts.loyalty import DiscountIssued
 from crm_contracts.topics import CUSTOMERS, LOYALTY
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import migrate, migrations_for
+from services.customers.app import SPEC as CUSTOMERS_SPEC
 from services.loyalty.app import SPEC
 
 #: The service's schema (``ServiceSpec.schema`` of the loyalty service).
@@ -180,10 +189,15 @@ class LoyaltyActions(Workload):
         self.stack: Stack = await self.resources.enter_async_context(
             fresh_stack(self.ctx, "loyalty"))
         await self.stack.migrate(SPEC)
+        await self.stack.migrate(CUSTOMERS_SPEC)
         conn = await self.stack.connect()
         self.resources.push_async_callback(conn.close)
         self.conn: asyncpg.Connection = conn
-        self.ids = [str(uuid.uuid4()) for _ in range(self.events)]
+        started = time.perf_counter()
+        self.ids = [str(c) for c in await seed_customers(conn, self.events,
+                                                         consents=("promotional_offers",))]
+        self.excluded["set-up: the customers service's customers and consents (COPY)"] = (
+            time.perf_counter() - started)
         bootstrap = self.stack.bootstrap_servers
         started = time.perf_counter()
         await self._make_known()
@@ -295,9 +309,25 @@ class LoyaltyActions(Workload):
         return self.baseline_s
 
     async def product(self) -> Phases:
-        self.product_s = await self._consumed(
-            "product", ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas),
-            f"{SCHEMA}.discounts", "discounts issued")
+        customers = ServiceProcesses(CUSTOMERS_SPEC, self.stack.settings)
+        started = time.perf_counter()
+        await customers.start()
+        self.excluded["product: the customers service's start-up"] = (
+            time.perf_counter() - started)
+        try:
+            gated = self.stack.settings.model_copy(
+                update={"customers_grpc_target": customers.target})
+            before = customers.cpu_seconds()
+            self.product_s = await self._consumed(
+                "product", ServiceProcesses(SPEC, gated, replicas=self.ctx.replicas),
+                f"{SCHEMA}.discounts", "discounts issued")
+            after = customers.cpu_seconds()
+        finally:
+            await customers.stop()
+        if before is not None and after is not None:
+            # Over the loyalty processes' start-up too, when customers idles.
+            self.figures["product CPU per event (µs, the customers process: the contact "
+                         "gate)"] = (after - before) / self.events * 1e6
         # The runtime floor, after the product (not part of its figure).
         self.floor_s = await self._consumed(
             "runtime floor", ServiceProcesses(self.floor_spec, self.stack.settings,

@@ -12,10 +12,12 @@ Set-up (untimed), per round: a fresh database and broker (see
 :mod:`bench.service`); the three services run as ``crm up`` runs them, each
 in ``--replicas`` processes of its own (``crm serve <name>``, default one;
 each its own schema on the round's database, all on the round's broker;
-interactions gets the customers service's gRPC address, which it only calls
-for contacts without a customer id, and every purchase here has one).
+interactions and loyalty get the customers service's gRPC address:
+interactions only calls it for contacts without a customer id, and every
+purchase here has one; loyalty asks its contact gate for every discount).
 M = rate x duration customers are stored in the customers service with COPY
-(stage potential); loyalty learns them from a ``customer.registered`` and a
+(stage potential, ``promotional_offers`` granted: loyalty asks the customers
+service's contact gate for every discount); loyalty learns them from a ``customer.registered`` and a
 ``customer.consent_changed`` (``promotional_offers`` granted) each on
 ``crm.customers.v1``; then each customer's first purchase goes through the
 whole path (ingest -> interactions -> customers: potential -> one_time ->
@@ -313,13 +315,16 @@ class LoyaltyLatency(Workload):
         self.resources.push_async_callback(conn.close)
         self.conn: asyncpg.Connection = conn
         started = time.perf_counter()
-        self.ids = [str(c) for c in await seed_customers(conn, m)]
+        self.ids = [str(c) for c in await seed_customers(conn, m,
+                                                         consents=("promotional_offers",))]
         settings = self.stack.settings
         replicas = self.ctx.replicas
         customers = ServiceProcesses(CUSTOMERS_SPEC, settings, replicas=replicas)
-        others = [ServiceProcesses(INTERACTIONS_SPEC, settings.model_copy(
-                      update={"customers_grpc_target": customers.target}), replicas=replicas),
-                  ServiceProcesses(LOYALTY_SPEC, settings, replicas=replicas)]
+        # Both call customers: interactions for unknown contacts (none here),
+        # loyalty for its contact gate (every discount).
+        to_customers = settings.model_copy(update={"customers_grpc_target": customers.target})
+        others = [ServiceProcesses(INTERACTIONS_SPEC, to_customers, replicas=replicas),
+                  ServiceProcesses(LOYALTY_SPEC, to_customers, replicas=replicas)]
         self.services = [customers, *others]
         for service in self.services:
             self.resources.push_async_callback(service.stop)

@@ -145,6 +145,20 @@ class SurveyRequested(EventPayload):
     unit: str = ""
 
 
+@event("contact.outside_quiet_hours", topic=INTERACTIONS)
+class ContactOutsideQuietHours(EventPayload):
+    """A proactive contact was made in the customer's quiet hours (an agent
+    logged a call they made at 22:00): it is recorded and counted in the
+    customer's contact cap like any other (it happened), and published for
+    supervisors to follow up. Contacts asked for beforehand (survey
+    requests, loyalty's actions) are deferred instead."""
+
+    interaction_id: str
+    customer_id: str
+    channel: str = Field(examples=["phone"])
+    occurred_at: datetime
+
+
 INGEST_TOPIC = INTERACTIONS_INGEST
 
 

@@ -49,3 +49,26 @@ class ConsentPurpose(StrEnum):
 CONSENT_PURPOSES = tuple(p.value for p in ConsentPurpose)
 #: ``customer.consent_changed``'s purpose for the do-not-contact flag.
 DO_NOT_CONTACT = "do_not_contact"
+#: What a proactive contact is for, as the contact gate knows it: service
+#: (about the customer's own relationship: needs no consent beyond the
+#: absence of do-not-contact) or one of the consent purposes.
+SERVICE_PURPOSE = "service"
+CONTACT_PURPOSES = (SERVICE_PURPOSE, *CONSENT_PURPOSES)
+
+
+class ContactRefusal(StrEnum):
+    """Why the contact gate (``Customers/ReserveContacts``) refused a
+    proactive contact; the reasons ``contact.suppressed`` and
+    ``loyalty.action_suppressed`` carry for it."""
+
+    UNKNOWN_CUSTOMER = "unknown_customer"
+    ERASED = "erased"
+    DO_NOT_CONTACT = "do_not_contact"
+    NO_SURVEYS_CONSENT = "no_surveys_consent"
+    NO_PROMOTIONAL_OFFERS_CONSENT = "no_promotional_offers_consent"
+    NO_NEWSLETTER_CONSENT = "no_newsletter_consent"
+    #: Over the customer's contact cap; ``not_before``: when the oldest
+    #: counted contact leaves the window.
+    FREQUENCY_CAP = "frequency_cap"
+    #: In the customer's quiet hours; ``not_before``: when they end.
+    QUIET_HOURS = "quiet_hours"

@@ -17,15 +17,26 @@ from grpc_status import rpc_status
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
-from crm_contracts.times import check_event_time
-from crm_contracts.vocabulary import DO_NOT_CONTACT, Stage
+from crm_contracts.times import EVENT_EARLIEST, check_event_time
+from crm_contracts.vocabulary import ACTION_CHANNELS, CONTACT_PURPOSES, DO_NOT_CONTACT, Stage
 from crm_runtime import limits, uow
 from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.customers import commands, domain, erasures, exports, merges, privacy, store
+from crm_runtime.settings import DEFAULT_CONTACT_CAPS
+from services.customers import (
+    commands,
+    domain,
+    erasures,
+    exports,
+    merges,
+    privacy,
+    reservations,
+    store,
+)
 from services.customers.domain import Identity
+from services.customers.gate import GatePolicy
 
 T = TypeVar("T")
 
@@ -103,11 +114,38 @@ def segment_to_pb(row: Any) -> pb.Segment:
                       churn_window_days=row["churn_window_days"] or 0)
 
 
+def contact_from_pb(item: pb.ContactRequest, index: int,
+                    now: datetime) -> reservations.Contact:
+    """Item ``index`` of a ReserveContacts call, checked (InvalidArgument
+    names its field, e.g. ``contacts[2].purpose``); ``at`` unset is now."""
+    where = f"contacts[{index}]"
+    contact_id = item.contact_id.strip()
+    if not contact_id:
+        raise InvalidArgument(f"{where}.contact_id", "required: the contact's stable id")
+    if item.purpose not in CONTACT_PURPOSES:
+        raise InvalidArgument(f"{where}.purpose",
+                              f"{item.purpose!r} is not one of {list(CONTACT_PURPOSES)}")
+    if item.channel and item.channel not in ACTION_CHANNELS:
+        raise InvalidArgument(f"{where}.channel",
+                              f"{item.channel!r} is not one of {list(ACTION_CHANNELS)}")
+    at = event_time(item.at, f"{where}.at") if item.HasField("at") else now
+    if not EVENT_EARLIEST <= at <= now + reservations.AHEAD:
+        raise InvalidArgument(f"{where}.at", f"must be from {EVENT_EARLIEST:%Y-%m-%d} to at "
+                                             f"most {reservations.AHEAD.days} days ahead")
+    return reservations.Contact(
+        contact_id=contact_id,
+        customer_id=parse_uuid(item.customer_id, f"{where}.customer_id"),
+        purpose=item.purpose, channel=item.channel, at=at,
+        service=item.service.strip(), already_made=item.already_made)
+
+
 class CustomersServicer(customers_pb2_grpc.CustomersServicer):
-    def __init__(self, pool: asyncpg.Pool, ctx: commands.Context, peers: exports.Peers) -> None:
+    def __init__(self, pool: asyncpg.Pool, ctx: commands.Context, peers: exports.Peers,
+                 gate: GatePolicy | None = None) -> None:
         self._pool = pool
         self._ctx = ctx
         self._peers = peers
+        self._gate = gate or GatePolicy(caps=dict(DEFAULT_CONTACT_CAPS))
 
     async def _read(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Single-statement reads need no explicit transaction (one round trip)."""
@@ -305,6 +343,17 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         customer_id = parse_uuid(request.customer_id)
         await uow.run(self._pool, lambda c: privacy.erase(c, self._ctx, customer_id))
         return pb.EraseCustomerResponse(customer_id=str(customer_id))
+
+    async def ReserveContacts(self, request: pb.ReserveContactsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ReserveContactsResponse:
+        now = self._ctx.clock.now()
+        contacts = [contact_from_pb(item, i, now) for i, item in enumerate(request.contacts)]
+        verdicts = await uow.run(self._pool, lambda c: reservations.reserve(
+            c, contacts, self._gate, now))
+        return pb.ReserveContactsResponse(decisions=[
+            pb.ContactDecision(contact_id=c.contact_id, allowed=v.allowed, reason=v.reason,
+                               not_before=ts(v.not_before))
+            for c, v in zip(contacts, verdicts, strict=True)])
 
     async def GetErasureStatus(self, request: pb.GetErasureStatusRequest,
                                context: grpc.aio.ServicerContext

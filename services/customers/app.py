@@ -10,8 +10,19 @@ from crm_contracts.privacy import InteractionsErasureCompleted, LoyaltyErasureCo
 from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
+from crm_runtime.settings import Settings
 from services.customers import commands, exports, handlers, metrics, risk
 from services.customers.api import CustomersServicer
+from services.customers.gate import GatePolicy
+
+
+def gate_policy(settings: Settings) -> GatePolicy:
+    """The contact gate's settings (``CRM_CONTACT_CAPS`` and the others)."""
+    start, end = settings.quiet_hours()
+    return GatePolicy(caps=dict(settings.contact_caps),
+                      window=timedelta(days=settings.contact_cap_window_days),
+                      quiet_start=start, quiet_end=end,
+                      default_time_zone=settings.default_time_zone)
 
 
 def build(svc: ServiceContext) -> ServiceParts:
@@ -35,7 +46,8 @@ def build(svc: ServiceContext) -> ServiceParts:
                    risk.RISK_REVIEW: handlers.on_risk_review(ctx)},
         registrations=[ServiceRegistration(
             customers_pb2_grpc.add_CustomersServicer_to_server,
-            CustomersServicer(svc.pool, ctx, exports.Peers(svc.settings)),
+            CustomersServicer(svc.pool, ctx, exports.Peers(svc.settings),
+                              gate_policy(svc.settings)),
             customers_pb2.DESCRIPTOR.services_by_name["Customers"])],
         gauges=metrics.GAUGES,
     )

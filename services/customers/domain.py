@@ -298,7 +298,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def export_document(rec: CustomerRecord, *, history: Sequence[Row], purchases: Sequence[Row],
                     links: Sequence[Row], risk_signals: Sequence[Row],
-                    aliases: Sequence[uuid.UUID], segments: Sequence[str]) -> dict[str, Any]:
+                    aliases: Sequence[uuid.UUID], segments: Sequence[str],
+                    contacts: Sequence[Row] = ()) -> dict[str, Any]:
     """The data-subject export of a customer: their record and the rows held
     about them (as the store reads them), one JSON-ready document."""
     cid = rec.customer_id
@@ -331,6 +332,9 @@ def export_document(rec: CustomerRecord, *, history: Sequence[Row], purchases: S
         "last_csat": rec.last_csat, "last_nps": rec.last_nps,
         "last_survey_at": _iso(rec.last_survey_at),
         "segments": list(segments),
+        "contacts": [{"contact_id": c["contact_id"], "purpose": c["purpose"],
+                      "channel": c["channel"], "service": c["service"], "at": _iso(c["at"]),
+                      "recorded_at": _iso(c["recorded_at"])} for c in contacts],
         "created_at": _iso(rec.created_at), "updated_at": _iso(rec.updated_at),
         "closed_at": _iso(rec.closed_at), "erased_at": _iso(rec.erased_at),
         "version": rec.version,

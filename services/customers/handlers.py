@@ -130,8 +130,9 @@ def on_erasure_completed(ctx: commands.Context, payload: type[ErasureCompleted])
         for env in logs.each(events):
             data = env.data
             with refusals():
+                customer_id = parse_uuid(data.customer_id)
                 at = checked_time(data.erased_at, ctx.clock.now(), "erased_at")
-            await erasures.acknowledge(conn, parse_uuid(data.customer_id), data.service, at)
+            await erasures.acknowledge(conn, customer_id, data.service, at)
 
     return on(payload, handle)
 

@@ -9,6 +9,10 @@ from services.customers import erasures, store
 
 STAGE_CHANGES = Counter("crm_stage_changes", "Relationship stage changes",
                         ["service", "from_stage", "to_stage"])
+CONTACT_DECISIONS = Counter(
+    "crm_contact_decisions", "Contacts the contact gate (ReserveContacts) decided, by the "
+    "service that asked, the contact's purpose and the decision (allowed, or the reason it "
+    "was refused)", ["service", "caller", "purpose", "decision"])
 
 GAUGES = [
     DbGauge("crm_customers_by_stage", "Customers by relationship stage (erased and merged "

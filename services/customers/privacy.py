@@ -14,7 +14,7 @@ from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
 from crm_runtime import scheduler, sealing
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.customers import commands, domain, erasures, store
+from services.customers import commands, domain, erasures, reservations, store
 
 
 async def set_consent(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID, *, purpose: str,
@@ -51,11 +51,13 @@ async def set_consent(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID,
 
 async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> None:
     """Remove personal data; the id, stage and counts stay for integrity.
-    Erasing twice is a no-op (no second event). The other services'
-    acknowledgements are awaited from now (:func:`erasures.request`)."""
+    Erasing twice is a no-op (no second event). A merged id erases its
+    survivor: the person. The other services' acknowledgements are awaited
+    from now (:func:`erasures.request`)."""
     rec = await store.load(conn, customer_id, lock=True, full=False)
     if rec.erased_at is not None:
         return
+    customer_id = rec.customer_id
     now = ctx.clock.now()
     await store.scrub(conn, customer_id)
     await sealing.forget(conn, str(customer_id))
@@ -84,5 +86,6 @@ async def export(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> s
                  else (await commands.segment_keys_for(conn, ctx, [cid]))[cid])
     document = domain.export_document(rec, history=history, purchases=bought, links=links,
                                       risk_signals=signals, aliases=aliases,
-                                      segments=member_of)
+                                      segments=member_of,
+                                      contacts=await reservations.contact_rows(conn, cid))
     return json.dumps(document, indent=2, sort_keys=True)

@@ -219,6 +219,8 @@ async def scrub(conn: Conn, customer_id: uuid.UUID) -> None:
     await conn.execute(
         "DELETE FROM customer_links WHERE requester_id = $1 OR decision_maker_id = $1",
         customer_id)
+    # Nobody contacts an erased customer again: their contacts count for nothing.
+    await conn.execute("DELETE FROM contact_ledger WHERE customer_id = $1", customer_id)
 
 
 async def segment_members(conn: Conn, where_sql: str, params: list[Any],
@@ -337,6 +339,9 @@ async def move_records(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -> No
            ON CONFLICT DO NOTHING""", survivor, merged)
     await conn.execute(
         "DELETE FROM customer_links WHERE requester_id = $1 OR decision_maker_id = $1", merged)
+    # The contact gate's cap counts the merged customer's contacts for the survivor.
+    await conn.execute("UPDATE contact_ledger SET customer_id = $1 WHERE customer_id = $2",
+                       survivor, merged)
     # Earlier aliases of the merged customer now point at the survivor too.
     await conn.execute("UPDATE customers SET merged_into = $1 WHERE merged_into = $2",
                        survivor, merged)
@@ -536,6 +541,10 @@ EXPORT_COLUMNS: dict[str, dict[str, str]] = {
     "risk_signals": {"customer_id": "customer_id", "event_id": "risk_signals[].event_id",
                      "reason": "risk_signals[].reason",
                      "occurred_at": "risk_signals[].occurred_at"},
+    "contact_ledger": {"contact_id": "contacts[].contact_id", "customer_id": "customer_id",
+                       "purpose": "contacts[].purpose", "channel": "contacts[].channel",
+                       "service": "contacts[].service", "at": "contacts[].at",
+                       "recorded_at": "contacts[].recorded_at"},
 }
 #: Tables of the schema that hold nothing about a particular customer.
 NOT_CUSTOMER_DATA = {"segments": "segment definitions (membership is exported as segments)",

@@ -19,6 +19,7 @@ from crm.interactions.v1 import interactions_pb2 as pb
 from crm.interactions.v1 import interactions_pb2_grpc
 from crm_contracts.contact_points import normalise_phone
 from crm_runtime import uow
+from crm_runtime.contact_gate import ContactDecision
 from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
@@ -151,8 +152,16 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             outcome=request.outcome, notes=request.notes,
             amount_minor=request.amount.amount_minor, currency=request.amount.currency)
 
+        decided: dict[str, ContactDecision] = {}
+        if contact.direction == "proactive":
+            # The contact gate, asked before the transaction opens.
+            [decision] = await self._directory.reserve_contacts(
+                [contacts.gate_request(contact)])
+            decided[decision.contact_id] = decision
+
         async def record(conn: Conn) -> Any:
-            allowed, refused = await contacts.screen(conn, self._ctx, [contact])
+            allowed, refused = await contacts.screen(conn, self._ctx, [contact],
+                                                     self._directory.reserve_contacts, decided)
             if refused:  # committed with the call's unit of work, then refused
                 return refused[0]
             [(recorded, _)] = await contacts.record_contacts(conn, self._ctx, allowed)
@@ -165,7 +174,9 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         if isinstance(result, trust.Suppression):
             raise FailedPrecondition(f"customer {result.customer_id} may not be contacted "
                                      f"proactively: {result.reason}")
-        return interaction_to_pb(result)
+        reply = interaction_to_pb(result)
+        reply.outside_quiet_hours = contact.outside_quiet_hours
+        return reply
 
     async def GetTimeline(self, request: pb.GetTimelineRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTimelineResponse:

@@ -8,7 +8,7 @@ from crm.interactions.v1 import interactions_pb2, interactions_pb2_grpc
 from crm_contracts.topics import CUSTOMERS, INTERACTIONS, INTERACTIONS_INGEST
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
-from services.interactions import commands, handlers, metrics
+from services.interactions import commands, handlers, metrics, trust
 from services.interactions.api import InteractionsServicer
 from services.interactions.directory import CustomerDirectory
 
@@ -20,12 +20,13 @@ def build(svc: ServiceContext) -> ServiceParts:
                                   pool=svc.pool, settings=s)
     return ServiceParts(
         subscriptions=[
-            # Unknown contacts are registered with customers, and the
-            # customer ids contacts state checked, before each batch's
-            # transaction opens, in one pass (directory.prepare).
+            # Unknown contacts are registered with customers, the customer
+            # ids contacts state checked, and proactive contacts put to the
+            # contact gate, before each batch's transaction opens.
             Subscription(topics=[INTERACTIONS_INGEST],
                          routes=[handlers.on_contacts(ctx, directory)],
-                         group_suffix="-ingest", prepare=directory.prepare),
+                         group_suffix="-ingest",
+                         prepare=handlers.prepare_contacts(directory, ctx)),
             Subscription(topics=[CUSTOMERS],
                          routes=[handlers.on_customers_registered(),
                                  handlers.on_customer_erased(ctx),
@@ -33,7 +34,8 @@ def build(svc: ServiceContext) -> ServiceParts:
                                  handlers.on_consent_changed()]),
         ],
         scheduled={commands.WARN: handlers.on_breach_warning(ctx),
-                   commands.BREACH: handlers.on_breach(ctx)},
+                   commands.BREACH: handlers.on_breach(ctx),
+                   trust.SURVEY_REQUEST_DUE: handlers.on_survey_request(ctx, directory)},
         registrations=[ServiceRegistration(
             interactions_pb2_grpc.add_InteractionsServicer_to_server,
             InteractionsServicer(svc.pool, ctx, directory),

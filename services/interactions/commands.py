@@ -240,12 +240,10 @@ async def resolve(conn: Conn, ctx: Context, case_id: uuid.UUID, resolution: str)
     await store.resolve_case(conn, case_id, now, resolution, late)
     events.append(CaseResolved(**_base(row), resolved_at=now, promised_by=row["promised_by"],
                                late=late))
-    # Ask how it went, unless a complaint of this customer is still open,
-    # and only if their consent allows it (else the request is suppressed).
+    # Ask how it went, unless a complaint of this customer is still open:
+    # scheduled work that checks their consent and asks the contact gate.
     if not await store.open_complaints(conn, row["customer_id"]):
-        survey = await trust.survey_request(conn, row, now)
-        if survey is not None:
-            events.append(survey)
+        await trust.schedule_survey(conn, row, now)
     await ctx.events.emit(conn, row["customer_id"], events, time=ctx.clock.now())
 
 

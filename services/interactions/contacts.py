@@ -20,14 +20,16 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
 
-from crm_contracts.interactions import InteractionRecorded
+from crm_contracts.interactions import ContactOutsideQuietHours, InteractionRecorded
 from crm_contracts.times import check_event_time
 from crm_runtime import ids, logs, uow
+from crm_runtime.contact_gate import ContactDecision, ContactRequest
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
@@ -69,6 +71,8 @@ class Contact:
     request_digest: bytes | None = None
     #: False when ``occurred_at`` was not given and is the time it was recorded.
     time_stated: bool = True
+    #: A proactive contact the gate found made in the customer's quiet hours.
+    outside_quiet_hours: bool = False
 
 
 #: The fields of a contact its digest covers besides ``occurred_at``, in
@@ -153,13 +157,35 @@ def _check_contact_repeat(contact: Contact, stored: Any) -> None:
     raise key_conflict(contact.idempotency_key, "contact", differing)
 
 
-async def screen(conn: Conn, ctx: Context, contacts: list[Contact]
+#: Asks the contact gate (:meth:`CustomerDirectory.reserve_contacts`).
+Reserve = Callable[[Sequence[ContactRequest]], Awaitable[list[ContactDecision]]]
+
+
+def gate_request(contact: Contact) -> ContactRequest:
+    """What the contact gate is asked for a proactive contact: purpose
+    service, when it occurred, made already (so quiet hours do not refuse
+    it); its id derives from the customer as stated and the key, so a retry
+    asks with the same id and is never counted twice."""
+    return ContactRequest(
+        contact_id=str(trust.contact_id(trust.PROACTIVE_CONTACT, contact.customer_id,
+                                        contact.idempotency_key)),
+        customer_id=contact.customer_id, purpose=trust.SERVICE_PURPOSE,
+        at=contact.occurred_at, channel=contact.channel, already_made=True)
+
+
+async def screen(conn: Conn, ctx: Context, contacts: list[Contact], reserve: Reserve,
+                 decided: Mapping[str, ContactDecision] | None = None
                  ) -> tuple[list[Contact], list[trust.Suppression]]:
     """The contacts that may be recorded, and the suppressions of those that
-    may not: a proactive contact of a customer (or, merged away, their
-    survivor) with do-not-contact, or erased (:func:`domain.proactive_refusal`),
-    is recorded in ``suppressed_contacts`` and published as
-    ``contact.suppressed``, once per customer and idempotency key. A contact
+    may not. A proactive contact passes two checks: the customer's trust as
+    this service knows it (:func:`domain.proactive_refusal`: do-not-contact,
+    erased; the customer or, merged away, their survivor), then the contact
+    gate (:func:`gate_request`; the decisions ``decided`` holds, else asked
+    now with ``reserve``: the frequency cap across every service, and the
+    customers service's own consent). One refused is recorded in
+    ``suppressed_contacts`` and published as ``contact.suppressed``, once per
+    customer and idempotency key; one the gate found made in the customer's
+    quiet hours is marked (:attr:`Contact.outside_quiet_hours`). A contact
     the customer started is never stopped, nor a repeat of a key stored
     before (it answers with the stored contact). Costs nothing for a batch
     without proactive contacts."""
@@ -168,10 +194,18 @@ async def screen(conn: Conn, ctx: Context, contacts: list[Contact]
         return contacts, []
     merged = await store.survivors(conn, [c.customer_id for c in proactive])
     held = await trust.views(conn, {merged.get(c.customer_id, c.customer_id) for c in proactive})
+    reasons = {id(c): domain.proactive_refusal(held.get(merged.get(c.customer_id,
+                                                                   c.customer_id)))
+               for c in proactive}
+    asked = [c for c in proactive if reasons[id(c)] is None]
+    for c, decision in zip(asked, await _decisions(asked, reserve, decided or {}), strict=True):
+        if not decision.allowed:
+            reasons[id(c)] = decision.reason
+        c.outside_quiet_hours = decision.in_quiet_hours
     refused: dict[int, trust.Suppression] = {}
     for c in proactive:
         customer_id = merged.get(c.customer_id, c.customer_id)
-        reason = domain.proactive_refusal(held.get(customer_id))
+        reason = reasons[id(c)]
         if reason is not None:
             refused[id(c)] = trust.Suppression(
                 contact_id=trust.contact_id(trust.PROACTIVE_CONTACT, customer_id,
@@ -189,6 +223,16 @@ async def screen(conn: Conn, ctx: Context, contacts: list[Contact]
             del refused[id(c)]
     await trust.suppress(conn, ctx, list(refused.values()))
     return [c for c in contacts if id(c) not in refused], list(refused.values())
+
+
+async def _decisions(asked: list[Contact], reserve: Reserve,
+                     decided: Mapping[str, ContactDecision]) -> list[ContactDecision]:
+    """The gate's decision on each contact: taken from ``decided``, the
+    others asked for now, in one call."""
+    requests = [gate_request(c) for c in asked]
+    missing = [r for r in requests if r.contact_id not in decided]
+    fresh = {d.contact_id: d for d in await reserve(missing)} if missing else {}
+    return [decided.get(r.contact_id) or fresh[r.contact_id] for r in requests]
 
 
 async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
@@ -234,6 +278,11 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
                 occurred_at=c.occurred_at, outcome=c.outcome, touchpoint=c.touchpoint,
                 unit=c.unit, amount_minor=c.amount_minor, currency=c.currency),
                 time=now, traceparent=c.traceparent))
+            if c.outside_quiet_hours:
+                events.append(ctx.events.envelope(customer, ContactOutsideQuietHours(
+                    interaction_id=str(c.interaction_id), customer_id=customer,
+                    channel=c.channel, occurred_at=c.occurred_at),
+                    time=now, traceparent=c.traceparent))
     repeats = [c for c, fresh in result if not fresh]
     if repeats:  # retries, redeliveries with a new event id: rare
         stored = await store.contacts_by_keys(

@@ -13,6 +13,11 @@ customers: the customers service does.
   ``GetCustomer`` (:meth:`CustomerDirectory.lookup`) and remembered when the
   customers service has it. Not found, or erased: unknown.
 
+* A proactive contact passes the customers service's contact gate
+  (``ReserveContacts``, :attr:`CustomerDirectory.gate`, on the same channel;
+  :meth:`CustomerDirectory.reserve_contacts` keeps a consumed batch's
+  decisions for its handler).
+
 The ingest consumer asks once per batch, before the batch's transaction
 opens (:meth:`CustomerDirectory.prepare`, the subscription's prepare step):
 one ``RegisterCustomers`` call for up to :data:`MAX_PER_CALL` contact points,
@@ -28,7 +33,7 @@ import asyncio
 import logging
 import uuid
 import weakref
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -39,6 +44,7 @@ from crm.customers.v1 import customers_pb2, customers_pb2_grpc
 from crm_contracts.interactions import ContactReceived
 from crm_runtime import ids, limits, logs
 from crm_runtime.consumer import Seen
+from crm_runtime.contact_gate import ContactDecision, ContactGate, ContactRequest
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope
 from crm_runtime.grpc_client import open_channel
@@ -120,6 +126,12 @@ class CustomerDirectory:
         #: By event id, the stated customers :meth:`prepare` found unknown
         #: (empty: all are customers); the latest :data:`CHECKED_KEPT`.
         self._checked: dict[str, frozenset[uuid.UUID]] = {}
+        #: The contact gate, asked on this directory's channel.
+        self.gate = ContactGate(self._stub, self._metadata, target, "interactions")
+        #: By contact id, the gate's decisions on a consumed batch's proactive
+        #: contacts (:meth:`reserve_contacts`), for its handler; the latest
+        #: :data:`CHECKED_KEPT`.
+        self._decided: dict[str, ContactDecision] = {}
 
     def _stub(self) -> customers_pb2_grpc.CustomersStub:
         if self._channel is None:
@@ -327,6 +339,24 @@ class CustomerDirectory:
             raise ConnectionError(f"customers service at {self._target}: {err.code().name} "
                                   f"{err.details()}") from None
         return uuid.UUID(reply.customer.customer_id)
+
+    async def reserve_contacts(self, requests: Sequence[ContactRequest]
+                               ) -> list[ContactDecision]:
+        """Ask the contact gate (``ReserveContacts``) for these contacts and
+        remember the decisions for :meth:`decided`. ConnectionError while
+        the customers service cannot be asked."""
+        decisions = await self.gate.reserve(requests)
+        self._decided.update((d.contact_id, d) for d in decisions)
+        excess = len(self._decided) - CHECKED_KEPT
+        if excess > 0:
+            for contact_id in list(islice(self._decided, excess)):
+                del self._decided[contact_id]
+        return decisions
+
+    def decided(self) -> Mapping[str, ContactDecision]:
+        """The gate's latest decisions, by contact id (a consumed batch's,
+        asked for before its transaction opened)."""
+        return self._decided
 
     async def close(self) -> None:
         if self._channel is not None:

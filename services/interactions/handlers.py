@@ -21,12 +21,20 @@
 * ``customer.consent_changed`` on ``crm.customers.v1``: the consent view
   (:func:`trust.consent_changed`); a customer not heard of yet is stored
   with the decision, not dead-lettered (their registration may be late).
-* Scheduled work: breach warnings and breaches of case promises.
+* Scheduled work: breach warnings and breaches of case promises; survey
+  requests of resolved cases (the contact gate asked first,
+  :func:`trust.request_survey`).
+
+Proactive contacts pass the contact gate of the customers service: a
+batch's are asked for before its transaction opens (:func:`prepare_contacts`),
+and one the gate refuses is suppressed like one of a customer with
+do-not-contact.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 from crm_contracts.customers import (
     ConsentChanged,
@@ -36,6 +44,7 @@ from crm_contracts.customers import (
 )
 from crm_contracts.interactions import ContactReceived
 from crm_runtime import logs
+from crm_runtime.consumer import Prepare, Seen
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, InvalidArgument
@@ -60,6 +69,12 @@ async def to_contact(env: Envelope[ContactReceived], directory: CustomerDirector
         customer_id = parse_uuid(data.customer_id, "customer_id")
     else:
         customer_id = await directory.customer_of(env)
+    return _checked(data, customer_id, ctx)
+
+
+def _checked(data: ContactReceived, customer_id: uuid.UUID,
+             ctx: commands.Context) -> contacts.Contact:
+    """The contact ``data`` describes, of ``customer_id``, validated."""
     return contacts.check_contact(
         idempotency_key=data.idempotency_key, customer_id=customer_id, channel=data.channel,
         direction=data.direction, kind=data.kind, occurred_at=data.occurred_at,
@@ -111,7 +126,8 @@ def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> Route:
                 raise PoisonMessage(INVALID_CONTACT, str(exc),
                                     subject=directory.known_subject(env)) from None
         await require_customers(conn, directory, events)
-        batch, _ = await contacts.screen(conn, ctx, batch)
+        batch, _ = await contacts.screen(conn, ctx, batch, directory.reserve_contacts,
+                                         directory.decided())
         try:
             await contacts.record_contacts(conn, ctx, batch)
         except AlreadyExists as exc:
@@ -120,6 +136,48 @@ def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> Route:
             raise PoisonMessage(IDEMPOTENCY_CONFLICT, str(exc), subject=about) from None
 
     return on(ContactReceived, handle)
+
+
+def prepare_contacts(directory: CustomerDirectory, ctx: commands.Context) -> Prepare:
+    """The ingest subscription's step before each batch's transaction: the
+    directory registers unknown contacts and checks stated customers
+    (:meth:`CustomerDirectory.prepare`), then the batch's proactive contacts
+    are put to the contact gate in one call (:func:`reserve_proactive`)."""
+    async def prepare(envelopes: list[Envelope], seen: Seen) -> None:
+        await directory.prepare(envelopes, seen)
+        await reserve_proactive(envelopes, seen, directory, ctx)
+
+    return prepare
+
+
+async def reserve_proactive(envelopes: list[Envelope], seen: Seen,
+                            directory: CustomerDirectory, ctx: commands.Context) -> None:
+    """Ask the contact gate for a batch's proactive contacts, before its
+    transaction opens: those whose customer is known without asking anyone
+    and that are valid (the handler refuses the others), leaving out
+    redeliveries of contacts applied before (the inbox drops them). The
+    handler reads the decisions (:meth:`CustomerDirectory.decided`) and asks
+    for any it lacks itself."""
+    proactive: list[Envelope[ContactReceived]] = [
+        cast(Envelope[ContactReceived], env) for env in envelopes
+        if isinstance(env.data, ContactReceived)
+        and env.data.direction.strip().lower() == "proactive"]
+    if not proactive:
+        return
+    asked = {env.id for env in proactive}
+    applied = await seen([env for env in envelopes if env.id in asked])
+    requests = []
+    for env in proactive:
+        subject = directory.known_subject(env)
+        if env.id in applied or subject is None:
+            continue
+        try:
+            contact = _checked(env.data, parse_uuid(subject, "customer_id"), ctx)
+        except InvalidArgument:
+            continue
+        requests.append(contacts.gate_request(contact))
+    if requests:
+        await directory.reserve_contacts(requests)
 
 
 def on_customers_registered() -> Route:
@@ -155,6 +213,13 @@ def on_consent_changed() -> Route:
              Decision(env.data.granted, env.data.changed_at or env.time)) for env in events])
 
     return on(ConsentChanged, handle)
+
+
+def on_survey_request(ctx: commands.Context, directory: CustomerDirectory) -> WorkHandler:
+    async def run(conn: Conn, work: DueWork) -> None:
+        await trust.request_survey(conn, ctx, directory.gate, work)
+
+    return run
 
 
 def on_breach_warning(ctx: commands.Context) -> WorkHandler:

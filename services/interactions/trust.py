@@ -6,26 +6,32 @@ The customers service owns consent and announces every decision as
 (do-not-contact and the surveys consent, each with the time of its
 decision) in ``known_customers`` (:func:`consent_changed`, with erasure and
 merges in :func:`erase` and :func:`merge`), by the pure rules of
-:mod:`domain`. A contact those rules stop (a survey request, a proactive
-contact) is not made: it is recorded in ``suppressed_contacts`` and
-published as ``contact.suppressed`` in the same transaction
-(:func:`suppress`), never dropped silently.
+:mod:`domain`. A contact those rules stop, or the customers service's
+contact gate refuses (a survey request, a proactive contact), is not made:
+it is recorded in ``suppressed_contacts`` and published as
+``contact.suppressed`` in the same transaction (:func:`suppress`), never
+dropped silently. A survey request is scheduled work of its own
+(:func:`schedule_survey`, :func:`request_survey`), so the gate is asked in
+a short transaction of its own, not in the resolution's.
 
 Every function runs in the caller's transaction.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from crm_contracts.interactions import ContactSuppressed, SurveyRequested
-from crm_runtime import ids
+from crm_runtime import ids, scheduler
+from crm_runtime.contact_gate import ContactGate, ContactRequest
 from crm_runtime.db import Conn
 from crm_runtime.events import EventPayload
+from crm_runtime.scheduler import DueWork
 from crm_runtime.uow import CommandContext
 from services.interactions import domain, store
 from services.interactions.domain import ConsentView, Decision
@@ -36,6 +42,8 @@ PROACTIVE_CONTACT = "proactive_contact"
 #: The purpose of a proactive contact: service, which needs no consent
 #: beyond the absence of do-not-contact.
 SERVICE_PURPOSE = "service"
+
+log = logging.getLogger(__name__)
 
 #: Namespace of the ids of suppressed contacts (:func:`contact_id`).
 _NAMESPACE = uuid.UUID("3b0f6c1e-8a52-4d7f-9e21-5c4a7d90b6e3")
@@ -152,20 +160,63 @@ async def suppress(conn: Conn, ctx: CommandContext, suppressions: Sequence[Suppr
                                   for e in events])
 
 
-async def survey_request(conn: Conn, row: Any, resolved_at: datetime) -> EventPayload | None:
-    """The event that asks the customer of a case resolved at
-    ``resolved_at`` (a row of ``cases``) how it went: ``survey.requested``
-    when their consent allows it, else the recorded ``contact.suppressed``
-    (None: recorded before)."""
+# --- survey requests ----------------------------------------------------------
+
+#: Scheduled work: ask the customer of a resolved case how it went.
+SURVEY_REQUEST_DUE = "surveys.request"
+#: How long a survey request waits when the contact gate cannot be asked.
+GATE_RETRY = timedelta(seconds=30)
+
+
+async def schedule_survey(conn: Conn, row: Any, resolved_at: datetime) -> None:
+    """Ask the customer of a case resolved at ``resolved_at`` (a row of
+    ``cases``) how it went, as scheduled work due at once
+    (:func:`request_survey`): the contact gate is asked there, in a short
+    transaction of its own, not in the resolution's. One request per
+    resolution (a reopened case resolved again asks again)."""
+    key = contact_id(SURVEY_REQUEST, row["case_id"], resolved_at.isoformat())
+    await scheduler.schedule(conn, SURVEY_REQUEST_DUE, str(key), resolved_at, {
+        "case_id": str(row["case_id"]), "resolved_at": resolved_at.isoformat()})
+
+
+async def request_survey(conn: Conn, ctx: CommandContext, gate: ContactGate,
+                         work: DueWork) -> None:
+    """A survey request is due: publish ``survey.requested`` if the
+    customer's consent (as this service knows it) and then the contact gate
+    allow it; in the customer's quiet hours it waits for their end; refused,
+    it is recorded and published as ``contact.suppressed``. Nothing is
+    asked for a case reopened since. The gate unreachable: it waits
+    :data:`GATE_RETRY` and asks again (other work goes on meanwhile)."""
+    row = await store.load_case(conn, uuid.UUID(work.payload["case_id"]))
+    resolved_at = datetime.fromisoformat(work.payload["resolved_at"])
+    if row["status"] != "resolved" or row["resolved_at"] != resolved_at:
+        return  # reopened since: its next resolution asks
     customer_id: uuid.UUID = row["customer_id"]
+    now = ctx.clock.now()
     reason = domain.survey_refusal((await views(conn, [customer_id])).get(customer_id))
     if reason is None:
-        return SurveyRequested(customer_id=str(customer_id), case_id=str(row["case_id"]),
-                               channel=row["channel"], unit=row["unit"])
-    # One survey request per resolution (a reopened case resolved again asks again).
-    suppression = Suppression(
-        contact_id=contact_id(SURVEY_REQUEST, row["case_id"], resolved_at.isoformat()),
-        customer_id=customer_id, contact_type=SURVEY_REQUEST, purpose=domain.SURVEYS,
-        reason=reason, case_id=row["case_id"], interaction_id=row["interaction_id"])
-    events = await record_suppressed(conn, [suppression], resolved_at)
-    return events[0] if events else None
+        try:
+            [decision] = await gate.reserve([ContactRequest(
+                contact_id=work.key, customer_id=customer_id, purpose=domain.SURVEYS,
+                at=now, channel=row["channel"])])
+        except ConnectionError as exc:
+            log.warning("survey request of case %s waits: %s", row["case_id"], exc)
+            await scheduler.schedule(conn, work.kind, work.key, now + GATE_RETRY, work.payload)
+            return
+        if decision.deferred:
+            assert decision.not_before is not None
+            await scheduler.schedule(conn, work.kind, work.key, decision.not_before,
+                                     work.payload)
+            return
+        reason = None if decision.allowed else decision.reason
+    events: Sequence[EventPayload]
+    if reason is None:
+        events = [SurveyRequested(customer_id=str(customer_id), case_id=str(row["case_id"]),
+                                  channel=row["channel"], unit=row["unit"])]
+    else:  # nothing when it was recorded before
+        events = await record_suppressed(conn, [Suppression(
+            contact_id=uuid.UUID(work.key), customer_id=customer_id,
+            contact_type=SURVEY_REQUEST, purpose=domain.SURVEYS, reason=reason,
+            case_id=row["case_id"], interaction_id=row["interaction_id"])], now)
+    if events:
+        await ctx.events.emit(conn, customer_id, events, time=now)

@@ -1,19 +1,25 @@
 """What a rule's actions do, in the transaction's :class:`Batch`.
 
 An action that a trigger asks for is done once (its id derives from the rule,
-the trigger event and the action's index, :func:`rules.action_id`): the trust
-rules decide first (:func:`decide`: performed, suppressed or skipped), what it
-came to is recorded (:func:`record`; a suppressed action is also published as
-``loyalty.action_suppressed``), then a performed one schedules its follow-up,
-issues its discount, enrols in its newsletter or rewards the referrer
-(:func:`perform`). The dry run asks :func:`decide` alone.
+the trigger event and the action's index, :func:`rules.action_id`): loyalty's
+trust rules decide first (:func:`decide`: performed, suppressed or skipped);
+an action that reaches the customer now (a discount, a referral reward, a
+newsletter enrolment) then passes the contact gate of the customers service
+(:func:`contacting.reserve_now`: the frequency cap of every service's
+contacts, the authoritative consent); what it came to is recorded
+(:func:`record`; a suppressed action is also published as
+``loyalty.action_suppressed``), then a performed one schedules its follow-up
+(which passes the gate when due), issues its discount, enrols in its
+newsletter or rewards the referrer (:func:`perform`). The dry run asks
+:func:`decide` alone: it reserves nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import timedelta
 
 from crm_contracts.loyalty import (
     ActionSuppressed,
@@ -25,7 +31,8 @@ from crm_contracts.loyalty import (
 from crm_runtime.db import Conn
 from crm_runtime.errors import NotFound
 from crm_runtime.events import Envelope
-from services.loyalty import domain, store
+from crm_runtime.quiet_hours import outside_quiet_hours, time_zone
+from services.loyalty import contacting, domain, store
 from services.loyalty.domain import Decision, Outcome, Purpose, Suppression, View
 from services.loyalty.rulebook import StoredRule
 from services.loyalty.rules import (
@@ -47,7 +54,7 @@ async def decide(batch: Batch, view: View, action: Action, *, dry_run: bool = Fa
                  ) -> Decision:
     """Apply the trust rules to one action. Reads only (a dry run does not
     even lock the referrer's view)."""
-    conn, now = batch.conn, batch.now
+    conn = batch.conn
     purpose = action_purpose(action)
     target = view
     if isinstance(action, ReferralRewardAction):
@@ -59,11 +66,7 @@ async def decide(batch: Batch, view: View, action: Action, *, dry_run: bool = Fa
                   else await batch.view(view.referred_by))
         if target.customer_id == view.customer_id:
             return Decision(action.type, purpose, None, Outcome.SKIPPED, "self_referral")
-    earlier: list[datetime] = []
-    if purpose is Purpose.PROMOTIONAL:
-        earlier = await batch.promotional_times(target.customer_id)
-    refusal = domain.trust_decision(purpose, target.contact_state(), earlier, now,
-                                    batch.ctx.policy)
+    refusal = domain.trust_decision(purpose, target.contact_state())
     if refusal is not None:
         return Decision(action.type, purpose, target, Outcome.SUPPRESSED, refusal.value)
     if isinstance(action, NewsletterAction):
@@ -111,12 +114,14 @@ async def perform(batch: Batch, view: View, stored: StoredRule, index: int, acti
         return  # this trigger yielded this action before
     decision = await decide(batch, view, action)
     target = decision.target or view
+    if decision.outcome is Outcome.PERFORMED and not isinstance(action, FollowUpAction):
+        refusal = await contacting.reserve_now(batch, target, aid, decision.purpose)
+        if refusal is not None:
+            decision = replace(decision, outcome=Outcome.SUPPRESSED, reason=refusal)
     record(batch, aid, target.customer_id, stored, index, action, decision.purpose, env,
             decision.outcome, decision.reason)
     if decision.outcome is not Outcome.PERFORMED:
         return
-    if decision.purpose is Purpose.PROMOTIONAL:
-        (await batch.promotional_times(target.customer_id)).append(batch.now)
     if isinstance(action, FollowUpAction):
         _schedule_follow_up(batch, target, aid, stored, action, env.id)
     elif isinstance(action, DiscountAction):
@@ -138,8 +143,8 @@ def _schedule_follow_up(batch: Batch, target: View, aid: uuid.UUID, stored: Stor
                         action: FollowUpAction, trigger_event_id: str) -> None:
     policy = batch.ctx.policy
     requested = batch.now + action.delay_td
-    zone = domain.time_zone(target.time_zone, policy.default_time_zone)
-    due = domain.outside_quiet_hours(requested, zone, policy.quiet_start, policy.quiet_end)
+    zone = time_zone(target.time_zone, policy.default_time_zone)
+    due = outside_quiet_hours(requested, zone, policy.quiet_start, policy.quiet_end)
     batch.add_follow_up((aid, target.customer_id, stored.rule.id, action.channel,
                          action.template, action.reason, action.purpose.value, action.list,
                          list(action.cancel_on), requested, due, batch.now))

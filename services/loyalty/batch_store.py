@@ -1,8 +1,7 @@
 """SQL of one consumed batch of the loyalty service
 (:class:`services.loyalty.unit.Batch`), in few round trips: its first
-statement (:func:`lock_views`: the views, the rules revision, the
-promotional contacts in the cap's window, what may make a follow-up moot, the
-actions already recorded) and its last (:func:`write_unit`: every row the
+statement (:func:`lock_views`: the views, the rules revision, what may make
+a follow-up moot, the actions already recorded) and its last (:func:`write_unit`: every row the
 batch buffered). Long statements, with the reasons for their shape beside
 them; the rest of the schema's SQL is in :mod:`services.loyalty.store`.
 Every function runs on the caller's connection, inside its transaction."""
@@ -27,8 +26,6 @@ class Locked:
 
     views: list[View]
     revision: int
-    #: Promotional contacts in the cap's window, per customer.
-    promotional: dict[uuid.UUID, list[datetime]]
     #: Event types that may make an open follow-up moot, per customer.
     cancellable: dict[uuid.UUID, set[str]]
     #: Actions already recorded for the batch's trigger events.
@@ -49,10 +46,10 @@ _ACTIONS_OF_TRIGGERS = """
 
 
 async def lock_views(conn: Conn, customer_ids: list[uuid.UUID], now: datetime,
-                     since: datetime, trigger_event_ids: list[str]) -> Locked:
+                     trigger_event_ids: list[str]) -> Locked:
     """In one round trip: the views of these customers (created empty when
-    first seen), locked; the rules revision; and per customer what the trust
-    rules and moot follow-ups consult. Aliases are not followed here: the
+    first seen), locked; the rules revision; and per customer what moot
+    follow-ups consult. Aliases are not followed here: the
     caller resolves ``merged_into``. A view another transaction created at
     the same moment may be missing; the caller then loads it on its own."""
     ids = sorted(set(customer_ids))
@@ -67,22 +64,18 @@ async def lock_views(conn: Conn, customer_ids: list[uuid.UUID], now: datetime,
             v AS (SELECT * FROM ins UNION ALL SELECT * FROM old)
             SELECT v.*,
                    (SELECT revision FROM rules_revision) AS revision,
-                   (SELECT coalesce(array_agg(a.at), '{{}}') FROM actions a
-                     WHERE a.customer_id = v.customer_id AND a.purpose = 'promotional'
-                       AND a.outcome = 'performed' AND a.at > $3) AS promotional,
                    (SELECT coalesce(array_agg(DISTINCT t), '{{}}') FROM follow_ups f,
                            unnest(f.cancel_on) AS t
                      WHERE f.customer_id = v.customer_id AND f.status IN ('scheduled', 'due')
                        AND f.cancel_on <> '{{}}') AS cancellable,
                    (SELECT coalesce(array_agg(action_id), '{{}}')
-                      FROM ({_ACTIONS_OF_TRIGGERS.format(ids="$4")}) AS d) AS done
-              FROM v""", ids, now, since, trigger_event_ids)
+                      FROM ({_ACTIONS_OF_TRIGGERS.format(ids="$3")}) AS d) AS done
+              FROM v""", ids, now, trigger_event_ids)
     if not rows:
-        return Locked([], await rules_revision(conn), {}, {}, set())
+        return Locked([], await rules_revision(conn), {}, set())
     return Locked(
         views=[view_of({k: r[k] for k in VIEW_COLUMNS}) for r in rows],
         revision=int(rows[0]["revision"]),
-        promotional={r["customer_id"]: list(r["promotional"]) for r in rows},
         cancellable={r["customer_id"]: set(r["cancellable"]) for r in rows},
         done_actions=set(rows[0]["done"]))
 
@@ -91,18 +84,6 @@ async def actions_of_triggers(conn: Conn, trigger_event_ids: list[str]) -> set[u
     """Ids of actions already recorded for these trigger events."""
     rows = await conn.fetch(_ACTIONS_OF_TRIGGERS.format(ids="$1"), trigger_event_ids)
     return {r["action_id"] for r in rows}
-
-
-async def promotional_times_many(conn: Conn, customer_ids: list[uuid.UUID],
-                                 since: datetime) -> dict[uuid.UUID, list[datetime]]:
-    rows = await conn.fetch(
-        """SELECT customer_id, at FROM actions
-            WHERE customer_id = ANY($1::uuid[]) AND purpose = 'promotional'
-              AND outcome = 'performed' AND at > $2""", customer_ids, since)
-    out: dict[uuid.UUID, list[datetime]] = {cid: [] for cid in customer_ids}
-    for r in rows:
-        out[r["customer_id"]].append(r["at"])
-    return out
 
 
 async def cancellable_types(conn: Conn, customer_ids: list[uuid.UUID]

@@ -20,8 +20,9 @@ never yield an action twice.
 Why over 500 lines: a function per consumed payload class (nine) beside the
 gRPC and scheduled use cases; erasure, merges and consent changes share the
 follow-up and newsletter steps of those. What a rule's actions do is
-:mod:`actions`; the discount codes' use cases are :mod:`discounts`; the
-batch state is :mod:`unit`.
+:mod:`actions`; a due follow-up and the contact gate are :mod:`contacting`;
+the discount codes' use cases are :mod:`discounts`; the batch state is
+:mod:`unit`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ from crm_contracts.interactions import (
 from crm_contracts.loyalty import (
     ConsentWithdrawn,
     FollowUpCompleted,
-    FollowUpDue,
     NewsletterUnsubscribed,
 )
 from crm_contracts.privacy import LoyaltyErasureCompleted
@@ -410,28 +410,6 @@ def _ensure_referral_code(view: View) -> None:
 
 
 # --- follow-ups --------------------------------------------------------------------
-
-
-async def follow_up_due(conn: Conn, ctx: Context, follow_up_id: uuid.UUID) -> None:
-    """A follow-up's time came (run by the durable scheduler). Consent and
-    do-not-contact are checked again: they may have changed since."""
-    batch = Batch(conn, ctx)
-    row = await store.get_follow_up(conn, follow_up_id)
-    if row["status"] != domain.FollowUpStatus.SCHEDULED.value:
-        return
-    view = await batch.view(row["customer_id"])
-    refusal = domain.trust_decision(Purpose(row["purpose"]), view.contact_state(), [],
-                                    batch.now, ctx.policy)
-    if refusal is not None:
-        await batch.cancel_follow_ups([row], refusal.value)
-    else:
-        due = await store.mark_due(conn, follow_up_id, batch.now)
-        if due is not None:
-            batch.emit(due["customer_id"], FollowUpDue(
-                follow_up_id=str(follow_up_id), customer_id=str(due["customer_id"]),
-                channel=due["channel"], template=due["template"], reason=due["reason"],
-                purpose=due["purpose"], due_at=due["due_at"]))
-    await batch.flush()
 
 
 async def _locked_follow_up(batch: Batch, follow_up_id: uuid.UUID) -> Any:

@@ -14,7 +14,7 @@ from crm_contracts.money import check_amount_minor
 from crm_runtime import scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from services.loyalty import domain, metrics, store
+from services.loyalty import contacting, domain, metrics, store
 from services.loyalty.domain import Purpose
 from services.loyalty.unit import DISCOUNT_EXPIRING, Batch, Context
 
@@ -111,16 +111,21 @@ def _same_order(row: Any, order_minor: int, currency: str) -> None:
 
 async def discount_expiring(conn: Conn, ctx: Context, discount_id: uuid.UUID) -> None:
     """Remind (through marketing) that an unused discount expires soon; not
-    for customers who since asked not to be contacted."""
+    for customers who since asked not to be contacted, and only as the
+    contact gate allows (in quiet hours, at their end)."""
     row = await store.discount_by_id(conn, discount_id)
     if row is None or row["redeemed_at"] is not None or row["voided_at"] is not None:
         return
     batch = Batch(conn, ctx)
     view = await batch.view(row["customer_id"])
-    refusal = domain.trust_decision(Purpose(row["purpose"]), view.contact_state(), [],
-                                    batch.now, ctx.policy)
-    if refusal is not None:
-        log.info("discount %s: no expiry reminder (%s)", discount_id, refusal.value)
+    purpose = Purpose(row["purpose"])
+    refusal = domain.trust_decision(purpose, view.contact_state())
+    answer = refusal.value if refusal is not None else await contacting.when_due(
+        batch, view, contacting.reminder_id(discount_id), purpose, "", DISCOUNT_EXPIRING,
+        str(discount_id))
+    if answer is not None:
+        if isinstance(answer, str):
+            log.info("discount %s: no expiry reminder (%s)", discount_id, answer)
         return
     batch.emit(row["customer_id"], DiscountExpiring(
         discount_id=str(discount_id), customer_id=str(row["customer_id"]), code=row["code"],

@@ -5,10 +5,12 @@ a discount is worth.
 :class:`View` is what loyalty knows of one customer (kept current from the
 customers' and interactions' events). The **trust rules** apply to every
 action, whichever rule asks for it: :func:`trust_decision` (erasure,
-do-not-contact, consent, the frequency cap over a sliding window) and
-:func:`outside_quiet_hours` (scheduled contacts move out of quiet hours, in
-the customer's time zone when known). :class:`Decision` is what they made of
-one action.
+do-not-contact, consent), a cheap check on loyalty's own view before the
+contact gate of the customers service (which also applies the one frequency
+cap and quiet hours every service shares) is asked; scheduled contacts move
+out of quiet hours in the customer's time zone
+(:mod:`crm_runtime.quiet_hours`). :class:`Decision` is what they made of one
+action.
 
 Discount codes (:func:`new_codes`, :func:`normalise_code`) and their
 arithmetic (:func:`discount_amount`, :func:`redeem_refusal`) live here too.
@@ -22,11 +24,9 @@ import base64
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import datetime, time, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_contracts.vocabulary import ACTION_CHANNELS
 from crm_runtime.errors import InvalidArgument
@@ -38,8 +38,13 @@ class Purpose(StrEnum):
     """Why we contact the customer; it decides which consent is needed."""
 
     SERVICE = "service"  # about their own relationship (welcome, thanks, apology)
-    PROMOTIONAL = "promotional"  # offers: needs promotional_offers consent, counts in the cap
+    PROMOTIONAL = "promotional"  # offers: needs promotional_offers consent
     NEWSLETTER = "newsletter"  # needs newsletter consent
+
+    @property
+    def gate_purpose(self) -> str:
+        """The purpose the contact gate knows it by."""
+        return "promotional_offers" if self is Purpose.PROMOTIONAL else self.value
 
 
 class Outcome(StrEnum):
@@ -57,7 +62,6 @@ class Suppression(StrEnum):
     NO_PROMOTIONAL_CONSENT = "no_promotional_consent"
     NO_NEWSLETTER_CONSENT = "no_newsletter_consent"
     UNSUBSCRIBED = "unsubscribed"
-    FREQUENCY_CAP = "frequency_cap"
     #: The customer signed up with a referral code loyalty never issued (or
     #: whose owner was erased): no referrer can be rewarded.
     UNKNOWN_REFERRAL_CODE = "unknown_referral_code"
@@ -187,77 +191,27 @@ class ContactState:
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    """The trust settings every action is checked against."""
+    """When loyalty schedules a contact: out of the customer's quiet hours,
+    in their zone (the default when unknown). The same settings the contact
+    gate applies (``CRM_QUIET_HOURS_*``, ``CRM_DEFAULT_TIME_ZONE``)."""
 
-    cap: int = 3  # promotional contacts per customer per window, all rules together
-    window: timedelta = timedelta(days=7)
     quiet_start: time = time(21, 0)
     quiet_end: time = time(8, 0)
     default_time_zone: str = "UTC"
 
 
-def trust_decision(purpose: Purpose, state: ContactState, earlier_promotional: Sequence[datetime],
-                   now: datetime, policy: TrustPolicy) -> Suppression | None:
-    """None when the action may go ahead, else why it is suppressed.
-    ``earlier_promotional`` are the times of promotional contacts performed."""
+def trust_decision(purpose: Purpose, state: ContactState) -> Suppression | None:
+    """None when loyalty's view lets the action go ahead (the contact gate
+    decides next), else why it is suppressed."""
     if state.erased:
         return Suppression.ERASED
     if state.do_not_contact:
         return Suppression.DO_NOT_CONTACT
     if purpose is Purpose.NEWSLETTER and not state.newsletter_consent:
         return Suppression.NO_NEWSLETTER_CONSENT
-    if purpose is Purpose.PROMOTIONAL:
-        if not state.promotional_consent:
-            return Suppression.NO_PROMOTIONAL_CONSENT
-        if not within_cap(earlier_promotional, now, policy):
-            return Suppression.FREQUENCY_CAP
+    if purpose is Purpose.PROMOTIONAL and not state.promotional_consent:
+        return Suppression.NO_PROMOTIONAL_CONSENT
     return None
-
-
-def within_cap(earlier: Sequence[datetime], now: datetime, policy: TrustPolicy) -> bool:
-    """True while fewer than ``cap`` contacts fall in the window ending now."""
-    recent = sum(1 for at in earlier if now - policy.window < at <= now)
-    return recent < policy.cap
-
-
-def time_zone(name: str, default: str = "UTC") -> tzinfo:
-    """The customer's zone when it is a valid IANA name, else the default."""
-    for candidate in (name, default):
-        if candidate:
-            try:
-                return ZoneInfo(candidate)
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
-    return ZoneInfo("UTC")
-
-
-def in_quiet_hours(local: time, start: time, end: time) -> bool:
-    if start == end:
-        return False
-    if start < end:
-        return start <= local < end
-    return local >= start or local < end
-
-
-def outside_quiet_hours(due: datetime, zone: tzinfo, start: time, end: time) -> datetime:
-    """``due`` if it is outside quiet hours in ``zone``, else the end of those
-    quiet hours (the next moment a contact is acceptable)."""
-    local = due.astimezone(zone)
-    if not in_quiet_hours(local.timetz().replace(tzinfo=None), start, end):
-        return due
-    day: date = local.date()
-    if start > end and local.time() >= start:
-        day += timedelta(days=1)  # the evening part: quiet until tomorrow morning
-    moved = datetime.combine(day, end, tzinfo=zone)
-    # A non-existent local time (a DST gap) normalises forward; never go back.
-    return max(moved.astimezone(due.tzinfo), due)
-
-
-def parse_clock_time(text: str) -> time:
-    try:
-        return time.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a time of day like '21:00'") from None
 
 
 # --- discounts ----------------------------------------------------------------

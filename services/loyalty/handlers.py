@@ -20,7 +20,7 @@ from crm_runtime.db import Conn
 from crm_runtime.events import Envelope
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.loyalty import commands, discounts
+from services.loyalty import commands, contacting, discounts
 from services.loyalty.commands import LoyaltyInput
 
 
@@ -34,7 +34,7 @@ def on_events(ctx: commands.Context, pool: asyncpg.Pool) -> Route:
 
 def on_follow_up_due(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.follow_up_due(conn, ctx, parse_uuid(work.key, "follow_up_id"))
+        await contacting.follow_up_due(conn, ctx, parse_uuid(work.key, "follow_up_id"))
 
     return run
 

@@ -1,65 +1,69 @@
-"""Settings of the loyalty service: the trust rules' knobs and the rules file.
+"""Settings of the loyalty service: the rules file and the discount
+reminders.
 
 Read from ``CRM_LOYALTY_*`` environment variables (the shared runtime's
 settings stay service-neutral). :func:`load` fails fast with the variable's
-name and what was expected.
+name and what was expected. The trust settings every service shares live in
+the runtime's settings: the frequency cap is the contact gate's
+(``CRM_CONTACT_CAPS``, ``CRM_CONTACT_CAP_WINDOW_DAYS``, applied by the
+customers service) and quiet hours are everyone's (``CRM_QUIET_HOURS_*``,
+``CRM_DEFAULT_TIME_ZONE``); the loyalty names they had are retired
+(:data:`RETIRED`: set, they do nothing, and the service says so at start).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from crm_runtime.settings import SettingsError
-from services.loyalty.domain import TrustPolicy, parse_clock_time, time_zone
+from crm_runtime.settings import Settings, SettingsError
+from services.loyalty.domain import TrustPolicy
 
 DEFAULT_RULES_FILE = Path(__file__).parent / "rules.yaml"
+
+#: Variables loyalty no longer reads, and what replaced each.
+RETIRED = {
+    "CRM_LOYALTY_FREQUENCY_CAP": "CRM_CONTACT_CAPS (its promotional_offers limit), read by "
+                                 "the customers service's contact gate",
+    "CRM_LOYALTY_FREQUENCY_WINDOW_DAYS": "CRM_CONTACT_CAP_WINDOW_DAYS, read by the customers "
+                                         "service's contact gate",
+    "CRM_LOYALTY_QUIET_HOURS_START": "CRM_QUIET_HOURS_START",
+    "CRM_LOYALTY_QUIET_HOURS_END": "CRM_QUIET_HOURS_END",
+    "CRM_LOYALTY_DEFAULT_TIME_ZONE": "CRM_DEFAULT_TIME_ZONE",
+}
 
 
 class LoyaltySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_LOYALTY_", extra="ignore")
 
-    frequency_cap: int = Field(
-        default=3, ge=1, le=100,
-        description="Most promotional contacts per customer per window, all rules together.")
-    frequency_window_days: int = Field(default=7, ge=1, le=365)
-    quiet_hours_start: str = Field(default="21:00", description="Local time, HH:MM.")
-    quiet_hours_end: str = Field(default="08:00", description="Local time, HH:MM; equal to "
-                                 "the start means no quiet hours.")
-    default_time_zone: str = Field(default="UTC", description="IANA zone for customers whose "
-                                   "zone is unknown.")
     expiry_notice_days: int = Field(default=3, ge=1, le=60,
                                     description="loyalty.discount_expiring this long before.")
     rules_file: Path = Field(default=DEFAULT_RULES_FILE,
                              description="YAML rules loaded at start.")
 
-    @field_validator("quiet_hours_start", "quiet_hours_end")
-    @classmethod
-    def _clock(cls, value: str) -> str:
-        parse_clock_time(value)
-        return value
-
-    @field_validator("default_time_zone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        if str(time_zone(value, "")) != value:
-            raise ValueError(f"{value!r} is not an IANA time zone")
-        return value
-
-    def policy(self) -> TrustPolicy:
-        return TrustPolicy(cap=self.frequency_cap,
-                           window=timedelta(days=self.frequency_window_days),
-                           quiet_start=parse_clock_time(self.quiet_hours_start),
-                           quiet_end=parse_clock_time(self.quiet_hours_end),
-                           default_time_zone=self.default_time_zone)
-
     @property
     def expiry_notice(self) -> timedelta:
         return timedelta(days=self.expiry_notice_days)
+
+
+def policy(settings: Settings) -> TrustPolicy:
+    """When loyalty schedules contacts: the quiet hours every service shares."""
+    start, end = settings.quiet_hours()
+    return TrustPolicy(quiet_start=start, quiet_end=end,
+                       default_time_zone=settings.default_time_zone)
+
+
+def retired(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per retired variable still set, naming what replaced it."""
+    env = os.environ if environ is None else environ
+    return [f"{name} is no longer read; use {instead}" for name, instead in RETIRED.items()
+            if name in env]
 
 
 def load(**overrides: Any) -> LoyaltySettings:

@@ -190,6 +190,12 @@ async def mark_due(conn: Conn, follow_up_id: uuid.UUID, now: datetime) -> Any:
          RETURNING {_FOLLOW_UP_COLUMNS}""", follow_up_id, now)
 
 
+async def move_follow_up(conn: Conn, follow_up_id: uuid.UUID, due_at: datetime) -> None:
+    """A scheduled follow-up is due later (the customer's quiet hours)."""
+    await conn.execute("UPDATE follow_ups SET due_at = $2 WHERE follow_up_id = $1",
+                       follow_up_id, due_at)
+
+
 async def close_follow_up(conn: Conn, follow_up_id: uuid.UUID, status: str, outcome: str,
                           note: str, now: datetime) -> Any:
     return await conn.fetchrow(

@@ -9,8 +9,8 @@ run in it, so that a run of consumed events costs a few round trips, not a
 few per event (a scheduled item or a gRPC call is a batch of one):
 
 - **views**: the customers' views, locked and cached (one statement locks and
-  loads a whole run's customers, :meth:`Batch.prefetch`), with what the trust
-  rules and moot follow-ups consult about them;
+  loads a whole run's customers, :meth:`Batch.prefetch`), with what moot
+  follow-ups consult about them;
 - **buffered writes**: the rows of the common path (actions, discounts,
   follow-ups, scheduled work, changed views), written at :meth:`Batch.flush`
   in one statement (:func:`services.loyalty.batch_store.write_unit`);
@@ -34,6 +34,7 @@ from typing import Any
 
 from crm_contracts.loyalty import FollowUpCancelled
 from crm_runtime import logs, scheduler, uow
+from crm_runtime.contact_gate import ContactGate
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, EventPayload
 from crm_runtime.uow import CommandContext
@@ -52,6 +53,10 @@ class Context(CommandContext):
     rules: RuleBook
     policy: TrustPolicy = field(default_factory=TrustPolicy)
     expiry_notice: timedelta = timedelta(days=3)
+    #: The contact gate of the customers service, asked before every contact
+    #: (:mod:`services.loyalty.contacting`); None: loyalty's own checks only
+    #: (a dry run, a test of loyalty alone).
+    gate: ContactGate | None = None
 
 
 #: Kinds of the scheduled work loyalty's transactions write.
@@ -84,7 +89,6 @@ class Batch:
         #: trigger that scheduled it.
         self._schedules: list[tuple[str, str, datetime, str]] = []
         self.done_actions: set[uuid.UUID] = set()
-        self._promo: dict[uuid.UUID, list[datetime]] = {}
         self._cancellable: dict[uuid.UUID, set[str]] | None = None
         self._new_cancellable: dict[uuid.UUID, set[str]] = {}  # follow-ups of this batch
         #: Follow-ups scheduled in this batch, in the order they were.
@@ -100,18 +104,15 @@ class Batch:
                        trigger_event_ids: list[str]) -> list[StoredRule]:
         """Lock and load a run's customers and what the run will consult, in
         one round trip; returns the current rules."""
-        since = self.now - self.ctx.policy.window
-        locked = await batch_store.lock_views(self.conn, customer_ids, self.now, since,
-                                        trigger_event_ids)
+        locked = await batch_store.lock_views(self.conn, customer_ids, self.now,
+                                              trigger_event_ids)
         survivors = [v.merged_into for v in locked.views if v.merged_into is not None]
         if survivors:
-            more = await batch_store.lock_views(self.conn, survivors, self.now, since, [])
+            more = await batch_store.lock_views(self.conn, survivors, self.now, [])
             locked.views += more.views
-            locked.promotional.update(more.promotional)
             locked.cancellable.update(more.cancellable)
         for v in locked.views:
             self._views[v.customer_id] = v
-        self._promo.update(locked.promotional)
         self._cancellable = locked.cancellable
         self.done_actions |= locked.done_actions
         self._trigger_ids = trigger_event_ids
@@ -134,15 +135,6 @@ class Batch:
 
     def cached_views(self) -> list[View]:
         return list(self._views.values())
-
-    async def promotional_times(self, customer_id: uuid.UUID) -> list[datetime]:
-        """Times of promotional contacts in the cap's window (loaded for every
-        customer of the batch at the first need)."""
-        if customer_id not in self._promo:
-            ids = list({customer_id, *self._views})
-            self._promo.update(await batch_store.promotional_times_many(
-                self.conn, ids, self.now - self.ctx.policy.window))
-        return self._promo[customer_id]
 
     async def performed_before(self, action_id: uuid.UUID) -> bool:
         """The second guard of exactly-once: actions already recorded for the

@@ -21,6 +21,7 @@ DOMAIN: dict[str, frozenset[str]] = {
     "crm_nps_responses_total": frozenset({"channel", "category"}),
     "crm_customers_at_risk": frozenset(),
     "crm_erasures_overdue": frozenset({"awaiting"}),
+    "crm_contact_decisions_total": frozenset({"caller", "purpose", "decision"}),
     "crm_cases_overdue": frozenset(),
     "crm_loyalty_actions_total": frozenset({"rule", "action_type", "outcome", "reason"}),
     "crm_loyalty_redemptions_total": frozenset({"result"}),

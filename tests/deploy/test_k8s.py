@@ -228,7 +228,7 @@ def test_example_overlay_sets_namespace_image_and_a_service_token_that_customers
     assert settings.service_token is not None
     grant = settings.token_table().get(hashlib.sha256(settings.service_token.encode()).hexdigest())
     assert grant is not None, "CRM_API_TOKENS must contain the service token's SHA-256"
-    assert {"customers:read", "customers:write"} <= set(grant.scopes)
+    assert {"customers:read", "customers:write", "contacts:reserve"} <= set(grant.scopes)
 
 
 def test_base_images_are_left_for_the_overlay_to_name() -> None:

@@ -92,10 +92,12 @@ async def stack(database_url: str, broker: TansuBroker) -> AsyncIterator[Stack]:
         customers = await stack.enter_async_context(running(CUSTOMERS, settings.model_copy(
             update={f"{name}_grpc_target": f"127.0.0.1:{relay.port}"
                     for name, relay in relays.items()}), clock=clock))
-        interactions = await stack.enter_async_context(running(INTERACTIONS, settings.model_copy(
-            update={"customers_grpc_target": f"127.0.0.1:{customers.runner.bound_grpc_port}"}),
-            clock=clock))
-        loyalty = await stack.enter_async_context(running(LOYALTY, settings, clock=clock))
+        # Both reach the customers service (registrations, the contact gate).
+        to_customers = settings.model_copy(
+            update={"customers_grpc_target": f"127.0.0.1:{customers.runner.bound_grpc_port}"})
+        interactions = await stack.enter_async_context(running(INTERACTIONS, to_customers,
+                                                               clock=clock))
+        loyalty = await stack.enter_async_context(running(LOYALTY, to_customers, clock=clock))
         for name, service in (("interactions", interactions), ("loyalty", loyalty)):
             relays[name].retarget(service.runner.bound_grpc_port)
             await relays[name].up()

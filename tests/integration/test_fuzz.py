@@ -116,7 +116,7 @@ class Stack:
                 target = f"127.0.0.1:{customers.runner.bound_grpc_port}"
                 with_target = base.model_copy(update={"customers_grpc_target": target})
                 async with running(INTERACTIONS, with_target, clock=clock) as interactions, \
-                        running(LOYALTY, base, clock=clock) as loyalty:
+                        running(LOYALTY, with_target, clock=clock) as loyalty:
                     self.ports = {"customers": customers.runner.bound_grpc_port,
                                   "interactions": interactions.runner.bound_grpc_port,
                                   "loyalty": loyalty.runner.bound_grpc_port}

@@ -24,6 +24,7 @@ from crm_contracts.customers import (
 from crm_contracts.interactions import CaseBreached, CaseResolved
 from crm_contracts.topics import LOYALTY
 from crm_runtime.events import Envelope, EventPayload
+from tests.support.gate import mirror
 from tests.support.kafka import produce_envelopes, read_topic, wait_for
 from tests.support.services import Running
 
@@ -102,8 +103,12 @@ def case_resolved(customer_id: str, at: datetime, late: bool,
 
 
 async def produce(svc: Running, *envelopes: Envelope) -> None:
+    """Produce the events loyalty consumes; what they say of customers is
+    mirrored into the customers service's tables first, for the contact gate
+    (:func:`tests.support.gate.mirror`)."""
     bootstrap = svc.runner.settings.kafka_bootstrap_servers
-    assert bootstrap
+    assert bootstrap and svc.runner.pool is not None
+    await mirror(svc.runner.pool, envelopes)
     await produce_envelopes(bootstrap, envelopes)
 
 

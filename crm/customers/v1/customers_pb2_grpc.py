@@ -119,6 +119,11 @@ class CustomersStub:
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusRequest.SerializeToString,
                 response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusResponse.FromString,
                 _registered_method=True)
+        self.ReserveContacts = channel.unary_unary(
+                '/crm.customers.v1.Customers/ReserveContacts',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.ReserveContactsRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.ReserveContactsResponse.FromString,
+                _registered_method=True)
 
 
 class CustomersServicer:
@@ -248,6 +253,14 @@ class CustomersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveContacts(self, request, context):
+        """The contact gate (see ContactRequest): may these proactive contacts be
+        made? One decision per item, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustomersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +348,11 @@ def add_CustomersServicer_to_server(servicer, server):
                     servicer.GetErasureStatus,
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusRequest.FromString,
                     response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusResponse.SerializeToString,
+            ),
+            'ReserveContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveContacts,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.ReserveContactsRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.ReserveContactsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -796,6 +814,33 @@ class Customers:
             '/crm.customers.v1.Customers/GetErasureStatus',
             crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusRequest.SerializeToString,
             crm_dot_customers_dot_v1_dot_customers__pb2.GetErasureStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.Customers/ReserveContacts',
+            crm_dot_customers_dot_v1_dot_customers__pb2.ReserveContactsRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.ReserveContactsResponse.FromString,
             options,
             channel_credentials,
             insecure,

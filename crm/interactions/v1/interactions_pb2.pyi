@@ -168,6 +168,7 @@ class Interaction(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
+    OUTSIDE_QUIET_HOURS_FIELD_NUMBER: _builtins.int
     interaction_id: _builtins.str
     customer_id: _builtins.str
     channel: _builtins.str
@@ -181,6 +182,11 @@ class Interaction(_message.Message):
     idempotency_key: _builtins.str
     case_id: _builtins.str
     """the case this contact opened, if any"""
+    outside_quiet_hours: _builtins.bool
+    """RecordInteraction's reply only: this proactive contact reached the
+    customer in their quiet hours (it is recorded and counted all the same,
+    and published as contact.outside_quiet_hours). Never set when read back.
+    """
     @_builtins.property
     def attention(self) -> Global___Attention: ...
     @_builtins.property
@@ -205,10 +211,11 @@ class Interaction(_message.Message):
         amount: Global___Money | None = ...,
         idempotency_key: _builtins.str = ...,
         case_id: _builtins.str = ...,
+        outside_quiet_hours: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attention", b"attention", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "amount", b"amount", "attention", b"attention", "case_id", b"case_id", "channel", b"channel", "customer_id", b"customer_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "interaction_id", b"interaction_id", "kind", b"kind", "notes", b"notes", "occurred_at", b"occurred_at", "outcome", b"outcome", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "amount", b"amount", "attention", b"attention", "case_id", b"case_id", "channel", b"channel", "customer_id", b"customer_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "interaction_id", b"interaction_id", "kind", b"kind", "notes", b"notes", "occurred_at", b"occurred_at", "outcome", b"outcome", "outside_quiet_hours", b"outside_quiet_hours", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -116,7 +116,11 @@ class InteractionsServicer:
 
     def RecordInteraction(self, request, context):
         """Stored once per idempotency_key; unknown contacts (email or phone, no
-        customer_id) are registered as potential customers first.
+        customer_id) are registered as potential customers first. A proactive
+        contact passes the contact gate (Customers/ReserveContacts, purpose
+        service, at occurred_at) first: refused (do-not-contact, erased, the
+        frequency cap), it is recorded as suppressed and the call fails with
+        FAILED_PRECONDITION naming the reason.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

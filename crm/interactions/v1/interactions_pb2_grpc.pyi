@@ -36,7 +36,11 @@ class InteractionsStub:
     def __new__(cls, channel: _aio.Channel) -> InteractionsAsyncStub: ...
     RecordInteraction: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.RecordInteractionRequest, _interactions_pb2.Interaction]
     """Stored once per idempotency_key; unknown contacts (email or phone, no
-    customer_id) are registered as potential customers first.
+    customer_id) are registered as potential customers first. A proactive
+    contact passes the contact gate (Customers/ReserveContacts, purpose
+    service, at occurred_at) first: refused (do-not-contact, erased, the
+    frequency cap), it is recorded as suppressed and the call fails with
+    FAILED_PRECONDITION naming the reason.
     """
     GetTimeline: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetTimelineRequest, _interactions_pb2.GetTimelineResponse]
     """A customer's contacts, newest first."""
@@ -66,7 +70,11 @@ class InteractionsAsyncStub(InteractionsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RecordInteraction: _aio.UnaryUnaryMultiCallable[_interactions_pb2.RecordInteractionRequest, _interactions_pb2.Interaction]  # type: ignore[assignment]
     """Stored once per idempotency_key; unknown contacts (email or phone, no
-    customer_id) are registered as potential customers first.
+    customer_id) are registered as potential customers first. A proactive
+    contact passes the contact gate (Customers/ReserveContacts, purpose
+    service, at occurred_at) first: refused (do-not-contact, erased, the
+    frequency cap), it is recorded as suppressed and the call fails with
+    FAILED_PRECONDITION naming the reason.
     """
     GetTimeline: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetTimelineRequest, _interactions_pb2.GetTimelineResponse]  # type: ignore[assignment]
     """A customer's contacts, newest first."""
@@ -99,7 +107,11 @@ class InteractionsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_interactions_pb2.Interaction, _abc.Awaitable[_interactions_pb2.Interaction]]:
         """Stored once per idempotency_key; unknown contacts (email or phone, no
-        customer_id) are registered as potential customers first.
+        customer_id) are registered as potential customers first. A proactive
+        contact passes the contact gate (Customers/ReserveContacts, purpose
+        service, at occurred_at) first: refused (do-not-contact, erased, the
+        frequency cap), it is recorded as suppressed and the call fails with
+        FAILED_PRECONDITION naming the reason.
         """
 
     @_abc_1.abstractmethod

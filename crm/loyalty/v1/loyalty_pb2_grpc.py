@@ -120,7 +120,9 @@ class LoyaltyServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DryRunRule(self, request, context):
-        """What a rule would do for a customer if its trigger arrived now. Writes nothing.
+        """What a rule would do for a customer if its trigger arrived now. Writes
+        nothing: loyalty's own trust rules decide, the contact gate
+        (Customers/ReserveContacts) is not asked, so nothing is counted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,10 @@ class LoyaltyStub:
     """Create or change a rule (a new version; the change is recorded)."""
     DisableRule: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.DisableRuleRequest, _loyalty_pb2.Rule]
     DryRunRule: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.DryRunRuleRequest, _loyalty_pb2.DryRunRuleResponse]
-    """What a rule would do for a customer if its trigger arrived now. Writes nothing."""
+    """What a rule would do for a customer if its trigger arrived now. Writes
+    nothing: loyalty's own trust rules decide, the contact gate
+    (Customers/ReserveContacts) is not asked, so nothing is counted.
+    """
     GetLoyaltyProfile: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.GetLoyaltyProfileRequest, _loyalty_pb2.LoyaltyProfile]
     """A customer's offers, follow-ups, enrolments, referral code and suppressed actions."""
     ValidateDiscount: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.ValidateDiscountRequest, _loyalty_pb2.ValidateDiscountResponse]
@@ -73,7 +76,10 @@ class LoyaltyAsyncStub(LoyaltyStub):
     """Create or change a rule (a new version; the change is recorded)."""
     DisableRule: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.DisableRuleRequest, _loyalty_pb2.Rule]  # type: ignore[assignment]
     DryRunRule: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.DryRunRuleRequest, _loyalty_pb2.DryRunRuleResponse]  # type: ignore[assignment]
-    """What a rule would do for a customer if its trigger arrived now. Writes nothing."""
+    """What a rule would do for a customer if its trigger arrived now. Writes
+    nothing: loyalty's own trust rules decide, the contact gate
+    (Customers/ReserveContacts) is not asked, so nothing is counted.
+    """
     GetLoyaltyProfile: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.GetLoyaltyProfileRequest, _loyalty_pb2.LoyaltyProfile]  # type: ignore[assignment]
     """A customer's offers, follow-ups, enrolments, referral code and suppressed actions."""
     ValidateDiscount: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.ValidateDiscountRequest, _loyalty_pb2.ValidateDiscountResponse]  # type: ignore[assignment]
@@ -127,7 +133,10 @@ class LoyaltyServicer(metaclass=_abc_1.ABCMeta):
         request: _loyalty_pb2.DryRunRuleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_loyalty_pb2.DryRunRuleResponse, _abc.Awaitable[_loyalty_pb2.DryRunRuleResponse]]:
-        """What a rule would do for a customer if its trigger arrived now. Writes nothing."""
+        """What a rule would do for a customer if its trigger arrived now. Writes
+        nothing: loyalty's own trust rules decide, the contact gate
+        (Customers/ReserveContacts) is not asked, so nothing is counted.
+        """
 
     @_abc_1.abstractmethod
     def GetLoyaltyProfile(

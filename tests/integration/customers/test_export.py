@@ -71,6 +71,10 @@ async def test_export_after_merge_link_risk_and_close_holds_it_all_and_erasure_e
         customer_id=ana.customer_id, purpose="newsletter", granted=True,
         source=personal["source"]), metadata=svc.metadata)
     bought = [await _buy(svc, ana.customer_id, 1500), await _buy(svc, dup.customer_id, 2500)]
+    # A contact the gate counted for the duplicate: the survivor's after the merge.
+    await stub(svc).ReserveContacts(pb.ReserveContactsRequest(contacts=[pb.ContactRequest(
+        contact_id=f"call-{tag}", customer_id=dup.customer_id, purpose="service",
+        channel="phone", service="interactions")]), metadata=svc.metadata)
     await stub(svc).MergeCustomers(pb.MergeCustomersRequest(
         survivor_customer_id=ana.customer_id, merged_customer_id=dup.customer_id),
         metadata=svc.metadata)
@@ -123,6 +127,8 @@ async def test_export_after_merge_link_risk_and_close_holds_it_all_and_erasure_e
     assert [(c["purpose"], c["granted"], c["source"]) for c in doc["consents"]] == [
         ("newsletter", True, personal["source"])]
     assert doc["segments"] == [f"band-{tag}"]
+    assert [(c["contact_id"], c["purpose"], c["service"]) for c in doc["contacts"]] == [
+        (f"call-{tag}", "service", "interactions")]
     # Every column the export claims to cover is in the document.
     missing = [f"{table}.{column} -> {path}" for table, columns in EXPORT_COLUMNS.items()
                for column, path in columns.items() if not _resolve(doc, path)]
@@ -141,6 +147,7 @@ async def test_export_after_merge_link_risk_and_close_holds_it_all_and_erasure_e
     assert doc["display_name"] == "" and doc["profile"] == {}
     assert doc["emails"] == doc["phones"] == doc["external_ids"] == []
     assert doc["consents"] == [] and doc["links"] == [] and doc["segments"] == []
+    assert doc["contacts"] == []
     assert doc["erased_at"] and doc["do_not_contact"] is True
     # The id, stage and counts stay.
     assert doc["stage"] == "former" and doc["purchase_count"] == 2

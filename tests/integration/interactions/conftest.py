@@ -26,13 +26,27 @@ class Pair:
     interactions: Running
     clock: ManualClock
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The interactions service's pool (its schema)."""
+        pool = self.interactions.runner.pool
+        assert pool is not None
+        return pool
+
+    @property
+    def bootstrap(self) -> str:
+        return self.interactions.runner.settings.kafka_bootstrap_servers or ""
+
 
 @pytest.fixture(scope="package")
 async def pair(database_url: str, broker: TansuBroker) -> AsyncIterator[Pair]:
+    # The package's clock moves across days and nights: no quiet hours here
+    # (test_contact_gate.py runs services of its own with them).
     settings = Settings(database_url=database_url,
                         kafka_bootstrap_servers=broker.bootstrap_servers,
                         retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
                         consumer_batch_wait_ms=20, metrics_refresh_s=0.2,
+                        quiet_hours_start="00:00", quiet_hours_end="00:00",
                         **EMBEDDED_BROKER_SETTINGS)
     clock = ManualClock(START)
     async with running(CUSTOMERS, settings, clock=clock) as customers:

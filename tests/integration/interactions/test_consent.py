@@ -10,7 +10,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 
@@ -31,22 +30,12 @@ from tests.integration.interactions.test_interactions_service import (
 from tests.support.kafka import produce_envelopes, wait_for
 
 
-def _pool(pair: Pair) -> asyncpg.Pool:
-    pool = pair.interactions.runner.pool
-    assert pool is not None
-    return pool
-
-
-def _bootstrap(pair: Pair) -> str:
-    return pair.interactions.runner.settings.kafka_bootstrap_servers or ""
-
-
 def _of(events: list[tuple[str, dict[str, Any]]], event_type: str) -> list[dict[str, Any]]:
     return [d for t, d in events if t == event_type]
 
 
 async def _view(pair: Pair, customer_id: str) -> Any:
-    return await _pool(pair).fetchrow("SELECT * FROM known_customers WHERE customer_id = $1",
+    return await pair.pool.fetchrow("SELECT * FROM known_customers WHERE customer_id = $1",
                                       uuid.UUID(customer_id))
 
 
@@ -69,7 +58,7 @@ async def _resolved_case(pair: Pair, customer_id: str) -> str:
 
 
 async def _suppressed_rows(pair: Pair, customer_id: str) -> list[Any]:
-    return list(await _pool(pair).fetch(
+    return list(await pair.pool.fetch(
         "SELECT * FROM suppressed_contacts WHERE customer_id = $1 ORDER BY at",
         uuid.UUID(customer_id)))
 
@@ -79,7 +68,7 @@ async def _suppressed_rows(pair: Pair, customer_id: str) -> list[Any]:
 async def test_a_customer_without_surveys_consent_is_not_asked_for_a_survey(
         pair: Pair) -> None:
     cid = str(uuid.uuid4())
-    await produce_envelopes(_bootstrap(pair), [Envelope(data=CustomerRegistered(
+    await produce_envelopes(pair.bootstrap, [Envelope(data=CustomerRegistered(
         customer_id=cid, stage="potential", time_zone="Europe/Madrid"), subject=cid,
         source="/crm/customers")])
     await _view_until(pair, cid, "time_zone", "Europe/Madrid")  # registered, no consent
@@ -214,7 +203,7 @@ async def test_a_proactive_contact_to_a_do_not_contact_customer_is_refused_and_r
     [row] = await _suppressed_rows(pair, cid)
     assert (row["contact_type"], row["purpose"], row["reason"]) == (
         "proactive_contact", "service", "do_not_contact")
-    assert await _pool(pair).fetchval(
+    assert await pair.pool.fetchval(
         "SELECT count(*) FROM interactions WHERE customer_id = $1", uuid.UUID(cid)) == 0
 
     # The customer calling us is recorded as always.
@@ -240,17 +229,17 @@ async def test_a_proactive_contact_on_ingest_is_suppressed_not_dead_lettered(
             subject=customer, source="/test/dialer")
         for customer, direction in ((refusing, "proactive"), (willing, "proactive"),
                                     (refusing, "reactive")))
-    await produce_envelopes(_bootstrap(pair), [stopped, allowed, answered])
+    await produce_envelopes(pair.bootstrap, [stopped, allowed, answered])
 
     async def applied() -> bool:  # a dead-lettered event leaves the inbox
-        return bool(await _pool(pair).fetchval(
+        return bool(await pair.pool.fetchval(
             "SELECT count(*) FROM inbox WHERE event_id = ANY($1::text[])",
             [stopped.id, allowed.id, answered.id]) == 3)
 
     await wait_for(applied, what="the three contacts applied")
     [row] = await _suppressed_rows(pair, refusing)
     assert (row["contact_type"], row["reason"]) == ("proactive_contact", "do_not_contact")
-    stored = await _pool(pair).fetch(
+    stored = await pair.pool.fetch(
         "SELECT customer_id, direction FROM interactions WHERE customer_id = ANY($1::uuid[])",
         [uuid.UUID(refusing), uuid.UUID(willing)])
     assert sorted((str(r["customer_id"]), r["direction"]) for r in stored) == sorted([

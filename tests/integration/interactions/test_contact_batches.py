@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
 import pytest
 
 from crm_runtime import uow
@@ -26,11 +25,6 @@ def _contacts(pair: Pair, keys: list[str],
             for key in keys]
 
 
-def _pool(pair: Pair) -> asyncpg.Pool:
-    pool = pair.interactions.runner.pool
-    assert pool is not None
-    return pool
-
 
 @pytest.mark.parametrize("size", [3, Rows.COPY_FROM, 4 * Rows.COPY_FROM])
 async def test_a_batch_stores_each_key_once(pair: Pair, size: int) -> None:
@@ -38,11 +32,11 @@ async def test_a_batch_stores_each_key_once(pair: Pair, size: int) -> None:
     run = uuid.uuid4().hex[:8]
     keys = [f"{run}-{i}" for i in range(size)]
     customer = uuid.uuid4()
-    async with uow.transaction(_pool(pair)) as conn:
+    async with uow.transaction(pair.pool) as conn:
         await contacts.record_contacts(conn, ctx, _contacts(pair, keys[: size // 2], customer))
     # Half the keys are known, and the batch repeats its last key.
     batch = _contacts(pair, [*keys, keys[-1]], customer)
-    async with uow.transaction(_pool(pair)) as conn:
+    async with uow.transaction(pair.pool) as conn:
         result = await contacts.record_contacts(conn, ctx, batch)
         # A second batch in the same transaction (the consumer's isolating
         # re-run does this) sees nothing of the first one's rows.
@@ -50,13 +44,13 @@ async def test_a_batch_stores_each_key_once(pair: Pair, size: int) -> None:
     fresh = [c.idempotency_key for c, new in result if new]
     assert fresh == keys[size // 2:]
     assert not any(new for _, new in again)
-    rows = await _pool(pair).fetch(
+    rows = await pair.pool.fetch(
         "SELECT idempotency_key, notes, recorded_at FROM interactions "
         "WHERE idempotency_key LIKE $1 ORDER BY idempotency_key", f"{run}-%")
     assert sorted(r["idempotency_key"] for r in rows) == sorted(keys)
     assert all(r["notes"] == f"note {r['idempotency_key']}" for r in rows)
     assert all(r["recorded_at"] == pair.clock.now() for r in rows)
-    events = await _pool(pair).fetchval(
+    events = await pair.pool.fetchval(
         "SELECT count(*) FROM outbox WHERE event_type = 'interaction.recorded' "
         "AND message_key = $1", str(batch[0].customer_id).encode())
     assert events == size  # one per key: the first transaction's and the batch's new ones
@@ -68,7 +62,7 @@ async def test_copied_rows_leave_nothing_behind(pair: Pair) -> None:
     ctx = commands.Context(clock=pair.clock, lanes=4)
     run = uuid.uuid4().hex[:8]
     size = 2 * Rows.COPY_FROM
-    async with _pool(pair).acquire() as conn:
+    async with pair.pool.acquire() as conn:
         for attempt in range(3):
             async with conn.transaction():
                 await contacts.record_contacts(conn, ctx, _contacts(
@@ -85,7 +79,7 @@ async def test_copied_rows_leave_nothing_behind(pair: Pair) -> None:
                               "neutral", "", 0, "", pair.clock.now(), None)])
                 raise RuntimeError("handler failed")
         assert await conn.fetchval("SELECT count(*) FROM pg_temp.interactions_batch") == 0
-    stored = await _pool(pair).fetchval(
+    stored = await pair.pool.fetchval(
         "SELECT count(*) FROM interactions WHERE idempotency_key LIKE $1", f"{run}-%")
     assert stored == 3 * size
 
@@ -96,7 +90,7 @@ async def test_only_the_service_that_copies_batches_has_their_table(pair: Pair) 
     customers = pair.customers.runner.pool
     assert customers is not None
     present = "SELECT to_regclass('pg_temp.interactions_batch') IS NOT NULL"
-    assert await _pool(pair).fetchval(present)
+    assert await pair.pool.fetchval(present)
     assert not await customers.fetchval(present)
 
 
@@ -108,7 +102,7 @@ async def test_a_batch_of_new_keys_is_copied_straight_into_the_table(pair: Pair)
     inserted = ("SELECT coalesce(sum(n_tup_ins) FILTER (WHERE relid = 'interactions'::regclass),"
                 " 0), coalesce(sum(n_tup_ins) FILTER (WHERE relid = "
                 "'pg_temp.interactions_batch'::regclass), 0) FROM pg_stat_xact_user_tables")
-    async with uow.transaction(_pool(pair)) as conn:
+    async with uow.transaction(pair.pool) as conn:
         before = await conn.fetchrow(inserted)
         result = await contacts.record_contacts(
             conn, ctx, _contacts(pair, [f"{run}-{i}" for i in range(size)]))
@@ -117,7 +111,7 @@ async def test_a_batch_of_new_keys_is_copied_straight_into_the_table(pair: Pair)
     assert all(new for _, new in result)
     # Every row went into the table, none through the batch table.
     assert (after[0] - before[0], after[1] - before[1]) == (size, 0)
-    stored = await _pool(pair).fetchval(
+    stored = await pair.pool.fetchval(
         "SELECT count(*) FROM interactions WHERE idempotency_key LIKE $1", f"{run}-%")
     assert stored == size
 
@@ -129,7 +123,7 @@ async def test_a_key_a_concurrent_transaction_commits_is_stored_once(pair: Pair)
     run = uuid.uuid4().hex[:8]
     keys = [f"{run}-{i}" for i in range(2 * Rows.COPY_FROM)]
     customer = uuid.uuid4()
-    async with _pool(pair).acquire() as first, _pool(pair).acquire() as second:
+    async with pair.pool.acquire() as first, pair.pool.acquire() as second:
         tx = first.transaction()
         await tx.start()
         await contacts.record_contacts(first, ctx, _contacts(pair, keys[:1], customer))
@@ -140,7 +134,7 @@ async def test_a_key_a_concurrent_transaction_commits_is_stored_once(pair: Pair)
         await tx.commit()
         result = await asyncio.wait_for(batch, 10)
     assert [c.idempotency_key for c, new in result if new] == keys[1:]
-    stored = await _pool(pair).fetchval(
+    stored = await pair.pool.fetchval(
         "SELECT count(*) FROM interactions WHERE idempotency_key LIKE $1", f"{run}-%")
     assert stored == len(keys)
 

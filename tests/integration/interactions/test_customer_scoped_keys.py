@@ -9,7 +9,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 
@@ -36,16 +35,6 @@ from tests.support.customers import register
 from tests.support.kafka import Record, dlq_error, produce, produce_envelopes, wait_for
 
 
-def _pool(pair: Pair) -> asyncpg.Pool:
-    pool = pair.interactions.runner.pool
-    assert pool is not None
-    return pool
-
-
-def _bootstrap(pair: Pair) -> str:
-    return pair.interactions.runner.settings.kafka_bootstrap_servers or ""
-
-
 async def _timeline(pair: Pair, customer_id: str) -> list[pb.Interaction]:
     reply = await api(pair).GetTimeline(pb.GetTimelineRequest(customer_id=customer_id),
                                         metadata=pair.interactions.metadata)
@@ -54,13 +43,13 @@ async def _timeline(pair: Pair, customer_id: str) -> list[pb.Interaction]:
 
 async def dead_letter(pair: Pair, event_id: str) -> Record:
     """The dead letter of the ingest event ``event_id``, once it is there."""
-    return await kafka.dead_letter(_bootstrap(pair), dlq_topic(INTERACTIONS_INGEST), event_id)
+    return await kafka.dead_letter(pair.bootstrap, dlq_topic(INTERACTIONS_INGEST), event_id)
 
 
 async def consumed(pair: Pair, event_id: str) -> None:
     """Until the ingest consumer applied (not dead-lettered) ``event_id``."""
     async def taken() -> bool:
-        return bool(await _pool(pair).fetchval(
+        return bool(await pair.pool.fetchval(
             "SELECT count(*) FROM inbox WHERE event_id = $1", event_id))
 
     await wait_for(taken, what=f"event {event_id} applied")
@@ -138,14 +127,14 @@ async def test_ingest_scopes_keys_by_customer_and_dead_letters_a_conflict(pair: 
     mine = contact(second, key, at=at, notes="second")
     retry = contact(second, key, at=at, notes="second")  # a new event id, the same contact
     conflicting = contact(second, key, at=at, notes="second, changed", kind="doubt")
-    await produce_envelopes(_bootstrap(pair), [theirs, mine, retry, conflicting])
+    await produce_envelopes(pair.bootstrap, [theirs, mine, retry, conflicting])
     kind, reason = dlq_error(await dead_letter(pair, conflicting.id))
     assert kind == "idempotency_conflict"
     assert reason == (f"idempotency_key {key!r}: already used for a different contact of this "
                       "customer (kind, notes differ)")
     for env in (theirs, mine, retry):
         await consumed(pair, env.id)
-    rows = await _pool(pair).fetch(
+    rows = await pair.pool.fetch(
         "SELECT customer_id, notes FROM interactions WHERE idempotency_key = $1", key)
     assert sorted((str(r["customer_id"]), r["notes"]) for r in rows) == sorted(
         [(first, "first"), (second, "second")])
@@ -207,7 +196,7 @@ async def test_contacts_of_two_customers_with_one_key_open_a_case_each(pair: Pai
     mine = await record(pair, customer_id=second, idempotency_key=key, kind="complaint",
                         channel="phone", notes="second's complaint")
     assert theirs.case_id and mine.case_id and theirs.case_id != mine.case_id
-    rows = await _pool(pair).fetch(
+    rows = await pair.pool.fetch(
         "SELECT customer_id, summary FROM cases WHERE idempotency_key = $1",
         f"interaction:{key}")
     assert sorted((str(r["customer_id"]), r["summary"]) for r in rows) == sorted(
@@ -241,11 +230,11 @@ async def test_a_merge_of_two_customers_who_used_one_key_keeps_both_records(
     for table, keys in (("interactions", {key, f"merged:{merged}:{key}"}),
                         ("cases", {f"interaction:{key}", f"merged:{merged}:interaction:{key}"}),
                         ("survey_responses", {key, f"merged:{merged}:{key}"})):
-        rows = await _pool(pair).fetch(
+        rows = await pair.pool.fetch(
             f"SELECT idempotency_key FROM {table} WHERE customer_id = $1",
             uuid.UUID(survivor))
         assert {r["idempotency_key"] for r in rows} == keys, table
-    assert await _pool(pair).fetchval(
+    assert await pair.pool.fetchval(
         "SELECT count(*) FROM dead_letters WHERE topic = 'crm.customers.v1'") == 0
     # The key under the merged id now means the survivor's contact of it.
     again = await record(pair, customer_id=merged, idempotency_key=key, kind="complaint",
@@ -281,11 +270,11 @@ async def test_records_of_a_customer_nobody_knows_are_not_found(pair: Pair) -> N
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert err.value.details() == f"customer '{nobody}' not found"
     for table in ("interactions", "cases", "survey_responses"):
-        assert await _pool(pair).fetchval(
+        assert await pair.pool.fetchval(
             f"SELECT count(*) FROM {table} WHERE customer_id = $1", uuid.UUID(nobody)) == 0
-    assert await _pool(pair).fetchval("SELECT count(*) FROM interactions WHERE customer_id = $1",
+    assert await pair.pool.fetchval("SELECT count(*) FROM interactions WHERE customer_id = $1",
                                       uuid.UUID(cid)) == 0
-    assert not await _pool(pair).fetchval(
+    assert not await pair.pool.fetchval(
         "SELECT count(*) FROM known_customers WHERE customer_id = $1", uuid.UUID(nobody))
 
 
@@ -293,11 +282,11 @@ async def test_a_customer_registered_a_moment_ago_is_known(pair: Pair) -> None:
     """Whether or not customer.registered has been consumed yet: an id this
     service does not know is looked up with the customers service."""
     cid = await new_customer(pair)
-    await _pool(pair).execute("DELETE FROM known_customers WHERE customer_id = $1",
+    await pair.pool.execute("DELETE FROM known_customers WHERE customer_id = $1",
                               uuid.UUID(cid))  # as if customer.registered were still on its way
     reply = await record(pair, customer_id=cid)
     assert reply.customer_id == cid
-    assert await _pool(pair).fetchval(
+    assert await pair.pool.fetchval(
         "SELECT count(*) FROM known_customers WHERE customer_id = $1", uuid.UUID(cid)) == 1
 
 
@@ -308,7 +297,7 @@ async def test_an_erased_customer_is_no_customer(pair: Pair) -> None:
                                         metadata=pair.customers.metadata)
 
     async def forgotten() -> bool:  # kept as erased, never to be contacted
-        return bool(await _pool(pair).fetchval(
+        return bool(await pair.pool.fetchval(
             "SELECT count(*) FROM known_customers WHERE customer_id = $1"
             " AND erased_at IS NOT NULL AND do_not_contact", uuid.UUID(cid)))
 
@@ -327,27 +316,27 @@ async def test_an_ingested_contact_of_an_unknown_customer_is_replayable_once_it_
     unknown = contact(nobody, key, at=at, kind="purchase", amount_minor=1200, currency="EUR")
     unknown_decider = contact(cid, key, at=at, attention="indirect",
                               requester_customer_id=cid, decision_maker_customer_id=nobody)
-    await produce_envelopes(_bootstrap(pair), [unknown, unknown_decider])
+    await produce_envelopes(pair.bootstrap, [unknown, unknown_decider])
     dead = await dead_letter(pair, unknown.id)
     assert dlq_error(dead) == ("unknown_customer", f"customer_id: customer '{nobody}' not found")
     assert dlq_error(await dead_letter(pair, unknown_decider.id)) == (
         "unknown_customer", f"decision_maker_customer_id: customer '{nobody}' not found")
-    assert await _pool(pair).fetchval(
+    assert await pair.pool.fetchval(
         "SELECT count(*) FROM interactions WHERE idempotency_key = $1", key) == 0
 
     # The customer comes into existence (customers announces it), and the
     # operator replays the dead letter as `crm dlq replay` does.
-    await produce_envelopes(_bootstrap(pair), [Envelope(data=CustomerRegistered(
+    await produce_envelopes(pair.bootstrap, [Envelope(data=CustomerRegistered(
         customer_id=nobody, stage="potential"), subject=nobody, source="/crm/customers")])
 
     async def known() -> bool:
-        return bool(await _pool(pair).fetchval(
+        return bool(await pair.pool.fetchval(
             "SELECT count(*) FROM known_customers WHERE customer_id = $1", uuid.UUID(nobody)))
 
     await wait_for(known, what="customer.registered consumed")
     # Opened with the key the service keeps (the record left it sealed).
     found = dict(dead.headers)
-    async with _pool(pair).acquire() as conn:
+    async with pair.pool.acquire() as conn:
         secret = await sealing.key_of(conn, found["dlq_consumer_group"].decode(),
                                       INTERACTIONS_INGEST,
                                       int(found["dlq_original_partition"]),
@@ -355,10 +344,10 @@ async def test_an_ingested_contact_of_an_unknown_customer_is_replayable_once_it_
     assert secret is not None and dead.value is not None
     headers = [(k, v) for k, v in dead.headers
                if not k.startswith("dlq_") and k != sealing.SEALED_HEADER]
-    await produce(_bootstrap(pair), [(INTERACTIONS_INGEST, dead.key,
+    await produce(pair.bootstrap, [(INTERACTIONS_INGEST, dead.key,
                                       sealing.unseal(secret, dead.value), headers)])
     await consumed(pair, unknown.id)
-    stored = await _pool(pair).fetchrow(
+    stored = await pair.pool.fetchrow(
         "SELECT customer_id, amount_minor FROM interactions WHERE idempotency_key = $1", key)
     assert stored is not None
     assert (str(stored["customer_id"]), stored["amount_minor"]) == (nobody, 1200)

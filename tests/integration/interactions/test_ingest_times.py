@@ -21,8 +21,6 @@ from crm_contracts.topics import INTERACTIONS_INGEST
 from crm_runtime.events import Envelope
 from tests.integration.interactions.conftest import Pair
 from tests.integration.interactions.test_customer_scoped_keys import (
-    _bootstrap,
-    _pool,
     consumed,
     dead_letter,
 )
@@ -78,17 +76,17 @@ async def test_bad_times_and_nul_characters_are_dead_letters_naming_the_field(
     plus_two = now.astimezone(timezone(timedelta(hours=2))).isoformat()
     good = purchase("good", occurred_at=plus_two)
     assert plus_two.endswith("+02:00")
-    await produce(_bootstrap(pair), [(INTERACTIONS_INGEST, cid.encode(), body, env.headers())
+    await produce(pair.bootstrap, [(INTERACTIONS_INGEST, cid.encode(), body, env.headers())
                                      for env, body in [*bad, good]])
 
     await consumed(pair, good[0].id)
-    stored = await _pool(pair).fetchrow(
+    stored = await pair.pool.fetchrow(
         "SELECT occurred_at FROM interactions WHERE idempotency_key = $1", f"{run}-good")
     assert stored is not None and stored["occurred_at"] == now
     for (env, _), kind, field in zip(bad, kinds, fields, strict=True):
         got_kind, reason = dlq_error(await dead_letter(pair, env.id))
         assert (got_kind, reason.split(":", 1)[0]) == (kind, field), reason
-    assert await _pool(pair).fetchval(
+    assert await pair.pool.fetchval(
         "SELECT count(*) FROM interactions WHERE idempotency_key LIKE $1", f"{run}-%") == 1
 
     # Only the good purchase reached the customers service.

@@ -21,6 +21,7 @@ from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 from crm_runtime.consumer import dlq_topic
 from crm_runtime.events import Envelope
 from tests.integration.interactions.conftest import Pair
+from tests.support.gate import mirror
 from tests.support.kafka import produce, produce_envelopes, read_topic, wait_for
 
 
@@ -42,15 +43,17 @@ async def consent(pair: Pair, customer_id: str, purpose: str = "surveys", grante
                   at: datetime | None = None) -> None:
     """``customer.consent_changed`` for the customer, as the customers service
     publishes it (decided ``at``, default now), once the interactions
-    service has applied it."""
+    service has applied it; the customers service holds the decision too
+    (the contact gate decides with it)."""
     env = Envelope(data=ConsentChanged(customer_id=customer_id, purpose=purpose,
                                        granted=granted, source="test",
                                        changed_at=at or pair.clock.now()),
                    subject=customer_id, source="/crm/customers")
-    await produce_envelopes(pair.interactions.runner.settings.kafka_bootstrap_servers or "",
-                            [env])
     pool = pair.interactions.runner.pool
     assert pool is not None
+    await mirror(pool, [env])
+    await produce_envelopes(pair.interactions.runner.settings.kafka_bootstrap_servers or "",
+                            [env])
 
     async def applied() -> bool:
         return bool(await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1",

@@ -147,7 +147,12 @@ async def test_a_resolved_case_reopened_is_open_again_with_its_promise(pair: Pai
     assert reopened.promised_by == case.promised_by
     assert [c.case_id for c in await _cases(pair, cid, "open")] == [case.case_id]
     assert await _cases(pair, cid, "resolved") == []
-    found = await events_of(pair, cid, 4)  # opened, resolved, survey.requested, reopened
+    # Opened, resolved, reopened; the survey request asked for at the
+    # resolution, if it went out before the case was reopened (else it is moot).
+    found = await events_of(pair, cid, 3)
+    if "case.reopened" not in [t for t, _ in found]:
+        found = await events_of(pair, cid, 4)
+    assert len(_of(found, "survey.requested")) <= 1
     [event] = _of(found, "case.reopened")
     assert event["case_id"] == case.case_id and "reason" not in event  # no free text
     assert datetime.fromisoformat(event["promised_by"]) == _at(case.promised_by)
@@ -358,6 +363,7 @@ async def test_a_reopened_complaint_holds_back_surveys(pair: Pair) -> None:
     await consent(pair, cid)
     complaint = await record(pair, customer_id=cid, channel="chat", kind="complaint")
     await _resolve(pair, complaint.case_id)
+    await events_of(pair, cid, 4)  # the survey request went out (scheduled work)
     await _reopen(pair, complaint.case_id)
     support = await _open(pair, cid, kind="support", channel="chat")
     await _resolve(pair, support.case_id)
@@ -453,6 +459,7 @@ async def test_a_reopened_case_is_warned_again_ahead_of_its_deadline(pair: Pair)
     await consent(pair, cid)
     case = await _open(pair, cid, kind="complaint", channel="phone")  # 1 to 48 hours
     await _resolve(pair, case.case_id, "refunded")
+    await events_of(pair, cid, 3)  # the survey request went out (scheduled work)
     await _reopen(pair, case.case_id, "the refund never arrived")
     pair.clock.advance(timedelta(hours=42))  # past the warning, before the deadline
     found = await events_of(pair, cid, 5)  # opened, resolved, survey, reopened, warning

@@ -1,7 +1,9 @@
 """Fixtures of the loyalty service tests: one running service per package,
 on a ManualClock that starts at noon UTC (outside the default quiet hours),
-and, for a test module that asks for ``trio``, customers and interactions
-beside it on the same clock."""
+with the customers service beside it on the same clock (loyalty's contacts
+pass its contact gate; the customers the tests make up are mirrored into its
+tables as they are produced, tests/support/gate.py), and, for a test module
+that asks for ``trio``, interactions too."""
 
 from __future__ import annotations
 
@@ -29,8 +31,22 @@ def loyalty_settings(database_url: str, broker: TansuBroker) -> Settings:
 
 
 @pytest.fixture(scope="package")
-async def svc(database_url: str, broker: TansuBroker) -> AsyncIterator[Running]:
-    async with running(SPEC, loyalty_settings(database_url, broker), START) as r:
+async def gate(database_url: str, broker: TansuBroker) -> AsyncIterator[Running]:
+    """The customers service: its contact gate decides loyalty's contacts."""
+    async with running(CUSTOMERS, loyalty_settings(database_url, broker), START) as r:
+        yield r
+
+
+def with_gate(settings: Settings, gate: Running) -> Settings:
+    """``settings`` of a service that reaches the customers service ``gate``."""
+    return settings.model_copy(
+        update={"customers_grpc_target": f"127.0.0.1:{gate.runner.bound_grpc_port}"})
+
+
+@pytest.fixture(scope="package")
+async def svc(gate: Running, database_url: str, broker: TansuBroker) -> AsyncIterator[Running]:
+    async with running(SPEC, with_gate(loyalty_settings(database_url, broker), gate),
+                       clock=gate.clock) as r:
         yield r
 
 
@@ -42,10 +58,8 @@ class Trio:
 
 
 @pytest.fixture(scope="module")
-async def trio(svc: Running, database_url: str, broker: TansuBroker) -> AsyncIterator[Trio]:
-    settings = loyalty_settings(database_url, broker)
-    async with running(CUSTOMERS, settings, clock=svc.clock) as customers:
-        target = f"127.0.0.1:{customers.runner.bound_grpc_port}"
-        with_target = settings.model_copy(update={"customers_grpc_target": target})
-        async with running(INTERACTIONS, with_target, clock=svc.clock) as interactions:
-            yield Trio(interactions, customers, svc)
+async def trio(svc: Running, gate: Running, database_url: str,
+               broker: TansuBroker) -> AsyncIterator[Trio]:
+    settings = with_gate(loyalty_settings(database_url, broker), gate)
+    async with running(INTERACTIONS, settings, clock=svc.clock) as interactions:
+        yield Trio(interactions, gate, svc)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -27,7 +27,15 @@ from tests.support.erasures import (
     status_when,
 )
 from tests.support.kafka import read_topic, wait_for
-from tests.support.loyalty import erased, produce, profile, profile_when
+from tests.support.loyalty import (
+    erased,
+    loyalty_events,
+    new_id,
+    produce,
+    profile,
+    profile_when,
+    registered,
+)
 from tests.support.services import Running
 
 
@@ -153,6 +161,30 @@ async def test_an_acknowledgement_customers_never_asked_for_is_ignored(trio: Tri
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await erasure_status(trio.customers, cid)
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_service_acknowledges_each_erasure_once_even_of_data_erased_before(
+        trio: Trio) -> None:
+    """Loyalty's view of the customer is erased already, but no
+    acknowledgement was ever sent (erased before acknowledgements existed):
+    ``customer.erased`` is acknowledged, with the time loyalty erased it, and
+    a redelivery of the same event is not acknowledged again."""
+    loyalty = trio.loyalty
+    cid = new_id()
+    now = loyalty.clock.now()
+    await produce(loyalty, registered(cid, now))
+    await profile_when(loyalty, cid, lambda p: p.stage == "potential", "the customer known")
+    pool = loyalty.runner.pool
+    assert pool is not None
+    earlier = now - timedelta(days=30)
+    await pool.execute("UPDATE customer_view SET erased_at = $2 WHERE customer_id = $1",
+                       uuid.UUID(cid), earlier)
+    erasure = erased(cid, now)
+    await produce(loyalty, erasure, erasure)  # delivered twice: the same event
+    await loyalty_events(loyalty, cid, 2, settle=0)  # the welcome follow-up, then the ack
+    acks = await acknowledgements(loyalty, LOYALTY, cid)
+    assert [(t, d["service"]) for t, d in acks] == [("loyalty.erasure_completed", "loyalty")]
+    assert datetime.fromisoformat(acks[0][1]["erased_at"]) == earlier
 
 
 async def test_the_status_of_an_unknown_id_is_not_found(trio: Trio) -> None:

@@ -107,8 +107,11 @@ async def test_infinite_times_already_stored_are_read_as_aware(svc: Running) -> 
     await produce(svc, stage_changed(survivor, "potential", "one_time", 1, now),
                   purchase_recorded(other, 100, 1, now))
     await profile_when(svc, survivor, lambda p: p.stage == "one_time", "the stage change applied")
-    await produce(svc, consent(other, "newsletter", True, now))
-    await profile_when(svc, other, lambda p: p.newsletter_consent, "the consent applied")
+    # A decision after -infinity applies; none is after one stored at infinity.
+    await produce(svc, consent(other, "newsletter", True, now),
+                  consent(other, "promotional_offers", True, now))
+    p = await profile_when(svc, other, lambda p: p.promotional_consent, "the consent applied")
+    assert not p.newsletter_consent
     both = merged(survivor, other, now, stage="repeat", count=2)
     await produce(svc, both)
     await profile_when(svc, survivor, lambda p: p.stage == "repeat", "the merge applied")

@@ -26,10 +26,14 @@ import pytest
 
 from crm_app.cli import EMBEDDED_BROKER_ENV, create_topics
 from crm_contracts.topics import LOYALTY
+from crm_runtime.events import Envelope
 from crm_runtime.stack import TansuBroker, free_port
+from services.customers.app import SPEC as CUSTOMERS
 from tests.integration.loyalty.conftest import loyalty_settings
+from tests.support.gate import mirror
 from tests.support.kafka import produce_envelopes, read_topic, wait_for
 from tests.support.loyalty import consent, registered, stage_changed
+from tests.support.services import DEV_TOKEN, running
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
@@ -50,14 +54,16 @@ async def own_database(pg_admin_dsn: str) -> AsyncIterator[str]:
 
 
 class Service:
-    """``crm serve loyalty`` in a child process."""
+    """``crm serve loyalty`` in a child process; its contacts pass the gate
+    of the customers service at ``gate`` (host:port)."""
 
-    def __init__(self, database_url: str, bootstrap: str, log: Path) -> None:
+    def __init__(self, database_url: str, bootstrap: str, log: Path, gate: str) -> None:
         self.env = {**os.environ, "DATABASE_URL": database_url,
                     "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                     "CRM_GRPC_BASE_PORT": str(free_port() - 2),
                     "CRM_METRICS_BASE_PORT": str(free_port() - 2),
                     "CRM_CONSUMER_BATCH_SIZE": "20", "CRM_CONSUMER_BATCH_WAIT_MS": "20",
+                    "CRM_CUSTOMERS_GRPC_TARGET": gate, "CRM_SERVICE_TOKEN": DEV_TOKEN,
                     **EMBEDDED_BROKER_ENV, "CRM_RETRY_MAX_S": "0.5"}
         self.env.pop("CRM_LOYALTY_RULES_FILE", None)
         self.log = log
@@ -82,14 +88,25 @@ class Service:
 async def test_killed_loyalty_issues_each_discount_exactly_once(
         own_database: str, own_broker: TansuBroker, tmp_path: Path) -> None:
     bootstrap = own_broker.bootstrap_servers
-    await create_topics(loyalty_settings(own_database, own_broker))
+    settings = loyalty_settings(own_database, own_broker)
+    await create_topics(settings)
     now = datetime.now(UTC)
     customers = [str(uuid.uuid4()) for _ in range(40)]
     events = [e for cid in customers for e in (
         registered(cid, now), consent(cid, "promotional_offers", True, now),
         stage_changed(cid, "potential", "one_time", 1, now),
         stage_changed(cid, "one_time", "repeat", 2, now))]
-    service = Service(own_database, bootstrap, tmp_path / "loyalty.log")
+    # The customers service, its contact gate knowing these customers.
+    async with running(CUSTOMERS, settings) as gate:
+        assert gate.runner.pool is not None
+        await mirror(gate.runner.pool, events)
+        service = Service(own_database, bootstrap, tmp_path / "loyalty.log",
+                          f"127.0.0.1:{gate.runner.bound_grpc_port}")
+        await _crash_and_check(service, bootstrap, events, customers, own_database)
+
+
+async def _crash_and_check(service: Service, bootstrap: str, events: list[Envelope],
+                           customers: list[str], own_database: str) -> None:
     try:
         await produce_envelopes(bootstrap, events[:80])
         # Dies right after its first batch committed, before the offsets.

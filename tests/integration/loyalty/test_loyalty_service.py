@@ -256,22 +256,25 @@ async def test_due_follow_ups_fire_on_the_scheduler_clock(svc: Running) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_frequency_cap_suppresses_and_publishes_the_reason(svc: Running) -> None:
+async def test_the_contact_gates_cap_suppresses_and_publishes_the_reason(svc: Running) -> None:
     cid = await _customer(svc, promotional=True)
     now = svc.clock.now()
-    # Repeat buyer (a discount), then win-back (a discount and a promotional
-    # follow-up): 3 promotional contacts, the cap. A second win-back in the
-    # same week is over it: both its actions are suppressed.
+    # Repeat buyer (a discount), then three win-backs (a discount each, and a
+    # follow-up for next week): the fourth promotional contact of the week is
+    # over the contact gate's promotional cap (3), so it is suppressed.
     await produce(svc, stage_changed(cid, "one_time", "repeat", 2, now),
                   stage_changed(cid, "repeat", "former", 2, now, "churn_window"),
                   stage_changed(cid, "former", "repeat", 3, now),
-                  stage_changed(cid, "repeat", "former", 3, now, "closed"))
-    p = await profile_when(svc, cid, lambda p: len(p.suppressed) == 2, "two suppressed")
-    assert {(s.rule_id, s.reason) for s in p.suppressed} == {("win-back-offer",
-                                                              "frequency_cap")}
-    assert len(p.discounts) == 2
-    events = await loyalty_events(svc, cid, 6)
-    assert len(of_type(events, "loyalty.action_suppressed")) == 2
+                  stage_changed(cid, "repeat", "former", 3, now, "closed"),
+                  stage_changed(cid, "former", "repeat", 4, now),
+                  stage_changed(cid, "repeat", "former", 4, now, "closed"))
+    p = await profile_when(svc, cid, lambda p: len(p.suppressed) == 1, "one suppressed")
+    assert [(s.rule_id, s.action_type, s.reason) for s in p.suppressed] == [
+        ("win-back-offer", "discount", "frequency_cap")]
+    assert len(p.discounts) == 3
+    events = await loyalty_events(svc, cid, 8)
+    assert [e["reason"] for e in of_type(events, "loyalty.action_suppressed")] == [
+        "frequency_cap"]
 
 
 async def test_do_not_contact_and_erasure_cancel_pending_actions(svc: Running) -> None:

@@ -1,13 +1,13 @@
-"""The loyalty domain as pure functions: rule validation and matching, the
-trust rules (consent, do-not-contact, frequency cap, quiet hours) and
-discount arithmetic."""
+"""The loyalty domain as pure functions: rule validation and matching,
+loyalty's own trust rules (consent, do-not-contact; the cap and quiet hours
+are the contact gate's, tests/unit/customers/test_gate.py) and discount
+arithmetic."""
 
 from __future__ import annotations
 
 import re
 import secrets
-from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -20,18 +20,14 @@ from services.loyalty.domain import (
     DiscountState,
     Purpose,
     Suppression,
-    TrustPolicy,
     discount_amount,
     expiring_notice_at,
-    in_quiet_hours,
     new_code,
     new_codes,
     new_referral_code,
     normalise_code,
-    outside_quiet_hours,
     redeem_refusal,
     trust_decision,
-    within_cap,
 )
 from services.loyalty.rulebook import load_file
 from services.loyalty.rules import action_id, evaluate, parse_duration, parse_rule, parse_rule_file
@@ -149,7 +145,6 @@ def test_action_ids_are_deterministic_per_rule_trigger_and_index() -> None:
 
 # --- trust --------------------------------------------------------------------
 
-POLICY = TrustPolicy(cap=3, window=timedelta(days=7))
 OK = ContactState(newsletter_consent=True, promotional_consent=True)
 
 
@@ -159,90 +154,20 @@ def test_do_not_contact_and_erasure_stop_everything() -> None:
                                         promotional_consent=True),
                            Suppression.DO_NOT_CONTACT)):
         for purpose in Purpose:
-            assert trust_decision(purpose, state, [], T0, POLICY) is reason
+            assert trust_decision(purpose, state) is reason
 
 
 def test_consent_is_needed_for_promotional_and_newsletter_but_not_service() -> None:
     none = ContactState()
-    assert trust_decision(Purpose.SERVICE, none, [], T0, POLICY) is None
-    assert trust_decision(Purpose.PROMOTIONAL, none, [],
-                          T0, POLICY) is Suppression.NO_PROMOTIONAL_CONSENT
-    assert trust_decision(Purpose.NEWSLETTER, none, [],
-                          T0, POLICY) is Suppression.NO_NEWSLETTER_CONSENT
-    assert trust_decision(Purpose.NEWSLETTER, OK, [], T0, POLICY) is None
+    assert trust_decision(Purpose.SERVICE, none) is None
+    assert trust_decision(Purpose.PROMOTIONAL, none) is Suppression.NO_PROMOTIONAL_CONSENT
+    assert trust_decision(Purpose.NEWSLETTER, none) is Suppression.NO_NEWSLETTER_CONSENT
+    assert trust_decision(Purpose.NEWSLETTER, OK) is None
+    assert trust_decision(Purpose.PROMOTIONAL, OK) is None
 
 
-def test_frequency_cap_counts_promotional_contacts_in_the_window() -> None:
-    earlier = [T0 - timedelta(days=1), T0 - timedelta(days=2), T0 - timedelta(days=3)]
-    assert trust_decision(Purpose.PROMOTIONAL, OK, earlier, T0,
-                          POLICY) is Suppression.FREQUENCY_CAP
-    assert trust_decision(Purpose.SERVICE, OK, earlier, T0, POLICY) is None
-    older = [T0 - timedelta(days=8), *earlier[1:]]
-    assert trust_decision(Purpose.PROMOTIONAL, OK, older, T0, POLICY) is None
-
-
-@given(st.lists(st.integers(0, 60 * 24 * 30), max_size=60), st.integers(1, 5),
-       st.integers(1, 10))
-def test_cap_never_lets_more_than_n_through_in_any_window(
-        offsets: list[int], cap: int, window_days: int) -> None:
-    """Whatever the sequence of requests, the contacts let through never
-    exceed ``cap`` in any window."""
-    policy = TrustPolicy(cap=cap, window=timedelta(days=window_days))
-    sent: list[datetime] = []
-    for minute in sorted(offsets):
-        now = T0 + timedelta(minutes=minute)
-        if within_cap(sent, now, policy):
-            sent.append(now)
-    for start in sent:
-        inside = [t for t in sent if start <= t < start + policy.window]
-        assert len(inside) <= cap
-
-
-# --- quiet hours --------------------------------------------------------------
-
-NIGHT = (time(21, 0), time(8, 0))
-MADRID = ZoneInfo("Europe/Madrid")
-
-
-def test_quiet_hours_move_a_contact_to_the_morning_in_the_customers_zone() -> None:
-    # 22:30 in Madrid (21:30 UTC in winter) -> 08:00 Madrid next day.
-    due = datetime(2031, 1, 10, 21, 30, tzinfo=UTC)
-    moved = outside_quiet_hours(due, MADRID, *NIGHT)
-    assert moved.astimezone(MADRID) == datetime(2031, 1, 11, 8, 0, tzinfo=MADRID)
-    # 06:00 Madrid -> 08:00 the same day.
-    early = datetime(2031, 1, 10, 5, 0, tzinfo=UTC)
-    assert outside_quiet_hours(early, MADRID, *NIGHT).astimezone(MADRID).hour == 8
-    # Noon is fine as it is.
-    noon = datetime(2031, 1, 10, 11, 0, tzinfo=UTC)
-    assert outside_quiet_hours(noon, MADRID, *NIGHT) == noon
-
-
-def test_daytime_quiet_window_and_no_quiet_hours() -> None:
-    lunch = (time(13, 0), time(15, 0))
-    due = datetime(2031, 1, 10, 14, 0, tzinfo=UTC)
-    assert outside_quiet_hours(due, UTC, *lunch) == datetime(2031, 1, 10, 15, 0, tzinfo=UTC)
-    assert outside_quiet_hours(due, UTC, time(9), time(9)) == due
-
-
-ZONES = st.sampled_from(["UTC", "Europe/Madrid", "America/New_York", "Asia/Kolkata",
-                         "Australia/Lord_Howe", "Pacific/Chatham"])
-CLOCK = st.times().map(lambda t: t.replace(second=0, microsecond=0))
-
-
-@given(st.datetimes(min_value=datetime(2030, 1, 1), max_value=datetime(2035, 1, 1),
-                    timezones=st.just(UTC)), ZONES, CLOCK, CLOCK)
-def test_quiet_hours_property(due: datetime, zone_name: str, start: time, end: time) -> None:
-    """The result is never earlier, never inside quiet hours (local time),
-    unchanged when the due time is fine, and less than a day (+DST) later."""
-    zone = ZoneInfo(zone_name)
-    moved = outside_quiet_hours(due, zone, start, end)
-    assert moved >= due
-    assert moved - due <= timedelta(hours=25)
-    local = moved.astimezone(zone).time()
-    if moved != due:
-        assert not in_quiet_hours(local, start, end)
-    if not in_quiet_hours(due.astimezone(zone).time(), start, end):
-        assert moved == due
+def test_the_gate_knows_promotional_contacts_by_their_consent_purpose() -> None:
+    assert [p.gate_purpose for p in Purpose] == ["service", "promotional_offers", "newsletter"]
 
 
 # --- discounts ----------------------------------------------------------------

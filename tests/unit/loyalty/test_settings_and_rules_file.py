@@ -3,26 +3,27 @@ is wrong, naming the variable, or the file, rule and field."""
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 
 import pytest
 
 from crm_runtime.errors import InvalidArgument
-from crm_runtime.settings import SettingsError
+from crm_runtime.settings import SettingsError, load_settings
 from services.loyalty import settings
 from services.loyalty.rulebook import load_file, parse_definition
 
 
-def test_defaults_make_a_policy() -> None:
-    policy = settings.load().policy()
-    assert (policy.cap, policy.window.days) == (3, 7)
-    assert (policy.quiet_start.hour, policy.quiet_end.hour) == (21, 8)
+def test_quiet_hours_come_from_the_shared_settings() -> None:
+    policy = settings.policy(load_settings(quiet_hours_start="22:30",
+                                           default_time_zone="Europe/Madrid"))
+    assert (policy.quiet_start, policy.quiet_end) == (time(22, 30), time(8, 0))
+    assert policy.default_time_zone == "Europe/Madrid"
 
 
 @pytest.mark.parametrize(("variable", "value"), [
-    ("CRM_LOYALTY_QUIET_HOURS_START", "25:00"),
-    ("CRM_LOYALTY_DEFAULT_TIME_ZONE", "Mars/Olympus"),
-    ("CRM_LOYALTY_FREQUENCY_CAP", "0"),
+    ("CRM_LOYALTY_EXPIRY_NOTICE_DAYS", "0"),
+    ("CRM_LOYALTY_EXPIRY_NOTICE_DAYS", "many"),
 ])
 def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str,
                                         value: str) -> None:
@@ -30,6 +31,16 @@ def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, variabl
     with pytest.raises(SettingsError) as err:
         settings.load()
     assert variable in str(err.value)
+
+
+def test_the_retired_trust_settings_name_what_replaced_them() -> None:
+    lines = settings.retired({"CRM_LOYALTY_FREQUENCY_CAP": "5",
+                              "CRM_LOYALTY_QUIET_HOURS_START": "22:00", "CRM_LOG_LEVEL": "INFO"})
+    assert lines == [
+        "CRM_LOYALTY_FREQUENCY_CAP is no longer read; use CRM_CONTACT_CAPS (its "
+        "promotional_offers limit), read by the customers service's contact gate",
+        "CRM_LOYALTY_QUIET_HOURS_START is no longer read; use CRM_QUIET_HOURS_START"]
+    assert settings.retired({}) == []
 
 
 def test_a_bad_rules_file_names_the_file_rule_and_field(tmp_path: Path) -> None:
