@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from crm_contracts.loyalty import (
@@ -28,6 +28,7 @@ from crm_contracts.loyalty import (
     NewsletterEnrolled,
     ReferralRewarded,
 )
+from crm_runtime import logs
 from crm_runtime.db import Conn
 from crm_runtime.errors import NotFound
 from crm_runtime.events import Envelope
@@ -114,6 +115,11 @@ async def perform(batch: Batch, view: View, stored: StoredRule, index: int, acti
         return  # this trigger yielded this action before
     decision = await decide(batch, view, action)
     target = decision.target or view
+    if decision.outcome is Outcome.PERFORMED and isinstance(action, DiscountAction):
+        # The batch's discounts pass the gate together, at its flush.
+        batch.defer_contact(Deferred(aid, target, stored, index, action, env,
+                                     decision.purpose, logs.current_traceparent()), settle)
+        return
     if decision.outcome is Outcome.PERFORMED and not isinstance(action, FollowUpAction):
         refusal = await contacting.reserve_now(batch, target, aid, decision.purpose)
         if refusal is not None:
@@ -137,6 +143,38 @@ async def perform(batch: Batch, view: View, stored: StoredRule, index: int, acti
         batch.emit(target.customer_id, ReferralRewarded(
             customer_id=str(target.customer_id), referred_customer_id=str(view.customer_id),
             discount_id=str(aid), rule_id=rule.id))
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A discount decided in a consumed batch, waiting for the contact gate:
+    the batch's discounts are put to it in one call when the batch flushes
+    (:func:`settle`), not one call each."""
+
+    aid: uuid.UUID
+    target: View
+    stored: StoredRule
+    index: int
+    action: DiscountAction
+    env: Envelope
+    purpose: Purpose
+    traceparent: str
+
+
+async def settle(batch: Batch, deferred: list[Deferred]) -> None:
+    """Put the deferred discounts to the gate in one call, then record each
+    and issue the allowed ones (suppressed with the gate's reason otherwise),
+    each in its trigger's trace. Their events follow the batch's others."""
+    refusals = await contacting.reserve_all(batch, [(d.target, d.aid, d.purpose)
+                                                    for d in deferred])
+    for d, refusal in zip(deferred, refusals, strict=True):
+        with logs.context(event_id=d.env.id, customer_id=d.env.subject,
+                          traceparent=d.traceparent):
+            outcome = Outcome.PERFORMED if refusal is None else Outcome.SUPPRESSED
+            record(batch, d.aid, d.target.customer_id, d.stored, d.index, d.action, d.purpose,
+                   d.env, outcome, refusal or "")
+            if refusal is None:
+                _issue_discount(batch, d.target, d.aid, d.stored.rule.id, d.action)
 
 
 def _schedule_follow_up(batch: Batch, target: View, aid: uuid.UUID, stored: StoredRule,

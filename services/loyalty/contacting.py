@@ -9,8 +9,10 @@ hours:
 
 * an action that reaches the customer when its rule fires (a discount, a
   referral reward, a newsletter enrolment) is put to the gate in the
-  consumed batch's transaction, one call per action, once loyalty's checks
-  passed (:func:`reserve_now`). In the customer's quiet hours it is counted
+  consumed batch's transaction once loyalty's checks passed: the batch's
+  discounts all in one call when it flushes (:func:`reserve_all`, from
+  ``actions.settle``), a referral reward or an enrolment one call each
+  (:func:`reserve_now`). In the customer's quiet hours it is counted
   at their end (the gate is asked again for then: marketing delivers it
   then); refused, it is suppressed with the gate's reason;
 * a follow-up, and a discount's expiry reminder, are put to the gate when
@@ -74,6 +76,26 @@ async def reserve_now(batch: Batch, target: View, contact_id: uuid.UUID,
         assert decision.not_before is not None
         [decision] = await gate.reserve([replace(request, at=decision.not_before)])
     return None if decision.allowed else decision.reason
+
+
+async def reserve_all(batch: Batch, asks: list[tuple[View, uuid.UUID, Purpose]]
+                      ) -> list[str | None]:
+    """:func:`reserve_now` for many contacts (target, contact id, purpose) in
+    one call to the gate (one more for those in quiet hours): per contact
+    None when allowed (counted), else the gate's reason."""
+    gate = batch.ctx.gate
+    if gate is None or not asks:
+        return [None] * len(asks)
+    requests = [ContactRequest(contact_id=str(cid), customer_id=target.customer_id,
+                               purpose=purpose.gate_purpose, at=batch.now,
+                               channel=_channel(target)) for target, cid, purpose in asks]
+    decisions = await gate.reserve(requests)
+    later = [(i, d.not_before) for i, d in enumerate(decisions) if d.deferred and d.not_before]
+    if later:
+        again = await gate.reserve([replace(requests[i], at=at) for i, at in later])
+        for (i, _), decision in zip(later, again, strict=True):
+            decisions[i] = decision
+    return [None if d.allowed else d.reason for d in decisions]
 
 
 async def when_due(batch: Batch, view: View, contact_id: str, purpose: Purpose, channel: str,

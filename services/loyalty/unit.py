@@ -28,6 +28,7 @@ write and the outbox keeps the order events were caused in.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -97,6 +98,10 @@ class Batch:
         self._trigger_ids: list[str] = []
         self._guard_loaded = False
         self._codes: list[str] = []
+        #: Contacts waiting for the contact gate, and what settles them at
+        #: :meth:`flush` (``actions.settle``: one gate call for all).
+        self._deferred: list[Any] = []
+        self._settle: Callable[[Batch, list[Any]], Awaitable[None]] | None = None
 
     # --- views ----------------------------------------------------------------
 
@@ -186,9 +191,21 @@ class Batch:
             self._schedules.append((DISCOUNT_EXPIRING, str(row[0]), notice_at,
                                     logs.current_traceparent()))
 
+    def defer_contact(self, item: Any,
+                      settle: Callable[[Batch, list[Any]], Awaitable[None]]) -> None:
+        """Keep a decided contact for the contact gate: :meth:`flush` settles
+        every deferred one with ``settle`` first, in one call to the gate."""
+        self.done_actions.add(item.aid)
+        self._deferred.append(item)
+        self._settle = settle
+
     async def flush(self) -> None:
-        """Write what is buffered: one statement for the rows, the moot
-        follow-ups' cancellation when there are any, then the outbox."""
+        """Settle the contacts waiting for the gate, then write what is
+        buffered: one statement for the rows, the moot follow-ups'
+        cancellation when there are any, then the outbox."""
+        if self._deferred and self._settle is not None:
+            deferred, self._deferred = self._deferred, []
+            await self._settle(self, deferred)
         await batch_store.write_unit(self.conn, actions=self._actions, discounts=self._discounts,
                                follow_ups=self._follow_ups, schedules=self._schedules,
                                views=list(self._dirty.values()), now=self.now)
