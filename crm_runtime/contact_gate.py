@@ -29,7 +29,7 @@ from crm.customers.v1 import customers_pb2, customers_pb2_grpc
 from crm_contracts.vocabulary import ContactRefusal
 from crm_runtime import limits, logs
 from crm_runtime.convert import timestamp
-from crm_runtime.grpc_client import open_channel
+from crm_runtime.grpc_client import failure, open_channel
 from crm_runtime.settings import Settings
 
 #: Most contacts in one ``ReserveContacts`` call: the contract's limit.
@@ -107,13 +107,7 @@ class ContactGate:
             reply = await self._stub().ReserveContacts(request, metadata=metadata,
                                                        timeout=TIMEOUT_S)
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise RuntimeError(f"contact gate at {self._target} refused the request: "
-                                   f"{err.details()}") from None
-            # Unavailable, deadline, a token without contacts:reserve, a
-            # customers release without the gate: ask again later.
-            raise ConnectionError(f"contact gate at {self._target}: {err.code().name} "
-                                  f"{err.details()}") from None
+            raise failure(f"contact gate at {self._target}", err) from None
         if len(reply.decisions) != len(requests):
             raise ConnectionError(f"contact gate at {self._target} answered "
                                   f"{len(reply.decisions)} decisions for {len(requests)} "

@@ -2,7 +2,8 @@
 customers, customers to interactions and loyalty), and from the ``crm``
 tools to the services: one place decides how a process reaches a service,
 so every client follows the same transport settings (TLS when configured,
-see :mod:`crm_runtime.tls`; plaintext otherwise)."""
+see :mod:`crm_runtime.tls`; plaintext otherwise), and reads a failed call
+the same way (:func:`failure`)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,14 @@ def open_blocking_channel(target: str, settings: Settings | None = None) -> grpc
     if settings is None or (credentials := tls.channel_credentials(settings)) is None:
         return grpc.insecure_channel(target)
     return grpc.secure_channel(target, credentials, options=tls.channel_options(settings))
+
+
+def failure(what: str, err: grpc.aio.AioRpcError) -> Exception:
+    """What a failed call to another service means to its caller: the
+    request refused as bad (``INVALID_ARGUMENT``) is a ``RuntimeError``,
+    retrying cannot help; anything else (unavailable, deadline, a token
+    without the scope, an older release without the method) a
+    ``ConnectionError``: ask again later rather than go on unchecked."""
+    if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return RuntimeError(f"{what} refused the request: {err.details()}")
+    return ConnectionError(f"{what}: {err.code().name} {err.details()}")

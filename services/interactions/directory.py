@@ -47,7 +47,7 @@ from crm_runtime.consumer import Seen
 from crm_runtime.contact_gate import ContactDecision, ContactGate, ContactRequest
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope
-from crm_runtime.grpc_client import open_channel
+from crm_runtime.grpc_client import failure, open_channel
 from crm_runtime.settings import Settings
 from services.interactions import store
 
@@ -306,15 +306,9 @@ class CustomerDirectory:
                 # upgrade): one RegisterCustomer call a point, still before
                 # any transaction.
                 return [await self._register_one(point, metadata) for point in points]
-            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                # The request as a whole (not one contact): retrying cannot
-                # help. The consumer applies the batch anyway, event by event.
-                raise RuntimeError(f"customers service at {self._target} refused "
-                                   f"{len(points)} registrations: {err.details()}") from None
-            # Unavailable, deadline, auth, a customers release without this
-            # call: retry later rather than lose the contacts.
-            raise ConnectionError(f"customers service at {self._target}: {err.code().name} "
-                                  f"{err.details()}") from None
+            # Refused as a whole (not one contact): the consumer applies the
+            # batch anyway, event by event; unreachable: retried later.
+            raise failure(f"customers service at {self._target}", err) from None
         if len(reply.results) != len(points):
             raise ConnectionError(f"customers service at {self._target} answered "
                                   f"{len(reply.results)} results for {len(points)} contacts")

@@ -39,6 +39,7 @@ from services.interactions import privacy as interactions_privacy
 from services.interactions.app import SPEC as INTERACTIONS
 from services.loyalty import privacy as loyalty_privacy
 from services.loyalty.app import SPEC as LOYALTY
+from tests.conftest import fresh_database
 from tests.support.customers import START
 from tests.support.kafka import wait_for
 from tests.support.proxy import ToggleProxy
@@ -76,7 +77,21 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-async def stack(database_url: str, broker: TansuBroker) -> AsyncIterator[Stack]:
+async def stack(pg_admin_dsn: str,
+                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """The three services on a database and a broker of this module's own:
+    the session's carry what earlier modules left for the same consumer
+    groups, which these services would have to work through first."""
+    broker = TansuBroker(log_path=tmp_path_factory.mktemp("export") / "tansu.log").start()
+    try:
+        async with fresh_database(pg_admin_dsn, "crm_export") as database_url:
+            async for running_stack in _stack(database_url, broker):
+                yield running_stack
+    finally:
+        broker.stop()
+
+
+async def _stack(database_url: str, broker: TansuBroker) -> AsyncIterator[Stack]:
     settings = Settings(
         database_url=database_url, kafka_bootstrap_servers=broker.bootstrap_servers,
         retry_initial_s=0.05, retry_max_s=0.5, scheduler_poll_interval_s=0.05,
