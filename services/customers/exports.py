@@ -167,8 +167,7 @@ def _read_part(service: str, reply: Any) -> dict[str, Any] | Missing:
 async def export(pool: asyncpg.Pool, ctx: commands.Context, peers: Peers,
                  customer_id: uuid.UUID) -> str:
     """The whole export of ``customer_id`` as JSON (see the module's docstring)."""
-    ours: dict[str, Any] = json.loads(
-        await uow.run(pool, lambda c: privacy.export(c, ctx, customer_id)))
+    ours = await uow.run(pool, lambda c: privacy.export(c, ctx, customer_id))
     survivor: str = ours["customer_id"]
     theirs = await peers.parts(survivor, list(ours["merged_aliases"]))
     document = {"customer_id": survivor, "exported_at": ctx.clock.now().isoformat(),

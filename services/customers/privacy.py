@@ -5,9 +5,9 @@ changes, like every use case in :mod:`commands`."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
+from typing import Any
 
 from crm_contracts.customers import ConsentChanged, CustomerErased
 from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
@@ -71,8 +71,8 @@ async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> No
     await commands.emit_named(conn, ctx, customer_id, CustomerErased(customer_id=str(customer_id)))
 
 
-async def export(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> str:
-    """Everything held about the customer, as JSON (data-subject access):
+async def export(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> dict[str, Any]:
+    """Everything held about the customer, a JSON object (data-subject access):
     every column of :data:`store.EXPORT_COLUMNS`, plus the segments the customer
     is in now. A merged id exports its survivor."""
     rec = await store.load(conn, customer_id)
@@ -88,4 +88,4 @@ async def export(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> s
                                       risk_signals=signals, aliases=aliases,
                                       segments=member_of,
                                       contacts=await reservations.contact_rows(conn, cid))
-    return json.dumps(document, indent=2, sort_keys=True)
+    return document

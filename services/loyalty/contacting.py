@@ -60,29 +60,12 @@ def _channel(view: View) -> str:
     return view.preferred_channel if view.preferred_channel in ACTION_CHANNELS else ""
 
 
-async def reserve_now(batch: Batch, target: View, contact_id: uuid.UUID,
-                      purpose: Purpose) -> str | None:
-    """Put a contact made now to the gate: None when allowed (counted), else
-    the gate's reason. In the customer's quiet hours it is counted at their
-    end. ConnectionError while the gate cannot be asked."""
-    gate = batch.ctx.gate
-    if gate is None:
-        return None
-    request = ContactRequest(contact_id=str(contact_id), customer_id=target.customer_id,
-                             purpose=purpose.gate_purpose, at=batch.now,
-                             channel=_channel(target))
-    [decision] = await gate.reserve([request])
-    if decision.deferred:
-        assert decision.not_before is not None
-        [decision] = await gate.reserve([replace(request, at=decision.not_before)])
-    return None if decision.allowed else decision.reason
-
-
 async def reserve_all(batch: Batch, asks: list[tuple[View, uuid.UUID, Purpose]]
                       ) -> list[str | None]:
-    """:func:`reserve_now` for many contacts (target, contact id, purpose) in
-    one call to the gate (one more for those in quiet hours): per contact
-    None when allowed (counted), else the gate's reason."""
+    """Put contacts made now (target, contact id, purpose) to the gate in
+    one call (one more for those in the customer's quiet hours: they are
+    counted at their end): per contact None when allowed (counted), else
+    the gate's reason. ConnectionError while the gate cannot be asked."""
     gate = batch.ctx.gate
     if gate is None or not asks:
         return [None] * len(asks)
@@ -96,6 +79,13 @@ async def reserve_all(batch: Batch, asks: list[tuple[View, uuid.UUID, Purpose]]
         for (i, _), decision in zip(later, again, strict=True):
             decisions[i] = decision
     return [None if d.allowed else d.reason for d in decisions]
+
+
+async def reserve_now(batch: Batch, target: View, contact_id: uuid.UUID,
+                      purpose: Purpose) -> str | None:
+    """:func:`reserve_all` for one contact."""
+    [refusal] = await reserve_all(batch, [(target, contact_id, purpose)])
+    return refusal
 
 
 async def when_due(batch: Batch, view: View, contact_id: str, purpose: Purpose, channel: str,
