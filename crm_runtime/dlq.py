@@ -65,12 +65,10 @@ async def _opened(conn: asyncpg.Connection | None, r: Any) -> bytes | None:
         raise SealedWithoutDatabase(
             "dead letters are sealed with keys kept in the services' databases: set "
             "DATABASE_URL to replay them")
-    schema = schema_of_group(headers["dlq_consumer_group"].decode())
-    key = await conn.fetchval(
-        f"""SELECT value_key FROM "{schema}".dead_letters WHERE consumer_group = $1
-               AND topic = $2 AND kafka_partition = $3 AND kafka_offset = $4""",
-        headers["dlq_consumer_group"].decode(), headers["dlq_original_topic"].decode(),
-        int(headers["dlq_original_partition"]), int(headers["dlq_original_offset"]))
+    group = headers["dlq_consumer_group"].decode()
+    key = await sealing.key_of(conn, group, headers["dlq_original_topic"].decode(),
+                               int(headers["dlq_original_partition"]),
+                               int(headers["dlq_original_offset"]), schema_of_group(group))
     return None if key is None else sealing.unseal(key, r.value)
 
 

@@ -15,7 +15,7 @@ import os
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from crm_runtime.db import Conn
+from crm_runtime.db import Conn, check_schema_name
 
 #: Header a sealed record carries, naming the cipher.
 SEALED_HEADER = "crm_sealed"
@@ -43,11 +43,16 @@ def unseal(key: bytes, sealed: bytes) -> bytes:
     return AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], None)
 
 
-async def key_of(conn: Conn, group: str, topic: str, partition: int, offset: int) -> bytes | None:
-    """The key of the dead letter ``group`` recorded for this record; None
-    when it was destroyed (erasure, retention) or there is no such row."""
+async def key_of(conn: Conn, group: str, topic: str, partition: int, offset: int,
+                 schema: str | None = None) -> bytes | None:
+    """The key of the dead letter ``group`` recorded for this record (in
+    ``schema``'s table, default the connection's); None when it was
+    destroyed (erasure, retention) or there is no such row."""
+    if schema is not None:
+        check_schema_name(schema)
+    table = f'"{schema}".dead_letters' if schema else "dead_letters"
     key: bytes | None = await conn.fetchval(
-        """SELECT value_key FROM dead_letters WHERE consumer_group = $1 AND topic = $2
+        f"""SELECT value_key FROM {table} WHERE consumer_group = $1 AND topic = $2
               AND kafka_partition = $3 AND kafka_offset = $4""", group, topic, partition, offset)
     return key
 
