@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -34,12 +34,14 @@ def page_size(requested: int, field: str = "page_size") -> int:
 
 def json_default(value: object) -> object:
     """``json.dumps(..., default=json_default)`` of database values: ids as
-    text, times in ISO 8601, numerics as numbers (a data-subject export of
-    rows as read)."""
+    text, times in ISO 8601, intervals in seconds, numerics as numbers (a
+    data-subject export of rows as read)."""
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
     if isinstance(value, Decimal):
         return float(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -131,3 +131,34 @@ class CustomerAtRisk(EventPayload):
 class CustomerRiskCleared(EventPayload):
     customer_id: str
     causing_event_id: str
+
+
+#: Why a segment's membership was evaluated when it changed.
+SEGMENT_CAUSES = ["purchase", "profile", "consent", "stage", "risk", "survey", "registered",
+                  "merge", "segment_defined", "segment_deleted", "schedule"]
+
+
+@event("customer.segment_entered", topic=CUSTOMERS)
+class SegmentEntered(EventPayload):
+    """The customer now matches the segment's filter. Consumers keep, per
+    (customer, segment), the change (entered or left) with the latest
+    ``changed_at``: a late or replayed older one changes nothing."""
+
+    customer_id: str
+    segment: str
+    changed_at: datetime = Field(description="When the evaluation that found the change ran.")
+    cause: str = Field(examples=SEGMENT_CAUSES, description="What made the evaluation run.")
+
+
+@event("customer.segment_left", topic=CUSTOMERS)
+class SegmentLeft(EventPayload):
+    """The customer no longer matches the segment's filter, the segment was
+    deleted (cause ``segment_deleted``) or the customer was merged into
+    another (cause ``merge``; the survivor enters the segments it matches).
+    The latest ``changed_at`` per (customer, segment) wins, as for
+    ``customer.segment_entered``."""
+
+    customer_id: str
+    segment: str
+    changed_at: datetime = Field(description="When the evaluation that found the change ran.")
+    cause: str = Field(examples=SEGMENT_CAUSES, description="What made the evaluation run.")

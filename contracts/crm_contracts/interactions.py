@@ -81,7 +81,15 @@ class CaseOpened(_CaseEvent):
     interaction_id: str = ""
     opened_at: datetime
     promised_earliest_at: datetime = Field(description="Minimum time the request takes.")
-    promised_by: datetime = Field(description="Deadline: the maximum time promised.")
+    promised_by: datetime = Field(description="Deadline: the maximum time promised (the "
+                                              "resolution milestone's due time).")
+    first_response_by: datetime | None = Field(
+        default=None, description="The first-response milestone's due time; absent when the "
+                                  "case's policy promises none.")
+    calendar: str = Field(default="always",
+                          description="The business-hours calendar the promise counts on.")
+    entitlement: str = Field(default="", description="The customer segment whose policy the "
+                                                     "case got ('' for the general policy).")
 
 
 @event("case.acknowledged", topic=INTERACTIONS)
@@ -96,7 +104,10 @@ class CaseTransferred(_CaseEvent):
     reason given is read with ``GetCase``)."""
 
     from_unit: str
-    promised_by: datetime
+    promised_by: datetime = Field(description="The resolution's due time after the transfer: "
+                                              "the business time elapsed is kept, the rest "
+                                              "counts on the receiving unit's calendar.")
+    first_response_by: datetime | None = None
 
 
 @event("case.resolved", topic=INTERACTIONS)
@@ -116,20 +127,57 @@ class CaseReopened(_CaseEvent):
 
 @event("case.breach_warning", topic=INTERACTIONS)
 class CaseBreachWarning(_CaseEvent):
-    """The deadline is near and the case is still unresolved."""
+    """A milestone's due time is near and the milestone is not met (once per
+    milestone)."""
 
-    promised_by: datetime
+    promised_by: datetime = Field(description="The resolution's due time.")
+    milestone: str = Field(default="resolution", examples=["first_response", "resolution"])
+    due_at: datetime | None = Field(default=None, description="The milestone's due time.")
 
 
 @event("case.breached", topic=INTERACTIONS)
 class CaseBreached(_CaseEvent):
     """The promised deadline passed with the case unresolved.
 
-    Published once per case: by the scheduler at the deadline, or, when the
-    case is resolved late before the scheduler got to it, just before that
-    ``case.resolved``."""
+    Published once per case and milestone: by the scheduler at the
+    milestone's due time, or, when the milestone is met late before the
+    scheduler got to it, just before the event that met it. Only a missed
+    resolution raises ``customer.dissatisfaction_signal`` and marks the case
+    breached."""
 
+    promised_by: datetime = Field(description="The resolution's due time.")
+    milestone: str = Field(default="resolution", examples=["first_response", "resolution"])
+    due_at: datetime | None = Field(default=None, description="The milestone's due time.")
+
+
+@event("case.paused", topic=INTERACTIONS)
+class CasePaused(_CaseEvent):
+    """The case waits on the customer: its promise's clock is stopped (the
+    reason given is read with ``ListCases``)."""
+
+    paused_at: datetime
+
+
+@event("case.resumed", topic=INTERACTIONS)
+class CaseResumed(_CaseEvent):
+    """The clock runs again; the due times moved by the time paused."""
+
+    resumed_at: datetime
+    cause: str = Field(examples=["agent", "customer_contact", "resolved"])
     promised_by: datetime
+    first_response_by: datetime | None = None
+
+
+@event("case.promise_moved", topic=INTERACTIONS)
+class CasePromiseMoved(_CaseEvent):
+    """An operator moved open cases to a new version of their calendar: the
+    business time elapsed is kept, the rest counts on the new version."""
+
+    cause: str = Field(examples=["calendar_changed"])
+    calendar: str
+    calendar_version: int
+    promised_by: datetime
+    first_response_by: datetime | None = None
 
 
 @event("survey.requested", topic=INTERACTIONS)
@@ -189,6 +237,9 @@ class ContactReceived(StrictEventPayload):
     attention: Text = "direct"
     requester_customer_id: Text = ""
     decision_maker_customer_id: Text = ""
+    case_id: Text = Field("", description="The open case this contact is about: a proactive "
+                                          "contact meets its first response, one from the "
+                                          "customer resumes it when it waits on them.")
 
 
 @event("contact.suppressed", topic=INTERACTIONS)

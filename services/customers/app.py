@@ -11,7 +11,7 @@ from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
 from crm_runtime.settings import Settings
-from services.customers import commands, exports, handlers, metrics, risk
+from services.customers import commands, exports, handlers, memberships, metrics, risk
 from services.customers.api import CustomersServicer
 from services.customers.gate import GatePolicy
 
@@ -43,7 +43,8 @@ def build(svc: ServiceContext) -> ServiceParts:
                                  handlers.on_erasure_completed(ctx, LoyaltyErasureCompleted)],
                          group_suffix="-loyalty")],
         scheduled={commands.CHURN: handlers.on_churn_due(ctx),
-                   risk.RISK_REVIEW: handlers.on_risk_review(ctx)},
+                   risk.RISK_REVIEW: handlers.on_risk_review(ctx),
+                   memberships.EVALUATE: handlers.on_segment_evaluation(ctx)},
         registrations=[ServiceRegistration(
             customers_pb2_grpc.add_CustomersServicer_to_server,
             CustomersServicer(svc.pool, ctx, exports.Peers(svc.settings),

@@ -19,7 +19,6 @@ them further would scatter.
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -50,10 +49,8 @@ from crm_runtime.errors import (
 from crm_runtime.events import EventPayload
 from crm_runtime.ids import read_uuid
 from crm_runtime.uow import CommandContext
-from services.customers import domain, metrics, segments, store
+from services.customers import domain, memberships, metrics, segments, store
 from services.customers.domain import Identity, StageChange
-
-log = logging.getLogger(__name__)
 
 SOURCE = "/crm/customers"
 CHURN = "customers.churn"
@@ -100,23 +97,12 @@ async def segment_keys_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
     if not ids:
         return keys
     for seg in await ctx.segments.get(conn):
-        compiled = _compiled(seg, ctx.clock.now())
+        compiled = memberships.compiled(seg, ctx.clock.now())
         if compiled is None:
             continue
         for cid in await store.matching_ids(conn, ids, compiled.sql, compiled.params):
             keys[cid].append(seg["name"])
     return {cid: sorted(names) for cid, names in keys.items()}
-
-
-def _compiled(seg: Any, now: datetime) -> segments.Compiled | None:
-    """A stored segment's filter as SQL; None (and a warning) for one that no
-    longer validates (stored before a check was added, e.g. a number beyond
-    ``bigint``): it matches no one rather than failing every purchase."""
-    try:
-        return segments.compile_sql(seg["definition"], now)
-    except InvalidArgument as exc:
-        log.warning("segment %s is skipped: its filter is invalid (%s)", seg["name"], exc)
-        return None
 
 
 async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
@@ -142,14 +128,15 @@ async def emit_named(conn: Conn, ctx: Context, customer_id: uuid.UUID,
 
 async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Identity,
                    profile: dict[str, Any], source: str,
-                   referred_by: uuid.UUID | None = None,
-                   referral_code: str = "") -> tuple[store.CustomerRecord, bool]:
+                   referred_by: uuid.UUID | None = None, referral_code: str = "",
+                   evaluate: bool = True) -> tuple[store.CustomerRecord, bool]:
     """Register a customer, or return the existing one that has any of the
     identifiers (registration is idempotent). The customer who recommended
     them is named either by id (``referred_by``, checked here) or by their
     referral code (``referral_code``, format checked here, carried on
     ``customer.registered`` for the loyalty service, which issued it, to
-    resolve); loyalty rewards the referrer."""
+    resolve); loyalty rewards the referrer. A new customer's segments are
+    evaluated unless ``evaluate`` is off (the caller evaluates a batch)."""
     if identity.is_empty():
         raise InvalidArgument("emails", "at least one email, phone or external id is required")
     if referral_code.strip():
@@ -181,6 +168,8 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
         time_zone=profile.get("time_zone", ""),
         has_email=bool(identity.emails), has_phone=bool(identity.phones), source=source,
         referred_by=str(referred_by or ""), referral_code=referral_code))
+    if evaluate:
+        await memberships.refresh(conn, ctx, [customer_id], "registered")
     return await store.load(conn, customer_id), True
 
 
@@ -213,9 +202,11 @@ async def register_many(conn: Conn, ctx: Context, registrations: Sequence[Regist
                 results.append(await register(
                     conn, ctx, display_name=r.display_name, identity=r.identity,
                     profile=r.profile, source=r.source, referred_by=r.referred_by,
-                    referral_code=r.referral_code))
+                    referral_code=r.referral_code, evaluate=False))
         except (InvalidArgument, DomainError) as exc:
             results.append(exc)
+    await memberships.refresh(conn, ctx, [r[0].customer_id for r in results
+                                          if isinstance(r, tuple) and r[1]], "registered")
     return results
 
 
@@ -251,6 +242,8 @@ async def update(conn: Conn, ctx: Context, customer_id: uuid.UUID, *, expected_v
     version = await store.save_core(conn, rec, ctx.clock.now())
     await emit_named(conn, ctx, customer_id, CustomerUpdated(
         customer_id=str(customer_id), version=version, changed=changed))
+    if "profile" in changed:
+        await memberships.refresh(conn, ctx, [customer_id], "profile")
     return await store.load(conn, customer_id)
 
 
@@ -356,6 +349,8 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
     await ctx.events.write(conn, [ctx.events.envelope(cid, next(in_order), time=now,
                                                       traceparent=traceparent)
                                   for cid, events, traceparent in pending for _ in events])
+    await memberships.refresh(conn, ctx, list(changed), "purchase",
+                              traces={cid: trace for cid, _, trace in pending})
     return [targets[p.customer_id] for p in purchases]
 
 
@@ -400,7 +395,7 @@ async def churn_windows_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
     for seg in await ctx.segments.get(conn):  # shortest window first
         if not pending or seg["churn_window_days"] is None:
             break
-        compiled = _compiled(seg, ctx.clock.now())
+        compiled = memberships.compiled(seg, ctx.clock.now())
         if compiled is None:
             continue
         for cid in await store.matching_ids(conn, sorted(pending), compiled.sql,
@@ -469,6 +464,7 @@ async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str,
     events = await change_stage(conn, ctx, rec, change, f"churn:{work_key}")
     await store.save_core(conn, rec, ctx.clock.now())
     await emit_named(conn, ctx, customer_id, *events)
+    await memberships.refresh(conn, ctx, [customer_id], "stage")
 
 
 async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, reason: str,
@@ -483,6 +479,7 @@ async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, r
     await store.save_core(conn, rec, ctx.clock.now())
     await scheduler.cancel(conn, CHURN, str(customer_id))
     await emit_named(conn, ctx, customer_id, *events)
+    await memberships.refresh(conn, ctx, [customer_id], "stage")
     return await store.load(conn, customer_id)
 
 
@@ -508,6 +505,7 @@ async def define_segment(conn: Conn, ctx: Context, *, name: str, description: st
     version = await store.upsert_segment(conn, name, description, definition,
                                          churn_window_days, ctx.clock.now())
     uow.on_commit(ctx.segments.invalidate)
+    await memberships.start_pass(conn, ctx, name)
     return version
 
 

@@ -298,10 +298,12 @@ def _iso(value: datetime | None) -> str | None:
 
 def export_document(rec: CustomerRecord, *, history: Sequence[Row], purchases: Sequence[Row],
                     links: Sequence[Row], risk_signals: Sequence[Row],
-                    aliases: Sequence[uuid.UUID], segments: Sequence[str],
+                    aliases: Sequence[uuid.UUID], segments: Sequence[Row],
                     contacts: Sequence[Row] = ()) -> dict[str, Any]:
     """The data-subject export of a customer: their record and the rows held
-    about them (as the store reads them), one JSON-ready document."""
+    about them (as the store reads them), one JSON-ready document.
+    ``segments``: the stored memberships (``segment``, ``since``), listed by
+    name as ``segments`` and with their times as ``segment_memberships``."""
     cid = rec.customer_id
     return {
         "customer_id": str(cid), "display_name": rec.display_name,
@@ -331,7 +333,9 @@ def export_document(rec: CustomerRecord, *, history: Sequence[Row], purchases: S
                           "event_id": r["event_id"]} for r in risk_signals],
         "last_csat": rec.last_csat, "last_nps": rec.last_nps,
         "last_survey_at": _iso(rec.last_survey_at),
-        "segments": list(segments),
+        "segments": [m["segment"] for m in segments],
+        "segment_memberships": [{"segment": m["segment"], "since": _iso(m["since"])}
+                                for m in segments],
         "contacts": [{"contact_id": c["contact_id"], "purpose": c["purpose"],
                       "channel": c["channel"], "service": c["service"], "at": _iso(c["at"]),
                       "recorded_at": _iso(c["recorded_at"])} for c in contacts],

@@ -32,7 +32,7 @@ from crm_runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from crm_runtime.events import Envelope, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.customers import commands, erasures, privacy, risk, store
+from services.customers import commands, erasures, memberships, privacy, risk, store
 
 
 def on_interaction_recorded(ctx: commands.Context) -> Route:
@@ -178,5 +178,15 @@ def on_churn_due(ctx: commands.Context) -> WorkHandler:
 def on_risk_review(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
         await risk.review_risk(conn, ctx, parse_uuid(work.key), work.key)
+
+    return run
+
+
+def on_segment_evaluation(ctx: commands.Context) -> WorkHandler:
+    """One page of a segment's pass (:func:`memberships.evaluate_page`)."""
+
+    async def run(conn: Conn, work: DueWork) -> None:
+        await memberships.evaluate_page(conn, ctx, work.key, work.payload.get("after"),
+                                        work.payload.get("cause", "segment_defined"))
 
     return run

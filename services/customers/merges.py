@@ -15,7 +15,7 @@ from crm_runtime import scheduler
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument
 from crm_runtime.events import EventPayload
-from services.customers import commands, domain, risk, store
+from services.customers import commands, domain, memberships, risk, store
 from services.customers.domain import StageCause, StageChange
 
 
@@ -84,5 +84,6 @@ async def merge(conn: Conn, ctx: commands.Context, survivor_id: uuid.UUID, merge
         customer_id=str(survivor.customer_id), merged_customer_id=str(merged.customer_id),
         stage=survivor.stage.value, purchase_count=survivor.purchase_count))
     await commands.emit_named(conn, ctx, survivor.customer_id, *events)
+    await memberships.merged(conn, ctx, survivor.customer_id, merged.customer_id)
     await risk.reassess(conn, ctx, survivor.customer_id, request_id)
     return await store.load(conn, survivor.customer_id)

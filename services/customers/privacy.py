@@ -14,7 +14,7 @@ from crm_contracts.vocabulary import DO_NOT_CONTACT, ConsentPurpose
 from crm_runtime import scheduler, sealing
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from services.customers import commands, domain, erasures, reservations, store
+from services.customers import commands, domain, erasures, memberships, reservations, store
 
 
 async def set_consent(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID, *, purpose: str,
@@ -46,6 +46,7 @@ async def set_consent(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID,
     await commands.emit_named(conn, ctx, rec.customer_id, ConsentChanged(
         customer_id=str(rec.customer_id), purpose=purpose, granted=granted, source=source,
         changed_at=at))
+    await memberships.refresh(conn, ctx, [rec.customer_id], "consent")
     return await store.load(conn, rec.customer_id)
 
 
@@ -60,6 +61,7 @@ async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> No
     customer_id = rec.customer_id
     now = ctx.clock.now()
     await store.scrub(conn, customer_id)
+    await memberships.forget(conn, customer_id)
     await sealing.forget(conn, str(customer_id))
     rec.display_name = ""
     rec.profile = {}
@@ -73,8 +75,8 @@ async def erase(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> No
 
 async def export(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> dict[str, Any]:
     """Everything held about the customer, a JSON object (data-subject access):
-    every column of :data:`store.EXPORT_COLUMNS`, plus the segments the customer
-    is in now. A merged id exports its survivor."""
+    every column of :data:`store.EXPORT_COLUMNS` (the segments as published:
+    the stored membership). A merged id exports its survivor."""
     rec = await store.load(conn, customer_id)
     cid = rec.customer_id
     history = await store.stage_history(conn, cid)
@@ -82,10 +84,8 @@ async def export(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID) -> d
     links = await store.links(conn, cid)
     signals = await store.risk_signal_rows(conn, cid)
     aliases = await store.aliases(conn, cid)
-    member_of = ([] if rec.erased_at is not None
-                 else (await commands.segment_keys_for(conn, ctx, [cid]))[cid])
     document = domain.export_document(rec, history=history, purchases=bought, links=links,
                                       risk_signals=signals, aliases=aliases,
-                                      segments=member_of,
+                                      segments=await memberships.held_by(conn, cid),
                                       contacts=await reservations.contact_rows(conn, cid))
     return document

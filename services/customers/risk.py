@@ -14,7 +14,7 @@ from datetime import datetime
 from crm_contracts.customers import CustomerAtRisk, CustomerRiskCleared
 from crm_runtime import scheduler
 from crm_runtime.db import Conn
-from services.customers import commands, domain, store
+from services.customers import commands, domain, memberships, store
 
 RISK_REVIEW = "customers.risk_review"
 
@@ -34,6 +34,7 @@ async def record_survey(conn: Conn, ctx: commands.Context, customer_id: uuid.UUI
     rec = await store.load(conn, customer_id, lock=True, full=False)
     if rec.erased_at is not None:
         return
+    scores = (rec.last_csat, rec.last_nps)
     if rec.last_survey_at is None or occurred_at >= rec.last_survey_at:
         rec.last_csat = csat if csat is not None else rec.last_csat
         rec.last_nps = nps if nps is not None else rec.last_nps
@@ -42,12 +43,15 @@ async def record_survey(conn: Conn, ctx: commands.Context, customer_id: uuid.UUI
     if domain.is_recovery(csat, nps):
         await store.clear_risk_signals(conn, rec.customer_id, occurred_at)
     await reassess(conn, ctx, rec.customer_id, event_id)
+    if (rec.last_csat, rec.last_nps) != scores:
+        await memberships.refresh(conn, ctx, [rec.customer_id], "survey")
 
 
 async def reassess(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID,
                          causing_event_id: str) -> None:
     """Set at-risk from the live signals; publish only when it changes, and
-    schedule a review for when the oldest live signal expires."""
+    schedule a review for when the oldest live signal expires. A change of
+    the mark re-evaluates the customer's segments."""
     rec = await store.load(conn, customer_id, lock=True, follow_alias=False, full=False)
     now = ctx.clock.now()
     signals = await store.risk_signals(conn, customer_id)
@@ -68,6 +72,8 @@ async def reassess(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID,
         await commands.emit_named(conn, ctx, customer_id, CustomerRiskCleared(
             customer_id=str(customer_id), causing_event_id=causing_event_id))
         await scheduler.cancel(conn, RISK_REVIEW, str(customer_id))
+    if rec.at_risk != was_at_risk:
+        await memberships.refresh(conn, ctx, [customer_id], "risk")
 
 
 async def review_risk(conn: Conn, ctx: commands.Context, customer_id: uuid.UUID,

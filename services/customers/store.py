@@ -545,6 +545,9 @@ EXPORT_COLUMNS: dict[str, dict[str, str]] = {
                        "purpose": "contacts[].purpose", "channel": "contacts[].channel",
                        "service": "contacts[].service", "at": "contacts[].at",
                        "recorded_at": "contacts[].recorded_at"},
+    "segment_members": {"segment": "segment_memberships[].segment",
+                        "customer_id": "customer_id",
+                        "since": "segment_memberships[].since"},
 }
 #: Tables of the schema that hold nothing about a particular customer.
 NOT_CUSTOMER_DATA = {"segments": "segment definitions (membership is exported as segments)",

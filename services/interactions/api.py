@@ -24,8 +24,20 @@ from crm_runtime.convert import page_size, parse_uuid
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.interactions import commands, contacts, domain, privacy, store, trust
+from services.interactions import (
+    business_time,
+    calendars,
+    cases,
+    commands,
+    contacts,
+    privacy,
+    promise_store,
+    promises,
+    store,
+    trust,
+)
 from services.interactions.directory import CustomerDirectory
+from services.interactions.promises import Milestone, Policy
 
 #: The longest time a promise policy may name (10 years).
 _MAX_PROMISE_SECONDS = 10 * 365 * 24 * 3600
@@ -57,7 +69,7 @@ def interaction_to_pb(r: Any) -> pb.Interaction:
         idempotency_key=r["idempotency_key"], case_id=str(r["case_id"] or ""))
 
 
-def case_to_pb(r: Any, transfers: list[Any]) -> pb.Case:
+def case_to_pb(r: Any, transfers: list[Any], milestones: list[Milestone]) -> pb.Case:
     return pb.Case(
         case_id=str(r["case_id"]), customer_id=str(r["customer_id"]), kind=r["kind"],
         channel=r["channel"], unit=r["unit"], status=r["status"], opened_at=ts(r["opened_at"]),
@@ -67,7 +79,31 @@ def case_to_pb(r: Any, transfers: list[Any]) -> pb.Case:
         callback_phone=r["callback_phone"], interaction_id=str(r["interaction_id"] or ""),
         summary=r["summary"],
         transfers=[pb.CaseTransfer(from_unit=t["from_unit"], to_unit=t["to_unit"],
-                                   reason=t["reason"], at=ts(t["at"])) for t in transfers])
+                                   reason=t["reason"], at=ts(t["at"])) for t in transfers],
+        milestones=[_milestone_to_pb(m) for m in milestones], calendar=r["calendar"],
+        calendar_version=r["calendar_version"], clock=r["clock"],
+        policy=pb.PromisePolicy(**r["policy"]) if r["policy"] else None,
+        policy_reason=r["policy_reason"], paused=r["paused_at"] is not None,
+        paused_at=ts(r["paused_at"]), pause_reason=r["pause_reason"])
+
+
+def _milestone_to_pb(m: Milestone) -> pb.Milestone:
+    f = cases.milestone_fields(m)
+    return pb.Milestone(**{**f, **{k: ts(f[k]) for k in ("due_at", "warn_at", "met_at")}})
+
+
+def policy_to_pb(p: Policy) -> pb.PromisePolicy:
+    return pb.PromisePolicy(**cases.policy_fields(p))
+
+
+def calendar_to_pb(d: calendars.Defined) -> pb.Calendar:
+    cal = d.calendar
+    return pb.Calendar(
+        name=cal.name, time_zone=cal.time_zone, version=cal.version,
+        hours=[pb.OpeningHours(**h) for h in business_time.to_hours(cal)],
+        closed_dates=[pb.ClosedDate(**c) for c in business_time.to_closed_dates(cal)],
+        defined_at=ts(d.defined_at), units=d.units,
+        open_seconds_per_week=int(cal.open_per_week().total_seconds()))
 
 
 def _cycle_to_pb(row: Any) -> pb.ServiceCycle:
@@ -129,7 +165,8 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def _case_reply(self, conn: Conn, case_id: uuid.UUID) -> pb.Case:
         return case_to_pb(await store.load_case(conn, case_id),
-                          await store.transfers(conn, case_id))
+                          await store.transfers(conn, case_id),
+                          list((await promise_store.milestones(conn, case_id)).values()))
 
     async def RecordInteraction(self, request: pb.RecordInteractionRequest,
                                 context: grpc.aio.ServicerContext) -> pb.Interaction:
@@ -150,7 +187,8 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             decision_maker_id=request.attention.decision_maker_customer_id,
             touchpoint=request.touchpoint, agent=request.agent, unit=request.unit,
             outcome=request.outcome, notes=request.notes,
-            amount_minor=request.amount.amount_minor, currency=request.amount.currency)
+            amount_minor=request.amount.amount_minor, currency=request.amount.currency,
+            case_id=request.case_id)
 
         decided: dict[str, ContactDecision] = {}
         if contact.direction == "proactive":
@@ -196,7 +234,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         interaction_id = _uuid_or_none(request.interaction_id, "interaction_id")
 
         async def open_(conn: Conn) -> pb.Case:
-            case_id = await commands.open_case(
+            case_id = await cases.open_case(
                 conn, self._ctx, customer_id=customer_id, kind=request.kind,
                 channel=request.channel, unit=request.unit, summary=request.summary,
                 interaction_id=interaction_id, idempotency_key=request.idempotency_key)
@@ -210,7 +248,7 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         phone = normalise_phone(request.phone, "phone")
 
         async def open_(conn: Conn) -> pb.Case:
-            case_id = await commands.open_case(
+            case_id = await cases.open_case(
                 conn, self._ctx, customer_id=customer_id, kind="callback_request",
                 channel=request.channel or "phone", unit=request.unit,
                 summary=request.summary, interaction_id=None,
@@ -231,23 +269,33 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def AcknowledgeCase(self, request: pb.AcknowledgeCaseRequest,
                               context: grpc.aio.ServicerContext) -> pb.Case:
-        return await self._case_command(request.case_id, lambda c, i: commands.acknowledge(
+        return await self._case_command(request.case_id, lambda c, i: cases.acknowledge(
             c, self._ctx, i, request.agent))
 
     async def TransferCase(self, request: pb.TransferCaseRequest,
                            context: grpc.aio.ServicerContext) -> pb.Case:
-        return await self._case_command(request.case_id, lambda c, i: commands.transfer(
+        return await self._case_command(request.case_id, lambda c, i: cases.transfer(
             c, self._ctx, i, request.to_unit, request.reason))
 
     async def ResolveCase(self, request: pb.ResolveCaseRequest,
                           context: grpc.aio.ServicerContext) -> pb.Case:
-        return await self._case_command(request.case_id, lambda c, i: commands.resolve(
+        return await self._case_command(request.case_id, lambda c, i: cases.resolve(
             c, self._ctx, i, request.resolution))
 
     async def ReopenCase(self, request: pb.ReopenCaseRequest,
                          context: grpc.aio.ServicerContext) -> pb.Case:
-        return await self._case_command(request.case_id, lambda c, i: commands.reopen(
+        return await self._case_command(request.case_id, lambda c, i: cases.reopen(
             c, self._ctx, i, request.reason))
+
+    async def PauseCase(self, request: pb.PauseCaseRequest,
+                        context: grpc.aio.ServicerContext) -> pb.Case:
+        return await self._case_command(request.case_id, lambda c, i: cases.pause(
+            c, self._ctx, i, request.reason))
+
+    async def ResumeCase(self, request: pb.ResumeCaseRequest,
+                         context: grpc.aio.ServicerContext) -> pb.Case:
+        return await self._case_command(request.case_id, lambda c, i: cases.resume(
+            c, self._ctx, i))
 
     async def ListCases(self, request: pb.ListCasesRequest,
                         context: grpc.aio.ServicerContext) -> pb.ListCasesResponse:
@@ -256,14 +304,16 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
         after = _uuid_or_none(_decode_token(request.page_token), "page_token")
 
         async def list_(conn: Conn) -> list[pb.Case]:
-            rows = await commands.list_cases(conn, self._ctx, which=request.filter,
-                                             unit=request.unit, customer_id=customer_id,
-                                             after=after, limit=size)
-            return [case_to_pb(r, await store.transfers(conn, r["case_id"])) for r in rows]
+            rows = await cases.list_cases(conn, self._ctx, which=request.filter,
+                                          unit=request.unit, customer_id=customer_id,
+                                          after=after, limit=size)
+            ms = await promise_store.milestones_of(conn, [r["case_id"] for r in rows])
+            return [case_to_pb(r, await store.transfers(conn, r["case_id"]), ms[r["case_id"]])
+                    for r in rows]
 
-        cases = await uow.run(self._pool, list_)
-        token = _encode_token(cases[-1].case_id) if len(cases) == size else ""
-        return pb.ListCasesResponse(cases=cases, next_page_token=token)
+        page = await uow.run(self._pool, list_)
+        token = _encode_token(page[-1].case_id) if len(page) == size else ""
+        return pb.ListCasesResponse(cases=page, next_page_token=token)
 
     async def RecordSurveyResponse(self, request: pb.RecordSurveyResponseRequest,
                                    context: grpc.aio.ServicerContext) -> pb.SurveyResponse:
@@ -313,16 +363,61 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
 
     async def SetPromisePolicy(self, request: pb.PromisePolicy,
                                context: grpc.aio.ServicerContext) -> pb.PromisePolicy:
-        for field in ("min_seconds", "max_seconds", "warn_before_seconds"):
+        for field in ("min_seconds", "max_seconds", "warn_before_seconds",
+                      "first_response_seconds", "first_response_warn_before_seconds"):
             # Beyond this a deadline overflows the calendar (timedelta, datetime).
-            if getattr(request, field) > _MAX_PROMISE_SECONDS:
-                raise InvalidArgument(field, f"at most {_MAX_PROMISE_SECONDS} (10 years)")
-        policy = domain.Policy(request.kind.strip().lower(), request.channel.strip() or "*",
-                               timedelta(seconds=request.min_seconds),
-                               timedelta(seconds=request.max_seconds),
-                               timedelta(seconds=request.warn_before_seconds))
-        await uow.run(self._pool, lambda c: commands.set_policy(c, policy))
-        return request
+            if not 0 <= getattr(request, field) <= _MAX_PROMISE_SECONDS:
+                raise InvalidArgument(field, f"0 to {_MAX_PROMISE_SECONDS} (10 years)")
+        policy = Policy(request.kind.strip().lower(), request.channel.strip() or "*",
+                        timedelta(seconds=request.min_seconds),
+                        timedelta(seconds=request.max_seconds),
+                        timedelta(seconds=request.warn_before_seconds),
+                        timedelta(seconds=request.first_response_seconds),
+                        timedelta(seconds=request.first_response_warn_before_seconds),
+                        request.clock.strip().lower() or promises.BUSINESS,
+                        request.segment.strip())
+        await uow.run(self._pool, lambda c: calendars.set_policy(c, self._ctx, policy))
+        return policy_to_pb(policy)
+
+    async def ListPromisePolicies(self, request: pb.ListPromisePoliciesRequest,
+                                  context: grpc.aio.ServicerContext
+                                  ) -> pb.ListPromisePoliciesResponse:
+        found = await uow.run(self._pool, cases.policies)
+        found.sort(key=lambda p: (p.kind, p.channel != "*", p.channel, p.segment))
+        return pb.ListPromisePoliciesResponse(policies=[policy_to_pb(p) for p in found])
+
+    async def DeletePromisePolicy(self, request: pb.DeletePromisePolicyRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.PromisePolicy:
+        return policy_to_pb(await uow.run(self._pool, lambda c: calendars.delete_policy(
+            c, request.kind, request.channel, request.segment)))
+
+    async def DefineCalendar(self, request: pb.Calendar,
+                             context: grpc.aio.ServicerContext) -> pb.Calendar:
+        hours = [{"days": list(h.days), "opens": h.opens, "closes": h.closes}
+                 for h in request.hours]
+        closed = [{"date": d.date, "name": d.name} for d in request.closed_dates]
+        return calendar_to_pb(await uow.run(self._pool, lambda c: calendars.define_calendar(
+            c, self._ctx, name=request.name, time_zone=request.time_zone, hours=hours,
+            closed_dates=closed, apply_to_open_cases=request.apply_to_open_cases)))
+
+    async def GetCalendar(self, request: pb.GetCalendarRequest,
+                          context: grpc.aio.ServicerContext) -> pb.Calendar:
+        if request.version < 0:
+            raise InvalidArgument("version", "0 (the latest) or a version number")
+        return calendar_to_pb(await uow.run(self._pool, lambda c: calendars.get_calendar(
+            c, request.name.strip(), request.version)))
+
+    async def ListCalendars(self, request: pb.ListCalendarsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListCalendarsResponse:
+        found = await uow.run(self._pool, calendars.list_calendars)
+        return pb.ListCalendarsResponse(calendars=[calendar_to_pb(d) for d in found])
+
+    async def SetUnitCalendar(self, request: pb.SetUnitCalendarRequest,
+                              context: grpc.aio.ServicerContext) -> pb.UnitCalendar:
+        row = await uow.run(self._pool, lambda c: calendars.set_unit_calendar(
+            c, self._ctx, request.unit, request.calendar))
+        return pb.UnitCalendar(unit=row["unit"], calendar=row["calendar"],
+                               set_at=ts(row["set_at"]))
 
     async def ExportCustomerData(self, request: pb.ExportCustomerDataRequest,
                                  context: grpc.aio.ServicerContext

@@ -34,13 +34,8 @@ from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import Envelope
-from services.interactions import domain, metrics, store, trust
-from services.interactions.commands import (
-    DIGEST_VERSION,
-    Context,
-    key_conflict,
-    open_resolved_case,
-)
+from services.interactions import cases, domain, metrics, store, trust
+from services.interactions.commands import DIGEST_VERSION, Context, key_conflict
 from services.interactions.store import SERVICE
 
 
@@ -73,6 +68,8 @@ class Contact:
     time_stated: bool = True
     #: A proactive contact the gate found made in the customer's quiet hours.
     outside_quiet_hours: bool = False
+    #: The open case the contact is about (:func:`cases.contact_on_case`).
+    case_id: uuid.UUID | None = None
 
 
 #: The fields of a contact its digest covers besides ``occurred_at``, in
@@ -94,6 +91,8 @@ def contact_digest(contact: Contact) -> bytes:
         value = getattr(contact, name)
         parts.append("" if value is None else str(value))
     parts.append(repr(contact.occurred_at.timestamp()) if contact.time_stated else "")
+    if contact.case_id is not None:  # digests of contacts on no case stay as they were
+        parts.append(str(contact.case_id))
     return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).digest()
 
 
@@ -101,7 +100,8 @@ def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
                   direction: str, kind: str, occurred_at: datetime | None, now: datetime,
                   attention: str = "", requester_id: str = "", decision_maker_id: str = "",
                   touchpoint: str = "", agent: str = "", unit: str = "", outcome: str = "",
-                  notes: str = "", amount_minor: int = 0, currency: str = "") -> Contact:
+                  notes: str = "", amount_minor: int = 0, currency: str = "",
+                  case_id: str = "") -> Contact:
     """Validate a contact's fields, naming the first bad one. ``occurred_at``
     None (not given) is ``now``, the service's time; a given one must be an
     event time (``crm_contracts.times.check_event_time``: not before 2000,
@@ -139,7 +139,8 @@ def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
         unit=unit.strip(), outcome=domain.check_choice("outcome", outcome, domain.OUTCOMES,
                                                        "neutral"),
         notes=notes, amount_minor=amount_minor if kind == "purchase" else 0,
-        currency=code if kind == "purchase" else "", time_stated=stated)
+        currency=code if kind == "purchase" else "", time_stated=stated,
+        case_id=parse_uuid(case_id, "case_id") if case_id.strip() else None)
     contact.request_digest = contact_digest(contact)
     return contact
 
@@ -152,6 +153,8 @@ def _check_contact_repeat(contact: Contact, stored: Any) -> None:
     differing = [name for name in CONTACT_FIELDS if stored[name] != getattr(contact, name)]
     if contact.time_stated and stored["occurred_at"] != contact.occurred_at:
         differing.append("occurred_at")
+    if contact.case_id is not None and stored["case_id"] != contact.case_id:
+        differing.append("case_id")
     if not differing and not contact.time_stated:
         differing.append("occurred_at")  # stated in one request, not in the other
     raise key_conflict(contact.idempotency_key, "contact", differing)
@@ -259,6 +262,7 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
              c.occurred_at, c.outcome, c.notes, c.amount_minor, c.currency, now,
              c.request_digest)
             for c in contacts]
+    await _check_cases(conn, contacts)
     new_keys = await store.insert_contacts(conn, rows)
     result: list[tuple[Contact, bool]] = []
     events: list[Envelope] = []
@@ -293,14 +297,30 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         uow.on_commit(partial(metrics.INTERACTIONS.labels(SERVICE, channel, kind).inc, count))
     await ctx.events.write(conn, events)
     for c, fresh in result:
-        if fresh and c.kind in domain.AUTO_CASE_KINDS:
+        if fresh and c.case_id is not None:
+            await store.set_case_of_interaction(conn, c.interaction_id, c.case_id)
+            await cases.contact_on_case(conn, ctx, c.case_id, c.direction)
+        elif fresh and c.kind in domain.AUTO_CASE_KINDS:
             # Scoped as the contact's key: cases' keys are unique per customer.
-            case_id = await open_resolved_case(
+            case_id = await cases.open_resolved_case(
                 conn, ctx, customer_id=c.customer_id, kind=c.kind, channel=c.channel,
                 unit=c.unit, summary=c.notes[:500], interaction_id=c.interaction_id,
                 idempotency_key=f"interaction:{c.idempotency_key}", compare=False)
             await store.set_case_of_interaction(conn, c.interaction_id, case_id)
     return result
+
+
+async def _check_cases(conn: Conn, contacts: Sequence[Contact]) -> None:
+    """InvalidArgument (``case_id``) for a contact stating a case that is not
+    one of its customer's (or their survivor's): one customer's contact
+    never touches another's case, nor learns whether it exists."""
+    stated = {c.case_id for c in contacts if c.case_id is not None}
+    if not stated:
+        return
+    owners = await store.case_owners(conn, stated)
+    for c in contacts:
+        if c.case_id is not None and owners.get(c.case_id) != c.customer_id:
+            raise InvalidArgument("case_id", f"no case {c.case_id} of this customer")
 
 
 async def timeline(conn: Conn, customer_id: uuid.UUID, channels: list[str], kinds: list[str],

@@ -1,9 +1,7 @@
 """Moments of truth, promises and satisfaction, as pure rules.
 
 * Vocabulary checks for channels, directions, kinds and outcomes.
-* Promise policies: for a request kind and channel, the minimum and maximum
-  time it takes; a case's promise is fixed when it opens and kept through
-  transfers; a breach warning is raised ahead of the deadline.
+* Promises (policies, milestones, business time) are in :mod:`promises`.
 * Satisfaction: CSAT mean, NPS (% promoters - % detractors), and the
   dissatisfaction signals that mark an unhappy customer who did not complain.
 * Trust: the customer's consent as this service knows it (the latest
@@ -17,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from crm_contracts.vocabulary import (
     AUTO_CASE_KINDS,
@@ -47,76 +46,6 @@ def check_choice(field: str, value: str, allowed: tuple[str, ...], default: str 
     if value not in allowed:
         raise InvalidArgument(field, f"{value!r} is not one of {list(allowed)}")
     return value
-
-
-@dataclass(frozen=True)
-class Policy:
-    kind: str
-    channel: str  # or "*"
-    min_time: timedelta
-    max_time: timedelta
-    warn_before: timedelta
-
-    def __post_init__(self) -> None:
-        if self.min_time < timedelta(0):
-            raise InvalidArgument("min_seconds", "must not be negative")
-        if self.max_time <= timedelta(0) or self.max_time < self.min_time:
-            raise InvalidArgument("max_seconds", "must be positive and at least min_seconds")
-        if not timedelta(0) <= self.warn_before < self.max_time:
-            raise InvalidArgument("warn_before_seconds",
-                                  "must be at least 0 and less than max_seconds")
-
-
-H = timedelta(hours=1)
-
-#: Shipped defaults; operators override them with SetPromisePolicy.
-DEFAULT_POLICIES: tuple[Policy, ...] = (
-    Policy("complaint", "*", 1 * H, 48 * H, 8 * H),
-    Policy("complaint", "phone", 1 * H, 48 * H, 8 * H),
-    Policy("complaint", "in_person", 1 * H, 24 * H, 4 * H),
-    Policy("support", "*", 2 * H, 72 * H, 12 * H),
-    Policy("callback_request", "*", timedelta(minutes=5), 2 * H, timedelta(minutes=30)),
-    Policy("inquiry", "*", timedelta(minutes=10), 24 * H, 4 * H),
-    Policy("doubt", "*", timedelta(minutes=10), 24 * H, 4 * H),
-)
-
-
-def choose_policy(policies: Iterable[Policy], kind: str, channel: str) -> Policy:
-    """The most specific policy: exact channel first, then ``*``."""
-    best: Policy | None = None
-    for p in policies:
-        if p.kind != kind:
-            continue
-        if p.channel == channel:
-            return p
-        if p.channel == "*":
-            best = p
-    if best is None:
-        raise InvalidArgument("kind", f"no promise policy for kind {kind!r}; set one first")
-    return best
-
-
-@dataclass(frozen=True)
-class Promise:
-    earliest_at: datetime
-    deadline: datetime
-    warn_at: datetime
-
-
-def promise_for(policy: Policy, opened_at: datetime) -> Promise:
-    return Promise(opened_at + policy.min_time, opened_at + policy.max_time,
-                   opened_at + policy.max_time - policy.warn_before)
-
-
-def is_late(deadline: datetime, resolved_at: datetime) -> bool:
-    return resolved_at > deadline
-
-
-def breaches_on_resolution(deadline: datetime, resolved_at: datetime, breached: bool) -> bool:
-    """A case resolved after its deadline that nobody breached yet (the
-    scheduler was down or behind) is breached by its resolution, so every
-    late resolution follows exactly one breach."""
-    return not breached and is_late(deadline, resolved_at)
 
 
 # --- satisfaction -----------------------------------------------------------
@@ -161,6 +90,12 @@ class CaseTally:
     opened: int
     resolved_in_time: int = 0
     breached: int = 0
+    first_response_hit: int = 0
+    first_response_missed: int = 0
+    first_response_median: float | None = None  # seconds; the query's, per group
+    resolution_hit: int = 0
+    resolution_missed: int = 0
+    resolution_median: float | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +107,25 @@ class ReportRow:
     cases_opened: int = 0
     cases_resolved_in_time: int = 0
     cases_breached: int = 0
+    first_response_hit: int = 0
+    first_response_missed: int = 0
+    first_response_hit_rate: float = 0.0  # hit / (hit + missed), 0 when none decided
+    first_response_median_seconds: float = 0.0
+    resolution_hit: int = 0
+    resolution_missed: int = 0
+    resolution_hit_rate: float = 0.0
+    resolution_median_seconds: float = 0.0
+
+
+def hit_rate(hit: int, missed: int) -> float:
+    """The share of decided milestones met in time (0 when none was decided)."""
+    return hit / (hit + missed) if hit + missed else 0.0
+
+
+def _median(tallies: list[CaseTally], name: str) -> float:
+    """A group's median time to a milestone: medians do not add up, so it is
+    the one tally's that has one (the report query makes one per group)."""
+    return next((m for t in tallies if (m := getattr(t, f"{name}_median")) is not None), 0.0)
 
 
 def satisfaction_report(surveys: Iterable[SurveyTally],
@@ -198,8 +152,17 @@ def satisfaction_report(surveys: Iterable[SurveyTally],
             nps=nps_value or 0.0,
             cases_opened=sum(c.opened for c in cs),
             cases_resolved_in_time=sum(c.resolved_in_time for c in cs),
-            cases_breached=sum(c.breached for c in cs)))
+            cases_breached=sum(c.breached for c in cs),
+            **_milestone_columns(cs, "first_response"), **_milestone_columns(cs, "resolution")))
     return rows
+
+
+def _milestone_columns(cases: list[CaseTally], name: str) -> dict[str, Any]:
+    hit = sum(getattr(c, f"{name}_hit") for c in cases)
+    missed = sum(getattr(c, f"{name}_missed") for c in cases)
+    return {f"{name}_hit": hit, f"{name}_missed": missed,
+            f"{name}_hit_rate": hit_rate(hit, missed),
+            f"{name}_median_seconds": _median(cases, name)}
 
 
 def survey_signals(csat_scores: list[int], nps_score: int | None) -> list[str]:

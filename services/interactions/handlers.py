@@ -21,7 +21,10 @@
 * ``customer.consent_changed`` on ``crm.customers.v1``: the consent view
   (:func:`trust.consent_changed`); a customer not heard of yet is stored
   with the decision, not dead-lettered (their registration may be late).
-* Scheduled work: breach warnings and breaches of case promises; survey
+* ``customer.segment_entered`` / ``customer.segment_left``: the segments a
+  customer is in, for the entitlements of the cases they open.
+* Scheduled work: breach warnings and breaches of each milestone of a case's
+  promise (keyed ``<case>/<milestone>``, :mod:`cases`); survey
   requests of resolved cases (the contact gate asked first,
   :func:`trust.request_survey`).
 
@@ -41,6 +44,8 @@ from crm_contracts.customers import (
     CustomerErased,
     CustomerRegistered,
     CustomersMerged,
+    SegmentEntered,
+    SegmentLeft,
 )
 from crm_contracts.interactions import ContactReceived
 from crm_runtime import logs
@@ -48,10 +53,10 @@ from crm_runtime.consumer import Prepare, Seen
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, InvalidArgument
-from crm_runtime.events import Envelope, PoisonMessage
+from crm_runtime.events import Envelope, EventPayload, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.interactions import commands, contacts, store, trust
+from services.interactions import cases, commands, contacts, store, trust
 from services.interactions.directory import CustomerDirectory, stated_customers
 from services.interactions.domain import Decision
 
@@ -82,7 +87,7 @@ def _checked(data: ContactReceived, customer_id: uuid.UUID,
         requester_id=data.requester_customer_id,
         decision_maker_id=data.decision_maker_customer_id, touchpoint=data.touchpoint,
         agent=data.agent, unit=data.unit, outcome=data.outcome, notes=data.notes,
-        amount_minor=data.amount_minor, currency=data.currency)
+        amount_minor=data.amount_minor, currency=data.currency, case_id=data.case_id)
 
 
 async def require_customers(conn: Conn, directory: CustomerDirectory,
@@ -128,12 +133,14 @@ def on_contacts(ctx: commands.Context, directory: CustomerDirectory) -> Route:
         await require_customers(conn, directory, events)
         batch, _ = await contacts.screen(conn, ctx, batch, directory.reserve_contacts,
                                          directory.decided())
+        about = str(batch[0].customer_id) if len(batch) == 1 else None
         try:
             await contacts.record_contacts(conn, ctx, batch)
         except AlreadyExists as exc:
             # Refused alone (the runtime re-runs the batch record by record).
-            about = str(batch[0].customer_id) if len(batch) == 1 else None
             raise PoisonMessage(IDEMPOTENCY_CONFLICT, str(exc), subject=about) from None
+        except InvalidArgument as exc:  # a case_id that is not the customer's
+            raise PoisonMessage(INVALID_CONTACT, str(exc), subject=about) from None
 
     return on(ContactReceived, handle)
 
@@ -215,6 +222,16 @@ def on_consent_changed() -> Route:
     return on(ConsentChanged, handle)
 
 
+def on_segment_changes() -> Route:
+    async def handle(conn: Conn, events: list[Envelope[EventPayload]]) -> None:
+        changes = [cast(SegmentEntered | SegmentLeft, env.data) for env in events]
+        await commands.segments_changed(conn, [
+            (uuid.UUID(c.customer_id), c.segment, isinstance(c, SegmentEntered), c.changed_at)
+            for c in changes])
+
+    return on((SegmentEntered, SegmentLeft), handle)
+
+
 def on_survey_request(ctx: commands.Context, directory: CustomerDirectory) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
         await trust.request_survey(conn, ctx, directory.gate, work)
@@ -224,13 +241,13 @@ def on_survey_request(ctx: commands.Context, directory: CustomerDirectory) -> Wo
 
 def on_breach_warning(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.warn_breach(conn, ctx, uuid.UUID(work.key))
+        await cases.warn_breach(conn, ctx, *cases.parse_work_key(work.key))
 
     return run
 
 
 def on_breach(ctx: commands.Context) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
-        await commands.breach(conn, ctx, uuid.UUID(work.key))
+        await cases.breach(conn, ctx, *cases.parse_work_key(work.key))
 
     return run

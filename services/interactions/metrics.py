@@ -10,8 +10,9 @@ from services.interactions import store
 INTERACTIONS = Counter("crm_interactions", "Contacts recorded (each once)",
                        ["service", "channel", "kind"])
 CASES_OPENED = Counter("crm_cases_opened", "Cases opened", ["service", "kind", "channel"])
-CASES_BREACHED = Counter("crm_cases_breached", "Cases whose promised deadline passed unresolved",
-                         ["service", "kind", "channel"])
+CASES_BREACHED = Counter("crm_cases_breached",
+                         "Milestones of cases (first response, resolution) whose due time passed "
+                         "unmet", ["service", "kind", "channel", "milestone", "unit"])
 CSAT_RESPONSES = Counter("crm_csat_responses", "Survey responses with a CSAT answer",
                          ["service", "channel"])
 CSAT_SCORE = Summary("crm_csat_score", "CSAT (1-5) of survey responses", ["service", "channel"])
@@ -23,6 +24,8 @@ GAUGES = [
             store.CASES_OPEN_SQL),
     DbGauge("crm_cases_overdue", "Unresolved cases past their promised deadline", (),
             store.CASES_OVERDUE_SQL),
+    DbGauge("crm_cases_paused", "Unresolved cases waiting on the customer (clock stopped)", (),
+            store.CASES_PAUSED_SQL),
 ]
 
 

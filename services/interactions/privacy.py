@@ -3,8 +3,9 @@
 assembles every service's part into ``Customers/ExportCustomer``).
 
 The part holds every row of the schema about the customer: their contacts;
-their cases, with transfers (a callback is a case of kind
-``callback_request`` with the number to call); their survey responses; the
+their cases, with transfers and milestones (a callback is a case of kind
+``callback_request`` with the number to call); the segments the customers
+service said they are in; their survey responses; the
 merges this service knows, whether it knows the id as a customer and its
 view of their consent (``contact_preferences``); the proactive contacts the
 trust rules stopped; and the other customers' contacts that name them as
@@ -52,7 +53,14 @@ EXPORT_COLUMNS: dict[str, dict[str, str]] = {
         "cases", "case_id", "idempotency_key", "customer_id", "kind", "channel", "unit",
         "status", "summary", "interaction_id", "opened_at", "promised_earliest_at",
         "promised_by", "warn_at", "acknowledged_at", "resolved_at", "resolution", "breached",
-        "resolved_late", "callback_phone", "reopen_reason"),
+        "resolved_late", "callback_phone", "reopen_reason", "calendar", "calendar_version",
+        "clock", "policy", "policy_reason", "paused_at", "pause_reason"),
+    "case_milestones": {"case_id": "cases[].case_id",
+                        **_fields("cases[].milestones", "milestone", "limit_time",
+                                  "warn_before", "state", "due_at", "warn_at", "warned_at",
+                                  "remaining", "met_at", "took", "missed_at")},
+    "customer_segments": _fields("segments", "customer_id", "segment", "member",
+                                 "changed_at"),
     "case_transfers": {"case_id": "cases[].case_id",
                        **_fields("cases[].transfers", "from_unit", "to_unit", "reason", "at")},
     "survey_responses": _fields(
@@ -76,6 +84,8 @@ _DIGEST = ("a digest of the request's fields, kept only to recognise a repeated 
 #: Tables (``table``) and columns (``table.column``) deliberately left out, and why.
 NOT_EXPORTED: dict[str, str] = {
     "promise_policies": "promised response times per case kind and channel: no customer data",
+    "calendars": "business hours of the company's units: no customer data",
+    "unit_calendars": "which calendar each unit keeps: no customer data",
     "service_cycles": "the service-cycle matrix (moments of truth, requirements, action "
                       "plans): no customer data",
     "interactions.request_digest": _DIGEST,
@@ -98,6 +108,9 @@ async def export(conn: Conn, customer_id: uuid.UUID,
     transfers: dict[uuid.UUID, list[dict[str, Any]]] = {c["case_id"]: [] for c in cases}
     for t in await _transfers(conn, list(transfers)):
         transfers[t["case_id"]].append({k: t[k] for k in ("from_unit", "to_unit", "reason", "at")})
+    milestones: dict[uuid.UUID, list[dict[str, Any]]] = {c["case_id"]: [] for c in cases}
+    for m in await _milestones(conn, list(milestones)):
+        milestones[m["case_id"]].append({k: v for k, v in m.items() if k != "case_id"})
     part = {
         "customer_id": survivor,
         "known_customer_ids": [r["customer_id"] for r in known],
@@ -105,7 +118,9 @@ async def export(conn: Conn, customer_id: uuid.UUID,
         "suppressed_contacts": [dict(r) for r in await _suppressed(conn, ids)],
         "aliases": [dict(a) for a in aliases],
         "interactions": [dict(r) for r in await _contacts(conn, ids)],
-        "cases": [{**dict(c), "transfers": transfers[c["case_id"]]} for c in cases],
+        "cases": [{**dict(c), "transfers": transfers[c["case_id"]],
+                   "milestones": milestones[c["case_id"]]} for c in cases],
+        "segments": [dict(r) for r in await _segments(conn, ids)],
         "survey_responses": [dict(r) for r in await _surveys(conn, ids)],
         "named_in_interactions": [_naming(r, set(ids)) for r in await _named_in(conn, ids)],
     }
@@ -174,7 +189,8 @@ async def _cases(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
         """SELECT case_id, idempotency_key, customer_id, kind, channel, unit, status, summary,
                   interaction_id, opened_at, promised_earliest_at, promised_by, warn_at,
                   acknowledged_at, resolved_at, resolution, breached, resolved_late,
-                  callback_phone, reopen_reason
+                  callback_phone, reopen_reason, calendar, calendar_version, clock, policy,
+                  policy_reason, paused_at, pause_reason
              FROM cases WHERE customer_id = ANY($1::uuid[]) ORDER BY opened_at, case_id""",
         ids))
 
@@ -183,6 +199,21 @@ async def _transfers(conn: Conn, case_ids: list[uuid.UUID]) -> list[Any]:
     return list(await conn.fetch(
         """SELECT case_id, from_unit, to_unit, reason, at FROM case_transfers
             WHERE case_id = ANY($1::uuid[]) ORDER BY case_id, at""", case_ids))
+
+
+async def _milestones(conn: Conn, case_ids: list[uuid.UUID]) -> list[Any]:
+    return list(await conn.fetch(
+        """SELECT case_id, milestone, limit_time, warn_before, state, due_at, warn_at,
+                  warned_at, remaining, met_at, took, missed_at
+             FROM case_milestones WHERE case_id = ANY($1::uuid[]) ORDER BY case_id, milestone""",
+        case_ids))
+
+
+async def _segments(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
+    """The segments the customers service said the customer entered or left."""
+    return list(await conn.fetch(
+        """SELECT customer_id, segment, member, changed_at FROM customer_segments
+            WHERE customer_id = ANY($1::uuid[]) ORDER BY customer_id, segment""", ids))
 
 
 async def _surveys(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:

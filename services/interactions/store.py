@@ -16,6 +16,7 @@ from typing import Any
 from crm_runtime import db
 from crm_runtime.db import Conn
 from crm_runtime.errors import NotFound
+from services.interactions.business_time import Calendar
 
 SERVICE = "interactions"
 
@@ -95,24 +96,6 @@ async def timeline(conn: Conn, customer_id: uuid.UUID, channels: list[str], kind
         after[1] if after else None, limit))
 
 
-# --- promise policies -------------------------------------------------------
-
-async def policies(conn: Conn) -> list[Any]:
-    """The stored policies (the defaults are the domain's)."""
-    return list(await conn.fetch("SELECT * FROM promise_policies"))
-
-
-async def upsert_policy(conn: Conn, kind: str, channel: str, min_seconds: int,
-                        max_seconds: int, warn_before_seconds: int) -> None:
-    await conn.execute(
-        """INSERT INTO promise_policies (kind, channel, min_seconds, max_seconds,
-                                         warn_before_seconds) VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (kind, channel) DO UPDATE SET min_seconds = EXCLUDED.min_seconds,
-               max_seconds = EXCLUDED.max_seconds,
-               warn_before_seconds = EXCLUDED.warn_before_seconds""",
-        kind, channel, min_seconds, max_seconds, warn_before_seconds)
-
-
 # --- cases ------------------------------------------------------------------
 
 async def case_by_key(conn: Conn, customer_id: uuid.UUID, idempotency_key: str) -> Any:
@@ -126,18 +109,32 @@ async def insert_case(conn: Conn, case_id: uuid.UUID, idempotency_key: str,
                       customer_id: uuid.UUID, kind: str, channel: str, unit: str, summary: str,
                       interaction_id: uuid.UUID | None, opened_at: datetime,
                       promised_earliest_at: datetime, promised_by: datetime, warn_at: datetime,
-                      callback_phone: str, request_digest: bytes | None) -> bool:
-    """Store the case; False (nothing stored) when the customer has a case
-    of that key already (a concurrent request with the same key committed)."""
+                      callback_phone: str, request_digest: bytes | None, *,
+                      calendar: Calendar, clock: str, policy: dict[str, Any],
+                      policy_reason: str) -> bool:
+    """Store the case, with the calendar its promise counts on and the
+    policy it got and why; False (nothing stored) when the customer has a
+    case of that key already (a concurrent request with the same key
+    committed)."""
     inserted = await conn.fetchval(
         """INSERT INTO cases (case_id, idempotency_key, customer_id, kind, channel, unit, summary,
                               interaction_id, opened_at, promised_earliest_at, promised_by,
-                              warn_at, callback_phone, request_digest)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                              warn_at, callback_phone, request_digest, calendar,
+                              calendar_version, clock, policy, policy_reason)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                   $18, $19)
            ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING true""",
         case_id, idempotency_key, customer_id, kind, channel, unit, summary, interaction_id,
-        opened_at, promised_earliest_at, promised_by, warn_at, callback_phone, request_digest)
+        opened_at, promised_earliest_at, promised_by, warn_at, callback_phone, request_digest,
+        calendar.name, calendar.version, clock, policy, policy_reason)
     return bool(inserted)
+
+
+async def case_owners(conn: Conn, case_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """The customer of each of these cases that exists."""
+    rows = await conn.fetch("SELECT case_id, customer_id FROM cases WHERE case_id = ANY($1)",
+                            list(case_ids))
+    return {r["case_id"]: r["customer_id"] for r in rows}
 
 
 async def other_complaints_opened_at(conn: Conn, customer_id: uuid.UUID,
@@ -201,16 +198,23 @@ async def list_cases(conn: Conn, which: str, now: datetime, unit: str,
                      customer_id: uuid.UUID | None, after: uuid.UUID | None,
                      limit: int) -> list[Any]:
     """A page of cases by ``case_id``: ``which`` is one of open, breaching
-    (unresolved, not breached, past the warning at ``now``), breached,
-    resolved or all; ``unit`` '' and ``customer_id`` None mean any."""
+    (unresolved and running, a milestone not missed yet past its warning at
+    ``now``), breached (a milestone missed), paused, resolved or all;
+    ``unit`` '' and ``customer_id`` None mean any."""
     return list(await conn.fetch(
         """SELECT * FROM cases c
             WHERE ($1 = 'all'
                    OR ($1 = 'open' AND status <> 'resolved')
                    OR ($1 = 'resolved' AND status = 'resolved')
-                   OR ($1 = 'breached' AND breached)
-                   OR ($1 = 'breaching' AND status <> 'resolved' AND NOT breached
-                       AND warn_at <= $2))
+                   OR ($1 = 'paused' AND status <> 'resolved' AND paused_at IS NOT NULL)
+                   OR ($1 = 'breached' AND (breached OR EXISTS (
+                       SELECT 1 FROM case_milestones m
+                        WHERE m.case_id = c.case_id AND m.state = 'missed')))
+                   OR ($1 = 'breaching' AND status <> 'resolved' AND paused_at IS NULL
+                       AND EXISTS (SELECT 1 FROM case_milestones m
+                                    WHERE m.case_id = c.case_id
+                                      AND (m.state = 'warning'
+                                           OR (m.state = 'pending' AND m.warn_at <= $2)))))
               AND ($3 = '' OR unit = $3)
               AND ($4::uuid IS NULL OR customer_id = $4)
               AND ($5::uuid IS NULL OR case_id > $5)
@@ -273,15 +277,27 @@ async def survey_tallies(conn: Conn, group_by: str, since: datetime,
 async def case_tallies(conn: Conn, group_by: str, since: datetime,
                        until: datetime) -> list[Any]:
     """Per ``group_by`` key, the cases opened in the window, those resolved in
-    time and those breached (a case's touchpoint is its contact's)."""
+    time and those breached (a case's touchpoint is its contact's), and per
+    milestone how many were hit and missed and the median time they took."""
     column = _report_column(group_by)
     case_key = "coalesce(i.touchpoint, '')" if column == "touchpoint" else f"c.{column}"
     return list(await conn.fetch(
         f"""SELECT {case_key} AS key, count(*) AS opened,
                    count(*) FILTER (WHERE c.status = 'resolved' AND NOT c.resolved_late)
                      AS resolved_in_time,
-                   count(*) FILTER (WHERE c.breached) AS breached
+                   count(*) FILTER (WHERE c.breached) AS breached,
+                   count(*) FILTER (WHERE f.state = 'hit') AS first_response_hit,
+                   count(*) FILTER (WHERE f.state = 'missed') AS first_response_missed,
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM f.took))
+                     AS first_response_median,
+                   count(*) FILTER (WHERE r.state = 'hit') AS resolution_hit,
+                   count(*) FILTER (WHERE r.state = 'missed') AS resolution_missed,
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.took))
+                     AS resolution_median
               FROM cases c LEFT JOIN interactions i ON i.interaction_id = c.interaction_id
+              LEFT JOIN case_milestones f
+                ON f.case_id = c.case_id AND f.milestone = 'first_response'
+              LEFT JOIN case_milestones r ON r.case_id = c.case_id AND r.milestone = 'resolution'
              WHERE c.opened_at >= $1 AND c.opened_at <= $2 GROUP BY 1""", since, until))
 
 
@@ -321,8 +337,8 @@ async def scrub_customer(conn: Conn, customer_id: uuid.UUID) -> None:
     scores stay."""
     await conn.execute("UPDATE interactions SET notes = '' WHERE customer_id = $1", customer_id)
     await conn.execute(
-        "UPDATE cases SET summary = '', resolution = '', callback_phone = '', reopen_reason = '' "
-        "WHERE customer_id = $1", customer_id)
+        "UPDATE cases SET summary = '', resolution = '', callback_phone = '', reopen_reason = '', "
+        "pause_reason = '' WHERE customer_id = $1", customer_id)
     await conn.execute(
         """UPDATE case_transfers t SET reason = '' FROM cases c
             WHERE c.case_id = t.case_id AND c.customer_id = $1""", customer_id)
@@ -504,3 +520,7 @@ CASES_OPEN_SQL = "SELECT count(*) FROM cases WHERE status <> 'resolved'"
 
 #: ``crm_cases_overdue``.
 CASES_OVERDUE_SQL = "SELECT count(*) FROM cases WHERE status <> 'resolved' AND breached"
+
+#: ``crm_cases_paused``.
+CASES_PAUSED_SQL = ("SELECT count(*) FROM cases WHERE status <> 'resolved' "
+                    "AND paused_at IS NOT NULL")

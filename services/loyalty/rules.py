@@ -72,7 +72,7 @@ TRIGGERS: dict[str, dict[str, FactKind]] = {
     "interaction.recorded": {"channel": "text", "kind": "text", "direction": "text",
                              "outcome": "text", "amount_minor": "int", "currency": "text",
                              "touchpoint": "text", "unit": "text"},
-    "case.breached": {"kind": "text", "channel": "text", "unit": "text"},
+    "case.breached": {"kind": "text", "channel": "text", "unit": "text", "milestone": "text"},
     "case.resolved": {"kind": "text", "channel": "text", "unit": "text", "late": "bool"},
     "survey.response_recorded": {"csat": "int", "nps": "int", "channel": "text",
                                  "touchpoint": "text"},

@@ -3,7 +3,8 @@
 isort:skip_file
 Interactions service: every contact with a customer (a moment of truth),
 cases with promised times, callbacks and satisfaction.
-Scopes: interactions:read, interactions:write, privacy:export.
+Scopes: interactions:read, interactions:write, interactions:admin (business-hours
+calendars and the calendar of each unit), privacy:export.
 """
 
 from collections import abc as _abc
@@ -91,6 +92,7 @@ class RecordInteractionRequest(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """or, for an unknown contact, email/phone:"""
     contact_email: _builtins.str
@@ -110,6 +112,11 @@ class RecordInteractionRequest(_message.Message):
     notes: _builtins.str
     idempotency_key: _builtins.str
     """required: the channel's id of this contact"""
+    case_id: _builtins.str
+    """The open case this contact is about (of the same customer): a proactive
+    contact meets its first response; one from the customer resumes it when it
+    waits on them. A complaint stating a case opens no other.
+    """
     @_builtins.property
     def attention(self) -> Global___Attention:
         """callback_request, survey_response, follow_up"""
@@ -140,10 +147,11 @@ class RecordInteractionRequest(_message.Message):
         notes: _builtins.str = ...,
         amount: Global___Money | None = ...,
         idempotency_key: _builtins.str = ...,
+        case_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attention", b"attention", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "amount", b"amount", "attention", b"attention", "channel", b"channel", "contact_email", b"contact_email", "contact_phone", b"contact_phone", "customer_id", b"customer_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "kind", b"kind", "notes", b"notes", "occurred_at", b"occurred_at", "outcome", b"outcome", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "amount", b"amount", "attention", b"attention", "case_id", b"case_id", "channel", b"channel", "contact_email", b"contact_email", "contact_phone", b"contact_phone", "customer_id", b"customer_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "kind", b"kind", "notes", b"notes", "occurred_at", b"occurred_at", "outcome", b"outcome", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,7 +189,7 @@ class Interaction(_message.Message):
     notes: _builtins.str
     idempotency_key: _builtins.str
     case_id: _builtins.str
-    """the case this contact opened, if any"""
+    """the case this contact opened or is about, if any"""
     outside_quiet_hours: _builtins.bool
     """RecordInteraction's reply only: this proactive contact reached the
     customer in their quiet hours (it is recorded and counted all the same,
@@ -304,6 +312,15 @@ class Case(_message.Message):
     INTERACTION_ID_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     TRANSFERS_FIELD_NUMBER: _builtins.int
+    MILESTONES_FIELD_NUMBER: _builtins.int
+    CALENDAR_FIELD_NUMBER: _builtins.int
+    CALENDAR_VERSION_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    POLICY_REASON_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    PAUSED_AT_FIELD_NUMBER: _builtins.int
+    PAUSE_REASON_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     customer_id: _builtins.str
     kind: _builtins.str
@@ -318,6 +335,16 @@ class Case(_message.Message):
     callback_phone: _builtins.str
     interaction_id: _builtins.str
     summary: _builtins.str
+    calendar: _builtins.str
+    """the business-hours calendar the promise counts on"""
+    calendar_version: _builtins.int
+    clock: _builtins.str
+    """business or calendar"""
+    policy_reason: _builtins.str
+    """why that one (an entitlement names its segment)"""
+    paused: _builtins.bool
+    """waiting on the customer: the clock is stopped"""
+    pause_reason: _builtins.str
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -330,6 +357,16 @@ class Case(_message.Message):
     def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseTransfer]: ...
+    @_builtins.property
+    def milestones(self) -> _containers.RepeatedCompositeFieldContainer[Global___Milestone]:
+        """first_response (when promised), resolution"""
+
+    @_builtins.property
+    def policy(self) -> Global___PromisePolicy:
+        """the policy the case got"""
+
+    @_builtins.property
+    def paused_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -351,14 +388,77 @@ class Case(_message.Message):
         interaction_id: _builtins.str = ...,
         summary: _builtins.str = ...,
         transfers: _abc.Iterable[Global___CaseTransfer] | None = ...,
+        milestones: _abc.Iterable[Global___Milestone] | None = ...,
+        calendar: _builtins.str = ...,
+        calendar_version: _builtins.int = ...,
+        clock: _builtins.str = ...,
+        policy: Global___PromisePolicy | None = ...,
+        policy_reason: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        paused_at: _timestamp_pb2.Timestamp | None = ...,
+        pause_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "opened_at", b"opened_at", "promised_by", b"promised_by", "promised_earliest_at", b"promised_earliest_at", "resolved_at", b"resolved_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "opened_at", b"opened_at", "paused_at", b"paused_at", "policy", b"policy", "promised_by", b"promised_by", "promised_earliest_at", b"promised_earliest_at", "resolved_at", b"resolved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "breached", b"breached", "callback_phone", b"callback_phone", "case_id", b"case_id", "channel", b"channel", "customer_id", b"customer_id", "interaction_id", b"interaction_id", "kind", b"kind", "opened_at", b"opened_at", "promised_by", b"promised_by", "promised_earliest_at", b"promised_earliest_at", "resolution", b"resolution", "resolved_at", b"resolved_at", "resolved_late", b"resolved_late", "status", b"status", "summary", b"summary", "transfers", b"transfers", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "breached", b"breached", "calendar", b"calendar", "calendar_version", b"calendar_version", "callback_phone", b"callback_phone", "case_id", b"case_id", "channel", b"channel", "clock", b"clock", "customer_id", b"customer_id", "interaction_id", b"interaction_id", "kind", b"kind", "milestones", b"milestones", "opened_at", b"opened_at", "pause_reason", b"pause_reason", "paused", b"paused", "paused_at", b"paused_at", "policy", b"policy", "policy_reason", b"policy_reason", "promised_by", b"promised_by", "promised_earliest_at", b"promised_earliest_at", "resolution", b"resolution", "resolved_at", b"resolved_at", "resolved_late", b"resolved_late", "status", b"status", "summary", b"summary", "transfers", b"transfers", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Case: _TypeAlias = Case  # noqa: Y015
+
+@_typing.final
+class Milestone(_message.Message):
+    """One promised time of a case, with its own state (like a service desk's SLA
+    status): pending, warning (its warning was raised), hit (met in time),
+    missed (its due time passed unmet; it stays missed when met later), paused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    WARN_AT_FIELD_NUMBER: _builtins.int
+    MET_AT_FIELD_NUMBER: _builtins.int
+    LIMIT_SECONDS_FIELD_NUMBER: _builtins.int
+    REMAINING_SECONDS_FIELD_NUMBER: _builtins.int
+    TOOK_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """first_response, resolution"""
+    state: _builtins.str
+    limit_seconds: _builtins.int
+    """the maximum promised, on the case's clock"""
+    remaining_seconds: _builtins.int
+    """while paused: what is left"""
+    took_seconds: _builtins.int
+    """once met: the business (or calendar) time it took,"""
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """unset while paused"""
+
+    @_builtins.property
+    def warn_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def met_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: _builtins.str = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        warn_at: _timestamp_pb2.Timestamp | None = ...,
+        met_at: _timestamp_pb2.Timestamp | None = ...,
+        limit_seconds: _builtins.int = ...,
+        remaining_seconds: _builtins.int = ...,
+        took_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "met_at", b"met_at", "warn_at", b"warn_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "limit_seconds", b"limit_seconds", "met_at", b"met_at", "name", b"name", "remaining_seconds", b"remaining_seconds", "state", b"state", "took_seconds", b"took_seconds", "warn_at", b"warn_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Milestone: _TypeAlias = Milestone  # noqa: Y015
 
 @_typing.final
 class CaseTransfer(_message.Message):
@@ -523,6 +623,48 @@ class ReopenCaseRequest(_message.Message):
 Global___ReopenCaseRequest: _TypeAlias = ReopenCaseRequest  # noqa: Y015
 
 @_typing.final
+class PauseCaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    reason: _builtins.str
+    """required"""
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseCaseRequest: _TypeAlias = PauseCaseRequest  # noqa: Y015
+
+@_typing.final
+class ResumeCaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeCaseRequest: _TypeAlias = ResumeCaseRequest  # noqa: Y015
+
+@_typing.final
 class ListCasesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -532,7 +674,9 @@ class ListCasesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
-    """open (default), breaching, breached, resolved, all"""
+    """open (default), breaching (a milestone past its warning), breached (a
+    milestone missed), paused, resolved, all
+    """
     unit: _builtins.str
     """optional"""
     customer_id: _builtins.str
@@ -855,6 +999,14 @@ class SatisfactionRow(_message.Message):
     CASES_OPENED_FIELD_NUMBER: _builtins.int
     CASES_RESOLVED_IN_TIME_FIELD_NUMBER: _builtins.int
     CASES_BREACHED_FIELD_NUMBER: _builtins.int
+    FIRST_RESPONSE_HIT_FIELD_NUMBER: _builtins.int
+    FIRST_RESPONSE_MISSED_FIELD_NUMBER: _builtins.int
+    FIRST_RESPONSE_HIT_RATE_FIELD_NUMBER: _builtins.int
+    FIRST_RESPONSE_MEDIAN_SECONDS_FIELD_NUMBER: _builtins.int
+    RESOLUTION_HIT_FIELD_NUMBER: _builtins.int
+    RESOLUTION_MISSED_FIELD_NUMBER: _builtins.int
+    RESOLUTION_HIT_RATE_FIELD_NUMBER: _builtins.int
+    RESOLUTION_MEDIAN_SECONDS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     responses: _builtins.int
     csat: _builtins.float
@@ -864,6 +1016,19 @@ class SatisfactionRow(_message.Message):
     cases_opened: _builtins.int
     cases_resolved_in_time: _builtins.int
     cases_breached: _builtins.int
+    first_response_hit: _builtins.int
+    """Milestones of the group's cases opened in the window, met in time (hit)
+    or missed; a rate is hit / (hit + missed), 0 when none was decided.
+    """
+    first_response_missed: _builtins.int
+    first_response_hit_rate: _builtins.float
+    first_response_median_seconds: _builtins.float
+    """business time to first response"""
+    resolution_hit: _builtins.int
+    resolution_missed: _builtins.int
+    resolution_hit_rate: _builtins.float
+    resolution_median_seconds: _builtins.float
+    """business time to resolution"""
     def __init__(
         self,
         *,
@@ -874,10 +1039,18 @@ class SatisfactionRow(_message.Message):
         cases_opened: _builtins.int = ...,
         cases_resolved_in_time: _builtins.int = ...,
         cases_breached: _builtins.int = ...,
+        first_response_hit: _builtins.int = ...,
+        first_response_missed: _builtins.int = ...,
+        first_response_hit_rate: _builtins.float = ...,
+        first_response_median_seconds: _builtins.float = ...,
+        resolution_hit: _builtins.int = ...,
+        resolution_missed: _builtins.int = ...,
+        resolution_hit_rate: _builtins.float = ...,
+        resolution_median_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases_breached", b"cases_breached", "cases_opened", b"cases_opened", "cases_resolved_in_time", b"cases_resolved_in_time", "csat", b"csat", "key", b"key", "nps", b"nps", "responses", b"responses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases_breached", b"cases_breached", "cases_opened", b"cases_opened", "cases_resolved_in_time", b"cases_resolved_in_time", "csat", b"csat", "first_response_hit", b"first_response_hit", "first_response_hit_rate", b"first_response_hit_rate", "first_response_median_seconds", b"first_response_median_seconds", "first_response_missed", b"first_response_missed", "key", b"key", "nps", b"nps", "resolution_hit", b"resolution_hit", "resolution_hit_rate", b"resolution_hit_rate", "resolution_median_seconds", b"resolution_median_seconds", "resolution_missed", b"resolution_missed", "responses", b"responses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -912,6 +1085,10 @@ class PromisePolicy(_message.Message):
     MIN_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_SECONDS_FIELD_NUMBER: _builtins.int
     WARN_BEFORE_SECONDS_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    FIRST_RESPONSE_SECONDS_FIELD_NUMBER: _builtins.int
+    FIRST_RESPONSE_WARN_BEFORE_SECONDS_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """complaint, support, callback_request, ..."""
     channel: _builtins.str
@@ -922,6 +1099,15 @@ class PromisePolicy(_message.Message):
     """the most time we promise"""
     warn_before_seconds: _builtins.int
     """breach warning this long before the deadline"""
+    clock: _builtins.str
+    """business (default: the unit's calendar) or calendar"""
+    first_response_seconds: _builtins.int
+    """The first-response milestone (acknowledged, or a proactive contact on the
+    case): its maximum and warning lead; 0 promises no first response.
+    """
+    first_response_warn_before_seconds: _builtins.int
+    segment: _builtins.str
+    """An entitlement: the policy of the customers of this segment ('' = everyone)."""
     def __init__(
         self,
         *,
@@ -930,14 +1116,301 @@ class PromisePolicy(_message.Message):
         min_seconds: _builtins.int = ...,
         max_seconds: _builtins.int = ...,
         warn_before_seconds: _builtins.int = ...,
+        clock: _builtins.str = ...,
+        first_response_seconds: _builtins.int = ...,
+        first_response_warn_before_seconds: _builtins.int = ...,
+        segment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "kind", b"kind", "max_seconds", b"max_seconds", "min_seconds", b"min_seconds", "warn_before_seconds", b"warn_before_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "clock", b"clock", "first_response_seconds", b"first_response_seconds", "first_response_warn_before_seconds", b"first_response_warn_before_seconds", "kind", b"kind", "max_seconds", b"max_seconds", "min_seconds", b"min_seconds", "segment", b"segment", "warn_before_seconds", b"warn_before_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PromisePolicy: _TypeAlias = PromisePolicy  # noqa: Y015
+
+@_typing.final
+class ListPromisePoliciesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromisePoliciesRequest: _TypeAlias = ListPromisePoliciesRequest  # noqa: Y015
+
+@_typing.final
+class ListPromisePoliciesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromisePolicy]: ...
+    def __init__(
+        self,
+        *,
+        policies: _abc.Iterable[Global___PromisePolicy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromisePoliciesResponse: _TypeAlias = ListPromisePoliciesResponse  # noqa: Y015
+
+@_typing.final
+class DeletePromisePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    channel: _builtins.str
+    """or "*" """
+    segment: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        segment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "kind", b"kind", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePromisePolicyRequest: _TypeAlias = DeletePromisePolicyRequest  # noqa: Y015
+
+@_typing.final
+class Calendar(_message.Message):
+    """Business hours: weekly opening hours in a time zone, and closed dates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    HOURS_FIELD_NUMBER: _builtins.int
+    CLOSED_DATES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DEFINED_AT_FIELD_NUMBER: _builtins.int
+    APPLY_TO_OPEN_CASES_FIELD_NUMBER: _builtins.int
+    OPEN_SECONDS_PER_WEEK_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """a-z, 0-9, _ and -; "always" is the built-in 24x7"""
+    time_zone: _builtins.str
+    """IANA, e.g. Europe/Madrid"""
+    version: _builtins.int
+    """output only"""
+    apply_to_open_cases: _builtins.bool
+    """DefineCalendar: move open cases counting on an older version to this one
+    (the business time elapsed is kept, the rest counts on the new version).
+    """
+    open_seconds_per_week: _builtins.int
+    """output only"""
+    @_builtins.property
+    def hours(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpeningHours]: ...
+    @_builtins.property
+    def closed_dates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClosedDate]: ...
+    @_builtins.property
+    def defined_at(self) -> _timestamp_pb2.Timestamp:
+        """output only"""
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """output only: the units whose new cases count on it"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        hours: _abc.Iterable[Global___OpeningHours] | None = ...,
+        closed_dates: _abc.Iterable[Global___ClosedDate] | None = ...,
+        version: _builtins.int = ...,
+        defined_at: _timestamp_pb2.Timestamp | None = ...,
+        apply_to_open_cases: _builtins.bool = ...,
+        open_seconds_per_week: _builtins.int = ...,
+        units: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["defined_at", b"defined_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_to_open_cases", b"apply_to_open_cases", "closed_dates", b"closed_dates", "defined_at", b"defined_at", "hours", b"hours", "name", b"name", "open_seconds_per_week", b"open_seconds_per_week", "time_zone", b"time_zone", "units", b"units", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Calendar: _TypeAlias = Calendar  # noqa: Y015
+
+@_typing.final
+class OpeningHours(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    OPENS_FIELD_NUMBER: _builtins.int
+    CLOSES_FIELD_NUMBER: _builtins.int
+    opens: _builtins.str
+    """HH:MM local"""
+    closes: _builtins.str
+    """HH:MM local, after opens; 24:00 = end of the day"""
+    @_builtins.property
+    def days(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """monday ... sunday"""
+
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[_builtins.str] | None = ...,
+        opens: _builtins.str = ...,
+        closes: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes", b"closes", "days", b"days", "opens", b"opens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpeningHours: _TypeAlias = OpeningHours  # noqa: Y015
+
+@_typing.final
+class ClosedDate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """YYYY-MM-DD, local"""
+    name: _builtins.str
+    """e.g. "Christmas" """
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClosedDate: _TypeAlias = ClosedDate  # noqa: Y015
+
+@_typing.final
+class GetCalendarRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """0 = the latest"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCalendarRequest: _TypeAlias = GetCalendarRequest  # noqa: Y015
+
+@_typing.final
+class ListCalendarsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCalendarsRequest: _TypeAlias = ListCalendarsRequest  # noqa: Y015
+
+@_typing.final
+class ListCalendarsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALENDARS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calendars(self) -> _containers.RepeatedCompositeFieldContainer[Global___Calendar]: ...
+    def __init__(
+        self,
+        *,
+        calendars: _abc.Iterable[Global___Calendar] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendars", b"calendars"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCalendarsResponse: _TypeAlias = ListCalendarsResponse  # noqa: Y015
+
+@_typing.final
+class SetUnitCalendarRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_FIELD_NUMBER: _builtins.int
+    CALENDAR_FIELD_NUMBER: _builtins.int
+    unit: _builtins.str
+    """or "*": every unit without a calendar of its own"""
+    calendar: _builtins.str
+    """a defined calendar, or "always" """
+    def __init__(
+        self,
+        *,
+        unit: _builtins.str = ...,
+        calendar: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUnitCalendarRequest: _TypeAlias = SetUnitCalendarRequest  # noqa: Y015
+
+@_typing.final
+class UnitCalendar(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_FIELD_NUMBER: _builtins.int
+    CALENDAR_FIELD_NUMBER: _builtins.int
+    SET_AT_FIELD_NUMBER: _builtins.int
+    unit: _builtins.str
+    calendar: _builtins.str
+    @_builtins.property
+    def set_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        unit: _builtins.str = ...,
+        calendar: _builtins.str = ...,
+        set_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["set_at", b"set_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar", b"calendar", "set_at", b"set_at", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnitCalendar: _TypeAlias = UnitCalendar  # noqa: Y015
 
 @_typing.final
 class ExportCustomerDataRequest(_message.Message):

@@ -104,6 +104,46 @@ class InteractionsStub:
                 request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.SerializeToString,
                 response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.FromString,
                 _registered_method=True)
+        self.ListPromisePolicies = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/ListPromisePolicies',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListPromisePoliciesRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListPromisePoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeletePromisePolicy = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/DeletePromisePolicy',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.DeletePromisePolicyRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.FromString,
+                _registered_method=True)
+        self.PauseCase = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/PauseCase',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PauseCaseRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Case.FromString,
+                _registered_method=True)
+        self.ResumeCase = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/ResumeCase',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ResumeCaseRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Case.FromString,
+                _registered_method=True)
+        self.DefineCalendar = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/DefineCalendar',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.FromString,
+                _registered_method=True)
+        self.GetCalendar = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/GetCalendar',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetCalendarRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.FromString,
+                _registered_method=True)
+        self.ListCalendars = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/ListCalendars',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListCalendarsRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListCalendarsResponse.FromString,
+                _registered_method=True)
+        self.SetUnitCalendar = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/SetUnitCalendar',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.SetUnitCalendarRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.UnitCalendar.FromString,
+                _registered_method=True)
         self.ExportCustomerData = channel.unary_unary(
                 '/crm.interactions.v1.Interactions/ExportCustomerData',
                 request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ExportCustomerDataRequest.SerializeToString,
@@ -201,7 +241,74 @@ class InteractionsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetPromisePolicy(self, request, context):
+        """Sets the policy of a kind and channel (and, for an entitlement, of a
+        customer segment). A business-time policy whose longest milestone a
+        calendar in use cannot reach within 5 years is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPromisePolicies(self, request, context):
+        """Every policy in force: the ones set, over the shipped defaults.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePromisePolicy(self, request, context):
+        """Removes a policy set before (a shipped default comes back in its place);
+        NOT_FOUND when none was set for that kind, channel and segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseCase(self, request, context):
+        """The case waits on the customer: its milestones' clocks stop (their scheduled
+        warnings and breaches are withdrawn). A resolved case is FAILED_PRECONDITION;
+        pausing a paused case changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeCase(self, request, context):
+        """The clock runs again: each milestone is due after the business time it had
+        left when paused. A contact from the customer on the case resumes it too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DefineCalendar(self, request, context):
+        """Defines a business-hours calendar, or a new version of it (an unchanged
+        definition returns the latest version). Open cases keep counting on the
+        version they opened under unless apply_to_open_cases is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCalendar(self, request, context):
+        """A calendar, its latest version unless one is asked for; "always" is the
+        built-in 24x7 calendar of units without one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCalendars(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUnitCalendar(self, request, context):
+        """The calendar a unit's new cases count on ("*": every unit without one of
+        its own). Open cases keep theirs; a transfer counts the rest on the
+        receiving unit's.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -289,6 +396,46 @@ def add_InteractionsServicer_to_server(servicer, server):
                     servicer.SetPromisePolicy,
                     request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.FromString,
                     response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.SerializeToString,
+            ),
+            'ListPromisePolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPromisePolicies,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListPromisePoliciesRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListPromisePoliciesResponse.SerializeToString,
+            ),
+            'DeletePromisePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePromisePolicy,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.DeletePromisePolicyRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.SerializeToString,
+            ),
+            'PauseCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseCase,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.PauseCaseRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Case.SerializeToString,
+            ),
+            'ResumeCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeCase,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ResumeCaseRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Case.SerializeToString,
+            ),
+            'DefineCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.DefineCalendar,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.SerializeToString,
+            ),
+            'GetCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCalendar,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetCalendarRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.SerializeToString,
+            ),
+            'ListCalendars': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCalendars,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListCalendarsRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListCalendarsResponse.SerializeToString,
+            ),
+            'SetUnitCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUnitCalendar,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.SetUnitCalendarRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.UnitCalendar.SerializeToString,
             ),
             'ExportCustomerData': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportCustomerData,
@@ -674,6 +821,222 @@ class Interactions:
             '/crm.interactions.v1.Interactions/SetPromisePolicy',
             crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.SerializeToString,
             crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPromisePolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/ListPromisePolicies',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListPromisePoliciesRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListPromisePoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePromisePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/DeletePromisePolicy',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.DeletePromisePolicyRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.PromisePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/PauseCase',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.PauseCaseRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.Case.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/ResumeCase',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ResumeCaseRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.Case.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DefineCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/DefineCalendar',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/GetCalendar',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.GetCalendarRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.Calendar.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCalendars(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/ListCalendars',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListCalendarsRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListCalendarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUnitCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/SetUnitCalendar',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.SetUnitCalendarRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.UnitCalendar.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,8 @@
 isort:skip_file
 Interactions service: every contact with a customer (a moment of truth),
 cases with promised times, callbacks and satisfaction.
-Scopes: interactions:read, interactions:write, privacy:export.
+Scopes: interactions:read, interactions:write, interactions:admin (business-hours
+calendars and the calendar of each unit), privacy:export.
 """
 
 from collections import abc as _abc
@@ -57,6 +58,40 @@ class InteractionsStub:
     GetServiceCycle: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetServiceCycleRequest, _interactions_pb2.ServiceCycle]
     GetSatisfactionReport: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetSatisfactionReportRequest, _interactions_pb2.SatisfactionReport]
     SetPromisePolicy: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.PromisePolicy, _interactions_pb2.PromisePolicy]
+    """Sets the policy of a kind and channel (and, for an entitlement, of a
+    customer segment). A business-time policy whose longest milestone a
+    calendar in use cannot reach within 5 years is INVALID_ARGUMENT.
+    """
+    ListPromisePolicies: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ListPromisePoliciesRequest, _interactions_pb2.ListPromisePoliciesResponse]
+    """Every policy in force: the ones set, over the shipped defaults."""
+    DeletePromisePolicy: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.DeletePromisePolicyRequest, _interactions_pb2.PromisePolicy]
+    """Removes a policy set before (a shipped default comes back in its place);
+    NOT_FOUND when none was set for that kind, channel and segment.
+    """
+    PauseCase: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.PauseCaseRequest, _interactions_pb2.Case]
+    """The case waits on the customer: its milestones' clocks stop (their scheduled
+    warnings and breaches are withdrawn). A resolved case is FAILED_PRECONDITION;
+    pausing a paused case changes nothing.
+    """
+    ResumeCase: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ResumeCaseRequest, _interactions_pb2.Case]
+    """The clock runs again: each milestone is due after the business time it had
+    left when paused. A contact from the customer on the case resumes it too.
+    """
+    DefineCalendar: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.Calendar, _interactions_pb2.Calendar]
+    """Defines a business-hours calendar, or a new version of it (an unchanged
+    definition returns the latest version). Open cases keep counting on the
+    version they opened under unless apply_to_open_cases is set.
+    """
+    GetCalendar: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetCalendarRequest, _interactions_pb2.Calendar]
+    """A calendar, its latest version unless one is asked for; "always" is the
+    built-in 24x7 calendar of units without one.
+    """
+    ListCalendars: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ListCalendarsRequest, _interactions_pb2.ListCalendarsResponse]
+    SetUnitCalendar: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.SetUnitCalendarRequest, _interactions_pb2.UnitCalendar]
+    """The calendar a unit's new cases count on ("*": every unit without one of
+    its own). Open cases keep theirs; a transfer counts the rest on the
+    receiving unit's.
+    """
     ExportCustomerData: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ExportCustomerDataRequest, _interactions_pb2.ExportCustomerDataResponse]
     """Data-subject access: everything this service holds about a customer (a
     merged id: its survivor's, with the records of the ids merged into it),
@@ -91,6 +126,40 @@ class InteractionsAsyncStub(InteractionsStub):
     GetServiceCycle: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetServiceCycleRequest, _interactions_pb2.ServiceCycle]  # type: ignore[assignment]
     GetSatisfactionReport: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetSatisfactionReportRequest, _interactions_pb2.SatisfactionReport]  # type: ignore[assignment]
     SetPromisePolicy: _aio.UnaryUnaryMultiCallable[_interactions_pb2.PromisePolicy, _interactions_pb2.PromisePolicy]  # type: ignore[assignment]
+    """Sets the policy of a kind and channel (and, for an entitlement, of a
+    customer segment). A business-time policy whose longest milestone a
+    calendar in use cannot reach within 5 years is INVALID_ARGUMENT.
+    """
+    ListPromisePolicies: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ListPromisePoliciesRequest, _interactions_pb2.ListPromisePoliciesResponse]  # type: ignore[assignment]
+    """Every policy in force: the ones set, over the shipped defaults."""
+    DeletePromisePolicy: _aio.UnaryUnaryMultiCallable[_interactions_pb2.DeletePromisePolicyRequest, _interactions_pb2.PromisePolicy]  # type: ignore[assignment]
+    """Removes a policy set before (a shipped default comes back in its place);
+    NOT_FOUND when none was set for that kind, channel and segment.
+    """
+    PauseCase: _aio.UnaryUnaryMultiCallable[_interactions_pb2.PauseCaseRequest, _interactions_pb2.Case]  # type: ignore[assignment]
+    """The case waits on the customer: its milestones' clocks stop (their scheduled
+    warnings and breaches are withdrawn). A resolved case is FAILED_PRECONDITION;
+    pausing a paused case changes nothing.
+    """
+    ResumeCase: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ResumeCaseRequest, _interactions_pb2.Case]  # type: ignore[assignment]
+    """The clock runs again: each milestone is due after the business time it had
+    left when paused. A contact from the customer on the case resumes it too.
+    """
+    DefineCalendar: _aio.UnaryUnaryMultiCallable[_interactions_pb2.Calendar, _interactions_pb2.Calendar]  # type: ignore[assignment]
+    """Defines a business-hours calendar, or a new version of it (an unchanged
+    definition returns the latest version). Open cases keep counting on the
+    version they opened under unless apply_to_open_cases is set.
+    """
+    GetCalendar: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetCalendarRequest, _interactions_pb2.Calendar]  # type: ignore[assignment]
+    """A calendar, its latest version unless one is asked for; "always" is the
+    built-in 24x7 calendar of units without one.
+    """
+    ListCalendars: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ListCalendarsRequest, _interactions_pb2.ListCalendarsResponse]  # type: ignore[assignment]
+    SetUnitCalendar: _aio.UnaryUnaryMultiCallable[_interactions_pb2.SetUnitCalendarRequest, _interactions_pb2.UnitCalendar]  # type: ignore[assignment]
+    """The calendar a unit's new cases count on ("*": every unit without one of
+    its own). Open cases keep theirs; a transfer counts the rest on the
+    receiving unit's.
+    """
     ExportCustomerData: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ExportCustomerDataRequest, _interactions_pb2.ExportCustomerDataResponse]  # type: ignore[assignment]
     """Data-subject access: everything this service holds about a customer (a
     merged id: its survivor's, with the records of the ids merged into it),
@@ -205,7 +274,89 @@ class InteractionsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _interactions_pb2.PromisePolicy,
         context: _ServicerContext,
-    ) -> _typing.Union[_interactions_pb2.PromisePolicy, _abc.Awaitable[_interactions_pb2.PromisePolicy]]: ...
+    ) -> _typing.Union[_interactions_pb2.PromisePolicy, _abc.Awaitable[_interactions_pb2.PromisePolicy]]:
+        """Sets the policy of a kind and channel (and, for an entitlement, of a
+        customer segment). A business-time policy whose longest milestone a
+        calendar in use cannot reach within 5 years is INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPromisePolicies(
+        self,
+        request: _interactions_pb2.ListPromisePoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ListPromisePoliciesResponse, _abc.Awaitable[_interactions_pb2.ListPromisePoliciesResponse]]:
+        """Every policy in force: the ones set, over the shipped defaults."""
+
+    @_abc_1.abstractmethod
+    def DeletePromisePolicy(
+        self,
+        request: _interactions_pb2.DeletePromisePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.PromisePolicy, _abc.Awaitable[_interactions_pb2.PromisePolicy]]:
+        """Removes a policy set before (a shipped default comes back in its place);
+        NOT_FOUND when none was set for that kind, channel and segment.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseCase(
+        self,
+        request: _interactions_pb2.PauseCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.Case, _abc.Awaitable[_interactions_pb2.Case]]:
+        """The case waits on the customer: its milestones' clocks stop (their scheduled
+        warnings and breaches are withdrawn). A resolved case is FAILED_PRECONDITION;
+        pausing a paused case changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeCase(
+        self,
+        request: _interactions_pb2.ResumeCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.Case, _abc.Awaitable[_interactions_pb2.Case]]:
+        """The clock runs again: each milestone is due after the business time it had
+        left when paused. A contact from the customer on the case resumes it too.
+        """
+
+    @_abc_1.abstractmethod
+    def DefineCalendar(
+        self,
+        request: _interactions_pb2.Calendar,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.Calendar, _abc.Awaitable[_interactions_pb2.Calendar]]:
+        """Defines a business-hours calendar, or a new version of it (an unchanged
+        definition returns the latest version). Open cases keep counting on the
+        version they opened under unless apply_to_open_cases is set.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCalendar(
+        self,
+        request: _interactions_pb2.GetCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.Calendar, _abc.Awaitable[_interactions_pb2.Calendar]]:
+        """A calendar, its latest version unless one is asked for; "always" is the
+        built-in 24x7 calendar of units without one.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCalendars(
+        self,
+        request: _interactions_pb2.ListCalendarsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ListCalendarsResponse, _abc.Awaitable[_interactions_pb2.ListCalendarsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetUnitCalendar(
+        self,
+        request: _interactions_pb2.SetUnitCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.UnitCalendar, _abc.Awaitable[_interactions_pb2.UnitCalendar]]:
+        """The calendar a unit's new cases count on ("*": every unit without one of
+        its own). Open cases keep theirs; a transfer counts the rest on the
+        receiving unit's.
+        """
 
     @_abc_1.abstractmethod
     def ExportCustomerData(

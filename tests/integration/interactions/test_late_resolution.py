@@ -24,7 +24,7 @@ from crm_runtime.db import create_pool
 from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.scheduler import Scheduler
 from crm_runtime.settings import Settings
-from services.interactions import commands, handlers, trust
+from services.interactions import cases, commands, handlers, trust
 from services.interactions.app import SPEC as INTERACTIONS
 from tests.integration.interactions.conftest import Pair
 from tests.integration.interactions.test_interactions_service import (
@@ -53,21 +53,24 @@ async def test_a_case_resolved_late_without_the_scheduler_is_breached_first(
     assert pool is not None
     # The scheduler is down: its warning and breach of this case never come due.
     moved = await pool.execute("UPDATE scheduled_work SET due_at = 'infinity' "
-                               "WHERE item_key = $1", complaint.case_id)
-    assert moved == "UPDATE 2"
+                               "WHERE item_key LIKE $1 || '/%'", complaint.case_id)
+    assert moved == "UPDATE 4"  # first response and resolution: a warning and a breach each
     pair.clock.advance(timedelta(hours=49))  # the 48 h promise is broken
     await asyncio.sleep(0.5)  # time for a (wrongly) running scheduler to act
     case = await api(pair).ResolveCase(pb.ResolveCaseRequest(
         case_id=complaint.case_id, resolution="called back, refund issued"),
         metadata=pair.interactions.metadata)
     assert case.status == "resolved" and case.resolved_late and case.breached
-    assert await pool.fetchval("SELECT count(*) FROM scheduled_work WHERE item_key = $1",
-                               complaint.case_id) == 0
+    assert await pool.fetchval("SELECT count(*) FROM scheduled_work WHERE item_key LIKE "
+                               "$1 || '%'", complaint.case_id) == 0
 
-    found = await events_of(pair, cid, 6)  # recorded, opened, breached, signal, resolved, survey
+    # recorded, opened, both milestones breached, the signal, resolved, survey
+    found = await events_of(pair, cid, 7)
     types = [t for t, _ in found]
-    assert types == ["interaction.recorded", "case.opened", "case.breached",
+    assert types == ["interaction.recorded", "case.opened", "case.breached", "case.breached",
                      "customer.dissatisfaction_signal", "case.resolved", "survey.requested"]
+    assert [d["milestone"] for t, d in found if t == "case.breached"] == [
+        "first_response", "resolution"]
     data = dict(found)
     assert data["case.breached"]["case_id"] == complaint.case_id
     assert data["customer.dissatisfaction_signal"]["reason"] == "breached_promise"
@@ -94,8 +97,8 @@ async def test_a_case_resolved_late_without_the_scheduler_is_breached_first(
         return bool(c.at_risk) and "breached_promise" in c.risk_reasons
 
     await wait_for(at_risk, what="the customer marked at risk for the broken promise")
-    again = await events_of(pair, cid, 6)
-    assert [t for t, _ in again].count("case.breached") == 1
+    again = await events_of(pair, cid, 7)
+    assert [t for t, _ in again].count("case.breached") == 2  # once per milestone
 
 
 async def test_a_case_resolved_in_time_is_not_breached(pair: Pair) -> None:
@@ -134,7 +137,7 @@ async def _open(pool: asyncpg.Pool, ctx: commands.Context, n: int = 1) -> list[u
     ids = []
     async with pool.acquire() as conn, conn.transaction():
         for _ in range(n):
-            ids.append(await commands.open_case(
+            ids.append(await cases.open_case(
                 conn, ctx, customer_id=uuid.uuid4(), kind="complaint", channel="email",
                 unit="care", summary="late", interaction_id=None,
                 idempotency_key=str(uuid.uuid4())))
@@ -147,20 +150,26 @@ async def _outbox(pool: asyncpg.Pool, event_type: str) -> list[dict[str, Any]]:
     return [json.loads(r["body"]) for r in rows]
 
 
+async def _breaches(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """The resolutions breached (complaints promise a first response too)."""
+    return [e for e in await _outbox(pool, "case.breached") if e["milestone"] == "resolution"]
+
+
 def _breaches_counted() -> float:
     return REGISTRY.get_sample_value("crm_cases_breached_total", {
-        "service": "interactions", "kind": "complaint", "channel": "email"}) or 0.0
+        "service": "interactions", "kind": "complaint", "channel": "email",
+        "milestone": "resolution", "unit": "care"}) or 0.0
 
 
 def _scheduler(pool: asyncpg.Pool, clock: ManualClock, ctx: commands.Context) -> Scheduler:
-    return Scheduler(pool, clock, {commands.WARN: handlers.on_breach_warning(ctx),
-                                   commands.BREACH: handlers.on_breach(ctx)},
+    return Scheduler(pool, clock, {cases.WARN: handlers.on_breach_warning(ctx),
+                                   cases.BREACH: handlers.on_breach(ctx)},
                      service="interactions", poll_interval=0.01)
 
 
 async def _resolve(pool: asyncpg.Pool, ctx: commands.Context, case_id: uuid.UUID) -> None:
     async with uow.transaction(pool) as conn:
-        await commands.resolve(conn, ctx, case_id, "done")
+        await cases.resolve(conn, ctx, case_id, "done")
 
 
 async def test_late_resolution_breaches_once_then_resolves_with_the_same_count(
@@ -171,7 +180,7 @@ async def test_late_resolution_breaches_once_then_resolves_with_the_same_count(
     counted = _breaches_counted()
     await _resolve(pool, ctx, case_id)
     assert _breaches_counted() == counted + 1
-    assert [e["case_id"] for e in await _outbox(pool, "case.breached")] == [str(case_id)]
+    assert [e["case_id"] for e in await _breaches(pool)] == [str(case_id)]
     signals = await _outbox(pool, "customer.dissatisfaction_signal")
     assert [(s["reason"], s["case_id"]) for s in signals] == [("breached_promise", str(case_id))]
     order = [r["event_type"] for r in await pool.fetch("SELECT event_type FROM outbox "
@@ -184,10 +193,10 @@ async def test_late_resolution_breaches_once_then_resolves_with_the_same_count(
     assert await _scheduler(pool, clock, ctx).run_due() == 0
     # Reopened and resolved late again: the broken promise counts once.
     async with uow.transaction(pool) as conn:
-        await commands.reopen(conn, ctx, case_id, "not fixed")
+        await cases.reopen(conn, ctx, case_id, "not fixed")
     assert await _scheduler(pool, clock, ctx).run_due() == 0
     await _resolve(pool, ctx, case_id)
-    assert len(await _outbox(pool, "case.breached")) == 1
+    assert len(await _breaches(pool)) == 1
     assert _breaches_counted() == counted + 1
 
 
@@ -200,16 +209,17 @@ async def test_the_scheduler_mid_breach_and_a_late_resolution_breach_once(
     # The scheduler's transaction: it took the due rows and breached the case,
     # and has not committed yet when the resolution arrives.
     async with uow.transaction(pool) as sched:
-        rows = await sched.fetch("SELECT id FROM scheduled_work FOR UPDATE SKIP LOCKED")
-        assert len(rows) == 2
-        await commands.breach(sched, ctx, case_id)
+        rows = await sched.fetch("SELECT id FROM scheduled_work WHERE item_key = $1 "
+                                 "FOR UPDATE SKIP LOCKED", f"{case_id}/resolution")
+        assert len(rows) == 2  # the resolution's warning and breach
+        await cases.breach(sched, ctx, case_id)
         await sched.execute("DELETE FROM scheduled_work WHERE id = ANY($1::bigint[])",
                             [r["id"] for r in rows])
         resolving = asyncio.create_task(_resolve(pool, ctx, case_id))
         await asyncio.sleep(0.3)
         assert not resolving.done()  # waits for the scheduler, does not breach beside it
     await asyncio.wait_for(resolving, 10)
-    assert len(await _outbox(pool, "case.breached")) == 1
+    assert len(await _breaches(pool)) == 1
     assert len(await _outbox(pool, "customer.dissatisfaction_signal")) == 1
     assert [e["late"] for e in await _outbox(pool, "case.resolved")] == [True]
     assert _breaches_counted() == counted + 1
@@ -221,11 +231,11 @@ async def test_a_late_resolution_in_progress_keeps_the_scheduler_off_the_case(
     [case_id] = await _open(pool, ctx)
     clock.advance(timedelta(hours=49))
     async with uow.transaction(pool) as conn:
-        await commands.resolve(conn, ctx, case_id, "done")
+        await cases.resolve(conn, ctx, case_id, "done")
         # The scheduler runs while the resolution is not committed yet.
         assert await asyncio.wait_for(_scheduler(pool, clock, ctx).run_due(), 10) == 0
     assert await _scheduler(pool, clock, ctx).run_due() == 0
-    assert len(await _outbox(pool, "case.breached")) == 1
+    assert len(await _breaches(pool)) == 1
 
 
 async def test_scheduler_and_late_resolutions_racing_breach_each_case_once(
@@ -243,7 +253,7 @@ async def test_scheduler_and_late_resolutions_racing_breach_each_case_once(
         for s in replicas:
             s.stop()
         await asyncio.gather(*loops)
-    breaches = [e["case_id"] for e in await _outbox(pool, "case.breached")]
+    breaches = [e["case_id"] for e in await _breaches(pool)]
     assert sorted(breaches) == sorted(str(i) for i in ids)  # each exactly once
     signals = [s["case_id"] for s in await _outbox(pool, "customer.dissatisfaction_signal")]
     assert sorted(signals) == sorted(breaches)
