@@ -178,6 +178,12 @@ def _loyalty_ready(doc: dict[str, Any]) -> bool:
 async def ana(stack: Stack) -> Ana:
     api = stack.interactions_api()
     md = stack.interactions.metadata
+    # A segment Ana enters with her newsletter consent (interactions keeps
+    # the segments it hears of for the entitlements of her cases).
+    await stack.customers_api().DefineSegment(cpb.DefineSegmentRequest(
+        name="newsletter-readers",
+        filter_json='{"field": "consent.newsletter", "op": "=", "value": true}'),
+        metadata=stack.customers.metadata)
     referrer = await _register(stack, "Rosa")
     await _consent(stack, referrer, "promotional_offers")
     cid = await _register(stack, "Ana", phones=["+34600111222"],
@@ -244,9 +250,10 @@ def _unresolved(part: dict[str, Any], columns: Mapping[str, Mapping[str, str]]) 
 async def test_one_document_holds_what_every_service_keeps(stack: Stack, ana: Ana) -> None:
     doc = await _export_when(
         stack, ana.customer_id, lambda d: d["services"]["interactions"]["aliases"]
+        and d["services"]["interactions"]["segments"]
         and d["services"]["loyalty"]["merged_views"]
         and any(x["redemption"] for x in d["services"]["loyalty"]["discounts"]),
-        "the merge and the redemption")
+        "the merge, the segment and the redemption")
     assert set(doc) == {"customer_id", "exported_at", "services"}
     assert doc["customer_id"] == ana.customer_id and doc["exported_at"]
     assert set(doc["services"]) == {"customers", "interactions", "loyalty"}
@@ -273,6 +280,8 @@ async def test_one_document_holds_what_every_service_keeps(stack: Stack, ana: An
     assert [(n["customer_id"], n["as"]) for n in contacts["named_in_interactions"]] == [
         (ana.referrer_id, "requester")]
     assert ana.customer_id in contacts["known_customer_ids"]
+    assert [(m["segment"], m["member"]) for m in contacts["segments"]] == [
+        ("newsletter-readers", True)]
     # loyalty: the view, actions, follow-ups, enrolment, discount and its
     # redemption, the referral reward, and the merged id's view.
     assert loyalty["view"]["customer_id"] == ana.customer_id

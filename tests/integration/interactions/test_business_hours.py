@@ -38,7 +38,8 @@ def _name(prefix: str) -> str:
 
 
 def _at(ts: Any) -> datetime:
-    return ts.ToDatetime(tzinfo=MADRID)
+    at: datetime = ts.ToDatetime(tzinfo=MADRID)
+    return at
 
 
 def _next(pair: Pair, weekday: int, hour: int, minute: int, zone: ZoneInfo = MADRID
@@ -80,7 +81,8 @@ async def complaint_policy(pair: Pair) -> AsyncIterator[None]:
 async def _case(pair: Pair, case_id: str) -> pb.Case:
     found = await api(pair).ListCases(pb.ListCasesRequest(filter="all", customer_id=(
         await _owner(pair, case_id))), metadata=pair.interactions.metadata)
-    return next(c for c in found.cases if c.case_id == case_id)
+    case: pb.Case = next(c for c in found.cases if c.case_id == case_id)
+    return case
 
 
 async def _owner(pair: Pair, case_id: str) -> str:
@@ -372,7 +374,7 @@ async def test_unreachable_promises_and_unknown_calendars_are_refused(pair: Pair
                 kind="complaint", channel="web", segment="nobody")),
             (api(pair).PauseCase, pb.PauseCaseRequest(case_id=str(uuid.uuid4()), reason="r"))]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await call(request, metadata=pair.interactions.metadata)  # type: ignore[operator]
+            await call(request, metadata=pair.interactions.metadata)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND, request
 
 
@@ -389,3 +391,36 @@ async def test_a_contact_on_another_customers_case_is_refused(pair: Pair) -> Non
                  direction="proactive", case_id=complaint.case_id)
     first = _milestones(await _case(pair, complaint.case_id))["first_response"]
     assert first.state == "hit"
+
+
+async def test_the_report_gives_hit_rates_and_median_business_times_per_group(
+        pair: Pair, complaint_policy: None) -> None:
+    unit = _name("desk")
+    await _calendar(pair, _name("office"), unit=unit)
+    monday = _next(pair, 0, 9, 0)
+    pair.clock.set(monday)
+    ids = []
+    for _ in range(3):
+        ids.append((await record(pair, customer_id=await new_customer(pair), channel="phone",
+                                 kind="complaint", unit=unit)).case_id)
+    md = pair.interactions.metadata
+    pair.clock.set(monday + timedelta(hours=1))
+    for case_id in ids[:2]:  # two first responses in time (1 business hour)
+        await api(pair).AcknowledgeCase(pb.AcknowledgeCaseRequest(case_id=case_id), metadata=md)
+    pair.clock.set(monday + timedelta(hours=3))  # the third one's first response is missed
+    await _settled(pair, ids[2], "first_response", "missed")
+    await api(pair).ResolveCase(pb.ResolveCaseRequest(case_id=ids[0], resolution="ok"),
+                                metadata=md)  # resolved in 3 business hours
+    # Overnight: 18:00 Monday to 09:00 Tuesday does not count.
+    pair.clock.set(monday + timedelta(days=1, hours=2))
+    await api(pair).ResolveCase(pb.ResolveCaseRequest(case_id=ids[1], resolution="ok"),
+                                metadata=md)  # 9 + 2 = 11 business hours: late
+    report = await api(pair).GetSatisfactionReport(pb.GetSatisfactionReportRequest(
+        group_by="unit"), metadata=md)
+    row = next(r for r in report.rows if r.key == unit)
+    assert (row.first_response_hit, row.first_response_missed) == (2, 1)
+    assert row.first_response_hit_rate == pytest.approx(2 / 3)
+    assert row.first_response_median_seconds == pytest.approx(H)  # 1 h, 1 h (and 2 h late)
+    assert (row.resolution_hit, row.resolution_missed) == (1, 1)
+    assert row.resolution_hit_rate == pytest.approx(0.5)
+    assert row.resolution_median_seconds == pytest.approx(7 * H)  # median of 3 h and 11 h

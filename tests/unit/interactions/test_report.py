@@ -90,3 +90,17 @@ def test_a_window_is_the_sum_of_its_parts(responses: list[tuple[str, list[int], 
         expected_csat = sum(means) / len(means) if means else 0.0
         assert row.csat == pytest.approx(expected_csat)
         assert row.nps == pytest.approx(nps([n for _, n in mine if n is not None]) or 0.0)
+
+
+def test_milestone_hit_rates_count_decided_milestones_and_keep_the_medians() -> None:
+    [row] = satisfaction_report([], [
+        CaseTally("desk", opened=5, first_response_hit=3, first_response_missed=1,
+                  first_response_median=600.0, resolution_hit=1, resolution_missed=1,
+                  resolution_median=None)])
+    assert (row.first_response_hit, row.first_response_missed) == (3, 1)
+    assert row.first_response_hit_rate == pytest.approx(0.75)
+    assert row.first_response_median_seconds == 600.0
+    assert row.resolution_hit_rate == pytest.approx(0.5)
+    assert row.resolution_median_seconds == 0.0  # none met yet
+    [empty] = satisfaction_report([], [CaseTally("idle", opened=2)])
+    assert (empty.first_response_hit_rate, empty.resolution_hit_rate) == (0.0, 0.0)
