@@ -2,8 +2,10 @@
 
 A potential customer asks by phone, buys on the web, complains in person; the
 case breaches its promise and a service-recovery discount is issued; they
-redeem it on a second purchase and become a repeat customer; a year passes on
-the clock and they become former; a win-back offer goes out. Each step prints
+redeem it on a second purchase and become a repeat customer; on a Friday
+evening they complain by phone to a store that keeps business hours, and the
+promise, counted in those hours, is kept on Monday; a year passes on the
+clock and they become former; a win-back offer goes out. Each step prints
 the events it caused on the three topics, what changed for the customer (read
 from the services' APIs) and the dashboard counters that moved (read once the
 step's effects are counted).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import textwrap
 import time
@@ -27,7 +30,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import grpc
 from aiokafka import AIOKafkaConsumer
@@ -55,6 +60,12 @@ WATCHED = (
 
 #: Line width of the demo's output; longer lines wrap at word boundaries.
 WIDTH = 100
+
+#: The store of the Friday-evening complaint: a unit with business hours.
+STORE_UNIT = "demo-store"
+STORE_ZONE = "Europe/Madrid"
+STORE_OPENS, STORE_CLOSES = "09:00", "18:00"
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday")
 
 
 @dataclass(frozen=True)
@@ -246,7 +257,7 @@ class Demo:
             customer_id=self.customer_id), metadata=self.md)
         risk = "no"
         if customer.at_risk:
-            risk = f"yes ({_words(', '.join(customer.risk_reasons))})"
+            risk = f"yes ({', '.join(_words(r) for r in customer.risk_reasons)})"
         return {
             "stage": _stage(customer.stage),
             "purchases": str(customer.purchase_count),
@@ -265,6 +276,34 @@ class Demo:
                 metadata=self.md)
             if name == "loyalty":
                 now = reply.now.ToDatetime(tzinfo=UTC)
+        return now
+
+    async def _case(self, case_id: str) -> ipb.Case:
+        """One case of the demo's customer, as the interactions service has it."""
+        found = await self.interactions.ListCases(ipb.ListCasesRequest(
+            filter="all", customer_id=self.customer_id, page_size=500), metadata=self.md)
+        cases: list[ipb.Case] = [c for c in found.cases if c.case_id == case_id]
+        if cases:
+            return cases[0]
+        raise DemoFailed(f"case {case_id} not found")
+
+    async def _advance_to(self, when: datetime) -> None:
+        """Move every service's clock to ``when``: each by what it lacks (a
+        second is taken to read it), as the clocks only move forward."""
+        for channel in self.channels.values():
+            stub = ops_pb2_grpc.OperationsStub(channel)
+            reply = await stub.AdvanceClock(ops_pb2.AdvanceClockRequest(seconds=1),
+                                            metadata=self.md)
+            lacking = math.ceil((when - reply.now.ToDatetime(tzinfo=UTC)).total_seconds())
+            if lacking > 0:
+                await stub.AdvanceClock(ops_pb2.AdvanceClockRequest(seconds=lacking),
+                                        metadata=self.md)
+
+    async def _now(self) -> datetime:
+        """The interactions service's time (a second later: reading it moves it)."""
+        reply = await ops_pb2_grpc.OperationsStub(self.channels["interactions"]).AdvanceClock(
+            ops_pb2.AdvanceClockRequest(seconds=1), metadata=self.md)
+        now: datetime = reply.now.ToDatetime(tzinfo=UTC)
         return now
 
     async def _follow_ups_gone_out(self, now: datetime) -> None:
@@ -381,6 +420,67 @@ class Demo:
                           ("crm_stage_changes_total", {"from_stage": "one_time",
                                                        "to_stage": "repeat"})))
 
+        async def friday_evening_complaint() -> dict[str, Any]:
+            # The store keeps business hours: its promises count only while
+            # it is open (defining the same calendar again changes nothing).
+            zone = ZoneInfo(STORE_ZONE)
+            await self.interactions.DefineCalendar(ipb.Calendar(
+                name=STORE_UNIT, time_zone=STORE_ZONE, hours=[ipb.OpeningHours(
+                    days=WEEKDAYS, opens=STORE_OPENS, closes=STORE_CLOSES)]), metadata=self.md)
+            await self.interactions.SetUnitCalendar(ipb.SetUnitCalendarRequest(
+                unit=STORE_UNIT, calendar=STORE_UNIT), metadata=self.md)
+            friday = _next_weekday_at(await self._now(), 4, clock_time(17, 30), zone)
+            await self._advance_to(friday)
+            contact = await self.interactions.RecordInteraction(ipb.RecordInteractionRequest(
+                customer_id=self.customer_id, channel="phone", kind="complaint",
+                direction="reactive", unit=STORE_UNIT, touchpoint="delivery",
+                outcome="negative", notes="The new cushion cover is the wrong colour",
+                idempotency_key=f"demo-{run}-friday-complaint"), metadata=self.md)
+            case = await self._case(contact.case_id)
+            due = {m.name: m.due_at.ToDatetime(tzinfo=UTC) for m in case.milestones}
+            # Across the weekend to Monday morning: the store is closed, no
+            # milestone comes due, nothing breaches.
+            monday = datetime.combine(friday.date() + timedelta(days=3), clock_time(9, 30),
+                                      zone)
+            await self._advance_to(monday)
+            weekend = await self._case(contact.case_id)
+            breached = await self.interactions.ListCases(ipb.ListCasesRequest(
+                filter="breached", customer_id=self.customer_id), metadata=self.md)
+            if contact.case_id in {c.case_id for c in breached.cases}:
+                raise DemoFailed("the Friday-evening complaint breached over the weekend")
+            acknowledged = await self.interactions.AcknowledgeCase(ipb.AcknowledgeCaseRequest(
+                case_id=contact.case_id, agent="ana"), metadata=self.md)
+            await self._advance(timedelta(hours=1))
+            resolved = await self.interactions.ResolveCase(ipb.ResolveCaseRequest(
+                case_id=contact.case_id, resolution="Cover of the right colour sent today"),
+                metadata=self.md)
+            took = {m.name: timedelta(seconds=m.took_seconds) for m in resolved.milestones}
+            states = {m.name: m.state for m in resolved.milestones}
+            return {
+                "store hours": f"{STORE_UNIT}: Monday to Friday {STORE_OPENS}-{STORE_CLOSES} "
+                               f"({STORE_ZONE})",
+                "complained": _local(case.opened_at.ToDatetime(tzinfo=UTC), zone),
+                "case": contact.case_id,
+                "first response due": _local(due["first_response"], zone),
+                "resolution due": _local(due["resolution"], zone),
+                "over the weekend": ", ".join(
+                    f"{_words(m.name)} {m.state}" for m in weekend.milestones),
+                "acknowledged": _local(acknowledged.acknowledged_at.ToDatetime(tzinfo=UTC),
+                                       zone),
+                "resolved": _local(resolved.resolved_at.ToDatetime(tzinfo=UTC), zone),
+                "first response": f"{states['first_response']}, after "
+                                  f"{_duration(took['first_response'])} of business hours",
+                "resolution": f"{states['resolution']}, after "
+                              f"{_duration(took['resolution'])} of business hours",
+            }
+
+        await self._step("On a Friday evening they complain by phone: the promise counts the "
+                         "store's business hours and is kept on Monday",
+                         ("case.opened", "case.acknowledged", "case.resolved"),
+                         friday_evening_complaint,
+                         (("crm_interactions_total", {"channel": "phone",
+                                                      "kind": "complaint"}),))
+
         async def a_year_passes() -> dict[str, Any]:
             # The follow-ups still pending go out in the first month; the
             # win-back offer comes in a week with room in the customer's
@@ -404,10 +504,11 @@ class Demo:
 
 #: Event fields the demo shows, in this order.
 _SHOWN = ("from_stage", "to_stage", "cause", "kind", "channel", "reason", "reasons",
-          "promised_by", "due_at", "expires_at", "code", "template", "purpose", "list", "late")
+          "calendar", "milestone", "first_response_by", "promised_by", "due_at", "expires_at",
+          "code", "template", "purpose", "list", "late")
 #: Fields whose values are codes with underscores (``one_time``, ``breached_promise``).
 _CODES = {"from_stage", "to_stage", "cause", "kind", "channel", "reason", "reasons",
-          "purpose"}
+          "purpose", "milestone"}
 
 
 def _brief(data: dict[str, Any]) -> str:
@@ -427,7 +528,7 @@ def _human(key: str, value: Any) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(_human(key, v) for v in value)
     text = str(value)
-    if key.endswith("_at") or key == "promised_by":
+    if key.endswith(("_at", "_by")):
         with contextlib.suppress(ValueError):
             return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(
                 UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -445,6 +546,22 @@ def _words(code: str) -> str:
 def _stage(stage: cpb.Stage.ValueType) -> str:
     """``STAGE_ONE_TIME`` -> ``one time``."""
     return _words(cpb.Stage.Name(stage).removeprefix("STAGE_").lower())
+
+
+def _next_weekday_at(now: datetime, weekday: int, at: clock_time, zone: ZoneInfo) -> datetime:
+    """The first ``weekday`` (0 Monday ... 6 Sunday) at ``at`` local time in
+    ``zone`` after ``now``."""
+    local = now.astimezone(zone)
+    day = local.date() + timedelta(days=(weekday - local.weekday()) % 7)
+    when = datetime.combine(day, at, zone)
+    if when <= now:
+        when = datetime.combine(day + timedelta(days=7), at, zone)
+    return when
+
+
+def _local(at: datetime, zone: ZoneInfo) -> str:
+    """``Monday 2026-12-14 12:30 Europe/Madrid``."""
+    return f"{at.astimezone(zone):%A %Y-%m-%d %H:%M} {zone.key}"
 
 
 def _duration(delta: timedelta) -> str:

@@ -294,15 +294,14 @@ async def contact_on_case(conn: Conn, ctx: Context, case_id: uuid.UUID,
     row, ms = await _locked(conn, case_id)
     now = ctx.clock.now()
     events: list[EventPayload] = []
-    if row["status"] == "resolved":
-        pass
-    elif direction == "proactive":
+    resuming = row["status"] != "resolved" and direction != "proactive" and (
+        row["paused_at"] is not None)
+    if row["status"] != "resolved" and direction == "proactive":
         events = await _meet(conn, ctx, row, ms, [FIRST_RESPONSE], await _counting(conn, row),
                              now)
-    elif row["paused_at"] is not None:
-        events = await _resumed(conn, ctx, row, ms, "customer_contact")
-        return await ctx.events.emit(conn, row["customer_id"], events, time=now)
-    await _save(conn, row, ms)
+    elif resuming:
+        events = _resumed(row, ms, await _counting(conn, row), now, "customer_contact")
+    await _save(conn, row, ms, pausing=False if resuming else None)
     await ctx.events.emit(conn, row["customer_id"], events, time=now)
 
 
@@ -331,16 +330,16 @@ async def resume(conn: Conn, ctx: Context, case_id: uuid.UUID) -> None:
     _open_or_refuse(row, "reopen it first")
     if row["paused_at"] is None:
         return await _reschedule(conn, case_id, ms.values())
-    events = await _resumed(conn, ctx, row, ms, "agent")
-    await ctx.events.emit(conn, row["customer_id"], events, time=ctx.clock.now())
-
-
-async def _resumed(conn: Conn, ctx: Context, row: Any, ms: Milestones,
-                   cause: str) -> list[EventPayload]:
     now = ctx.clock.now()
-    cal = await _counting(conn, row)
-    ms.update({name: promises.resume(m, cal, now) for name, m in ms.items()})
+    events = _resumed(row, ms, await _counting(conn, row), now, "agent")
     await _save(conn, row, ms, pausing=False)
+    await ctx.events.emit(conn, row["customer_id"], events, time=now)
+
+
+def _resumed(row: Any, ms: Milestones, cal: Calendar, now: datetime,
+             cause: str) -> list[EventPayload]:
+    """Resume the paused milestones in ``ms`` at ``now``; what it publishes."""
+    ms.update({name: promises.resume(m, cal, now) for name, m in ms.items()})
     return [CaseResumed(**_base(row), resumed_at=now, cause=cause, **_promised(row, ms))]
 
 
@@ -354,8 +353,7 @@ async def transfer(conn: Conn, ctx: Context, case_id: uuid.UUID, to_unit: str,
         raise InvalidArgument("reason", "required: say why the case moves")
     row, ms = await _locked(conn, case_id)
     _open_or_refuse(row, "reopen it first")
-    if row["unit"] == to_unit:
-        await _reschedule(conn, case_id, ms.values())
+    if row["unit"] == to_unit:  # (the rollback restores the schedule)
         raise FailedPrecondition(f"case {case_id} is already with {to_unit!r}")
     now = ctx.clock.now()
     old = await _counting(conn, row)
@@ -398,8 +396,7 @@ async def reopen(conn: Conn, ctx: Context, case_id: uuid.UUID, reason: str) -> N
     """Reopened: a resolution met in time runs again towards the same due
     time (reopening buys no time; past it, the case is breached at once)."""
     row, ms = await _locked(conn, case_id)
-    if row["status"] != "resolved":
-        await _reschedule(conn, case_id, ms.values())
+    if row["status"] != "resolved":  # (the rollback restores the schedule)
         raise FailedPrecondition(f"case {case_id} is not resolved")
     now = ctx.clock.now()
     ms[RESOLUTION] = promises.reopen(ms[RESOLUTION], await _counting(conn, row), now)

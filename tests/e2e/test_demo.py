@@ -47,7 +47,8 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
     assert [s.title.split(":")[0] for s in steps] == [
         "A potential customer asks by phone", "They buy on the web", "They complain in person",
         "Nobody resolves it", "They redeem the discount on a second purchase and become a "
-        "repeat customer", "A year passes without a purchase"]
+        "repeat customer", "On a Friday evening they complain by phone",
+        "A year passes without a purchase"]
     changes = [(d["from_stage"], d["to_stage"], d["cause"]) for s in steps
                for _, t, d in s.events if t == "customer.stage_changed"]
     assert changes == [("potential", "one_time", "purchase"), ("one_time", "repeat", "purchase"),
@@ -55,7 +56,7 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
     breach = steps[3]
     recovery = [d for _, t, d in breach.events if t == "loyalty.discount_issued"]
     assert len(recovery) == 1
-    win_back = [d for _, t, d in steps[5].events if t == "loyalty.discount_issued"]
+    win_back = [d for _, t, d in steps[6].events if t == "loyalty.discount_issued"]
     assert len(win_back) == 1
     assert win_back[0]["reason"] == "We miss you", win_back
     assert recovery[0]["reason"] == "Compensation for a broken promise", recovery
@@ -76,19 +77,44 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
     assert any(k.startswith("crm_loyalty_redemptions_total") and "result=redeemed" in k
                for k in redeemed.moved), redeemed.moved
     assert any("from_stage=one_time" in k and "to_stage=repeat" in k for k in redeemed.moved)
-    assert not any("to_stage=former" in k for s in steps[:5] for k in s.moved)
-    assert any("from_stage=repeat" in k and "to_stage=former" in k for k in steps[5].moved)
-    assert any("rule=win-back-offer" in k for k in steps[5].moved), steps[5].moved
+    assert not any("to_stage=former" in k for s in steps[:6] for k in s.moved)
+    assert any("from_stage=repeat" in k and "to_stage=former" in k for k in steps[6].moved)
+    assert any("rule=win-back-offer" in k for k in steps[6].moved), steps[6].moved
 
     # What changed for the demo's own customer, read from the services (the
     # gauges sum every customer of the stack), in the step that changed it.
     stages = [s.changed.get("stage") for s in steps]
     assert stages == [("", "potential"), ("potential", "one time"), None, None,
-                      ("one time", "repeat"), ("repeat", "former")], stages
+                      ("one time", "repeat"), None, ("repeat", "former")], stages
     assert steps[3].changed["at risk"] == ("no", "yes (breached promise)"), steps[3].changed
     assert steps[2].changed["cases"] == ("none", "1 open"), steps[2].changed
     assert steps[4].changed["discounts"][1].count("redeemed") == 1, steps[4].changed
     assert "purchases" not in steps[3].changed and steps[4].changed["purchases"] == ("1", "2")
+
+    # A Friday-evening complaint to a store with business hours (Monday to
+    # Friday, 09:00-18:00 in Madrid): both promises fall on a Monday, nothing
+    # breaches over the weekend, and it is answered and resolved on Monday in time.
+    friday = steps[5]
+    types = [t for _, t, _ in friday.events]
+    assert "case.breached" not in types and "case.breach_warning" not in types, types
+    (opened,) = [d for _, t, d in friday.events if t == "case.opened"]
+    assert opened["channel"] == "phone" and opened["kind"] == "complaint", opened
+    assert opened["unit"] == "demo-store" and opened["calendar"] == "demo-store", opened
+    (resolved,) = [d for _, t, d in friday.events if t == "case.resolved"]
+    assert resolved["late"] is False, resolved
+    assert "case.acknowledged" in types, types
+    facts = friday.facts
+    assert facts["complained"].startswith("Friday ") and " 17:30 " in facts["complained"], facts
+    assert facts["first response due"].startswith("Monday "), facts
+    assert facts["first response due"].endswith(" 12:30 Europe/Madrid"), facts
+    assert facts["resolution due"].startswith("Monday "), facts
+    assert facts["resolution due"].endswith(" 11:30 Europe/Madrid"), facts
+    assert facts["over the weekend"] == "first response pending, resolution pending", facts
+    assert facts["acknowledged"].startswith("Monday "), facts
+    assert facts["resolved"].startswith("Monday "), facts
+    assert facts["first response"] == "hit, after 1 h of business hours", facts
+    assert facts["resolution"] == "hit, after 2 h of business hours", facts
+    assert not any(k.startswith("crm_cases_breached_total") for k in friday.moved)
 
     # Human values: no enum names, Python lists or timedelta, no cut words.
     text = "\n".join(lines)
