@@ -20,7 +20,7 @@ nothing when it is stale (:func:`promises.due_to_warn`,
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -422,33 +422,43 @@ async def move_to_calendar(conn: Conn, ctx: Context, case_id: uuid.UUID, cal: Ca
 
 # --- the scheduled warning and breach -------------------------------------------------
 
-async def warn_breach(conn: Conn, ctx: Context, case_id: uuid.UUID,
-                      milestone: str = RESOLUTION) -> None:
-    """The milestone's warning is due (unless it is stale: moved, met, paused)."""
+async def _due(conn: Conn, ctx: Context, case_id: uuid.UUID, milestone: str,
+               due: Callable[[Milestone, datetime], bool]
+               ) -> tuple[Any, Milestones, datetime] | None:
+    """The locked case, its milestones and the time, when the scheduled item
+    of ``milestone`` is due (``due``); None when it is stale: the milestone
+    was moved, met or paused, or the case resolved."""
     row = await store.load_case(conn, case_id, lock=True)
     ms = await pstore.milestones(conn, case_id)
     m, now = ms.get(milestone), ctx.clock.now()
-    if row["status"] == "resolved" or m is None or not promises.due_to_warn(m, now):
-        return
-    ms[milestone] = promises.warn(m, now)
-    await pstore.save_milestones(conn, case_id, [ms[milestone]])
-    await ctx.events.emit(conn, row["customer_id"], [CaseBreachWarning(
-        **_base(row), milestone=milestone, due_at=m.due_at,
-        promised_by=_promised(row, ms)["promised_by"])], time=now)
+    if row["status"] == "resolved" or m is None or not due(m, now):
+        return None
+    return row, ms, now
+
+
+async def warn_breach(conn: Conn, ctx: Context, case_id: uuid.UUID,
+                      milestone: str = RESOLUTION) -> None:
+    """The milestone's warning is due."""
+    found = await _due(conn, ctx, case_id, milestone, promises.due_to_warn)
+    if found is not None:
+        row, ms, now = found
+        ms[milestone] = warned = promises.warn(ms[milestone], now)
+        await pstore.save_milestones(conn, case_id, [warned])
+        await ctx.events.emit(conn, row["customer_id"], [CaseBreachWarning(
+            **_base(row), milestone=milestone, due_at=warned.due_at,
+            promised_by=_promised(row, ms)["promised_by"])], time=now)
 
 
 async def breach(conn: Conn, ctx: Context, case_id: uuid.UUID,
                  milestone: str = RESOLUTION) -> None:
-    """The milestone's due time passed unmet (unless it is stale)."""
-    row = await store.load_case(conn, case_id, lock=True)
-    ms = await pstore.milestones(conn, case_id)
-    m, now = ms.get(milestone), ctx.clock.now()
-    if row["status"] == "resolved" or m is None or not promises.due_to_miss(m, now):
-        return
-    ms[milestone] = promises.miss(m, now)
-    await pstore.save_milestones(conn, case_id, [ms[milestone]])
-    await ctx.events.emit(conn, row["customer_id"],
-                          await _missed(conn, ctx, row, ms[milestone], ms), time=now)
+    """The milestone's due time passed unmet."""
+    found = await _due(conn, ctx, case_id, milestone, promises.due_to_miss)
+    if found is not None:
+        row, ms, now = found
+        ms[milestone] = missed = promises.miss(ms[milestone], now)
+        await pstore.save_milestones(conn, case_id, [missed])
+        await ctx.events.emit(conn, row["customer_id"],
+                              await _missed(conn, ctx, row, missed, ms), time=now)
 
 
 # --- reading -------------------------------------------------------------------------
