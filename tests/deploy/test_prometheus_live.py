@@ -222,6 +222,14 @@ async def after_the_story(customer_id: str, services: tuple[Running, Running, Ru
         assert time.monotonic() < deadline, "the unresolved complaint did not breach in 30s"
         await asyncio.sleep(0.2)
 
+    # A case that waits on the customer: its clock stops (crm_cases_paused).
+    waiting = await stub.OpenCase(ipb.OpenCaseRequest(
+        customer_id=customer_id, kind="support", channel="email",
+        idempotency_key=f"live-{run}-waiting"), metadata=md)
+    await stub.PauseCase(ipb.PauseCaseRequest(case_id=waiting.case_id,
+                                              reason="waiting for the customer's photos"),
+                         metadata=md)
+
     # A channel delivers one contact twice (at least once: same ce_id) and
     # one that does not fit the contract (dead-lettered as invalid_payload).
     now = interactions.clock.now()

@@ -461,37 +461,43 @@ async def test_random_pauses_resumes_and_kills_breach_each_case_once_at_its_fina
                 metadata=METADATA)
             t.saw("contact on it", await _case(service, t.customer_id, t.case_id))
 
-    def due_soon() -> datetime | None:
-        """The next warning or breach of a running case, 0.3 to 3 s away."""
+    def due_soon() -> tuple[Tracked, datetime] | None:
+        """A running case and its next warning or breach, 0.3 to 6 s away."""
         now = _now()
-        moments = [m for t in tracked if t.state in ("pending", "warning")
+        moments = [(m, i) for i, t in enumerate(tracked) if t.state in ("pending", "warning")
                    for m in (t.due, t.warn)
                    if m is not None and now + timedelta(seconds=0.3) <= m
-                   <= now + timedelta(seconds=3)]
-        return min(moments, default=None)
+                   <= now + timedelta(seconds=6)]
+        if not moments:
+            return None
+        m, i = rng.choice(moments)
+        return tracked[i], m
 
     async def kill(why: str) -> None:
         await service.kill()
         kills.append(f"{_now().time()} ({why})")
 
     # Four runs of the service between random pauses and resumes, each
-    # killed at a random moment: right after a reply, or just as a warning
-    # or a breach comes due (the scheduler's transaction in flight), or any.
+    # killed at a random moment: right after a reply, or just as a case's
+    # warning or breach comes due (the scheduler's transaction in flight;
+    # that case is left alone meanwhile), or any time.
     for _ in range(4):
-        moment = due_soon() if rng.random() < 0.6 else None
-        if moment is not None:
-            until, how = moment + timedelta(seconds=rng.uniform(0.0, 0.06)), "at a due time"
+        target = due_soon() if rng.random() < 0.6 else None
+        if target is not None:
+            until = target[1] + timedelta(seconds=rng.uniform(0.0, 0.06))
+            how = f"as {target[0].case_id} came due at {target[1].time()}"
         else:
             until, how = _now() + timedelta(seconds=rng.uniform(1.0, 3.0)), "any time"
-        after_reply = rng.random() < 0.3
+        others = [t for t in tracked if target is None or t is not target[0]]
+        after_reply = target is None and rng.random() < 0.4
         while True:
             wait = rng.choice([0.0, 0.0, rng.uniform(0.05, 0.6)])
             if _now() + timedelta(seconds=wait) >= until:
                 break
             await asyncio.sleep(wait)
-            await act(rng.choice(tracked))
+            await act(rng.choice(others))
         if after_reply:
-            await act(rng.choice(tracked))
+            await act(rng.choice(others))
             await kill("right after a reply")
         else:
             await _sleep_until(until)
@@ -511,16 +517,18 @@ async def test_random_pauses_resumes_and_kills_breach_each_case_once_at_its_fina
     finals = {t.case_id: t.due for t in tracked}
     last_due = max((d for d in finals.values() if d is not None), default=_now())
     # Killed once more while the last ones come due.
-    moment = due_soon()
-    await _sleep_until(moment + timedelta(seconds=rng.uniform(0.0, 0.06)) if moment
-                       else _now() + timedelta(seconds=rng.uniform(0.5, 2.0)))
-    await kill("at a due time" if moment else "any time")
+    target = due_soon()
+    if target is not None:
+        await _sleep_until(target[1] + timedelta(seconds=rng.uniform(0.0, 0.06)))
+        await kill(f"as {target[0].case_id} came due at {target[1].time()}")
+    else:
+        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        await kill("any time")
     await service.start()
     await _sleep_until(last_due + timedelta(seconds=2))
     await drained(conn)
 
     problems: list[str] = []
-    print("DEBUG", seed, kills)  # DEBUG
     for t in tracked:
         # A record the relay published again after a kill keeps its event id
         # (at-least-once, consumers deduplicate): counted once.
