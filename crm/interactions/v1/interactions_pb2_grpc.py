@@ -267,7 +267,9 @@ class InteractionsServicer:
     def PauseCase(self, request, context):
         """The case waits on the customer: its milestones' clocks stop (their scheduled
         warnings and breaches are withdrawn). A resolved case is FAILED_PRECONDITION;
-        pausing a paused case changes nothing.
+        pausing a paused case changes nothing. A milestone already met, missed or
+        past its due time is not paused (a case whose promise is already missed
+        is marked waiting on the customer, and no clock stops).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

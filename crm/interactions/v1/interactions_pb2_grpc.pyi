@@ -71,7 +71,9 @@ class InteractionsStub:
     PauseCase: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.PauseCaseRequest, _interactions_pb2.Case]
     """The case waits on the customer: its milestones' clocks stop (their scheduled
     warnings and breaches are withdrawn). A resolved case is FAILED_PRECONDITION;
-    pausing a paused case changes nothing.
+    pausing a paused case changes nothing. A milestone already met, missed or
+    past its due time is not paused (a case whose promise is already missed
+    is marked waiting on the customer, and no clock stops).
     """
     ResumeCase: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ResumeCaseRequest, _interactions_pb2.Case]
     """The clock runs again: each milestone is due after the business time it had
@@ -139,7 +141,9 @@ class InteractionsAsyncStub(InteractionsStub):
     PauseCase: _aio.UnaryUnaryMultiCallable[_interactions_pb2.PauseCaseRequest, _interactions_pb2.Case]  # type: ignore[assignment]
     """The case waits on the customer: its milestones' clocks stop (their scheduled
     warnings and breaches are withdrawn). A resolved case is FAILED_PRECONDITION;
-    pausing a paused case changes nothing.
+    pausing a paused case changes nothing. A milestone already met, missed or
+    past its due time is not paused (a case whose promise is already missed
+    is marked waiting on the customer, and no clock stops).
     """
     ResumeCase: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ResumeCaseRequest, _interactions_pb2.Case]  # type: ignore[assignment]
     """The clock runs again: each milestone is due after the business time it had
@@ -306,7 +310,9 @@ class InteractionsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_interactions_pb2.Case, _abc.Awaitable[_interactions_pb2.Case]]:
         """The case waits on the customer: its milestones' clocks stop (their scheduled
         warnings and breaches are withdrawn). A resolved case is FAILED_PRECONDITION;
-        pausing a paused case changes nothing.
+        pausing a paused case changes nothing. A milestone already met, missed or
+        past its due time is not paused (a case whose promise is already missed
+        is marked waiting on the customer, and no clock stops).
         """
 
     @_abc_1.abstractmethod
