@@ -33,10 +33,12 @@ class OffsetClock:
 
 
 class ManualClock:
-    """A clock that only moves when told to; for tests and simulations."""
+    """A clock that only moves when told to; for tests and simulations. It
+    tells UTC whatever zone it is set in, as the system clock does (and so
+    moves by real time across a daylight-saving change)."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime.now(UTC)
+        self._now = _utc(start) if start is not None else datetime.now(UTC)
 
     def now(self) -> datetime:
         return self._now
@@ -45,4 +47,8 @@ class ManualClock:
         self._now += delta
 
     def set(self, when: datetime) -> None:
-        self._now = when
+        self._now = _utc(when)
+
+
+def _utc(when: datetime) -> datetime:
+    return when.astimezone(UTC) if when.tzinfo is not None else when

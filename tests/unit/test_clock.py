@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from crm_runtime.clock import Clock, ManualClock, SystemClock
 
@@ -49,3 +50,13 @@ def test_system_clock_is_aware_utc_now() -> None:
 def test_both_clocks_satisfy_the_protocol() -> None:
     clocks: list[Clock] = [SystemClock(), ManualClock(START)]
     assert all(isinstance(c.now(), datetime) for c in clocks)
+
+
+def test_a_manual_clock_set_in_a_zone_tells_utc() -> None:
+    madrid = datetime(2026, 10, 24, 23, 30, tzinfo=ZoneInfo("Europe/Madrid"))
+    clock = ManualClock(madrid)
+    assert clock.now() == madrid and clock.now().tzinfo is UTC
+    clock.advance(timedelta(hours=5))  # across the autumn change: real time
+    assert clock.now().astimezone(ZoneInfo("Europe/Madrid")).hour == 3
+    clock.set(madrid)
+    assert clock.now().tzinfo is UTC
