@@ -5,7 +5,8 @@ command, each in the caller's transaction.
 A calendar is versioned: defining it again adds a version, and a case keeps
 counting on the version it opened under, unless the operator moves the
 open cases to the new one (``apply_to_open_cases``; the business time they
-have used is kept). Nothing about a calendar may make a promise
+have used is kept): scheduled work moves them a page at a time
+(:func:`move_open_cases`). Nothing about a calendar may make a promise
 unreachable: a calendar on which a business-time policy's longest
 milestone would end more than :data:`business_time.REACH` ahead is refused
 when defined, and so is such a policy when set.
@@ -18,8 +19,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from crm_runtime import scheduler
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument, NotFound
+from crm_runtime.scheduler import DueWork
 from services.interactions import business_time, cases, domain, promises
 from services.interactions import promise_store as pstore
 from services.interactions.business_time import ALWAYS, Calendar
@@ -34,6 +37,32 @@ class Defined:
     calendar: Calendar
     defined_at: datetime | None  # None: the built-in ``always``
     units: list[str]
+
+
+#: Scheduled work: move a page of a calendar's open cases to its latest
+#: version (key: the calendar's name; payload: ``version``).
+MOVE = "calendars.move_open_cases"
+#: Cases a run of :data:`MOVE` moves, each with its own schedule and event.
+MOVE_PAGE = 200
+
+
+async def move_open_cases(conn: Conn, ctx: Context, work: DueWork) -> None:
+    """One page of the open cases on older versions of a calendar moved to
+    the version the operator applied, in the transaction that removes the
+    work; the next page is scheduled in it too, until none is left. A crash
+    repeats a page at most, and a case moved already is not on older
+    versions any more: each case moves once. A newer application replaces
+    the work (the schedule is an upsert) and moves them to its version."""
+    version = int(work.payload["version"])
+    row = await pstore.calendar_row(conn, work.key, version)
+    if row is None:
+        return
+    cal = pstore.to_calendar(row)
+    page = await pstore.open_cases_on(conn, cal.name, cal.version, MOVE_PAGE)
+    for case_id in page:
+        await cases.move_to_calendar(conn, ctx, case_id, cal)
+    if len(page) == MOVE_PAGE:
+        await scheduler.schedule(conn, MOVE, cal.name, ctx.clock.now(), work.payload)
 
 
 def _years(cal: Calendar) -> str:
@@ -70,8 +99,7 @@ async def define_calendar(conn: Conn, ctx: Context, *, name: str, time_zone: str
         row = await pstore.insert_calendar(conn, cal, now)
     stored = pstore.to_calendar(row)
     if apply_to_open_cases:
-        for case_id in await pstore.open_cases_on(conn, stored.name, stored.version):
-            await cases.move_to_calendar(conn, ctx, case_id, stored)
+        await scheduler.schedule(conn, MOVE, stored.name, now, {"version": stored.version})
     units = (await pstore.units_by_calendar(conn)).get(stored.name, [])
     return Defined(stored, row["defined_at"], units)
 

@@ -24,7 +24,8 @@
 * ``customer.segment_entered`` / ``customer.segment_left``: the segments a
   customer is in, for the entitlements of the cases they open.
 * Scheduled work: breach warnings and breaches of each milestone of a case's
-  promise (keyed ``<case>/<milestone>``, :mod:`cases`); survey
+  promise (keyed ``<case>/<milestone>``, :mod:`cases`); the open cases of a
+  calendar moved to its new version, a page at a time (:mod:`calendars`); survey
   requests of resolved cases (the contact gate asked first,
   :func:`trust.request_survey`).
 
@@ -56,7 +57,7 @@ from crm_runtime.errors import AlreadyExists, InvalidArgument
 from crm_runtime.events import Envelope, EventPayload, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.interactions import cases, commands, contacts, store, trust
+from services.interactions import calendars, cases, commands, contacts, store, trust
 from services.interactions.directory import CustomerDirectory, stated_customers
 from services.interactions.domain import Decision
 
@@ -235,6 +236,13 @@ def on_segment_changes() -> Route:
 def on_survey_request(ctx: commands.Context, directory: CustomerDirectory) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
         await trust.request_survey(conn, ctx, directory.gate, work)
+
+    return run
+
+
+def on_move_open_cases(ctx: commands.Context) -> WorkHandler:
+    async def run(conn: Conn, work: DueWork) -> None:
+        await calendars.move_open_cases(conn, ctx, work)
 
     return run
 

@@ -134,11 +134,12 @@ async def set_unit_calendar(conn: Conn, unit: str, calendar: str, at: datetime) 
                set_at = EXCLUDED.set_at RETURNING *""", unit, calendar, at)
 
 
-async def open_cases_on(conn: Conn, name: str, below: int) -> list[uuid.UUID]:
-    """Unresolved cases counting on a version of calendar ``name`` before ``below``."""
+async def open_cases_on(conn: Conn, name: str, below: int, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` unresolved cases counting on a version of calendar
+    ``name`` before ``below``."""
     return [r["case_id"] for r in await conn.fetch(
         """SELECT case_id FROM cases WHERE calendar = $1 AND calendar_version < $2
-              AND status <> 'resolved' ORDER BY case_id""", name, below)]
+              AND status <> 'resolved' ORDER BY case_id LIMIT $3""", name, below, limit)]
 
 
 # --- milestones -------------------------------------------------------------------

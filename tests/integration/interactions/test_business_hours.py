@@ -17,6 +17,7 @@ import pytest
 
 from crm.customers.v1 import customers_pb2 as cpb
 from crm.interactions.v1 import interactions_pb2 as pb
+from services.interactions import calendars
 from tests.integration.interactions.conftest import Pair
 from tests.integration.interactions.test_interactions_service import (
     api,
@@ -157,7 +158,7 @@ async def _quiet(pair: Pair) -> bool:
 
 
 async def test_a_holiday_moves_the_promise_and_open_cases_keep_their_version(
-        pair: Pair, complaint_policy: None) -> None:
+        pair: Pair, complaint_policy: None, monkeypatch: pytest.MonkeyPatch) -> None:
     unit, name = _name("desk"), _name("office")
     first = await _calendar(pair, name, unit=unit)
     friday = _next(pair, 4, 17, 30)
@@ -165,6 +166,7 @@ async def test_a_holiday_moves_the_promise_and_open_cases_keep_their_version(
     pair.clock.set(friday)
     cid = await new_customer(pair)
     before = await record(pair, customer_id=cid, channel="phone", kind="complaint", unit=unit)
+    also = await record(pair, customer_id=cid, channel="phone", kind="support", unit=unit)
     # Monday becomes a holiday: version 2. The case opened on version 1 keeps it.
     second = await _calendar(pair, name, closed=(monday.date().isoformat(),))
     assert (first.version, second.version) == (1, 2)
@@ -176,13 +178,22 @@ async def test_a_holiday_moves_the_promise_and_open_cases_keep_their_version(
     assert _at(old.promised_by) == monday.replace(hour=16, minute=30)
     assert _at(new.promised_by) == (monday + timedelta(days=1)).replace(hour=16, minute=30)
 
-    # The operator moves the open cases to the new version: the 30 minutes
-    # used on Friday are kept.
+    # The operator moves the open cases to the new version, a page at a time
+    # (of one case here): the 30 minutes used on Friday are kept.
+    monkeypatch.setattr(calendars, "MOVE_PAGE", 1)
     pair.clock.set(friday + timedelta(days=1))
     await _calendar(pair, name, closed=(monday.date().isoformat(), "2099-01-01"), apply=True)
+
+    async def all_moved() -> bool:
+        return all([(await _case(pair, c)).calendar_version == 3
+                    for c in (before.case_id, after.case_id, also.case_id)])
+
+    await wait_for(all_moved, timeout=10, what="the open cases moved to version 3")
     moved = await _case(pair, before.case_id)
-    assert moved.calendar_version == 3
     assert _at(moved.promised_by) == (monday + timedelta(days=1)).replace(hour=16, minute=30)
+    events = [(k, d) for k, d in await events_of(pair, cid, 9) if k == "case.promise_moved"]
+    assert sorted(d["case_id"] for _, d in events) == sorted(
+        [before.case_id, after.case_id, also.case_id])  # each moved once
     versions = await api(pair).GetCalendar(pb.GetCalendarRequest(name=name, version=1),
                                            metadata=pair.interactions.metadata)
     assert (versions.version, list(versions.closed_dates)) == (1, [])
