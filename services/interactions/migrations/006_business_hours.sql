@@ -59,13 +59,21 @@ CREATE TABLE case_milestones (
     PRIMARY KEY (case_id, milestone)
 );
 
+-- Each case's promise so far is its resolution milestone; an open case whose
+-- warning time passed and whose warning is no longer scheduled was warned.
 INSERT INTO case_milestones (case_id, milestone, limit_time, warn_before, state, due_at,
-                             warn_at, met_at, took, missed_at)
-SELECT case_id, 'resolution', promised_by - opened_at, promised_by - warn_at,
-       CASE WHEN breached THEN 'missed' WHEN status = 'resolved' THEN 'hit' ELSE 'pending' END,
-       promised_by, warn_at, resolved_at, resolved_at - opened_at,
-       CASE WHEN breached THEN promised_by END
-  FROM cases;
+                             warn_at, warned_at, met_at, took, missed_at)
+SELECT c.case_id, 'resolution', c.promised_by - c.opened_at, c.promised_by - c.warn_at,
+       CASE WHEN c.breached THEN 'missed' WHEN c.status = 'resolved' THEN 'hit'
+            WHEN w.warned THEN 'warning' ELSE 'pending' END,
+       c.promised_by, c.warn_at, CASE WHEN w.warned THEN c.warn_at END, c.resolved_at,
+       c.resolved_at - c.opened_at, CASE WHEN c.breached THEN c.promised_by END
+  FROM cases c
+  CROSS JOIN LATERAL (
+      SELECT c.status <> 'resolved' AND NOT c.breached AND c.warn_at <= now()
+             AND NOT EXISTS (SELECT 1 FROM scheduled_work s
+                              WHERE s.kind = 'cases.breach_warning'
+                                AND s.item_key = c.case_id::text) AS warned) w;
 
 -- Latest changed_at wins per customer and segment (member false: left).
 CREATE TABLE customer_segments (
