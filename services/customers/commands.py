@@ -90,39 +90,24 @@ class Context(CommandContext):
     erasure_ack_timeout: timedelta = timedelta(hours=1)
 
 
-async def segment_keys_for(conn: Conn, ctx: Context, ids: list[uuid.UUID]
-                           ) -> dict[uuid.UUID, list[str]]:
-    """The segments each customer belongs to now (one query per segment)."""
-    keys: dict[uuid.UUID, list[str]] = {cid: [] for cid in ids}
-    if not ids:
-        return keys
-    for seg in await ctx.segments.get(conn):
-        compiled = memberships.compiled(seg, ctx.clock.now())
-        if compiled is None:
-            continue
-        for cid in await store.matching_ids(conn, ids, compiled.sql, compiled.params):
-            keys[cid].append(seg["name"])
-    return {cid: sorted(names) for cid, names in keys.items()}
-
-
-async def _name_segments(conn: Conn, ctx: Context, payloads: list[EventPayload]
-                         ) -> list[EventPayload]:
+def _name_segments(payloads: Sequence[EventPayload], evaluation: memberships.Evaluation
+                   ) -> list[EventPayload]:
     """Stage changes name the segments the customer is in after the change
-    (loyalty rules match on them)."""
-    changed = [read_uuid(p.customer_id) if isinstance(p, StageChanged) else None
-               for p in payloads]
-    ids = sorted({c for c in changed if c is not None})
-    if not ids:
-        return payloads
-    keys = await segment_keys_for(conn, ctx, ids)
-    return [p.model_copy(update={"segment_keys": keys[c]}) if c is not None else p
-            for p, c in zip(payloads, changed, strict=True)]
+    (loyalty rules match on them), as ``evaluation`` found them."""
+    return [p.model_copy(update={"segment_keys": evaluation.segments_of(read_uuid(
+        p.customer_id))}) if isinstance(p, StageChanged) else p for p in payloads]
 
 
 async def emit_named(conn: Conn, ctx: Context, customer_id: uuid.UUID,
-                      *payloads: EventPayload) -> None:
-    """Queue the customer's events, stage changes with their segments named."""
-    payloads = tuple(await _name_segments(conn, ctx, list(payloads)))
+                     *payloads: EventPayload,
+                     evaluation: memberships.Evaluation | None = None) -> None:
+    """Queue the customer's events, stage changes with their segments named
+    (from ``evaluation`` when the caller has evaluated the customer's
+    segments already)."""
+    if evaluation is None and any(isinstance(p, StageChanged) for p in payloads):
+        evaluation = await memberships.evaluate(conn, ctx, [customer_id])
+    if evaluation is not None:
+        payloads = tuple(_name_segments(payloads, evaluation))
     await ctx.events.emit(conn, customer_id, payloads, time=ctx.clock.now())
 
 
@@ -344,13 +329,16 @@ async def record_purchases(conn: Conn, ctx: Context, purchases: list[Purchase]
     await store.save_purchase_state_many(conn, list(changed.values()), now)
     await _schedule_churn_many(conn, ctx, list(changed.values()),
                                {cid: trace for cid, _, trace in pending})
-    named = await _name_segments(conn, ctx, [e for _, events, _ in pending for e in events])
-    in_order = iter(named)
+    # One evaluation of the segments names the stage changes and settles the
+    # memberships (their events after the purchases').
+    evaluation = await memberships.evaluate(conn, ctx, list(changed))
+    in_order = iter(_name_segments([e for _, events, _ in pending for e in events],
+                                   evaluation))
     await ctx.events.write(conn, [ctx.events.envelope(cid, next(in_order), time=now,
                                                       traceparent=traceparent)
                                   for cid, events, traceparent in pending for _ in events])
-    await memberships.refresh(conn, ctx, list(changed), "purchase",
-                              traces={cid: trace for cid, _, trace in pending})
+    await memberships.settle(conn, ctx, evaluation, "purchase",
+                             traces={cid: trace for cid, _, trace in pending})
     return [targets[p.customer_id] for p in purchases]
 
 
@@ -463,8 +451,9 @@ async def churn(conn: Conn, ctx: Context, customer_id: uuid.UUID, work_key: str,
         return
     events = await change_stage(conn, ctx, rec, change, f"churn:{work_key}")
     await store.save_core(conn, rec, ctx.clock.now())
-    await emit_named(conn, ctx, customer_id, *events)
-    await memberships.refresh(conn, ctx, [customer_id], "stage")
+    evaluation = await memberships.evaluate(conn, ctx, [customer_id])
+    await emit_named(conn, ctx, customer_id, *events, evaluation=evaluation)
+    await memberships.settle(conn, ctx, evaluation, "stage")
 
 
 async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, reason: str,
@@ -478,8 +467,9 @@ async def close_relationship(conn: Conn, ctx: Context, customer_id: uuid.UUID, r
     events = await change_stage(conn, ctx, rec, change, request_id)
     await store.save_core(conn, rec, ctx.clock.now())
     await scheduler.cancel(conn, CHURN, str(customer_id))
-    await emit_named(conn, ctx, customer_id, *events)
-    await memberships.refresh(conn, ctx, [customer_id], "stage")
+    evaluation = await memberships.evaluate(conn, ctx, [customer_id])
+    await emit_named(conn, ctx, customer_id, *events, evaluation=evaluation)
+    await memberships.settle(conn, ctx, evaluation, "stage")
     return await store.load(conn, customer_id)
 
 

@@ -43,7 +43,7 @@ from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from crm_runtime.events import EventPayload
-from services.customers import segments
+from services.customers import segments, store
 
 if TYPE_CHECKING:
     from services.customers.commands import Context
@@ -112,18 +112,23 @@ def compiled(seg: Any, now: datetime) -> segments.Compiled | None:
 
 # --- use cases ----------------------------------------------------------------
 
-async def refresh(conn: Conn, ctx: Context, ids: Sequence[uuid.UUID], cause: str, *,
-                  traces: Mapping[uuid.UUID, str] | None = None) -> None:
-    """Re-evaluate every defined segment for these customers (whose rows the
-    caller holds locked, after changing them) and publish each difference,
-    with ``cause``. Segments this process does not know yet are left to
-    their pass. ``traces``: the trace each customer's events continue
-    (default: the work in progress)."""
-    if not ids:
-        return
-    defined = await ctx.segments.get(conn)
-    if not defined:
-        return
+@dataclass(frozen=True)
+class Evaluation:
+    """Every defined segment evaluated for some customers: what they match."""
+
+    ids: list[uuid.UUID]
+    names: list[str]  # the segments evaluated
+    matching: list[Member]
+
+    def segments_of(self, customer_id: uuid.UUID) -> list[str]:
+        """The segments the customer matches, by name."""
+        return sorted(s for s, c in self.matching if c == customer_id)
+
+
+async def evaluate(conn: Conn, ctx: Context, ids: Sequence[uuid.UUID]) -> Evaluation:
+    """Evaluate every defined segment for these customers (one query per
+    segment for them all); nothing when no segment is defined."""
+    defined = await ctx.segments.get(conn) if ids else []
     ids = sorted(set(ids))
     now = ctx.clock.now()
     matching: list[Member] = []
@@ -131,18 +136,38 @@ async def refresh(conn: Conn, ctx: Context, ids: Sequence[uuid.UUID], cause: str
         where = compiled(seg, now)
         if where is not None:
             matching += [(seg["name"], cid) for cid in await _matching(conn, ids, where)]
-    held = await _held(conn, ids, [seg["name"] for seg in defined])
-    await _apply(conn, ctx, diff(matching, held), cause, now, traces or {})
+    return Evaluation(ids, [seg["name"] for seg in defined], matching)
 
 
-async def merged(conn: Conn, ctx: Context, survivor: uuid.UUID, merged_id: uuid.UUID) -> None:
+async def settle(conn: Conn, ctx: Context, evaluation: Evaluation, cause: str, *,
+                 traces: Mapping[uuid.UUID, str] | None = None) -> None:
+    """Store what ``evaluation`` found and publish each difference with the
+    stored membership, with ``cause``. ``traces``: the trace each customer's
+    events continue (default: the work in progress)."""
+    if not evaluation.names:
+        return
+    held = await _held(conn, evaluation.ids, evaluation.names)
+    await _apply(conn, ctx, diff(evaluation.matching, held), cause, ctx.clock.now(),
+                 traces or {})
+
+
+async def refresh(conn: Conn, ctx: Context, ids: Sequence[uuid.UUID], cause: str, *,
+                  traces: Mapping[uuid.UUID, str] | None = None) -> None:
+    """Re-evaluate every defined segment for these customers (whose rows the
+    caller holds locked, after changing them) and publish each difference,
+    with ``cause`` (:func:`evaluate`, then :func:`settle`). Segments this
+    process does not know yet are left to their pass."""
+    await settle(conn, ctx, await evaluate(conn, ctx, ids), cause, traces=traces)
+
+
+async def merged(conn: Conn, ctx: Context, survivor: Evaluation, merged_id: uuid.UUID) -> None:
     """A merge: the merged id leaves each of its segments (cause ``merge``)
-    and the survivor's segments are evaluated again."""
+    and the survivor's segments, evaluated after the merge, are settled."""
     now = ctx.clock.now()
     rows = await conn.fetch(
         "DELETE FROM segment_members WHERE customer_id = $1 RETURNING segment", merged_id)
     await _publish(conn, ctx, [], sorted((r["segment"], merged_id) for r in rows), "merge", now)
-    await refresh(conn, ctx, [survivor], "merge")
+    await settle(conn, ctx, survivor, "merge")
 
 
 async def forget(conn: Conn, customer_id: uuid.UUID) -> None:
@@ -198,12 +223,9 @@ async def evaluate_page(conn: Conn, ctx: Context, name: str, after: str | None,
 async def _matching(conn: Conn, ids: list[uuid.UUID], where: segments.Compiled
                     ) -> list[uuid.UUID]:
     """Which of ``ids`` (live customers: neither erased nor merged) match."""
-    n = len(where.params)
-    rows = await conn.fetch(
-        f"""SELECT c.customer_id FROM customers c
-             WHERE c.customer_id = ANY(${n + 1}::uuid[]) AND c.erased_at IS NULL
-               AND c.merged_into IS NULL AND {where.sql}""", *where.params, ids)
-    return [r["customer_id"] for r in rows]
+    return sorted(await store.matching_ids(
+        conn, ids, f"c.erased_at IS NULL AND c.merged_into IS NULL AND ({where.sql})",
+        where.params))
 
 
 async def _held(conn: Conn, ids: list[uuid.UUID], names: list[str]) -> list[Member]:

@@ -83,7 +83,8 @@ async def merge(conn: Conn, ctx: commands.Context, survivor_id: uuid.UUID, merge
     events.append(CustomersMerged(
         customer_id=str(survivor.customer_id), merged_customer_id=str(merged.customer_id),
         stage=survivor.stage.value, purchase_count=survivor.purchase_count))
-    await commands.emit_named(conn, ctx, survivor.customer_id, *events)
-    await memberships.merged(conn, ctx, survivor.customer_id, merged.customer_id)
+    evaluation = await memberships.evaluate(conn, ctx, [survivor.customer_id])
+    await commands.emit_named(conn, ctx, survivor.customer_id, *events, evaluation=evaluation)
+    await memberships.merged(conn, ctx, evaluation, merged.customer_id)
     await risk.reassess(conn, ctx, survivor.customer_id, request_id)
     return await store.load(conn, survivor.customer_id)
