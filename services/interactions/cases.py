@@ -227,13 +227,13 @@ async def open_resolved_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID
         res = ms[RESOLUTION]
         assert res.due_at is not None and res.warn_at is not None
         case_id = ids.uuid4()
-        if await store.insert_case(
-                conn, case_id, idempotency_key, customer_id, kind, channel, unit, summary,
-                interaction_id, now, promises.earliest(choice.policy, cal, now), res.due_at,
-                res.warn_at, callback_phone, digest, calendar=unit_calendar,
-                clock=choice.policy.clock, policy=policy_fields(choice.policy),
-                policy_reason=choice.reason):
-            row = await store.load_case(conn, case_id)
+        row = await store.insert_case(
+            conn, case_id, idempotency_key, customer_id, kind, channel, unit, summary,
+            interaction_id, now, promises.earliest(choice.policy, cal, now), res.due_at,
+            res.warn_at, callback_phone, digest, calendar=unit_calendar,
+            clock=choice.policy.clock, policy=policy_fields(choice.policy),
+            policy_reason=choice.reason)
+        if row is not None:
             await pstore.save_milestones(conn, case_id, ms.values())
             await _reschedule(conn, case_id, ms.values())
             await _opened(conn, ctx, row, ms, choice.policy.segment)

@@ -111,23 +111,22 @@ async def insert_case(conn: Conn, case_id: uuid.UUID, idempotency_key: str,
                       promised_earliest_at: datetime, promised_by: datetime, warn_at: datetime,
                       callback_phone: str, request_digest: bytes | None, *,
                       calendar: Calendar, clock: str, policy: dict[str, Any],
-                      policy_reason: str) -> bool:
+                      policy_reason: str) -> Any:
     """Store the case, with the calendar its promise counts on and the
-    policy it got and why; False (nothing stored) when the customer has a
-    case of that key already (a concurrent request with the same key
-    committed)."""
-    inserted = await conn.fetchval(
+    policy it got and why; returns its row, or None (nothing stored) when
+    the customer has a case of that key already (a concurrent request with
+    the same key committed)."""
+    return await conn.fetchrow(
         """INSERT INTO cases (case_id, idempotency_key, customer_id, kind, channel, unit, summary,
                               interaction_id, opened_at, promised_earliest_at, promised_by,
                               warn_at, callback_phone, request_digest, calendar,
                               calendar_version, clock, policy, policy_reason)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
                    $18, $19)
-           ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING true""",
+           ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING *""",
         case_id, idempotency_key, customer_id, kind, channel, unit, summary, interaction_id,
         opened_at, promised_earliest_at, promised_by, warn_at, callback_phone, request_digest,
         calendar.name, calendar.version, clock, policy, policy_reason)
-    return bool(inserted)
 
 
 async def case_owners(conn: Conn, case_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
