@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from crm_contracts.base import EventPayload, StrictEventPayload, Text, event
 from crm_contracts.money import MAX_AMOUNT_MINOR
 from crm_contracts.times import Rfc3339
 from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
+from crm_contracts.vocabulary import DISSATISFACTION_CAUSES, SURVEY_SCALES
 
 
 @event("interaction.recorded", topic=INTERACTIONS)
@@ -36,6 +37,13 @@ class InteractionRecorded(EventPayload):
     unit: str = ""
     amount_minor: int = Field(default=0, ge=0, description="Purchases: amount in minor units.")
     currency: str = Field(default="", description="Purchases: ISO 4217 code.")
+    attention: str = Field(default="direct", examples=["direct", "indirect"],
+                           description="Indirect: someone asked or decides for the customer.")
+    requester_customer_id: str = Field(default="", description="Indirect attention: who asked.")
+    decision_maker_customer_id: str = Field(default="",
+                                            description="Indirect attention: who decides.")
+    cause: str = Field(default="", examples=list(DISSATISFACTION_CAUSES),
+                       description="A negative contact's or complaint's dissatisfaction cause.")
 
 
 @event("survey.response_recorded", topic=INTERACTIONS)
@@ -59,11 +67,14 @@ class DissatisfactionSignal(EventPayload):
 
     customer_id: str
     reason: str = Field(examples=["low_csat", "low_nps", "repeated_complaint",
-                                  "breached_promise"])
+                                  "breached_promise", "negative_contact"])
     occurred_at: datetime
     score: int | None = None
     interaction_id: str = ""
     case_id: str = ""
+    cause: str = Field(default="", examples=list(DISSATISFACTION_CAUSES),
+                       description="The dissatisfaction cause the contact or case stated.")
+    touchpoint: str = Field(default="", description="The moment of truth it happened at.")
 
 
 class _CaseEvent(EventPayload):
@@ -90,6 +101,9 @@ class CaseOpened(_CaseEvent):
                           description="The business-hours calendar the promise counts on.")
     entitlement: str = Field(default="", description="The customer segment whose policy the "
                                                      "case got ('' for the general policy).")
+    cause: str = Field(default="", examples=list(DISSATISFACTION_CAUSES),
+                       description="The dissatisfaction cause, if stated.")
+    touchpoint: str = Field(default="", description="The moment of truth it arose at.")
 
 
 @event("case.acknowledged", topic=INTERACTIONS)
@@ -180,10 +194,29 @@ class CasePromiseMoved(_CaseEvent):
     first_response_by: datetime | None = None
 
 
+class SurveyQuestion(BaseModel):
+    """A question of a survey, taken from a service cycle's matrix: the
+    answer names ``question_id`` and gives a score on ``scale``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    question_id: str
+    cycle: str
+    cycle_version: int
+    touchpoint: str = Field(description="The moment of truth.")
+    requirement_id: str
+    text: str
+    scale: str = Field(examples=list(SURVEY_SCALES),
+                       description="csat 1-5, nps 0-10, yes_no 1 = yes, 0 = no.")
+
+
 @event("survey.requested", topic=INTERACTIONS)
 class SurveyRequested(EventPayload):
-    """Ask the customer how a case went. Never sent while one of their
-    complaints is still open."""
+    """Ask the customer how a case went (``reason`` case_resolved; never sent
+    while one of their complaints is still open), or a cycle's periodic
+    survey of a segment (``reason`` periodic). ``questions`` are the active
+    cycles' requirements for the touchpoint(s) involved on the channel
+    (none when no cycle knows them: ask a general CSAT question)."""
 
     customer_id: str
     case_id: str = ""
@@ -191,6 +224,37 @@ class SurveyRequested(EventPayload):
     touchpoint: str = ""
     channel: str = ""
     unit: str = ""
+    reason: str = Field(default="case_resolved", examples=["case_resolved", "periodic"])
+    cycle: str = Field(default="", description="Periodic: the cycle that asks.")
+    questions: list[SurveyQuestion] = Field(default_factory=list)
+
+
+class CriterionResult(BaseModel):
+    """One criterion of a mystery-shopping evaluation and its score."""
+
+    model_config = ConfigDict(frozen=True)
+
+    touchpoint: str
+    requirement_id: str
+    scale: str = Field(examples=["yes_no", "one_to_five"])
+    weight: int
+    score: int
+
+
+@event("service.evaluation_recorded", topic=INTERACTIONS)
+class EvaluationRecorded(EventPayload):
+    """A mystery shopper's evaluation of a unit on a channel against a
+    service cycle version (the evaluator's name and notes are read with
+    ``ListEvaluations``)."""
+
+    evaluation_id: str
+    cycle: str
+    cycle_version: int
+    unit: str
+    channel: str
+    visited_at: datetime
+    score: float = Field(ge=0, le=100, description="Weighted score, 0-100.")
+    criteria: list[CriterionResult] = Field(default_factory=list)
 
 
 @event("contact.outside_quiet_hours", topic=INTERACTIONS)
@@ -240,6 +304,8 @@ class ContactReceived(StrictEventPayload):
     case_id: Text = Field("", description="The open case this contact is about: a proactive "
                                           "contact meets its first response, one from the "
                                           "customer resumes it when it waits on them.")
+    cause: Text = Field("", description="A negative contact's or complaint's dissatisfaction "
+                                        "cause: " + ", ".join(DISSATISFACTION_CAUSES) + ".")
 
 
 @event("contact.suppressed", topic=INTERACTIONS)

@@ -21,6 +21,16 @@ OUTCOMES = ("positive", "neutral", "negative")
 CASE_KINDS = ("complaint", "support", "callback_request", "inquiry", "doubt")
 #: Kinds that open a case on their own when recorded as an interaction.
 AUTO_CASE_KINDS = ("complaint", "support", "callback_request")
+#: Why a customer is dissatisfied (a negative contact's or a case's cause).
+DISSATISFACTION_CAUSES = ("price_felt_high", "slow_delivery", "no_answer_after_paying",
+                          "bad_treatment", "product_failure", "return")
+#: Direct attention (the customer asks and decides) or indirect (someone asks
+#: or decides for them).
+ATTENTION_MODES = ("direct", "indirect")
+#: Scales of a survey question: CSAT 1-5, NPS 0-10, yes/no (1 = yes, 0 = no).
+SURVEY_SCALES = ("csat", "nps", "yes_no")
+#: How important the purchase is to the customer (a segmentation attribute).
+PURCHASE_IMPORTANCE = ("low", "medium", "high")
 
 
 class Stage(StrEnum):

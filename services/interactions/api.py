@@ -36,8 +36,10 @@ from services.interactions import (
     store,
     trust,
 )
+from services.interactions.cycle_api import CycleApi
 from services.interactions.directory import CustomerDirectory
 from services.interactions.promises import Milestone, Policy
+from services.interactions.quality_api import QualityApi
 
 #: The longest time a promise policy may name (10 years).
 _MAX_PROMISE_SECONDS = 10 * 365 * 24 * 3600
@@ -106,14 +108,7 @@ def calendar_to_pb(d: calendars.Defined) -> pb.Calendar:
         open_seconds_per_week=int(cal.open_per_week().total_seconds()))
 
 
-def _cycle_to_pb(row: Any) -> pb.ServiceCycle:
-    return pb.ServiceCycle(name=row["name"], version=row["version"], moments=[
-        pb.MomentOfTruth(touchpoint=m["touchpoint"], requirements=m["requirements"],
-                         action_plans=m["action_plans"], priority=m["priority"],
-                         survey_questions=m["survey_questions"]) for m in row["moments"]])
-
-
-class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
+class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.InteractionsServicer):
     def __init__(self, pool: asyncpg.Pool, ctx: commands.Context,
                  directory: CustomerDirectory) -> None:
         self._pool = pool
@@ -334,20 +329,6 @@ class InteractionsServicer(interactions_pb2_grpc.InteractionsServicer):
             customer_id=str(row["customer_id"]), touchpoint=row["touchpoint"],
             csat=float(row["csat"] or 0), nps=-1 if row["nps"] is None else row["nps"],
             answers=[pb.SurveyAnswer(**a) for a in row["answers"]])
-
-    async def DefineServiceCycle(self, request: pb.ServiceCycle,
-                                 context: grpc.aio.ServicerContext) -> pb.ServiceCycle:
-        moments = [{"touchpoint": m.touchpoint.strip(), "requirements": list(m.requirements),
-                    "action_plans": list(m.action_plans), "priority": m.priority or 1}
-                   for m in request.moments]
-        row = await uow.run(self._pool, lambda c: commands.define_service_cycle(
-            c, self._ctx, request.name, moments))
-        return _cycle_to_pb(row)
-
-    async def GetServiceCycle(self, request: pb.GetServiceCycleRequest,
-                              context: grpc.aio.ServicerContext) -> pb.ServiceCycle:
-        return _cycle_to_pb(await uow.run(
-            self._pool, lambda c: store.service_cycle(c, request.name)))
 
     async def GetSatisfactionReport(self, request: pb.GetSatisfactionReportRequest,
                                     context: grpc.aio.ServicerContext) -> pb.SatisfactionReport:

@@ -93,6 +93,7 @@ class RecordInteractionRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """or, for an unknown contact, email/phone:"""
     contact_email: _builtins.str
@@ -116,6 +117,11 @@ class RecordInteractionRequest(_message.Message):
     """The open case this contact is about (of the same customer): a proactive
     contact meets its first response; one from the customer resumes it when it
     waits on them. A complaint stating a case opens no other.
+    """
+    cause: _builtins.str
+    """Why the customer is dissatisfied, for a negative contact or a complaint:
+    price_felt_high, slow_delivery, no_answer_after_paying, bad_treatment,
+    product_failure, return.
     """
     @_builtins.property
     def attention(self) -> Global___Attention:
@@ -148,10 +154,11 @@ class RecordInteractionRequest(_message.Message):
         amount: Global___Money | None = ...,
         idempotency_key: _builtins.str = ...,
         case_id: _builtins.str = ...,
+        cause: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attention", b"attention", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "amount", b"amount", "attention", b"attention", "case_id", b"case_id", "channel", b"channel", "contact_email", b"contact_email", "contact_phone", b"contact_phone", "customer_id", b"customer_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "kind", b"kind", "notes", b"notes", "occurred_at", b"occurred_at", "outcome", b"outcome", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "amount", b"amount", "attention", b"attention", "case_id", b"case_id", "cause", b"cause", "channel", b"channel", "contact_email", b"contact_email", "contact_phone", b"contact_phone", "customer_id", b"customer_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "kind", b"kind", "notes", b"notes", "occurred_at", b"occurred_at", "outcome", b"outcome", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,6 +184,8 @@ class Interaction(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
     OUTSIDE_QUIET_HOURS_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     interaction_id: _builtins.str
     customer_id: _builtins.str
     channel: _builtins.str
@@ -194,6 +203,13 @@ class Interaction(_message.Message):
     """RecordInteraction's reply only: this proactive contact reached the
     customer in their quiet hours (it is recorded and counted all the same,
     and published as contact.outside_quiet_hours). Never set when read back.
+    """
+    cause: _builtins.str
+    """the dissatisfaction cause, if any"""
+    role: _builtins.str
+    """In a timeline: the part the timeline's customer took in this contact:
+    customer (it is theirs), requester (they asked for someone else) or
+    decision_maker (they decide for someone else).
     """
     @_builtins.property
     def attention(self) -> Global___Attention: ...
@@ -220,10 +236,12 @@ class Interaction(_message.Message):
         idempotency_key: _builtins.str = ...,
         case_id: _builtins.str = ...,
         outside_quiet_hours: _builtins.bool = ...,
+        cause: _builtins.str = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attention", b"attention", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "amount", b"amount", "attention", b"attention", "case_id", b"case_id", "channel", b"channel", "customer_id", b"customer_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "interaction_id", b"interaction_id", "kind", b"kind", "notes", b"notes", "occurred_at", b"occurred_at", "outcome", b"outcome", "outside_quiet_hours", b"outside_quiet_hours", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "amount", b"amount", "attention", b"attention", "case_id", b"case_id", "cause", b"cause", "channel", b"channel", "customer_id", b"customer_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "interaction_id", b"interaction_id", "kind", b"kind", "notes", b"notes", "occurred_at", b"occurred_at", "outcome", b"outcome", "outside_quiet_hours", b"outside_quiet_hours", "role", b"role", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -321,6 +339,8 @@ class Case(_message.Message):
     PAUSED_FIELD_NUMBER: _builtins.int
     PAUSED_AT_FIELD_NUMBER: _builtins.int
     PAUSE_REASON_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    TOUCHPOINT_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     customer_id: _builtins.str
     kind: _builtins.str
@@ -345,6 +365,10 @@ class Case(_message.Message):
     paused: _builtins.bool
     """waiting on the customer: the clock is stopped"""
     pause_reason: _builtins.str
+    cause: _builtins.str
+    """the dissatisfaction cause, if any"""
+    touchpoint: _builtins.str
+    """the moment of truth it arose at"""
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -397,10 +421,12 @@ class Case(_message.Message):
         paused: _builtins.bool = ...,
         paused_at: _timestamp_pb2.Timestamp | None = ...,
         pause_reason: _builtins.str = ...,
+        cause: _builtins.str = ...,
+        touchpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "opened_at", b"opened_at", "paused_at", b"paused_at", "policy", b"policy", "promised_by", b"promised_by", "promised_earliest_at", b"promised_earliest_at", "resolved_at", b"resolved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "breached", b"breached", "calendar", b"calendar", "calendar_version", b"calendar_version", "callback_phone", b"callback_phone", "case_id", b"case_id", "channel", b"channel", "clock", b"clock", "customer_id", b"customer_id", "interaction_id", b"interaction_id", "kind", b"kind", "milestones", b"milestones", "opened_at", b"opened_at", "pause_reason", b"pause_reason", "paused", b"paused", "paused_at", b"paused_at", "policy", b"policy", "policy_reason", b"policy_reason", "promised_by", b"promised_by", "promised_earliest_at", b"promised_earliest_at", "resolution", b"resolution", "resolved_at", b"resolved_at", "resolved_late", b"resolved_late", "status", b"status", "summary", b"summary", "transfers", b"transfers", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "breached", b"breached", "calendar", b"calendar", "calendar_version", b"calendar_version", "callback_phone", b"callback_phone", "case_id", b"case_id", "cause", b"cause", "channel", b"channel", "clock", b"clock", "customer_id", b"customer_id", "interaction_id", b"interaction_id", "kind", b"kind", "milestones", b"milestones", "opened_at", b"opened_at", "pause_reason", b"pause_reason", "paused", b"paused", "paused_at", b"paused_at", "policy", b"policy", "policy_reason", b"policy_reason", "promised_by", b"promised_by", "promised_earliest_at", b"promised_earliest_at", "resolution", b"resolution", "resolved_at", b"resolved_at", "resolved_late", b"resolved_late", "status", b"status", "summary", b"summary", "touchpoint", b"touchpoint", "transfers", b"transfers", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -500,6 +526,8 @@ class OpenCaseRequest(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     INTERACTION_ID_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    TOUCHPOINT_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     kind: _builtins.str
     """complaint, support, inquiry, ..."""
@@ -510,6 +538,10 @@ class OpenCaseRequest(_message.Message):
     """the contact that raised it, optional"""
     idempotency_key: _builtins.str
     """required"""
+    cause: _builtins.str
+    """the dissatisfaction cause (see RecordInteractionRequest)"""
+    touchpoint: _builtins.str
+    """the moment of truth; default the contact's"""
     def __init__(
         self,
         *,
@@ -520,10 +552,12 @@ class OpenCaseRequest(_message.Message):
         summary: _builtins.str = ...,
         interaction_id: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        cause: _builtins.str = ...,
+        touchpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "customer_id", b"customer_id", "idempotency_key", b"idempotency_key", "interaction_id", b"interaction_id", "kind", b"kind", "summary", b"summary", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "channel", b"channel", "customer_id", b"customer_id", "idempotency_key", b"idempotency_key", "interaction_id", b"interaction_id", "kind", b"kind", "summary", b"summary", "touchpoint", b"touchpoint", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -761,18 +795,35 @@ Global___RequestCallbackRequest: _TypeAlias = RequestCallbackRequest  # noqa: Y0
 
 @_typing.final
 class SurveyAnswer(_message.Message):
+    """One answer of a survey response. An answer to a question of a
+    survey.requested names its question_id and gives its score on the
+    question's scale (csat 1-5, nps 0-10, yes_no 1 = yes, 0 = no); csat and
+    nps are then filled in from it. A free answer gives question and csat or
+    nps instead.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     QUESTION_FIELD_NUMBER: _builtins.int
     CSAT_FIELD_NUMBER: _builtins.int
     NPS_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
+    QUESTION_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_ID_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
     question: _builtins.str
     csat: _builtins.int
     """1-5, 0 = not asked"""
     nps: _builtins.int
     """0-10, -1 = not asked"""
     comment: _builtins.str
+    question_id: _builtins.str
+    score: _builtins.int
+    requirement_id: _builtins.str
+    """output only: the requirement the question asks about"""
+    scale: _builtins.str
+    """output only: csat, nps, yes_no"""
     def __init__(
         self,
         *,
@@ -780,10 +831,14 @@ class SurveyAnswer(_message.Message):
         csat: _builtins.int = ...,
         nps: _builtins.int = ...,
         comment: _builtins.str = ...,
+        question_id: _builtins.str = ...,
+        score: _builtins.int = ...,
+        requirement_id: _builtins.str = ...,
+        scale: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "csat", b"csat", "nps", b"nps", "question", b"question"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "csat", b"csat", "nps", b"nps", "question", b"question", "question_id", b"question_id", "requirement_id", b"requirement_id", "scale", b"scale", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -875,28 +930,51 @@ Global___SurveyResponse: _TypeAlias = SurveyResponse  # noqa: Y015
 
 @_typing.final
 class ServiceCycle(_message.Message):
-    """The service-cycle matrix: a service's moments of truth in order."""
+    """A service cycle (the matrix of one service, e.g. "in-store purchase" or
+    "phone support"): its moments of truth in order, each with what the
+    customer requires there. Each definition that changes it is a new version.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     MOMENTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DEFINED_AT_FIELD_NUMBER: _builtins.int
+    SURVEY_EVERY_DAYS_FIELD_NUMBER: _builtins.int
+    SURVEY_SEGMENT_FIELD_NUMBER: _builtins.int
+    SURVEY_CHANNEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """output only"""
+    survey_every_days: _builtins.int
+    """Periodic surveys: every survey_every_days days (0 = none) the members of
+    survey_segment who consent to surveys (and whom the contact gate lets
+    be contacted) are asked the cycle's questions on survey_channel
+    (default email).
+    """
+    survey_segment: _builtins.str
+    survey_channel: _builtins.str
     @_builtins.property
     def moments(self) -> _containers.RepeatedCompositeFieldContainer[Global___MomentOfTruth]: ...
+    @_builtins.property
+    def defined_at(self) -> _timestamp_pb2.Timestamp:
+        """output only"""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         moments: _abc.Iterable[Global___MomentOfTruth] | None = ...,
         version: _builtins.int = ...,
+        defined_at: _timestamp_pb2.Timestamp | None = ...,
+        survey_every_days: _builtins.int = ...,
+        survey_segment: _builtins.str = ...,
+        survey_channel: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["defined_at", b"defined_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["moments", b"moments", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defined_at", b"defined_at", "moments", b"moments", "name", b"name", "survey_channel", b"survey_channel", "survey_every_days", b"survey_every_days", "survey_segment", b"survey_segment", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -907,45 +985,153 @@ class MomentOfTruth(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOUCHPOINT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
-    ACTION_PLANS_FIELD_NUMBER: _builtins.int
-    PRIORITY_FIELD_NUMBER: _builtins.int
-    SURVEY_QUESTIONS_FIELD_NUMBER: _builtins.int
     touchpoint: _builtins.str
-    """e.g. "greeting", "checkout", "delivery" """
-    priority: _builtins.int
-    """1 = highest"""
+    """The moment's stable key ([a-z0-9][a-z0-9_-]*, at most 63): the
+    touchpoint contacts and cases name, e.g. "greeting", "checkout".
+    """
+    name: _builtins.str
+    """shown; default the key"""
+    weight: _builtins.int
+    """importance 1-5, default 1"""
     @_builtins.property
-    def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """what the customer expects here"""
-
-    @_builtins.property
-    def action_plans(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """how we improve it"""
-
-    @_builtins.property
-    def survey_questions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """output only: from the requirements"""
-
+    def requirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Requirement]: ...
     def __init__(
         self,
         *,
         touchpoint: _builtins.str = ...,
-        requirements: _abc.Iterable[_builtins.str] | None = ...,
-        action_plans: _abc.Iterable[_builtins.str] | None = ...,
-        priority: _builtins.int = ...,
-        survey_questions: _abc.Iterable[_builtins.str] | None = ...,
+        name: _builtins.str = ...,
+        weight: _builtins.int = ...,
+        requirements: _abc.Iterable[Global___Requirement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_plans", b"action_plans", "priority", b"priority", "requirements", b"requirements", "survey_questions", b"survey_questions", "touchpoint", b"touchpoint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "requirements", b"requirements", "touchpoint", b"touchpoint", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MomentOfTruth: _TypeAlias = MomentOfTruth  # noqa: Y015
 
 @_typing.final
+class Requirement(_message.Message):
+    """What the customer requires at a moment of truth: a row of the matrix."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUIREMENT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    QUESTION_FIELD_NUMBER: _builtins.int
+    QUESTION_ID_FIELD_NUMBER: _builtins.int
+    requirement_id: _builtins.str
+    """Stable within the cycle across versions ([a-z0-9][a-z0-9_-]*, at most 63)."""
+    text: _builtins.str
+    scale: _builtins.str
+    """survey scale: csat (default, 1-5), nps (0-10), yes_no"""
+    weight: _builtins.int
+    """1-5, default 1"""
+    question: _builtins.str
+    """The survey question; default from the text and the scale."""
+    question_id: _builtins.str
+    """output only: the id answers name (per version)"""
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty = every channel"""
+
+    def __init__(
+        self,
+        *,
+        requirement_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+        scale: _builtins.str = ...,
+        weight: _builtins.int = ...,
+        question: _builtins.str = ...,
+        question_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "question", b"question", "question_id", b"question_id", "requirement_id", b"requirement_id", "scale", b"scale", "text", b"text", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Requirement: _TypeAlias = Requirement  # noqa: Y015
+
+@_typing.final
 class GetServiceCycleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """0 = the latest"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceCycleRequest: _TypeAlias = GetServiceCycleRequest  # noqa: Y015
+
+@_typing.final
+class ListServiceCyclesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """default 50, at most 500"""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceCyclesRequest: _TypeAlias = ListServiceCyclesRequest  # noqa: Y015
+
+@_typing.final
+class ListServiceCyclesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def cycles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceCycle]: ...
+    def __init__(
+        self,
+        *,
+        cycles: _abc.Iterable[Global___ServiceCycle] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycles", b"cycles", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceCyclesResponse: _TypeAlias = ListServiceCyclesResponse  # noqa: Y015
+
+@_typing.final
+class ListServiceCycleVersionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -961,7 +1147,782 @@ class GetServiceCycleRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetServiceCycleRequest: _TypeAlias = GetServiceCycleRequest  # noqa: Y015
+Global___ListServiceCycleVersionsRequest: _TypeAlias = ListServiceCycleVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListServiceCycleVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceCycle]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___ServiceCycle] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceCycleVersionsResponse: _TypeAlias = ListServiceCycleVersionsResponse  # noqa: Y015
+
+@_typing.final
+class GetEvaluationFormRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    cycle: _builtins.str
+    version: _builtins.int
+    """0 = the latest"""
+    def __init__(
+        self,
+        *,
+        cycle: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvaluationFormRequest: _TypeAlias = GetEvaluationFormRequest  # noqa: Y015
+
+@_typing.final
+class EvaluationCriterion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOUCHPOINT_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    touchpoint: _builtins.str
+    """the moment"""
+    requirement_id: _builtins.str
+    text: _builtins.str
+    scale: _builtins.str
+    """yes_no (1 = yes, 0 = no) or one_to_five"""
+    weight: _builtins.int
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty = every channel"""
+
+    def __init__(
+        self,
+        *,
+        touchpoint: _builtins.str = ...,
+        requirement_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        scale: _builtins.str = ...,
+        weight: _builtins.int = ...,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "requirement_id", b"requirement_id", "scale", b"scale", "text", b"text", "touchpoint", b"touchpoint", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationCriterion: _TypeAlias = EvaluationCriterion  # noqa: Y015
+
+@_typing.final
+class EvaluationForm(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    cycle: _builtins.str
+    version: _builtins.int
+    @_builtins.property
+    def criteria(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationCriterion]: ...
+    def __init__(
+        self,
+        *,
+        cycle: _builtins.str = ...,
+        version: _builtins.int = ...,
+        criteria: _abc.Iterable[Global___EvaluationCriterion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria", "cycle", b"cycle", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationForm: _TypeAlias = EvaluationForm  # noqa: Y015
+
+@_typing.final
+class CriterionScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUIREMENT_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    TOUCHPOINT_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    requirement_id: _builtins.str
+    score: _builtins.int
+    note: _builtins.str
+    touchpoint: _builtins.str
+    """output only"""
+    scale: _builtins.str
+    """output only"""
+    weight: _builtins.int
+    """output only"""
+    def __init__(
+        self,
+        *,
+        requirement_id: _builtins.str = ...,
+        score: _builtins.int = ...,
+        note: _builtins.str = ...,
+        touchpoint: _builtins.str = ...,
+        scale: _builtins.str = ...,
+        weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "requirement_id", b"requirement_id", "scale", b"scale", "score", b"score", "touchpoint", b"touchpoint", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CriterionScore: _TypeAlias = CriterionScore  # noqa: Y015
+
+@_typing.final
+class RecordEvaluationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EVALUATOR_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    VISITED_AT_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    cycle: _builtins.str
+    version: _builtins.int
+    """0 = the latest"""
+    evaluator: _builtins.str
+    """a person or an agency"""
+    unit: _builtins.str
+    """required: the shop, branch or team visited or called"""
+    channel: _builtins.str
+    """required: in_person, phone, email, web, chat"""
+    notes: _builtins.str
+    idempotency_key: _builtins.str
+    """required"""
+    @_builtins.property
+    def visited_at(self) -> _timestamp_pb2.Timestamp:
+        """default now"""
+
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___CriterionScore]: ...
+    def __init__(
+        self,
+        *,
+        cycle: _builtins.str = ...,
+        version: _builtins.int = ...,
+        evaluator: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        visited_at: _timestamp_pb2.Timestamp | None = ...,
+        scores: _abc.Iterable[Global___CriterionScore] | None = ...,
+        notes: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["visited_at", b"visited_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "cycle", b"cycle", "evaluator", b"evaluator", "idempotency_key", b"idempotency_key", "notes", b"notes", "scores", b"scores", "unit", b"unit", "version", b"version", "visited_at", b"visited_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEvaluationRequest: _TypeAlias = RecordEvaluationRequest  # noqa: Y015
+
+@_typing.final
+class Evaluation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    CYCLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EVALUATOR_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    VISITED_AT_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    evaluation_id: _builtins.str
+    cycle: _builtins.str
+    version: _builtins.int
+    evaluator: _builtins.str
+    unit: _builtins.str
+    channel: _builtins.str
+    notes: _builtins.str
+    score: _builtins.float
+    """weighted score, 0-100"""
+    idempotency_key: _builtins.str
+    @_builtins.property
+    def visited_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___CriterionScore]: ...
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        evaluation_id: _builtins.str = ...,
+        cycle: _builtins.str = ...,
+        version: _builtins.int = ...,
+        evaluator: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        visited_at: _timestamp_pb2.Timestamp | None = ...,
+        scores: _abc.Iterable[Global___CriterionScore] | None = ...,
+        notes: _builtins.str = ...,
+        score: _builtins.float = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "visited_at", b"visited_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "cycle", b"cycle", "evaluation_id", b"evaluation_id", "evaluator", b"evaluator", "idempotency_key", b"idempotency_key", "notes", b"notes", "recorded_at", b"recorded_at", "score", b"score", "scores", b"scores", "unit", b"unit", "version", b"version", "visited_at", b"visited_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015
+
+@_typing.final
+class ListEvaluationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    cycle: _builtins.str
+    """optional filters"""
+    unit: _builtins.str
+    channel: _builtins.str
+    page_size: _builtins.int
+    """default 50, at most 500"""
+    page_token: _builtins.str
+    @_builtins.property
+    def to(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        cycle: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        to: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "cycle", b"cycle", "from", b"from", "page_size", b"page_size", "page_token", b"page_token", "to", b"to", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvaluationsRequest: _TypeAlias = ListEvaluationsRequest  # noqa: Y015
+
+@_typing.final
+class ListEvaluationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def evaluations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluation]: ...
+    def __init__(
+        self,
+        *,
+        evaluations: _abc.Iterable[Global___Evaluation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluations", b"evaluations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEvaluationsResponse: _TypeAlias = ListEvaluationsResponse  # noqa: Y015
+
+@_typing.final
+class GetServiceCycleScorecardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    cycle: _builtins.str
+    version: _builtins.int
+    """0 = the latest"""
+    unit: _builtins.str
+    """optional"""
+    channel: _builtins.str
+    """optional"""
+    @_builtins.property
+    def to(self) -> _timestamp_pb2.Timestamp:
+        """default now"""
+
+    def __init__(
+        self,
+        *,
+        cycle: _builtins.str = ...,
+        version: _builtins.int = ...,
+        to: _timestamp_pb2.Timestamp | None = ...,
+        unit: _builtins.str = ...,
+        channel: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "cycle", b"cycle", "from", b"from", "to", b"to", "unit", b"unit", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceCycleScorecardRequest: _TypeAlias = GetServiceCycleScorecardRequest  # noqa: Y015
+
+@_typing.final
+class RequirementScore(_message.Message):
+    """Scores are on 0-100 (a scale's lowest answer is 0, its highest 100), so
+    CSAT, NPS answers, yes/no and 1-5 criteria compare; unset when nothing
+    was measured.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUIREMENT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    CUSTOMER_SCORE_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ANSWERS_FIELD_NUMBER: _builtins.int
+    EVALUATOR_SCORE_FIELD_NUMBER: _builtins.int
+    EVALUATOR_SCORES_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    ACTION_PLANS_FIELD_NUMBER: _builtins.int
+    OVERDUE_ACTION_PLANS_FIELD_NUMBER: _builtins.int
+    requirement_id: _builtins.str
+    text: _builtins.str
+    scale: _builtins.str
+    weight: _builtins.int
+    customer_score: _builtins.float
+    customer_answers: _builtins.int
+    evaluator_score: _builtins.float
+    evaluator_scores: _builtins.int
+    gap: _builtins.float
+    """customer_score - evaluator_score, when both exist"""
+    priority: _builtins.float
+    """see ServiceCycleScorecard.priority_formula"""
+    overdue_action_plans: _builtins.int
+    @_builtins.property
+    def action_plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionPlan]: ...
+    def __init__(
+        self,
+        *,
+        requirement_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        scale: _builtins.str = ...,
+        weight: _builtins.int = ...,
+        customer_score: _builtins.float | None = ...,
+        customer_answers: _builtins.int = ...,
+        evaluator_score: _builtins.float | None = ...,
+        evaluator_scores: _builtins.int = ...,
+        gap: _builtins.float | None = ...,
+        priority: _builtins.float = ...,
+        action_plans: _abc.Iterable[Global___ActionPlan] | None = ...,
+        overdue_action_plans: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_score", b"_customer_score", "_evaluator_score", b"_evaluator_score", "_gap", b"_gap", "customer_score", b"customer_score", "evaluator_score", b"evaluator_score", "gap", b"gap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_score", b"_customer_score", "_evaluator_score", b"_evaluator_score", "_gap", b"_gap", "action_plans", b"action_plans", "customer_answers", b"customer_answers", "customer_score", b"customer_score", "evaluator_score", b"evaluator_score", "evaluator_scores", b"evaluator_scores", "gap", b"gap", "overdue_action_plans", b"overdue_action_plans", "priority", b"priority", "requirement_id", b"requirement_id", "scale", b"scale", "text", b"text", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__customer_score: _TypeAlias = _typing.Literal["customer_score"]  # noqa: Y015
+    _WhichOneofArgType__customer_score: _TypeAlias = _typing.Literal["_customer_score", b"_customer_score"]  # noqa: Y015
+    _WhichOneofReturnType__evaluator_score: _TypeAlias = _typing.Literal["evaluator_score"]  # noqa: Y015
+    _WhichOneofArgType__evaluator_score: _TypeAlias = _typing.Literal["_evaluator_score", b"_evaluator_score"]  # noqa: Y015
+    _WhichOneofReturnType__gap: _TypeAlias = _typing.Literal["gap"]  # noqa: Y015
+    _WhichOneofArgType__gap: _TypeAlias = _typing.Literal["_gap", b"_gap"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__customer_score) -> _WhichOneofReturnType__customer_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__evaluator_score) -> _WhichOneofReturnType__evaluator_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gap) -> _WhichOneofReturnType__gap | None: ...
+
+Global___RequirementScore: _TypeAlias = RequirementScore  # noqa: Y015
+
+@_typing.final
+class MomentScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOUCHPOINT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    CUSTOMER_SCORE_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ANSWERS_FIELD_NUMBER: _builtins.int
+    EVALUATOR_SCORE_FIELD_NUMBER: _builtins.int
+    EVALUATOR_SCORES_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_CONTACTS_FIELD_NUMBER: _builtins.int
+    COMPLAINTS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    ACTION_PLANS_FIELD_NUMBER: _builtins.int
+    OVERDUE_ACTION_PLANS_FIELD_NUMBER: _builtins.int
+    touchpoint: _builtins.str
+    name: _builtins.str
+    weight: _builtins.int
+    customer_score: _builtins.float
+    customer_answers: _builtins.int
+    evaluator_score: _builtins.float
+    evaluator_scores: _builtins.int
+    gap: _builtins.float
+    contacts: _builtins.int
+    """contacts at this moment"""
+    negative_contacts: _builtins.int
+    complaints: _builtins.int
+    priority: _builtins.float
+    """the highest of its requirements'"""
+    overdue_action_plans: _builtins.int
+    """of the moment and its requirements"""
+    @_builtins.property
+    def requirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequirementScore]: ...
+    @_builtins.property
+    def action_plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionPlan]:
+        """plans of the moment as a whole"""
+
+    def __init__(
+        self,
+        *,
+        touchpoint: _builtins.str = ...,
+        name: _builtins.str = ...,
+        weight: _builtins.int = ...,
+        customer_score: _builtins.float | None = ...,
+        customer_answers: _builtins.int = ...,
+        evaluator_score: _builtins.float | None = ...,
+        evaluator_scores: _builtins.int = ...,
+        gap: _builtins.float | None = ...,
+        contacts: _builtins.int = ...,
+        negative_contacts: _builtins.int = ...,
+        complaints: _builtins.int = ...,
+        priority: _builtins.float = ...,
+        requirements: _abc.Iterable[Global___RequirementScore] | None = ...,
+        action_plans: _abc.Iterable[Global___ActionPlan] | None = ...,
+        overdue_action_plans: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_score", b"_customer_score", "_evaluator_score", b"_evaluator_score", "_gap", b"_gap", "customer_score", b"customer_score", "evaluator_score", b"evaluator_score", "gap", b"gap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_score", b"_customer_score", "_evaluator_score", b"_evaluator_score", "_gap", b"_gap", "action_plans", b"action_plans", "complaints", b"complaints", "contacts", b"contacts", "customer_answers", b"customer_answers", "customer_score", b"customer_score", "evaluator_score", b"evaluator_score", "evaluator_scores", b"evaluator_scores", "gap", b"gap", "name", b"name", "negative_contacts", b"negative_contacts", "overdue_action_plans", b"overdue_action_plans", "priority", b"priority", "requirements", b"requirements", "touchpoint", b"touchpoint", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__customer_score: _TypeAlias = _typing.Literal["customer_score"]  # noqa: Y015
+    _WhichOneofArgType__customer_score: _TypeAlias = _typing.Literal["_customer_score", b"_customer_score"]  # noqa: Y015
+    _WhichOneofReturnType__evaluator_score: _TypeAlias = _typing.Literal["evaluator_score"]  # noqa: Y015
+    _WhichOneofArgType__evaluator_score: _TypeAlias = _typing.Literal["_evaluator_score", b"_evaluator_score"]  # noqa: Y015
+    _WhichOneofReturnType__gap: _TypeAlias = _typing.Literal["gap"]  # noqa: Y015
+    _WhichOneofArgType__gap: _TypeAlias = _typing.Literal["_gap", b"_gap"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__customer_score) -> _WhichOneofReturnType__customer_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__evaluator_score) -> _WhichOneofReturnType__evaluator_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gap) -> _WhichOneofReturnType__gap | None: ...
+
+Global___MomentScore: _TypeAlias = MomentScore  # noqa: Y015
+
+@_typing.final
+class UnmappedTouchpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOUCHPOINT_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    touchpoint: _builtins.str
+    contacts: _builtins.int
+    def __init__(
+        self,
+        *,
+        touchpoint: _builtins.str = ...,
+        contacts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "touchpoint", b"touchpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmappedTouchpoint: _TypeAlias = UnmappedTouchpoint  # noqa: Y015
+
+@_typing.final
+class ServiceCycleScorecard(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    MOMENTS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FORMULA_FIELD_NUMBER: _builtins.int
+    UNMAPPED_TOUCHPOINTS_FIELD_NUMBER: _builtins.int
+    cycle: _builtins.str
+    version: _builtins.int
+    unit: _builtins.str
+    channel: _builtins.str
+    priority_formula: _builtins.str
+    @_builtins.property
+    def to(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def moments(self) -> _containers.RepeatedCompositeFieldContainer[Global___MomentScore]:
+        """in the cycle's order"""
+
+    @_builtins.property
+    def unmapped_touchpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnmappedTouchpoint]:
+        """Touchpoints contacts named in the window that no active cycle knows."""
+
+    def __init__(
+        self,
+        *,
+        cycle: _builtins.str = ...,
+        version: _builtins.int = ...,
+        to: _timestamp_pb2.Timestamp | None = ...,
+        unit: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        moments: _abc.Iterable[Global___MomentScore] | None = ...,
+        priority_formula: _builtins.str = ...,
+        unmapped_touchpoints: _abc.Iterable[Global___UnmappedTouchpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "cycle", b"cycle", "from", b"from", "moments", b"moments", "priority_formula", b"priority_formula", "to", b"to", "unit", b"unit", "unmapped_touchpoints", b"unmapped_touchpoints", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceCycleScorecard: _TypeAlias = ServiceCycleScorecard  # noqa: Y015
+
+@_typing.final
+class ActionPlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_PLAN_ID_FIELD_NUMBER: _builtins.int
+    CYCLE_FIELD_NUMBER: _builtins.int
+    TOUCHPOINT_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    action_plan_id: _builtins.str
+    cycle: _builtins.str
+    touchpoint: _builtins.str
+    """the moment"""
+    requirement_id: _builtins.str
+    """'' = the moment as a whole"""
+    description: _builtins.str
+    owner: _builtins.str
+    """a unit or a person"""
+    due_date: _builtins.str
+    """YYYY-MM-DD"""
+    state: _builtins.str
+    """planned, in_progress, done, dropped"""
+    source: _builtins.str
+    """manual, evaluation, low_score"""
+    evaluation_id: _builtins.str
+    """source evaluation"""
+    overdue: _builtins.bool
+    """output only: due before today (UTC) and not done or dropped"""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        action_plan_id: _builtins.str = ...,
+        cycle: _builtins.str = ...,
+        touchpoint: _builtins.str = ...,
+        requirement_id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        due_date: _builtins.str = ...,
+        state: _builtins.str = ...,
+        source: _builtins.str = ...,
+        evaluation_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        overdue: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_plan_id", b"action_plan_id", "created_at", b"created_at", "cycle", b"cycle", "description", b"description", "due_date", b"due_date", "evaluation_id", b"evaluation_id", "overdue", b"overdue", "owner", b"owner", "requirement_id", b"requirement_id", "source", b"source", "state", b"state", "touchpoint", b"touchpoint", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionPlan: _TypeAlias = ActionPlan  # noqa: Y015
+
+@_typing.final
+class CreateActionPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    TOUCHPOINT_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    cycle: _builtins.str
+    touchpoint: _builtins.str
+    """the moment; may be left out when requirement_id is given"""
+    requirement_id: _builtins.str
+    description: _builtins.str
+    """required"""
+    owner: _builtins.str
+    """required"""
+    due_date: _builtins.str
+    """required, YYYY-MM-DD"""
+    source: _builtins.str
+    """manual (default), evaluation (needs evaluation_id), low_score"""
+    evaluation_id: _builtins.str
+    idempotency_key: _builtins.str
+    """required"""
+    def __init__(
+        self,
+        *,
+        cycle: _builtins.str = ...,
+        touchpoint: _builtins.str = ...,
+        requirement_id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        due_date: _builtins.str = ...,
+        source: _builtins.str = ...,
+        evaluation_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "description", b"description", "due_date", b"due_date", "evaluation_id", b"evaluation_id", "idempotency_key", b"idempotency_key", "owner", b"owner", "requirement_id", b"requirement_id", "source", b"source", "touchpoint", b"touchpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateActionPlanRequest: _TypeAlias = CreateActionPlanRequest  # noqa: Y015
+
+@_typing.final
+class UpdateActionPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_PLAN_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    action_plan_id: _builtins.str
+    state: _builtins.str
+    """'' = unchanged"""
+    owner: _builtins.str
+    due_date: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        action_plan_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        due_date: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_plan_id", b"action_plan_id", "description", b"description", "due_date", b"due_date", "owner", b"owner", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateActionPlanRequest: _TypeAlias = UpdateActionPlanRequest  # noqa: Y015
+
+@_typing.final
+class ListActionPlansRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    cycle: _builtins.str
+    """optional filters"""
+    state: _builtins.str
+    overdue: _builtins.bool
+    """only overdue plans"""
+    page_size: _builtins.int
+    """default 50, at most 500"""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        cycle: _builtins.str = ...,
+        state: _builtins.str = ...,
+        overdue: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "overdue", b"overdue", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActionPlansRequest: _TypeAlias = ListActionPlansRequest  # noqa: Y015
+
+@_typing.final
+class ListActionPlansResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_PLANS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def action_plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionPlan]: ...
+    def __init__(
+        self,
+        *,
+        action_plans: _abc.Iterable[Global___ActionPlan] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_plans", b"action_plans", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActionPlansResponse: _TypeAlias = ListActionPlansResponse  # noqa: Y015
 
 @_typing.final
 class GetSatisfactionReportRequest(_message.Message):
@@ -971,7 +1932,9 @@ class GetSatisfactionReportRequest(_message.Message):
     TO_FIELD_NUMBER: _builtins.int
     GROUP_BY_FIELD_NUMBER: _builtins.int
     group_by: _builtins.str
-    """touchpoint (default), channel, unit"""
+    """touchpoint (default), channel, unit, cause (the dissatisfaction cause
+    of cases and contacts), attention (direct, indirect)
+    """
     @_builtins.property
     def to(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1007,6 +1970,8 @@ class SatisfactionRow(_message.Message):
     RESOLUTION_MISSED_FIELD_NUMBER: _builtins.int
     RESOLUTION_HIT_RATE_FIELD_NUMBER: _builtins.int
     RESOLUTION_MEDIAN_SECONDS_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_CONTACTS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     responses: _builtins.int
     csat: _builtins.float
@@ -1029,6 +1994,10 @@ class SatisfactionRow(_message.Message):
     resolution_hit_rate: _builtins.float
     resolution_median_seconds: _builtins.float
     """business time to resolution"""
+    contacts: _builtins.int
+    """contacts in the window"""
+    negative_contacts: _builtins.int
+    """of them, with outcome negative"""
     def __init__(
         self,
         *,
@@ -1047,10 +2016,12 @@ class SatisfactionRow(_message.Message):
         resolution_missed: _builtins.int = ...,
         resolution_hit_rate: _builtins.float = ...,
         resolution_median_seconds: _builtins.float = ...,
+        contacts: _builtins.int = ...,
+        negative_contacts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases_breached", b"cases_breached", "cases_opened", b"cases_opened", "cases_resolved_in_time", b"cases_resolved_in_time", "csat", b"csat", "first_response_hit", b"first_response_hit", "first_response_hit_rate", b"first_response_hit_rate", "first_response_median_seconds", b"first_response_median_seconds", "first_response_missed", b"first_response_missed", "key", b"key", "nps", b"nps", "resolution_hit", b"resolution_hit", "resolution_hit_rate", b"resolution_hit_rate", "resolution_median_seconds", b"resolution_median_seconds", "resolution_missed", b"resolution_missed", "responses", b"responses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases_breached", b"cases_breached", "cases_opened", b"cases_opened", "cases_resolved_in_time", b"cases_resolved_in_time", "contacts", b"contacts", "csat", b"csat", "first_response_hit", b"first_response_hit", "first_response_hit_rate", b"first_response_hit_rate", "first_response_median_seconds", b"first_response_median_seconds", "first_response_missed", b"first_response_missed", "key", b"key", "negative_contacts", b"negative_contacts", "nps", b"nps", "resolution_hit", b"resolution_hit", "resolution_hit_rate", b"resolution_hit_rate", "resolution_median_seconds", b"resolution_median_seconds", "resolution_missed", b"resolution_missed", "responses", b"responses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -94,6 +94,51 @@ class InteractionsStub:
                 request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetServiceCycleRequest.SerializeToString,
                 response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ServiceCycle.FromString,
                 _registered_method=True)
+        self.ListServiceCycles = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/ListServiceCycles',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCyclesRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCyclesResponse.FromString,
+                _registered_method=True)
+        self.ListServiceCycleVersions = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/ListServiceCycleVersions',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCycleVersionsRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCycleVersionsResponse.FromString,
+                _registered_method=True)
+        self.GetEvaluationForm = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/GetEvaluationForm',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetEvaluationFormRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.EvaluationForm.FromString,
+                _registered_method=True)
+        self.RecordEvaluation = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/RecordEvaluation',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.RecordEvaluationRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Evaluation.FromString,
+                _registered_method=True)
+        self.ListEvaluations = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/ListEvaluations',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListEvaluationsRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListEvaluationsResponse.FromString,
+                _registered_method=True)
+        self.GetServiceCycleScorecard = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/GetServiceCycleScorecard',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetServiceCycleScorecardRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ServiceCycleScorecard.FromString,
+                _registered_method=True)
+        self.CreateActionPlan = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/CreateActionPlan',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.CreateActionPlanRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ActionPlan.FromString,
+                _registered_method=True)
+        self.UpdateActionPlan = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/UpdateActionPlan',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.UpdateActionPlanRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ActionPlan.FromString,
+                _registered_method=True)
+        self.ListActionPlans = channel.unary_unary(
+                '/crm.interactions.v1.Interactions/ListActionPlans',
+                request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListActionPlansRequest.SerializeToString,
+                response_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListActionPlansResponse.FromString,
+                _registered_method=True)
         self.GetSatisfactionReport = channel.unary_unary(
                 '/crm.interactions.v1.Interactions/GetSatisfactionReport',
                 request_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetSatisfactionReportRequest.SerializeToString,
@@ -167,7 +212,8 @@ class InteractionsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTimeline(self, request, context):
-        """A customer's contacts, newest first.
+        """A customer's contacts, and the contacts they took part in as the requester
+        or decision maker of indirect attention (Interaction.role), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,12 +269,87 @@ class InteractionsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DefineServiceCycle(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Defines a service cycle, or a new version of it: the versions are kept
+        (an unchanged definition returns the latest version). The latest version
+        of every cycle is active: its moments are the touchpoints contacts and
+        cases name. Duplicate moment keys or requirement ids are INVALID_ARGUMENT.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetServiceCycle(self, request, context):
+        """A cycle, its latest version unless one is asked for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServiceCycles(self, request, context):
+        """The latest version of every cycle, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServiceCycleVersions(self, request, context):
+        """A cycle's history: every version, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvaluationForm(self, request, context):
+        """The mystery-shopping form of a cycle version: each requirement a
+        criterion, scored yes/no (a yes_no requirement) or 1-5, with its weight.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEvaluation(self, request, context):
+        """A mystery shopper's visit or call to a unit on a channel, scored
+        criterion by criterion. Stored once per idempotency_key; published as
+        service.evaluation_recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvaluations(self, request, context):
+        """Evaluations, newest visit first, by cycle, unit, channel and window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServiceCycleScorecard(self, request, context):
+        """Every moment and requirement of a cycle version in a window: the
+        customers' score (surveys), the evaluators' (mystery shopping), the gap,
+        the volume behind them, negative contacts and complaints at the moment,
+        the action plans and a computed priority.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateActionPlan(self, request, context):
+        """An action plan to improve a requirement (or a whole moment) of a cycle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateActionPlan(self, request, context):
+        """Changes a plan's state, owner, due date or description (unset fields
+        are kept). planned -> in_progress -> done; planned or in_progress ->
+        dropped; a done or dropped plan is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListActionPlans(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -388,6 +509,51 @@ def add_InteractionsServicer_to_server(servicer, server):
                     servicer.GetServiceCycle,
                     request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetServiceCycleRequest.FromString,
                     response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ServiceCycle.SerializeToString,
+            ),
+            'ListServiceCycles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceCycles,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCyclesRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCyclesResponse.SerializeToString,
+            ),
+            'ListServiceCycleVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceCycleVersions,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCycleVersionsRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCycleVersionsResponse.SerializeToString,
+            ),
+            'GetEvaluationForm': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvaluationForm,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetEvaluationFormRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.EvaluationForm.SerializeToString,
+            ),
+            'RecordEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvaluation,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.RecordEvaluationRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.Evaluation.SerializeToString,
+            ),
+            'ListEvaluations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvaluations,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListEvaluationsRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListEvaluationsResponse.SerializeToString,
+            ),
+            'GetServiceCycleScorecard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceCycleScorecard,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.GetServiceCycleScorecardRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ServiceCycleScorecard.SerializeToString,
+            ),
+            'CreateActionPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateActionPlan,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.CreateActionPlanRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ActionPlan.SerializeToString,
+            ),
+            'UpdateActionPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateActionPlan,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.UpdateActionPlanRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ActionPlan.SerializeToString,
+            ),
+            'ListActionPlans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActionPlans,
+                    request_deserializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListActionPlansRequest.FromString,
+                    response_serializer=crm_dot_interactions_dot_v1_dot_interactions__pb2.ListActionPlansResponse.SerializeToString,
             ),
             'GetSatisfactionReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSatisfactionReport,
@@ -769,6 +935,249 @@ class Interactions:
             '/crm.interactions.v1.Interactions/GetServiceCycle',
             crm_dot_interactions_dot_v1_dot_interactions__pb2.GetServiceCycleRequest.SerializeToString,
             crm_dot_interactions_dot_v1_dot_interactions__pb2.ServiceCycle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceCycles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/ListServiceCycles',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCyclesRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCyclesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceCycleVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/ListServiceCycleVersions',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCycleVersionsRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListServiceCycleVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvaluationForm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/GetEvaluationForm',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.GetEvaluationFormRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.EvaluationForm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/RecordEvaluation',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.RecordEvaluationRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.Evaluation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvaluations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/ListEvaluations',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListEvaluationsRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListEvaluationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceCycleScorecard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/GetServiceCycleScorecard',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.GetServiceCycleScorecardRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ServiceCycleScorecard.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateActionPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/CreateActionPlan',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.CreateActionPlanRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ActionPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateActionPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/UpdateActionPlan',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.UpdateActionPlanRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ActionPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActionPlans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.interactions.v1.Interactions/ListActionPlans',
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListActionPlansRequest.SerializeToString,
+            crm_dot_interactions_dot_v1_dot_interactions__pb2.ListActionPlansResponse.FromString,
             options,
             channel_credentials,
             insecure,

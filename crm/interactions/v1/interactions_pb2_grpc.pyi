@@ -44,7 +44,9 @@ class InteractionsStub:
     FAILED_PRECONDITION naming the reason.
     """
     GetTimeline: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetTimelineRequest, _interactions_pb2.GetTimelineResponse]
-    """A customer's contacts, newest first."""
+    """A customer's contacts, and the contacts they took part in as the requester
+    or decision maker of indirect attention (Interaction.role), newest first.
+    """
     OpenCase: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.OpenCaseRequest, _interactions_pb2.Case]
     AcknowledgeCase: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.AcknowledgeCaseRequest, _interactions_pb2.Case]
     TransferCase: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.TransferCaseRequest, _interactions_pb2.Case]
@@ -55,7 +57,42 @@ class InteractionsStub:
     """A case of kind callback_request with a short promise and a number to call."""
     RecordSurveyResponse: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.RecordSurveyResponseRequest, _interactions_pb2.SurveyResponse]
     DefineServiceCycle: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ServiceCycle, _interactions_pb2.ServiceCycle]
+    """Defines a service cycle, or a new version of it: the versions are kept
+    (an unchanged definition returns the latest version). The latest version
+    of every cycle is active: its moments are the touchpoints contacts and
+    cases name. Duplicate moment keys or requirement ids are INVALID_ARGUMENT.
+    """
     GetServiceCycle: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetServiceCycleRequest, _interactions_pb2.ServiceCycle]
+    """A cycle, its latest version unless one is asked for."""
+    ListServiceCycles: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ListServiceCyclesRequest, _interactions_pb2.ListServiceCyclesResponse]
+    """The latest version of every cycle, by name."""
+    ListServiceCycleVersions: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ListServiceCycleVersionsRequest, _interactions_pb2.ListServiceCycleVersionsResponse]
+    """A cycle's history: every version, newest first."""
+    GetEvaluationForm: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetEvaluationFormRequest, _interactions_pb2.EvaluationForm]
+    """The mystery-shopping form of a cycle version: each requirement a
+    criterion, scored yes/no (a yes_no requirement) or 1-5, with its weight.
+    """
+    RecordEvaluation: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.RecordEvaluationRequest, _interactions_pb2.Evaluation]
+    """A mystery shopper's visit or call to a unit on a channel, scored
+    criterion by criterion. Stored once per idempotency_key; published as
+    service.evaluation_recorded.
+    """
+    ListEvaluations: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ListEvaluationsRequest, _interactions_pb2.ListEvaluationsResponse]
+    """Evaluations, newest visit first, by cycle, unit, channel and window."""
+    GetServiceCycleScorecard: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetServiceCycleScorecardRequest, _interactions_pb2.ServiceCycleScorecard]
+    """Every moment and requirement of a cycle version in a window: the
+    customers' score (surveys), the evaluators' (mystery shopping), the gap,
+    the volume behind them, negative contacts and complaints at the moment,
+    the action plans and a computed priority.
+    """
+    CreateActionPlan: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.CreateActionPlanRequest, _interactions_pb2.ActionPlan]
+    """An action plan to improve a requirement (or a whole moment) of a cycle."""
+    UpdateActionPlan: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.UpdateActionPlanRequest, _interactions_pb2.ActionPlan]
+    """Changes a plan's state, owner, due date or description (unset fields
+    are kept). planned -> in_progress -> done; planned or in_progress ->
+    dropped; a done or dropped plan is FAILED_PRECONDITION.
+    """
+    ListActionPlans: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.ListActionPlansRequest, _interactions_pb2.ListActionPlansResponse]
     GetSatisfactionReport: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.GetSatisfactionReportRequest, _interactions_pb2.SatisfactionReport]
     SetPromisePolicy: _grpc.UnaryUnaryMultiCallable[_interactions_pb2.PromisePolicy, _interactions_pb2.PromisePolicy]
     """Sets the policy of a kind and channel (and, for an entitlement, of a
@@ -114,7 +151,9 @@ class InteractionsAsyncStub(InteractionsStub):
     FAILED_PRECONDITION naming the reason.
     """
     GetTimeline: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetTimelineRequest, _interactions_pb2.GetTimelineResponse]  # type: ignore[assignment]
-    """A customer's contacts, newest first."""
+    """A customer's contacts, and the contacts they took part in as the requester
+    or decision maker of indirect attention (Interaction.role), newest first.
+    """
     OpenCase: _aio.UnaryUnaryMultiCallable[_interactions_pb2.OpenCaseRequest, _interactions_pb2.Case]  # type: ignore[assignment]
     AcknowledgeCase: _aio.UnaryUnaryMultiCallable[_interactions_pb2.AcknowledgeCaseRequest, _interactions_pb2.Case]  # type: ignore[assignment]
     TransferCase: _aio.UnaryUnaryMultiCallable[_interactions_pb2.TransferCaseRequest, _interactions_pb2.Case]  # type: ignore[assignment]
@@ -125,7 +164,42 @@ class InteractionsAsyncStub(InteractionsStub):
     """A case of kind callback_request with a short promise and a number to call."""
     RecordSurveyResponse: _aio.UnaryUnaryMultiCallable[_interactions_pb2.RecordSurveyResponseRequest, _interactions_pb2.SurveyResponse]  # type: ignore[assignment]
     DefineServiceCycle: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ServiceCycle, _interactions_pb2.ServiceCycle]  # type: ignore[assignment]
+    """Defines a service cycle, or a new version of it: the versions are kept
+    (an unchanged definition returns the latest version). The latest version
+    of every cycle is active: its moments are the touchpoints contacts and
+    cases name. Duplicate moment keys or requirement ids are INVALID_ARGUMENT.
+    """
     GetServiceCycle: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetServiceCycleRequest, _interactions_pb2.ServiceCycle]  # type: ignore[assignment]
+    """A cycle, its latest version unless one is asked for."""
+    ListServiceCycles: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ListServiceCyclesRequest, _interactions_pb2.ListServiceCyclesResponse]  # type: ignore[assignment]
+    """The latest version of every cycle, by name."""
+    ListServiceCycleVersions: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ListServiceCycleVersionsRequest, _interactions_pb2.ListServiceCycleVersionsResponse]  # type: ignore[assignment]
+    """A cycle's history: every version, newest first."""
+    GetEvaluationForm: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetEvaluationFormRequest, _interactions_pb2.EvaluationForm]  # type: ignore[assignment]
+    """The mystery-shopping form of a cycle version: each requirement a
+    criterion, scored yes/no (a yes_no requirement) or 1-5, with its weight.
+    """
+    RecordEvaluation: _aio.UnaryUnaryMultiCallable[_interactions_pb2.RecordEvaluationRequest, _interactions_pb2.Evaluation]  # type: ignore[assignment]
+    """A mystery shopper's visit or call to a unit on a channel, scored
+    criterion by criterion. Stored once per idempotency_key; published as
+    service.evaluation_recorded.
+    """
+    ListEvaluations: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ListEvaluationsRequest, _interactions_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
+    """Evaluations, newest visit first, by cycle, unit, channel and window."""
+    GetServiceCycleScorecard: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetServiceCycleScorecardRequest, _interactions_pb2.ServiceCycleScorecard]  # type: ignore[assignment]
+    """Every moment and requirement of a cycle version in a window: the
+    customers' score (surveys), the evaluators' (mystery shopping), the gap,
+    the volume behind them, negative contacts and complaints at the moment,
+    the action plans and a computed priority.
+    """
+    CreateActionPlan: _aio.UnaryUnaryMultiCallable[_interactions_pb2.CreateActionPlanRequest, _interactions_pb2.ActionPlan]  # type: ignore[assignment]
+    """An action plan to improve a requirement (or a whole moment) of a cycle."""
+    UpdateActionPlan: _aio.UnaryUnaryMultiCallable[_interactions_pb2.UpdateActionPlanRequest, _interactions_pb2.ActionPlan]  # type: ignore[assignment]
+    """Changes a plan's state, owner, due date or description (unset fields
+    are kept). planned -> in_progress -> done; planned or in_progress ->
+    dropped; a done or dropped plan is FAILED_PRECONDITION.
+    """
+    ListActionPlans: _aio.UnaryUnaryMultiCallable[_interactions_pb2.ListActionPlansRequest, _interactions_pb2.ListActionPlansResponse]  # type: ignore[assignment]
     GetSatisfactionReport: _aio.UnaryUnaryMultiCallable[_interactions_pb2.GetSatisfactionReportRequest, _interactions_pb2.SatisfactionReport]  # type: ignore[assignment]
     SetPromisePolicy: _aio.UnaryUnaryMultiCallable[_interactions_pb2.PromisePolicy, _interactions_pb2.PromisePolicy]  # type: ignore[assignment]
     """Sets the policy of a kind and channel (and, for an entitlement, of a
@@ -193,7 +267,9 @@ class InteractionsServicer(metaclass=_abc_1.ABCMeta):
         request: _interactions_pb2.GetTimelineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_interactions_pb2.GetTimelineResponse, _abc.Awaitable[_interactions_pb2.GetTimelineResponse]]:
-        """A customer's contacts, newest first."""
+        """A customer's contacts, and the contacts they took part in as the requester
+        or decision maker of indirect attention (Interaction.role), newest first.
+        """
 
     @_abc_1.abstractmethod
     def OpenCase(
@@ -257,14 +333,103 @@ class InteractionsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _interactions_pb2.ServiceCycle,
         context: _ServicerContext,
-    ) -> _typing.Union[_interactions_pb2.ServiceCycle, _abc.Awaitable[_interactions_pb2.ServiceCycle]]: ...
+    ) -> _typing.Union[_interactions_pb2.ServiceCycle, _abc.Awaitable[_interactions_pb2.ServiceCycle]]:
+        """Defines a service cycle, or a new version of it: the versions are kept
+        (an unchanged definition returns the latest version). The latest version
+        of every cycle is active: its moments are the touchpoints contacts and
+        cases name. Duplicate moment keys or requirement ids are INVALID_ARGUMENT.
+        """
 
     @_abc_1.abstractmethod
     def GetServiceCycle(
         self,
         request: _interactions_pb2.GetServiceCycleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_interactions_pb2.ServiceCycle, _abc.Awaitable[_interactions_pb2.ServiceCycle]]: ...
+    ) -> _typing.Union[_interactions_pb2.ServiceCycle, _abc.Awaitable[_interactions_pb2.ServiceCycle]]:
+        """A cycle, its latest version unless one is asked for."""
+
+    @_abc_1.abstractmethod
+    def ListServiceCycles(
+        self,
+        request: _interactions_pb2.ListServiceCyclesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ListServiceCyclesResponse, _abc.Awaitable[_interactions_pb2.ListServiceCyclesResponse]]:
+        """The latest version of every cycle, by name."""
+
+    @_abc_1.abstractmethod
+    def ListServiceCycleVersions(
+        self,
+        request: _interactions_pb2.ListServiceCycleVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ListServiceCycleVersionsResponse, _abc.Awaitable[_interactions_pb2.ListServiceCycleVersionsResponse]]:
+        """A cycle's history: every version, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetEvaluationForm(
+        self,
+        request: _interactions_pb2.GetEvaluationFormRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.EvaluationForm, _abc.Awaitable[_interactions_pb2.EvaluationForm]]:
+        """The mystery-shopping form of a cycle version: each requirement a
+        criterion, scored yes/no (a yes_no requirement) or 1-5, with its weight.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordEvaluation(
+        self,
+        request: _interactions_pb2.RecordEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.Evaluation, _abc.Awaitable[_interactions_pb2.Evaluation]]:
+        """A mystery shopper's visit or call to a unit on a channel, scored
+        criterion by criterion. Stored once per idempotency_key; published as
+        service.evaluation_recorded.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvaluations(
+        self,
+        request: _interactions_pb2.ListEvaluationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ListEvaluationsResponse, _abc.Awaitable[_interactions_pb2.ListEvaluationsResponse]]:
+        """Evaluations, newest visit first, by cycle, unit, channel and window."""
+
+    @_abc_1.abstractmethod
+    def GetServiceCycleScorecard(
+        self,
+        request: _interactions_pb2.GetServiceCycleScorecardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ServiceCycleScorecard, _abc.Awaitable[_interactions_pb2.ServiceCycleScorecard]]:
+        """Every moment and requirement of a cycle version in a window: the
+        customers' score (surveys), the evaluators' (mystery shopping), the gap,
+        the volume behind them, negative contacts and complaints at the moment,
+        the action plans and a computed priority.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateActionPlan(
+        self,
+        request: _interactions_pb2.CreateActionPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ActionPlan, _abc.Awaitable[_interactions_pb2.ActionPlan]]:
+        """An action plan to improve a requirement (or a whole moment) of a cycle."""
+
+    @_abc_1.abstractmethod
+    def UpdateActionPlan(
+        self,
+        request: _interactions_pb2.UpdateActionPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ActionPlan, _abc.Awaitable[_interactions_pb2.ActionPlan]]:
+        """Changes a plan's state, owner, due date or description (unset fields
+        are kept). planned -> in_progress -> done; planned or in_progress ->
+        dropped; a done or dropped plan is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ListActionPlans(
+        self,
+        request: _interactions_pb2.ListActionPlansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interactions_pb2.ListActionPlansResponse, _abc.Awaitable[_interactions_pb2.ListActionPlansResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetSatisfactionReport(
