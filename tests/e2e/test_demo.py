@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from crm_app.demo import WIDTH, Demo, Targets, _human
+from crm_app.demo import WIDTH, Demo, Targets
+from crm_app.demo_text import _human
 from crm_runtime import metrics
 from crm_runtime.settings import Settings
 from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker, free_port
@@ -15,8 +16,8 @@ from services.loyalty.app import SPEC as LOYALTY
 from tests.support.services import DEV_TOKEN, running
 
 
-async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
-    settings = Settings(database_url=database_url,
+async def test_the_demo_story(own_database: str, broker: TansuBroker) -> None:
+    settings = Settings(database_url=own_database,
                         kafka_bootstrap_servers=broker.bootstrap_servers,
                         dev_clock_control=True, retry_initial_s=0.05, retry_max_s=0.5,
                         scheduler_poll_interval_s=0.05, consumer_batch_wait_ms=20,
@@ -48,7 +49,7 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
         "A potential customer asks by phone", "They buy on the web", "They complain in person",
         "Nobody resolves it", "They redeem the discount on a second purchase and become a "
         "repeat customer", "On a Friday evening they complain by phone",
-        "A year passes without a purchase"]
+        "The store runs its service cycle", "A year passes without a purchase"]
     changes = [(d["from_stage"], d["to_stage"], d["cause"]) for s in steps
                for _, t, d in s.events if t == "customer.stage_changed"]
     assert changes == [("potential", "one_time", "purchase"), ("one_time", "repeat", "purchase"),
@@ -56,7 +57,7 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
     breach = steps[3]
     recovery = [d for _, t, d in breach.events if t == "loyalty.discount_issued"]
     assert len(recovery) == 1
-    win_back = [d for _, t, d in steps[6].events if t == "loyalty.discount_issued"]
+    win_back = [d for _, t, d in steps[7].events if t == "loyalty.discount_issued"]
     assert len(win_back) == 1
     assert win_back[0]["reason"] == "We miss you", win_back
     assert recovery[0]["reason"] == "Compensation for a broken promise", recovery
@@ -77,15 +78,15 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
     assert any(k.startswith("crm_loyalty_redemptions_total") and "result=redeemed" in k
                for k in redeemed.moved), redeemed.moved
     assert any("from_stage=one_time" in k and "to_stage=repeat" in k for k in redeemed.moved)
-    assert not any("to_stage=former" in k for s in steps[:6] for k in s.moved)
-    assert any("from_stage=repeat" in k and "to_stage=former" in k for k in steps[6].moved)
-    assert any("rule=win-back-offer" in k for k in steps[6].moved), steps[6].moved
+    assert not any("to_stage=former" in k for s in steps[:7] for k in s.moved)
+    assert any("from_stage=repeat" in k and "to_stage=former" in k for k in steps[7].moved)
+    assert any("rule=win-back-offer" in k for k in steps[7].moved), steps[7].moved
 
     # What changed for the demo's own customer, read from the services (the
     # gauges sum every customer of the stack), in the step that changed it.
     stages = [s.changed.get("stage") for s in steps]
     assert stages == [("", "potential"), ("potential", "one time"), None, None,
-                      ("one time", "repeat"), None, ("repeat", "former")], stages
+                      ("one time", "repeat"), None, None, ("repeat", "former")], stages
     assert steps[3].changed["at risk"] == ("no", "yes (breached promise)"), steps[3].changed
     assert steps[2].changed["cases"] == ("none", "1 open"), steps[2].changed
     assert steps[4].changed["discounts"][1].count("redeemed") == 1, steps[4].changed
@@ -115,6 +116,23 @@ async def test_the_demo_story(database_url: str, broker: TansuBroker) -> None:
     assert facts["first response"] == "hit, after 1 h of business hours", facts
     assert facts["resolution"] == "hit, after 2 h of business hours", facts
     assert not any(k.startswith("crm_cases_breached_total") for k in friday.moved)
+
+    # The service cycle: a mystery shopper's visit and the customer's answers
+    # about the delivery meet in the scorecard; the delivery, where they
+    # complained twice and rated it worst, is what to improve first.
+    cycle = steps[6]
+    (visit,) = [d for _, t, d in cycle.events if t == "service.evaluation_recorded"]
+    assert visit["unit"] == "demo-store" and visit["channel"] == "in_person", visit
+    assert {c["requirement_id"] for c in visit["criteria"]} == {
+        "greeted-quickly", "knows-the-product", "no-pressure", "fast-payment"}, visit
+    facts = cycle.facts
+    assert facts["Delivery at home"].startswith("customers "), facts
+    assert "evaluators -" in facts["Delivery at home"], facts  # a visit sees no delivery
+    assert "2 negative contact(s), 2 complaint(s)" in facts["Delivery at home"], facts
+    assert facts["Greeting at the door"].startswith("customers -, evaluators 100 "), facts
+    assert facts["improve first"].startswith("Delivery at home: "), facts
+    assert facts["action plan"].startswith("logistics, due "), facts
+    assert "first-call (1)" in facts["touchpoints no cycle knows"], facts
 
     # Human values: no enum names, Python lists or timedelta, no cut words.
     text = "\n".join(lines)
