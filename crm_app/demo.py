@@ -489,7 +489,7 @@ class Demo:
 
         await self._step("The store runs its service cycle: a mystery shopper visits, the "
                          "customer rates the delivery, and the scorecard says what to improve "
-                         "first", ("service.evaluation_recorded", "survey.response_recorded"),
+                         "first", ("survey.response_recorded",),
                          service_cycle, (("crm_csat_responses_total", {"channel": "email"}),))
 
         async def a_year_passes() -> dict[str, Any]:

@@ -76,6 +76,15 @@ async def schedule_many(conn: Conn, kind: str,
         kind, [i[0] for i in items], [i[1] for i in items], [dict(i[2]) for i in items], traces)
 
 
+async def pending(conn: Conn, kind: str, key: str) -> DueWork | None:
+    """The pending item ``(kind, key)``, None when there is none."""
+    row = await conn.fetchrow(
+        """SELECT kind, item_key, due_at, payload, attempts FROM scheduled_work
+            WHERE kind = $1 AND item_key = $2""", kind, key)
+    return None if row is None else DueWork(row["kind"], row["item_key"], row["due_at"],
+                                            row["payload"], row["attempts"])
+
+
 async def cancel(conn: Conn, kind: str, key: str) -> bool:
     """Remove a pending item; True if there was one."""
     status = await conn.execute("DELETE FROM scheduled_work WHERE kind = $1 AND item_key = $2",

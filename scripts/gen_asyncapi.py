@@ -64,6 +64,13 @@ def _headers(event_type: str | None) -> dict[str, Any]:
     }
 
 
+def _key(cls: type[EventPayload], default: dict[str, str]) -> dict[str, str]:
+    """The Kafka key of an event type: the customer id, unless the type says
+    otherwise (``kafka_key``: an event of no customer)."""
+    said = getattr(cls, "kafka_key", None)
+    return {"type": "string", "description": said} if said else default
+
+
 def build() -> dict[str, Any]:
     for module in EVENT_MODULES:
         importlib.import_module(module)
@@ -91,7 +98,7 @@ def build() -> dict[str, Any]:
                 "contentType": "application/json",
                 "headers": _headers(cls.event_type),
                 "payload": {"$ref": f"#/components/schemas/{cls.__name__}"},
-                "bindings": {"kafka": {"key": key, "bindingVersion": "0.5.0"}},
+                "bindings": {"kafka": {"key": _key(cls, key), "bindingVersion": "0.5.0"}},
             }
             refs[message_id] = {"$ref": f"#/components/messages/{message_id}"}
         channels[channel_id] = {

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from crm_contracts.base import EventPayload, event
 from crm_contracts.topics import CUSTOMERS
+from crm_contracts.vocabulary import PURCHASE_IMPORTANCE
 
 
 @event("customer.registered", topic=CUSTOMERS)
@@ -20,6 +21,10 @@ class CustomerRegistered(EventPayload):
     stage: str = Field(examples=["potential"])
     preferred_channel: str = ""
     time_zone: str = Field(default="", description="IANA zone, when known (quiet hours).")
+    purchase_importance: str = Field(default="", examples=list(PURCHASE_IMPORTANCE),
+                                     description="How important the purchase is to the "
+                                                 "customer ('' = unknown): a segmentation "
+                                                 "attribute.")
     has_email: bool = False
     has_phone: bool = False
     source: str = Field(default="", description="Registering system.")

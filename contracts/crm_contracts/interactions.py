@@ -12,6 +12,7 @@ therefore never rebuild an erased customer's details."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -245,7 +246,11 @@ class CriterionResult(BaseModel):
 class EvaluationRecorded(EventPayload):
     """A mystery shopper's evaluation of a unit on a channel against a
     service cycle version (the evaluator's name and notes are read with
-    ``ListEvaluations``)."""
+    ``ListEvaluations``). It concerns no customer: its key (and subject) is
+    ``unit:<unit>``."""
+
+    kafka_key: ClassVar[str] = ("unit:<unit>: one unit's evaluations stay in order on one "
+                                "partition.")
 
     evaluation_id: str
     cycle: str

@@ -46,7 +46,7 @@ _PB_TO_STAGE = {v: k for k, v in _STAGE_TO_PB.items()}
 
 _PROFILE_FIELDS = ("birth_year", "sex", "buyer_type", "company_name", "socio_economic_band",
                    "personality_notes", "prior_experience_notes", "product_knowledge",
-                   "preferred_channel", "time_zone")
+                   "preferred_channel", "time_zone", "purchase_importance")
 
 
 

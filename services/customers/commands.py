@@ -151,6 +151,7 @@ async def register(conn: Conn, ctx: Context, *, display_name: str, identity: Ide
         customer_id=str(customer_id), stage=Stage.POTENTIAL.value,
         preferred_channel=profile.get("preferred_channel", ""),
         time_zone=profile.get("time_zone", ""),
+        purchase_importance=profile.get("purchase_importance", ""),
         has_email=bool(identity.emails), has_phone=bool(identity.phones), source=source,
         referred_by=str(referred_by or ""), referral_code=referral_code))
     if evaluate:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_contracts.contact_points import normalise_email, normalise_phone
 from crm_contracts.money import check_amount_minor
-from crm_contracts.vocabulary import CONTACT_CHANNELS, Stage
+from crm_contracts.vocabulary import CONTACT_CHANNELS, PURCHASE_IMPORTANCE, Stage
 from crm_runtime.errors import InvalidArgument
 
 
@@ -228,6 +228,9 @@ def check_money(amount_minor: int, currency: str, field: str = "amount") -> str:
 
 def check_profile(profile: dict[str, Any]) -> dict[str, Any]:
     """Validate the segmentation attributes; returns the stored form."""
+    importance = profile.get("purchase_importance")
+    if isinstance(importance, str):
+        profile = {**profile, "purchase_importance": importance.strip().lower()}
     out = {k: v for k, v in profile.items() if v not in ("", 0, None, [])}
     out.pop("age_band", None)  # derived, never stored
     year = out.get("birth_year")
@@ -235,7 +238,8 @@ def check_profile(profile: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgument("profile.birth_year", f"{year} is not a plausible birth year")
     for key, allowed in (("buyer_type", [b.value for b in BuyerType]),
                          ("product_knowledge", [k.value for k in ProductKnowledge]),
-                         ("preferred_channel", list(CHANNELS))):
+                         ("preferred_channel", list(CHANNELS)),
+                         ("purchase_importance", list(PURCHASE_IMPORTANCE))):
         if key in out and out[key] not in allowed:
             raise InvalidArgument(f"profile.{key}", f"{out[key]!r} is not one of {allowed}")
     if out.get("buyer_type") == "company" and not out.get("company_name"):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from crm_contracts.vocabulary import CONSENT_PURPOSES, STAGES
+from crm_contracts.vocabulary import CONSENT_PURPOSES, PURCHASE_IMPORTANCE, STAGES
 from crm_runtime.errors import InvalidArgument
 
 _NUMERIC_OPS = ("=", "!=", "<", "<=", ">", ">=")
@@ -62,6 +62,9 @@ _FIELDS: dict[str, FieldSpec] = {
                                            ("novice", "informed", "expert")),
     "profile.preferred_channel": FieldSpec("text", _TEXT_OPS, "c.profile->>'preferred_channel'",
                                            ("in_person", "phone", "email", "web", "chat")),
+    "profile.purchase_importance": FieldSpec("text", _TEXT_OPS,
+                                             "c.profile->>'purchase_importance'",
+                                             PURCHASE_IMPORTANCE),
     "profile.concomitant_needs": FieldSpec("list", ("contains",),
                                            "c.profile->'concomitant_needs'"),
 }

@@ -33,7 +33,9 @@ from services.interactions import (
     privacy,
     promise_store,
     promises,
+    reports,
     store,
+    surveys,
     trust,
 )
 from services.interactions.cycle_api import CycleApi
@@ -68,7 +70,8 @@ def interaction_to_pb(r: Any) -> pb.Interaction:
         touchpoint=r["touchpoint"], agent=r["agent"], unit=r["unit"],
         occurred_at=ts(r["occurred_at"]), outcome=r["outcome"], notes=r["notes"],
         amount=pb.Money(amount_minor=r["amount_minor"], currency=r["currency"]),
-        idempotency_key=r["idempotency_key"], case_id=str(r["case_id"] or ""))
+        idempotency_key=r["idempotency_key"], case_id=str(r["case_id"] or ""),
+        cause=r["cause"], role=r.get("role", ""))
 
 
 def case_to_pb(r: Any, transfers: list[Any], milestones: list[Milestone]) -> pb.Case:
@@ -86,7 +89,8 @@ def case_to_pb(r: Any, transfers: list[Any], milestones: list[Milestone]) -> pb.
         calendar_version=r["calendar_version"], clock=r["clock"],
         policy=pb.PromisePolicy(**r["policy"]) if r["policy"] else None,
         policy_reason=r["policy_reason"], paused=r["paused_at"] is not None,
-        paused_at=ts(r["paused_at"]), pause_reason=r["pause_reason"])
+        paused_at=ts(r["paused_at"]), pause_reason=r["pause_reason"], cause=r["cause"],
+        touchpoint=r["touchpoint"])
 
 
 def _milestone_to_pb(m: Milestone) -> pb.Milestone:
@@ -183,7 +187,7 @@ class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.Interacti
             touchpoint=request.touchpoint, agent=request.agent, unit=request.unit,
             outcome=request.outcome, notes=request.notes,
             amount_minor=request.amount.amount_minor, currency=request.amount.currency,
-            case_id=request.case_id)
+            case_id=request.case_id, cause=request.cause)
 
         decided: dict[str, ContactDecision] = {}
         if contact.direction == "proactive":
@@ -232,7 +236,8 @@ class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.Interacti
             case_id = await cases.open_case(
                 conn, self._ctx, customer_id=customer_id, kind=request.kind,
                 channel=request.channel, unit=request.unit, summary=request.summary,
-                interaction_id=interaction_id, idempotency_key=request.idempotency_key)
+                interaction_id=interaction_id, idempotency_key=request.idempotency_key,
+                cause=request.cause, touchpoint=request.touchpoint)
             return await self._case_reply(conn, case_id)
 
         return await self._for_customers([customer_id], open_)
@@ -313,13 +318,13 @@ class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.Interacti
     async def RecordSurveyResponse(self, request: pb.RecordSurveyResponseRequest,
                                    context: grpc.aio.ServicerContext) -> pb.SurveyResponse:
         customer_id = parse_uuid(request.customer_id, "customer_id")
-        answers = [{"question": a.question, "csat": a.csat, "nps": a.nps, "comment": a.comment}
-                   for a in request.answers]
+        answers = [{"question": a.question, "csat": a.csat, "nps": a.nps, "comment": a.comment,
+                    "question_id": a.question_id, "score": a.score} for a in request.answers]
         interaction_id = _uuid_or_none(request.interaction_id, "interaction_id")
         case_id = _uuid_or_none(request.case_id, "case_id")
         occurred_at = self._stated(request.occurred_at, request.HasField("occurred_at"),
                                    "occurred_at")
-        row = await self._for_customers([customer_id], lambda c: commands.record_survey(
+        row = await self._for_customers([customer_id], lambda c: surveys.record_survey(
             c, self._ctx, idempotency_key=request.idempotency_key, customer_id=customer_id,
             touchpoint=request.touchpoint, channel=request.channel, unit=request.unit,
             interaction_id=interaction_id, case_id=case_id, answers=answers,
@@ -338,7 +343,7 @@ class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.Interacti
                  if request.HasField("from") else until - timedelta(days=30))
         if since >= until:
             raise InvalidArgument("from", "must be before 'to'")
-        rows = await uow.run(self._pool, lambda c: commands.satisfaction_report(
+        rows = await uow.run(self._pool, lambda c: reports.satisfaction_report(
             c, since=since, until=until, group_by=request.group_by))
         return pb.SatisfactionReport(rows=[pb.SatisfactionRow(**r) for r in rows])
 

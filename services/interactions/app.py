@@ -8,7 +8,7 @@ from crm.interactions.v1 import interactions_pb2, interactions_pb2_grpc
 from crm_contracts.topics import CUSTOMERS, INTERACTIONS, INTERACTIONS_INGEST
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
-from services.interactions import calendars, cases, commands, handlers, metrics, trust
+from services.interactions import calendars, cases, commands, cycles, handlers, metrics, trust
 from services.interactions.api import InteractionsServicer
 from services.interactions.directory import CustomerDirectory
 
@@ -37,7 +37,8 @@ def build(svc: ServiceContext) -> ServiceParts:
         scheduled={cases.WARN: handlers.on_breach_warning(ctx),
                    cases.BREACH: handlers.on_breach(ctx),
                    calendars.MOVE: handlers.on_move_open_cases(ctx),
-                   trust.SURVEY_REQUEST_DUE: handlers.on_survey_request(ctx, directory)},
+                   trust.SURVEY_REQUEST_DUE: handlers.on_survey_request(ctx, directory),
+                   cycles.PERIODIC_RUN: handlers.on_periodic_survey(ctx)},
         registrations=[ServiceRegistration(
             interactions_pb2_grpc.add_InteractionsServicer_to_server,
             InteractionsServicer(svc.pool, ctx, directory),

@@ -42,7 +42,7 @@ from crm_runtime import ids, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument
 from crm_runtime.events import EventPayload
-from services.interactions import domain, metrics, promises, store, trust
+from services.interactions import cycles, domain, metrics, promises, store, trust
 from services.interactions import promise_store as pstore
 from services.interactions.business_time import Calendar
 from services.interactions.commands import Context, json_digest, key_conflict
@@ -134,6 +134,11 @@ async def _save(conn: Conn, row: Any, ms: Milestones, **case: Any) -> None:
     await _reschedule(conn, row["case_id"], ms.values())
 
 
+def _about(row: Any) -> dict[str, str]:
+    """The case's dissatisfaction cause and touchpoint, as events carry them."""
+    return {"cause": row["cause"], "touchpoint": row["touchpoint"]}
+
+
 def _base(row: Any, **extra: Any) -> dict[str, Any]:
     return {"case_id": str(row["case_id"]), "customer_id": str(row["customer_id"]),
             "kind": row["kind"], "channel": row["channel"], "unit": row["unit"], **extra}
@@ -160,7 +165,7 @@ async def _missed(conn: Conn, ctx: Context, row: Any, m: Milestone,
         await store.mark_breached(conn, row["case_id"])
         events.append(DissatisfactionSignal(
             customer_id=str(row["customer_id"]), reason="breached_promise",
-            occurred_at=ctx.clock.now(), case_id=str(row["case_id"])))
+            occurred_at=ctx.clock.now(), case_id=str(row["case_id"]), **_about(row)))
     return events
 
 
@@ -184,27 +189,34 @@ async def _meet(conn: Conn, ctx: Context, row: Any, ms: Milestones, names: Itera
 
 async def open_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID, kind: str,
                     channel: str, unit: str, summary: str, interaction_id: uuid.UUID | None,
-                    idempotency_key: str, callback_phone: str = "") -> uuid.UUID:
+                    idempotency_key: str, callback_phone: str = "", cause: str = "",
+                    touchpoint: str = "") -> uuid.UUID:
     """Open a case with the promise of its policy, for the customer or, when
     they were merged away, their survivor; the customer's same key with the
     same request returns the existing case, with a different one raises
-    AlreadyExists. Schedules the milestones' warnings and breaches."""
-    return await open_resolved_case(conn, ctx,
-                                    customer_id=await store.survivor(conn, customer_id),
-                                    kind=kind, channel=channel, unit=unit, summary=summary,
+    AlreadyExists. Schedules the milestones' warnings and breaches. The
+    cause and touchpoint not stated are those of the customer's contact
+    ``interaction_id``, when it is one."""
+    customer_id = await store.survivor(conn, customer_id)
+    return await open_resolved_case(conn, ctx, customer_id=customer_id, kind=kind,
+                                    channel=channel, unit=unit, summary=summary,
                                     interaction_id=interaction_id,
                                     idempotency_key=idempotency_key,
-                                    callback_phone=callback_phone)
+                                    callback_phone=callback_phone, cause=cause,
+                                    touchpoint=touchpoint)
 
 
-#: The fields of a case its digest covers (columns of ``cases``).
+#: The fields of a case its digest covers (columns of ``cases``); the
+#: :data:`LATER_CASE_FIELDS` only when stated (digests from before match).
 CASE_FIELDS = ("kind", "channel", "unit", "summary", "interaction_id", "callback_phone")
+LATER_CASE_FIELDS = ("cause", "touchpoint")
 
 
 async def open_resolved_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID,
                              kind: str, channel: str, unit: str, summary: str,
                              interaction_id: uuid.UUID | None, idempotency_key: str,
-                             callback_phone: str = "", compare: bool = True) -> uuid.UUID:
+                             callback_phone: str = "", compare: bool = True, cause: str = "",
+                             touchpoint: str = "") -> uuid.UUID:
     """:func:`open_case` for a customer id already resolved to its survivor
     (the contacts of a batch are resolved together). ``compare`` False (a
     case a contact opens, keyed by the contact's key, which was compared):
@@ -214,8 +226,10 @@ async def open_resolved_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID
     if not idempotency_key.strip():
         raise InvalidArgument("idempotency_key", "required")
     values = {"kind": kind, "channel": channel, "unit": unit, "summary": summary,
-              "interaction_id": interaction_id, "callback_phone": callback_phone}
-    digest = json_digest([values[f] for f in CASE_FIELDS]) if compare else None
+              "interaction_id": interaction_id, "callback_phone": callback_phone,
+              "cause": domain.check_cause(cause), "touchpoint": touchpoint.strip()}
+    later = [f"{f}={values[f]}" for f in LATER_CASE_FIELDS if values[f]]
+    digest = json_digest([*(values[f] for f in CASE_FIELDS), *later]) if compare else None
     existing = await store.case_by_key(conn, customer_id, idempotency_key)
     if existing is None:
         choice = promises.choose_policy(await policies(conn), kind, channel,
@@ -227,12 +241,13 @@ async def open_resolved_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID
         res = ms[RESOLUTION]
         assert res.due_at is not None and res.warn_at is not None
         case_id = ids.uuid4()
+        cause, touchpoint = await _cause_and_touchpoint(conn, customer_id, values)
         row = await store.insert_case(
             conn, case_id, idempotency_key, customer_id, kind, channel, unit, summary,
             interaction_id, now, promises.earliest(choice.policy, cal, now), res.due_at,
             res.warn_at, callback_phone, digest, calendar=unit_calendar,
             clock=choice.policy.clock, policy=policy_fields(choice.policy),
-            policy_reason=choice.reason)
+            policy_reason=choice.reason, cause=cause, touchpoint=touchpoint)
         if row is not None:
             await pstore.save_milestones(conn, case_id, ms.values())
             await _reschedule(conn, case_id, ms.values())
@@ -241,9 +256,22 @@ async def open_resolved_case(conn: Conn, ctx: Context, *, customer_id: uuid.UUID
         # A concurrent request of the same key committed first.
         existing = await store.case_by_key(conn, customer_id, idempotency_key)
     if digest is not None and existing["request_digest"] not in (None, digest):
-        raise key_conflict(idempotency_key, "case",
-                           [f for f in CASE_FIELDS if existing[f] != values[f]])
+        raise key_conflict(idempotency_key, "case", [
+            f for f in (*CASE_FIELDS, *LATER_CASE_FIELDS)
+            if existing[f] != values[f] and (f in CASE_FIELDS or values[f])])
     return uuid.UUID(str(existing["case_id"]))
+
+
+async def _cause_and_touchpoint(conn: Conn, customer_id: uuid.UUID,
+                                values: Mapping[str, Any]) -> tuple[str, str]:
+    """The case's cause and touchpoint: as stated, else its contact's."""
+    cause, touchpoint = values["cause"], values["touchpoint"]
+    if (not cause or not touchpoint) and values["interaction_id"] is not None:
+        contact = await store.interaction_of_customer(conn, values["interaction_id"],
+                                                      customer_id)
+        if contact is not None:
+            return cause or contact["cause"], touchpoint or contact["touchpoint"]
+    return cause, touchpoint
 
 
 async def _opened(conn: Conn, ctx: Context, row: Any, ms: Milestones, segment: str) -> None:
@@ -251,16 +279,17 @@ async def _opened(conn: Conn, ctx: Context, row: Any, ms: Milestones, segment: s
     complaint's signal)."""
     kind, customer_id, now = row["kind"], row["customer_id"], row["opened_at"]
     uow.on_commit(metrics.CASES_OPENED.labels(SERVICE, kind, row["channel"]).inc)
+    await cycles.note_touchpoints(conn, [(row["touchpoint"], "case")])
     events: list[EventPayload] = [CaseOpened(
         **_base(row), interaction_id=str(row["interaction_id"] or ""), opened_at=now,
         promised_earliest_at=row["promised_earliest_at"], calendar=row["calendar"],
-        entitlement=segment, **_promised(row, ms))]
+        entitlement=segment, **_about(row), **_promised(row, ms))]
     if kind == "complaint":
         earlier = await store.other_complaints_opened_at(conn, customer_id, row["case_id"])
         if domain.is_repeated_complaint(earlier, now):
             events.append(DissatisfactionSignal(
                 customer_id=str(customer_id), reason="repeated_complaint", occurred_at=now,
-                case_id=str(row["case_id"])))
+                case_id=str(row["case_id"]), **_about(row)))
     await ctx.events.emit(conn, customer_id, events, time=ctx.clock.now())
 
 

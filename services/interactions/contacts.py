@@ -26,15 +26,19 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from crm_contracts.interactions import ContactOutsideQuietHours, InteractionRecorded
+from crm_contracts.interactions import (
+    ContactOutsideQuietHours,
+    DissatisfactionSignal,
+    InteractionRecorded,
+)
 from crm_contracts.times import check_event_time
 from crm_runtime import ids, logs, uow
 from crm_runtime.contact_gate import ContactDecision, ContactRequest
 from crm_runtime.convert import parse_uuid
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
-from crm_runtime.events import Envelope
-from services.interactions import cases, domain, metrics, store, trust
+from crm_runtime.events import Envelope, EventPayload
+from services.interactions import cases, cycles, domain, metrics, store, trust
 from services.interactions.commands import DIGEST_VERSION, Context, key_conflict
 from services.interactions.store import SERVICE
 
@@ -70,13 +74,18 @@ class Contact:
     outside_quiet_hours: bool = False
     #: The open case the contact is about (:func:`cases.contact_on_case`).
     case_id: uuid.UUID | None = None
+    #: Why the customer is dissatisfied (a negative contact or a complaint).
+    cause: str = ""
 
 
 #: The fields of a contact its digest covers besides ``occurred_at``, in
 #: order; they are columns of ``interactions`` too.
 CONTACT_FIELDS = ("channel", "direction", "kind", "attention", "requester_id",
                   "decision_maker_id", "touchpoint", "agent", "unit", "outcome", "notes",
-                  "amount_minor", "currency")
+                  "amount_minor", "currency", "cause")
+#: The fields added after digests were first kept: part of a digest only
+#: when stated, so a retry of a request from before them still matches.
+_LATER_FIELDS = ("cause",)
 
 
 def contact_digest(contact: Contact) -> bytes:
@@ -88,11 +97,14 @@ def contact_digest(contact: Contact) -> bytes:
     by NUL, which no text of a contact may hold (:func:`check_contact`)."""
     parts = [DIGEST_VERSION]
     for name in CONTACT_FIELDS:
-        value = getattr(contact, name)
-        parts.append("" if value is None else str(value))
+        if name not in _LATER_FIELDS:
+            value = getattr(contact, name)
+            parts.append("" if value is None else str(value))
     parts.append(repr(contact.occurred_at.timestamp()) if contact.time_stated else "")
     if contact.case_id is not None:  # digests of contacts on no case stay as they were
         parts.append(str(contact.case_id))
+    # Likewise for the later fields (named: a value never reads as a case id).
+    parts += [f"{name}={value}" for name in _LATER_FIELDS if (value := getattr(contact, name))]
     return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).digest()
 
 
@@ -101,11 +113,13 @@ def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
                   attention: str = "", requester_id: str = "", decision_maker_id: str = "",
                   touchpoint: str = "", agent: str = "", unit: str = "", outcome: str = "",
                   notes: str = "", amount_minor: int = 0, currency: str = "",
-                  case_id: str = "") -> Contact:
+                  case_id: str = "", cause: str = "") -> Contact:
     """Validate a contact's fields, naming the first bad one. ``occurred_at``
     None (not given) is ``now``, the service's time; a given one must be an
     event time (``crm_contracts.times.check_event_time``: not before 2000,
-    at most 15 minutes after ``now``)."""
+    at most 15 minutes after ``now``). A ``cause`` (one of
+    :data:`domain.CAUSES`) is stated by a negative contact or a complaint
+    only."""
     # Lengths and NUL characters were refused at the edge: the request's
     # limits (gRPC) or the payload's (the ingest topic), written once each.
     key = idempotency_key.strip()
@@ -130,17 +144,18 @@ def check_contact(*, idempotency_key: str, customer_id: uuid.UUID, channel: str,
             raise InvalidArgument("amount.currency", f"{currency!r} is not an ISO 4217 code")
     elif amount_minor:
         raise InvalidArgument("amount", "only purchases carry an amount")
+    result = domain.check_choice("outcome", outcome, domain.OUTCOMES, "neutral")
     contact = Contact(
         idempotency_key=key, customer_id=customer_id,
         channel=domain.check_choice("channel", channel, domain.CHANNELS),
         direction=domain.check_choice("direction", direction, domain.DIRECTIONS, "reactive"),
         kind=kind, occurred_at=when, attention=mode, requester_id=requester,
         decision_maker_id=decider, touchpoint=touchpoint.strip(), agent=agent.strip(),
-        unit=unit.strip(), outcome=domain.check_choice("outcome", outcome, domain.OUTCOMES,
-                                                       "neutral"),
-        notes=notes, amount_minor=amount_minor if kind == "purchase" else 0,
+        unit=unit.strip(), outcome=result, notes=notes,
+        amount_minor=amount_minor if kind == "purchase" else 0,
         currency=code if kind == "purchase" else "", time_stated=stated,
-        case_id=parse_uuid(case_id, "case_id") if case_id.strip() else None)
+        case_id=parse_uuid(case_id, "case_id") if case_id.strip() else None,
+        cause=domain.check_cause(cause, kind, result))
     contact.request_digest = contact_digest(contact)
     return contact
 
@@ -260,7 +275,7 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
     rows = [(c.interaction_id, c.idempotency_key, c.customer_id, c.channel, c.direction, c.kind,
              c.attention, c.requester_id, c.decision_maker_id, c.touchpoint, c.agent, c.unit,
              c.occurred_at, c.outcome, c.notes, c.amount_minor, c.currency, now,
-             c.request_digest)
+             c.request_digest, c.cause)
             for c in contacts]
     await _check_cases(conn, contacts)
     new_keys = await store.insert_contacts(conn, rows)
@@ -276,12 +291,8 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
         if fresh:
             recorded[c.channel, c.kind] += 1
             customer = str(c.customer_id)
-            events.append(ctx.events.envelope(customer, InteractionRecorded(
-                interaction_id=str(c.interaction_id), customer_id=customer,
-                channel=c.channel, direction=c.direction, kind=c.kind,
-                occurred_at=c.occurred_at, outcome=c.outcome, touchpoint=c.touchpoint,
-                unit=c.unit, amount_minor=c.amount_minor, currency=c.currency),
-                time=now, traceparent=c.traceparent))
+            events += [ctx.events.envelope(customer, e, time=now, traceparent=c.traceparent)
+                       for e in _recorded(c)]
             if c.outside_quiet_hours:
                 events.append(ctx.events.envelope(customer, ContactOutsideQuietHours(
                     interaction_id=str(c.interaction_id), customer_id=customer,
@@ -295,6 +306,7 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
             _check_contact_repeat(c, stored[c.customer_id, c.idempotency_key])
     for (channel, kind), count in recorded.items():
         uow.on_commit(partial(metrics.INTERACTIONS.labels(SERVICE, channel, kind).inc, count))
+    await cycles.note_touchpoints(conn, ((c.touchpoint, "contact") for c, f in result if f))
     await ctx.events.write(conn, events)
     for c, fresh in result:
         if fresh and c.case_id is not None:
@@ -305,9 +317,28 @@ async def record_contacts(conn: Conn, ctx: Context, contacts: list[Contact]
             case_id = await cases.open_resolved_case(
                 conn, ctx, customer_id=c.customer_id, kind=c.kind, channel=c.channel,
                 unit=c.unit, summary=c.notes[:500], interaction_id=c.interaction_id,
-                idempotency_key=f"interaction:{c.idempotency_key}", compare=False)
+                idempotency_key=f"interaction:{c.idempotency_key}", compare=False,
+                cause=c.cause, touchpoint=c.touchpoint)
             await store.set_case_of_interaction(conn, c.interaction_id, case_id)
     return result
+
+
+def _recorded(c: Contact) -> list[EventPayload]:
+    """What a new contact publishes: ``interaction.recorded`` and, for a
+    negative one (a bad moment of truth), a dissatisfaction signal."""
+    customer = str(c.customer_id)
+    events: list[EventPayload] = [InteractionRecorded(
+        interaction_id=str(c.interaction_id), customer_id=customer, channel=c.channel,
+        direction=c.direction, kind=c.kind, occurred_at=c.occurred_at, outcome=c.outcome,
+        touchpoint=c.touchpoint, unit=c.unit, amount_minor=c.amount_minor,
+        currency=c.currency, attention=c.attention,
+        requester_customer_id=str(c.requester_id or ""),
+        decision_maker_customer_id=str(c.decision_maker_id or ""), cause=c.cause)]
+    if c.outcome == "negative":
+        events.append(DissatisfactionSignal(
+            customer_id=customer, reason="negative_contact", occurred_at=c.occurred_at,
+            interaction_id=str(c.interaction_id), touchpoint=c.touchpoint, cause=c.cause))
+    return events
 
 
 async def _check_cases(conn: Conn, contacts: Sequence[Contact]) -> None:

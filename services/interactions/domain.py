@@ -22,6 +22,7 @@ from crm_contracts.vocabulary import (
     CASE_KINDS,
     CONTACT_CHANNELS,
     DIRECTIONS,
+    DISSATISFACTION_CAUSES,
     DO_NOT_CONTACT,
     KINDS,
     OUTCOMES,
@@ -29,10 +30,11 @@ from crm_contracts.vocabulary import (
 )
 from crm_runtime.errors import InvalidArgument
 
-__all__ = ["AUTO_CASE_KINDS", "CASE_KINDS", "CHANNELS", "DIRECTIONS", "DO_NOT_CONTACT", "KINDS",
-           "OUTCOMES"]
+__all__ = ["AUTO_CASE_KINDS", "CASE_KINDS", "CAUSES", "CHANNELS", "DIRECTIONS", "DO_NOT_CONTACT",
+           "KINDS", "OUTCOMES"]
 
 CHANNELS = CONTACT_CHANNELS
+CAUSES = DISSATISFACTION_CAUSES
 
 REPEAT_COMPLAINT_WINDOW = timedelta(days=30)
 LOW_CSAT = 2  # a CSAT of 2 or less is a dissatisfaction signal
@@ -46,6 +48,18 @@ def check_choice(field: str, value: str, allowed: tuple[str, ...], default: str 
     if value not in allowed:
         raise InvalidArgument(field, f"{value!r} is not one of {list(allowed)}")
     return value
+
+
+def check_cause(cause: str, kind: str = "complaint", outcome: str = "negative") -> str:
+    """A dissatisfaction cause, canonical ('' for none); stated by a negative
+    contact or a complaint only (``kind`` and ``outcome`` already checked)."""
+    if not cause.strip():
+        return ""
+    cause = check_choice("cause", cause, CAUSES)
+    if outcome != "negative" and kind != "complaint":
+        raise InvalidArgument("cause", "only a negative contact or a complaint has a "
+                                       "dissatisfaction cause")
+    return cause
 
 
 # --- satisfaction -----------------------------------------------------------
@@ -99,6 +113,16 @@ class CaseTally:
 
 
 @dataclass(frozen=True)
+class ContactTally:
+    """Contacts that occurred in the window in one report group: how many,
+    and how many went badly (outcome negative)."""
+
+    key: str
+    contacts: int
+    negative_contacts: int = 0
+
+
+@dataclass(frozen=True)
 class ReportRow:
     key: str
     responses: int = 0
@@ -115,6 +139,8 @@ class ReportRow:
     resolution_missed: int = 0
     resolution_hit_rate: float = 0.0
     resolution_median_seconds: float = 0.0
+    contacts: int = 0
+    negative_contacts: int = 0
 
 
 def hit_rate(hit: int, missed: int) -> float:
@@ -128,21 +154,25 @@ def _median(tallies: list[CaseTally], name: str) -> float:
     return next((m for t in tallies if (m := getattr(t, f"{name}_median")) is not None), 0.0)
 
 
-def satisfaction_report(surveys: Iterable[SurveyTally],
-                        cases: Iterable[CaseTally]) -> list[ReportRow]:
+def satisfaction_report(surveys: Iterable[SurveyTally], cases: Iterable[CaseTally],
+                        contacts: Iterable[ContactTally] = ()) -> list[ReportRow]:
     """One row per group, sorted by key: CSAT mean and NPS from the survey
-    tallies, case counts beside them. Tallies of the same key (several
-    partial tallies) are added up first, so the report of a window is the
-    sum of the reports of its parts."""
+    tallies, case and contact counts beside them. Tallies of the same key
+    (several partial tallies) are added up first, so the report of a window
+    is the sum of the reports of its parts."""
     by_key_surveys: dict[str, list[SurveyTally]] = defaultdict(list)
     for t in surveys:
         by_key_surveys[t.key].append(t)
     by_key_cases: dict[str, list[CaseTally]] = defaultdict(list)
     for c in cases:
         by_key_cases[c.key].append(c)
+    by_key_contacts: dict[str, list[ContactTally]] = defaultdict(list)
+    for k in contacts:
+        by_key_contacts[k.key].append(k)
     rows = []
-    for key in sorted(by_key_surveys.keys() | by_key_cases.keys()):
+    for key in sorted(by_key_surveys.keys() | by_key_cases.keys() | by_key_contacts.keys()):
         ts, cs = by_key_surveys.get(key, []), by_key_cases.get(key, [])
+        ks = by_key_contacts.get(key, [])
         csat_answers = sum(t.csat_answers for t in ts)
         nps_value = nps_of_counts(sum(t.promoters for t in ts), sum(t.detractors for t in ts),
                                   sum(t.nps_answers for t in ts))
@@ -153,7 +183,9 @@ def satisfaction_report(surveys: Iterable[SurveyTally],
             cases_opened=sum(c.opened for c in cs),
             cases_resolved_in_time=sum(c.resolved_in_time for c in cs),
             cases_breached=sum(c.breached for c in cs),
-            **_milestone_columns(cs, "first_response"), **_milestone_columns(cs, "resolution")))
+            **_milestone_columns(cs, "first_response"), **_milestone_columns(cs, "resolution"),
+            contacts=sum(k.contacts for k in ks),
+            negative_contacts=sum(k.negative_contacts for k in ks)))
     return rows
 
 
@@ -178,11 +210,6 @@ def survey_signals(csat_scores: list[int], nps_score: int | None) -> list[str]:
 def is_repeated_complaint(previous_complaints: Iterable[datetime], now: datetime) -> bool:
     """A second complaint within the window is a signal by itself."""
     return any(now - at <= REPEAT_COMPLAINT_WINDOW for at in previous_complaints)
-
-
-def survey_questions(requirements: Iterable[str]) -> list[str]:
-    """Survey questions of a touchpoint, one per requirement of the matrix."""
-    return [f"How satisfied were you with: {r.strip()}?" for r in requirements if r.strip()]
 
 
 # --- trust: consent and the contacts it forbids -------------------------------

@@ -26,8 +26,10 @@
 * Scheduled work: breach warnings and breaches of each milestone of a case's
   promise (keyed ``<case>/<milestone>``, :mod:`cases`); the open cases of a
   calendar moved to its new version, a page at a time (:mod:`calendars`); survey
-  requests of resolved cases (the contact gate asked first,
-  :func:`trust.request_survey`).
+  requests of resolved cases and of periodic surveys (the contact gate
+  asked first, :func:`trust.request_survey`); the runs of service cycles'
+  periodic surveys, a page of the segment at a time
+  (:func:`surveys.run_periodic`).
 
 Proactive contacts pass the contact gate of the customers service: a
 batch's are asked for before its transaction opens (:func:`prepare_contacts`),
@@ -57,7 +59,7 @@ from crm_runtime.errors import AlreadyExists, InvalidArgument
 from crm_runtime.events import Envelope, EventPayload, PoisonMessage
 from crm_runtime.scheduler import DueWork, WorkHandler
 from crm_runtime.service import Route, on
-from services.interactions import calendars, cases, commands, contacts, store, trust
+from services.interactions import calendars, cases, commands, contacts, store, surveys, trust
 from services.interactions.directory import CustomerDirectory, stated_customers
 from services.interactions.domain import Decision
 
@@ -88,7 +90,8 @@ def _checked(data: ContactReceived, customer_id: uuid.UUID,
         requester_id=data.requester_customer_id,
         decision_maker_id=data.decision_maker_customer_id, touchpoint=data.touchpoint,
         agent=data.agent, unit=data.unit, outcome=data.outcome, notes=data.notes,
-        amount_minor=data.amount_minor, currency=data.currency, case_id=data.case_id)
+        amount_minor=data.amount_minor, currency=data.currency, case_id=data.case_id,
+        cause=data.cause)
 
 
 async def require_customers(conn: Conn, directory: CustomerDirectory,
@@ -236,6 +239,13 @@ def on_segment_changes() -> Route:
 def on_survey_request(ctx: commands.Context, directory: CustomerDirectory) -> WorkHandler:
     async def run(conn: Conn, work: DueWork) -> None:
         await trust.request_survey(conn, ctx, directory.gate, work)
+
+    return run
+
+
+def on_periodic_survey(ctx: commands.Context) -> WorkHandler:
+    async def run(conn: Conn, work: DueWork) -> None:
+        await surveys.run_periodic(conn, ctx, work)
 
     return run
 

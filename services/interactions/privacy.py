@@ -5,7 +5,8 @@ assembles every service's part into ``Customers/ExportCustomer``).
 The part holds every row of the schema about the customer: their contacts;
 their cases, with transfers and milestones (a callback is a case of kind
 ``callback_request`` with the number to call); the segments the customers
-service said they are in; their survey responses; the
+service said they are in; their survey responses (and the answers to
+questions of the service-cycle matrix among them); the
 merges this service knows, whether it knows the id as a customer and its
 view of their consent (``contact_preferences``); the proactive contacts the
 trust rules stopped; and the other customers' contacts that name them as
@@ -48,13 +49,13 @@ EXPORT_COLUMNS: dict[str, dict[str, str]] = {
         "interactions", "interaction_id", "idempotency_key", "customer_id", "channel",
         "direction", "kind", "attention", "requester_id", "decision_maker_id", "touchpoint",
         "agent", "unit", "occurred_at", "outcome", "notes", "amount_minor", "currency",
-        "case_id", "recorded_at"),
+        "case_id", "recorded_at", "cause"),
     "cases": _fields(
         "cases", "case_id", "idempotency_key", "customer_id", "kind", "channel", "unit",
         "status", "summary", "interaction_id", "opened_at", "promised_earliest_at",
         "promised_by", "warn_at", "acknowledged_at", "resolved_at", "resolution", "breached",
         "resolved_late", "callback_phone", "reopen_reason", "calendar", "calendar_version",
-        "clock", "policy", "policy_reason", "paused_at", "pause_reason"),
+        "clock", "policy", "policy_reason", "paused_at", "pause_reason", "cause", "touchpoint"),
     "case_milestones": {"case_id": "cases[].case_id",
                         **_fields("cases[].milestones", "milestone", "limit_time",
                                   "warn_before", "state", "due_at", "warn_at", "warned_at",
@@ -66,6 +67,10 @@ EXPORT_COLUMNS: dict[str, dict[str, str]] = {
     "survey_responses": _fields(
         "survey_responses", "survey_response_id", "idempotency_key", "customer_id",
         "touchpoint", "channel", "unit", "interaction_id", "case_id", "csat", "nps", "answers",
+        "occurred_at"),
+    "survey_answers": _fields(
+        "survey_answers", "survey_response_id", "question_id", "customer_id", "cycle",
+        "version", "touchpoint", "requirement_id", "scale", "score", "channel", "unit",
         "occurred_at"),
     "customer_aliases": _fields("aliases", "merged_customer_id", "survivor_customer_id",
                                 "merged_at"),
@@ -86,8 +91,13 @@ NOT_EXPORTED: dict[str, str] = {
     "promise_policies": "promised response times per case kind and channel: no customer data",
     "calendars": "business hours of the company's units: no customer data",
     "unit_calendars": "which calendar each unit keeps: no customer data",
-    "service_cycles": "the service-cycle matrix (moments of truth, requirements, action "
-                      "plans): no customer data",
+    "service_cycle_versions": "the versions of the service-cycle matrix (moments of truth, "
+                              "requirements, periodic surveys): no customer data",
+    "survey_questions": "the questions of the service-cycle matrix: no customer data",
+    "evaluations": "mystery shoppers' evaluations of units: no customer data",
+    "evaluation_scores": "the criteria scores of mystery shoppers' evaluations: no customer "
+                         "data",
+    "action_plans": "the company's plans to improve the service cycle: no customer data",
     "interactions.request_digest": _DIGEST,
     "cases.request_digest": _DIGEST,
     "survey_responses.request_digest": _DIGEST,
@@ -122,6 +132,7 @@ async def export(conn: Conn, customer_id: uuid.UUID,
                    "milestones": milestones[c["case_id"]]} for c in cases],
         "segments": [dict(r) for r in await _segments(conn, ids)],
         "survey_responses": [dict(r) for r in await _surveys(conn, ids)],
+        "survey_answers": [dict(r) for r in await _survey_answers(conn, ids)],
         "named_in_interactions": [_naming(r, set(ids)) for r in await _named_in(conn, ids)],
     }
     return json.dumps(part, default=json_default, indent=2, sort_keys=True)
@@ -167,7 +178,8 @@ async def _contacts(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
     return list(await conn.fetch(
         """SELECT interaction_id, idempotency_key, customer_id, channel, direction, kind,
                   attention, requester_id, decision_maker_id, touchpoint, agent, unit,
-                  occurred_at, outcome, notes, amount_minor, currency, case_id, recorded_at
+                  occurred_at, outcome, notes, amount_minor, currency, case_id, recorded_at,
+                  cause
              FROM interactions WHERE customer_id = ANY($1::uuid[])
             ORDER BY occurred_at, interaction_id""", ids))
 
@@ -190,7 +202,7 @@ async def _cases(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
                   interaction_id, opened_at, promised_earliest_at, promised_by, warn_at,
                   acknowledged_at, resolved_at, resolution, breached, resolved_late,
                   callback_phone, reopen_reason, calendar, calendar_version, clock, policy,
-                  policy_reason, paused_at, pause_reason
+                  policy_reason, paused_at, pause_reason, cause, touchpoint
              FROM cases WHERE customer_id = ANY($1::uuid[]) ORDER BY opened_at, case_id""",
         ids))
 
@@ -222,3 +234,12 @@ async def _surveys(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
                   interaction_id, case_id, csat, nps, answers, occurred_at
              FROM survey_responses WHERE customer_id = ANY($1::uuid[])
             ORDER BY occurred_at, survey_response_id""", ids))
+
+
+async def _survey_answers(conn: Conn, ids: list[uuid.UUID]) -> list[Any]:
+    """The answers of the customer's survey responses to questions of the matrix."""
+    return list(await conn.fetch(
+        """SELECT survey_response_id, question_id, customer_id, cycle, version, touchpoint,
+                  requirement_id, scale, score, channel, unit, occurred_at
+             FROM survey_answers WHERE customer_id = ANY($1::uuid[])
+            ORDER BY occurred_at, survey_response_id, question_id""", ids))

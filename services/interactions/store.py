@@ -27,7 +27,7 @@ CONTACT_COLUMNS = [
     ("requester_id", "uuid"), ("decision_maker_id", "uuid"), ("touchpoint", "text"),
     ("agent", "text"), ("unit", "text"), ("occurred_at", "timestamptz"), ("outcome", "text"),
     ("notes", "text"), ("amount_minor", "bigint"), ("currency", "text"),
-    ("recorded_at", "timestamptz"), ("request_digest", "bytea")]
+    ("recorded_at", "timestamptz"), ("request_digest", "bytea"), ("cause", "text")]
 
 #: A batch of contacts as rows (arrays or COPY, by size: :class:`db.Rows`).
 _CONTACT_ROWS = db.Rows("interactions_batch", CONTACT_COLUMNS, schema=SERVICE)
@@ -37,7 +37,7 @@ _INSERT_CONTACTS = """
     INSERT INTO interactions (interaction_id, idempotency_key, customer_id, channel, direction,
                               kind, attention, requester_id, decision_maker_id, touchpoint, agent,
                               unit, occurred_at, outcome, notes, amount_minor, currency,
-                              recorded_at, request_digest)
+                              recorded_at, request_digest, cause)
     SELECT * FROM batch
     ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING customer_id, idempotency_key"""
 
@@ -81,19 +81,51 @@ async def interaction_by_key(conn: Conn, customer_id: uuid.UUID, key: str) -> An
         customer_id, key)
 
 
+async def interaction_of_customer(conn: Conn, interaction_id: uuid.UUID,
+                                  customer_id: uuid.UUID) -> Any:
+    """The customer's contact of that id (its touchpoint and cause), if any."""
+    return await conn.fetchrow(
+        "SELECT touchpoint, cause FROM interactions WHERE interaction_id = $1 "
+        "AND customer_id = $2", interaction_id, customer_id)
+
+
+#: One part of a timeline: the contacts in which the customer (``$1``, with
+#: the ids merged into them ``$7``) took ``role``, newest first, filtered and
+#: after the cursor. Each part reads an index of its own (the customer's
+#: timeline, the requesters', the decision makers'); a contact appears in the
+#: first part it belongs to only.
+_TIMELINE_PART = """
+    (SELECT i.*, '{role}' AS role FROM interactions i
+      WHERE {who}
+        AND (cardinality($2::text[]) = 0 OR channel = ANY($2))
+        AND (cardinality($3::text[]) = 0 OR kind = ANY($3))
+        AND ($4::timestamptz IS NULL OR (occurred_at, interaction_id) < ($4, $5::uuid))
+      ORDER BY occurred_at DESC, interaction_id DESC LIMIT $6)"""
+_TIMELINE_ROLES = (
+    ("customer", "customer_id = $1"),
+    ("requester", "requester_id = ANY($7::uuid[]) AND customer_id <> $1"),
+    ("decision_maker", "decision_maker_id = ANY($7::uuid[]) AND customer_id <> $1 "
+                       "AND NOT coalesce(requester_id = ANY($7::uuid[]), false)"))
+_TIMELINE = ("SELECT * FROM ("
+             + " UNION ALL ".join(_TIMELINE_PART.format(role=role, who=who)
+                                  for role, who in _TIMELINE_ROLES)
+             + ") AS t ORDER BY occurred_at DESC, interaction_id DESC LIMIT $6")
+
+
 async def timeline(conn: Conn, customer_id: uuid.UUID, channels: list[str], kinds: list[str],
                    after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Any]:
-    """The customer's contacts, newest first, optionally of some channels and
-    kinds only (empty: all), after a (occurred_at, interaction_id) cursor."""
+    """The customer's contacts and those they were the requester or decision
+    maker of (column ``role``: customer, requester, decision_maker; a
+    contact once, in the first role that applies), newest first, optionally
+    of some channels and kinds only (empty: all), after a (occurred_at,
+    interaction_id) cursor. ``customer_id`` is a survivor: contacts naming
+    the ids merged into it count as theirs."""
+    merged = await conn.fetch("SELECT merged_customer_id FROM customer_aliases "
+                              "WHERE survivor_customer_id = $1", customer_id)
     return list(await conn.fetch(
-        """SELECT * FROM interactions
-            WHERE customer_id = $1
-              AND (cardinality($2::text[]) = 0 OR channel = ANY($2))
-              AND (cardinality($3::text[]) = 0 OR kind = ANY($3))
-              AND ($4::timestamptz IS NULL OR (occurred_at, interaction_id) < ($4, $5::uuid))
-            ORDER BY occurred_at DESC, interaction_id DESC LIMIT $6""",
-        customer_id, channels, kinds, after[0] if after else None,
-        after[1] if after else None, limit))
+        _TIMELINE, customer_id, channels, kinds, after[0] if after else None,
+        after[1] if after else None, limit,
+        [customer_id, *(r["merged_customer_id"] for r in merged)]))
 
 
 # --- cases ------------------------------------------------------------------
@@ -111,7 +143,7 @@ async def insert_case(conn: Conn, case_id: uuid.UUID, idempotency_key: str,
                       promised_earliest_at: datetime, promised_by: datetime, warn_at: datetime,
                       callback_phone: str, request_digest: bytes | None, *,
                       calendar: Calendar, clock: str, policy: dict[str, Any],
-                      policy_reason: str) -> Any:
+                      policy_reason: str, cause: str = "", touchpoint: str = "") -> Any:
     """Store the case, with the calendar its promise counts on and the
     policy it got and why; returns its row, or None (nothing stored) when
     the customer has a case of that key already (a concurrent request with
@@ -120,13 +152,13 @@ async def insert_case(conn: Conn, case_id: uuid.UUID, idempotency_key: str,
         """INSERT INTO cases (case_id, idempotency_key, customer_id, kind, channel, unit, summary,
                               interaction_id, opened_at, promised_earliest_at, promised_by,
                               warn_at, callback_phone, request_digest, calendar,
-                              calendar_version, clock, policy, policy_reason)
+                              calendar_version, clock, policy, policy_reason, cause, touchpoint)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                   $18, $19)
+                   $18, $19, $20, $21)
            ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING *""",
         case_id, idempotency_key, customer_id, kind, channel, unit, summary, interaction_id,
         opened_at, promised_earliest_at, promised_by, warn_at, callback_phone, request_digest,
-        calendar.name, calendar.version, clock, policy, policy_reason)
+        calendar.name, calendar.version, clock, policy, policy_reason, cause, touchpoint)
 
 
 async def case_owners(conn: Conn, case_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
@@ -254,87 +286,17 @@ async def insert_survey(conn: Conn, survey_response_id: uuid.UUID, idempotency_k
         interaction_id, case_id, csat, nps, answers, occurred_at, request_digest)
 
 
-#: The keys a satisfaction report may be grouped by (column names).
-REPORT_GROUPS = ("touchpoint", "channel", "unit")
-
-
-async def survey_tallies(conn: Conn, group_by: str, since: datetime,
-                         until: datetime) -> list[Any]:
-    """Per ``group_by`` key (one of :data:`REPORT_GROUPS`), the window's
-    responses, CSAT sum and answers, NPS answers, promoters and detractors."""
-    # The column name comes from the fixed list, never from the caller.
-    column = _report_column(group_by)
-    return list(await conn.fetch(
-        f"""SELECT {column} AS key, count(*) AS responses,
-                   coalesce(sum(csat), 0)::float8 AS csat_sum, count(csat) AS csat_answers,
-                   count(nps) AS nps_answers, count(*) FILTER (WHERE nps >= 9) AS promoters,
-                   count(*) FILTER (WHERE nps <= 6) AS detractors
-              FROM survey_responses WHERE occurred_at >= $1 AND occurred_at <= $2
-             GROUP BY 1""", since, until))
-
-
-async def case_tallies(conn: Conn, group_by: str, since: datetime,
-                       until: datetime) -> list[Any]:
-    """Per ``group_by`` key, the cases opened in the window, those resolved in
-    time and those breached (a case's touchpoint is its contact's), and per
-    milestone how many were hit and missed and the median time they took."""
-    column = _report_column(group_by)
-    case_key = "coalesce(i.touchpoint, '')" if column == "touchpoint" else f"c.{column}"
-    return list(await conn.fetch(
-        f"""SELECT {case_key} AS key, count(*) AS opened,
-                   count(*) FILTER (WHERE c.status = 'resolved' AND NOT c.resolved_late)
-                     AS resolved_in_time,
-                   count(*) FILTER (WHERE c.breached) AS breached,
-                   count(*) FILTER (WHERE f.state = 'hit') AS first_response_hit,
-                   count(*) FILTER (WHERE f.state = 'missed') AS first_response_missed,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM f.took))
-                     AS first_response_median,
-                   count(*) FILTER (WHERE r.state = 'hit') AS resolution_hit,
-                   count(*) FILTER (WHERE r.state = 'missed') AS resolution_missed,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.took))
-                     AS resolution_median
-              FROM cases c LEFT JOIN interactions i ON i.interaction_id = c.interaction_id
-              LEFT JOIN case_milestones f
-                ON f.case_id = c.case_id AND f.milestone = 'first_response'
-              LEFT JOIN case_milestones r ON r.case_id = c.case_id AND r.milestone = 'resolution'
-             WHERE c.opened_at >= $1 AND c.opened_at <= $2 GROUP BY 1""", since, until))
-
-
-def _report_column(group_by: str) -> str:
-    if group_by not in REPORT_GROUPS:
-        raise ValueError(f"group_by {group_by!r} is not one of {REPORT_GROUPS}")
-    return group_by
-
-
-# --- service cycle ------------------------------------------------------------
-
-async def upsert_service_cycle(conn: Conn, name: str, moments: list[dict[str, Any]],
-                               at: datetime) -> Any:
-    """Store the cycle (a new version of it when it exists); returns name,
-    version and moments."""
-    return await conn.fetchrow(
-        """INSERT INTO service_cycles (name, version, moments, updated_at)
-           VALUES ($1, 1, $2, $3)
-           ON CONFLICT (name) DO UPDATE SET version = service_cycles.version + 1,
-               moments = EXCLUDED.moments, updated_at = EXCLUDED.updated_at
-           RETURNING name, version, moments""", name, moments, at)
-
-
-async def service_cycle(conn: Conn, name: str) -> Any:
-    """The cycle's name, version and moments; NotFound if unknown."""
-    row = await conn.fetchrow("SELECT name, version, moments FROM service_cycles WHERE name = $1",
-                              name)
-    if row is None:
-        raise NotFound("service cycle", name)
-    return row
-
-
 # --- customers: erasure and merges ---------------------------------------------
 
 async def scrub_customer(conn: Conn, customer_id: uuid.UUID) -> None:
     """Erasure: notes, people's free text and contact details go; counts and
-    scores stay."""
+    scores stay. Other customers' contacts that named the customer as the
+    requester or decision maker forget them (their timeline no longer finds
+    those contacts, nor does an export)."""
     await conn.execute("UPDATE interactions SET notes = '' WHERE customer_id = $1", customer_id)
+    for column in ("requester_id", "decision_maker_id"):
+        await conn.execute(f"UPDATE interactions SET {column} = NULL WHERE {column} = $1",
+                           customer_id)
     await conn.execute(
         "UPDATE cases SET summary = '', resolution = '', callback_phone = '', reopen_reason = '', "
         "pause_reason = '' WHERE customer_id = $1", customer_id)
@@ -397,8 +359,9 @@ async def repoint_customer(conn: Conn, survivor: uuid.UUID, merged: uuid.UUID) -
                          ELSE m.idempotency_key END
                  WHERE m.customer_id = $2""",
             survivor, merged, MERGED_KEY_PREFIX)
-    await conn.execute("UPDATE suppressed_contacts SET customer_id = $1 WHERE customer_id = $2",
-                       survivor, merged)
+    for table in ("suppressed_contacts", "survey_answers"):
+        await conn.execute(f"UPDATE {table} SET customer_id = $1 WHERE customer_id = $2",
+                           survivor, merged)
     await remember_customers(conn, [survivor])
     # The survivor's time zone, or else the merged one's.
     await conn.execute(

@@ -11,8 +11,11 @@ contact gate refuses (a survey request, a proactive contact), is not made:
 it is recorded in ``suppressed_contacts`` and published as
 ``contact.suppressed`` in the same transaction (:func:`suppress`), never
 dropped silently. A survey request is scheduled work of its own
-(:func:`schedule_survey`, :func:`request_survey`), so the gate is asked in
-a short transaction of its own, not in the resolution's.
+(:func:`schedule_survey` for a resolved case, :func:`schedule_periodic`
+for a member of a cycle's periodic survey, both run by
+:func:`request_survey`), so the gate is asked in a short transaction of its
+own, not in the resolution's; it carries the questions of the service
+cycles' matrix for the touchpoints involved on its channel.
 
 Every function runs in the caller's transaction.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +36,7 @@ from crm_runtime.db import Conn
 from crm_runtime.events import EventPayload
 from crm_runtime.scheduler import DueWork
 from crm_runtime.uow import CommandContext
-from services.interactions import domain, store
+from services.interactions import cycles, domain, store
 from services.interactions.domain import ConsentView, Decision
 
 #: What was stopped (``contact.suppressed``'s contact_type).
@@ -162,10 +165,15 @@ async def suppress(conn: Conn, ctx: CommandContext, suppressions: Sequence[Suppr
 
 # --- survey requests ----------------------------------------------------------
 
-#: Scheduled work: ask the customer of a resolved case how it went.
+#: Scheduled work: ask a customer for a survey, the customer of a resolved
+#: case (:func:`schedule_survey`) or a member of a periodic survey's segment
+#: (:func:`schedule_periodic`); the payload tells which.
 SURVEY_REQUEST_DUE = "surveys.request"
 #: How long a survey request waits when the contact gate cannot be asked.
 GATE_RETRY = timedelta(seconds=30)
+#: Why a survey is asked (``survey.requested``'s reason).
+CASE_RESOLVED = "case_resolved"
+PERIODIC = "periodic"
 
 
 async def schedule_survey(conn: Conn, row: Any, resolved_at: datetime) -> None:
@@ -179,6 +187,47 @@ async def schedule_survey(conn: Conn, row: Any, resolved_at: datetime) -> None:
         "case_id": str(row["case_id"]), "resolved_at": resolved_at.isoformat()})
 
 
+async def schedule_periodic(conn: Conn, cycle: str, version: int, channel: str,
+                            run_at: datetime, customer_ids: Sequence[uuid.UUID],
+                            due_at: datetime) -> None:
+    """Ask these customers the questions of a cycle version's periodic
+    survey of ``run_at``, each as scheduled work due at ``due_at``
+    (:func:`request_survey`), keyed by (cycle, run, customer): one request
+    per member per run, however often this is repeated."""
+    run = run_at.isoformat()
+    await scheduler.schedule_many(conn, SURVEY_REQUEST_DUE, [
+        (str(contact_id(SURVEY_REQUEST, PERIODIC, cycle, run, c)), due_at,
+         {"reason": PERIODIC, "customer_id": str(c), "cycle": cycle, "version": version,
+          "channel": channel, "run_at": run}) for c in customer_ids])
+
+
+async def _survey_of(conn: Conn, payload: Mapping[str, Any]) -> SurveyRequested | None:
+    """The survey a request's payload asks for, with the questions of the
+    matrix (None: a case reopened since: its next resolution asks)."""
+    if payload.get("reason") == PERIODIC:
+        customer_id = await store.survivor(conn, uuid.UUID(payload["customer_id"]))
+        cycle = await cycles.load(conn, payload["cycle"], int(payload["version"]))
+        return SurveyRequested(customer_id=str(customer_id), channel=payload["channel"],
+                               reason=PERIODIC, cycle=cycle.name,
+                               questions=cycles.questions(cycle, payload["channel"]))
+    row = await store.load_case(conn, uuid.UUID(payload["case_id"]))
+    if row["status"] != "resolved" or row["resolved_at"] != datetime.fromisoformat(
+            payload["resolved_at"]):
+        return None
+    # The moment the case arose at, and that of the contact that opened it.
+    touchpoints = [row["touchpoint"]]
+    if row["interaction_id"] is not None:
+        touchpoints.append(await conn.fetchval(
+            "SELECT touchpoint FROM interactions WHERE interaction_id = $1",
+            row["interaction_id"]) or "")
+    return SurveyRequested(
+        customer_id=str(row["customer_id"]), case_id=str(row["case_id"]),
+        interaction_id=str(row["interaction_id"] or ""),
+        touchpoint=next((t for t in touchpoints if t), ""), channel=row["channel"],
+        unit=row["unit"], reason=CASE_RESOLVED,
+        questions=await cycles.active_questions(conn, touchpoints, row["channel"]))
+
+
 async def request_survey(conn: Conn, ctx: CommandContext, gate: ContactGate,
                          work: DueWork) -> None:
     """A survey request is due: publish ``survey.requested`` if the
@@ -187,20 +236,19 @@ async def request_survey(conn: Conn, ctx: CommandContext, gate: ContactGate,
     it is recorded and published as ``contact.suppressed``. Nothing is
     asked for a case reopened since. The gate unreachable: it waits
     :data:`GATE_RETRY` and asks again (other work goes on meanwhile)."""
-    row = await store.load_case(conn, uuid.UUID(work.payload["case_id"]))
-    resolved_at = datetime.fromisoformat(work.payload["resolved_at"])
-    if row["status"] != "resolved" or row["resolved_at"] != resolved_at:
-        return  # reopened since: its next resolution asks
-    customer_id: uuid.UUID = row["customer_id"]
+    survey = await _survey_of(conn, work.payload)
+    if survey is None:
+        return
+    customer_id = uuid.UUID(survey.customer_id)
     now = ctx.clock.now()
     reason = domain.survey_refusal((await views(conn, [customer_id])).get(customer_id))
     if reason is None:
         try:
             [decision] = await gate.reserve([ContactRequest(
                 contact_id=work.key, customer_id=customer_id, purpose=domain.SURVEYS,
-                at=now, channel=row["channel"])])
+                at=now, channel=survey.channel)])
         except ConnectionError as exc:
-            log.warning("survey request of case %s waits: %s", row["case_id"], exc)
+            log.warning("survey request %s waits: %s", work.key, exc)
             await scheduler.schedule(conn, work.kind, work.key, now + GATE_RETRY, work.payload)
             return
         if decision.deferred:
@@ -211,12 +259,13 @@ async def request_survey(conn: Conn, ctx: CommandContext, gate: ContactGate,
         reason = None if decision.allowed else decision.reason
     events: Sequence[EventPayload]
     if reason is None:
-        events = [SurveyRequested(customer_id=str(customer_id), case_id=str(row["case_id"]),
-                                  channel=row["channel"], unit=row["unit"])]
+        events = [survey]
     else:  # nothing when it was recorded before
         events = await record_suppressed(conn, [Suppression(
             contact_id=uuid.UUID(work.key), customer_id=customer_id,
             contact_type=SURVEY_REQUEST, purpose=domain.SURVEYS, reason=reason,
-            case_id=row["case_id"], interaction_id=row["interaction_id"])], now)
+            case_id=uuid.UUID(survey.case_id) if survey.case_id else None,
+            interaction_id=uuid.UUID(survey.interaction_id) if survey.interaction_id
+            else None)], now)
     if events:
         await ctx.events.emit(conn, customer_id, events, time=now)

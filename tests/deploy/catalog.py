@@ -29,6 +29,8 @@ DOMAIN: dict[str, frozenset[str]] = {
     "crm_loyalty_follow_ups": frozenset({"status"}),
     "crm_loyalty_follow_ups_overdue": frozenset(),
     "crm_loyalty_discounts": frozenset({"state"}),
+    "crm_service_cycle_score": frozenset({"cycle", "touchpoint", "source"}),
+    "crm_action_plans_overdue": frozenset({"cycle"}),
 }
 
 #: Series Prometheus makes itself (scrape health, alert state).

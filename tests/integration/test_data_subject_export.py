@@ -205,10 +205,18 @@ async def ana(stack: Stack) -> Ana:
     await api.RequestCallback(ipb.RequestCallbackRequest(
         customer_id=cid, phone="+34 600 999 888", summary="call me after six",
         idempotency_key=str(uuid.uuid4())), metadata=md)
+    # One answer is to a question of a service cycle's matrix (survey_answers).
+    cycle = await api.DefineServiceCycle(ipb.ServiceCycle(
+        name=f"delivery-{uuid.uuid4().hex[:8]}", moments=[ipb.MomentOfTruth(
+            touchpoint="delivery", requirements=[ipb.Requirement(
+                requirement_id="on-time", text="arriving on time", scale="yes_no")])]),
+        metadata=md)
     await api.RecordSurveyResponse(ipb.RecordSurveyResponseRequest(
         customer_id=cid, touchpoint="delivery", channel="web", case_id=case.case_id,
         answers=[ipb.SurveyAnswer(question="How was the delivery?", csat=2,
-                                  comment="late and broken")],
+                                  comment="late and broken"),
+                 ipb.SurveyAnswer(question_id=cycle.moments[0].requirements[0].question_id,
+                                  score=0)],
         idempotency_key=str(uuid.uuid4())), metadata=md)
     # Resolved: the survey it would ask for is stopped (no surveys consent).
     await api.ResolveCase(ipb.ResolveCaseRequest(case_id=case.case_id,

@@ -55,8 +55,9 @@ def _negative_nanos() -> ipb.GetSatisfactionReportRequest:
     (cpb.ListCustomersRequest(stage=42), "stage", "not one of"),  # type: ignore[arg-type]
     (cpb.UpdateCustomerRequest(profile=cpb.Profile(company_name="c\x00")),
      "profile.company_name", "NUL"),
-    (ipb.ServiceCycle(name="n", moments=[ipb.MomentOfTruth(requirements=["r" * 501])]),
-     "moments[0].requirements[0]", "at most 500"),
+    (ipb.ServiceCycle(name="n", moments=[ipb.MomentOfTruth(
+        requirements=[ipb.Requirement(text="r" * 501)])]),
+     "moments[0].requirements[0].text", "at most 500"),
 ])
 def test_a_value_outside_its_limits_is_named(request_: Message, field: str, words: str) -> None:
     [(named, problem)] = limits.violations(request_)

@@ -281,6 +281,7 @@ class Profile(_message.Message):
     PREFERRED_CHANNEL_FIELD_NUMBER: _builtins.int
     CONCOMITANT_NEEDS_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    PURCHASE_IMPORTANCE_FIELD_NUMBER: _builtins.int
     birth_year: _builtins.int
     """0 = unknown"""
     age_band: _builtins.str
@@ -299,6 +300,10 @@ class Profile(_message.Message):
     """in_person, phone, email, web, chat"""
     time_zone: _builtins.str
     """IANA, e.g. "Europe/Madrid" """
+    purchase_importance: _builtins.str
+    """How important the purchase is to the customer: low, medium, high; '' =
+    unknown. A segment filter reads it as profile.purchase_importance.
+    """
     @_builtins.property
     def concomitant_needs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """credit, home_delivery, simple_process, ..."""
@@ -318,10 +323,11 @@ class Profile(_message.Message):
         preferred_channel: _builtins.str = ...,
         concomitant_needs: _abc.Iterable[_builtins.str] | None = ...,
         time_zone: _builtins.str = ...,
+        purchase_importance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_band", b"age_band", "birth_year", b"birth_year", "buyer_type", b"buyer_type", "company_name", b"company_name", "concomitant_needs", b"concomitant_needs", "personality_notes", b"personality_notes", "preferred_channel", b"preferred_channel", "prior_experience_notes", b"prior_experience_notes", "product_knowledge", b"product_knowledge", "sex", b"sex", "socio_economic_band", b"socio_economic_band", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_band", b"age_band", "birth_year", b"birth_year", "buyer_type", b"buyer_type", "company_name", b"company_name", "concomitant_needs", b"concomitant_needs", "personality_notes", b"personality_notes", "preferred_channel", b"preferred_channel", "prior_experience_notes", b"prior_experience_notes", "product_knowledge", b"product_knowledge", "purchase_importance", b"purchase_importance", "sex", b"sex", "socio_economic_band", b"socio_economic_band", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

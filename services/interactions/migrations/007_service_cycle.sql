@@ -157,3 +157,7 @@ CREATE INDEX interactions_requester ON interactions (requester_id, occurred_at D
     WHERE requester_id IS NOT NULL;
 CREATE INDEX interactions_decision_maker ON interactions (decision_maker_id, occurred_at DESC)
     WHERE decision_maker_id IS NOT NULL;
+
+-- The members of a segment, in pages (a cycle's periodic survey).
+CREATE INDEX customer_segments_members ON customer_segments (segment, customer_id)
+    WHERE member;

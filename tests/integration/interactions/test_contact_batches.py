@@ -76,7 +76,7 @@ async def test_copied_rows_leave_nothing_behind(pair: Pair) -> None:
                     "interactions_batch", schema_name="pg_temp",
                     records=[(uuid.uuid4(), f"{run}-x", uuid.uuid4(), "web", "reactive",
                               "inquiry", "direct", None, None, "", "", "", pair.clock.now(),
-                              "neutral", "", 0, "", pair.clock.now(), None)])
+                              "neutral", "", 0, "", pair.clock.now(), None, "")])
                 raise RuntimeError("handler failed")
         assert await conn.fetchval("SELECT count(*) FROM pg_temp.interactions_batch") == 0
     stored = await pair.pool.fetchval(

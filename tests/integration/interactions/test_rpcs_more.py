@@ -255,36 +255,39 @@ async def test_bad_promise_policy_is_invalid_argument_naming_the_field(
 async def test_service_cycle_round_trip(pair: Pair) -> None:
     name = f"store-visit-{uuid.uuid4().hex[:6]}"
     moments = [
-        pb.MomentOfTruth(touchpoint="greeting", requirements=["a smile", "no queue"],
-                         action_plans=["two people at the door"], priority=2),
-        pb.MomentOfTruth(touchpoint=" checkout ", requirements=["fast payment"],
-                         action_plans=["card terminals on every till", "train staff"],
-                         priority=1),
-        pb.MomentOfTruth(touchpoint="delivery", requirements=[], action_plans=[]),
+        pb.MomentOfTruth(touchpoint="greeting", weight=2, requirements=[
+            pb.Requirement(requirement_id="smile", text="a smile"),
+            pb.Requirement(requirement_id="queue", text="no queue", channels=["in_person"],
+                           scale="yes_no", weight=5, question="Did you queue?")]),
+        pb.MomentOfTruth(touchpoint=" checkout ", name="Paying", requirements=[
+            pb.Requirement(requirement_id="fast", text="fast payment", scale="nps")]),
+        pb.MomentOfTruth(touchpoint="delivery"),
     ]
     defined = await api(pair).DefineServiceCycle(pb.ServiceCycle(
         name=name, moments=moments, version=42), metadata=pair.interactions.metadata)
     assert defined.name == name and defined.version == 1  # version is output only
+    assert defined.HasField("defined_at")
     got = await api(pair).GetServiceCycle(pb.GetServiceCycleRequest(name=name),
                                           metadata=pair.interactions.metadata)
     assert got == defined
-    assert [(m.touchpoint, list(m.requirements), list(m.action_plans), m.priority)
-            for m in got.moments] == [
-        ("greeting", ["a smile", "no queue"], ["two people at the door"], 2),
-        ("checkout", ["fast payment"], ["card terminals on every till", "train staff"], 1),
-        ("delivery", [], [], 1)]  # priority 0 means the default, 1
-    assert list(got.moments[0].survey_questions) == [
-        "How satisfied were you with: a smile?", "How satisfied were you with: no queue?"]
-    assert list(got.moments[2].survey_questions) == []
+    assert [(m.touchpoint, m.name, m.weight) for m in got.moments] == [
+        ("greeting", "greeting", 2), ("checkout", "Paying", 1), ("delivery", "delivery", 1)]
+    smile, queue = got.moments[0].requirements
+    assert (smile.scale, smile.weight, list(smile.channels), smile.question) == (
+        "csat", 1, [], "How satisfied were you with: a smile?")
+    assert (queue.scale, queue.weight, list(queue.channels), queue.question) == (
+        "yes_no", 5, ["in_person"], "Did you queue?")
+    ids = {smile.question_id, queue.question_id, got.moments[1].requirements[0].question_id}
+    assert len(ids) == 3 and all(uuid.UUID(i) for i in ids)
 
-    # Defining it again is a new version that replaces the moments.
+    # Defining it again differently is a new version that replaces the moments.
     again = await api(pair).DefineServiceCycle(pb.ServiceCycle(
-        name=name, moments=[pb.MomentOfTruth(touchpoint="greeting", priority=3)]),
+        name=name, moments=[pb.MomentOfTruth(touchpoint="greeting", weight=3)]),
         metadata=pair.interactions.metadata)
     got = await api(pair).GetServiceCycle(pb.GetServiceCycleRequest(name=name),
                                           metadata=pair.interactions.metadata)
     assert again.version == got.version == 2
-    assert [(m.touchpoint, m.priority) for m in got.moments] == [("greeting", 3)]
+    assert [(m.touchpoint, m.weight) for m in got.moments] == [("greeting", 3)]
 
 
 async def test_unknown_service_cycle_is_not_found(pair: Pair) -> None:
@@ -300,7 +303,7 @@ async def test_unknown_service_cycle_is_not_found(pair: Pair) -> None:
     ({"moments": []}, "moments"),
     ({"moments": [{"touchpoint": "a"}, {"touchpoint": " "}]}, "moments[1].touchpoint"),
     ({"moments": [{"touchpoint": "a"}, {"touchpoint": " a"}]}, "moments[1].touchpoint"),
-    ({"moments": [{"touchpoint": "a", "priority": -1}]}, "moments[0].priority"),
+    ({"moments": [{"touchpoint": "a", "weight": -1}]}, "moments[0].weight"),
 ])
 async def test_bad_service_cycle_is_invalid_argument_naming_the_field(
         pair: Pair, cycle: dict[str, Any], field: str) -> None:

@@ -3,6 +3,7 @@ idempotency key is compared on), and the ingest payload's times and texts."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -108,3 +109,34 @@ def test_a_nul_character_in_any_text_is_refused_naming_the_field(field: str) -> 
         ContactReceived.model_validate(payload(**{field: "x\x00y"}))
     [error] = err.value.errors()
     assert (error["loc"], error["type"]) == ((field,), "nul_character")
+
+
+# --- the dissatisfaction cause ---------------------------------------------------
+
+@pytest.mark.parametrize("fields", [{"outcome": "negative"}, {"kind": "complaint"},
+                                    {"kind": "complaint", "outcome": "positive"}])
+def test_a_negative_contact_or_a_complaint_states_a_cause(fields: dict[str, Any]) -> None:
+    assert contact(cause=" Slow_Delivery ", **fields).cause == "slow_delivery"
+
+
+def test_a_cause_is_one_of_the_vocabulary_and_only_of_a_bad_moment() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        contact(outcome="negative", cause="rude")
+    assert err.value.field == "cause" and "'rude' is not one of" in err.value.problem
+    with pytest.raises(InvalidArgument) as err:
+        contact(outcome="neutral", cause="return")
+    assert err.value.field == "cause"
+    assert err.value.problem == ("only a negative contact or a complaint has a "
+                                 "dissatisfaction cause")
+
+
+def test_a_digest_without_a_cause_is_the_digest_from_before_causes() -> None:
+    """Contacts stored before causes existed have digests of the fields of
+    then: the same request without a cause keeps that digest, one with a
+    cause has another."""
+    before = hashlib.blake2b("\x00".join(
+        ["1", "web", "reactive", "complaint", "direct", "", "", "", "", "", "negative", "", "0",
+         "", repr(NOW.timestamp())]).encode(), digest_size=16).digest()
+    assert contact(kind="complaint", outcome="negative").request_digest == before
+    assert contact(kind="complaint", outcome="negative", cause="return").request_digest != (
+        before)

@@ -14,7 +14,6 @@ from services.interactions.domain import (
     csat_mean,
     is_repeated_complaint,
     nps,
-    survey_questions,
     survey_signals,
 )
 
@@ -43,10 +42,8 @@ def test_signals_from_surveys_and_complaints() -> None:
     assert not is_repeated_complaint([T0 - timedelta(days=31)], T0)
 
 
-def test_vocabulary_and_questions() -> None:
+def test_vocabulary() -> None:
     assert check_choice("channel", " Web ", ("web",)) == "web"
     with pytest.raises(InvalidArgument) as err:
         check_choice("channel", "fax", ("web",))
     assert err.value.field == "channel"
-    assert survey_questions(["fast delivery", " "]) == [
-        "How satisfied were you with: fast delivery?"]

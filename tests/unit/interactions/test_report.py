@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from services.interactions.domain import (
     CaseTally,
+    ContactTally,
     ReportRow,
     SurveyTally,
     csat_mean,
@@ -104,3 +105,48 @@ def test_milestone_hit_rates_count_decided_milestones_and_keep_the_medians() -> 
     assert row.resolution_median_seconds == 0.0  # none met yet
     [empty] = satisfaction_report([], [CaseTally("idle", opened=2)])
     assert (empty.first_response_hit_rate, empty.resolution_hit_rate) == (0.0, 0.0)
+
+
+# --- contacts beside surveys and cases --------------------------------------------
+
+def test_contacts_and_negative_contacts_are_columns_of_every_group() -> None:
+    rows = satisfaction_report(
+        [SurveyTally("web", responses=1, csat_sum=2.0, csat_answers=1)],
+        [CaseTally("phone", opened=1)],
+        [ContactTally("web", contacts=4, negative_contacts=1),
+         ContactTally("email", contacts=2)])
+    assert [(r.key, r.responses, r.cases_opened, r.contacts, r.negative_contacts)
+            for r in rows] == [("email", 0, 0, 2, 0), ("phone", 0, 1, 0, 0),
+                               ("web", 1, 0, 4, 1)]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["price_felt_high", "slow_delivery", "return"]),
+                          st.sampled_from(["positive", "neutral", "negative"]),
+                          st.booleans()),
+                max_size=60),
+       st.integers(0, 60))
+def test_the_contacts_and_cases_of_a_window_are_the_sum_of_its_parts(
+        contacts: list[tuple[str, str, bool]], cut: int) -> None:
+    """Contacts (by cause, say; each a case too or not) tallied in two halves
+    of a window give the report of the whole, and the counts straight from
+    the contacts."""
+    def tally(part: list[tuple[str, str, bool]]) -> tuple[list[CaseTally], list[ContactTally]]:
+        keys = {k for k, _, _ in part}
+        return ([CaseTally(k, opened=n) for k in keys
+                 if (n := sum(1 for c, _, case in part if c == k and case))],
+                [ContactTally(k, contacts=sum(1 for c, _, _ in part if c == k),
+                              negative_contacts=sum(1 for c, o, _ in part
+                                                    if c == k and o == "negative"))
+                 for k in keys])
+
+    whole_cases, whole_contacts = tally(contacts)
+    first_cases, first_contacts = tally(contacts[:cut])
+    rest_cases, rest_contacts = tally(contacts[cut:])
+    whole = satisfaction_report([], whole_cases, whole_contacts)
+    assert satisfaction_report([], first_cases + rest_cases,
+                               first_contacts + rest_contacts) == whole
+    for row in whole:
+        mine = [(o, case) for k, o, case in contacts if k == row.key]
+        assert row.contacts == len(mine)
+        assert row.negative_contacts == sum(1 for o, _ in mine if o == "negative")
+        assert row.cases_opened == sum(1 for _, case in mine if case)
