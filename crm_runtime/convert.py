@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -53,3 +55,26 @@ def parse_uuid(value: str, field: str = "customer_id") -> uuid.UUID:
         return ids.read_uuid(value)
     except (ValueError, AttributeError, TypeError):
         raise InvalidArgument(field, f"{quote(value)} is not a UUID") from None
+
+
+#: The times a page token may hold (what PostgreSQL's timestamptz keeps).
+_TOKEN_TIMES = (datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC))
+
+
+def time_page_token(at: datetime, ident: uuid.UUID) -> str:
+    """The opaque token of the page after the row of (``at``, ``ident``) in a
+    list ordered by time and id."""
+    return base64.urlsafe_b64encode(json.dumps([at.isoformat(), str(ident)]).encode()).decode()
+
+
+def read_time_page_token(token: str, field: str = "page_token") -> tuple[datetime, uuid.UUID]:
+    """The (time, id) of :func:`time_page_token`; INVALID_ARGUMENT naming
+    ``field`` for anything else (a naive or out-of-range time included)."""
+    try:
+        at, ident = json.loads(base64.urlsafe_b64decode(token))
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None or not _TOKEN_TIMES[0] <= when <= _TOKEN_TIMES[1]:
+            raise ValueError(at)
+        return when, uuid.UUID(ident)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidArgument(field, "is not a token this service returned") from None

@@ -4,7 +4,6 @@ out and runs each command in one transaction."""
 from __future__ import annotations
 
 import base64
-import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from crm.interactions.v1 import interactions_pb2_grpc
 from crm_contracts.contact_points import normalise_phone
 from crm_runtime import uow
 from crm_runtime.contact_gate import ContactDecision
-from crm_runtime.convert import page_size, parse_uuid
+from crm_runtime.convert import page_size, parse_uuid, read_time_page_token, time_page_token
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -61,6 +60,10 @@ def _uuid_or_none(value: str, field: str) -> uuid.UUID | None:
 
 
 def interaction_to_pb(r: Any) -> pb.Interaction:
+    """A contact; in the timeline of someone who took part in another
+    customer's contact (requester, decision maker), without its notes and
+    amount: those are the other customer's."""
+    own = r.get("role", "") in ("", "customer")
     return pb.Interaction(
         interaction_id=str(r["interaction_id"]), customer_id=str(r["customer_id"]),
         channel=r["channel"], direction=r["direction"], kind=r["kind"],
@@ -68,8 +71,9 @@ def interaction_to_pb(r: Any) -> pb.Interaction:
                                requester_customer_id=str(r["requester_id"] or ""),
                                decision_maker_customer_id=str(r["decision_maker_id"] or "")),
         touchpoint=r["touchpoint"], agent=r["agent"], unit=r["unit"],
-        occurred_at=ts(r["occurred_at"]), outcome=r["outcome"], notes=r["notes"],
-        amount=pb.Money(amount_minor=r["amount_minor"], currency=r["currency"]),
+        occurred_at=ts(r["occurred_at"]), outcome=r["outcome"],
+        notes=r["notes"] if own else "",
+        amount=pb.Money(amount_minor=r["amount_minor"], currency=r["currency"]) if own else None,
         idempotency_key=r["idempotency_key"], case_id=str(r["case_id"] or ""),
         cause=r["cause"], role=r.get("role", ""))
 
@@ -219,10 +223,10 @@ class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.Interacti
                           context: grpc.aio.ServicerContext) -> pb.GetTimelineResponse:
         customer_id = parse_uuid(request.customer_id, "customer_id")
         size = page_size(request.page_size)
-        after = _decode_cursor(request.page_token) if request.page_token else None
+        after = read_time_page_token(request.page_token) if request.page_token else None
         rows = await uow.run(self._pool, lambda c: contacts.timeline(
             c, customer_id, list(request.channels), list(request.kinds), after, size))
-        token = (_encode_cursor(rows[-1]["occurred_at"], rows[-1]["interaction_id"])
+        token = (time_page_token(rows[-1]["occurred_at"], rows[-1]["interaction_id"])
                  if len(rows) == size else "")
         return pb.GetTimelineResponse(interactions=[interaction_to_pb(r) for r in rows],
                                       next_page_token=token)
@@ -416,19 +420,6 @@ class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.Interacti
                                                                  readonly=True):
             part = await privacy.export(conn, customer_id, merged)
         return pb.ExportCustomerDataResponse(service=privacy.SERVICE, json=part)
-
-
-def _encode_cursor(at: datetime, ident: uuid.UUID) -> str:
-    raw = json.dumps([at.isoformat(), str(ident)]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_cursor(token: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, ident = json.loads(base64.urlsafe_b64decode(token))
-        return datetime.fromisoformat(at), uuid.UUID(ident)
-    except (ValueError, TypeError):
-        raise InvalidArgument("page_token", "is not a token this service returned") from None
 
 
 def _encode_token(case_id: str) -> str:

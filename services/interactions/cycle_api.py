@@ -58,7 +58,7 @@ def _decode_token(token: str) -> str:
         text = base64.urlsafe_b64decode(token.encode()).decode()
     except (ValueError, binascii.Error):
         text = ""
-    if not text.startswith(_TOKEN):
+    if not text.startswith(_TOKEN) or "\x00" in text or len(text) > len(_TOKEN) + 200:
         raise InvalidArgument("page_token", "is not a token this service returned")
     return text[len(_TOKEN):]
 

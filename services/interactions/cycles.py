@@ -43,6 +43,9 @@ DEFAULT_SURVEY_CHANNEL = "email"
 #: Scheduled work: a run of a cycle's periodic survey, a page of its
 #: segment at a time (key: the cycle's name; :func:`surveys.run_periodic`).
 PERIODIC_RUN = "surveys.periodic"
+#: The most questions one survey request carries (a cycle has at most
+#: :data:`matrix.MAX_REQUIREMENTS`; several cycles may share a touchpoint).
+MAX_QUESTIONS = matrix.MAX_REQUIREMENTS
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,8 @@ async def define(conn: Conn, now: datetime, name: str, moments: Sequence[Mapping
     the same matrix and periodic survey as the latest version return that
     version. A new version with a new periodic survey runs it at once and
     then every N days (:data:`PERIODIC_RUN`, replacing a pending run of the
-    cycle); one with the same periodic survey as the latest keeps its
-    pending run's time; one without stops the runs of the cycle."""
+    cycle); one with the same periodic survey as the latest leaves its
+    pending run as it is; one without stops the runs of the cycle."""
     survey = check_survey(every_days, segment, channel)
     checked = matrix.define(name, 1, moments)  # errors before any lock
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cycle:' || $1, 0))",
@@ -125,16 +128,12 @@ async def define(conn: Conn, now: datetime, name: str, moments: Sequence[Mapping
     uow.on_commit(_ACTIVE.invalidate)
     defined = _defined(row)
     if defined.survey_every_days:
-        # The same periodic survey as before: its pending run keeps its time
-        # (and, mid-run, its place), asking the new version's questions.
-        same = latest is not None and survey == held.survey
-        run = await scheduler.pending(conn, PERIODIC_RUN, cycle.name) if same else None
-        if run is not None:
-            await scheduler.schedule(conn, PERIODIC_RUN, cycle.name, run.due_at,
-                                     {**run.payload, "version": cycle.version})
-        else:
+        if latest is None or survey != held.survey:
             await scheduler.schedule(conn, PERIODIC_RUN, cycle.name, now,
                                      run_payload(defined, now))
+        # else the same periodic survey: its pending run goes on untouched (it
+        # may be running this very moment), asking the latest version's
+        # questions from its next page on.
     else:
         await scheduler.cancel(conn, PERIODIC_RUN, cycle.name)
     return defined
@@ -143,7 +142,8 @@ async def define(conn: Conn, now: datetime, name: str, moments: Sequence[Mapping
 def run_payload(defined: Defined, run_at: datetime, after: str = "") -> dict[str, Any]:
     """The payload of a periodic run of ``defined`` at ``run_at``, its next
     page starting after customer ``after``."""
-    return {"version": defined.cycle.version, "run_at": run_at.isoformat(), "after": after}
+    return {"version": defined.cycle.version, "run_at": run_at.isoformat(), "after": after,
+            "survey": list(defined.survey)}
 
 
 # --- reading ------------------------------------------------------------------------
@@ -218,7 +218,9 @@ def questions(cycle: Cycle, channel: str,
 async def active_questions(conn: Conn, touchpoints: Iterable[str],
                            channel: str) -> list[SurveyQuestion]:
     """The questions every active cycle asks at these touchpoints on
-    ``channel``, by cycle name (none: no active cycle knows them)."""
+    ``channel``, by cycle name (none: no active cycle knows them), the
+    first :data:`MAX_QUESTIONS` of them (an event stays far below the
+    broker's message size)."""
     keys = sorted({t for t in touchpoints if t})
     if not keys:
         return []
@@ -228,7 +230,8 @@ async def active_questions(conn: Conn, touchpoints: Iterable[str],
             WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(v.moments) m
                            WHERE m ->> 'touchpoint' = ANY($1::text[]))
             ORDER BY name""", keys)
-    return [q for r in rows for q in questions(_defined(r).cycle, channel, keys)]
+    asked = [q for r in rows for q in questions(_defined(r).cycle, channel, keys)]
+    return asked[:MAX_QUESTIONS]
 
 
 # --- touchpoints the active cycles know ----------------------------------------------

@@ -31,6 +31,9 @@ from crm_runtime.errors import InvalidArgument
 KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_NAME = 200
 MAX_WEIGHT = 5
+#: The most requirements of one cycle (its periodic survey asks them all in
+#: one event).
+MAX_REQUIREMENTS = 200
 #: Criterion scales of mystery shopping.
 YES_NO = "yes_no"
 ONE_TO_FIVE = "one_to_five"
@@ -154,6 +157,9 @@ def define(name: str, version: int, moments: Sequence[Mapping[str, Any]]) -> Cyc
         requirements = []
         for j, r in enumerate(m.get("requirements", ())):
             rat = f"{at}.requirements[{j}]"
+            if len(ids) == MAX_REQUIREMENTS:
+                raise InvalidArgument(f"{at}.requirements", f"a cycle has at most "
+                                                            f"{MAX_REQUIREMENTS} requirements")
             rid = _key(r.get("requirement_id", ""), f"{rat}.requirement_id")
             if rid in ids:
                 raise InvalidArgument(f"{rat}.requirement_id", f"{rid!r} appears twice in the "

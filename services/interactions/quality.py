@@ -12,8 +12,6 @@ evaluated. Action plans are internal: they publish nothing.
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any
 from crm_contracts.interactions import CriterionResult, EvaluationRecorded
 from crm_contracts.times import check_event_time
 from crm_runtime import ids
-from crm_runtime.convert import parse_uuid
+from crm_runtime.convert import parse_uuid, read_time_page_token
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.interactions import cycles, domain, matrix, scorecard
@@ -51,23 +49,6 @@ def _key_conflict(key: str, what: str, differing: Sequence[str]) -> AlreadyExist
     return AlreadyExists(f"idempotency_key {key!r}: already used for a different {what} "
                          f"({', '.join(differing)} "
                          f"{'differs' if len(differing) == 1 else 'differ'})")
-
-
-# --- page tokens -------------------------------------------------------------------
-
-def page_token(at: datetime, ident: uuid.UUID) -> str:
-    """The opaque token of the page after the row of (``at``, ``ident``)."""
-    return base64.urlsafe_b64encode(json.dumps([at.isoformat(), str(ident)]).encode()).decode()
-
-
-def read_page_token(token: str) -> tuple[datetime, uuid.UUID] | None:
-    if not token:
-        return None
-    try:
-        at, ident = json.loads(base64.urlsafe_b64decode(token))
-        return datetime.fromisoformat(at), uuid.UUID(ident)
-    except (ValueError, TypeError):
-        raise InvalidArgument("page_token", "is not a token this service returned") from None
 
 
 # --- evaluations ----------------------------------------------------------------------
@@ -195,7 +176,7 @@ async def list_evaluations(conn: Conn, *, cycle: str, unit: str, channel: str,
         raise InvalidArgument("from", "must be before 'to'")
     rows = await qstore.list_evaluations(
         conn, cycle=cycle.strip(), unit=unit.strip(), channel=channel, since=since,
-        until=until, after=read_page_token(page_token), limit=limit)
+        until=until, after=read_time_page_token(page_token) if page_token else None, limit=limit)
     scores = await qstore.scores_of(conn, [r["evaluation_id"] for r in rows])
     return [Recorded(r, scores[r["evaluation_id"]]) for r in rows]
 
@@ -337,7 +318,8 @@ async def list_plans(conn: Conn, ctx: Context, *, cycle: str, state: str, overdu
         state = domain.check_choice("state", state, scorecard.PLAN_STATES)
     rows = await qstore.list_plans(conn, cycle=cycle.strip(), state=state,
                                    overdue_before=today(ctx) if overdue else None,
-                                   after=read_page_token(page_token), limit=limit)
+                                   after=read_time_page_token(page_token) if page_token else None,
+                                   limit=limit)
     return [qstore.to_plan(r) for r in rows]
 
 

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm_runtime import uow
-from crm_runtime.convert import page_size
+from crm_runtime.convert import page_size, time_page_token
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.errors import InvalidArgument
 from services.interactions import commands, matrix, quality, scorecard
@@ -112,7 +112,7 @@ class QualityApi:
         page = await uow.run(self._pool, lambda c: quality.list_evaluations(
             c, cycle=request.cycle, unit=request.unit, channel=request.channel, since=since,
             until=until, page_token=request.page_token, limit=size))
-        token = (quality.page_token(page[-1].row["visited_at"], page[-1].row["evaluation_id"])
+        token = (time_page_token(page[-1].row["visited_at"], page[-1].row["evaluation_id"])
                  if len(page) == size else "")
         return pb.ListEvaluationsResponse(evaluations=[evaluation_to_pb(e) for e in page],
                                           next_page_token=token)
@@ -161,6 +161,6 @@ class QualityApi:
         token = ""
         if len(page) == size:
             last = page[-1]
-            token = quality.page_token(last.created_at, uuid.UUID(last.action_plan_id))
+            token = time_page_token(last.created_at, uuid.UUID(last.action_plan_id))
         return pb.ListActionPlansResponse(action_plans=[plan_to_pb(p, today) for p in page],
                                           next_page_token=token)

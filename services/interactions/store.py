@@ -294,9 +294,12 @@ async def scrub_customer(conn: Conn, customer_id: uuid.UUID) -> None:
     requester or decision maker forget them (their timeline no longer finds
     those contacts, nor does an export)."""
     await conn.execute("UPDATE interactions SET notes = '' WHERE customer_id = $1", customer_id)
-    for column in ("requester_id", "decision_maker_id"):
-        await conn.execute(f"UPDATE interactions SET {column} = NULL WHERE {column} = $1",
-                           customer_id)
+    for column in ("requester_id", "decision_maker_id"):  # the ids merged into it too
+        await conn.execute(
+            f"""UPDATE interactions SET {column} = NULL
+                 WHERE {column} = $1 OR {column} IN (
+                       SELECT merged_customer_id FROM customer_aliases
+                        WHERE survivor_customer_id = $1)""", customer_id)
     await conn.execute(
         "UPDATE cases SET summary = '', resolution = '', callback_phone = '', reopen_reason = '', "
         "pause_reason = '' WHERE customer_id = $1", customer_id)

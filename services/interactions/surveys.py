@@ -219,14 +219,21 @@ async def run_periodic(conn: Conn, ctx: Context, work: DueWork) -> None:
     after the payload's cursor, each asked once per run
     (:func:`trust.schedule_periodic`); then the next page at once, or, the
     segment done, the next run ``survey_every_days`` after this one
-    started. A newer version of the cycle ends the run: its definition
-    started its own (or stopped the surveys)."""
-    version, after = int(work.payload["version"]), work.payload.get("after") or None
+    started. Each page asks the latest version's questions; a new periodic
+    survey (another period, segment or channel) defined meanwhile ends this
+    run and starts its own at once."""
+    after = work.payload.get("after") or None
     run_at = datetime.fromisoformat(work.payload["run_at"])
     latest = await cycles.get(conn, work.key)
-    if latest.cycle.version != version or not latest.survey_every_days:
+    if not latest.survey_every_days:
         return
     now = ctx.clock.now()
+    if work.payload.get("survey") != list(latest.survey):
+        # A new periodic survey was defined while this run was under way:
+        # it starts its own run now.
+        await scheduler.schedule(conn, work.kind, work.key, now, cycles.run_payload(latest, now))
+        return
+    version = latest.cycle.version
     members = [r["customer_id"] for r in await conn.fetch(
         """SELECT customer_id FROM customer_segments
             WHERE segment = $1 AND member AND ($2::uuid IS NULL OR customer_id > $2)

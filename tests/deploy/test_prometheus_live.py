@@ -32,6 +32,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from crm.interactions.v1 import interactions_pb2 as ipb
 from crm.interactions.v1 import interactions_pb2_grpc
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
+from crm_app import demo_cycle
 from crm_app.demo import Demo, Targets
 from crm_contracts.interactions import ContactReceived
 from crm_contracts.topics import INTERACTIONS_INGEST
@@ -203,6 +204,14 @@ async def after_the_story(customer_id: str, services: tuple[Running, Running, Ru
             answers=[ipb.SurveyAnswer(question="How was the delivery?", csat=csat, nps=-1),
                      ipb.SurveyAnswer(question="Would you recommend us?", nps=nps)]),
             metadata=md)
+
+    # A mystery shopper visits now (the story's visit is a year old): the
+    # service board's scores by moment.
+    await stub.RecordEvaluation(ipb.RecordEvaluationRequest(
+        cycle=demo_cycle.CYCLE, evaluator="Mystery shopping agency", unit="demo-store",
+        channel="in_person", scores=[ipb.CriterionScore(requirement_id="greeted-quickly",
+                                                         score=4)],
+        idempotency_key=f"live-{run}-visit"), metadata=md)
 
     # A complaint nobody resolves: it breaches its promise and stays overdue.
     contact = await stub.RecordInteraction(ipb.RecordInteractionRequest(

@@ -87,7 +87,10 @@ async def test_the_demo_story(own_database: str, broker: TansuBroker) -> None:
     stages = [s.changed.get("stage") for s in steps]
     assert stages == [("", "potential"), ("potential", "one time"), None, None,
                       ("one time", "repeat"), None, None, ("repeat", "former")], stages
-    assert steps[3].changed["at risk"] == ("no", "yes (breached promise)"), steps[3].changed
+    # A negative contact is a dissatisfaction signal of its own; the breach adds its reason.
+    assert steps[2].changed["at risk"] == ("no", "yes (negative contact)"), steps[2].changed
+    assert steps[3].changed["at risk"] == (
+        "yes (negative contact)", "yes (breached promise, negative contact)"), steps[3].changed
     assert steps[2].changed["cases"] == ("none", "1 open"), steps[2].changed
     assert steps[4].changed["discounts"][1].count("redeemed") == 1, steps[4].changed
     assert "purchases" not in steps[3].changed and steps[4].changed["purchases"] == ("1", "2")

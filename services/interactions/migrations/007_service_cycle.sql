@@ -19,9 +19,20 @@ CREATE TABLE service_cycle_versions (
 );
 
 -- The cycles of before become their version, with their requirements given
--- ids r1, r2, ... (CSAT, weight 1) and the moment's priority (1 = highest)
--- turned into a weight (1 -> 5, 5 or more -> 1). A question's id is
--- md5(cycle, version, requirement id) as a uuid, as the service computes it.
+-- ids r1, r2, ... in the cycle's order (CSAT, weight 1) and the moment's
+-- priority (1 = highest) turned into a weight (1 -> 5, 5 or more -> 1). A
+-- question's id is md5(cycle, version, requirement id) as a uuid, as the
+-- service computes it.
+WITH moments AS (
+    SELECT c.name, c.version, m.value, m.n
+    FROM service_cycles c, jsonb_array_elements(c.moments) WITH ORDINALITY AS m (value, n)),
+requirements AS (
+    SELECT m.name, m.n AS moment_n, r.n,
+           'r' || row_number() OVER (PARTITION BY m.name ORDER BY m.n, r.n) AS id,
+           r.text, m.version
+    FROM moments m,
+         jsonb_array_elements_text(COALESCE(m.value -> 'requirements', '[]'::jsonb))
+             WITH ORDINALITY AS r (text, n))
 INSERT INTO service_cycle_versions (name, version, moments, defined_at)
 SELECT c.name, c.version, COALESCE((
     SELECT jsonb_agg(jsonb_build_object(
@@ -30,18 +41,17 @@ SELECT c.name, c.version, COALESCE((
         'weight', greatest(1, 6 - least(5, COALESCE((m.value ->> 'priority')::int, 1))),
         'requirements', COALESCE((
             SELECT jsonb_agg(jsonb_build_object(
-                'requirement_id', 'r' || r.n,
+                'requirement_id', r.id,
                 'text', r.text,
                 'channels', '[]'::jsonb,
                 'scale', 'csat',
                 'weight', 1,
                 'question', 'How satisfied were you with: ' || r.text || '?',
-                'question_id', md5(c.name || E'\x1f' || c.version || E'\x1f' || 'r' || r.n)::uuid::text)
+                'question_id', md5(r.name || E'\x1f' || r.version || E'\x1f' || r.id)::uuid::text)
                 ORDER BY r.n)
-            FROM jsonb_array_elements_text(COALESCE(m.value -> 'requirements', '[]'::jsonb))
-                 WITH ORDINALITY AS r (text, n)), '[]'::jsonb))
+            FROM requirements r WHERE r.name = m.name AND r.moment_n = m.n), '[]'::jsonb))
         ORDER BY m.n)
-    FROM jsonb_array_elements(c.moments) WITH ORDINALITY AS m (value, n)), '[]'::jsonb),
+    FROM moments m WHERE m.name = c.name), '[]'::jsonb),
     c.updated_at
 FROM service_cycles c;
 
@@ -161,3 +171,6 @@ CREATE INDEX interactions_decision_maker ON interactions (decision_maker_id, occ
 -- The members of a segment, in pages (a cycle's periodic survey).
 CREATE INDEX customer_segments_members ON customer_segments (segment, customer_id)
     WHERE member;
+
+-- The contacts of a window (the scorecard, the satisfaction report).
+CREATE INDEX interactions_time ON interactions (occurred_at);

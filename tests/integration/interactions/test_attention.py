@@ -51,7 +51,7 @@ def _recorded(found: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
 async def test_an_indirect_contact_names_who_asked_and_who_decides(pair: Pair) -> None:
     child, parent, school = [await new_customer(pair) for _ in range(3)]
     contact = await record(pair, customer_id=child, kind="purchase", channel="in_person",
-                           attention=_indirect(parent, school),
+                           attention=_indirect(parent, school), notes="size 32, blue",
                            amount=pb.Money(amount_minor=2500, currency="EUR"))
     assert contact.attention == _indirect(parent, school)
     [recorded] = _recorded(await events_of(pair, child, 1))
@@ -62,6 +62,10 @@ async def test_an_indirect_contact_names_who_asked_and_who_decides(pair: Pair) -
         [seen] = (await _timeline(pair, who)).interactions
         assert (seen.interaction_id, seen.customer_id, seen.role) == (
             contact.interaction_id, child, role)
+        # The notes and the amount are the child's: only their timeline shows them.
+        own = who == child
+        assert (seen.notes, seen.amount.amount_minor) == (
+            ("size 32, blue", 2500) if own else ("", 0)), who
 
 
 async def test_indirect_attention_needs_its_requester_and_decision_maker(pair: Pair) -> None:
@@ -204,3 +208,28 @@ async def test_an_erased_requester_is_forgotten_on_the_contacts_of_others(
         uuid.UUID(requester)) == 0
     [still] = (await _timeline(pair, decider)).interactions
     assert still.role == "decision_maker"
+
+
+async def test_erasing_a_survivor_forgets_the_ids_merged_into_it_on_others_contacts(
+        pair: Pair) -> None:
+    cid, survivor, merged, decider = [await new_customer(pair) for _ in range(4)]
+    await record(pair, customer_id=cid, attention=_indirect(merged, decider))
+    await customers(pair).MergeCustomers(cpb.MergeCustomersRequest(
+        survivor_customer_id=survivor, merged_customer_id=merged),
+        metadata=pair.customers.metadata)
+
+    async def seen_by_survivor() -> bool:
+        return [i.role for i in (await _timeline(pair, survivor)).interactions] == [
+            "requester"]
+
+    await wait_for(seen_by_survivor, what="the merged requester's contact in the timeline")
+    await customers(pair).EraseCustomer(cpb.EraseCustomerRequest(customer_id=survivor),
+                                        metadata=pair.customers.metadata)
+
+    async def forgotten() -> bool:
+        return not await pair.pool.fetchval(
+            "SELECT count(*) FROM interactions WHERE requester_id = ANY($1::uuid[])",
+            [uuid.UUID(survivor), uuid.UUID(merged)])
+
+    await wait_for(forgotten, what="the merged id cleared with the survivor's erasure")
+    assert not (await _timeline(pair, survivor)).interactions

@@ -63,7 +63,7 @@ async def test_cases_from_before_get_their_resolution_milestone(
     pending = await _case(conn, NOW - 2 * H, warning_scheduled=True)
 
     applied = await migrate(conn, f"msmig_{uid}", migrations_for(INTERACTIONS.migrations))
-    assert applied == ["service/006_business_hours"]
+    assert applied[0] == "service/006_business_hours"
     await conn.execute(f"SET search_path TO msmig_{uid}")
     rows = {r["case_id"]: r for r in await conn.fetch("SELECT * FROM case_milestones")}
     assert {c: rows[c]["state"] for c in rows} == {

@@ -27,22 +27,10 @@ from tests.integration.interactions.test_interactions_service import (
     new_customer,
     record,
 )
+from tests.integration.interactions.test_rpcs_more import _of, _open
 from tests.support.kafka import dead_letter, dlq_error, produce_envelopes, wait_for
 
 SIGNAL = "customer.dissatisfaction_signal"
-
-
-def _of(events: list[tuple[str, dict[str, Any]]], event_type: str) -> list[dict[str, Any]]:
-    return [d for t, d in events if t == event_type]
-
-
-async def _open(pair: Pair, customer_id: str, **fields: Any) -> pb.Case:
-    fields.setdefault("kind", "support")
-    fields.setdefault("channel", "email")
-    fields.setdefault("idempotency_key", str(uuid.uuid4()))
-    reply: pb.Case = await api(pair).OpenCase(pb.OpenCaseRequest(
-        customer_id=customer_id, **fields), metadata=pair.interactions.metadata)
-    return reply
 
 
 async def _ingest(pair: Pair, customer_id: str, **fields: Any) -> Envelope[ContactReceived]:

@@ -123,8 +123,10 @@ async def test_the_scorecard_of_a_cycle(pair: Pair) -> None:
 
     c = await card(pair, name, unit=unit)
     assert (c.cycle, c.version, c.unit, c.channel) == (name, 2, unit, "")
-    assert c.to == stamp(pair.clock.now())
-    assert getattr(c, "from") == stamp(pair.clock.now() - timedelta(days=30))
+    # The window ends just after now (what is stamped now counts), 30 days long.
+    end = pair.clock.now() + timedelta(microseconds=1)
+    assert c.to == stamp(end)
+    assert getattr(c, "from") == stamp(end - timedelta(days=30))
     assert c.priority_formula == scorecard.PRIORITY_FORMULA
     assert [m.touchpoint for m in c.moments] == ["greeting", "checkout", "farewell"]
     assert moment(c, "greeting").requirements[0].text == "Smiles warmly"

@@ -121,3 +121,15 @@ def test_questions_of_a_version_on_a_channel() -> None:
         ("a", "r1", "csat", 2), ("b", "r3", "yes_no", 2)]
     assert [q.requirement_id for q in cycles.questions(cycle, "phone", ["a"])] == ["r1", "r2"]
     assert cycles.questions(cycle, "web", ["zzz"]) == []
+
+
+def test_a_cycle_has_at_most_its_maximum_of_requirements() -> None:
+    def moment(i: int, n: int) -> dict[str, Any]:
+        return {"touchpoint": f"m{i}", "requirements": [
+            {"requirement_id": f"r{i}-{j}", "text": "x"} for j in range(n)]}
+
+    full = [moment(i, 50) for i in range(4)]  # 200: the most
+    assert sum(len(m.requirements) for m in matrix.define("c", 1, full).moments) == 200
+    with pytest.raises(InvalidArgument) as err:
+        matrix.define("c", 1, [*full, moment(4, 1)])
+    assert err.value.field == "moments[4].requirements"
