@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm_runtime import uow
@@ -18,9 +19,24 @@ from crm_runtime.errors import InvalidArgument
 from services.interactions import commands, cycles
 from services.interactions.cycles import Defined
 
+#: Fields of MomentOfTruth before requirements were messages (string
+#: requirements, plan strings, a typed priority, generated questions).
+_RETIRED_FIELDS = {2: "requirements", 3: "action_plans", 4: "priority", 5: "survey_questions"}
+
 
 def moments_of(request: pb.ServiceCycle) -> list[dict[str, Any]]:
-    """A request's moments as :func:`matrix.define` takes them."""
+    """A request's moments as :func:`matrix.define` takes them. A client that
+    still sends the retired fields is told so, rather than have its
+    requirements silently dropped."""
+    for i, m in enumerate(request.moments):
+        unknown = UnknownFieldSet(m)
+        for number in (unknown[k].field_number for k in range(len(unknown))):
+            if number in _RETIRED_FIELDS:
+                raise InvalidArgument(
+                    f"moments[{i}].{_RETIRED_FIELDS[number]}",
+                    f"field {number} is no longer read: requirements are Requirement "
+                    "messages (field 8), action plans are CreateActionPlan's, priority is "
+                    "computed by the scorecard")
     return [{"touchpoint": m.touchpoint, "name": m.name, "weight": m.weight,
              "requirements": [{"requirement_id": r.requirement_id, "text": r.text,
                                "channels": list(r.channels), "scale": r.scale,

@@ -221,3 +221,15 @@ async def test_touchpoints_no_active_cycle_knows_are_counted(pair: Pair) -> None
     await _define(pair, _cycle(_name(), _m(unknown)))
     await record(pair, customer_id=cid, touchpoint=unknown)
     assert _unmapped("contact") == contacts + 1
+
+
+async def test_a_client_still_sending_string_requirements_is_told_so(pair: Pair) -> None:
+    # An older client's moment: field 2 held the requirements as strings.
+    old = pb.MomentOfTruth.FromString(
+        pb.MomentOfTruth(touchpoint="greeting").SerializeToString() + b"\x12\x07a smile")
+    cycle = pb.ServiceCycle(name=_name("old-client"))
+    cycle.moments.add().MergeFrom(old)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _define(pair, cycle)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("moments[0].requirements:")
