@@ -99,8 +99,7 @@ async def define(conn: Conn, now: datetime, name: str, moments: Sequence[Mapping
     pending run as it is; one without stops the runs of the cycle."""
     survey = check_survey(every_days, segment, channel)
     checked = matrix.define(name, 1, moments)  # errors before any lock
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cycle:' || $1, 0))",
-                       checked.name)
+    await lock(conn, checked.name)
     latest = await _row(conn, checked.name)
     if latest is not None:
         held = _defined(latest)
@@ -137,6 +136,15 @@ async def define(conn: Conn, now: datetime, name: str, moments: Sequence[Mapping
     else:
         await scheduler.cancel(conn, PERIODIC_RUN, cycle.name)
     return defined
+
+
+async def lock(conn: Conn, name: str) -> None:
+    """Hold the cycle's lock until the transaction ends (its definitions take
+    it, so versions are numbered in order). The pages of a periodic run do
+    not: they hold their work item, which a definition may wait for, and
+    check the latest version instead."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cycle:' || $1, 0))",
+                       name)
 
 
 def run_payload(defined: Defined, run_at: datetime, after: str = "") -> dict[str, Any]:

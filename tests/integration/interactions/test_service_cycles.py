@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from crm.interactions.v1 import interactions_pb2 as pb
+from services.interactions import cycles
 from tests.integration.interactions.conftest import Pair
 from tests.integration.interactions.test_interactions_service import (
     _samples,
@@ -86,12 +87,17 @@ async def test_versions_history_and_an_unchanged_definition(pair: Pair) -> None:
     assert [tuple(r) for r in rows] == [
         (ids[v - 1], v, "greeting", "smile", "csat", "How satisfied were you with: a smile?")
         for v in (1, 2, 3)]
-    # Back to no periodic survey: a version, and the pending run is gone.
+    # Back to no periodic survey: a version, and the runs stop. The pending
+    # run is gone, unless the scheduler had it in hand at that moment and
+    # put the next one back: that one finds no periodic survey and ends.
     v4 = await _define(pair, changed)
     assert v4.version == 4 and v4.survey_every_days == 0
-    assert await pair.pool.fetchval(
-        "SELECT count(*) FROM scheduled_work WHERE kind = 'surveys.periodic' "
-        "AND item_key = $1", name) == 0
+    left = await pair.pool.fetch(
+        "SELECT payload FROM scheduled_work WHERE kind = 'surveys.periodic' "
+        "AND item_key = $1", name)
+    assert all(r["payload"]["survey"] == [30, v3.survey_segment, "email"] for r in left)
+    async with pair.pool.acquire() as conn:  # what a run reads
+        assert (await cycles.get(conn, name)).survey_every_days == 0
 
 
 async def test_concurrent_definitions_of_one_cycle_get_versions_in_order(pair: Pair) -> None:
