@@ -67,7 +67,7 @@ from crm_runtime.settings import Settings
 #: that sum it over every customer.
 WATCHED = (
     "crm_stage_changes_total", "crm_interactions_total", "crm_cases_breached_total",
-    "crm_loyalty_actions_total", "crm_loyalty_redemptions_total",
+    "crm_loyalty_actions_total", "crm_loyalty_redemptions_total", "crm_csat_responses_total",
 )
 
 #: Line width of the demo's output; longer lines wrap at word boundaries.

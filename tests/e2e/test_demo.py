@@ -125,6 +125,8 @@ async def test_the_demo_story(own_database: str, broker: TansuBroker) -> None:
     # complained twice and rated it worst, is what to improve first.
     cycle = steps[6]
     assert [d["nps"] for _, t, d in cycle.events if t == "survey.response_recorded"] == [6]
+    assert any(k.startswith("crm_csat_responses_total") and "channel=email" in k
+               for k in cycle.moved), cycle.moved
     facts = cycle.facts
     # 5, 4, 1 (yes) and 3 on their scales, weighted 1, 2, 1, 1: (1 + 1.5 + 1 + 0.5) / 5
     assert facts["mystery shopper"] == "80 of 100 at demo-store", facts
