@@ -254,15 +254,18 @@ async def backends_cpu(conn: asyncpg.Connection) -> dict[int, float]:
 
 
 async def check_rows_and_records(what: str, conn: asyncpg.Connection, bootstrap: str,
-                                 table: str, topic: str, expected: int) -> None:
+                                 table: str, topic: str, expected: int,
+                                 expected_records: int | None = None) -> None:
     """Raise unless ``table`` holds ``expected`` rows and ``topic`` as many
-    records: what a side that copies rows and produces records must leave."""
+    records (or ``expected_records``): what a side that copies rows and
+    produces records must leave."""
     rows = await conn.fetchval(f"SELECT count(*) FROM {table}")
     if rows != expected:
         raise RuntimeError(f"{what}: {rows} rows in {table}, expected {expected}")
-    records = await kafka.count_records(bootstrap, topic, expect=expected)
-    if records != expected:
-        raise RuntimeError(f"{what}: {records} records on {topic}, expected {expected}")
+    want = expected if expected_records is None else expected_records
+    records = await kafka.count_records(bootstrap, topic, expect=want)
+    if records != want:
+        raise RuntimeError(f"{what}: {records} records on {topic}, expected {want}")
 
 
 def cpu_figures(figures: dict[str, float], part: str, events: int,

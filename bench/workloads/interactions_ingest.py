@@ -5,11 +5,14 @@ against a plain consumer plus COPY and a plain producer.
 Set-up (untimed), per round: a fresh database and broker (see
 :mod:`bench.service`), the service's migrations, and N ``contact.received``
 events on ``crm.interactions.ingest.v1``, each with a customer id of its own
-(a random UUID, written into the service's ``known_customers`` beforehand as
+(seeded in the customers service's tables with COPY, and written into the
+interactions service's ``known_customers`` beforehand as
 ``customer.registered`` events would have, so the service never calls the
-customers service) and a mix of
+customers service to register them) and a mix of
 channels, directions, outcomes and kinds that do not open cases (inquiry,
-suggestion, doubt, purchase with an amount in EUR, follow_up).
+suggestion, doubt, purchase with an amount in EUR, follow_up). Proactive
+contacts pass the contact gate: the customers service runs beside the
+product (its CPU is a figure of its own), as deployed.
 
 * product: the interactions service as deployed, ``--replicas`` processes
   (default one) of ``crm serve interactions`` (its two consumers, outbox
@@ -28,7 +31,9 @@ suggestion, doubt, purchase with an amount in EUR, follow_up).
   ``AIOKafkaConsumer`` without a group and ``copy_records_to_table`` of
   ``(event_id, customer_id, amount_minor)`` per batch into a plain table of the
   same database), then ``AIOKafkaProducer.send`` of N pre-encoded
-  ``interaction.recorded`` records to a topic of its own, awaiting every ack.
+  ``interaction.recorded`` records (and a ``customer.dissatisfaction_signal``
+  per negative contact, as the product publishes) to a topic of its own,
+  awaiting every ack.
   The two parts run one after the other and their sum is the baseline (the
   product overlaps consuming and publishing, so the sum is the lenient
   baseline); each part is printed as a figure. The raw records go out in
@@ -54,6 +59,7 @@ from typing import Any
 import asyncpg
 
 from bench import kafka
+from bench.customers import seed_customers
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
 from bench.service import (
@@ -65,9 +71,14 @@ from bench.service import (
     fresh_stack,
 )
 from bench.workloads.consume import DDL, TABLE, copy_from_topic
-from crm_contracts.interactions import ContactReceived, InteractionRecorded
+from crm_contracts.interactions import (
+    ContactReceived,
+    DissatisfactionSignal,
+    InteractionRecorded,
+)
 from crm_contracts.topics import INTERACTIONS, INTERACTIONS_INGEST
 from crm_runtime.events import Envelope
+from services.customers.app import SPEC as CUSTOMERS_SPEC
 from services.interactions.app import SPEC
 from services.interactions.domain import CHANNELS, DIRECTIONS, OUTCOMES
 
@@ -84,13 +95,13 @@ POLL_S = 0.01
 SOURCE = "/crm/bench"
 
 
-def contact_envelopes(count: int) -> list[Envelope]:
-    """``count`` ``contact.received`` events, each of a new customer; kind,
-    channel, direction and outcome vary independently."""
+def contact_envelopes(customers: list[uuid.UUID]) -> list[Envelope]:
+    """A ``contact.received`` event of each customer; kind, channel,
+    direction and outcome vary independently."""
     start = datetime.now(UTC) - timedelta(days=1)
     envelopes: list[Envelope] = []
-    for i in range(count):
-        customer = str(uuid.uuid4())
+    for i, customer_id in enumerate(customers):
+        customer = str(customer_id)
         kind = KINDS[i % len(KINDS)]
         channel = CHANNELS[(i // len(KINDS)) % len(CHANNELS)]
         purchase = kind == "purchase"
@@ -108,16 +119,23 @@ def contact_envelopes(count: int) -> list[Envelope]:
 
 def recorded_records(contacts: list[Envelope]) -> list[KafkaRecord]:
     """What the service publishes for ``contacts``, pre-encoded, for the raw
-    producer: one ``interaction.recorded`` each."""
+    producer: one ``interaction.recorded`` each, and for a negative one its
+    ``customer.dissatisfaction_signal``."""
     records = []
     for env in contacts:
         c = env.data
         assert isinstance(c, ContactReceived)
+        interaction_id = str(uuid.uuid4())
         records.append(encode(Envelope(data=InteractionRecorded(
-            interaction_id=str(uuid.uuid4()), customer_id=c.customer_id, channel=c.channel,
+            interaction_id=interaction_id, customer_id=c.customer_id, channel=c.channel,
             direction=c.direction, kind=c.kind, occurred_at=c.occurred_at, outcome=c.outcome,
             touchpoint=c.touchpoint, unit=c.unit, amount_minor=c.amount_minor,
             currency=c.currency), subject=env.subject, source=SOURCE)))
+        if c.outcome == "negative":
+            records.append(encode(Envelope(data=DissatisfactionSignal(
+                customer_id=c.customer_id, reason="negative_contact",
+                occurred_at=c.occurred_at, interaction_id=interaction_id,
+                touchpoint=c.touchpoint), subject=env.subject, source=SOURCE)))
     return records
 
 
@@ -153,10 +171,11 @@ class InteractionsIngest(Workload):
         self.stack: Stack = await self.resources.enter_async_context(
             fresh_stack(self.ctx, "ingest"))
         await self.stack.migrate(SPEC)
+        await self.stack.migrate(CUSTOMERS_SPEC)
         conn = await self.stack.connect()
         self.resources.push_async_callback(conn.close)
         self.conn: asyncpg.Connection = conn
-        contacts = contact_envelopes(self.events)
+        contacts = contact_envelopes(await seed_customers(conn, self.events))
         self.keys = {e.data.idempotency_key for e in contacts
                      if isinstance(e.data, ContactReceived)}
         # Customers the service knows (customer.registered would have told it).
@@ -191,7 +210,14 @@ class InteractionsIngest(Workload):
         return copy_s + produce_s
 
     async def product(self) -> Phases:
-        service = ServiceProcesses(SPEC, self.stack.settings, replicas=self.ctx.replicas)
+        customers = ServiceProcesses(CUSTOMERS_SPEC, self.stack.settings)
+        started = time.perf_counter()
+        await customers.start()
+        self.excluded["product: the customers service's start-up (the contact gate)"] = (
+            time.perf_counter() - started)
+        gated = self.stack.settings.model_copy(update={"customers_grpc_target": customers.target})
+        service = ServiceProcesses(SPEC, gated, replicas=self.ctx.replicas)
+        before = customers.cpu_seconds()
         try:
             seconds, start_up = await consumed_until(
                 service, self.conn, f"crm-{SPEC.name}-ingest",
@@ -199,7 +225,12 @@ class InteractionsIngest(Workload):
                 expected=self.events, what="contacts stored", published=True,
                 deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
         finally:
+            after = customers.cpu_seconds()
             await service.stop()
+            await customers.stop()
+        if before is not None and after is not None:
+            self.figures["product CPU per event (µs, the customers process: the contact "
+                         "gate)"] = (after - before) / self.events * 1e6
         self.excluded["product start-up and ingest consumer group join"] = start_up
         cpu_figure(self.figures, service, self.events)
         self._product_s = seconds
@@ -207,9 +238,10 @@ class InteractionsIngest(Workload):
 
     async def verify(self) -> None:
         n = self.events
+        published = len(self.raw_records)  # with the negative contacts' signals
         await check_rows_and_records(f"{self.name} baseline", self.conn,
                                      self.stack.bootstrap_servers, f"{RAW_SCHEMA}.{TABLE}",
-                                     RAW_TOPIC, n)
+                                     RAW_TOPIC, n, published)
         row = await self.conn.fetchrow(
             f"""SELECT (SELECT count(*) FROM {SCHEMA}.interactions) AS interactions,
                        (SELECT count(*) FROM {SCHEMA}.inbox) AS inbox,
@@ -222,7 +254,7 @@ class InteractionsIngest(Workload):
                        (SELECT count(*) FROM {SCHEMA}.outbox WHERE sent_at IS NULL) AS unsent""")
         assert row is not None
         expected = {"interactions": n, "inbox": n, "dead": 0, "cases": 0, "recorded": n,
-                    "outbox": n, "unsent": 0}
+                    "outbox": published, "unsent": 0}
         if dict(row) != expected:
             raise RuntimeError(f"{self.name}: {dict(row)}; expected {expected}")
         stored = await self.conn.fetch(
@@ -232,15 +264,19 @@ class InteractionsIngest(Workload):
                                f"{n} produced ones")
         event_ids = {r["event_id"] for r in await self.conn.fetch(
             f"SELECT event_id FROM {SCHEMA}.outbox")}
-        records = await kafka.read_records(self.stack.bootstrap_servers, INTERACTIONS, expect=n)
+        records = await kafka.read_records(self.stack.bootstrap_servers, INTERACTIONS,
+                                           expect=published)
         ids = [header(r, "ce_id") for r in records]
         types = {header(r, "ce_type") for r in records}
-        published = {json.loads(r.value)["interaction_id"] for r in records}
-        if (len(records), len(set(ids)), types) != (n, n, {InteractionRecorded.event_type}):
+        recorded = {json.loads(r.value)["interaction_id"] for r in records
+                    if header(r, "ce_type") == InteractionRecorded.event_type}
+        kinds = {InteractionRecorded.event_type, DissatisfactionSignal.event_type}
+        if (len(records), len(set(ids)), len(recorded)) != (published, published, n) or (
+                not types <= kinds):
             raise RuntimeError(f"{self.name}: {len(records)} records on {INTERACTIONS}, "
                                f"{len(set(ids))} distinct event ids, types {sorted(types)}; "
-                               f"expected {n} distinct interaction.recorded")
-        if set(ids) != event_ids or published != {r["id"] for r in stored}:
+                               f"expected {published} distinct, {n} interaction.recorded")
+        if set(ids) != event_ids or recorded != {r["id"] for r in stored}:
             raise RuntimeError(f"{self.name}: the records on {INTERACTIONS} are not the "
                                "outbox's events of the stored interactions")
         if self._copy_s > 0:
