@@ -43,13 +43,16 @@ class Context(CommandContext):
 DIGEST_VERSION = "1"
 
 
-def key_conflict(key: str, what: str, differing: Sequence[str]) -> AlreadyExists:
-    """The refusal of a key the customer used for a different request."""
+def key_conflict(key: str, what: str, differing: Sequence[str], *,
+                 of_customer: bool = True) -> AlreadyExists:
+    """The refusal of a key used for a different request (``of_customer``:
+    keys are the customer's; False: the service's, e.g. evaluations')."""
     detail = ""
     if differing:
         detail = f" ({', '.join(differing)} {'differs' if len(differing) == 1 else 'differ'})"
-    return AlreadyExists(f"idempotency_key {key!r}: already used for a different {what} of "
-                         f"this customer{detail}")
+    whose = " of this customer" if of_customer else ""
+    return AlreadyExists(f"idempotency_key {key!r}: already used for a different "
+                         f"{what}{whose}{detail}")
 
 
 def json_digest(values: Sequence[object]) -> bytes:

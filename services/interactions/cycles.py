@@ -264,16 +264,21 @@ class _ActiveKeys:
         if self._keys is not None and time.monotonic() - self._read_at < self.MAX_AGE:
             return self._keys
         generation, read_at = self._generation, time.monotonic()
-        keys = frozenset(r["touchpoint"] for r in await conn.fetch(
-            """SELECT DISTINCT m ->> 'touchpoint' AS touchpoint
-                 FROM (SELECT DISTINCT ON (name) moments FROM service_cycle_versions
-                        ORDER BY name, version DESC) v, jsonb_array_elements(v.moments) m"""))
+        keys = await active_touchpoints(conn)
         if generation == self._generation:  # no definition committed meanwhile
             self._keys, self._read_at = keys, read_at
         return keys
 
 
 _ACTIVE = _ActiveKeys()
+
+
+async def active_touchpoints(conn: Conn) -> frozenset[str]:
+    """The moment keys of the active cycles, as stored now (uncached)."""
+    return frozenset(r["touchpoint"] for r in await conn.fetch(
+        """SELECT DISTINCT m ->> 'touchpoint' AS touchpoint
+             FROM (SELECT DISTINCT ON (name) moments FROM service_cycle_versions
+                    ORDER BY name, version DESC) v, jsonb_array_elements(v.moments) m"""))
 
 
 async def known_touchpoints(conn: Conn) -> frozenset[str]:

@@ -23,10 +23,10 @@ from crm_contracts.times import check_event_time
 from crm_runtime import ids
 from crm_runtime.convert import parse_uuid, read_time_page_token
 from crm_runtime.db import Conn
-from crm_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.interactions import cycles, domain, matrix, scorecard
 from services.interactions import quality_store as qstore
-from services.interactions.commands import Context, json_digest
+from services.interactions.commands import Context, json_digest, key_conflict
 from services.interactions.matrix import Cycle
 from services.interactions.scorecard import Plan
 
@@ -43,12 +43,6 @@ def _required(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(field, "required")
     return value
-
-
-def _key_conflict(key: str, what: str, differing: Sequence[str]) -> AlreadyExists:
-    return AlreadyExists(f"idempotency_key {key!r}: already used for a different {what} "
-                         f"({', '.join(differing)} "
-                         f"{'differs' if len(differing) == 1 else 'differ'})")
 
 
 # --- evaluations ----------------------------------------------------------------------
@@ -123,7 +117,8 @@ async def record_evaluation(conn: Conn, ctx: Context, *, cycle: str, version: in
             differing.append("version")
         if visited_at is not None and existing["visited_at"] != when:
             differing.append("visited_at")
-        raise _key_conflict(key, "evaluation", differing or ["version", "visited_at"])
+        raise key_conflict(key, "evaluation", differing or ["version", "visited_at"],
+                           of_customer=False)
     return Recorded(existing, mine)
 
 
@@ -243,7 +238,7 @@ async def create_plan(conn: Conn, ctx: Context, *, cycle: str, touchpoint: str,
         for f in ("touchpoint", "requirement_id"):
             if values[f] and existing[f] != values[f]:
                 differing.append(f)
-        raise _key_conflict(key, "action plan", differing or ["touchpoint"])
+        raise key_conflict(key, "action plan", differing or ["touchpoint"], of_customer=False)
     return qstore.to_plan(existing)
 
 
@@ -350,5 +345,5 @@ async def get_scorecard(conn: Conn, ctx: Context, *, cycle: str, version: int,
     unit = unit.strip()
     tallies = await qstore.tallies(conn, c.name, since, until, unit, channel)
     plans = await qstore.scorecard_plans(conn, c.name, since, until)
-    active = await qstore.active_touchpoints(conn)
+    active = await cycles.active_touchpoints(conn)
     return scorecard.build(c, tallies, plans, today(ctx), active), Window(since, until)

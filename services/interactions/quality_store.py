@@ -204,15 +204,6 @@ async def tallies(conn: Conn, cycle: str, since: datetime, until: datetime, unit
             for r in contacts))
 
 
-async def active_touchpoints(conn: Conn) -> frozenset[str]:
-    """The moments of every cycle's latest version."""
-    return frozenset(await conn.fetchval(
-        """SELECT COALESCE(array_agg(DISTINCT m ->> 'touchpoint'), '{}')
-           FROM (SELECT DISTINCT ON (name) moments FROM service_cycle_versions
-                 ORDER BY name, version DESC) v,
-                jsonb_array_elements(v.moments) AS m"""))
-
-
 # --- gauges --------------------------------------------------------------------------
 
 #: A score on its scale read on 0-1 (:func:`matrix.normalise` in SQL).
