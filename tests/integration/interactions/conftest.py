@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 
 from crm_runtime.clock import ManualClock
+from crm_runtime.db import connect
+from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.settings import Settings
 from crm_runtime.stack import EMBEDDED_BROKER_SETTINGS, TansuBroker
 from services.customers.app import SPEC as CUSTOMERS
@@ -87,3 +89,21 @@ async def customers_behind_a_proxy(database_url: str,
             running(INTERACTIONS, via_proxy, clock=crm.clock))
         assert interactions.runner.pool is not None
         yield ProxiedPair(crm, interactions, proxy, interactions.runner.pool)
+
+
+@asynccontextmanager
+async def migrated_up_to(database_url: str, schema: str,
+                         version: int) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to ``schema`` holding the interactions service's
+    migrations up to ``version`` (and the runtime's), its search path set, for
+    a migration test to put rows of that schema in and then migrate on; the
+    schema is dropped afterwards."""
+    c = await connect(database_url)
+    try:
+        plan = migrations_for(INTERACTIONS.migrations)
+        await migrate(c, schema, [m for m in plan if m.source == "runtime" or m.version <= version])
+        await c.execute(f"SET search_path TO {schema}")
+        yield c
+    finally:
+        await c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await c.close()

@@ -13,26 +13,18 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from crm_runtime.db import connect
 from crm_runtime.migrations import migrate, migrations_for
 from services.interactions import cycles, matrix
 from services.interactions.app import SPEC as INTERACTIONS
+from tests.integration.interactions.conftest import migrated_up_to
 
 DEFINED = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 async def conn(database_url: str, uid: str) -> AsyncIterator[asyncpg.Connection]:
-    schema = f"cymig_{uid}"
-    c = await connect(database_url)
-    try:
-        plan = migrations_for(INTERACTIONS.migrations)
-        await migrate(c, schema, [m for m in plan if m.source == "runtime" or m.version <= 6])
-        await c.execute(f"SET search_path TO {schema}")
+    async with migrated_up_to(database_url, f"cymig_{uid}", 6) as c:
         yield c
-    finally:
-        await c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await c.close()
 
 
 async def test_cycles_from_before_become_their_versions(conn: asyncpg.Connection,

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from crm_runtime.db import connect
 from crm_runtime.migrations import migrate, migrations_for
 from services.interactions import cases
 from services.interactions.app import SPEC as INTERACTIONS
+from tests.integration.interactions.conftest import migrated_up_to
 
 H = timedelta(hours=1)
 NOW = datetime.now(UTC)
@@ -23,16 +23,8 @@ NOW = datetime.now(UTC)
 
 @pytest.fixture
 async def conn(database_url: str, uid: str) -> AsyncIterator[asyncpg.Connection]:
-    schema = f"msmig_{uid}"
-    c = await connect(database_url)
-    try:
-        plan = migrations_for(INTERACTIONS.migrations)
-        await migrate(c, schema, [m for m in plan if m.source == "runtime" or m.version <= 5])
-        await c.execute(f"SET search_path TO {schema}")
+    async with migrated_up_to(database_url, f"msmig_{uid}", 5) as c:
         yield c
-    finally:
-        await c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await c.close()
 
 
 async def _case(conn: asyncpg.Connection, opened: datetime, *, status: str = "open",
