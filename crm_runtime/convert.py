@@ -26,6 +26,16 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
+def request_time(value: Timestamp, field: str) -> datetime:
+    """A request's Timestamp as an aware datetime (UTC); ``InvalidArgument``
+    naming ``field`` when the calendar cannot hold it (seconds beyond year
+    9999)."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise InvalidArgument(field, f"{value.seconds} seconds is not a time ({exc})") from None
+
+
 def page_size(requested: int, field: str = "page_size") -> int:
     """The page size to use: 0 means the default, more than the maximum is the
     maximum (as Google's API guidelines ask); a negative size is refused."""

@@ -7,12 +7,11 @@ import base64
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 
 from crm.customers.v1 import customers_pb2 as pb
@@ -20,7 +19,7 @@ from crm.customers.v1 import customers_pb2_grpc
 from crm_contracts.times import EVENT_EARLIEST, check_event_time
 from crm_contracts.vocabulary import ACTION_CHANNELS, CONTACT_PURPOSES, DO_NOT_CONTACT, Stage
 from crm_runtime import limits, uow
-from crm_runtime.convert import page_size, parse_uuid
+from crm_runtime.convert import page_size, parse_uuid, request_time
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
@@ -128,7 +127,7 @@ def contact_from_pb(item: pb.ContactRequest, index: int,
     if item.channel and item.channel not in ACTION_CHANNELS:
         raise InvalidArgument(f"{where}.channel",
                               f"{item.channel!r} is not one of {list(ACTION_CHANNELS)}")
-    at = event_time(item.at, f"{where}.at") if item.HasField("at") else now
+    at = request_time(item.at, f"{where}.at") if item.HasField("at") else now
     if not EVENT_EARLIEST <= at <= now + reservations.AHEAD:
         raise InvalidArgument(f"{where}.at", f"must be from {EVENT_EARLIEST:%Y-%m-%d} to at "
                                              f"most {reservations.AHEAD.days} days ahead")
@@ -247,7 +246,7 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
             raise InvalidArgument("amount", "required")
         now = self._ctx.clock.now()
         given = request.HasField("occurred_at")
-        occurred = check_event_time(event_time(request.occurred_at, "occurred_at"), now,
+        occurred = check_event_time(request_time(request.occurred_at, "occurred_at"), now,
                                     "occurred_at") if given else now
 
         async def purchase(conn: Conn) -> store.CustomerRecord:
@@ -362,15 +361,6 @@ class CustomersServicer(customers_pb2_grpc.CustomersServicer):
         found = await uow.run(self._pool, lambda c: erasures.status(c, customer_id))
         return erasure_status_to_pb(found)
 
-
-
-def event_time(value: Timestamp, field: str) -> datetime:
-    """A request's Timestamp as an aware datetime; ``InvalidArgument`` naming
-    ``field`` when the calendar cannot hold it (seconds beyond year 9999)."""
-    try:
-        return value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError, OSError) as exc:
-        raise InvalidArgument(field, f"{value.seconds} seconds is not a time ({exc})") from None
 
 
 def _stage_filter(value: pb.Stage.ValueType) -> str | None:

@@ -7,7 +7,7 @@ import base64
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -19,7 +19,13 @@ from crm.interactions.v1 import interactions_pb2_grpc
 from crm_contracts.contact_points import normalise_phone
 from crm_runtime import uow
 from crm_runtime.contact_gate import ContactDecision
-from crm_runtime.convert import page_size, parse_uuid, read_time_page_token, time_page_token
+from crm_runtime.convert import (
+    page_size,
+    parse_uuid,
+    read_time_page_token,
+    request_time,
+    time_page_token,
+)
 from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -130,12 +136,7 @@ class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.Interacti
     @staticmethod
     def _stated(ts: Timestamp, present: bool, field: str) -> datetime | None:
         """The time a request states, or None when it states none."""
-        if not present:
-            return None
-        try:
-            return ts.ToDatetime(tzinfo=UTC)
-        except (ValueError, OverflowError):
-            raise InvalidArgument(field, "is not a valid timestamp") from None
+        return request_time(ts, field) if present else None
 
     async def _for_customers(self, ids: Sequence[uuid.UUID | None],
                              work: Callable[[Conn], Awaitable[T]]) -> T:

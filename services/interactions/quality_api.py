@@ -5,31 +5,23 @@ action plans. Protobuf in and out only; :mod:`quality` does the work."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.interactions.v1 import interactions_pb2 as pb
 from crm_runtime import uow
-from crm_runtime.convert import page_size, time_page_token
+from crm_runtime.convert import page_size, request_time, time_page_token
 from crm_runtime.convert import timestamp as ts
-from crm_runtime.errors import InvalidArgument
 from services.interactions import commands, matrix, quality, scorecard
 from services.interactions.scorecard import Plan
 
 
 def _time(message: Any, field: str) -> datetime | None:
     """The time a request states in ``field``, or None when it states none."""
-    if not message.HasField(field):
-        return None
-    value: Timestamp = getattr(message, field)
-    try:
-        return value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument(field, "is not a valid timestamp") from None
+    return request_time(getattr(message, field), field) if message.HasField(field) else None
 
 
 def plan_to_pb(p: Plan, today: date) -> pb.ActionPlan:
