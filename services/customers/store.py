@@ -235,15 +235,6 @@ async def segment_members(conn: Conn, where_sql: str, params: list[Any],
     return [r["customer_id"] for r in rows]
 
 
-async def customer_matches(conn: Conn, customer_id: uuid.UUID, where_sql: str,
-                           params: list[Any]) -> bool:
-    n = len(params)
-    found = await conn.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = ${n + 1} AND {where_sql})",
-        *params, customer_id)
-    return bool(found)
-
-
 async def upsert_segment(conn: Conn, name: str, description: str, definition: Any,
                          churn_window_days: int | None, now: datetime) -> int:
     version: int = await conn.fetchval(
