@@ -426,12 +426,14 @@ async def test_the_report_gives_hit_rates_and_median_business_times_per_group(
     pair.clock.set(monday + timedelta(days=1, hours=2))
     await api(pair).ResolveCase(pb.ResolveCaseRequest(case_id=ids[1], resolution="ok"),
                                 metadata=md)  # 9 + 2 = 11 business hours: late
+    # The third, never resolved, missed its resolution at 17:00 Monday too.
+    await _settled(pair, ids[2], "resolution", "missed")
     report = await api(pair).GetSatisfactionReport(pb.GetSatisfactionReportRequest(
         group_by="unit"), metadata=md)
     row = next(r for r in report.rows if r.key == unit)
     assert (row.first_response_hit, row.first_response_missed) == (2, 1)
     assert row.first_response_hit_rate == pytest.approx(2 / 3)
     assert row.first_response_median_seconds == pytest.approx(H)  # 1 h, 1 h (and 2 h late)
-    assert (row.resolution_hit, row.resolution_missed) == (1, 1)
-    assert row.resolution_hit_rate == pytest.approx(0.5)
+    assert (row.resolution_hit, row.resolution_missed) == (1, 2)
+    assert row.resolution_hit_rate == pytest.approx(1 / 3)
     assert row.resolution_median_seconds == pytest.approx(7 * H)  # median of 3 h and 11 h
