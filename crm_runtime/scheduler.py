@@ -161,13 +161,16 @@ class Scheduler:
         now = self._clock.now()
         kinds = list(self._handlers)
         budget = [self._batch]  # items this round may still run, shared by the lanes
+        # Items that failed this round: between a failed item's rollback and
+        # its move another lane could claim it again, so no lane takes them.
+        failed: list[int] = []
 
         async def lane() -> int:
             ran = 0
             async with self._pool.acquire() as conn:
                 while budget[0] > 0:
                     budget[0] -= 1
-                    outcome = await self._run_one(conn, now, kinds)
+                    outcome = await self._run_one(conn, now, kinds, failed)
                     if outcome is None:
                         break
                     ran += outcome
@@ -180,10 +183,12 @@ class Scheduler:
                 raise result
         return sum(r for r in results if isinstance(r, int))
 
-    async def _run_one(self, conn: Conn, now: datetime, kinds: list[str]) -> int | None:
-        """Claim the first due item no other runner holds, run it and remove it
-        in one transaction (the claim is the ``DELETE``: four round trips):
-        1 if it ran, 0 if it failed (rolled back, then moved), None if none
+    async def _run_one(self, conn: Conn, now: datetime, kinds: list[str],
+                       failed: list[int]) -> int | None:
+        """Claim the first due item no other runner holds (nor one of
+        ``failed``), run it and remove it in one transaction (the claim is
+        the ``DELETE``: four round trips): 1 if it ran, 0 if it failed
+        (rolled back, then moved; its id added to ``failed``), None if none
         was due."""
         row = None
         try:
@@ -192,9 +197,10 @@ class Scheduler:
                     """DELETE FROM scheduled_work
                         WHERE id = (SELECT id FROM scheduled_work
                                      WHERE due_at <= $1 AND kind = ANY($2::text[])
+                                       AND id <> ALL($3::bigint[])
                                      ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
                     RETURNING id, kind, item_key, due_at, payload, attempts, traceparent""",
-                    now, kinds,
+                    now, kinds, failed,
                 )
                 if row is None:
                     return None
@@ -203,7 +209,11 @@ class Scheduler:
                 # The work runs in the trace of what scheduled it (a span when
                 # tracing is on).
                 with logs.context(traceparent=row["traceparent"], span=f"run {work.kind}"):
-                    await self._handlers[work.kind](conn, work)
+                    try:
+                        await self._handlers[work.kind](conn, work)
+                    except Exception:
+                        failed.append(row["id"])  # before the rollback frees it
+                        raise
                 unit.on_commit(metrics.SCHEDULED_FIRED.labels(self._service, work.kind).inc)
                 return 1
         except Exception as exc:
