@@ -19,7 +19,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import asyncpg
 import uvloop
@@ -88,6 +88,16 @@ class Subscription:
         return handlers
 
 
+class Worker(Protocol):
+    """A background loop a service runs beside its consumers and scheduler
+    (loyalty's webhook deliveries): ``run`` until ``stop`` is called; an
+    exception out of ``run`` stops the service (as a dead consumer does)."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class ServiceParts:
     """What a service's ``build`` returns."""
@@ -96,6 +106,7 @@ class ServiceParts:
     scheduled: Mapping[str, WorkHandler] = field(default_factory=dict)
     registrations: list[ServiceRegistration] = field(default_factory=list)
     gauges: list[metrics.DbGauge] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
 
 
 @dataclass
@@ -213,6 +224,10 @@ class ServiceRunner:
                                       poll_interval=s.scheduler_poll_interval_s)
                 tasks.append(asyncio.create_task(scheduler.run(), name=f"{self.spec.name}-sched"))
                 stoppers.append(scheduler.stop)
+            for i, worker in enumerate(parts.workers):
+                tasks.append(asyncio.create_task(worker.run(),
+                                                 name=f"{self.spec.name}-worker-{i}"))
+                stoppers.append(worker.stop)
             if parts.gauges:
                 metrics.DB_GAUGES.add(parts.gauges)
                 tasks.append(asyncio.create_task(

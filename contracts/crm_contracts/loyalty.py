@@ -1,10 +1,15 @@
 """Events the loyalty service publishes on ``crm.loyalty.v1``, the topic
 marketing consumes. The subject and message key of every event is the
-customer the action is for (for a referral reward, the referrer)."""
+customer the action is for (for a referral reward, the referrer), except a
+campaign's progress (``campaign:<campaign_id>``).
+
+An action comes from a rule (``rule_id``) or from a campaign
+(``campaign_id`` and ``campaign_run``, with ``rule_id`` empty)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -13,8 +18,12 @@ from crm_contracts.topics import LOYALTY
 
 _CUSTOMER = Field(description="Customer id (UUID) the action is for.",
                   examples=["1b4e28ba-2fa1-11d2-883f-0016d3cca427"])
-_RULE = Field(description="Id of the rule that caused the action.",
+_RULE = Field(description="Id of the rule that caused the action (empty for a campaign's).",
               examples=["repeat-buyer-discount"])
+_CAMPAIGN = Field(default="", description="Id of the campaign that caused the action "
+                  "(empty for a rule's).", examples=["spring-newsletter"])
+_RUN = Field(default=0, description="The campaign's run (1, 2, ... ; 0 for a rule's action).",
+             examples=[1])
 
 
 @event("loyalty.followup_scheduled", topic=LOYALTY)
@@ -34,6 +43,8 @@ class FollowUpScheduled(EventPayload):
                          examples=["service"])
     due_at: datetime
     trigger_event_id: str = Field(description="The event that caused it.")
+    campaign_id: str = _CAMPAIGN
+    campaign_run: int = _RUN
 
 
 @event("loyalty.followup_due", topic=LOYALTY)
@@ -114,6 +125,8 @@ class DiscountIssued(EventPayload):
     rule_id: str = _RULE
     purpose: str = Field(examples=["promotional", "service"])
     reason: str = Field(default="", examples=["Thank you for buying again"])
+    campaign_id: str = _CAMPAIGN
+    campaign_run: int = _RUN
 
 
 @event("loyalty.discount_redeemed", topic=LOYALTY)
@@ -150,6 +163,8 @@ class ActionSuppressed(EventPayload):
     reason: str = Field(examples=["frequency_cap", "do_not_contact", "no_promotional_consent",
                                   "no_newsletter_consent", "erased"])
     trigger_event_id: str
+    campaign_id: str = _CAMPAIGN
+    campaign_run: int = _RUN
 
 
 @event("loyalty.referral_rewarded", topic=LOYALTY)
@@ -161,3 +176,44 @@ class ReferralRewarded(EventPayload):
     referred_customer_id: str
     discount_id: str
     rule_id: str = _RULE
+
+
+@event("loyalty.newsletter_issue_due", topic=LOYALTY)
+class NewsletterIssueDue(EventPayload):
+    """A campaign asks marketing to send this issue of a newsletter to the
+    customer now: the customer consents to newsletters, has not left the
+    list, and the contact gate counted the contact."""
+
+    action_id: str = Field(description="Stable per (campaign, run, customer): dedupe on it.")
+    customer_id: str = _CUSTOMER
+    campaign_id: str = Field(examples=["spring-newsletter"])
+    campaign_run: int = Field(examples=[1])
+    list: str = Field(examples=["monthly"])
+    issue: str = Field(description="The issue's template.", examples=["spring-2027"])
+    channel: str = Field(examples=["email"])
+    purpose: str = Field(default="newsletter", examples=["newsletter"])
+
+
+@event("loyalty.campaign_progress", topic=LOYALTY)
+class CampaignProgress(EventPayload):
+    """Where a campaign's run stands: on every change of state (started,
+    paused, resumed, done, cancelled) and, while it sends, at most every
+    30 seconds. It concerns no customer: its key (and subject) is
+    ``campaign:<campaign_id>``."""
+
+    kafka_key: ClassVar[str] = ("campaign:<campaign_id>: one campaign's progress stays in "
+                                "order on one partition.")
+
+    campaign_id: str = Field(examples=["spring-newsletter"])
+    run: int = Field(examples=[1])
+    state: str = Field(examples=["running", "paused", "done", "cancelled"])
+    targeted: int = Field(description="Members of the run.", examples=[12000])
+    sent: int = Field(examples=[9500])
+    suppressed: int = Field(examples=[300])
+    skipped: int = Field(examples=[20])
+    pending: int = Field(examples=[2180])
+    suppressed_by_reason: dict[str, int] = Field(default_factory=dict,
+                                                 examples=[{"frequency_cap": 250}])
+    skipped_by_reason: dict[str, int] = Field(default_factory=dict,
+                                              examples=[{"left_segment": 20}])
+    at: datetime

@@ -11,6 +11,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +22,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ContentMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContentModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContentMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTENT_MODE_UNSPECIFIED: _ContentMode.ValueType  # 0
+    """binary"""
+    CONTENT_MODE_BINARY: _ContentMode.ValueType  # 1
+    """CloudEvents HTTP binary mode: ce-* headers, the event's data as the
+    JSON body (Content-Type: application/json).
+    """
+    CONTENT_MODE_STRUCTURED: _ContentMode.ValueType  # 2
+    """Structured mode: the whole event as JSON
+    (Content-Type: application/cloudevents+json).
+    """
+
+class ContentMode(_ContentMode, metaclass=_ContentModeEnumTypeWrapper):
+    """--- webhooks -------------------------------------------------------------------"""
+
+CONTENT_MODE_UNSPECIFIED: ContentMode.ValueType  # 0
+"""binary"""
+CONTENT_MODE_BINARY: ContentMode.ValueType  # 1
+"""CloudEvents HTTP binary mode: ce-* headers, the event's data as the
+JSON body (Content-Type: application/json).
+"""
+CONTENT_MODE_STRUCTURED: ContentMode.ValueType  # 2
+"""Structured mode: the whole event as JSON
+(Content-Type: application/cloudevents+json).
+"""
+Global___ContentMode: _TypeAlias = ContentMode  # noqa: Y015
 
 @_typing.final
 class Money(_message.Message):
@@ -908,3 +941,981 @@ class ExportCustomerDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportCustomerDataResponse: _TypeAlias = ExportCustomerDataResponse  # noqa: Y015
+
+@_typing.final
+class CampaignAction(_message.Message):
+    """--- campaigns ------------------------------------------------------------------
+
+    The one action a campaign sends each member: set exactly one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEWSLETTER_ISSUE_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FIELD_NUMBER: _builtins.int
+    FOLLOW_UP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def newsletter_issue(self) -> Global___NewsletterIssueAction: ...
+    @_builtins.property
+    def discount(self) -> Global___CampaignDiscount: ...
+    @_builtins.property
+    def follow_up(self) -> Global___CampaignFollowUp: ...
+    def __init__(
+        self,
+        *,
+        newsletter_issue: Global___NewsletterIssueAction | None = ...,
+        discount: Global___CampaignDiscount | None = ...,
+        follow_up: Global___CampaignFollowUp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["discount", b"discount", "follow_up", b"follow_up", "kind", b"kind", "newsletter_issue", b"newsletter_issue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discount", b"discount", "follow_up", b"follow_up", "kind", b"kind", "newsletter_issue", b"newsletter_issue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["newsletter_issue", "discount", "follow_up"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___CampaignAction: _TypeAlias = CampaignAction  # noqa: Y015
+
+@_typing.final
+class NewsletterIssueAction(_message.Message):
+    """One issue of a newsletter, for marketing to send (loyalty.newsletter_issue_due).
+    Members need newsletter consent and must not have left the list.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIST_FIELD_NUMBER: _builtins.int
+    ISSUE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    list: _builtins.str
+    """the newsletter list, e.g. "monthly" """
+    issue: _builtins.str
+    """the issue's template, e.g. "spring-2027" """
+    channel: _builtins.str
+    """default email"""
+    def __init__(
+        self,
+        *,
+        list: _builtins.str = ...,
+        issue: _builtins.str = ...,
+        channel: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "issue", b"issue", "list", b"list"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewsletterIssueAction: _TypeAlias = NewsletterIssueAction  # noqa: Y015
+
+@_typing.final
+class CampaignDiscount(_message.Message):
+    """A single-use discount code per member (loyalty.discount_issued)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERCENT_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    MIN_PURCHASE_MINOR_FIELD_NUMBER: _builtins.int
+    VALID_DAYS_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    percent: _builtins.int
+    """1-100; or amount_minor"""
+    amount_minor: _builtins.int
+    currency: _builtins.str
+    """default EUR"""
+    min_purchase_minor: _builtins.int
+    valid_days: _builtins.int
+    """default 30, at most 730"""
+    purpose: _builtins.str
+    """promotional (default) or service"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        percent: _builtins.int | None = ...,
+        amount_minor: _builtins.int | None = ...,
+        currency: _builtins.str = ...,
+        min_purchase_minor: _builtins.int = ...,
+        valid_days: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_minor", b"_amount_minor", "_percent", b"_percent", "amount_minor", b"amount_minor", "percent", b"percent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_minor", b"_amount_minor", "_percent", b"_percent", "amount_minor", b"amount_minor", "currency", b"currency", "min_purchase_minor", b"min_purchase_minor", "percent", b"percent", "purpose", b"purpose", "reason", b"reason", "valid_days", b"valid_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount_minor: _TypeAlias = _typing.Literal["amount_minor"]  # noqa: Y015
+    _WhichOneofArgType__amount_minor: _TypeAlias = _typing.Literal["_amount_minor", b"_amount_minor"]  # noqa: Y015
+    _WhichOneofReturnType__percent: _TypeAlias = _typing.Literal["percent"]  # noqa: Y015
+    _WhichOneofArgType__percent: _TypeAlias = _typing.Literal["_percent", b"_percent"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount_minor) -> _WhichOneofReturnType__amount_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__percent) -> _WhichOneofReturnType__percent | None: ...
+
+Global___CampaignDiscount: _TypeAlias = CampaignDiscount  # noqa: Y015
+
+@_typing.final
+class CampaignFollowUp(_message.Message):
+    """A follow-up per member (loyalty.follow_up_scheduled; the contact gate is
+    asked when it is due, as for a rule's follow-up).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    template: _builtins.str
+    reason: _builtins.str
+    purpose: _builtins.str
+    """service (default), promotional or newsletter"""
+    delay: _builtins.str
+    """after the member's turn: "0m" (default), "3d", "12h" """
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        template: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        delay: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "delay", b"delay", "purpose", b"purpose", "reason", b"reason", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignFollowUp: _TypeAlias = CampaignFollowUp  # noqa: Y015
+
+@_typing.final
+class CreateCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    START_AT_FIELD_NUMBER: _builtins.int
+    MEMBERS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    REPEAT_EVERY_FIELD_NUMBER: _builtins.int
+    REPEAT_UNTIL_FIELD_NUMBER: _builtins.int
+    INCLUDE_LATE_JOINERS_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    """yours: [a-z][a-z0-9_-]{0,62}"""
+    name: _builtins.str
+    description: _builtins.str
+    segment: _builtins.str
+    """a segment the customers service defines"""
+    members_per_minute: _builtins.int
+    """Members per minute; unset: as fast as the service goes. 0: INVALID_ARGUMENT."""
+    repeat_every: _builtins.str
+    """A recurring campaign: a new run this long after each run's scheduled
+    start ("7d", "1d", "12h"; at least 1h), until repeat_until (unset: forever).
+    """
+    include_late_joiners: _builtins.bool
+    """Customers who enter the segment while a run is sending join that run.
+    Default false: a run sends to the members it found when it started.
+    """
+    created_by: _builtins.str
+    @_builtins.property
+    def action(self) -> Global___CampaignAction: ...
+    @_builtins.property
+    def start_at(self) -> _timestamp_pb2.Timestamp:
+        """First run; unset: now. In the past: INVALID_ARGUMENT."""
+
+    @_builtins.property
+    def repeat_until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        segment: _builtins.str = ...,
+        action: Global___CampaignAction | None = ...,
+        start_at: _timestamp_pb2.Timestamp | None = ...,
+        members_per_minute: _builtins.int | None = ...,
+        repeat_every: _builtins.str = ...,
+        repeat_until: _timestamp_pb2.Timestamp | None = ...,
+        include_late_joiners: _builtins.bool = ...,
+        created_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_members_per_minute", b"_members_per_minute", "action", b"action", "members_per_minute", b"members_per_minute", "repeat_until", b"repeat_until", "start_at", b"start_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_members_per_minute", b"_members_per_minute", "action", b"action", "campaign_id", b"campaign_id", "created_by", b"created_by", "description", b"description", "include_late_joiners", b"include_late_joiners", "members_per_minute", b"members_per_minute", "name", b"name", "repeat_every", b"repeat_every", "repeat_until", b"repeat_until", "segment", b"segment", "start_at", b"start_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__members_per_minute: _TypeAlias = _typing.Literal["members_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__members_per_minute: _TypeAlias = _typing.Literal["_members_per_minute", b"_members_per_minute"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__members_per_minute) -> _WhichOneofReturnType__members_per_minute | None: ...
+
+Global___CreateCampaignRequest: _TypeAlias = CreateCampaignRequest  # noqa: Y015
+
+@_typing.final
+class CampaignRun(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SuppressedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SkippedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    TARGETED_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_BY_REASON_FIELD_NUMBER: _builtins.int
+    SKIPPED_BY_REASON_FIELD_NUMBER: _builtins.int
+    run: _builtins.int
+    """1, 2, ..."""
+    state: _builtins.str
+    """running, paused, done, cancelled"""
+    targeted: _builtins.int
+    """members of the run"""
+    sent: _builtins.int
+    """actions performed"""
+    suppressed: _builtins.int
+    """stopped by consent, do-not-contact or the contact gate"""
+    skipped: _builtins.int
+    """left the segment, erased, already enrolled"""
+    pending: _builtins.int
+    """not reached yet"""
+    @_builtins.property
+    def scheduled_for(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def suppressed_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def skipped_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        run: _builtins.int = ...,
+        state: _builtins.str = ...,
+        scheduled_for: _timestamp_pb2.Timestamp | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        targeted: _builtins.int = ...,
+        sent: _builtins.int = ...,
+        suppressed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        pending: _builtins.int = ...,
+        suppressed_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        skipped_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "scheduled_for", b"scheduled_for", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "pending", b"pending", "run", b"run", "scheduled_for", b"scheduled_for", "sent", b"sent", "skipped", b"skipped", "skipped_by_reason", b"skipped_by_reason", "started_at", b"started_at", "state", b"state", "suppressed", b"suppressed", "suppressed_by_reason", b"suppressed_by_reason", "targeted", b"targeted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignRun: _TypeAlias = CampaignRun  # noqa: Y015
+
+@_typing.final
+class Campaign(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    START_AT_FIELD_NUMBER: _builtins.int
+    MEMBERS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    REPEAT_EVERY_FIELD_NUMBER: _builtins.int
+    REPEAT_UNTIL_FIELD_NUMBER: _builtins.int
+    INCLUDE_LATE_JOINERS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_AT_FIELD_NUMBER: _builtins.int
+    CURRENT_RUN_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    name: _builtins.str
+    description: _builtins.str
+    segment: _builtins.str
+    members_per_minute: _builtins.int
+    repeat_every: _builtins.str
+    include_late_joiners: _builtins.bool
+    state: _builtins.str
+    """scheduled, running, paused, done, cancelled"""
+    runs: _builtins.int
+    created_by: _builtins.str
+    @_builtins.property
+    def action(self) -> Global___CampaignAction: ...
+    @_builtins.property
+    def start_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def repeat_until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_run_at(self) -> _timestamp_pb2.Timestamp:
+        """scheduled: when the next run starts"""
+
+    @_builtins.property
+    def current_run(self) -> Global___CampaignRun:
+        """the latest run, if any ran"""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        segment: _builtins.str = ...,
+        action: Global___CampaignAction | None = ...,
+        start_at: _timestamp_pb2.Timestamp | None = ...,
+        members_per_minute: _builtins.int | None = ...,
+        repeat_every: _builtins.str = ...,
+        repeat_until: _timestamp_pb2.Timestamp | None = ...,
+        include_late_joiners: _builtins.bool = ...,
+        state: _builtins.str = ...,
+        next_run_at: _timestamp_pb2.Timestamp | None = ...,
+        current_run: Global___CampaignRun | None = ...,
+        runs: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_members_per_minute", b"_members_per_minute", "action", b"action", "created_at", b"created_at", "current_run", b"current_run", "members_per_minute", b"members_per_minute", "next_run_at", b"next_run_at", "repeat_until", b"repeat_until", "start_at", b"start_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_members_per_minute", b"_members_per_minute", "action", b"action", "campaign_id", b"campaign_id", "created_at", b"created_at", "created_by", b"created_by", "current_run", b"current_run", "description", b"description", "include_late_joiners", b"include_late_joiners", "members_per_minute", b"members_per_minute", "name", b"name", "next_run_at", b"next_run_at", "repeat_every", b"repeat_every", "repeat_until", b"repeat_until", "runs", b"runs", "segment", b"segment", "start_at", b"start_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__members_per_minute: _TypeAlias = _typing.Literal["members_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__members_per_minute: _TypeAlias = _typing.Literal["_members_per_minute", b"_members_per_minute"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__members_per_minute) -> _WhichOneofReturnType__members_per_minute | None: ...
+
+Global___Campaign: _TypeAlias = Campaign  # noqa: Y015
+
+@_typing.final
+class GetCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    run: _builtins.int
+    """0: the latest run"""
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        run: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCampaignRequest: _TypeAlias = GetCampaignRequest  # noqa: Y015
+
+@_typing.final
+class ListCampaignsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """optional filter"""
+    page_size: _builtins.int
+    """default 50, at most 500"""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignsRequest: _TypeAlias = ListCampaignsRequest  # noqa: Y015
+
+@_typing.final
+class ListCampaignsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def campaigns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Campaign]: ...
+    def __init__(
+        self,
+        *,
+        campaigns: _abc.Iterable[Global___Campaign] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaigns", b"campaigns", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignsResponse: _TypeAlias = ListCampaignsResponse  # noqa: Y015
+
+@_typing.final
+class CampaignStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    changed_by: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        changed_by: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "changed_by", b"changed_by", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignStateRequest: _TypeAlias = CampaignStateRequest  # noqa: Y015
+
+@_typing.final
+class DryRunCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    DRAFT_FIELD_NUMBER: _builtins.int
+    SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    """a stored campaign"""
+    sample_size: _builtins.int
+    """default 20, at most 100"""
+    @_builtins.property
+    def draft(self) -> Global___CreateCampaignRequest:
+        """or a draft, not stored"""
+
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        draft: Global___CreateCampaignRequest | None = ...,
+        sample_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "campaign_id", b"campaign_id", "draft", b"draft"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "campaign_id", b"campaign_id", "draft", b"draft", "sample_size", b"sample_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_campaign: _TypeAlias = _typing.Literal["campaign_id", "draft"]  # noqa: Y015
+    _WhichOneofArgType_campaign: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_campaign) -> _WhichOneofReturnType_campaign | None: ...
+
+Global___DryRunCampaignRequest: _TypeAlias = DryRunCampaignRequest  # noqa: Y015
+
+@_typing.final
+class CampaignSample(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    outcome: _builtins.str
+    """sent, suppressed, skipped"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "outcome", b"outcome", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignSample: _TypeAlias = CampaignSample  # noqa: Y015
+
+@_typing.final
+class DryRunCampaignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SuppressedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SkippedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TARGETED_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_BY_REASON_FIELD_NUMBER: _builtins.int
+    SKIPPED_BY_REASON_FIELD_NUMBER: _builtins.int
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    targeted: _builtins.int
+    sent: _builtins.int
+    suppressed: _builtins.int
+    skipped: _builtins.int
+    @_builtins.property
+    def suppressed_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def skipped_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def sample(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignSample]: ...
+    def __init__(
+        self,
+        *,
+        targeted: _builtins.int = ...,
+        sent: _builtins.int = ...,
+        suppressed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        suppressed_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        skipped_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        sample: _abc.Iterable[Global___CampaignSample] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sample", b"sample", "sent", b"sent", "skipped", b"skipped", "skipped_by_reason", b"skipped_by_reason", "suppressed", b"suppressed", "suppressed_by_reason", b"suppressed_by_reason", "targeted", b"targeted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DryRunCampaignResponse: _TypeAlias = DryRunCampaignResponse  # noqa: Y015
+
+@_typing.final
+class CreateWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_MODE_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """yours: [a-z][a-z0-9_-]{0,62}"""
+    url: _builtins.str
+    """http or https"""
+    customer_id: _builtins.str
+    """Only this customer's events (optional)."""
+    content_mode: Global___ContentMode.ValueType
+    max_attempts: _builtins.int
+    """Tries before a delivery is parked as failed; default 8, at most 30."""
+    secret: _builtins.str
+    """whsec_<base64 of 24-64 bytes>; empty: one is generated."""
+    description: _builtins.str
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event types ("customer.stage_changed") or type prefixes ending in "*"
+        ("customer.*"; "*" is every event). Each must match a known type.
+        """
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        customer_id: _builtins.str = ...,
+        content_mode: Global___ContentMode.ValueType = ...,
+        max_attempts: _builtins.int = ...,
+        secret: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_mode", b"content_mode", "customer_id", b"customer_id", "description", b"description", "event_types", b"event_types", "max_attempts", b"max_attempts", "secret", b"secret", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookRequest: _TypeAlias = CreateWebhookRequest  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_MODE_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DELETED_AT_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    url: _builtins.str
+    customer_id: _builtins.str
+    content_mode: Global___ContentMode.ValueType
+    max_attempts: _builtins.int
+    secret: _builtins.str
+    """on CreateWebhook only"""
+    description: _builtins.str
+    state: _builtins.str
+    """active or deleted"""
+    pending: _builtins.int
+    """deliveries waiting or being retried"""
+    delivered: _builtins.int
+    failed: _builtins.int
+    """parked: after max_attempts, or a 4xx refusal"""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deleted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        customer_id: _builtins.str = ...,
+        content_mode: Global___ContentMode.ValueType = ...,
+        max_attempts: _builtins.int = ...,
+        secret: _builtins.str = ...,
+        description: _builtins.str = ...,
+        state: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        deleted_at: _timestamp_pb2.Timestamp | None = ...,
+        pending: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deleted_at", b"deleted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_mode", b"content_mode", "created_at", b"created_at", "customer_id", b"customer_id", "deleted_at", b"deleted_at", "delivered", b"delivered", "description", b"description", "event_types", b"event_types", "failed", b"failed", "max_attempts", b"max_attempts", "pending", b"pending", "secret", b"secret", "state", b"state", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class ListWebhooksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_DELETED_FIELD_NUMBER: _builtins.int
+    include_deleted: _builtins.bool
+    def __init__(
+        self,
+        *,
+        include_deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_deleted", b"include_deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksRequest: _TypeAlias = ListWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhooksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Webhook]: ...
+    def __init__(
+        self,
+        *,
+        webhooks: _abc.Iterable[Global___Webhook] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhooks", b"webhooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksResponse: _TypeAlias = ListWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookRequest: _TypeAlias = DeleteWebhookRequest  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_RESPONSE_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    webhook_id: _builtins.str
+    event_id: _builtins.str
+    """the CloudEvents id (ce-id): receivers dedupe on it"""
+    event_type: _builtins.str
+    subject: _builtins.str
+    """the customer id (or another key) the event is about"""
+    state: _builtins.str
+    """pending, delivered, failed"""
+    attempts: _builtins.int
+    last_status_code: _builtins.int
+    """0: no answer"""
+    last_error: _builtins.str
+    """timeout, connection error, the refusal"""
+    last_response: _builtins.str
+    """the answer's body, its first 1 KiB"""
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        last_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_response: _builtins.str = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "delivered_at", b"delivered_at", "delivery_id", b"delivery_id", "event_id", b"event_id", "event_type", b"event_type", "last_error", b"last_error", "last_response", b"last_response", "last_status_code", b"last_status_code", "next_attempt_at", b"next_attempt_at", "state", b"state", "subject", b"subject", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    state: _builtins.str
+    """optional filter"""
+    subject: _builtins.str
+    """optional: one customer's"""
+    page_size: _builtins.int
+    """default 50, at most 500"""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state", "subject", b"subject", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class ReplayWebhookDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_IDS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    @_builtins.property
+    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """These failed deliveries; empty: every failed delivery of the webhook."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        delivery_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_ids", b"delivery_ids", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayWebhookDeliveriesRequest: _TypeAlias = ReplayWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ReplayWebhookDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.int
+    def __init__(
+        self,
+        *,
+        replayed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayWebhookDeliveriesResponse: _TypeAlias = ReplayWebhookDeliveriesResponse  # noqa: Y015

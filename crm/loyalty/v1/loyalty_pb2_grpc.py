@@ -94,6 +94,66 @@ class LoyaltyStub:
                 request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataRequest.SerializeToString,
                 response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataResponse.FromString,
                 _registered_method=True)
+        self.CreateCampaign = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/CreateCampaign',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CreateCampaignRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.GetCampaign = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/GetCampaign',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.GetCampaignRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.ListCampaigns = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/ListCampaigns',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListCampaignsRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListCampaignsResponse.FromString,
+                _registered_method=True)
+        self.PauseCampaign = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/PauseCampaign',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.ResumeCampaign = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/ResumeCampaign',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.CancelCampaign = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/CancelCampaign',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.DryRunCampaign = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/DryRunCampaign',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DryRunCampaignRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DryRunCampaignResponse.FromString,
+                _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/CreateWebhook',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Webhook.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/ListWebhooks',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/DeleteWebhook',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Webhook.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/ListWebhookDeliveries',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.ReplayWebhookDeliveries = channel.unary_unary(
+                '/crm.loyalty.v1.Loyalty/ReplayWebhookDeliveries',
+                request_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ReplayWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ReplayWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class LoyaltyServicer:
@@ -188,6 +248,93 @@ class LoyaltyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCampaign(self, request, context):
+        """--- campaigns: one action to every member of a segment -------------------
+        Create a campaign (idempotent on campaign_id: the same request returns
+        the stored campaign; a different one is ALREADY_EXISTS naming the fields).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCampaigns(self, request, context):
+        """Newest first; filter by state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseCampaign(self, request, context):
+        """A scheduled or running campaign stops sending until resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelCampaign(self, request, context):
+        """Final: no member of the current run who has not been sent to yet is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DryRunCampaign(self, request, context):
+        """What a campaign would do now: counts by predicted outcome and a sample.
+        Writes nothing; the contact gate is not asked (its cap and quiet hours
+        apply when the campaign runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWebhook(self, request, context):
+        """--- webhooks: events pushed over HTTP to systems that cannot read Kafka ---
+        Subscribe a URL (idempotent on webhook_id). The secret is returned here
+        only; deliveries are signed with it (Standard Webhooks headers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Stops new deliveries at once; pending ones are dropped (state deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """A subscription's deliveries, newest first, with each one's last answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayWebhookDeliveries(self, request, context):
+        """Send failed (parked) deliveries again, from the first try.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoyaltyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +397,66 @@ def add_LoyaltyServicer_to_server(servicer, server):
                     servicer.ExportCustomerData,
                     request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataRequest.FromString,
                     response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataResponse.SerializeToString,
+            ),
+            'CreateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCampaign,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CreateCampaignRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.SerializeToString,
+            ),
+            'GetCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaign,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.GetCampaignRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.SerializeToString,
+            ),
+            'ListCampaigns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaigns,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListCampaignsRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'PauseCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseCampaign,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.SerializeToString,
+            ),
+            'ResumeCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeCampaign,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.SerializeToString,
+            ),
+            'CancelCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCampaign,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.SerializeToString,
+            ),
+            'DryRunCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.DryRunCampaign,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DryRunCampaignRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DryRunCampaignResponse.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Webhook.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Webhook.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'ReplayWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayWebhookDeliveries,
+                    request_deserializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ReplayWebhookDeliveriesRequest.FromString,
+                    response_serializer=crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ReplayWebhookDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +783,330 @@ class Loyalty:
             '/crm.loyalty.v1.Loyalty/ExportCustomerData',
             crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataRequest.SerializeToString,
             crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ExportCustomerDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/CreateCampaign',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CreateCampaignRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/GetCampaign',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.GetCampaignRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaigns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/ListCampaigns',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListCampaignsRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/PauseCampaign',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/ResumeCampaign',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/CancelCampaign',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CampaignStateRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DryRunCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/DryRunCampaign',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DryRunCampaignRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DryRunCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/CreateWebhook',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.CreateWebhookRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Webhook.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/ListWebhooks',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhooksRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/DeleteWebhook',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.DeleteWebhookRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.Webhook.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/ListWebhookDeliveries',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.loyalty.v1.Loyalty/ReplayWebhookDeliveries',
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ReplayWebhookDeliveriesRequest.SerializeToString,
+            crm_dot_loyalty_dot_v1_dot_loyalty__pb2.ReplayWebhookDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

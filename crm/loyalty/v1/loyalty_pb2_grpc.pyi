@@ -66,6 +66,36 @@ class LoyaltyStub:
     NOT_FOUND: the customers service decides who is a customer
     (Customers/ExportCustomer assembles every service's part).
     """
+    CreateCampaign: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.CreateCampaignRequest, _loyalty_pb2.Campaign]
+    """--- campaigns: one action to every member of a segment -------------------
+    Create a campaign (idempotent on campaign_id: the same request returns
+    the stored campaign; a different one is ALREADY_EXISTS naming the fields).
+    """
+    GetCampaign: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.GetCampaignRequest, _loyalty_pb2.Campaign]
+    ListCampaigns: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.ListCampaignsRequest, _loyalty_pb2.ListCampaignsResponse]
+    """Newest first; filter by state."""
+    PauseCampaign: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.CampaignStateRequest, _loyalty_pb2.Campaign]
+    """A scheduled or running campaign stops sending until resumed."""
+    ResumeCampaign: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.CampaignStateRequest, _loyalty_pb2.Campaign]
+    CancelCampaign: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.CampaignStateRequest, _loyalty_pb2.Campaign]
+    """Final: no member of the current run who has not been sent to yet is."""
+    DryRunCampaign: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.DryRunCampaignRequest, _loyalty_pb2.DryRunCampaignResponse]
+    """What a campaign would do now: counts by predicted outcome and a sample.
+    Writes nothing; the contact gate is not asked (its cap and quiet hours
+    apply when the campaign runs).
+    """
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.CreateWebhookRequest, _loyalty_pb2.Webhook]
+    """--- webhooks: events pushed over HTTP to systems that cannot read Kafka ---
+    Subscribe a URL (idempotent on webhook_id). The secret is returned here
+    only; deliveries are signed with it (Standard Webhooks headers).
+    """
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.ListWebhooksRequest, _loyalty_pb2.ListWebhooksResponse]
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.DeleteWebhookRequest, _loyalty_pb2.Webhook]
+    """Stops new deliveries at once; pending ones are dropped (state deleted)."""
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.ListWebhookDeliveriesRequest, _loyalty_pb2.ListWebhookDeliveriesResponse]
+    """A subscription's deliveries, newest first, with each one's last answer."""
+    ReplayWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_loyalty_pb2.ReplayWebhookDeliveriesRequest, _loyalty_pb2.ReplayWebhookDeliveriesResponse]
+    """Send failed (parked) deliveries again, from the first try."""
 
 @_typing.type_check_only
 class LoyaltyAsyncStub(LoyaltyStub):
@@ -102,6 +132,36 @@ class LoyaltyAsyncStub(LoyaltyStub):
     NOT_FOUND: the customers service decides who is a customer
     (Customers/ExportCustomer assembles every service's part).
     """
+    CreateCampaign: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.CreateCampaignRequest, _loyalty_pb2.Campaign]  # type: ignore[assignment]
+    """--- campaigns: one action to every member of a segment -------------------
+    Create a campaign (idempotent on campaign_id: the same request returns
+    the stored campaign; a different one is ALREADY_EXISTS naming the fields).
+    """
+    GetCampaign: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.GetCampaignRequest, _loyalty_pb2.Campaign]  # type: ignore[assignment]
+    ListCampaigns: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.ListCampaignsRequest, _loyalty_pb2.ListCampaignsResponse]  # type: ignore[assignment]
+    """Newest first; filter by state."""
+    PauseCampaign: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.CampaignStateRequest, _loyalty_pb2.Campaign]  # type: ignore[assignment]
+    """A scheduled or running campaign stops sending until resumed."""
+    ResumeCampaign: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.CampaignStateRequest, _loyalty_pb2.Campaign]  # type: ignore[assignment]
+    CancelCampaign: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.CampaignStateRequest, _loyalty_pb2.Campaign]  # type: ignore[assignment]
+    """Final: no member of the current run who has not been sent to yet is."""
+    DryRunCampaign: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.DryRunCampaignRequest, _loyalty_pb2.DryRunCampaignResponse]  # type: ignore[assignment]
+    """What a campaign would do now: counts by predicted outcome and a sample.
+    Writes nothing; the contact gate is not asked (its cap and quiet hours
+    apply when the campaign runs).
+    """
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.CreateWebhookRequest, _loyalty_pb2.Webhook]  # type: ignore[assignment]
+    """--- webhooks: events pushed over HTTP to systems that cannot read Kafka ---
+    Subscribe a URL (idempotent on webhook_id). The secret is returned here
+    only; deliveries are signed with it (Standard Webhooks headers).
+    """
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.ListWebhooksRequest, _loyalty_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.DeleteWebhookRequest, _loyalty_pb2.Webhook]  # type: ignore[assignment]
+    """Stops new deliveries at once; pending ones are dropped (state deleted)."""
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.ListWebhookDeliveriesRequest, _loyalty_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """A subscription's deliveries, newest first, with each one's last answer."""
+    ReplayWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_loyalty_pb2.ReplayWebhookDeliveriesRequest, _loyalty_pb2.ReplayWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """Send failed (parked) deliveries again, from the first try."""
 
 class LoyaltyServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -207,5 +267,107 @@ class LoyaltyServicer(metaclass=_abc_1.ABCMeta):
         NOT_FOUND: the customers service decides who is a customer
         (Customers/ExportCustomer assembles every service's part).
         """
+
+    @_abc_1.abstractmethod
+    def CreateCampaign(
+        self,
+        request: _loyalty_pb2.CreateCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.Campaign, _abc.Awaitable[_loyalty_pb2.Campaign]]:
+        """--- campaigns: one action to every member of a segment -------------------
+        Create a campaign (idempotent on campaign_id: the same request returns
+        the stored campaign; a different one is ALREADY_EXISTS naming the fields).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCampaign(
+        self,
+        request: _loyalty_pb2.GetCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.Campaign, _abc.Awaitable[_loyalty_pb2.Campaign]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCampaigns(
+        self,
+        request: _loyalty_pb2.ListCampaignsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.ListCampaignsResponse, _abc.Awaitable[_loyalty_pb2.ListCampaignsResponse]]:
+        """Newest first; filter by state."""
+
+    @_abc_1.abstractmethod
+    def PauseCampaign(
+        self,
+        request: _loyalty_pb2.CampaignStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.Campaign, _abc.Awaitable[_loyalty_pb2.Campaign]]:
+        """A scheduled or running campaign stops sending until resumed."""
+
+    @_abc_1.abstractmethod
+    def ResumeCampaign(
+        self,
+        request: _loyalty_pb2.CampaignStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.Campaign, _abc.Awaitable[_loyalty_pb2.Campaign]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelCampaign(
+        self,
+        request: _loyalty_pb2.CampaignStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.Campaign, _abc.Awaitable[_loyalty_pb2.Campaign]]:
+        """Final: no member of the current run who has not been sent to yet is."""
+
+    @_abc_1.abstractmethod
+    def DryRunCampaign(
+        self,
+        request: _loyalty_pb2.DryRunCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.DryRunCampaignResponse, _abc.Awaitable[_loyalty_pb2.DryRunCampaignResponse]]:
+        """What a campaign would do now: counts by predicted outcome and a sample.
+        Writes nothing; the contact gate is not asked (its cap and quiet hours
+        apply when the campaign runs).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _loyalty_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.Webhook, _abc.Awaitable[_loyalty_pb2.Webhook]]:
+        """--- webhooks: events pushed over HTTP to systems that cannot read Kafka ---
+        Subscribe a URL (idempotent on webhook_id). The secret is returned here
+        only; deliveries are signed with it (Standard Webhooks headers).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _loyalty_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.ListWebhooksResponse, _abc.Awaitable[_loyalty_pb2.ListWebhooksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _loyalty_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.Webhook, _abc.Awaitable[_loyalty_pb2.Webhook]]:
+        """Stops new deliveries at once; pending ones are dropped (state deleted)."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _loyalty_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_loyalty_pb2.ListWebhookDeliveriesResponse]]:
+        """A subscription's deliveries, newest first, with each one's last answer."""
+
+    @_abc_1.abstractmethod
+    def ReplayWebhookDeliveries(
+        self,
+        request: _loyalty_pb2.ReplayWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_pb2.ReplayWebhookDeliveriesResponse, _abc.Awaitable[_loyalty_pb2.ReplayWebhookDeliveriesResponse]]:
+        """Send failed (parked) deliveries again, from the first try."""
 
 def add_LoyaltyServicer_to_server(servicer: LoyaltyServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
