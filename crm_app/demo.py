@@ -44,7 +44,7 @@ from crm.interactions.v1 import interactions_pb2_grpc
 from crm.loyalty.v1 import loyalty_pb2 as lpb
 from crm.loyalty.v1 import loyalty_pb2_grpc
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
-from crm_app import demo_cycle
+from crm_app import demo_cycle, demo_marketing
 from crm_app.demo_text import (
     _brief,
     _duration,
@@ -68,6 +68,7 @@ from crm_runtime.settings import Settings
 WATCHED = (
     "crm_stage_changes_total", "crm_interactions_total", "crm_cases_breached_total",
     "crm_loyalty_actions_total", "crm_loyalty_redemptions_total", "crm_csat_responses_total",
+    "crm_campaign_members_total", "crm_webhook_deliveries_total",
 )
 
 #: Line width of the demo's output; longer lines wrap at word boundaries.
@@ -491,6 +492,18 @@ class Demo:
                          "customer rates the delivery, and the scorecard says what to improve "
                          "first", ("survey.response_recorded",),
                          service_cycle, (("crm_csat_responses_total", {"channel": "email"}),))
+
+        async def marketing() -> dict[str, Any]:
+            return await demo_marketing.campaign_and_webhook(
+                self.customers, self.loyalty, self.md, self.customer_id, run,
+                lambda seconds: self._advance(timedelta(seconds=seconds)), self.wait_s)
+
+        await self._step("Marketing sends the spring newsletter to repeat customers, and the "
+                         "helpdesk gets the customer's loyalty events by webhook",
+                         ("customer.segment_entered", "loyalty.campaign_progress",
+                          "loyalty.newsletter_issue_due"), marketing,
+                         (("crm_campaign_members_total", {"outcome": "sent"}),
+                          ("crm_webhook_deliveries_total", {"outcome": "delivered"})))
 
         async def a_year_passes() -> dict[str, Any]:
             # The follow-ups still pending go out in the first month; the

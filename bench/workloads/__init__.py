@@ -10,10 +10,13 @@ from bench.workloads import (
     customers_purchases,
     interactions_ingest,
     loyalty_actions,
+    loyalty_campaign,
     loyalty_latency,
+    loyalty_webhooks,
     publish,
     scheduler_drain,
 )
 
 __all__ = ["consume", "customers_get", "customers_purchases", "interactions_ingest",
-           "loyalty_actions", "loyalty_latency", "publish", "scheduler_drain"]
+           "loyalty_actions", "loyalty_campaign", "loyalty_latency", "loyalty_webhooks",
+           "publish", "scheduler_drain"]

@@ -21,7 +21,9 @@ from crm_runtime.convert import timestamp as ts
 from crm_runtime.db import Conn
 from crm_runtime.errors import InvalidArgument
 from services.loyalty import commands, discounts, domain, privacy, rulebook, store
+from services.loyalty.campaign_api import CampaignApi
 from services.loyalty.rulebook import StoredRule
+from services.loyalty.webhook_api import WebhookApi
 
 T = TypeVar("T")
 
@@ -65,7 +67,7 @@ def discount_to_pb(row: Any, now: datetime) -> pb.Discount:
         redeemed_at=ts(row["redeemed_at"]))
 
 
-class LoyaltyServicer(loyalty_pb2_grpc.LoyaltyServicer):
+class LoyaltyServicer(CampaignApi, WebhookApi, loyalty_pb2_grpc.LoyaltyServicer):
     def __init__(self, pool: asyncpg.Pool, ctx: commands.Context) -> None:
         self._pool = pool
         self._ctx = ctx

@@ -16,7 +16,15 @@ from crm_contracts.topics import CUSTOMERS, INTERACTIONS, LOYALTY
 from crm_runtime import contact_gate
 from crm_runtime.grpc_server import ServiceRegistration
 from crm_runtime.service import ServiceContext, ServiceParts, ServiceSpec, Subscription
-from services.loyalty import commands, handlers, metrics, settings
+from services.loyalty import (
+    campaign_runs,
+    commands,
+    directory,
+    handlers,
+    metrics,
+    settings,
+    webhook_delivery,
+)
 from services.loyalty.api import LoyaltyServicer
 from services.loyalty.rulebook import RuleBook, load_file
 
@@ -34,16 +42,23 @@ def build(svc: ServiceContext) -> ServiceParts:
                            gate=contact_gate.connect(svc.settings, "loyalty"))
     return ServiceParts(
         subscriptions=[Subscription(topics=[CUSTOMERS, INTERACTIONS],
-                                    routes=[handlers.on_events(ctx, svc.pool)])],
+                                    routes=[handlers.on_events(ctx, svc.pool)]),
+                       # webhooks: group crm-loyalty-webhooks, all three topics
+                       webhook_delivery.subscription()],
         scheduled={commands.FOLLOW_UP_DUE: handlers.on_follow_up_due(ctx),
-                   commands.DISCOUNT_EXPIRING: handlers.on_discount_expiring(ctx)},
+                   commands.DISCOUNT_EXPIRING: handlers.on_discount_expiring(ctx),
+                   campaign_runs.START: campaign_runs.on_start(ctx),
+                   campaign_runs.SEND: campaign_runs.on_send(ctx)},
         registrations=[ServiceRegistration(
             loyalty_pb2_grpc.add_LoyaltyServicer_to_server,
-            LoyaltyServicer(svc.pool, ctx),
+            LoyaltyServicer(svc.pool, ctx).use_segments(directory.connect(svc.settings)),
             loyalty_pb2.DESCRIPTOR.services_by_name["Loyalty"])],
         gauges=metrics.GAUGES,
+        workers=[webhook_delivery.Worker(svc.pool, conf, service=svc.name,
+                                         schema=svc.name)],
     )
 
 
 SPEC = ServiceSpec(name="loyalty", migrations=Path(__file__).parent / "migrations",
-                   build=build, publishes=[LOYALTY], consumes=[CUSTOMERS, INTERACTIONS])
+                   build=build, publishes=[LOYALTY],
+                   consumes=[CUSTOMERS, INTERACTIONS, LOYALTY])  # LOYALTY: webhooks

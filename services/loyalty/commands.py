@@ -65,7 +65,7 @@ from crm_runtime import ids, logs, scheduler, sealing
 from crm_runtime.db import Conn
 from crm_runtime.errors import FailedPrecondition, InvalidArgument
 from crm_runtime.events import Envelope, EventPayload, PoisonMessage
-from services.loyalty import actions, domain, store
+from services.loyalty import actions, domain, memberships, store
 from services.loyalty.domain import Decision, Outcome, Purpose, Suppression, View
 from services.loyalty.rulebook import StoredRule
 from services.loyalty.rules import (
@@ -88,14 +88,14 @@ from services.loyalty.unit import Context as Context
 log = logging.getLogger(__name__)
 
 
-
 # --- consuming events -----------------------------------------------------------
 
 #: Consumed payloads about one customer (their ``customer_id``).
 OneCustomer: TypeAlias = (
     CustomerRegistered | StageChanged | CustomerWonBack | PurchaseRecorded | ConsentChanged
     | CustomerErased | CustomerAtRisk | CustomerRiskCleared | InteractionRecorded
-    | CaseBreached | CaseResolved | SurveyResponseRecorded | DissatisfactionSignal)
+    | CaseBreached | CaseResolved | SurveyResponseRecorded | DissatisfactionSignal
+    | memberships.SegmentChange)
 #: Every payload loyalty consumes (``crm.customers.v1``, ``crm.interactions.v1``):
 #: a merge is about two customers.
 LoyaltyInput: TypeAlias = OneCustomer | CustomersMerged
@@ -365,6 +365,7 @@ async def _trigger_only(data: CustomerWonBack | InteractionRecorded | CaseBreach
     if view is not None:
         await _react(batch, view, env, rules)
 
+_apply.register(memberships.SegmentChange, functools.partial(memberships.on_change, react=_react))
 
 async def _referred_by_code(batch: Batch, view: View, code: str, env: Envelope,
                             rules: list[StoredRule]) -> None:
@@ -511,6 +512,7 @@ async def erase(batch: Batch, view: View) -> None:
         str(discount_id) for discount_id in await store.void_discounts(conn, cid, "erased", now)])
     await store.scrub_follow_up_notes(conn, cid)
     await store.scrub_order_ids(conn, cid)
+    await memberships.forget(conn, cid)
     await sealing.forget(conn, str(cid))
     view.erase(now)
     batch.save(view)

@@ -8,9 +8,12 @@ the views of the ids merged into them (each keeps its own referral code);
 the actions rules took for them (performed, suppressed with the reason, or
 skipped); follow-ups; newsletter enrolments; discount codes, each with its
 redemption (the order) or withdrawal; and the referral rewards where they are
-the referrer or the referred. A merged id exports its survivor's records,
-with those still held under any id merged into the survivor (loyalty's
-aliases, and those the caller names).
+the referrer or the referred; the segments loyalty knows them in
+(``segment_memberships``, with when each last changed; erasure forgets
+them) and what each campaign's run did for them (``campaigns``: sent,
+suppressed or skipped, with the reason and the action's id). A merged id
+exports its survivor's records, with those still held under any id merged
+into the survivor (loyalty's aliases, and those the caller names).
 
 :data:`EXPORT_COLUMNS` maps each column to its place in the part and
 :data:`NOT_EXPORTED` says why the others are left out;
@@ -28,7 +31,7 @@ from typing import Any
 
 from crm_runtime.convert import json_default
 from crm_runtime.db import Conn
-from services.loyalty import store
+from services.loyalty import campaign_store, store
 
 SERVICE = "loyalty"
 
@@ -67,6 +70,10 @@ EXPORT_COLUMNS: dict[str, dict[str, str]] = {
         **_fields("discounts[].redemption", *_REDEMPTION)},
     "referral_rewards": _fields("referral_rewards[]", "referred_customer_id", "referrer_id",
                                 "discount_id", "rule_id", "at"),
+    "segment_members": _fields("segment_memberships[]", "customer_id", "segment", "member",
+                               "changed_at"),
+    "campaign_members": _fields("campaigns[]", "campaign_id", "run", "customer_id", "outcome",
+                                "reason", "action_id", "decided_at"),
 }
 
 #: Tables (``table``) and columns (``table.column``) deliberately left out, and why.
@@ -77,6 +84,18 @@ NOT_EXPORTED: dict[str, str] = {
                     "customer data",
     "rules_revision": "one counter that makes every process reload the rules: no customer "
                       "data",
+    "campaigns": "campaign definitions (a segment, an action, a schedule): no customer data; "
+                 "what each campaign did for the customer is exported (campaigns[])",
+    "campaign_runs": "a campaign's runs and their counters: no customer data",
+    # --- webhooks
+    "webhooks": "subscriptions of other systems (URL, event filters, signing secret): "
+                "configuration; one limited to a customer names only their id",
+    "webhook_events": "copies of events on their way to webhooks: their facts are exported "
+                      "by the services that own them; deleted with their last delivery, and "
+                      "at once when the customer is erased",
+    "webhook_deliveries": "which webhook received which event and its answer: an operational "
+                          "log kept CRM_LOYALTY_WEBHOOK_RETENTION_DAYS after it finished; "
+                          "erasure deletes the customer's",
 }
 
 
@@ -100,6 +119,9 @@ async def export(conn: Conn, customer_id: uuid.UUID,
         "discounts": [_discount(r) for r in await store.export_discounts(conn, ids)],
         "referral_rewards": [_referral(r, set(ids))
                              for r in await store.export_referrals(conn, ids)],
+        "segment_memberships": [dict(r) for r in
+                                await campaign_store.export_memberships(conn, ids)],
+        "campaigns": [dict(r) for r in await campaign_store.export_campaign_members(conn, ids)],
     }
     return json.dumps(part, default=json_default, indent=2, sort_keys=True)
 

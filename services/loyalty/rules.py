@@ -77,6 +77,10 @@ TRIGGERS: dict[str, dict[str, FactKind]] = {
     "survey.response_recorded": {"csat": "int", "nps": "int", "channel": "text",
                                  "touchpoint": "text"},
     "customer.dissatisfaction_signal": {"reason": "text", "score": "int"},
+    # A change of segment membership loyalty had not seen (the latest per
+    # customer and segment; services/loyalty/memberships.py).
+    "customer.segment_entered": {"segment": "text", "cause": "text"},
+    "customer.segment_left": {"segment": "text", "cause": "text"},
 }
 
 #: Event types a follow-up may be cancelled by (``cancel_on``): it got what it was for.

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm_runtime.settings import Settings, SettingsError
@@ -46,6 +46,36 @@ class LoyaltySettings(BaseSettings):
                                     description="loyalty.discount_expiring this long before.")
     rules_file: Path = Field(default=DEFAULT_RULES_FILE,
                              description="YAML rules loaded at start.")
+    # --- webhooks (services/loyalty/webhook_delivery.py)
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=30,
+        description="Tries of a webhook delivery before it is parked (a webhook's default).")
+    webhook_backoff_base_s: float = Field(
+        default=1.0, gt=0, le=3600,
+        description="Wait after a webhook delivery's first failed try; it doubles per try.")
+    webhook_backoff_cap_s: float = Field(
+        default=3600.0, gt=0, le=86400,
+        description="Longest wait between two tries of a webhook delivery.")
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="Time limit of one webhook POST, redirects included.")
+    webhook_concurrency: int = Field(
+        default=32, ge=1, le=1000,
+        description="Webhook POSTs in flight per process (one webhook: a quarter of them).")
+    webhook_poll_interval_s: float = Field(
+        default=0.5, gt=0, le=60,
+        description="How often the webhook worker looks for retries that came due.")
+    webhook_retention_days: int = Field(
+        default=7, ge=1, le=3650,
+        description="Delivered or parked webhook deliveries are deleted after this long.")
+
+    @field_validator("webhook_backoff_cap_s")
+    @classmethod
+    def _cap_not_below_base(cls, cap: float, info: ValidationInfo) -> float:
+        base = info.data.get("webhook_backoff_base_s")
+        if base is not None and cap < base:
+            raise ValueError(f"must be at least CRM_LOYALTY_WEBHOOK_BACKOFF_BASE_S ({base})")
+        return cap
 
     @property
     def expiry_notice(self) -> timedelta:

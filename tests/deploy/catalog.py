@@ -31,6 +31,15 @@ DOMAIN: dict[str, frozenset[str]] = {
     "crm_loyalty_discounts": frozenset({"state"}),
     "crm_service_cycle_score": frozenset({"cycle", "touchpoint", "source"}),
     "crm_action_plans_overdue": frozenset({"cycle"}),
+    "crm_campaigns": frozenset({"state"}),
+    "crm_campaign_members_total": frozenset({"campaign", "outcome", "reason"}),
+    "crm_campaign_pending": frozenset({"campaign"}),
+    "crm_campaign_stalled_seconds": frozenset({"campaign"}),
+    "crm_webhook_deliveries_total": frozenset({"webhook", "outcome", "status_code"}),
+    "crm_webhook_delivery_latency_seconds_bucket": frozenset({"webhook", "le"}),
+    "crm_webhook_backlog": frozenset({"webhook"}),
+    "crm_webhook_oldest_pending_seconds": frozenset({"webhook"}),
+    "crm_webhook_failed": frozenset({"webhook"}),
 }
 
 #: Series Prometheus makes itself (scrape health, alert state).

@@ -5,8 +5,10 @@ in-process over the real PostgreSQL and broker, every second and evaluates
 deploy/prometheus/rules.yml every second, while they play the demo story and
 then what a healthy story does not show: survey answers (CSAT, NPS), a case
 left to breach, a contact a channel delivers twice and one it delivers
-malformed (a dead letter, hence a firing alert), and the customers service
-unreachable from interactions (server errors). Then, through Prometheus' HTTP
+malformed (a dead letter, hence a firing alert), the customers service
+unreachable from interactions (server errors), webhooks to an endpoint that
+accepts, one that fails and is retried and one that is gone, and a throttled
+campaign with members still pending. Then, through Prometheus' HTTP
 API: every query of the Grafana dashboards and the series under every alert
 rule return data, every domain metric moved, and the rule groups are loaded
 and healthy."""
@@ -29,8 +31,12 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from crm.customers.v1 import customers_pb2 as cpb
+from crm.customers.v1 import customers_pb2_grpc
 from crm.interactions.v1 import interactions_pb2 as ipb
 from crm.interactions.v1 import interactions_pb2_grpc
+from crm.loyalty.v1 import loyalty_pb2 as lpb
+from crm.loyalty.v1 import loyalty_pb2_grpc
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
 from crm_app import demo_cycle
 from crm_app.demo import Demo, Targets
@@ -50,6 +56,7 @@ from tests.deploy import promql
 from tests.deploy.prometheus_server import PrometheusServer
 from tests.deploy.test_grafana import DASHBOARDS, panels
 from tests.deploy.test_prometheus import PROMETHEUS, alert_rules
+from tests.support.http_receiver import Answer, Receiver
 from tests.support.kafka import produce
 from tests.support.proxy import ToggleProxy
 from tests.support.services import DEV_TOKEN, Running, running
@@ -266,6 +273,52 @@ async def after_the_story(customer_id: str, services: tuple[Running, Running, Ru
         await proxy.up()
 
 
+async def before_the_story(services: tuple[Running, Running, Running],
+                           hooks: dict[str, Receiver], tag: str) -> None:
+    """Webhooks for every event (one endpoint that accepts, one that answers
+    503 and is retried, one that is gone: 410) and a segment of three new
+    customers, evaluated when after_the_story advances the clocks."""
+    customers, _, loyalty = services
+    stub = loyalty_pb2_grpc.LoyaltyStub(loyalty.channel)
+    for name, receiver in hooks.items():
+        await stub.CreateWebhook(lpb.CreateWebhookRequest(
+            webhook_id=f"live-{tag}-{name}", url=receiver.url, event_types=["*"],
+            max_attempts=30), metadata=loyalty.metadata)
+    people = customers_pb2_grpc.CustomersStub(customers.channel)
+    for i in range(3):
+        await people.RegisterCustomer(cpb.RegisterCustomerRequest(
+            display_name=f"Live {tag} {i}", emails=[f"live-{tag}-{i}@example.com"],
+            profile=cpb.Profile(socio_economic_band=tag)),
+            metadata=customers.metadata)
+    await people.DefineSegment(cpb.DefineSegmentRequest(name=f"live-{tag}", filter_json=json.dumps(
+        {"field": "profile.socio_economic_band", "op": "=", "value": tag})),
+        metadata=customers.metadata)
+
+
+async def a_campaign_under_way(loyalty: Running, tag: str) -> None:
+    """A campaign over the segment, throttled to a member a minute: its first
+    page goes out, the next waits for the (manual) clock, so the run stays
+    running with members pending."""
+    stub = loyalty_pb2_grpc.LoyaltyStub(loyalty.channel)
+    request = lpb.CreateCampaignRequest(
+        campaign_id=f"live-{tag}", name="Live campaign", segment=f"live-{tag}",
+        action=lpb.CampaignAction(discount=lpb.CampaignDiscount(percent=10)),
+        members_per_minute=1)
+    deadline = time.monotonic() + 30
+    while (await stub.DryRunCampaign(lpb.DryRunCampaignRequest(draft=request),
+                                     metadata=loyalty.metadata)).targeted < 3:
+        assert time.monotonic() < deadline, "loyalty did not learn the segment's members in 30s"
+        await asyncio.sleep(0.2)
+    await stub.CreateCampaign(request, metadata=loyalty.metadata)
+    while True:
+        run = (await stub.GetCampaign(lpb.GetCampaignRequest(campaign_id=f"live-{tag}"),
+                                      metadata=loyalty.metadata)).current_run
+        if run.targeted == 3 and run.pending < 3:
+            break
+        assert time.monotonic() < deadline, f"the campaign sent no page in 30s: {run}"
+        await asyncio.sleep(0.2)
+
+
 # --- the test -----------------------------------------------------------------
 
 @pytest.mark.slow
@@ -290,6 +343,9 @@ async def test_every_dashboard_and_alert_query_has_data_in_a_real_prometheus(
     async def query(expr: str, at: float | None = None) -> list[dict[str, Any]]:
         return await asyncio.to_thread(prom.query, expr, at)
 
+    hooks = {"ok": Receiver(), "down": Receiver(), "gone": Receiver()}
+    hooks["down"].default = Answer(503)
+    hooks["gone"].default = Answer(410)
     try:
         async with three_services(settings) as (customers, interactions, loyalty, proxy):
             # Start from a scrape of the running services: what moves is
@@ -309,12 +365,15 @@ async def test_every_dashboard_and_alert_query_has_data_in_a_real_prometheus(
                       "loyalty": f"127.0.0.1:{loyalty.runner.bound_grpc_port}"},
                 metrics={"customers": url, "interactions": url, "loyalty": url},
                 bootstrap=broker.bootstrap_servers, token=DEV_TOKEN)
+            tag = uuid.uuid4().hex[:8]
+            await before_the_story((customers, interactions, loyalty), hooks, tag)
             lines: list[str] = []
             demo = Demo(targets, out=lines.append)
             await demo.run()
             print("\n".join(lines))
             await after_the_story(demo.customer_id, (customers, interactions, loyalty), proxy,
                                   broker.bootstrap_servers)
+            await a_campaign_under_way(loyalty, tag)
 
             # Let Prometheus scrape and evaluate until everything has data.
             before = {name: await query(name, start) for name in moving}
@@ -331,6 +390,8 @@ async def test_every_dashboard_and_alert_query_has_data_in_a_real_prometheus(
                 await asyncio.sleep(1.0)
     finally:
         await asyncio.to_thread(prom.stop)
+        for receiver in hooks.values():
+            receiver.close()
 
     assert not empty, (f"{len(empty)} of {len(expected)} queries have no data after "
                        f"{DEADLINE_S:.0f}s:\n" + "\n".join(f"- {w}: {e}"

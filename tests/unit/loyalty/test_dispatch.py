@@ -26,7 +26,7 @@ def test_one_handler_takes_every_consumed_type() -> None:
     route = handlers.on_events(_context(), cast(asyncpg.Pool, None))
     assert set(route.payloads) == set(get_args(commands.LoyaltyInput))
     by_type = Subscription(topics=[], routes=[route]).by_type()
-    assert len(by_type) == 14
+    assert len(by_type) == 16
     assert len(set(map(id, by_type.values()))) == 1  # one run, one batch
 
 
