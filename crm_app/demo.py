@@ -493,18 +493,6 @@ class Demo:
                          "first", ("survey.response_recorded",),
                          service_cycle, (("crm_csat_responses_total", {"channel": "email"}),))
 
-        async def marketing() -> dict[str, Any]:
-            return await demo_marketing.campaign_and_webhook(
-                self.customers, self.loyalty, self.md, self.customer_id, run,
-                lambda seconds: self._advance(timedelta(seconds=seconds)), self.wait_s)
-
-        await self._step("Marketing sends the spring newsletter to repeat customers, and the "
-                         "helpdesk gets the customer's loyalty events by webhook",
-                         ("customer.segment_entered", "loyalty.campaign_progress",
-                          "loyalty.newsletter_issue_due"), marketing,
-                         (("crm_campaign_members_total", {"outcome": "sent"}),
-                          ("crm_webhook_deliveries_total", {"outcome": "delivered"})))
-
         async def a_year_passes() -> dict[str, Any]:
             # The follow-ups still pending go out in the first month; the
             # win-back offer comes in a week with room in the customer's
@@ -520,6 +508,18 @@ class Demo:
                                                        "to_stage": "former"}),
                           ("crm_loyalty_actions_total", {"rule": "win-back-offer",
                                                          "outcome": "performed"})))
+        async def marketing() -> dict[str, Any]:
+            return await demo_marketing.campaign_and_webhook(
+                self.customers, self.loyalty, self.md, self.customer_id, run,
+                lambda seconds: self._advance(timedelta(seconds=seconds)), self.wait_s)
+
+        await self._step("Marketing sends the spring newsletter to the customers it misses, and "
+                         "the helpdesk gets the customer's loyalty events by webhook",
+                         ("customer.segment_entered", "loyalty.campaign_progress",
+                          "loyalty.newsletter_issue_due"), marketing,
+                         (("crm_campaign_members_total", {"outcome": "sent"}),
+                          ("crm_webhook_deliveries_total", {"outcome": "delivered"})))
+
         final = await self.customers.GetCustomer(cpb.GetCustomerRequest(
             customer_id=self.customer_id), metadata=self.md)
         self._print(f"The customer is now {_stage(final.stage)} after "

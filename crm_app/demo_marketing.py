@@ -1,5 +1,6 @@
-"""The demo's marketing step: marketing defines a segment of repeat
-customers and sends them the spring newsletter as a campaign (throttled,
+"""The demo's marketing step: marketing defines a segment of former
+customers (those who stopped buying) and sends them the spring newsletter
+as a campaign (throttled,
 through consent and the contact gate), and a helpdesk that cannot read
 Kafka receives the demo customer's loyalty events by webhook: signed
 CloudEvents POSTed to a small HTTP receiver the demo runs on localhost."""
@@ -86,10 +87,10 @@ async def campaign_and_webhook(customers: customers_pb2_grpc.CustomersStub,
             webhook_id=f"demo-helpdesk-{run}", url=helpdesk.url, event_types=["loyalty.*"],
             customer_id=customer_id, description="The helpdesk's inbox of loyalty events"),
             metadata=md)
-        segment = f"demo-repeat-{run}"
+        segment = f"demo-former-{run}"
         await customers.DefineSegment(cpb.DefineSegmentRequest(
-            name=segment, description="Repeat customers, for the spring newsletter",
-            filter_json=json.dumps({"field": "stage", "op": "=", "value": "repeat"})),
+            name=segment, description="Customers we miss, for the spring newsletter",
+            filter_json=json.dumps({"field": "stage", "op": "=", "value": "former"})),
             metadata=md)
         await advance(15)
         draft = lpb.CreateCampaignRequest(
@@ -110,7 +111,7 @@ async def campaign_and_webhook(customers: customers_pb2_grpc.CustomersStub,
             nonlocal campaign
             campaign = await loyalty.GetCampaign(lpb.GetCampaignRequest(
                 campaign_id=draft.campaign_id), metadata=md)
-            return campaign.current_run.state == "done"
+            return bool(campaign.current_run.state == "done")
 
         await _until("campaign run done", run_done, wait_s)
 
@@ -125,7 +126,7 @@ async def campaign_and_webhook(customers: customers_pb2_grpc.CustomersStub,
     got = next(r for r in helpdesk.received
                if r.get("ce-type") == "loyalty.newsletter_issue_due")
     return {
-        "segment": f"{segment}: stage = repeat",
+        "segment": f"{segment}: stage = former",
         "campaign": f"{campaign.name} ({NEWSLETTER_LIST}, issue {ISSUE}), 500 members a minute",
         "run": f"{progress.targeted} member(s): {progress.sent} sent, "
                f"{progress.suppressed} suppressed, {progress.skipped} skipped",

@@ -131,7 +131,11 @@ class Scheduler:
             try:
                 ran = await self.run_due()
                 self._backoff.reset()
-                delay = 0.0 if ran >= self._batch else self._poll
+                # A round that ran something looks again at once: work that
+                # comes in pages (a segment's evaluation, a campaign's sends)
+                # schedules its next page due now, which would otherwise
+                # wait a poll interval per page.
+                delay = 0.0 if ran > 0 else self._poll
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

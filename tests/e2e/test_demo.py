@@ -49,9 +49,9 @@ async def test_the_demo_story(own_database: str, broker: TansuBroker) -> None:
         "A potential customer asks by phone", "They buy on the web", "They complain in person",
         "Nobody resolves it", "They redeem the discount on a second purchase and become a "
         "repeat customer", "On a Friday evening they complain by phone",
-        "The store runs its service cycle", "Marketing sends the spring newsletter to repeat "
-        "customers, and the helpdesk gets the customer's loyalty events by webhook",
-        "A year passes without a purchase"]
+        "The store runs its service cycle", "A year passes without a purchase",
+        "Marketing sends the spring newsletter to the customers it misses, and the helpdesk "
+        "gets the customer's loyalty events by webhook"]
     changes = [(d["from_stage"], d["to_stage"], d["cause"]) for s in steps
                for _, t, d in s.events if t == "customer.stage_changed"]
     assert changes == [("potential", "one_time", "purchase"), ("one_time", "repeat", "purchase"),
@@ -59,7 +59,7 @@ async def test_the_demo_story(own_database: str, broker: TansuBroker) -> None:
     breach = steps[3]
     recovery = [d for _, t, d in breach.events if t == "loyalty.discount_issued"]
     assert len(recovery) == 1
-    win_back = [d for _, t, d in steps[8].events if t == "loyalty.discount_issued"]
+    win_back = [d for _, t, d in steps[7].events if t == "loyalty.discount_issued"]
     assert len(win_back) == 1
     assert win_back[0]["reason"] == "We miss you", win_back
     assert recovery[0]["reason"] == "Compensation for a broken promise", recovery
@@ -80,15 +80,15 @@ async def test_the_demo_story(own_database: str, broker: TansuBroker) -> None:
     assert any(k.startswith("crm_loyalty_redemptions_total") and "result=redeemed" in k
                for k in redeemed.moved), redeemed.moved
     assert any("from_stage=one_time" in k and "to_stage=repeat" in k for k in redeemed.moved)
-    assert not any("to_stage=former" in k for s in steps[:8] for k in s.moved)
-    assert any("from_stage=repeat" in k and "to_stage=former" in k for k in steps[8].moved)
-    assert any("rule=win-back-offer" in k for k in steps[8].moved), steps[8].moved
+    assert not any("to_stage=former" in k for s in steps[:7] for k in s.moved)
+    assert any("from_stage=repeat" in k and "to_stage=former" in k for k in steps[7].moved)
+    assert any("rule=win-back-offer" in k for k in steps[7].moved), steps[7].moved
 
     # What changed for the demo's own customer, read from the services (the
     # gauges sum every customer of the stack), in the step that changed it.
     stages = [s.changed.get("stage") for s in steps]
     assert stages == [("", "potential"), ("potential", "one time"), None, None,
-                      ("one time", "repeat"), None, None, None, ("repeat", "former")], stages
+                      ("one time", "repeat"), None, None, ("repeat", "former"), None], stages
     # A negative contact is a dissatisfaction signal of its own; the breach adds its reason.
     assert steps[2].changed["at risk"] == ("no", "yes (negative contact)"), steps[2].changed
     assert steps[3].changed["at risk"] == (
@@ -155,14 +155,14 @@ async def test_the_demo_story(own_database: str, broker: TansuBroker) -> None:
                     assert f"{key}: {_human(key, data[key])}" in flowing, (key, data[key])
     assert lines[-1].strip() == "The customer is now former after 2 purchases."
 
-    # Marketing: the demo customer, a repeat customer who consents to
+    # Marketing: the demo customer, now former and consenting to
     # newsletters, is a member of the segment; the campaign sends them the
     # spring issue once, and the helpdesk gets it by webhook as a signed
     # CloudEvent (binary mode).
-    marketing = steps[7]
+    marketing = steps[8]
     (entered,) = [d for _, t, d in marketing.events if t == "customer.segment_entered"
                   and d["customer_id"] == steps[0].facts["customer"]]
-    assert entered["segment"].startswith("demo-repeat-"), entered
+    assert entered["segment"].startswith("demo-former-"), entered
     issues = [d for _, t, d in marketing.events if t == "loyalty.newsletter_issue_due"
               and d["customer_id"] == steps[0].facts["customer"]]
     assert len(issues) == 1 and issues[0]["issue"] == "spring-2027", issues

@@ -234,6 +234,16 @@ async def ana(stack: Stack) -> Ana:
         code=code, order_id=order_id, customer_id=cid,
         order_amount=lpb.Money(amount_minor=50000, currency="EUR")),
         metadata=stack.loyalty.metadata)
+    # A campaign to the segment reaches her (once loyalty knows she is in it).
+    await _export_when(stack, cid, lambda d: any(
+        m["segment"] == "newsletter-readers" and m["member"]
+        for m in d["services"]["loyalty"]["segment_memberships"]), "loyalty knows the segment")
+    await stack.loyalty_api().CreateCampaign(lpb.CreateCampaignRequest(
+        campaign_id="spring-issue", name="Spring issue", segment="newsletter-readers",
+        action=lpb.CampaignAction(newsletter_issue=lpb.NewsletterIssueAction(
+            list="monthly", issue="spring"))), metadata=stack.loyalty.metadata)
+    await _export_when(stack, cid, lambda d: d["services"]["loyalty"]["campaigns"],
+                       "the campaign reaching her")
     return Ana(cid, dup, referrer, code, order_id)
 
 

@@ -460,7 +460,8 @@ async def test_a_dry_run_predicts_and_writes_nothing(svc: Running, gate: Running
     draft = await stub(svc).DryRunCampaign(pb.DryRunCampaignRequest(
         draft=c.request(segment, c.discount(purpose="service"), campaign_id="")),
         metadata=svc.metadata)
-    assert tuple(await pool.fetchrow(counts, [uuid.UUID(x) for x in ids], keys)) == tuple(before)
+    after = await pool.fetchrow(counts, [uuid.UUID(x) for x in ids], keys)
+    assert before is not None and after is not None and tuple(after) == tuple(before)
     assert (stored.targeted, stored.sent, stored.suppressed, stored.skipped) == (3, 2, 1, 0)
     assert dict(stored.suppressed_by_reason) == {"no_promotional_consent": 1}
     assert [(s.customer_id, s.outcome) for s in stored.sample] == [

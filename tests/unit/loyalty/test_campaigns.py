@@ -30,6 +30,7 @@ from services.loyalty.campaigns import (
     verdict,
 )
 from services.loyalty.domain import View
+from services.loyalty.rules import DiscountTerms
 
 NOW = datetime(2031, 3, 3, 12, tzinfo=UTC)
 
@@ -60,7 +61,7 @@ def test_a_valid_request_with_its_defaults() -> None:
     assert spec.start_at == NOW and spec.members_per_minute is None and spec.every is None
     assert spec.created_by == "api" and not spec.include_late_joiners
     terms = spec.action.terms
-    assert isinstance(terms, campaigns.DiscountTerms)
+    assert isinstance(terms, DiscountTerms)
     assert (terms.percent, terms.currency, terms.valid_days, terms.purpose) == (
         10, "EUR", 30, "promotional")
     assert spec.action.kind == "discount" and spec.action.purpose.value == "promotional"
