@@ -48,7 +48,7 @@ def build(svc: ServiceContext) -> ServiceParts:
         scheduled={commands.FOLLOW_UP_DUE: handlers.on_follow_up_due(ctx),
                    commands.DISCOUNT_EXPIRING: handlers.on_discount_expiring(ctx),
                    campaign_runs.START: campaign_runs.on_start(ctx),
-                   campaign_runs.SEND: campaign_runs.on_send(ctx)},
+                   campaign_runs.SEND: campaign_runs.on_send(ctx, svc.settings.failpoint_set)},
         registrations=[ServiceRegistration(
             loyalty_pb2_grpc.add_LoyaltyServicer_to_server,
             LoyaltyServicer(svc.pool, ctx).use_segments(directory.connect(svc.settings)),

@@ -39,7 +39,7 @@ from crm_contracts.loyalty import (
     FollowUpScheduled,
     NewsletterIssueDue,
 )
-from crm_runtime import ids, scheduler, uow
+from crm_runtime import faults, ids, scheduler, uow
 from crm_runtime.db import Conn
 from crm_runtime.errors import AlreadyExists, NotFound
 from crm_runtime.quiet_hours import outside_quiet_hours, time_zone
@@ -147,10 +147,13 @@ def on_start(ctx: Context) -> WorkHandler:
     return run
 
 
-def on_send(ctx: Context) -> WorkHandler:
-    """The handler of :data:`SEND` items."""
+def on_send(ctx: Context, failpoints: frozenset[str] = frozenset()) -> WorkHandler:
+    """The handler of :data:`SEND` items (``failpoints``: with
+    ``campaigns.page_before_commit`` the process SIGKILLs itself once a page
+    did everything, the contact gate asked, before it commits: tests)."""
     async def run(conn: Conn, work: DueWork) -> None:
         await send_page(conn, ctx, *parse_send_key(work.key))
+        faults.hit(failpoints, "campaigns.page_before_commit")
 
     return run
 
