@@ -349,36 +349,41 @@ def pending(r: Any) -> int:
 async def change_state(conn: Conn, ctx: Context, campaign_id: str,
                        command: Command) -> tuple[Any, Any]:
     """Pause, resume or cancel (:func:`campaigns.transition`); returns the
-    campaign and its latest run. A pause or a cancel removes the campaign's
-    scheduled work first (the scheduler's lock order: work, then state), so
-    a page in flight finishes and the next one does not run; a resume
-    schedules the page (or the start) again. Each change publishes
+    campaign and its latest run. Each change publishes
     ``loyalty.campaign_progress``: of the run it paused, resumed or
     cancelled, or, for a campaign waiting for its next run, of that run
-    (its number, nothing sent yet) with the campaign's new state."""
+    (its number, nothing sent yet) with the campaign's new state.
+
+    The campaign's scheduled work is changed before its row is locked (the
+    scheduler's lock order: its work row, then the state its handler
+    locks), as the row read unlocked says: a pause or a cancel removes the
+    start and the page (a page in flight finishes first, and a page left
+    due finds the campaign paused and stops); a resume of a paused campaign
+    makes its page due now (or its start due again). Should the locked row
+    say otherwise (a concurrent call changed it), the work left is
+    harmless: each item checks the state it runs in."""
     seen = await campaign_store.get_campaign(conn, campaign_id)
     if seen is None:
         raise NotFound("campaign", campaign_id)
+    now, runs = ctx.clock.now(), seen["runs"]
     if command != "resume":
         await scheduler.cancel(conn, START, campaign_id)
-        if seen["runs"]:
-            await scheduler.cancel(conn, SEND, send_key(campaign_id, seen["runs"]))
+        if runs:
+            await scheduler.cancel(conn, SEND, send_key(campaign_id, runs))
+    elif seen["state"] == State.PAUSED and seen["paused_from"] == State.RUNNING:
+        await scheduler.schedule(conn, SEND, send_key(campaign_id, runs), now)
+    elif seen["state"] == State.PAUSED:
+        await scheduler.schedule(conn, START, campaign_id, seen["next_run_at"] or now)
     c = await campaign_store.get_campaign(conn, campaign_id, lock=True)
-    before = State(c["state"])
-    t = transition(before, State(c["paused_from"]) if c["paused_from"] else None, command,
-                   campaign_id)
+    t = transition(State(c["state"]), State(c["paused_from"]) if c["paused_from"] else None,
+                   command, campaign_id)
     runs = c["runs"]
     r = await campaign_store.get_run(conn, campaign_id, runs) if runs else None
     if not t.changed:
         return c, r
-    now = ctx.clock.now()
     active = r is not None and r["state"] in (State.RUNNING, State.PAUSED)
     if active:
         r = await campaign_store.set_run_state(conn, campaign_id, runs, t.state, now)
-    if t.state is State.RUNNING:
-        await scheduler.schedule(conn, SEND, send_key(campaign_id, runs), now)
-    elif t.state is State.SCHEDULED:
-        await scheduler.schedule(conn, START, campaign_id, c["next_run_at"] or now)
     c = await campaign_store.set_campaign(
         conn, campaign_id, state=t.state, paused_from=t.paused_from.value if t.paused_from
         else None, next_run_at=None if t.state is State.CANCELLED else c["next_run_at"],

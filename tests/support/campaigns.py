@@ -1,25 +1,31 @@
 """Helpers for tests of loyalty's segment membership and campaigns: the
-segment events the customers service publishes, a campaign's request, its
-reads, and what a campaign published on ``crm.loyalty.v1`` (read to the
-topic's end, not for a while)."""
+segment events the customers service publishes, members made for a
+segment, a campaign's request, its reads and state changes, what a campaign
+published on ``crm.loyalty.v1``, and its gauges."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from crm.customers.v1 import customers_pb2 as cpb
+from crm.customers.v1 import customers_pb2_grpc
 from crm.loyalty.v1 import loyalty_pb2 as pb
 from crm_contracts.customers import SegmentEntered, SegmentLeft
 from crm_contracts.topics import LOYALTY
+from crm_runtime import metrics as runtime_metrics
 from crm_runtime.events import Envelope
+from services.loyalty import metrics
+from tests.support.gate import mirror
 from tests.support.kafka import read_topic, wait_for
-from tests.support.loyalty import envelope, stub
+from tests.support.loyalty import consent, envelope, produce, registered, stub
 from tests.support.services import Running
 
 #: The event types of a campaign's actions (one per member and run).
@@ -204,3 +210,88 @@ def progress_of(events: list[Published], campaign_id: str) -> list[dict[str, Any
         if e.type == "loyalty.campaign_progress" and e.key == f"campaign:{campaign_id}":
             seen.setdefault(e.id, e.data)
     return list(seen.values())
+
+
+# --- the campaign tests' steps ----------------------------------------------------------
+
+CHANGE = {"pause": "PauseCampaign", "resume": "ResumeCampaign", "cancel": "CancelCampaign"}
+
+
+def ts(svc: Running, later: timedelta = timedelta(0)) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(svc.clock.now() + later)
+    return t
+
+
+def bootstrap(svc: Running) -> str:
+    servers = svc.runner.settings.kafka_bootstrap_servers
+    assert servers
+    return servers
+
+
+async def members(svc: Running, gate: Running, segment: str, n: int,
+                  *consents: tuple[str, bool]) -> list[str]:
+    """``n`` customers (sorted by id: the order pages take them) known to the
+    gate, with these consents, entered into ``segment`` as loyalty knows it."""
+    ids = sorted(str(uuid.uuid4()) for _ in range(n))
+    now = svc.clock.now()
+    assert gate.runner.pool is not None
+    await mirror(gate.runner.pool, [registered(cid, now) for cid in ids])
+    events = [consent(cid, purpose, granted, now) for cid in ids for purpose, granted in consents]
+    events += [entered(cid, segment, now) for cid in ids]
+    await produce(svc, *events)
+    await processed(svc, *events)
+    return ids
+
+
+async def define_segment(gate: Running, name: str) -> None:
+    """A segment the customers service defines (its members come from the
+    test's own segment events)."""
+    await customers_pb2_grpc.CustomersStub(gate.channel).DefineSegment(cpb.DefineSegmentRequest(
+        name=name, filter_json=json.dumps({"field": "profile.socio_economic_band", "op": "=",
+                                           "value": f"none-{name}"})), metadata=gate.metadata)
+
+
+async def actions(svc: Running, campaign_id: str, expect: int, run: int | None = None
+                  ) -> list[Published]:
+    """The campaign's action events on crm.loyalty.v1, once ``expect`` are there."""
+    found: list[Published] = []
+
+    async def there() -> bool:
+        found[:] = actions_of(await published(bootstrap(svc)), campaign_id, run)
+        return len(found) >= expect
+
+    await wait_for(there, what=f"{expect} actions of {campaign_id}")
+    return found
+
+
+async def progress(svc: Running, campaign_id: str, expect: int) -> list[dict[str, Any]]:
+    """The campaign's progress events, once ``expect`` are there."""
+    found: list[dict[str, Any]] = []
+
+    async def there() -> bool:
+        found[:] = progress_of(await published(
+            bootstrap(svc), {f"campaign:{campaign_id}"}), campaign_id)
+        return len(found) >= expect
+
+    await wait_for(there, what=f"{expect} progress events of {campaign_id}")
+    return found
+
+
+async def gauges(svc: Running) -> dict[tuple[str, tuple[str, ...]], float]:
+    """The campaign gauges, refreshed now (as the runner does every few
+    seconds), by (name, labels besides the service)."""
+    async with pool_of(svc).acquire() as conn:
+        await runtime_metrics.DB_GAUGES.refresh("campaign-test", conn, metrics.GAUGES,
+                                                svc.clock.now())
+    return {(family.name, tuple(v for k, v in sample.labels.items() if k != "service")):
+            sample.value for family in runtime_metrics.DB_GAUGES.collect()
+            if family.name.startswith("crm_campaign") for sample in family.samples
+            if sample.labels["service"] == "campaign-test"}
+
+
+async def change(svc: Running, command: str, campaign_id: str) -> pb.Campaign:
+    """Pause, resume or cancel a campaign."""
+    reply: pb.Campaign = await getattr(stub(svc), CHANGE[command])(pb.CampaignStateRequest(
+        campaign_id=campaign_id, changed_by="ops", note="test"), metadata=svc.metadata)
+    return reply

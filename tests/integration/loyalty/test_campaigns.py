@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.customers.v1 import customers_pb2 as cpb
 from crm.customers.v1 import customers_pb2_grpc
@@ -32,22 +31,8 @@ from services.loyalty import campaign_runs, metrics
 from tests.support import campaigns as c
 from tests.support.gate import mirror
 from tests.support.kafka import wait_for
-from tests.support.loyalty import consent, produce, registered, stub
+from tests.support.loyalty import consent, produce, profile_when, registered, stub
 from tests.support.services import Running
-
-CHANGE = {"pause": "PauseCampaign", "resume": "ResumeCampaign", "cancel": "CancelCampaign"}
-
-
-def _ts(svc: Running, later: timedelta = timedelta(0)) -> Timestamp:
-    t = Timestamp()
-    t.FromDatetime(svc.clock.now() + later)
-    return t
-
-
-def _bootstrap(svc: Running) -> str:
-    bootstrap = svc.runner.settings.kafka_bootstrap_servers
-    assert bootstrap
-    return bootstrap
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,54 +52,6 @@ def _daytime(svc: Running) -> None:
     if not 9 <= now.hour < 17:
         noon = now.replace(hour=12, minute=0, second=0, microsecond=0)
         svc.clock.set(noon if noon > now else noon + timedelta(days=1))
-
-
-async def _members(svc: Running, gate: Running, segment: str, n: int,
-                   *consents: tuple[str, bool]) -> list[str]:
-    """``n`` customers (sorted by id: the order pages take them) known to the
-    gate, with these consents, entered into ``segment`` as loyalty knows it."""
-    ids = sorted(str(uuid.uuid4()) for _ in range(n))
-    now = svc.clock.now()
-    assert gate.runner.pool is not None
-    await mirror(gate.runner.pool, [registered(cid, now) for cid in ids])
-    events = [consent(cid, purpose, granted, now) for cid in ids for purpose, granted in consents]
-    events += [c.entered(cid, segment, now) for cid in ids]
-    await produce(svc, *events)
-    await c.processed(svc, *events)
-    return ids
-
-
-async def _segment(gate: Running, name: str) -> None:
-    """A segment the customers service defines (its members come from the
-    test's own segment events)."""
-    await customers_pb2_grpc.CustomersStub(gate.channel).DefineSegment(cpb.DefineSegmentRequest(
-        name=name, filter_json=json.dumps({"field": "profile.socio_economic_band", "op": "=",
-                                           "value": f"none-{name}"})), metadata=gate.metadata)
-
-
-async def _actions(svc: Running, campaign_id: str, expect: int, run: int | None = None
-                   ) -> list[c.Published]:
-    """The campaign's action events on crm.loyalty.v1, once ``expect`` are there."""
-    found: list[c.Published] = []
-
-    async def there() -> bool:
-        found[:] = c.actions_of(await c.published(_bootstrap(svc)), campaign_id, run)
-        return len(found) >= expect
-
-    await wait_for(there, what=f"{expect} actions of {campaign_id}")
-    return found
-
-
-async def _progress(svc: Running, campaign_id: str, expect: int) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-
-    async def there() -> bool:
-        found[:] = c.progress_of(await c.published(
-            _bootstrap(svc), {f"campaign:{campaign_id}"}), campaign_id)
-        return len(found) >= expect
-
-    await wait_for(there, what=f"{expect} progress events of {campaign_id}")
-    return found
 
 
 # --- bad input and unknown ids ----------------------------------------------------------
@@ -138,15 +75,21 @@ async def _progress(svc: Running, campaign_id: str, expect: int) -> list[dict[st
     ({"repeat_every": "30m"}, "repeat_every"),
     ({"repeat_until": "later"}, "repeat_until"),
     ({"name": "x" * 201}, "name"),
+    ({"description": "x" * 1001}, "description"),
+    ({"action": None}, "action"),
+    ({"start_at": "too far"}, "start_at"),
+    ({"members_per_minute": 1_000_001}, "members_per_minute"),
 ])
 async def test_create_names_each_bad_field(svc: Running, gate: Running, fields: dict[str, Any],
                                            field: str) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
+    await c.define_segment(gate, segment)
     if fields.get("start_at") == "past":
-        fields["start_at"] = _ts(svc, -timedelta(minutes=5))
+        fields["start_at"] = c.ts(svc, -timedelta(minutes=5))
+    if fields.get("start_at") == "too far":
+        fields["start_at"] = c.ts(svc, timedelta(days=800))
     if fields.get("repeat_until") == "later":
-        fields["repeat_until"] = _ts(svc, timedelta(days=3))
+        fields["repeat_until"] = c.ts(svc, timedelta(days=3))
     req = c.request(fields.pop("segment", segment), fields.pop("action", c.discount()), **fields)
     code, details = await c.refused(stub(svc).CreateCampaign(req, metadata=svc.metadata))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.split(":")[0] == field, details
@@ -154,8 +97,8 @@ async def test_create_names_each_bad_field(svc: Running, gate: Running, fields: 
 
 async def test_create_is_idempotent_and_names_what_differs(svc: Running, gate: Running) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
-    req = c.request(segment, c.discount(), start_at=_ts(svc, timedelta(days=30)),
+    await c.define_segment(gate, segment)
+    req = c.request(segment, c.discount(), start_at=c.ts(svc, timedelta(days=30)),
                     description="spring")
     made = await c.create(svc, req)
     assert (made.state, made.runs, made.segment) == ("scheduled", 0, segment)
@@ -175,14 +118,14 @@ async def test_unknown_ids_and_bad_reads_are_refused(svc: Running, gate: Running
     nobody = "no-such-campaign"
     for call in (api.GetCampaign(pb.GetCampaignRequest(campaign_id=nobody), metadata=md),
                  *(getattr(api, m)(pb.CampaignStateRequest(campaign_id=nobody), metadata=md)
-                   for m in CHANGE.values()),
+                   for m in c.CHANGE.values()),
                  api.DryRunCampaign(pb.DryRunCampaignRequest(campaign_id=nobody), metadata=md)):
         code, details = await c.refused(call)
         assert code == grpc.StatusCode.NOT_FOUND and nobody in details, details
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
+    await c.define_segment(gate, segment)
     made = await c.create(svc, c.request(segment, c.discount(),
-                                         start_at=_ts(svc, timedelta(days=30))))
+                                         start_at=c.ts(svc, timedelta(days=30))))
     code, _ = await c.refused(api.GetCampaign(pb.GetCampaignRequest(
         campaign_id=made.campaign_id, run=1), metadata=md))
     assert code == grpc.StatusCode.NOT_FOUND
@@ -214,8 +157,8 @@ async def test_unknown_ids_and_bad_reads_are_refused(svc: Running, gate: Running
 async def test_each_member_gets_the_action_once_or_its_suppression(svc: Running,
                                                                    gate: Running) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
-    ids = await _members(svc, gate, segment, 5, ("promotional_offers", True))
+    await c.define_segment(gate, segment)
+    ids = await c.members(svc, gate, segment, 5, ("promotional_offers", True))
     sent_a, sent_b, no_consent, dnc, capped = ids
     withdrawn = [consent(no_consent, "promotional_offers", False, svc.clock.now()),
                  consent(dnc, "do_not_contact", True, svc.clock.now())]
@@ -235,7 +178,7 @@ async def test_each_member_gets_the_action_once_or_its_suppression(svc: Running,
     assert (run.targeted, run.sent, run.suppressed, run.skipped, run.pending) == (5, 2, 3, 0, 0)
     assert dict(run.suppressed_by_reason) == {"no_promotional_consent": 1,
                                               "do_not_contact": 1, "frequency_cap": 1}
-    events = await _actions(svc, cid, 5)
+    events = await c.actions(svc, cid, 5)
     by_customer = {e.data["customer_id"]: e for e in events}
     assert len(events) == 5 and sorted(by_customer) == ids
     for customer in (sent_a, sent_b):
@@ -259,7 +202,7 @@ async def test_each_member_gets_the_action_once_or_its_suppression(svc: Running,
     assert sorted((str(r["customer_id"]), r["rule_id"]) for r in codes) == sorted(
         [(sent_a, f"campaign:{cid}"), (sent_b, f"campaign:{cid}")])
     # Progress: started, then done with the run's counts.
-    progress = await _progress(svc, cid, 2)
+    progress = await c.progress(svc, cid, 2)
     assert [(p["state"], p["targeted"], p["sent"], p["pending"]) for p in progress] == [
         ("running", 5, 0, 5), ("done", 5, 2, 0)]
     assert progress[1]["suppressed_by_reason"] == dict(run.suppressed_by_reason)
@@ -271,10 +214,36 @@ async def test_each_member_gets_the_action_once_or_its_suppression(svc: Running,
                        ("suppressed", "do_not_contact"): 1}
 
 
+async def test_a_newsletter_issue_to_readers_who_stayed_on_the_list(svc: Running,
+                                                                      gate: Running) -> None:
+    segment = f"s-{uuid.uuid4().hex[:8]}"
+    await c.define_segment(gate, segment)
+    reader, left_list = await c.members(svc, gate, segment, 2, ("newsletter", True))
+    [no_consent] = await c.members(svc, gate, segment, 1)
+    await profile_when(svc, left_list, lambda p: len(p.enrolments) == 1, "enrolled")
+    await stub(svc).Unsubscribe(pb.UnsubscribeRequest(customer_id=left_list, list="monthly"),
+                                metadata=svc.metadata)
+    made = await c.create(svc, c.request(segment, c.newsletter("monthly", "may-2031")))
+    done = await c.run_done(svc, made.campaign_id)
+    assert (done.current_run.sent, dict(done.current_run.suppressed_by_reason)) == (
+        1, {"unsubscribed": 1, "no_newsletter_consent": 1})
+    events = {e.data["customer_id"]: e for e in await c.actions(svc, made.campaign_id, 3)}
+    issue = events[reader]
+    assert issue.type == "loyalty.newsletter_issue_due"
+    assert {k: issue.data[k] for k in ("list", "issue", "channel", "purpose", "campaign_run",
+                                       "action_id")} == {
+        "list": "monthly", "issue": "may-2031", "channel": "email", "purpose": "newsletter",
+        "campaign_run": 1,
+        "action_id": str(campaign_runs.action_id(made.campaign_id, 1, uuid.UUID(reader)))}
+    assert [(events[x].type, events[x].data["reason"]) for x in (left_list, no_consent)] == [
+        ("loyalty.action_suppressed", "unsubscribed"),
+        ("loyalty.action_suppressed", "no_newsletter_consent")]
+
+
 async def test_the_throttle_paces_pages_on_the_clock(svc: Running, gate: Running) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
-    await _members(svc, gate, segment, 5)
+    await c.define_segment(gate, segment)
+    await c.members(svc, gate, segment, 5)
     t0 = svc.clock.now()
     # 120 a minute: pages of 2, one a second.
     made = await c.create(svc, c.request(segment, c.follow_up(), members_per_minute=120))
@@ -306,7 +275,7 @@ async def test_the_throttle_paces_pages_on_the_clock(svc: Running, gate: Running
         await decided(step, t1 + timedelta(seconds=30 * step))
     svc.clock.advance(timedelta(seconds=30))
     await c.run_done(svc, cid)
-    progress = await _progress(svc, cid, 5)
+    progress = await c.progress(svc, cid, 5)
     assert [(p["state"], p["sent"]) for p in progress] == [
         ("running", 0), ("running", 2), ("running", 3), ("running", 4), ("done", 5)]
 
@@ -314,12 +283,12 @@ async def test_the_throttle_paces_pages_on_the_clock(svc: Running, gate: Running
 async def test_a_recurring_campaign_runs_again_once_per_member(svc: Running,
                                                                gate: Running) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
-    ids = await _members(svc, gate, segment, 3)
+    await c.define_segment(gate, segment)
+    ids = await c.members(svc, gate, segment, 3)
     t0 = svc.clock.now()
     made = await c.create(svc, c.request(
         segment, c.follow_up(), repeat_every="1d",
-        repeat_until=_ts(svc, timedelta(days=1, hours=1))))
+        repeat_until=c.ts(svc, timedelta(days=1, hours=1))))
     cid = made.campaign_id
     first = await c.run_done(svc, cid)
     assert first.current_run.sent == 3
@@ -334,7 +303,7 @@ async def test_a_recurring_campaign_runs_again_once_per_member(svc: Running,
     final = await c.campaign_when(svc, cid, lambda x: x.state == "done", "done")
     assert final.runs == 2 and not final.HasField("next_run_at")
     assert await c.due_of(svc, campaign_runs.START, cid) is None
-    events = await _actions(svc, cid, 6)
+    events = await c.actions(svc, cid, 6)
     assert len(events) == 6
     assert Counter((e.data["customer_id"], e.data["campaign_run"]) for e in events) == {
         (x, r): 1 for x in ids for r in (1, 2)}
@@ -344,8 +313,8 @@ async def test_a_recurring_campaign_runs_again_once_per_member(svc: Running,
 
 async def test_late_joiners_and_members_who_left(svc: Running, gate: Running) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
-    first, second = await _members(svc, gate, segment, 2)
+    await c.define_segment(gate, segment)
+    first, second = await c.members(svc, gate, segment, 2)
     # One a second: the first member goes at once, the second a second later.
     joining = await c.create(svc, c.request(segment, c.follow_up(), members_per_minute=60,
                                             include_late_joiners=True))
@@ -378,68 +347,84 @@ async def test_late_joiners_and_members_who_left(svc: Running, gate: Running) ->
         first: ("sent", ""), second: ("skipped", "left_segment"), late: ("sent", "")}
     assert await c.outcomes(svc, fixed.campaign_id) == {
         first: ("sent", ""), second: ("skipped", "left_segment")}
-    reached = {e.data["customer_id"] for e in await _actions(svc, joining.campaign_id, 2)}
+    reached = {e.data["customer_id"] for e in await c.actions(svc, joining.campaign_id, 2)}
     assert reached == {first, late}
 
 
 # --- pause, resume, cancel ---------------------------------------------------------------------
 
 
-async def _change(svc: Running, command: str, campaign_id: str) -> pb.Campaign:
-    reply: pb.Campaign = await getattr(stub(svc), CHANGE[command])(pb.CampaignStateRequest(
-        campaign_id=campaign_id, changed_by="ops", note="test"), metadata=svc.metadata)
-    return reply
-
-
 async def test_pause_resume_and_cancel(svc: Running, gate: Running) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
-    await _members(svc, gate, segment, 3)
+    await c.define_segment(gate, segment)
+    await c.members(svc, gate, segment, 3)
     made = await c.create(svc, c.request(segment, c.follow_up(), members_per_minute=60))
     cid, key = made.campaign_id, campaign_runs.send_key(made.campaign_id, 1)
     await c.campaign_when(svc, cid, lambda x: x.current_run.sent == 1, "a page")
-    paused = await _change(svc, "pause", cid)
+    paused = await c.change(svc, "pause", cid)
     assert (paused.state, paused.current_run.state) == ("paused", "paused")
     assert await c.due_of(svc, campaign_runs.SEND, key) is None
-    assert await _change(svc, "pause", cid) == paused  # a retry changes nothing
+    assert await c.change(svc, "pause", cid) == paused  # a retry changes nothing
     svc.clock.advance(timedelta(seconds=5))
     assert (await c.get(svc, cid)).current_run.sent == 1
-    resumed = await _change(svc, "resume", cid)
+    resumed = await c.change(svc, "resume", cid)
     assert (resumed.state, resumed.current_run.state) == ("running", "running")
     await c.campaign_when(svc, cid, lambda x: x.current_run.sent == 2, "a page after resume")
     assert await c.due_of(svc, campaign_runs.SEND, key) == svc.clock.now() + timedelta(seconds=1)
-    cancelled = await _change(svc, "cancel", cid)
+    cancelled = await c.change(svc, "cancel", cid)
     run = cancelled.current_run
     assert (cancelled.state, run.state, run.sent, run.pending) == ("cancelled", "cancelled", 2, 1)
     assert run.HasField("finished_at") and await c.due_of(svc, campaign_runs.SEND, key) is None
-    assert await _change(svc, "cancel", cid) == cancelled
+    assert await c.change(svc, "cancel", cid) == cancelled
     for command in ("pause", "resume"):
-        code, details = await c.refused(_change(svc, command, cid))
+        code, details = await c.refused(c.change(svc, command, cid))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "cancelled" in details
-    progress = await _progress(svc, cid, 4)
+    progress = await c.progress(svc, cid, 4)
     assert [(p["run"], p["state"]) for p in progress] == [
         (1, "running"), (1, "paused"), (1, "running"), (1, "cancelled")]
 
     # A campaign waiting for its start: paused, its start waits; resumed, due again.
     later = await c.create(svc, c.request(segment, c.follow_up(),
-                                          start_at=_ts(svc, timedelta(hours=2))))
+                                          start_at=c.ts(svc, timedelta(hours=2))))
     start = later.start_at.ToDatetime().replace(tzinfo=svc.clock.now().tzinfo)
     assert await c.due_of(svc, campaign_runs.START, later.campaign_id) == start
-    assert (await _change(svc, "pause", later.campaign_id)).state == "paused"
+    assert (await c.change(svc, "pause", later.campaign_id)).state == "paused"
     assert await c.due_of(svc, campaign_runs.START, later.campaign_id) is None
-    assert (await _change(svc, "resume", later.campaign_id)).state == "scheduled"
+    assert (await c.change(svc, "resume", later.campaign_id)).state == "scheduled"
     assert await c.due_of(svc, campaign_runs.START, later.campaign_id) == start
-    assert (await _change(svc, "cancel", later.campaign_id)).state == "cancelled"
+    assert (await c.change(svc, "cancel", later.campaign_id)).state == "cancelled"
     assert await c.due_of(svc, campaign_runs.START, later.campaign_id) is None
-    assert [(p["run"], p["state"]) for p in await _progress(svc, later.campaign_id, 3)] == [
+    assert [(p["run"], p["state"]) for p in await c.progress(svc, later.campaign_id, 3)] == [
         (1, "paused"), (1, "scheduled"), (1, "cancelled")]
 
     # Done is final too.
     quick = await c.create(svc, c.request(segment, c.follow_up()))
     await c.run_done(svc, quick.campaign_id)
-    for command in CHANGE:
-        code, details = await c.refused(_change(svc, command, quick.campaign_id))
+    for command in c.CHANGE:
+        code, details = await c.refused(c.change(svc, command, quick.campaign_id))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "is done" in details
+
+
+async def test_the_state_gauges(svc: Running, gate: Running) -> None:
+    segment = f"s-{uuid.uuid4().hex[:8]}"
+    await c.define_segment(gate, segment)
+    await c.members(svc, gate, segment, 3)
+    made = await c.create(svc, c.request(segment, c.follow_up(), members_per_minute=1))
+    cid = made.campaign_id
+    await c.campaign_when(svc, cid, lambda x: x.current_run.sent == 1, "the first page")
+    svc.clock.advance(timedelta(seconds=30))  # the next page is due a minute after the first
+    gauges = await c.gauges(svc)
+    assert gauges[("crm_campaign_pending", (cid,))] == 2
+    assert gauges[("crm_campaign_stalled_seconds", (cid,))] == 30
+    assert gauges[("crm_campaigns", ("running",))] >= 1
+    await c.change(svc, "pause", cid)
+    gauges = await c.gauges(svc)
+    assert gauges[("crm_campaign_pending", (cid,))] == 2  # paused: still to reach
+    assert ("crm_campaign_stalled_seconds", (cid,)) not in gauges  # but not stalled
+    await c.change(svc, "cancel", cid)
+    gauges = await c.gauges(svc)
+    assert ("crm_campaign_pending", (cid,)) not in gauges
+    assert gauges[("crm_campaigns", ("cancelled",))] >= 1
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -447,14 +432,14 @@ async def test_pause_resume_and_cancel(svc: Running, gate: Running) -> None:
 
 async def test_a_dry_run_predicts_and_writes_nothing(svc: Running, gate: Running) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
-    ids = await _members(svc, gate, segment, 4, ("promotional_offers", True))
+    await c.define_segment(gate, segment)
+    ids = await c.members(svc, gate, segment, 4, ("promotional_offers", True))
     stop = [consent(ids[3], "promotional_offers", False, svc.clock.now()),
             c.left(ids[2], segment, svc.clock.now() + timedelta(milliseconds=1))]
     await produce(svc, *stop)
     await c.processed(svc, *stop)
     made = await c.create(svc, c.request(segment, c.discount(),
-                                         start_at=_ts(svc, timedelta(days=30))))
+                                         start_at=c.ts(svc, timedelta(days=30))))
     keys = [x.encode() for x in ids] + [f"campaign:{made.campaign_id}".encode()]
     counts = f"""SELECT (SELECT count(*) FROM campaigns), (SELECT count(*) FROM campaign_runs),
                         (SELECT count(*) FROM campaign_members),
@@ -484,13 +469,13 @@ async def test_a_dry_run_predicts_and_writes_nothing(svc: Running, gate: Running
 async def test_list_newest_first_with_pages_and_a_state_filter(svc: Running,
                                                               gate: Running) -> None:
     segment = f"s-{uuid.uuid4().hex[:8]}"
-    await _segment(gate, segment)
+    await c.define_segment(gate, segment)
     made = []
     for _ in range(3):
         made.append((await c.create(svc, c.request(
-            segment, c.discount(), start_at=_ts(svc, timedelta(days=9))))).campaign_id)
+            segment, c.discount(), start_at=c.ts(svc, timedelta(days=9))))).campaign_id)
         svc.clock.advance(timedelta(milliseconds=1))
-    await _change(svc, "cancel", made[1])
+    await c.change(svc, "cancel", made[1])
     seen: list[str] = []
     token = ""
     while True:
@@ -544,7 +529,7 @@ async def test_a_segment_defined_in_customers_reaches_a_campaigns_actions(
     done = await c.run_done(svc, made.campaign_id)
     assert (done.current_run.sent, dict(done.current_run.suppressed_by_reason)) == (
         2, {"no_promotional_consent": 1})
-    events = await _actions(svc, made.campaign_id, 3)
+    events = await c.actions(svc, made.campaign_id, 3)
     assert sorted((e.data["customer_id"], e.type) for e in events) == [
         (ids[0], "loyalty.discount_issued"), (ids[1], "loyalty.discount_issued"),
         (ids[2], "loyalty.action_suppressed")]
