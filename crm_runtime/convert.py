@@ -86,5 +86,5 @@ def read_time_page_token(token: str, field: str = "page_token") -> tuple[datetim
         if when.tzinfo is None or not _TOKEN_TIMES[0] <= when <= _TOKEN_TIMES[1]:
             raise ValueError(at)
         return when, uuid.UUID(ident)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, AttributeError):
         raise InvalidArgument(field, "is not a token this service returned") from None

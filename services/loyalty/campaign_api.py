@@ -97,9 +97,10 @@ class CampaignApi:
 
     async def CreateCampaign(self, request: pb.CreateCampaignRequest,
                              context: grpc.aio.ServicerContext) -> pb.Campaign:
-        spec = campaigns.spec_of(request, self._ctx.clock.now())
+        spec = campaigns.spec_of(request, self._ctx.clock.now(), new=False)
         found = await self._snapshot(lambda c: campaign_runs.stored(c, spec))
         if found is None:
+            spec = campaigns.spec_of(request, self._ctx.clock.now())  # not in the past
             await self._check_segment(spec.segment, "segment")
             await uow.run(self._pool, lambda c: campaign_runs.create(c, self._ctx, spec))
             log.info("campaign %s created by %s: %s to segment %s", spec.campaign_id,

@@ -41,7 +41,7 @@ from crm_contracts.loyalty import (
 )
 from crm_runtime import faults, ids, scheduler, uow
 from crm_runtime.db import Conn
-from crm_runtime.errors import AlreadyExists, NotFound
+from crm_runtime.errors import AlreadyExists, Conflict, NotFound
 from crm_runtime.quiet_hours import outside_quiet_hours, time_zone
 from crm_runtime.scheduler import DueWork, WorkHandler
 from services.loyalty import campaign_store, contacting, domain, metrics, store
@@ -361,7 +361,10 @@ async def change_state(conn: Conn, ctx: Context, campaign_id: str,
     due finds the campaign paused and stops); a resume of a paused campaign
     makes its page due now (or its start due again). Should the locked row
     say otherwise (a concurrent call changed it), the work left is
-    harmless: each item checks the state it runs in."""
+    harmless (each item checks the state it runs in), but work missing is
+    not: a resume that finds a campaign paused meanwhile, after it read it
+    otherwise and scheduled nothing, is refused as ``ABORTED`` (call again)
+    rather than leave a running campaign nothing scheduled."""
     seen = await campaign_store.get_campaign(conn, campaign_id)
     if seen is None:
         raise NotFound("campaign", campaign_id)
@@ -377,6 +380,11 @@ async def change_state(conn: Conn, ctx: Context, campaign_id: str,
     c = await campaign_store.get_campaign(conn, campaign_id, lock=True)
     t = transition(State(c["state"]), State(c["paused_from"]) if c["paused_from"] else None,
                    command, campaign_id)
+    if command == "resume" and t.changed and (
+            seen["state"] != c["state"] or seen["paused_from"] != c["paused_from"]
+            or seen["runs"] != c["runs"]):
+        raise Conflict(f"campaign {campaign_id!r} was paused while it was being resumed; "
+                       "resume it again")
     runs = c["runs"]
     r = await campaign_store.get_run(conn, campaign_id, runs) if runs else None
     if not t.changed:

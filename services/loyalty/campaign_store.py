@@ -46,8 +46,13 @@ async def set_membership(conn: Conn, segment: str, customer_id: uuid.UUID, membe
 
 
 async def forget_memberships(conn: Conn, customer_id: uuid.UUID) -> None:
-    """Erasure: the customer's memberships go (no segment_left follows)."""
-    await conn.execute("DELETE FROM segment_members WHERE customer_id = $1", customer_id)
+    """Erasure: the customer's memberships go (no segment_left follows),
+    with those of the ids merged into them."""
+    await conn.execute(
+        """DELETE FROM segment_members
+            WHERE customer_id = $1
+               OR customer_id IN (SELECT customer_id FROM customer_view WHERE merged_into = $1)""",
+        customer_id)
 
 
 async def add_late_joiner(conn: Conn, segment: str, customer_id: uuid.UUID
@@ -63,6 +68,7 @@ async def add_late_joiner(conn: Conn, segment: str, customer_id: uuid.UUID
                  JOIN campaigns c ON c.campaign_id = r.campaign_id
                 WHERE c.segment = $1 AND c.include_late_joiners
                   AND r.state IN ('running', 'paused')
+                ORDER BY r.campaign_id, r.run
                   FOR NO KEY UPDATE OF r),
            joined AS (
                INSERT INTO campaign_members (campaign_id, run, customer_id)

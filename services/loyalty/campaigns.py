@@ -235,11 +235,13 @@ def _required(value: str, field: str) -> str:
 
 
 def spec_of(request: pb.CreateCampaignRequest, now: datetime, *,
-            where: str = "", draft: bool = False) -> CampaignSpec:
+            where: str = "", draft: bool = False, new: bool = True) -> CampaignSpec:
     """Validate a create request (``where``: the prefix of its fields in the
     caller's message, ``draft.``). A draft (a dry run's) may have no id.
     The segment's existence is the caller's to check (the customers service
-    defines segments)."""
+    defines segments). ``new=False`` leaves out the checks against ``now``
+    (a start in the past, too far ahead): a retry of a create that was
+    stored is compared with it, whenever it comes."""
     campaign_id = request.campaign_id.strip()
     if (campaign_id or not draft) and not SLUG.match(campaign_id):
         raise InvalidArgument(f"{where}campaign_id", f"{campaign_id[:70]!r} is not an id like "
@@ -253,10 +255,10 @@ def spec_of(request: pb.CreateCampaignRequest, now: datetime, *,
     start_at = now
     if request.HasField("start_at"):
         start_at = request_time(request.start_at, f"{where}start_at")
-        if start_at < now - PAST_TOLERANCE:
+        if new and start_at < now - PAST_TOLERANCE:
             raise InvalidArgument(f"{where}start_at", f"{start_at.isoformat()} is in the past "
                                   f"(the service's time is {now.isoformat()})")
-        if start_at > now + MAX_AHEAD:
+        if new and start_at > now + MAX_AHEAD:
             raise InvalidArgument(f"{where}start_at", f"more than {MAX_AHEAD.days} days ahead")
     rate = None
     if request.HasField("members_per_minute"):

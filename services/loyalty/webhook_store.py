@@ -95,8 +95,13 @@ class Filter:
 
 
 async def active_filters(conn: Conn) -> list[Filter]:
+    """The active subscriptions, share-locked until the batch commits: a
+    DeleteWebhook waits for the batch (whose deliveries it then drops), or
+    the batch waits for it and no longer sees the webhook; never a pending
+    delivery of a deleted webhook that nothing would ever send or drop."""
     rows = await conn.fetch(
-        "SELECT webhook_id, event_types, customer_id FROM webhooks WHERE state = 'active'")
+        """SELECT webhook_id, event_types, customer_id FROM webhooks WHERE state = 'active'
+            ORDER BY webhook_id FOR SHARE""")
     return [Filter(r["webhook_id"], tuple(r["event_types"]),
                    str(r["customer_id"]) if r["customer_id"] is not None else None)
             for r in rows]
@@ -109,7 +114,10 @@ async def enqueue(conn: Conn, events: Sequence[StoredEvent],
                   deliveries: Sequence[tuple[str, StoredEvent]]) -> int:
     """Store ``events`` (once: an event stored before stays) and one pending
     delivery per (webhook id, event), in the given order; a delivery that
-    exists already is left alone. Returns how many were new."""
+    exists already is left alone. Returns how many were new. A delivery
+    about a customer loyalty knows as erased (an event that followed the
+    erasure: loyalty's own reactions to it) is deleted once it is done, as
+    those pending at the erasure are."""
     await conn.execute(
         """INSERT INTO webhook_events (event_id, event_type, source, subject, time,
                                        traceparent, data)
@@ -121,8 +129,13 @@ async def enqueue(conn: Conn, events: Sequence[StoredEvent],
         [e.traceparent for e in events], [e.data for e in events])
     rows = await conn.fetch(
         """INSERT INTO webhook_deliveries (delivery_id, webhook_id, event_id, event_type,
-                                           subject)
-           SELECT gen_random_uuid(), w, e, t, s
+                                           subject, erase_when_done)
+           SELECT gen_random_uuid(), w, e, t, s,
+                  CASE WHEN s ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                       THEN EXISTS (SELECT 1 FROM customer_view v
+                                     WHERE v.customer_id = s::uuid
+                                       AND v.erased_at IS NOT NULL)
+                       ELSE false END
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
                   AS r(w, e, t, s, n)
             ORDER BY n

@@ -323,9 +323,9 @@ async def a_campaign_under_way(loyalty: Running, tag: str) -> None:
 
 @pytest.mark.slow
 async def test_every_dashboard_and_alert_query_has_data_in_a_real_prometheus(
-        database_url: str, broker: TansuBroker, prometheus_binary: str,
+        own_database: str, broker: TansuBroker, prometheus_binary: str,
         tmp_path: Path) -> None:
-    settings = Settings(database_url=database_url,
+    settings = Settings(database_url=own_database,
                         kafka_bootstrap_servers=broker.bootstrap_servers,
                         dev_clock_control=True, retry_initial_s=0.05, retry_max_s=0.5,
                         scheduler_poll_interval_s=0.05, consumer_batch_wait_ms=20,

@@ -32,6 +32,7 @@ def test_a_token_reads_back() -> None:
     _token("0001-01-01T00:00:00+14:00", str(uuid.uuid4())),  # before year 1 in UTC
     _token("9999-12-31T23:59:59-10:00", str(uuid.uuid4())),  # after 9999 in UTC
     _token("2026-12-07T10:00:00Z"), _token(1, 2), base64.urlsafe_b64encode(b"{}").decode(),
+    _token("2024-01-01T00:00:00+00:00", 5), _token("2024-01-01T00:00:00+00:00", [1]),
 ])
 def test_anything_else_is_invalid_argument(token: str) -> None:
     with pytest.raises(InvalidArgument) as err:

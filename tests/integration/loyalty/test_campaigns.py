@@ -113,6 +113,24 @@ async def test_create_is_idempotent_and_names_what_differs(svc: Running, gate: R
     assert "(name, members_per_minute differ)" in details
 
 
+async def test_a_retry_after_the_start_returns_the_stored_campaign(svc: Running,
+                                                                     gate: Running) -> None:
+    """The first answer lost, the same request comes again once its start
+    has passed: it is the stored campaign, not a start "in the past"."""
+    segment = f"s-{uuid.uuid4().hex[:8]}"
+    await c.define_segment(gate, segment)
+    req = c.request(segment, c.discount(), start_at=c.ts(svc, timedelta(minutes=1)))
+    made = await c.create(svc, req)
+    svc.clock.advance(timedelta(minutes=3))
+    again = await c.create(svc, req)
+    assert again.campaign_id == made.campaign_id and again.created_at == made.created_at
+    fresh = pb.CreateCampaignRequest()
+    fresh.CopyFrom(req)
+    fresh.campaign_id = f"{req.campaign_id}-2"
+    code, details = await c.refused(stub(svc).CreateCampaign(fresh, metadata=svc.metadata))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("start_at"), details
+
+
 async def test_unknown_ids_and_bad_reads_are_refused(svc: Running, gate: Running) -> None:
     api, md = stub(svc), svc.metadata
     nobody = "no-such-campaign"
