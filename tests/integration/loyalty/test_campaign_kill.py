@@ -22,7 +22,6 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,20 +54,6 @@ MEMBERS = 3000
 #: flight a good part of each.
 RATE = 30_000
 METADATA = [("authorization", f"Bearer {DEV_TOKEN}")]
-
-
-@pytest.fixture
-async def own_database(pg_admin_dsn: str) -> AsyncIterator[str]:
-    name = f"crm_test_campaign_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    base, _, query = pg_admin_dsn.partition("?")
-    base = base.rsplit("/", 1)[0] + "/" + name
-    yield f"{base}?{query}" if query else base
-    admin = await asyncpg.connect(pg_admin_dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 class Service:

@@ -12,12 +12,10 @@ import asyncio
 import json
 import os
 import random
-import secrets
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,20 +35,6 @@ from tests.support.services import DEV_TOKEN, running
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def own_database(pg_admin_dsn: str) -> AsyncIterator[str]:
-    name = f"crm_test_loyalty_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    base, _, query = pg_admin_dsn.partition("?")
-    base = base.rsplit("/", 1)[0] + "/" + name
-    yield f"{base}?{query}" if query else base
-    admin = await asyncpg.connect(pg_admin_dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 class Service:
