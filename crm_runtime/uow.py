@@ -166,3 +166,11 @@ async def run(pool: asyncpg.Pool, work: Callable[[Conn], Awaitable[T]]) -> T:
     shape of a gRPC method that changes state."""
     async with transaction(pool) as conn:
         return await work(conn)
+
+
+async def snapshot(pool: asyncpg.Pool, work: Callable[[Conn], Awaitable[T]]) -> T:
+    """``work`` reading from one snapshot (a read-only, repeatable-read
+    transaction): reads of several tables that agree with each other."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                        readonly=True):
+        return await work(conn)

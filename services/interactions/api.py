@@ -417,9 +417,8 @@ class InteractionsServicer(CycleApi, QualityApi, interactions_pb2_grpc.Interacti
         merged = [parse_uuid(m, f"merged_customer_ids[{i}]")
                   for i, m in enumerate(request.merged_customer_ids)]
         # One snapshot, so the part never shows a case without its contact.
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                                 readonly=True):
-            part = await privacy.export(conn, customer_id, merged)
+        part = await uow.snapshot(self._pool,
+                                  lambda conn: privacy.export(conn, customer_id, merged))
         return pb.ExportCustomerDataResponse(service=privacy.SERVICE, json=part)
 
 

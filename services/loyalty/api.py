@@ -80,9 +80,7 @@ class LoyaltyServicer(CampaignApi, WebhookApi, loyalty_pb2_grpc.LoyaltyServicer)
         """Reads of several tables from one snapshot (repeatable read), so a
         profile never shows a discount without the stage change that caused it."""
         await self._ctx.rules.sync_file(self._pool, self._ctx.clock.now())
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                                 readonly=True):
-            return await work(conn)
+        return await uow.snapshot(self._pool, work)
 
     def _now(self) -> datetime:
         return self._ctx.clock.now()

@@ -84,9 +84,7 @@ class CampaignApi:
 
     async def _snapshot(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Reads from one snapshot (a campaign and its run agree)."""
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                                 readonly=True):
-            return await work(conn)
+        return await uow.snapshot(self._pool, work)
 
     async def _check_segment(self, name: str, field: str) -> None:
         if self.segments is None:
