@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -81,8 +82,10 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def fresh_stack(ctx: BenchContext, label: str) -> AsyncIterator[Stack]:
-    """A fresh database and a fresh broker with the product topics, for one round."""
+async def fresh_stack(ctx: BenchContext, label: str,
+                      broker_log: Path | None = None) -> AsyncIterator[Stack]:
+    """A fresh database and a fresh broker with the product topics, for one
+    round (the broker's output appended to ``broker_log`` when given)."""
     async with contextlib.AsyncExitStack() as stack:
         try:
             url = await stack.enter_async_context(
@@ -92,7 +95,7 @@ async def fresh_stack(ctx: BenchContext, label: str) -> AsyncIterator[Stack]:
                 f"{label}: the service owns fixed schema names, so each round needs a database "
                 f"of its own, and the bench role may not create one ({exc}); run with an "
                 "empty DATABASE_URL (a local or embedded server) or grant CREATEDB") from None
-        broker = TansuBroker()
+        broker = TansuBroker(log_path=broker_log)
         await asyncio.to_thread(broker.start)
         stack.push_async_callback(asyncio.to_thread, broker.stop)
         update: dict[str, Any] = {"database_url": url,
@@ -158,14 +161,7 @@ class ServiceProcesses:
     async def start(self, timeout: float = 60.0) -> None:
         """Start every replica; return once each answers its health check."""
         for _ in range(self.replicas):
-            env = dict(self._env)
-            port = free_port()
-            self.metrics_ports.append(port)
-            if self.spec.name in SERVICES:
-                env[env_name("metrics_base_port")] = str(port - SERVICES.index(self.spec.name))
-            self._procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", *self.module, env=env,
-                stdin=asyncio.subprocess.DEVNULL))
+            self._procs.append(await self._spawn())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # Each replica is checked through a connection of its own; until all
@@ -187,6 +183,34 @@ class ServiceProcesses:
             finally:
                 await channel.close()
         await asyncio.sleep(1.0)  # consumers join their group after gRPC serves
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        """One more replica process, with a metrics port of its own."""
+        env = dict(self._env)
+        port = free_port()
+        self.metrics_ports.append(port)
+        if self.spec.name in SERVICES:
+            env[env_name("metrics_base_port")] = str(port - SERVICES.index(self.spec.name))
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", *self.module, env=env, stdin=asyncio.subprocess.DEVNULL)
+
+    async def replace_oldest(self, *, kill: bool = False, timeout: float = 30.0) -> float:
+        """Stop the oldest replica as a rolling deploy does (SIGTERM, wait for
+        it to exit) or as a crash does (``kill``: SIGKILL), then start a new
+        one in its place (not waited for: it joins its groups when it is
+        ready). Returns the seconds the old one took to exit."""
+        old = self._procs.pop(0)
+        self.metrics_ports.pop(0)
+        started = time.monotonic()
+        old.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            await asyncio.wait_for(old.wait(), timeout=timeout)
+        except TimeoutError:
+            old.kill()
+            await old.wait()
+        took = time.monotonic() - started
+        self._procs.append(await self._spawn())
+        return took
 
     def channels(self, count: int) -> list[grpc.aio.Channel]:
         """``count`` channels, each its own TCP connection."""
@@ -297,7 +321,8 @@ def cpu_figure(figures: dict[str, float], service: ServiceProcesses, events: int
 async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, group: str, *,
                          count_sql: str, expected: int, what: str, published: bool,
                          deadline: float, poll_s: float = 0.01,
-                         broker_pid: int | None = None) -> tuple[float, float]:
+                         broker_pid: int | None = None,
+                         first_sql: str | None = None) -> tuple[float, float]:
     """Start ``service`` (its records are waiting on the topic) and poll (at
     the :class:`~bench.pacing.Pace` of its progress, at least every
     ``poll_s`` near the end) until ``count_sql`` counts ``expected`` rows
@@ -310,9 +335,12 @@ async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, gr
     group ``group`` ran (its first ``inbox`` row's ``processed_at``) to the
     poll that saw the end, and the seconds from the service's start to that
     first transaction (start-up and group join, which the figure leaves
-    out). Both ends are read off the database's clock, so they hold across
-    processes. Past ``deadline`` (``time.monotonic``) it fails saying how far
-    it got. The caller stops the service.
+    out). A group that keeps no inbox rows (its handlers dedupe by natural
+    keys) names the time of its first write in ``first_sql`` instead (its
+    ``$1`` is the service's start). Both ends are read off the database's
+    clock, so they hold across processes. Past ``deadline``
+    (``time.monotonic``) it fails saying how far it got. The caller stops the
+    service.
 
     The CPU the service's processes, its database backends and (given
     ``broker_pid``) the broker used over the same span go into
@@ -347,9 +375,9 @@ async def consumed_until(service: ServiceProcesses, conn: asyncpg.Connection, gr
             raise RuntimeError(f"{service.spec.name}: {count} of {expected} {what}"
                                + (", or events still unsent" if published else ""))
         await asyncio.sleep(pace.next(count))
-    first = await conn.fetchval(
+    first = await (conn.fetchval(first_sql, opened) if first_sql else conn.fetchval(
         f"""SELECT min(processed_at) FROM {schema}.inbox
-             WHERE consumer_group = $1 AND processed_at >= $2""", group, opened)
+             WHERE consumer_group = $1 AND processed_at >= $2""", group, opened))
     if first is None:
         raise RuntimeError(f"{service.spec.name}: group {group} consumed nothing")
     return (done - first).total_seconds(), max(0.0, (first - opened).total_seconds())

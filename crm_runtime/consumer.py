@@ -44,6 +44,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import IllegalStateError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from crm_runtime import faults, metrics
 from crm_runtime.db import is_transient
@@ -69,7 +70,7 @@ from crm_runtime.retry import Backoff
 #: The database side's names stay importable from here, where handlers,
 #: dead-letter topics and the inbox's COPY threshold were always found.
 __all__ = ["ASSIGNORS", "BUSY_FETCH_WAIT_MS", "COMMIT_DONE_S", "DLQ_SUFFIX", "INBOX_COPY_FROM",
-           "BatchHandler", "EventConsumer", "Handler", "Prepare", "Seen", "dlq_topic",
+           "BatchHandler", "EventConsumer", "Handler", "Interest", "Prepare", "Seen", "dlq_topic",
            "per_event"]
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,22 @@ Seen = Callable[[list[Envelope]], Awaitable[set[str]]]
 #: one event is for the handler to report, so that record alone is
 #: dead-lettered.
 Prepare = Callable[[list[Envelope], Seen], Awaitable[None]]
+#: The types a group wants at the moment, asked once per fetched batch before
+#: its records are decoded (loyalty's webhooks: the types some active webhook
+#: takes): a record of another handled type is skipped undecoded, as an
+#: unhandled type is. It raises only what is worth retrying.
+Interest = Callable[[], Awaitable[frozenset[str]]]
 
 #: Longest wait for the offset commits before a rebalance or a stop.
 COMMIT_DONE_S = 1.0
 #: How long a worker waits for records while another one is busy (it
 #: fetches only from the partitions the busy one does not hold).
 BUSY_FETCH_WAIT_MS = 5
+#: Keys of ``consumer_options`` that are this consumer's, not aiokafka's:
+#: after ``idle_after_ms`` without records (0: never) a consumer stops
+#: fetching and looks again every ``idle_probe_ms`` (see
+#: :meth:`EventConsumer._idle_pause`).
+IDLE_OPTIONS = ("idle_after_ms", "idle_probe_ms")
 #: How a group shares partitions out among its members, in order of
 #: preference. Range first: each member gets the same partition numbers of
 #: every topic with the same partition count, so one customer's events on
@@ -129,9 +140,13 @@ class EventConsumer:
         concurrency: int = 1,
         commit_interval_ms: int = 0,
         prepare: Prepare | None = None,
+        interest: Interest | None = None,
+        record_ids: bool = True,
     ) -> None:
-        self._inbox = Inbox(pool, group=group, handlers=handlers, service=service, lanes=lanes)
+        self._inbox = Inbox(pool, group=group, handlers=handlers, service=service, lanes=lanes,
+                            record_ids=record_ids)
         self._prepare = prepare
+        self._interest = interest
         self._group = group
         self._topics = list(topics)
         #: The CloudEvents types the inbox has a handler for.
@@ -142,7 +157,12 @@ class EventConsumer:
         self._backoff = backoff or Backoff()
         self._failpoints = failpoints
         self._bootstrap_servers = bootstrap_servers
-        self._consumer_options = dict(consumer_options or {})
+        options = dict(consumer_options or {})
+        self._idle_after = options.pop("idle_after_ms", 0) / 1000
+        self._idle_probe = options.pop("idle_probe_ms", 500) / 1000
+        #: Since when fetches have found nothing (None: records came last).
+        self._idle_since: float | None = None
+        self._consumer_options = options
         self._kafka = self._new_kafka()
         self._stopping = asyncio.Event()
         self._next_offsets: dict[TopicPartition, int] = {}
@@ -211,7 +231,27 @@ class EventConsumer:
                     workers.create_task(self._work(slot), name=f"{self._group}-worker-{slot}")
         finally:
             await self.commit_done()
+            await self._leave_group()
             await self._kafka.stop()
+
+    async def _leave_group(self) -> None:
+        """Tell the group this member leaves, so that it hands the member's
+        partitions on at once instead of when the member's session times out.
+        aiokafka's ``stop()`` sends LeaveGroup only at a generation above 0, as
+        Kafka numbers generations from 1; Tansu numbers them from 0, and a
+        group that formed once and never rebalanced stays there, so on Tansu
+        a replica stopped gracefully used to leave as silently as a killed
+        one. Sent here at generation 0 only (aiokafka's own covers the rest),
+        just before ``stop()``; a failure only costs the session timeout."""
+        coordinator: Any = getattr(self._kafka, "_coordinator", None)
+        if coordinator is None or coordinator.generation != 0 or not coordinator.member_id:
+            return
+        try:
+            await asyncio.wait_for(coordinator._send_req(
+                LeaveGroupRequest(self._group, coordinator.member_id)), COMMIT_DONE_S)
+        except Exception as exc:
+            log.warning("consumer %s: leaving the group failed (%s: %s); its partitions move "
+                        "when its session times out", self._group, type(exc).__name__, exc)
 
     async def _work(self, slot: int) -> None:
         backoff = copy.copy(self._backoff)
@@ -251,13 +291,44 @@ class EventConsumer:
                 return None
             # While another worker is busy, a short wait: partitions it lets
             # go are only fetched from in the next call.
+            if not busy:
+                await self._idle_pause()
             records = await self._kafka.getmany(
                 *free, timeout_ms=BUSY_FETCH_WAIT_MS if busy else wait_ms,
                 max_records=self._batch_size)
+            if not busy:
+                self._idle_since = (None if records
+                                    else self._idle_since or time.monotonic())
             if busy and not records:
                 return None
             self._held.update(tp.partition for tp in records)
             return [r for part in records.values() for r in part]
+
+    async def _idle_pause(self) -> None:
+        """After ``idle_after_ms`` without records, fetch only every
+        ``idle_probe_ms``: every assigned partition is paused meanwhile (the
+        client's documented way to stop fetching; with every partition
+        paused it sends no fetch at all), then resumed for the caller's
+        fetch. A broker that answers a held fetch as soon as records arrive
+        (Kafka) makes a long fetch wait the cheap idle poll, so this is off
+        there; one that does not (the embedded Tansu, decisions/0014) needs
+        a short wait, which an idle consumer would otherwise send some 35
+        times a second. The cost: the first records after a quiet spell
+        wait up to ``idle_probe_ms`` more; records found end the idle spell."""
+        since = self._idle_since
+        if (not self._idle_after or since is None
+                or time.monotonic() - since < self._idle_after):
+            return
+        assigned = list(self._kafka.assignment())
+        self._kafka.pause(*assigned)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._idle_probe)
+        finally:
+            # Only what is still assigned (a rebalance meanwhile starts the
+            # new assignment unpaused).
+            current = self._kafka.assignment()
+            self._kafka.resume(*(tp for tp in assigned if tp in current))
 
     async def _waiting_in_free(self) -> int:
         """Records waiting on the partitions no worker holds: past the
@@ -300,7 +371,7 @@ class EventConsumer:
         now_ms = time.time() * 1000
         for r in batch:
             age.observe(max(0.0, now_ms - r.timestamp) / 1000)
-        items = self._decoded(batch)
+        items = self._decoded(batch, await self._wanted(backoff))
         while items:
             try:
                 started = time.perf_counter()
@@ -404,13 +475,31 @@ class EventConsumer:
             log.warning("consumer %s: preparing a batch failed (%s: %s); applying it anyway",
                         self._group, type(exc).__name__, exc)
 
-    def _decoded(self, batch: list[ConsumerRecord[bytes, bytes]]) -> list[Item]:
-        """The batch's records to apply, decoded; the skipped ones are counted
-        as consumed."""
+    async def _wanted(self, backoff: Backoff) -> frozenset[str] | None:
+        """The types the group's :data:`Interest` wants now (None: every
+        handled type), retried while the database is out of reach."""
+        while self._interest is not None:
+            try:
+                wanted = await self._interest()
+                backoff.reset()
+                return wanted
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.next()
+                log.warning("consumer %s: transient failure (%s: %s); asking again in %.1fs",
+                            self._group, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+        return None
+
+    def _decoded(self, batch: list[ConsumerRecord[bytes, bytes]],
+                 wanted: frozenset[str] | None = None) -> list[Item]:
+        """The batch's records to apply, decoded; the skipped ones (and those
+        of a type not ``wanted`` now) are counted as consumed."""
         items: list[Item] = []
         skipped: Counter[tuple[str, str]] = Counter()
         for record in batch:
-            decoded = self._decode(record)
+            decoded = self._decode(record, wanted)
             if isinstance(decoded, Item):
                 items.append(decoded)
             else:
@@ -419,7 +508,8 @@ class EventConsumer:
             metrics.CONSUMED.labels(self._service, topic, event_type).inc(count)
         return items
 
-    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> Item | str:
+    def _decode(self, record: ConsumerRecord[bytes, bytes],
+                wanted: frozenset[str] | None = None) -> Item | str:
         """The record as an item to apply (its event, or why it is poison), or
         the type it is skipped as."""
         try:
@@ -428,15 +518,20 @@ class EventConsumer:
             # A header is not UTF-8: still skipped if its type is one this
             # consumer ignores (the consumer that handles it dead-letters it).
             return self._skipped_type(_raw_type(record.headers)) or Item(record, poison=poison)
-        skipped = self._skipped_type(attrs.get("ce_type"))
+        event_type = attrs.get("ce_type")
+        skipped = self._skipped_type(event_type)
         if skipped is not None:
             return skipped
+        if wanted is not None and event_type is not None and event_type in self._handled \
+                and event_type not in wanted:
+            return event_type
         try:
             envelope = decode_attributes(attrs, record.value)
         except PoisonMessage as poison:
             return Item(record, poison=poison)
-        if envelope.type not in self._handled:  # structured mode: the type was in the body
-            return envelope.type
+        if envelope.type not in self._handled or (wanted is not None
+                                                  and envelope.type not in wanted):
+            return envelope.type  # structured mode: the type was in the body
         return Item(record, envelope=envelope)
 
     def _skipped_type(self, event_type: str | None) -> str | None:

@@ -8,7 +8,9 @@ and offsets are the consumer's) and, in one PostgreSQL transaction:
    ``COPY`` first, falling back to the statement when an id was seen
    before); only the ids that were new reach the handlers (a redelivered
    event changes nothing), each once, in the longest runs of consecutive
-   records one handler takes;
+   records one handler takes (a group whose handlers
+   are idempotent by their own natural keys records no ids: each id of the
+   batch runs once, and a redelivery finds the rows it wrote);
 2. writes poison records, and records a handler could not apply, to
    ``dead_letters`` and queues them in the outbox for ``<topic>.dlq`` with
    headers naming the error and the original topic, partition and offset;
@@ -86,9 +88,14 @@ class Inbox:
     records as dead letters."""
 
     def __init__(self, pool: asyncpg.Pool, *, group: str,
-                 handlers: Mapping[str, BatchHandler], service: str, lanes: int) -> None:
+                 handlers: Mapping[str, BatchHandler], service: str, lanes: int,
+                 record_ids: bool = True) -> None:
         self._pool = pool
         self._group = group
+        #: False for a group whose handlers are idempotent by their own
+        #: natural keys (a redelivered event finds its rows and adds nothing):
+        #: no inbox row an event, only one run per id within a batch.
+        self._record_ids = record_ids
         self._handlers = dict(handlers)
         self._service = service
         self._lanes = lanes
@@ -117,7 +124,7 @@ class Inbox:
     async def _apply(self, items: list[Item], *, isolate: bool) -> None:
         async with self._pool.acquire() as conn, uow.unit_on(conn) as unit:
             good = [i for i in items if i.envelope is not None]
-            fresh = await self._claim(conn, good)
+            fresh = await self._claim(conn, good) if self._record_ids else _first_each(good)
             dead: list[_Dead] = [
                 (i, i.poison.kind, i.poison.reason, i.poison.subject) for i in items
                 if i.poison is not None
@@ -157,11 +164,7 @@ class Inbox:
             self._group, event_ids,
         )
         new = {r["event_id"] for r in rows}
-        first: dict[str, Item] = {}
-        for event_id, item in zip(event_ids, good, strict=True):
-            if event_id in new and event_id not in first:
-                first[event_id] = item
-        return first
+        return _first_each([i for i in good if _id(i) in new])
 
     async def _handle_run(self, unit: uow.UnitOfWork, run: list[Item], *,
                           isolate: bool) -> list[_Dead]:
@@ -255,6 +258,14 @@ class Inbox:
             metrics.CONSUMED.labels(self._service, topic, event_type).inc(count)
         for topic, count in duplicates.items():
             metrics.DUPLICATES.labels(self._service, topic).inc(count)
+
+
+def _first_each(items: list[Item]) -> dict[str, Item]:
+    """Each event id's first item, in the batch's order."""
+    first: dict[str, Item] = {}
+    for item in items:
+        first.setdefault(_id(item), item)
+    return first
 
 
 def _id(item: Item) -> str:

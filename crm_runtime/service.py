@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from crm.ops.v1 import ops_pb2, ops_pb2_grpc
 from crm_runtime import db, logs, metrics, tls, tracing
 from crm_runtime.clock import Clock, OffsetClock, SystemClock
-from crm_runtime.consumer import BatchHandler, EventConsumer, Prepare
+from crm_runtime.consumer import BatchHandler, EventConsumer, Interest, Prepare
 from crm_runtime.db import Conn
 from crm_runtime.events import Envelope, EventPayload
 from crm_runtime.grpc_server import ServiceRegistration, build_server, set_serving
@@ -69,13 +69,19 @@ class Subscription:
     """Topics one consumer group reads and the handlers of its event types:
     typed :class:`Route` s, or (for a raw consumer) handlers by CloudEvents
     type. ``prepare`` runs before each batch's transaction (see
-    :data:`crm_runtime.consumer.Prepare`)."""
+    :data:`crm_runtime.consumer.Prepare`); ``interest`` narrows the handled
+    types per batch (:data:`crm_runtime.consumer.Interest`). With
+    ``natural_keys`` the handlers are idempotent by their own keys (a
+    redelivered event finds its rows and adds nothing), so the group keeps
+    no inbox row an event."""
 
     topics: Sequence[str]
     routes: Sequence[Route] = ()
     handlers: Mapping[str, BatchHandler] = field(default_factory=dict)
     group_suffix: str = ""
     prepare: Prepare | None = None
+    interest: Interest | None = None
+    natural_keys: bool = False
 
     def by_type(self) -> dict[str, BatchHandler]:
         """Every handler by the CloudEvents type it handles."""
@@ -215,7 +221,8 @@ class ServiceRunner:
                     backoff=Backoff(s.retry_initial_s, s.retry_max_s),
                     failpoints=s.failpoint_set, consumer_options=s.consumer_options(),
                     concurrency=s.consumer_concurrency,
-                    commit_interval_ms=s.consumer_commit_interval_ms, prepare=sub.prepare)
+                    commit_interval_ms=s.consumer_commit_interval_ms, prepare=sub.prepare,
+                    interest=sub.interest, record_ids=not sub.natural_keys)
                 tasks.append(asyncio.create_task(consumer.run(), name=f"{self.spec.name}-consumer"))
                 stoppers.append(consumer.stop)
             if parts.scheduled:

@@ -44,9 +44,10 @@ The publisher and the reader share this process's event loop; the services
 share the machine's cores with them, the database and the broker. The
 achieved publish rate is printed beside the offered one.
 
-Beside the end-to-end figures, the percentiles of each hop the round's
-tables timestamp (:data:`HOPS`: each outbox row's ``created_at`` and
-``sent_at``, each inbox row's ``processed_at``) show where the time went.
+Beside the end-to-end figures, the percentiles of each hop (:data:`HOPS`:
+from each record's Kafka timestamp to the inbox row of the transaction that
+consumed it, and from there to the timestamp of the record that transaction
+caused) show where the time went.
 
 Beside them, the database transactions committed per purchase while the
 product's trip ran (``pg_stat_database.xact_commit`` of the round's
@@ -97,7 +98,7 @@ from bench.service import (
 from bench.workloads.loyalty_actions import known_customer_envelopes
 from crm_contracts.interactions import ContactReceived
 from crm_contracts.loyalty import DiscountIssued
-from crm_contracts.topics import CUSTOMERS, INTERACTIONS_INGEST, LOYALTY
+from crm_contracts.topics import CUSTOMERS, INTERACTIONS, INTERACTIONS_INGEST, LOYALTY
 from crm_runtime.events import Envelope
 from services.customers.app import SPEC as CUSTOMERS_SPEC
 from services.interactions.app import SPEC as INTERACTIONS_SPEC
@@ -118,38 +119,65 @@ POLL_S = 0.05
 #: After the product's trip, before reading the database's transaction count:
 #: a busy backend reports its counts at most once a second.
 STATS_FLUSH_S = 1.1
-#: The hops of a purchase's way that the round's tables timestamp: each
-#: outbox row's ``created_at`` (in its writer's transaction) and ``sent_at``
-#: (when the relay took it, in the transaction it commits once the broker
-#: acked), and each inbox row's ``processed_at`` (the start of the
-#: consumer's transaction).
-HOPS = ("relay of interactions", "to customers' transaction", "customers' transaction",
-        "relay of customers", "to loyalty's transaction", "loyalty's transaction",
-        "relay of loyalty")
+#: The hops of a purchase's way, timed by each record's Kafka timestamp (its
+#: producer's clock when the record was batched: the bench's send, each
+#: relay's publish) and each inbox row's ``processed_at`` (the start of the
+#: consuming transaction, on the database's clock; the same machine's).
+#: An outbox row leaves the table once sent, so the tables alone no longer
+#: time the relays: a service's hop is its transaction and its relay's wait.
+HOPS = ("to interactions' transaction", "interactions' transaction and relay",
+        "to customers' transaction", "customers' transaction and relay",
+        "to loyalty's transaction", "loyalty's transaction and relay")
+#: (topic, type) of the records whose Kafka timestamps :data:`HOPS_SQL` reads.
+HOP_RECORDS = ((INTERACTIONS_INGEST, "contact.received"),
+               (INTERACTIONS, "interaction.recorded"),
+               (CUSTOMERS, "customer.stage_changed"),
+               (LOYALTY, "loyalty.discount_issued"))
 HOPS_SQL = f"""
-    WITH io AS MATERIALIZED (
-           SELECT event_id, message_key, created_at, sent_at
-             FROM {INTERACTIONS_SPEC.schema}.outbox
-            WHERE event_type = 'interaction.recorded' AND created_at >= $1),
-         co AS MATERIALIZED (
-           SELECT event_id, message_key, created_at, sent_at FROM {CUSTOMERS_SPEC.schema}.outbox
-            WHERE event_type = 'customer.stage_changed' AND created_at >= $1),
-         lo AS MATERIALIZED (
-           SELECT message_key, created_at, sent_at FROM {LOYALTY_SPEC.schema}.outbox
-            WHERE event_type = 'loyalty.discount_issued' AND created_at >= $1),
+    WITH r AS (SELECT * FROM bench_hop_records),
          j AS (
-           SELECT io.created_at AS a, io.sent_at AS b, ci.processed_at AS c,
-                  co.created_at AS d, co.sent_at AS e, li.processed_at AS f,
-                  lo.created_at AS g, lo.sent_at AS h
-             FROM lo JOIN co USING (message_key) JOIN io USING (message_key)
-             JOIN {CUSTOMERS_SPEC.schema}.inbox AS ci ON ci.event_id = io.event_id
-             JOIN {LOYALTY_SPEC.schema}.inbox AS li ON li.event_id = co.event_id)
+           SELECT a.ts AS a, ii.processed_at AS b, i.ts AS c, ci.processed_at AS d,
+                  c.ts AS e, li.processed_at AS f, l.ts AS g
+             FROM r AS a
+             JOIN {INTERACTIONS_SPEC.schema}.inbox AS ii ON ii.event_id = a.event_id
+             JOIN r AS i ON i.key = a.key AND i.type = 'interaction.recorded'
+             JOIN {CUSTOMERS_SPEC.schema}.inbox AS ci ON ci.event_id = i.event_id
+             JOIN r AS c ON c.key = a.key AND c.type = 'customer.stage_changed'
+             JOIN {LOYALTY_SPEC.schema}.inbox AS li ON li.event_id = c.event_id
+             JOIN r AS l ON l.key = a.key AND l.type = 'loyalty.discount_issued'
+            WHERE a.type = 'contact.received')
     SELECT hop, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
            percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99
       FROM j, LATERAL (VALUES (1, b - a), (2, c - b), (3, d - c), (4, e - d), (5, f - e),
-                              (6, g - f), (7, h - g)) AS v(hop, took),
+                              (6, g - f)) AS v(hop, took),
            LATERAL (SELECT extract(epoch FROM took) * 1000 AS ms) AS t
      GROUP BY hop ORDER BY hop"""
+
+
+async def hop_records(bootstrap: str, since_ms: int) -> list[tuple[Any, ...]]:
+    """(key, type, event id, Kafka timestamp) of the :data:`HOP_RECORDS`
+    timestamped from ``since_ms`` on (the trip's), each topic read to its end."""
+    rows: list[tuple[Any, ...]] = []
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                              enable_auto_commit=False, auto_offset_reset="earliest")
+    await reader.start()
+    try:
+        for topic, event_type in HOP_RECORDS:
+            parts = [TopicPartition(topic, p)
+                     for p in sorted(reader.partitions_for_topic(topic) or ())]
+            reader.assign(parts)
+            ends = await reader.end_offsets(parts)
+            await reader.seek_to_beginning(*parts)
+            while [tp for tp in parts if await reader.position(tp) < ends[tp]]:
+                batch = await reader.getmany(timeout_ms=100, max_records=5000)
+                for r in (r for part in batch.values() for r in part):
+                    headers = dict(r.headers)
+                    if r.timestamp >= since_ms and headers.get("ce_type") == event_type.encode():
+                        rows.append((r.key, event_type, headers["ce_id"].decode(),
+                                     datetime.fromtimestamp(r.timestamp / 1000, UTC)))
+    finally:
+        await reader.stop()
+    return rows
 
 
 def purchase(customer_id: str, n: int) -> Envelope:
@@ -375,7 +403,7 @@ class LoyaltyLatency(Workload):
         return trip.seconds
 
     async def product(self) -> Phases:
-        self.started_at = await self.conn.fetchval("SELECT clock_timestamp()")
+        self.trip_started_ms = int(time.time() * 1000)
         self.commits_before = await self._commits()
         before = await self._cpu_used()
         trip = await paced_trip(self.stack.bootstrap_servers, self.records,
@@ -443,7 +471,12 @@ class LoyaltyLatency(Workload):
         self.figures["product: discounts stored at the check"] = await self.conn.fetchval(
             f"SELECT count(*) FROM {LOYALTY_SPEC.schema}.discounts")
         # Where the time went (figures, not checks): each hop's percentiles.
-        for r in await self.conn.fetch(HOPS_SQL, self.started_at):
+        await self.conn.execute("""CREATE TEMP TABLE bench_hop_records (
+                                     key bytea, type text, event_id text, ts timestamptz)""")
+        await self.conn.copy_records_to_table(
+            "bench_hop_records", records=await hop_records(
+                self.stack.bootstrap_servers, self.trip_started_ms))
+        for r in await self.conn.fetch(HOPS_SQL):
             name = f"product: hop {r['hop']} ({HOPS[r['hop'] - 1]})"
             self.figures[f"{name} p50 (ms)"] = float(r["p50"])
             self.figures[f"{name} p99 (ms)"] = float(r["p99"])

@@ -15,10 +15,10 @@ time). ``customer.updated`` is a type loyalty's rules do not consume, so its
 main consumer group skips them and the round measures webhooks alone.
 
 * product: the loyalty service as deployed, ``--replicas`` processes
-  (default one) of ``crm serve loyalty``, started again; from the start of
-  the first transaction of consumer group ``crm-loyalty-webhooks`` (it stores
-  each event once and one pending delivery per matching webhook; the group
-  join is a note; both ends on the database's clock) until every delivery is
+  (default one) of ``crm serve loyalty``, started again; from the first
+  event stored by consumer group ``crm-loyalty-webhooks`` (it stores each
+  event once and one pending delivery per matching webhook, and keeps no
+  inbox row; the group join is a note; both ends on the database's clock) until every delivery is
   ``delivered`` (the worker records that after the receiver's 204), polled at
   the pace of the progress. The worker claims queue heads with ``FOR UPDATE
   SKIP LOCKED`` and a lease, POSTs them signed (Standard Webhooks) with one
@@ -221,7 +221,9 @@ class LoyaltyWebhooks(Workload):
                 count_sql=f"SELECT count(*) FROM {SCHEMA}.webhook_deliveries "
                           "WHERE state = 'delivered'",
                 expected=self.events, what="deliveries delivered", published=False,
-                deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid)
+                deadline=self._deadline(), poll_s=POLL_S, broker_pid=self.stack.broker_pid,
+                first_sql=f"SELECT min(created_at) FROM {SCHEMA}.webhook_events "
+                          "WHERE created_at >= $1")
         finally:
             await service.stop()
         receiver_after = process_cpu_seconds(self.receiver.pid)

@@ -44,7 +44,7 @@ def build(svc: ServiceContext) -> ServiceParts:
         subscriptions=[Subscription(topics=[CUSTOMERS, INTERACTIONS],
                                     routes=[handlers.on_events(ctx, svc.pool)]),
                        # webhooks: group crm-loyalty-webhooks, all three topics
-                       webhook_delivery.subscription()],
+                       webhook_delivery.subscription(svc.pool)],
         scheduled={commands.FOLLOW_UP_DUE: handlers.on_follow_up_due(ctx),
                    commands.DISCOUNT_EXPIRING: handlers.on_discount_expiring(ctx),
                    campaign_runs.START: campaign_runs.on_start(ctx),

@@ -86,11 +86,27 @@ LEASE_MARGIN_S = 5.0
 # --- enqueueing ------------------------------------------------------------------------
 
 
-def subscription() -> Subscription:
+def subscription(pool: asyncpg.Pool) -> Subscription:
     """Consumer group ``crm-<service>-webhooks``: every known type of the
-    three topics, enqueued for the subscriptions that take it."""
+    three topics, enqueued for the subscriptions that take it. Before a
+    batch is decoded, the group asks which types an active webhook takes
+    (one statement a batch): the others, most events while few webhooks
+    exist, are skipped undecoded. The deliveries' keys (one per webhook and
+    event) make a redelivered event add nothing, so the group keeps no inbox
+    row an event."""
+    async def interest() -> frozenset[str]:
+        return wanted_types(await store.active_patterns(pool))
+
     return Subscription(topics=list(TOPICS), handlers=dict.fromkeys(known_types(), enqueue),
-                        group_suffix=GROUP_SUFFIX)
+                        group_suffix=GROUP_SUFFIX, interest=interest, natural_keys=True)
+
+
+@functools.lru_cache(maxsize=64)
+def wanted_types(patterns: tuple[str, ...]) -> frozenset[str]:
+    """The known types some of ``patterns`` take, and an erasure (which
+    always drops the erased customer's deliveries)."""
+    return frozenset(t for t in known_types() if matches(patterns, t)) | {
+        CustomerErased.event_type}
 
 
 async def enqueue(conn: Conn, events: Sequence[Envelope]) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from crm_runtime.db import Conn
 from services.loyalty.webhooks import StoredEvent, WebhookSpec
 
@@ -92,6 +94,14 @@ class Filter:
     webhook_id: str
     event_types: tuple[str, ...]
     customer_id: str | None
+
+
+async def active_patterns(pool: asyncpg.Pool) -> tuple[str, ...]:
+    """Every event-type pattern of an active webhook, sorted, each once."""
+    patterns: list[str] = await pool.fetchval(
+        """SELECT coalesce(array_agg(DISTINCT p ORDER BY p), '{}')
+             FROM webhooks, unnest(event_types) AS p WHERE state = 'active'""")
+    return tuple(patterns)
 
 
 async def active_filters(conn: Conn) -> list[Filter]:

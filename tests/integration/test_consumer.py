@@ -23,7 +23,14 @@ from crm_runtime.migrations import migrate, migrations_for
 from crm_runtime.outbox import OutboxRelay
 from crm_runtime.retry import Backoff
 from crm_runtime.settings import Settings
-from tests.support.kafka import create_topics, produce, produce_envelopes, read_topic, wait_for
+from tests.support.kafka import (
+    caught_up,
+    create_topics,
+    produce,
+    produce_envelopes,
+    read_topic,
+    wait_for,
+)
 from tests.support.ledger import MIGRATIONS, EntryBooked, EntryRequested, make_handler
 
 
@@ -66,6 +73,37 @@ def entry(ledger: Ledger, customer: str, amount: int) -> Envelope:
                     source="/test/pos", topic_override=ledger.requests)
 
 
+
+
+async def test_interest_skips_unwanted_types_undecoded_and_no_ids_recorded(
+        ledger: Ledger) -> None:
+    """While the group's interest leaves a handled type out, its records are
+    skipped (a broken one is no dead letter); once wanted, they are applied.
+    A group of natural-key handlers records no inbox ids."""
+    wanted: set[str] = set()
+
+    async def interest() -> frozenset[str]:
+        return frozenset(wanted)
+
+    broken = (ledger.requests, b"c1", b"{not json", [("ce_specversion", b"1.0"),
+              ("ce_type", b"test.entry_requested"), ("ce_id", b"x-1"),
+              ("ce_source", b"/test/pos")])
+    await produce(ledger.bootstrap, [broken])
+    await produce_envelopes(ledger.bootstrap, [entry(ledger, f"c{i}", i) for i in range(5)])
+    consumer = ledger.consumer(interest=interest, record_ids=False)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: caught_up(ledger.bootstrap, f"g-{ledger.schema}",
+                                         [ledger.requests]), what="the skipped records consumed")
+        assert await ledger.applied() == 0
+        wanted.add("test.entry_requested")
+        await produce_envelopes(ledger.bootstrap, [entry(ledger, f"c{i}", i) for i in range(3)])
+        await wait_for(lambda: _eq(ledger.applied(), 3), what="3 entries applied")
+        assert await ledger.pool.fetchval("SELECT count(*) FROM inbox") == 0
+        assert await ledger.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+    finally:
+        consumer.stop()
+        await task
 
 
 async def test_redelivered_events_change_nothing(ledger: Ledger) -> None:

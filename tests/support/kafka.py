@@ -8,7 +8,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from crm_runtime.events import Envelope
@@ -70,6 +71,62 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float 
     finally:
         await consumer.stop()
     return records
+
+
+async def caught_up(bootstrap: str, group: str, topics: Sequence[str]) -> bool:
+    """Whether consumer group ``group`` committed every partition of
+    ``topics`` up to its end (every record there was consumed; for a group
+    that keeps no inbox rows, the one sign of it)."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                              enable_auto_commit=False)
+    await reader.start()
+    try:
+        await reader.topics()  # the cluster's metadata, with the topics' partitions
+        parts = [TopicPartition(t, p) for t in topics
+                 for p in sorted(reader.partitions_for_topic(t) or ())]
+        ends = await reader.end_offsets(parts)
+        for tp in parts:
+            if ends[tp] > 0 and (await reader.committed(tp) or 0) < ends[tp]:
+                return False
+        return True
+    finally:
+        await reader.stop()
+
+
+async def keyed_records(bootstrap: str, topic: str, key: bytes,
+                        ce_type: str | None = None) -> list[Record]:
+    """The records of ``topic`` keyed ``key`` (of ``ce_type`` when given), in
+    their order (one key is one partition), the topic read to its end."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                              enable_auto_commit=False, auto_offset_reset="earliest")
+    await reader.start()
+    found: list[Record] = []
+    try:
+        await reader.topics()
+        parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        reader.assign(parts)
+        ends = await reader.end_offsets(parts)
+        await reader.seek_to_beginning(*parts)
+        while [tp for tp in parts if await reader.position(tp) < ends[tp]]:
+            batch = await reader.getmany(timeout_ms=100, max_records=5000)
+            found += [r for part in batch.values() for r in part if r.key == key and (
+                ce_type is None or dict(r.headers).get("ce_type") == ce_type.encode())]
+    finally:
+        await reader.stop()
+    return found
+
+
+async def sent_records(pool: asyncpg.Pool, bootstrap: str, topic: str, key: bytes,
+                       ce_type: str | None = None) -> list[Record]:
+    """:func:`keyed_records` once the outbox of ``pool``'s schema holds no
+    row keyed ``key`` (a relay deletes each row it sent: everything written
+    for the key is on the topic)."""
+    async def sent() -> bool:
+        return not await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_key = $1)", key)
+
+    await wait_for(sent, what=f"the outbox rows of {key!r} sent")
+    return await keyed_records(bootstrap, topic, key, ce_type)
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0,

@@ -13,12 +13,14 @@ from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
 from crm_contracts.contact_points import normalise_phone
 from crm_contracts.errors import InvalidArgument
+from crm_contracts.topics import CUSTOMERS
 from crm_runtime import limits
 from crm_runtime.grpc_server import ServiceRegistration, build_server
 from crm_runtime.settings import ApiToken
 from services.customers import commands, exports
 from services.customers.api import CustomersServicer
 from tests.support.customers import register, stub
+from tests.support.kafka import sent_records
 from tests.support.services import Running
 
 MAX_REGISTRATIONS = limits.limits_of(
@@ -46,12 +48,12 @@ def _problem(value: str) -> str:
 
 
 async def _registered_events(svc: Running, customer_id: str) -> int:
+    """The customer.registered events of this customer on the topic, once
+    everything written for the customer was sent."""
     pool = svc.runner.pool
-    assert pool is not None
-    count: int = await pool.fetchval(
-        "SELECT count(*) FROM outbox WHERE event_type = 'customer.registered' "
-        "AND message_key = $1", customer_id.encode())
-    return count
+    assert pool is not None and svc.runner.settings.kafka_bootstrap_servers
+    return len(await sent_records(pool, svc.runner.settings.kafka_bootstrap_servers, CUSTOMERS,
+                                  customer_id.encode(), "customer.registered"))
 
 
 async def test_each_item_gets_its_own_result_in_order(svc: Running) -> None:

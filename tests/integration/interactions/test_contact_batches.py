@@ -8,10 +8,12 @@ import uuid
 
 import pytest
 
+from crm_contracts.topics import INTERACTIONS
 from crm_runtime import uow
 from crm_runtime.db import Conn, Rows
 from services.interactions import commands, contacts
 from tests.integration.interactions.conftest import Pair
+from tests.support.kafka import sent_records
 
 
 def _contacts(pair: Pair, keys: list[str],
@@ -50,10 +52,9 @@ async def test_a_batch_stores_each_key_once(pair: Pair, size: int) -> None:
     assert sorted(r["idempotency_key"] for r in rows) == sorted(keys)
     assert all(r["notes"] == f"note {r['idempotency_key']}" for r in rows)
     assert all(r["recorded_at"] == pair.clock.now() for r in rows)
-    events = await pair.pool.fetchval(
-        "SELECT count(*) FROM outbox WHERE event_type = 'interaction.recorded' "
-        "AND message_key = $1", str(batch[0].customer_id).encode())
-    assert events == size  # one per key: the first transaction's and the batch's new ones
+    events = await sent_records(pair.pool, pair.bootstrap, INTERACTIONS,
+                                str(batch[0].customer_id).encode(), "interaction.recorded")
+    assert len(events) == size  # one per key: the first transaction's and the batch's new ones
 
 
 async def test_copied_rows_leave_nothing_behind(pair: Pair) -> None:

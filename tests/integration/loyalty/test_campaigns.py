@@ -20,17 +20,19 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 
 from crm.customers.v1 import customers_pb2 as cpb
 from crm.customers.v1 import customers_pb2_grpc
 from crm.loyalty.v1 import loyalty_pb2 as pb
+from crm_contracts.topics import LOYALTY
 from services.customers import memberships as customer_memberships
 from services.loyalty import campaign_runs, metrics
 from tests.support import campaigns as c
 from tests.support.gate import mirror
-from tests.support.kafka import wait_for
+from tests.support.kafka import keyed_records, wait_for
 from tests.support.loyalty import consent, produce, profile_when, registered, stub
 from tests.support.services import Running
 
@@ -467,7 +469,16 @@ async def test_a_dry_run_predicts_and_writes_nothing(svc: Running, gate: Running
                                 '{made.campaign_id}%'),
                         (SELECT count(*) FROM segment_members WHERE segment = '{segment}')"""
     pool = c.pool_of(svc)
+    bootstrap = svc.runner.settings.kafka_bootstrap_servers
+    assert bootstrap
+
+    async def published() -> int:
+        """Events of these keys, sent (on the topic) or not (in the outbox)."""
+        return sum([len(await keyed_records(bootstrap, LOYALTY, k)) for k in keys])
+
+    await wait_for(lambda: _none_unsent(pool, keys), what="the keys' events sent")
     before = await pool.fetchrow(counts, [uuid.UUID(x) for x in ids], keys)
+    sent_before = await published()
     stored = await stub(svc).DryRunCampaign(pb.DryRunCampaignRequest(
         campaign_id=made.campaign_id, sample_size=2), metadata=svc.metadata)
     draft = await stub(svc).DryRunCampaign(pb.DryRunCampaignRequest(
@@ -475,6 +486,7 @@ async def test_a_dry_run_predicts_and_writes_nothing(svc: Running, gate: Running
         metadata=svc.metadata)
     after = await pool.fetchrow(counts, [uuid.UUID(x) for x in ids], keys)
     assert before is not None and after is not None and tuple(after) == tuple(before)
+    assert await published() == sent_before
     assert (stored.targeted, stored.sent, stored.suppressed, stored.skipped) == (3, 2, 1, 0)
     assert dict(stored.suppressed_by_reason) == {"no_promotional_consent": 1}
     assert [(s.customer_id, s.outcome) for s in stored.sample] == [
@@ -551,3 +563,8 @@ async def test_a_segment_defined_in_customers_reaches_a_campaigns_actions(
     assert sorted((e.data["customer_id"], e.type) for e in events) == [
         (ids[0], "loyalty.discount_issued"), (ids[1], "loyalty.discount_issued"),
         (ids[2], "loyalty.action_suppressed")]
+
+
+async def _none_unsent(pool: asyncpg.Pool, keys: list[bytes]) -> bool:
+    return not await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_key = ANY($1::bytea[]))", keys)

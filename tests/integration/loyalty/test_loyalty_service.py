@@ -18,9 +18,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from crm.loyalty.v1 import loyalty_pb2 as pb
+from crm_contracts.topics import LOYALTY
 from services.loyalty import commands, store
 from services.loyalty.rulebook import RuleBook, load_file
 from services.loyalty.settings import DEFAULT_RULES_FILE
+from tests.support.kafka import sent_records
 from tests.support.loyalty import (
     at_risk,
     case_breached,
@@ -529,11 +531,12 @@ async def test_one_batch_cancels_what_each_event_made_moot_in_its_place(
     assert reads == 1
 
     async def published(cid: str) -> list[tuple[str, str, str]]:
-        rows = await pool.fetch("SELECT event_type, body FROM outbox WHERE message_key = $1 "
-                                "ORDER BY id", cid.encode())
-        return [(r["event_type"], json.loads(r["body"])["follow_up_id"],
-                 json.loads(r["body"]).get("reason", "")) for r in rows
-                if r["event_type"].startswith("loyalty.followup_")]
+        bootstrap = svc.runner.settings.kafka_bootstrap_servers
+        assert pool is not None and bootstrap
+        records = await sent_records(pool, bootstrap, LOYALTY, cid.encode())
+        typed = [(dict(r.headers)["ce_type"].decode(), json.loads(r.value)) for r in records]
+        return [(t, body["follow_up_id"], body.get("reason", "")) for t, body in typed
+                if t.startswith("loyalty.followup_")]
 
     def state(rows: list[Any]) -> dict[str, tuple[str, str, bool]]:
         return {str(r["follow_up_id"]): (r["status"], r["outcome"], r["pending"]) for r in rows}
@@ -641,7 +644,6 @@ async def test_a_due_follow_up_continues_the_trace_of_its_trigger(svc: Running) 
     scheduler, and its ``loyalty.followup_due`` is in the breach's trace."""
     from dataclasses import replace
 
-    from crm_contracts.topics import LOYALTY
     from crm_runtime.logs import new_traceparent, trace_id
     from tests.support.kafka import read_topic, wait_for
 

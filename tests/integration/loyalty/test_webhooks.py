@@ -41,7 +41,7 @@ from services.loyalty.app import SPEC, build
 from services.loyalty.webhook_delivery import GROUP_SUFFIX
 from tests.integration.loyalty.conftest import loyalty_settings
 from tests.support.http_receiver import Answer, Received, Receiver
-from tests.support.kafka import produce_envelopes, wait_for
+from tests.support.kafka import caught_up, produce_envelopes, wait_for
 from tests.support.services import Running, running
 
 NAME = "loyalty_hooks"
@@ -146,17 +146,13 @@ async def _produce(svc: Running, *events: Envelope) -> None:
 
 
 async def _consumed(svc: Running, *events: Envelope) -> None:
-    """Until the webhooks consumer group has applied these events."""
-    pool = svc.runner.pool
-    assert pool is not None
-
-    async def applied() -> bool:
-        count = await pool.fetchval(
-            "SELECT count(*) FROM inbox WHERE consumer_group = $1 AND event_id = ANY($2)",
-            f"crm-{NAME}{GROUP_SUFFIX}", [e.id for e in events])
-        return bool(count == len(events))
-
-    await wait_for(applied, what="the webhooks consumer applied the events")
+    """Until the webhooks consumer group has consumed these events (it keeps
+    no inbox rows: its committed offsets reach the end of their topics)."""
+    bootstrap = svc.runner.settings.kafka_bootstrap_servers
+    assert bootstrap
+    topics = sorted({e.topic for e in events})
+    await wait_for(lambda: caught_up(bootstrap, f"crm-{NAME}{GROUP_SUFFIX}", topics),
+                   what="the webhooks consumer consumed the events")
 
 
 def _ids(requests: list[Received]) -> list[str]:
@@ -440,6 +436,36 @@ async def test_customer_and_type_prefix_filters(hooks: Running) -> None:
         assert request.headers["ce-type"] == "loyalty.discount_expiring"
         assert request.headers["ce-source"] == "/crm/loyalty"
         assert len(stage_hook.requests()) == 1
+
+
+async def test_events_no_webhook_takes_are_skipped_and_a_redelivery_adds_nothing(
+        hooks: Running) -> None:
+    """The group asks which types an active webhook takes before it decodes a
+    batch: the rest are never stored. It keeps no inbox rows; the deliveries'
+    own keys make a redelivered event add nothing."""
+    cid = _new_id()
+    pool = hooks.runner.pool
+    assert pool is not None
+    with Receiver() as receiver:
+        hook = await _create(hooks, receiver.url, customer_id=cid,
+                             event_types=["customer.stage_changed"])
+        taken = _event(StageChanged(customer_id=cid, from_stage="potential",
+                                    to_stage="one_time", cause="purchase",
+                                    causing_event_id=_new_id(), purchase_count=1), cid)
+        ignored = _updated(cid)
+        await _produce(hooks, ignored, taken)
+        await _consumed(hooks, ignored, taken)
+        await _delivery_when(hooks, hook.webhook_id, taken.id, "delivered")
+        await _produce(hooks, taken)  # the same event again, as after a lost offset commit
+        await _consumed(hooks, taken)
+        assert [d.event_id for d in await _deliveries(hooks, hook.webhook_id)] == [taken.id]
+        assert _ids(receiver.requests()) == [taken.id]
+        stored = await pool.fetchval(
+            "SELECT array_agg(event_id) FROM webhook_events WHERE event_id = ANY($1)",
+            [ignored.id, taken.id])
+        assert stored == [taken.id]
+        assert await pool.fetchval("SELECT count(*) FROM inbox WHERE consumer_group = $1",
+                                   f"crm-{NAME}{GROUP_SUFFIX}") == 0
 
 
 async def test_delete_stops_deliveries(hooks: Running) -> None:
