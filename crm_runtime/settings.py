@@ -115,6 +115,16 @@ class Settings(BaseSettings):
         description="How long the broker may hold a fetch open waiting for records (Kafka "
                     "answers as soon as records arrive; `crm up` sets 50 with the embedded "
                     "broker, which does not).")
+    consumer_idle_after_ms: int = Field(
+        default=0, ge=0, le=3_600_000,
+        description="After this long without records a consumer stops fetching and looks "
+                    "again every CRM_CONSUMER_IDLE_PROBE_MS (0: never; Kafka answers a held "
+                    "fetch at once, so its fetch wait is the idle poll; `crm up` sets 10000 "
+                    "with the embedded broker, which does not).")
+    consumer_idle_probe_ms: int = Field(
+        default=500, ge=1, le=60000,
+        description="How often an idle consumer fetches (see CRM_CONSUMER_IDLE_AFTER_MS): the "
+                    "most the first records after a quiet spell wait, per hop.")
     consumer_session_timeout_ms: int = Field(default=10000, ge=1000, le=300000)
     consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100, le=60000)
     consumer_rebalance_timeout_ms: int = Field(default=30000, ge=1000, le=600000)
@@ -134,7 +144,10 @@ class Settings(BaseSettings):
         default=1, ge=1, le=1024,
         description="Transactions the relay publishes the pending lanes in at the same time, "
                     "each on a pool connection (1: every pending lane in one).")
-    outbox_retention_hours: int = Field(default=24 * 7, ge=0)
+    outbox_retention_hours: int = Field(
+        default=24 * 7, ge=0,
+        description="Rows a relay of an earlier release marked sent (this release deletes "
+                    "each row once the broker acknowledged it) are deleted after this long.")
     inbox_retention_days: int = Field(
         default=30, ge=1,
         description="Processed event ids are kept this long; keep it above the topics' "
@@ -331,8 +344,11 @@ class Settings(BaseSettings):
                 quiet_hours.parse_clock_time(self.quiet_hours_end))
 
     def consumer_options(self) -> dict[str, int]:
-        """Group-membership timings handed to aiokafka."""
-        return {"fetch_max_wait_ms": self.consumer_fetch_max_wait_ms,
+        """Group-membership timings handed to aiokafka, and the idle probe
+        the consumer keeps for itself (``crm_runtime.consumer.IDLE_OPTIONS``)."""
+        return {"idle_after_ms": self.consumer_idle_after_ms,
+                "idle_probe_ms": self.consumer_idle_probe_ms,
+                "fetch_max_wait_ms": self.consumer_fetch_max_wait_ms,
                 "session_timeout_ms": self.consumer_session_timeout_ms,
                 "heartbeat_interval_ms": self.consumer_heartbeat_interval_ms,
                 "rebalance_timeout_ms": self.consumer_rebalance_timeout_ms}
