@@ -162,6 +162,7 @@ async def hop_records(bootstrap: str, since_ms: int) -> list[tuple[Any, ...]]:
                               enable_auto_commit=False, auto_offset_reset="earliest")
     await reader.start()
     try:
+        await reader.topics()  # the cluster's metadata, with the topics' partitions
         for topic, event_type in HOP_RECORDS:
             parts = [TopicPartition(topic, p)
                      for p in sorted(reader.partitions_for_topic(topic) or ())]
