@@ -157,25 +157,26 @@ HOPS_SQL = f"""
 async def hop_records(bootstrap: str, since_ms: int) -> list[tuple[Any, ...]]:
     """(key, type, event id, Kafka timestamp) of the :data:`HOP_RECORDS`
     timestamped from ``since_ms`` on (the trip's), each topic read to its end."""
+    wanted = {topic: event_type.encode() for topic, event_type in HOP_RECORDS}
     rows: list[tuple[Any, ...]] = []
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                               enable_auto_commit=False, auto_offset_reset="earliest")
     await reader.start()
     try:
-        await reader.topics()  # the cluster's metadata, with the topics' partitions
-        for topic, event_type in HOP_RECORDS:
-            parts = [TopicPartition(topic, p)
-                     for p in sorted(reader.partitions_for_topic(topic) or ())]
-            reader.assign(parts)
-            ends = await reader.end_offsets(parts)
-            await reader.seek_to_beginning(*parts)
-            while [tp for tp in parts if await reader.position(tp) < ends[tp]]:
-                batch = await reader.getmany(timeout_ms=100, max_records=5000)
-                for r in (r for part in batch.values() for r in part):
-                    headers = dict(r.headers)
-                    if r.timestamp >= since_ms and headers.get("ce_type") == event_type.encode():
-                        rows.append((r.key, event_type, headers["ce_id"].decode(),
-                                     datetime.fromtimestamp(r.timestamp / 1000, UTC)))
+        # Every topic's partitions before assigning any: once assigned, the
+        # client's metadata covers the assigned topics only.
+        parts = [TopicPartition(topic, p) for topic in wanted
+                 for p in sorted(reader.partitions_for_topic(topic) or ())]
+        reader.assign(parts)
+        ends = await reader.end_offsets(parts)
+        await reader.seek_to_beginning(*parts)
+        while [tp for tp in parts if await reader.position(tp) < ends[tp]]:
+            batch = await reader.getmany(timeout_ms=100, max_records=5000)
+            for r in (r for part in batch.values() for r in part):
+                headers = dict(r.headers)
+                if r.timestamp >= since_ms and headers.get("ce_type") == wanted[r.topic]:
+                    rows.append((r.key, headers["ce_type"].decode(), headers["ce_id"].decode(),
+                                 datetime.fromtimestamp(r.timestamp / 1000, UTC)))
     finally:
         await reader.stop()
     return rows
