@@ -19,8 +19,8 @@ product (its CPU is a figure of its own), as deployed.
   relay, scheduler and gRPC server all running), from the start of its
   ingest consumer's first transaction (the group join is a note; both ends
   on the database's clock) until
-  ``interactions.interactions`` holds N rows and then no outbox row is unsent
-  (a contact's outbox row commits with it, and ``sent_at`` is set once the
+  ``interactions.interactions`` holds N rows and then no outbox row is left
+  (a contact's outbox row commits with it, and the relay deletes it once the
   broker acknowledged the record), polled at the pace of the progress
   (:mod:`bench.pacing`, every 10 ms near the end) with cheap queries (a
   count of sent rows would cost the database more than the product's own
@@ -210,12 +210,17 @@ class InteractionsIngest(Workload):
         return copy_s + produce_s
 
     async def product(self) -> Phases:
-        customers = ServiceProcesses(CUSTOMERS_SPEC, self.stack.settings)
+        # Quiet hours off for the round (a night-time run would hold the
+        # proactive contacts back); a CRM_QUIET_HOURS_* the user set wins.
+        quiet = {"quiet_hours_start", "quiet_hours_end"}
+        settings = self.stack.settings.model_copy(update={
+            f: "00:00" for f in quiet - self.ctx.settings.model_fields_set})
+        customers = ServiceProcesses(CUSTOMERS_SPEC, settings)
         started = time.perf_counter()
         await customers.start()
         self.excluded["product: the customers service's start-up (the contact gate)"] = (
             time.perf_counter() - started)
-        gated = self.stack.settings.model_copy(update={"customers_grpc_target": customers.target})
+        gated = settings.model_copy(update={"customers_grpc_target": customers.target})
         service = ServiceProcesses(SPEC, gated, replicas=self.ctx.replicas)
         before = customers.cpu_seconds()
         try:
@@ -247,14 +252,10 @@ class InteractionsIngest(Workload):
                        (SELECT count(*) FROM {SCHEMA}.inbox) AS inbox,
                        (SELECT count(*) FROM {SCHEMA}.dead_letters) AS dead,
                        (SELECT count(*) FROM {SCHEMA}.cases) AS cases,
-                       (SELECT count(*) FROM {SCHEMA}.outbox
-                         WHERE event_type = 'interaction.recorded'
-                           AND topic = '{INTERACTIONS}') AS recorded,
-                       (SELECT count(*) FROM {SCHEMA}.outbox) AS outbox,
-                       (SELECT count(*) FROM {SCHEMA}.outbox WHERE sent_at IS NULL) AS unsent""")
+                       (SELECT count(*) FROM {SCHEMA}.outbox) AS unsent""")
         assert row is not None
-        expected = {"interactions": n, "inbox": n, "dead": 0, "cases": 0, "recorded": n,
-                    "outbox": published, "unsent": 0}
+        # A sent outbox row leaves the table: what was published is on the topic.
+        expected = {"interactions": n, "inbox": n, "dead": 0, "cases": 0, "unsent": 0}
         if dict(row) != expected:
             raise RuntimeError(f"{self.name}: {dict(row)}; expected {expected}")
         stored = await self.conn.fetch(
@@ -262,8 +263,6 @@ class InteractionsIngest(Workload):
         if {r["idempotency_key"] for r in stored} != self.keys:
             raise RuntimeError(f"{self.name}: the stored idempotency keys are not the "
                                f"{n} produced ones")
-        event_ids = {r["event_id"] for r in await self.conn.fetch(
-            f"SELECT event_id FROM {SCHEMA}.outbox")}
         records = await kafka.read_records(self.stack.bootstrap_servers, INTERACTIONS,
                                            expect=published)
         ids = [header(r, "ce_id") for r in records]
@@ -276,9 +275,9 @@ class InteractionsIngest(Workload):
             raise RuntimeError(f"{self.name}: {len(records)} records on {INTERACTIONS}, "
                                f"{len(set(ids))} distinct event ids, types {sorted(types)}; "
                                f"expected {published} distinct, {n} interaction.recorded")
-        if set(ids) != event_ids or recorded != {r["id"] for r in stored}:
-            raise RuntimeError(f"{self.name}: the records on {INTERACTIONS} are not the "
-                               "outbox's events of the stored interactions")
+        if recorded != {r["id"] for r in stored}:
+            raise RuntimeError(f"{self.name}: the interaction.recorded records on "
+                               f"{INTERACTIONS} are not those of the stored interactions")
         if self._copy_s > 0:
             self.figures["ratio to the consume + COPY part alone (x)"] = (
                 self._product_s / self._copy_s)

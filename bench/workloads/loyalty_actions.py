@@ -55,7 +55,7 @@ also the customers process's (the contact gate's calls).
 
 The check: exactly one discount per customer (of that rule, its action
 performed, nothing suppressed, no dead letter), and ``crm.loyalty.v1`` holds
-exactly one ``loyalty.discount_issued`` per customer, the outbox's events.
+exactly one ``loyalty.discount_issued`` per customer, each with an id of its own.
 The issue's target is at least half the raw baseline's throughput (ratio at
 most 2.0); the harness prints the ratio and asserts nothing.
 """
@@ -374,26 +374,23 @@ class LoyaltyActions(Workload):
                        (SELECT count(*) FROM {SCHEMA}.actions
                          WHERE outcome <> 'performed') AS not_performed,
                        (SELECT count(*) FROM {SCHEMA}.dead_letters) AS dead,
-                       (SELECT count(*) FROM {SCHEMA}.outbox
-                         WHERE event_type = '{DISCOUNT_ISSUED}') AS issued_events,
-                       (SELECT count(*) FROM {SCHEMA}.outbox WHERE sent_at IS NULL) AS unsent""")
+                       (SELECT count(*) FROM {SCHEMA}.outbox) AS unsent""")
         assert row is not None
+        # A sent outbox row leaves the table: what was published is on the topic.
         expected = {"discounts": n, "customers": n, "other_rules": 0, "performed": n,
-                    "not_performed": 0, "dead": 0, "issued_events": n, "unsent": 0}
+                    "not_performed": 0, "dead": 0, "unsent": 0}
         if dict(row) != expected:
             raise RuntimeError(f"{self.name}: {dict(row)}; expected {expected}")
         owners = {str(r["customer_id"]) for r in await self.conn.fetch(
             f"SELECT customer_id FROM {SCHEMA}.discounts")}
         if owners != set(self.ids):
             raise RuntimeError(f"{self.name}: the discounts are not for the {n} customers")
-        event_ids = {r["event_id"] for r in await self.conn.fetch(
-            f"SELECT event_id FROM {SCHEMA}.outbox WHERE event_type = '{DISCOUNT_ISSUED}'")}
         # The topic also holds the welcome follow-ups registration scheduled (N).
         records = await kafka.read_records(self.stack.bootstrap_servers, LOYALTY, expect=2 * n)
         issued = [r for r in records if header(r, "ce_type") == DISCOUNT_ISSUED]
         keys = [r.key.decode() for r in issued]
         ids = {header(r, "ce_id") for r in issued}
-        if len(issued) != n or set(keys) != set(self.ids) or ids != event_ids:
+        if len(issued) != n or set(keys) != set(self.ids) or len(ids) != n:
             raise RuntimeError(f"{self.name}: {len(issued)} {DISCOUNT_ISSUED} records on "
                                f"{LOYALTY} for {len(set(keys))} customers; expected exactly "
-                               f"one per customer ({n}), the outbox's events")
+                               f"one per customer ({n}), each once")
