@@ -63,12 +63,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="load generator of customers.get: node (@grpc/grpc-js, from npm "
                              "into .local/node on first use; default) or python (grpc.aio in "
                              "the bench process)")
+    parser.add_argument("--customers", type=int, default=None,
+                        help="customers stored for customers.get (default 100,000, 10,000 "
+                             "with --quick; 10,000,000 takes a few minutes to store)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = parser.parse_args(argv)
     if args.events is None:
         args.events = QUICK_EVENTS if args.quick else DEFAULT_EVENTS
     for flag, value in (("--events", args.events), ("--repeat", args.repeat),
-                        ("--tx-size", args.tx_size), ("--replicas", args.replicas)):
+                        ("--tx-size", args.tx_size), ("--replicas", args.replicas),
+                        ("--customers", 1 if args.customers is None else args.customers)):
         if value < 1:
             parser.error(f"{flag} must be at least 1")
     return args
@@ -89,7 +93,7 @@ async def run(args: argparse.Namespace) -> list[WorkloadResult]:
         ctx = BenchContext(infra.database_url, infra.bootstrap_servers, settings, run_id,
                            outbox_tx_size=args.tx_size, delete_topics=infra.external_broker,
                            quick=args.quick, replicas=args.replicas,
-                           grpc_client=args.grpc_client)
+                           grpc_client=args.grpc_client, customers=args.customers)
         try:
             for name in names:
                 results.append(await run_workload(WORKLOADS[name], ctx, args.events,

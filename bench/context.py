@@ -34,6 +34,9 @@ class BenchContext:
     replicas: int = 1
     #: ``--grpc-client``: the load generator of the gRPC workloads, "node" or "python".
     grpc_client: str = "node"
+    #: ``--customers``: customers stored for the lookup workloads (None: each
+    #: workload's own default, see ``customers.get``).
+    customers: int | None = None
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _topics: list[str] = field(default_factory=list)
     _schemas: list[str] = field(default_factory=list)
