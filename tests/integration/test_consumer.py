@@ -16,7 +16,13 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from crm_runtime import consumer as consumer_module
 from crm_runtime import db, metrics
-from crm_runtime.consumer import ASSIGNORS, INBOX_COPY_FROM, EventConsumer, dlq_topic
+from crm_runtime.consumer import (
+    ASSIGNORS,
+    IDLE_OPTIONS,
+    INBOX_COPY_FROM,
+    EventConsumer,
+    dlq_topic,
+)
 from crm_runtime.db import Conn, create_pool
 from crm_runtime.events import Envelope
 from crm_runtime.migrations import migrate, migrations_for
@@ -66,6 +72,11 @@ async def ledger(settings: Settings, uid: str) -> AsyncIterator[Ledger]:
     yield Ledger(pool, schema, requests, booked, settings.kafka_bootstrap_servers,
                  settings.consumer_options())
     await pool.close()
+
+
+def _aiokafka(options: dict[str, int]) -> dict[str, int]:
+    """The consumer options a bare aiokafka client takes (not the idle probe's)."""
+    return {k: v for k, v in options.items() if k not in IDLE_OPTIONS}
 
 
 def entry(ledger: Ledger, customer: str, amount: int) -> Envelope:
@@ -493,7 +504,7 @@ async def test_a_member_of_the_previous_release_still_shares_the_group(ledger: L
                         handlers={"test.entry_requested": make_handler(ledger.booked, 2)},
                         service="ledger", lanes=2, consumer_options=ledger.options)
     old = AIOKafkaConsumer(bootstrap_servers=ledger.bootstrap, group_id=group,
-                           enable_auto_commit=False, **ledger.options)
+                           enable_auto_commit=False, **_aiokafka(ledger.options))
     old.subscribe([ledger.requests, second_topic])
     await old.start()
     task = asyncio.create_task(new.run())
@@ -564,7 +575,7 @@ async def _round_robin_member(ledger: Ledger, group: str) -> AsyncIterator[AIOKa
     """A member of ``group`` with aiokafka's default assignor only, polling
     (so it rejoins when the group rebalances) until the block ends."""
     member = AIOKafkaConsumer(bootstrap_servers=ledger.bootstrap, group_id=group,
-                              enable_auto_commit=False, **ledger.options)
+                              enable_auto_commit=False, **_aiokafka(ledger.options))
     member.subscribe([ledger.requests])
     await member.start()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import asyncpg
 
@@ -192,5 +193,44 @@ async def test_many_items_due_at_once_on_two_runners_run_once_without_deadlock(
         assert await pool.fetchval("SELECT count(*) FROM scheduled_work") == 0
         replicas = {r["replica"] for r in await pool.fetch("SELECT replica FROM fired")}
         assert replicas == {0, 1}, "both runners took part"
+    finally:
+        await pool.close()
+
+
+class _CountingPool:
+    """A pool that counts the connections taken from it (what the scheduler
+    asks of a pool is ``acquire``)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.acquired = 0
+
+    def acquire(self) -> Any:
+        self.acquired += 1
+        return self._pool.acquire()
+
+
+async def test_an_idle_round_takes_one_connection_and_lanes_join_when_work_is_due(
+        settings: Settings, uid: str) -> None:
+    """An idle round (nothing due) is one statement on one connection; once
+    the first lane finds an item due, the other lanes join and the batch is
+    run side by side."""
+    pool = await _setup(settings, f"sched_idle_{uid}")
+    clock = ManualClock(START)
+    counting = _CountingPool(pool)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for i in range(40):
+                await schedule(conn, "reminder", f"r{i}", START + timedelta(hours=1))
+        runner = Scheduler(cast(asyncpg.Pool, counting), clock, {"reminder": _handler(0)},
+                           service="t", batch_size=100, lanes=4)
+        assert await runner.run_due() == 0
+        assert counting.acquired == 1
+        clock.advance(timedelta(hours=2))
+        counting.acquired = 0
+        assert await runner.run_due() == 40
+        assert counting.acquired == 4
+        assert await _count(pool, 40)
+        assert await pool.fetchval("SELECT count(*) FROM scheduled_work") == 0
     finally:
         await pool.close()
