@@ -15,8 +15,11 @@ from bench.workloads import (
     loyalty_webhooks,
     publish,
     scheduler_drain,
+    stack_handover,
+    stack_idle,
 )
 
 __all__ = ["consume", "customers_get", "customers_purchases", "interactions_ingest",
            "loyalty_actions", "loyalty_campaign", "loyalty_latency", "loyalty_webhooks",
-           "publish", "scheduler_drain"]
+           "publish", "scheduler_drain", "stack_handover",
+           "stack_idle"]
