@@ -8,14 +8,11 @@ Ordering and replicas: each row belongs to a lane, a hash of its message key.
 A relay publishes a lane only while it holds that lane's transaction-level
 advisory lock, and publishes the lane's rows in id order, so one key's events
 reach Kafka in the order they were written, and two relay replicas never
-publish the same row in normal operation. The relay deletes the rows it
-publishes, in the transaction that commits only after the broker
-acknowledged them (``acks=all``); when the broker is down the relay rolls
-back (the rows are there again) and retries with backoff, so nothing is
-lost. A crash between the ack and the commit republishes those rows:
-delivery is at least once, and consumers deduplicate by event id (the
-inbox). A row stays only until it is sent, so the table holds the backlog
-and no one's sent events.
+publish the same row in normal operation. A row's mark as sent commits only
+after the broker acknowledged it (``acks=all``); when the broker is down the
+relay rolls back and retries with backoff, so nothing is lost. A crash
+between the ack and the commit republishes those rows: delivery is at least
+once, and consumers deduplicate by event id (the inbox).
 """
 
 from __future__ import annotations
@@ -155,24 +152,20 @@ def _lock_key(schema: str) -> int:
                           "big", signed=True)
 
 
-#: Rows a relay of an earlier release marked sent (it kept them for
-#: ``CRM_OUTBOX_RETENTION_HOURS``, ``$1``), once past that retention. The
-#: cutoff is ``now()``, not ``clock_timestamp()``: a volatile cutoff cannot be
-#: an index condition, and the ``outbox_sent_at`` index keeps this from
-#: reading the table on every pass.
+#: Sent rows past the retention (hours in ``$1``). The cutoff is ``now()``, not
+#: ``clock_timestamp()``: a volatile cutoff cannot be an index condition, and
+#: the ``outbox_sent_at`` index is what keeps this from reading a week of sent
+#: rows on every pass.
 PRUNE_SENT = "DELETE FROM outbox WHERE sent_at < now() - make_interval(hours => $1)"
 
 
-#: The relay's second statement: takes (deletes and returns) up to ``$2``
-#: unsent rows of each lane in ``$1``, in id order. Each lane is one probe of
-#: the unsent-rows index, each row one of the primary key (tested in
-#: test_query_plans). Deleting a row costs the database less than marking it
-#: (an update writes a new row version and its index entries, and the mark
-#: was deleted later anyway); ``sent_at IS NULL`` leaves alone the rows a
-#: relay of an earlier release marked, during a rolling upgrade.
-TAKE = """
-    DELETE FROM outbox AS o
-     USING unnest($1::int[]) AS l, LATERAL (
+#: The relay's second statement: marks up to ``$2`` unsent rows of each lane
+#: in ``$1`` (in id order) and returns them. Each lane is one probe of the
+#: unsent-rows index, each row one of the primary key, however many sent rows
+#: the table keeps (tested in test_query_plans).
+MARK_AND_READ = """
+    UPDATE outbox AS o SET sent_at = clock_timestamp()
+      FROM unnest($1::int[]) AS l, LATERAL (
              SELECT id FROM outbox WHERE lane = l AND sent_at IS NULL
               ORDER BY id LIMIT $2) AS pick
      WHERE o.id = pick.id
@@ -311,10 +304,10 @@ class OutboxRelay:
             locked: list[int] = row["lanes"]
             if not locked:
                 return 0, False  # nothing unsent, or other replicas are publishing it
-            # Taken (deleted and read) in one statement; no one sees them gone
-            # before the commit below, which only happens once the broker
-            # acknowledged every row.
-            rows = sorted(await conn.fetch(TAKE, locked, self._batch),
+            # Marked and read in one statement. sent_at is when the relay took
+            # the rows; no one sees the mark before the commit below, which
+            # only happens once the broker acknowledged every row.
+            rows = sorted(await conn.fetch(MARK_AND_READ, locked, self._batch),
                           key=lambda r: r["id"])
             if not rows:
                 return 0, False

@@ -144,10 +144,7 @@ class Settings(BaseSettings):
         default=1, ge=1, le=1024,
         description="Transactions the relay publishes the pending lanes in at the same time, "
                     "each on a pool connection (1: every pending lane in one).")
-    outbox_retention_hours: int = Field(
-        default=24 * 7, ge=0,
-        description="Rows a relay of an earlier release marked sent (this release deletes "
-                    "each row once the broker acknowledged it) are deleted after this long.")
+    outbox_retention_hours: int = Field(default=24 * 7, ge=0)
     inbox_retention_days: int = Field(
         default=30, ge=1,
         description="Processed event ids are kept this long; keep it above the topics' "

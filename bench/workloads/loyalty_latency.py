@@ -123,8 +123,7 @@ STATS_FLUSH_S = 1.1
 #: producer's clock when the record was batched: the bench's send, each
 #: relay's publish) and each inbox row's ``processed_at`` (the start of the
 #: consuming transaction, on the database's clock; the same machine's).
-#: An outbox row leaves the table once sent, so the tables alone no longer
-#: time the relays: a service's hop is its transaction and its relay's wait.
+#: A service's hop is its transaction and its relay's wait together.
 HOPS = ("to interactions' transaction", "interactions' transaction and relay",
         "to customers' transaction", "customers' transaction and relay",
         "to loyalty's transaction", "loyalty's transaction and relay")

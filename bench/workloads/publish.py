@@ -73,10 +73,13 @@ class Publish(Workload):
         return {"write": written - started, "relay": drained - written}
 
     async def verify(self) -> None:
-        left = await self.pool.fetchval("SELECT count(*) FROM outbox")
-        if left:
-            raise RuntimeError(f"publish: outbox holds {left} rows; expected none (a sent "
-                               "row leaves the outbox)")
+        row = await self.pool.fetchrow(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE sent_at IS NULL) AS unsent"
+            " FROM outbox")
+        assert row is not None
+        if row["unsent"] != 0 or row["total"] != self.events:
+            raise RuntimeError(f"publish: outbox holds {row['total']} rows, {row['unsent']} "
+                               f"unsent; expected {self.events}, all sent")
         for topic in (self.raw_topic, self.product_topic):
             seen = await kafka.count_records(self.ctx.bootstrap_servers, topic,
                                              expect=self.events)

@@ -30,7 +30,7 @@ from services.loyalty.app import SPEC as LOYALTY
 #: The runtime's tables, in every schema, and why none is exported.
 RUNTIME_NOT_EXPORTED = {
     "outbox": "events on their way to Kafka: copies of changes to the records exported, "
-              "deleted once the broker acked them",
+              "deleted CRM_OUTBOX_RETENTION_HOURS after the broker acked them",
     "inbox": "ids of the events a consumer has applied (for idempotency); no content",
     "dead_letters": "where a record that could not be processed lies (topic, partition, "
                     "offset) and why; the record itself is on the topic's .dlq",

@@ -10,7 +10,7 @@ import asyncpg
 
 from crm_runtime.db import Rows, connect, load_rows
 from crm_runtime.migrations import migrate, migrations_for
-from crm_runtime.outbox import PRUNE_SENT, TAKE
+from crm_runtime.outbox import MARK_AND_READ, PRUNE_SENT
 from services.loyalty import batch_store, store
 from services.loyalty.app import SPEC as LOYALTY
 
@@ -71,9 +71,8 @@ async def test_pruning_sent_outbox_rows_uses_the_sent_at_index(own_database: str
 
 async def test_the_relay_reaches_unsent_rows_through_the_index_in_a_generic_plan(
         own_database: str) -> None:
-    # Sent rows a relay of an earlier release marked stay in the outbox for
-    # its retention: the relay's take must not read them to find the few
-    # unsent ones.
+    # A week of sent rows stays in the outbox (the retention): the relay's
+    # mark-and-read must not read them to find the few unsent ones.
     conn = await asyncpg.connect(own_database,
                                  server_settings={"plan_cache_mode": "force_generic_plan"})
     try:
@@ -86,7 +85,7 @@ async def test_the_relay_reaches_unsent_rows_through_the_index_in_a_generic_plan
                       CASE WHEN i > 19990 THEN NULL ELSE now() END
                  FROM generate_series(1, 20000) AS i""")
         await conn.execute("ANALYZE outbox")
-        plan = await _plan(conn, TAKE, "int[], int", "'{0,1,2,3}', 500")
+        plan = await _plan(conn, MARK_AND_READ, "int[], int", "'{0,1,2,3}', 500")
         assert "Seq Scan on outbox" not in plan, plan
         assert "outbox_unsent" in plan and "outbox_pkey" in plan, plan
     finally:

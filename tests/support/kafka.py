@@ -119,11 +119,12 @@ async def keyed_records(bootstrap: str, topic: str, key: bytes,
 async def sent_records(pool: asyncpg.Pool, bootstrap: str, topic: str, key: bytes,
                        ce_type: str | None = None) -> list[Record]:
     """:func:`keyed_records` once the outbox of ``pool``'s schema holds no
-    row keyed ``key`` (a relay deletes each row it sent: everything written
-    for the key is on the topic)."""
+    unsent row keyed ``key`` (everything written for the key is on the
+    topic)."""
     async def sent() -> bool:
         return not await pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_key = $1)", key)
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_key = $1 AND sent_at IS NULL)",
+            key)
 
     await wait_for(sent, what=f"the outbox rows of {key!r} sent")
     return await keyed_records(bootstrap, topic, key, ce_type)
