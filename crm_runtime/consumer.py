@@ -37,7 +37,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -74,6 +74,8 @@ __all__ = ["ASSIGNORS", "BUSY_FETCH_WAIT_MS", "COMMIT_DONE_S", "DLQ_SUFFIX", "IN
            "per_event"]
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 #: Of the events given, the ids the consumer group's inbox has taken already
 #: (redeliveries of events applied before; one query).
@@ -371,23 +373,19 @@ class EventConsumer:
         now_ms = time.time() * 1000
         for r in batch:
             age.observe(max(0.0, now_ms - r.timestamp) / 1000)
-        items = self._decoded(batch, await self._wanted(backoff))
-        while items:
-            try:
-                started = time.perf_counter()
-                await self._prepared(items)
-                await self.process(items)
-                metrics.BATCH_SECONDS.labels(self._service, self._group).observe(
-                    time.perf_counter() - started)
-                backoff.reset()
-                break
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                delay = backoff.next()
-                log.warning("consumer %s: transient failure (%s: %s); retrying batch in %.1fs",
-                            self._group, type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
+        wanted = None if self._interest is None else await self._retried(
+            self._interest, backoff, "asking again")
+        items = self._decoded(batch, wanted)
+
+        async def apply() -> None:
+            started = time.perf_counter()
+            await self._prepared(items)
+            await self.process(items)
+            metrics.BATCH_SECONDS.labels(self._service, self._group).observe(
+                time.perf_counter() - started)
+
+        if items:
+            await self._retried(apply, backoff, "retrying batch")
         faults.hit(self._failpoints, "consumer.after_db_commit")
         uncommitted = self._uncommitted
         for r in batch:
@@ -475,22 +473,23 @@ class EventConsumer:
             log.warning("consumer %s: preparing a batch failed (%s: %s); applying it anyway",
                         self._group, type(exc).__name__, exc)
 
-    async def _wanted(self, backoff: Backoff) -> frozenset[str] | None:
-        """The types the group's :data:`Interest` wants now (None: every
-        handled type), retried while the database is out of reach."""
-        while self._interest is not None:
+    async def _retried(self, attempt: Callable[[], Awaitable[R]], backoff: Backoff,
+                       again: str) -> R:
+        """``attempt`` until it succeeds: a transient failure (the database out
+        of reach) waits the backoff and is logged; any other is raised."""
+        while True:
             try:
-                wanted = await self._interest()
-                backoff.reset()
-                return wanted
+                result = await attempt()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 delay = backoff.next()
-                log.warning("consumer %s: transient failure (%s: %s); asking again in %.1fs",
-                            self._group, type(exc).__name__, exc, delay)
+                log.warning("consumer %s: transient failure (%s: %s); %s in %.1fs",
+                            self._group, type(exc).__name__, exc, again, delay)
                 await asyncio.sleep(delay)
-        return None
+            else:
+                backoff.reset()
+                return result
 
     def _decoded(self, batch: list[ConsumerRecord[bytes, bytes]],
                  wanted: frozenset[str] | None = None) -> list[Item]:
