@@ -190,6 +190,30 @@ def purchase(customer_id: str, n: int) -> Envelope:
         subject=customer_id, source="/crm/bench/shop")
 
 
+async def purchase_path(stack: Stack, resources: contextlib.AsyncExitStack,
+                        replicas: int) -> dict[str, ServiceProcesses]:
+    """The three services a purchase crosses, as deployed and started (each
+    stopped when ``resources`` closes), by name. Interactions (for unknown
+    contacts) and loyalty (for its contact gate) call customers."""
+    customers = ServiceProcesses(CUSTOMERS_SPEC, stack.settings, replicas=replicas)
+    to_customers = stack.settings.model_copy(
+        update={"customers_grpc_target": customers.target})
+    services = {CUSTOMERS_SPEC.name: customers, **{
+        spec.name: ServiceProcesses(spec, to_customers, replicas=replicas)
+        for spec in (INTERACTIONS_SPEC, LOYALTY_SPEC)}}
+    for service in services.values():
+        resources.push_async_callback(service.stop)
+    await asyncio.gather(*(service.start() for service in services.values()))
+    return services
+
+
+async def first_purchases(bootstrap: str, ids: list[str]) -> None:
+    """Make the customers known to loyalty (consent to offers) and give each
+    a first purchase, so that their next one moves them to repeat."""
+    await kafka.produce(bootstrap, CUSTOMERS, [encode(e) for e in known_customer_envelopes(ids)])
+    await kafka.produce(bootstrap, INTERACTIONS_INGEST, [encode(purchase(c, 1)) for c in ids])
+
+
 def _spent(before: dict[str, dict[int, float]],
            after: dict[str, dict[int, float]]) -> dict[str, float]:
     """CPU seconds each part used between two readings; a process that
@@ -346,33 +370,19 @@ class LoyaltyLatency(Workload):
         started = time.perf_counter()
         self.ids = [str(c) for c in await seed_customers(conn, m,
                                                          consents=("promotional_offers",))]
-        settings = self.stack.settings
-        replicas = self.ctx.replicas
-        customers = ServiceProcesses(CUSTOMERS_SPEC, settings, replicas=replicas)
-        # Both call customers: interactions for unknown contacts (none here),
-        # loyalty for its contact gate (every discount).
-        to_customers = settings.model_copy(update={"customers_grpc_target": customers.target})
-        others = [ServiceProcesses(INTERACTIONS_SPEC, to_customers, replicas=replicas),
-                  ServiceProcesses(LOYALTY_SPEC, to_customers, replicas=replicas)]
-        self.services = [customers, *others]
-        for service in self.services:
-            self.resources.push_async_callback(service.stop)
-        await asyncio.gather(*(service.start() for service in self.services))
+        self.services = list((await purchase_path(self.stack, self.resources,
+                                                  self.ctx.replicas)).values())
         self.excluded["set-up: three services started"] = time.perf_counter() - started
         started = time.perf_counter()
-        bootstrap = self.stack.bootstrap_servers
-        await kafka.produce(bootstrap, CUSTOMERS,
-                            [encode(e) for e in known_customer_envelopes(self.ids)])
-        await kafka.produce(bootstrap, INTERACTIONS_INGEST,
-                            [encode(purchase(c, 1)) for c in self.ids])
+        await first_purchases(self.stack.bootstrap_servers, self.ids)
         await self._until_settled(m)
         self.excluded["set-up: first purchases through the whole path"] = (
             time.perf_counter() - started)
         # The statistics autovacuum would have gathered by now in a running
         # deployment (about once a minute), on the round's own database.
         await self.conn.execute("ANALYZE")
-        await kafka.create_topic(bootstrap, RAW_TOPIC,
-                                 settings.partitions_for(INTERACTIONS_INGEST))
+        await kafka.create_topic(self.stack.bootstrap_servers, RAW_TOPIC,
+                                 self.stack.settings.partitions_for(INTERACTIONS_INGEST))
         self.records = [encode(purchase(c, 2)) for c in self.ids]
 
     async def _until_settled(self, m: int) -> None:

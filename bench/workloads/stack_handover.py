@@ -58,10 +58,9 @@ from bench.customers import seed_customers
 from bench.events import KafkaRecord, encode
 from bench.registry import Phases, Workload, register
 from bench.runner import progress
-from bench.service import ServiceProcesses, Stack, fresh_stack
-from bench.workloads.loyalty_actions import known_customer_envelopes
-from bench.workloads.loyalty_latency import purchase
-from crm_contracts.topics import CUSTOMERS, INTERACTIONS_INGEST
+from bench.service import Stack, fresh_stack
+from bench.workloads.loyalty_latency import first_purchases, purchase, purchase_path
+from crm_contracts.topics import INTERACTIONS_INGEST
 from crm_runtime.outbox import KAFKA_MURMUR2_SEED
 from services.customers.app import SPEC as CUSTOMERS_SPEC
 from services.interactions.app import SPEC as INTERACTIONS_SPEC
@@ -176,26 +175,12 @@ class StackHandover(Workload):
         started = time.perf_counter()
         self.ids = [str(c) for c in await seed_customers(conn, m,
                                                          consents=("promotional_offers",))]
-        settings = self.stack.settings
-        self.partitions = settings.partitions_for(INTERACTIONS_INGEST)
-        customers = ServiceProcesses(CUSTOMERS_SPEC, settings, replicas=self.replicas)
-        to_customers = settings.model_copy(update={"customers_grpc_target": customers.target})
-        self.services = {
-            INTERACTIONS_SPEC.name: ServiceProcesses(INTERACTIONS_SPEC, to_customers,
-                                                     replicas=self.replicas),
-            CUSTOMERS_SPEC.name: customers,
-            LOYALTY_SPEC.name: ServiceProcesses(LOYALTY_SPEC, to_customers,
-                                                replicas=self.replicas)}
-        for service in self.services.values():
-            self.resources.push_async_callback(service.stop)
-        await asyncio.gather(*(service.start() for service in self.services.values()))
+        self.partitions = self.stack.settings.partitions_for(INTERACTIONS_INGEST)
+        self.services = await purchase_path(self.stack, self.resources, self.replicas)
         self.excluded["set-up: three services started"] = time.perf_counter() - started
         started = time.perf_counter()
         bootstrap = self.stack.bootstrap_servers
-        await kafka.produce(bootstrap, CUSTOMERS,
-                            [encode(e) for e in known_customer_envelopes(self.ids)])
-        await kafka.produce(bootstrap, INTERACTIONS_INGEST,
-                            [encode(purchase(c, 1)) for c in self.ids])
+        await first_purchases(bootstrap, self.ids)
         await self._until(f"SELECT count(*) FROM {LOYALTY_SPEC.schema}.customer_view "
                           "WHERE stage = 'one_time' AND promotional_consent", m,
                           "customers one-time buyers with consent in loyalty")
