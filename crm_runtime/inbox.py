@@ -8,9 +8,9 @@ and offsets are the consumer's) and, in one PostgreSQL transaction:
    ``COPY`` first, falling back to the statement when an id was seen
    before); only the ids that were new reach the handlers (a redelivered
    event changes nothing), each once, in the longest runs of consecutive
-   records one handler takes (a group whose handlers
-   are idempotent by their own natural keys records no ids: each id of the
-   batch runs once, and a redelivery finds the rows it wrote);
+   records one handler takes (a group whose handlers are idempotent by
+   their own natural keys records no ids: each id of the batch runs once,
+   and a redelivery finds the rows it wrote);
 2. writes poison records, and records a handler could not apply, to
    ``dead_letters`` and queues them in the outbox for ``<topic>.dlq`` with
    headers naming the error and the original topic, partition and offset;
